@@ -1,0 +1,167 @@
+// Package action is ghcr-pull's side of the GitHub Actions contract: it reads
+// the inputs (or the equivalent command-line flags) into one validated
+// Config, runs the pull, and turns the results into outputs, a job summary
+// and annotations through one writer that masks secrets and cannot be made
+// to inject workflow commands. Nothing below this package knows about
+// GitHub Actions.
+package action
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+)
+
+// Input describes one action input. The table below is the single source
+// for defaults, command-line flags, and the README/action.yml check.
+type Input struct {
+	Name        string
+	Default     string // the binary's own default (action.yml may use an expression)
+	Description string
+	Secret      bool
+}
+
+// Inputs lists every input, in the order action.yml and the README show.
+var Inputs = []Input{
+	{Name: "image", Description: "Image references to pull, separated by newlines or commas; tag or digest."},
+	{Name: "username", Description: "Registry user. Defaults to the workflow actor in action.yml."},
+	{Name: "password", Description: "Registry token or PAT. Defaults to the job's GITHUB_TOKEN in action.yml.", Secret: true},
+	{Name: "auth", Default: "auto", Description: "auto, token or anonymous. auto sends the credentials when a password is given and pulls anonymously (with a notice) when it is empty."},
+	{Name: "anonymous-fallback", Default: "true", Description: "Retry anonymously when the registry rejects the credentials."},
+	{Name: "platform", Description: "os/arch[/variant] to pull; empty means the daemon's own platform."},
+	{Name: "docker-host", Description: "Docker daemon to pull into; empty means DOCKER_HOST, else the default socket."},
+	{Name: "destination", Default: "docker", Description: "docker pulls into the daemon; none only resolves the digest and verifies access."},
+	{Name: "retries", Default: "3", Description: "Retries of transient failures (429, 5xx, timeouts); never of rejected credentials."},
+	{Name: "timeout", Default: "10m", Description: "Bound on the whole step, as a Go duration (90s, 10m)."},
+	{Name: "summary", Default: "true", Description: "Write the job summary."},
+}
+
+// Getter returns an input's raw value ("" when unset).
+type Getter func(name string) string
+
+// EnvGetter reads inputs as the runner passes them: INPUT_<NAME>, upper-cased,
+// hyphens kept, spaces as underscores.
+func EnvGetter(getenv func(string) string) Getter {
+	return func(name string) string {
+		key := "INPUT_" + strings.ToUpper(strings.ReplaceAll(name, " ", "_"))
+		return getenv(key)
+	}
+}
+
+// Destination is where images go.
+type Destination string
+
+const (
+	DestinationDocker Destination = "docker"
+	DestinationNone   Destination = "none"
+)
+
+// Config is every input, validated. The rest of the program takes this,
+// never raw strings.
+type Config struct {
+	Images      []pull.Image
+	Credentials ghcr.Credentials
+	// AnonymousNotice, when set, says why the step pulls anonymously by
+	// choice or for lack of a secret.
+	AnonymousNotice string
+	Fallback        bool
+	Platform        string
+	DockerHost      string
+	Destination     Destination
+	Retries         int
+	Timeout         time.Duration
+	Summary         bool
+}
+
+// ParseConfig validates every input and names the first bad one.
+func ParseConfig(get Getter) (Config, error) {
+	in := func(name string) string {
+		v := strings.TrimSpace(get(name))
+		if v == "" {
+			for _, i := range Inputs {
+				if i.Name == name {
+					return i.Default
+				}
+			}
+		}
+		return v
+	}
+	var c Config
+	var err error
+	if c.Images, err = pull.ParseImages(get("image")); err != nil {
+		return c, err
+	}
+	if c.Fallback, err = parseBool("anonymous-fallback", in("anonymous-fallback")); err != nil {
+		return c, err
+	}
+	if c.Summary, err = parseBool("summary", in("summary")); err != nil {
+		return c, err
+	}
+	if p := in("platform"); p != "" {
+		if _, err := pull.ParsePlatform(p); err != nil {
+			return c, err
+		}
+		c.Platform = p
+	}
+	c.DockerHost = in("docker-host")
+	switch d := Destination(strings.ToLower(in("destination"))); d {
+	case DestinationDocker, DestinationNone:
+		c.Destination = d
+	default:
+		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker or none")
+	}
+	if c.Retries, err = strconv.Atoi(in("retries")); err != nil || c.Retries < 0 || c.Retries > 20 {
+		return c, bad("retries", fmt.Sprintf("%q is not a whole number from 0 to 20", in("retries")), "e.g. retries: 3")
+	}
+	if c.Timeout, err = time.ParseDuration(in("timeout")); err != nil || c.Timeout <= 0 {
+		return c, bad("timeout", fmt.Sprintf("%q is not a positive duration", in("timeout")), "e.g. 90s, 10m, 1h")
+	}
+
+	// Secrets are taken as given: trimming a password would silently send
+	// a different one.
+	user, password := strings.TrimSpace(get("username")), get("password")
+	switch mode := strings.ToLower(in("auth")); mode {
+	case "auto":
+		if password == "" {
+			c.Credentials = ghcr.Anonymous
+			c.AnonymousNotice = "no password was given (pull requests from forks get no secrets), so the pull is anonymous"
+		} else {
+			c.Credentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: user, Password: password}
+		}
+	case "token":
+		if password == "" {
+			return c, bad("password", "auth is token but the password is empty", "pass password: ${{ secrets.GITHUB_TOKEN }} or a PAT, or use auth: auto")
+		}
+		c.Credentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: user, Password: password}
+	case "anonymous":
+		c.Credentials = ghcr.Anonymous
+		c.AnonymousNotice = "auth is anonymous: no credentials are sent"
+	default:
+		return c, bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token or anonymous")
+	}
+	if !c.Credentials.IsAnonymous() && user == "" {
+		// GHCR ignores the user name for tokens, but other registries
+		// and the daemon's auth config need one.
+		c.Credentials.Username = "ghcr-pull"
+	}
+	return c, nil
+}
+
+func bad(input, problem, fix string) error {
+	return &ghcr.BadInputError{Input: input, Problem: problem, Fix: fix}
+}
+
+// parseBool accepts YAML 1.2 core booleans, as the runner passes them.
+func parseBool(input, v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "true", "yes", "on", "1":
+		return true, nil
+	case "false", "no", "off", "0":
+		return false, nil
+	}
+	return false, bad(input, fmt.Sprintf("%q is not a boolean", v), "use true or false")
+}

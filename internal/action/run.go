@@ -1,0 +1,373 @@
+package action
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"html"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// Env is the process's world, injectable for tests.
+type Env struct {
+	Getenv func(string) string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Transport, when set, is used for registry probes (tests, demo).
+	Probe []ghcr.Option
+}
+
+// Exit codes.
+const (
+	ExitOK       = 0
+	ExitFailed   = 1
+	ExitBadInput = 2
+)
+
+// Run is the whole program for one invocation: in GitHub Actions (no
+// arguments, GITHUB_ACTIONS=true) it reads INPUT_*; otherwise it is a
+// command-line tool with flags mirroring the inputs.
+func Run(ctx context.Context, args []string, env Env) (code int) {
+	var rep reporter
+	var get Getter
+	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
+		ar := newActionsReporter(env.Stdout, env.Getenv)
+		rep, get = ar, EnvGetter(env.Getenv)
+	} else {
+		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
+		g, err := flagGetter(args, env)
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		if err != nil {
+			tr.Error("ghcr-pull: bad arguments", err.Error())
+			return ExitBadInput
+		}
+		rep, get = tr, g
+	}
+	defer func() {
+		// go-githubactions panics when it cannot write to the log; the
+		// step must still end with an error, not a stack trace.
+		if p := recover(); p != nil {
+			fmt.Fprintf(env.Stderr, "ghcr-pull: internal error: %v\n", p)
+			code = ExitFailed
+		}
+	}()
+
+	// Masks go first, before anything could echo the secret.
+	rep.Mask(get("password"))
+
+	cfg, err := ParseConfig(get)
+	if err != nil {
+		rep.Error("ghcr-pull: bad input", err.Error())
+		return ExitBadInput
+	}
+	return execute(ctx, cfg, rep, env)
+}
+
+func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
+	if cfg.AnonymousNotice != "" {
+		rep.Notice("ghcr-pull: anonymous pull", cfg.AnonymousNotice)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+
+	var targets []pull.Target
+	if cfg.Destination == DestinationDocker {
+		targets = append(targets, pull.Target{Name: "local", Open: pull.OpenLocalDocker(cfg.DockerHost)})
+	}
+	ev := newEvents(rep, 10*time.Second)
+	defer ev.stop()
+	probeOpts := append([]ghcr.Option{ghcr.WithMask(rep.Mask)}, env.Probe...)
+	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
+		Credentials:  cfg.Credentials,
+		Fallback:     cfg.Fallback,
+		Platform:     cfg.Platform,
+		Retry:        retry.Default(cfg.Retries),
+		ProbeOptions: probeOpts,
+		Events:       ev,
+	})
+	ev.stop()
+
+	failed := 0
+	for _, r := range results {
+		if r.Err == nil {
+			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			continue
+		}
+		failed++
+		msg := r.Diagnosis
+		if msg == "" {
+			msg = r.Err.Error()
+		}
+		rep.Error(fmt.Sprintf("ghcr-pull: %s failed on %s", r.Image, r.Host), msg)
+	}
+	if err := writeOutputs(rep, results); err != nil {
+		rep.Error("ghcr-pull: could not write outputs", err.Error())
+		return ExitFailed
+	}
+	if cfg.Summary {
+		if err := rep.Summary(summaryMarkdown(results)); err != nil {
+			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
+		}
+	}
+	if failed > 0 {
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+// ResultJSON is one element of the results output.
+type ResultJSON struct {
+	Image           string `json:"image"`
+	Host            string `json:"host"`
+	AuthMode        string `json:"auth_mode"`
+	OIDCProvider    string `json:"oidc_provider,omitempty"`
+	FallbackUsed    bool   `json:"fallback_used"`
+	CredentialError string `json:"credential_error"`
+	Digest          string `json:"digest"`
+	ImageRef        string `json:"image_ref"`
+	Platform        string `json:"platform"`
+	DurationMS      int64  `json:"duration_ms"`
+	Pulled          *bool  `json:"pulled,omitempty"`
+	Error           string `json:"error,omitempty"`
+}
+
+func toJSON(results []pull.Result) []ResultJSON {
+	out := make([]ResultJSON, 0, len(results))
+	for _, r := range results {
+		j := ResultJSON{
+			Image: r.Image, Host: r.Host, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
+			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
+			ImageRef: r.ImageRef, Platform: r.Platform, DurationMS: r.Duration.Milliseconds(),
+		}
+		if r.Host != pull.HostNone && r.Err == nil {
+			pulled := r.Pulled
+			j.Pulled = &pulled
+		}
+		if r.Err != nil {
+			j.Error = r.Err.Error()
+		}
+		out = append(out, j)
+	}
+	return out
+}
+
+func writeOutputs(rep reporter, results []pull.Result) error {
+	modes := map[ghcr.AuthMode]bool{}
+	fallback := false
+	credErr, digest, ref := "", "", ""
+	for _, r := range results {
+		if r.Err == nil {
+			modes[r.AuthMode] = true
+		}
+		fallback = fallback || r.FallbackUsed
+		if credErr == "" {
+			credErr = r.CredentialError
+		}
+	}
+	// digest and image-ref describe the first image: its first target that
+	// succeeded.
+	if len(results) > 0 {
+		first := results[0].Image
+		for _, r := range results {
+			if r.Image == first && r.Err == nil {
+				digest, ref = r.Digest, r.ImageRef
+				break
+			}
+		}
+	}
+	mode := ""
+	for m := range modes {
+		if mode != "" {
+			mode = "mixed"
+			break
+		}
+		mode = string(m)
+	}
+	js, err := json.Marshal(toJSON(results))
+	if err != nil {
+		return err
+	}
+	for _, o := range [][2]string{
+		{"auth-mode", mode},
+		{"fallback-used", fmt.Sprint(fallback)},
+		{"credential-error", credErr},
+		{"digest", digest},
+		{"image-ref", ref},
+		{"results", string(js)},
+	} {
+		if err := rep.Output(o[0], o[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// summaryMarkdown renders the job summary. Every cell is escaped: registry
+// text reaches it.
+func summaryMarkdown(results []pull.Result) string {
+	var b strings.Builder
+	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
+	for _, r := range results {
+		mode := string(r.AuthMode)
+		if r.Err != nil {
+			mode = "❌ failed"
+		}
+		fb := "no"
+		if r.FallbackUsed {
+			fb = "yes: " + r.CredentialError
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
+			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	for _, r := range results {
+		if r.Err == nil {
+			continue
+		}
+		diag := r.Diagnosis
+		if diag == "" {
+			diag = r.Err.Error()
+		}
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(diag))
+	}
+	return b.String()
+}
+
+func cell(s string) string {
+	s = html.EscapeString(s)
+	return strings.NewReplacer("|", "\\|", "\n", " ", "\r", " ").Replace(s)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// events turns pull's events into log lines and annotations. Progress is
+// printed as one line per image and host every interval, not per layer.
+type events struct {
+	rep      reporter
+	mu       sync.Mutex
+	progress map[string][2]int64
+	printed  map[string][2]int64
+	done     chan struct{}
+	once     sync.Once
+}
+
+func newEvents(rep reporter, every time.Duration) *events {
+	e := &events{rep: rep, progress: map[string][2]int64{}, printed: map[string][2]int64{}, done: make(chan struct{})}
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-e.done:
+				return
+			case <-t.C:
+				e.flush()
+			}
+		}
+	}()
+	return e
+}
+
+func (e *events) stop() { e.once.Do(func() { close(e.done) }) }
+
+func (e *events) flush() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, v := range e.progress {
+		if e.printed[k] == v {
+			continue
+		}
+		e.printed[k] = v
+		e.rep.Info("%s: %s of %s", k, bytesText(v[0]), bytesText(v[1]))
+	}
+}
+
+func (e *events) Fallback(img pull.Image, host string, rejection error) {
+	where := "the registry"
+	if host != "registry" {
+		where = "the daemon on " + host
+	}
+	e.rep.Warning("ghcr-pull: credentials rejected, pulling anonymously",
+		fmt.Sprintf("%s: %s rejected the credentials (%v); retrying without credentials, as public images allow. Fix the credentials to stop this warning.", img.Input, where, rejection))
+}
+
+func (e *events) Retry(img pull.Image, host string, attempt int, wait time.Duration, err error) {
+	e.rep.Info("%s (%s): retry %d in %s after %v", img.Input, host, attempt, wait.Round(time.Millisecond), err)
+}
+
+func (e *events) Progress(img pull.Image, host string, done, total int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.progress[img.Input+" on "+host] = [2]int64{done, total}
+}
+
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// flagGetter builds a Getter from command-line flags mirroring the inputs.
+// The password never comes from a flag (it would sit in the process list
+// and shell history): GHCR_PULL_PASSWORD or --password-stdin.
+func flagGetter(args []string, env Env) (Getter, error) {
+	fs := flag.NewFlagSet("ghcr-pull", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	values := map[string]*string{}
+	for _, in := range Inputs {
+		if in.Secret {
+			continue
+		}
+		values[in.Name] = fs.String(in.Name, in.Default, in.Description)
+	}
+	stdin := fs.Bool("password-stdin", false, "Read the password from standard input (else from GHCR_PULL_PASSWORD).")
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stderr, "Usage: ghcr-pull [flags] IMAGE...\n       ghcr-pull demo\n\nPulls images with non-interactive registry auth and anonymous fallback.\nThe password comes from GHCR_PULL_PASSWORD or --password-stdin.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	images := append([]string{*values["image"]}, fs.Args()...)
+	*values["image"] = strings.Join(images, "\n")
+	password := env.Getenv("GHCR_PULL_PASSWORD")
+	if *stdin {
+		b, err := io.ReadAll(io.LimitReader(env.Stdin, 64<<10))
+		if err != nil {
+			return nil, fmt.Errorf("--password-stdin: %w", err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	return func(name string) string {
+		if name == "password" {
+			return password
+		}
+		if v, ok := values[name]; ok {
+			return *v
+		}
+		return ""
+	}, nil
+}

@@ -1,0 +1,163 @@
+package ghcr
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// ProbeResult is what a successful probe learned: the registry accepts these
+// credentials for this reference, and serves it under Digest.
+type ProbeResult struct {
+	Digest    string
+	MediaType string
+	// Requests is how many HTTP round trips the probe took (ping, token,
+	// manifest HEAD: 3 against a token-auth registry).
+	Requests int
+}
+
+// Option configures Probe.
+type Option func(*probeOptions)
+
+type probeOptions struct {
+	transport http.RoundTripper
+	mask      func(string)
+	userAgent string
+}
+
+// WithTransport sets the HTTP transport (tests, proxies, fault injection).
+func WithTransport(rt http.RoundTripper) Option {
+	return func(o *probeOptions) { o.transport = rt }
+}
+
+// WithMask is called with every token the registry hands back, before
+// anything else can see it, so the action can mask it in the log.
+func WithMask(mask func(string)) Option {
+	return func(o *probeOptions) { o.mask = mask }
+}
+
+// WithUserAgent names the client to the registry.
+func WithUserAgent(ua string) Option {
+	return func(o *probeOptions) { o.userAgent = ua }
+}
+
+// Probe checks, without pulling anything, that creds can read ref: ping,
+// token for the exact pull scope, manifest HEAD. One attempt, no retries
+// (the caller owns the retry policy); its error is already classified.
+func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...Option) (ProbeResult, error) {
+	o := probeOptions{transport: remote.DefaultTransport, userAgent: "ghcr-pull"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	obs := &observer{inner: o.transport, mask: o.mask}
+	desc, err := remote.Head(ref,
+		remote.WithContext(ctx),
+		remote.WithAuth(creds.Authenticator()),
+		remote.WithTransport(obs),
+		remote.WithUserAgent(o.userAgent),
+		// ggcr would retry 5xx/429 three times on its own, invisibly and
+		// without Retry-After; internal/retry does it in the open instead.
+		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
+		remote.WithRetryStatusCodes(),
+		remote.WithRetryPredicate(func(error) bool { return false }),
+	)
+	n := int(obs.requests.Load())
+	if err != nil {
+		cerr := Classify(err, creds.IsAnonymous())
+		if te, ok := cerr.(*TransientError); ok && te.RetryAfter == 0 {
+			te.RetryAfter = obs.retryAfter()
+		}
+		return ProbeResult{Requests: n}, cerr
+	}
+	return ProbeResult{Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Requests: n}, nil
+}
+
+// observer counts round trips, remembers the last Retry-After, and masks
+// tokens in token-endpoint answers as they pass.
+type observer struct {
+	inner    http.RoundTripper
+	mask     func(string)
+	requests atomic.Int64
+
+	mu    sync.Mutex
+	after time.Duration
+}
+
+func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := o.inner.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	o.requests.Add(1)
+	if ra := ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ra > 0 {
+		o.mu.Lock()
+		o.after = ra
+		o.mu.Unlock()
+	}
+	if o.mask != nil && resp.StatusCode == http.StatusOK && !strings.HasPrefix(req.URL.Path, "/v2/") {
+		o.maskTokens(resp)
+	}
+	return resp, nil
+}
+
+func (o *observer) retryAfter() time.Duration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.after
+}
+
+// maxTokenBody bounds how much of a token answer is buffered for masking.
+const maxTokenBody = 1 << 20
+
+func (o *observer) maskTokens(resp *http.Response) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenBody))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil {
+		return
+	}
+	var tok struct {
+		Token        string `json:"token"`
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if json.Unmarshal(body, &tok) != nil {
+		return
+	}
+	for _, s := range []string{tok.Token, tok.AccessToken, tok.RefreshToken} {
+		if s != "" {
+			o.mask(s)
+		}
+	}
+}
+
+// ParseRetryAfter reads a Retry-After header in either of its RFC 9110
+// forms, delay-seconds or an HTTP-date. Zero means none or unparseable.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}

@@ -1,0 +1,424 @@
+// Package pull gets images onto targets: for each image it probes the
+// registry with the configured credentials, falls back to anonymous when they
+// are rejected (and only then), and pulls into each target's daemon with the
+// credentials that worked, again falling back if the daemon itself is
+// refused. Targets are the runner's daemon or remote daemons; pull does not
+// care how a daemon is reached.
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// Daemon is what pull needs of a container daemon. The Docker daemon on the
+// runner, one reached over SSH, and test doubles all satisfy it.
+type Daemon interface {
+	// Pull pulls ref (platform "os/arch[/variant]" or empty for the
+	// daemon's own), sending creds as the pull call's registry auth. Its
+	// error is classified with ghcr's types. It reports whether anything
+	// new was downloaded.
+	Pull(ctx context.Context, ref, platform string, creds ghcr.Credentials, progress ProgressFunc) (downloaded bool, err error)
+	// Inspect describes a local image.
+	Inspect(ctx context.Context, ref string) (ImageInfo, error)
+}
+
+// ProgressFunc hears bytes done of total for one pull, as the daemon reports.
+type ProgressFunc func(done, total int64)
+
+// ImageInfo is what pull reads back after a pull.
+type ImageInfo struct {
+	ID          string
+	RepoDigests []string
+	Platform    string
+}
+
+// Target is a place images are pulled into.
+type Target struct {
+	// Name is "local" for the runner's daemon, else the host address.
+	Name string
+	// Open reaches the daemon; it is called once per run, when the first
+	// image is ready for this target. A returned Daemon that is also an
+	// io.Closer is closed when the run ends.
+	Open func(ctx context.Context) (Daemon, error)
+}
+
+// Image is one reference to pull, as the user wrote it and as parsed.
+type Image struct {
+	Input string
+	Ref   name.Reference
+}
+
+// Options say how to pull.
+type Options struct {
+	Credentials ghcr.Credentials
+	// Fallback allows an anonymous retry when Credentials are rejected.
+	Fallback bool
+	Platform string
+	Retry    retry.Policy
+	// ImageConcurrency bounds images in flight; TargetConcurrency bounds
+	// targets in flight per image.
+	ImageConcurrency  int
+	TargetConcurrency int
+	ProbeOptions      []ghcr.Option
+	Events            Events
+}
+
+// Events is how pull tells its caller what happens as it happens. Any
+// method may be called from several goroutines.
+type Events interface {
+	Fallback(img Image, host string, rejection error)
+	Retry(img Image, host string, attempt int, wait time.Duration, err error)
+	Progress(img Image, host string, done, total int64)
+}
+
+// Result is the outcome for one image on one target ("none" when nothing
+// was pulled by choice).
+type Result struct {
+	Image           string
+	Host            string
+	AuthMode        ghcr.AuthMode
+	Provider        string
+	FallbackUsed    bool
+	CredentialError string
+	Digest          string
+	ImageRef        string
+	Platform        string
+	// Pulled is false when the target already had the image.
+	Pulled   bool
+	Duration time.Duration
+	// Err is nil on success; Diagnosis explains a failure.
+	Err       error
+	Diagnosis string
+	// Requests is the registry round trips of the runner-side probes.
+	Requests int
+}
+
+// HostNone marks results of a run that resolved without pulling.
+const HostNone = "none"
+
+// Run pulls every image onto every target (or only probes, with no
+// targets), concurrently within the bounds, and returns one result per
+// image and target in input order. One failure never stops the others.
+func Run(ctx context.Context, images []Image, targets []Target, opts Options) []Result {
+	if opts.ImageConcurrency <= 0 {
+		opts.ImageConcurrency = 3
+	}
+	if opts.TargetConcurrency <= 0 {
+		opts.TargetConcurrency = 4
+	}
+	if opts.Events == nil {
+		opts.Events = noEvents{}
+	}
+	opened := make([]*openOnce, len(targets))
+	for i, t := range targets {
+		opened[i] = &openOnce{target: t}
+	}
+	defer func() {
+		for _, o := range opened {
+			o.close()
+		}
+	}()
+
+	perImage := max(len(targets), 1)
+	results := make([]Result, len(images)*perImage)
+	var g errgroup.Group
+	g.SetLimit(opts.ImageConcurrency)
+	for i, img := range images {
+		g.Go(func() error {
+			copy(results[i*perImage:], pullImage(ctx, img, opened, opts))
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return results
+}
+
+// pullImage probes once on the runner, then pulls onto every target.
+func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options) []Result {
+	start := time.Now()
+	p := probeWithFallback(ctx, img, opts)
+	if len(targets) == 0 {
+		r := p.result(img, HostNone, time.Since(start))
+		return []Result{r}
+	}
+	out := make([]Result, len(targets))
+	if p.err != nil {
+		for i, t := range targets {
+			out[i] = p.result(img, t.target.Name, time.Since(start))
+		}
+		return out
+	}
+	var g errgroup.Group
+	g.SetLimit(opts.TargetConcurrency)
+	for i, t := range targets {
+		g.Go(func() error {
+			tstart := time.Now()
+			out[i] = pullOnto(ctx, img, t, p, opts)
+			out[i].Duration = time.Since(tstart) + p.duration
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
+}
+
+// probeOutcome is what the runner-side probe decided for one image.
+type probeOutcome struct {
+	creds        ghcr.Credentials
+	fallbackUsed bool
+	rejection    error
+	digest       string
+	requests     int
+	attempts     []ghcr.Attempt
+	err          error
+	duration     time.Duration
+}
+
+func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcome {
+	start := time.Now()
+	var out probeOutcome
+	probe := func(creds ghcr.Credentials) (ghcr.ProbeResult, error) {
+		var res ghcr.ProbeResult
+		err := retry.Do(ctx, withRetryEvents(opts, img, "registry"), func(ctx context.Context) error {
+			r, err := ghcr.Probe(ctx, img.Ref, creds, opts.ProbeOptions...)
+			out.requests += r.Requests
+			res = r
+			return err
+		})
+		out.attempts = append(out.attempts, ghcr.Attempt{Mode: creds.Mode, Err: err})
+		return res, err
+	}
+
+	creds := opts.Credentials
+	if creds.IsAnonymous() {
+		creds = ghcr.Anonymous
+	}
+	res, err := probe(creds)
+	var rej *ghcr.RejectedError
+	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
+		opts.Events.Fallback(img, "registry", err)
+		out.rejection = err
+		out.fallbackUsed = true
+		creds = ghcr.Anonymous
+		res, err = probe(creds)
+	}
+	out.creds = creds
+	out.digest = res.Digest
+	out.err = err
+	out.duration = time.Since(start)
+	return out
+}
+
+func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
+	r := Result{
+		Image:        img.Input,
+		Host:         host,
+		AuthMode:     p.creds.Mode,
+		Provider:     p.creds.Provider,
+		FallbackUsed: p.fallbackUsed,
+		Digest:       p.digest,
+		Duration:     d,
+		Err:          p.err,
+		Requests:     p.requests,
+	}
+	if p.rejection != nil {
+		r.CredentialError = rejectionText(p.rejection)
+	}
+	if p.err == nil && p.digest != "" {
+		r.ImageRef = Pinned(img.Input, p.digest)
+	}
+	if p.err != nil {
+		r.AuthMode = ""
+		r.Diagnosis = ghcr.Diagnose(img.Ref.Context().RegistryStr(), p.attempts)
+	}
+	return r
+}
+
+// pullOnto pulls one image into one target with the probe's credentials.
+func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts Options) Result {
+	res := p.result(img, t.target.Name, 0)
+	res.Requests = p.requests
+	d, err := t.open(ctx)
+	if err != nil {
+		res.AuthMode = ""
+		res.Err = err
+		res.Diagnosis = fmt.Sprintf("could not reach the daemon on %s: %v", t.target.Name, err)
+		return res
+	}
+	attempts := append([]ghcr.Attempt(nil), p.attempts...)
+	pullWith := func(creds ghcr.Credentials) (bool, error) {
+		var downloaded bool
+		err := retry.Do(ctx, withRetryEvents(opts, img, t.target.Name), func(ctx context.Context) error {
+			var err error
+			downloaded, err = d.Pull(ctx, img.Input, opts.Platform, creds, func(done, total int64) {
+				opts.Events.Progress(img, t.target.Name, done, total)
+			})
+			return err
+		})
+		attempts = append(attempts, ghcr.Attempt{Mode: creds.Mode, Err: err})
+		return downloaded, err
+	}
+
+	creds := p.creds
+	downloaded, err := pullWith(creds)
+	var rej *ghcr.RejectedError
+	// The probe accepted the credentials, but the daemon may reach the
+	// registry differently (its own mirror or proxy settings, a token
+	// that expired in between): fall back here too.
+	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
+		opts.Events.Fallback(img, t.target.Name, err)
+		res.FallbackUsed = true
+		res.CredentialError = rejectionText(err)
+		creds = ghcr.Anonymous
+		downloaded, err = pullWith(creds)
+	}
+	res.AuthMode = creds.Mode
+	if creds.IsAnonymous() {
+		res.Provider = ""
+	}
+	if err != nil {
+		res.AuthMode = ""
+		res.Err = err
+		res.ImageRef = ""
+		res.Diagnosis = ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts)
+		return res
+	}
+	res.Pulled = downloaded
+	info, err := d.Inspect(ctx, img.Input)
+	if err != nil {
+		res.Err = fmt.Errorf("pulled, but inspecting %s failed: %w", img.Input, err)
+		res.Diagnosis = res.Err.Error()
+		return res
+	}
+	res.Platform = info.Platform
+	if dg := RepoDigest(info.RepoDigests, img.Input, p.digest); dg != "" {
+		res.Digest = dg
+	}
+	res.ImageRef = Pinned(img.Input, res.Digest)
+	return res
+}
+
+func withRetryEvents(opts Options, img Image, host string) retry.Policy {
+	p := opts.Retry
+	p.OnRetry = func(attempt int, wait time.Duration, err error) {
+		opts.Events.Retry(img, host, attempt, wait, err)
+	}
+	return p
+}
+
+// rejectionText is the credential-error output: the registry's own answer.
+func rejectionText(err error) string {
+	var rej *ghcr.RejectedError
+	if errors.As(err, &rej) {
+		return rej.Response.String()
+	}
+	return err.Error()
+}
+
+// Pinned turns a user's reference into <repository>@<digest>.
+func Pinned(input, digest string) string {
+	if digest == "" {
+		return ""
+	}
+	named, err := reference.ParseNormalizedNamed(input)
+	if err != nil {
+		return ""
+	}
+	return reference.FamiliarName(named) + "@" + digest
+}
+
+// RepoDigest picks, from a daemon's RepoDigests, the digest of input's
+// repository; when the tag moved and the daemon holds several, the one the
+// probe saw wins.
+func RepoDigest(repoDigests []string, input, probed string) string {
+	want, err := reference.ParseNormalizedNamed(input)
+	if err != nil {
+		return ""
+	}
+	var found string
+	for _, rd := range repoDigests {
+		got, err := reference.ParseNormalizedNamed(rd)
+		if err != nil || got.Name() != want.Name() {
+			continue
+		}
+		canon, ok := got.(reference.Canonical)
+		if !ok {
+			continue
+		}
+		dg := canon.Digest().String()
+		if dg == probed {
+			return dg
+		}
+		if found == "" {
+			found = dg
+		}
+	}
+	return found
+}
+
+// openOnce opens a target's daemon at most once per run.
+type openOnce struct {
+	target Target
+	once   sync.Once
+	daemon Daemon
+	err    error
+}
+
+func (o *openOnce) open(ctx context.Context) (Daemon, error) {
+	o.once.Do(func() { o.daemon, o.err = o.target.Open(ctx) })
+	return o.daemon, o.err
+}
+
+func (o *openOnce) close() {
+	if c, ok := o.daemon.(io.Closer); ok {
+		_ = c.Close()
+	}
+}
+
+type noEvents struct{}
+
+func (noEvents) Fallback(Image, string, error)                   {}
+func (noEvents) Retry(Image, string, int, time.Duration, error) {}
+func (noEvents) Progress(Image, string, int64, int64)            {}
+
+// ParseImages splits the image input (newlines or commas) into references.
+// The error names the input and the offending entry.
+func ParseImages(input string) ([]Image, error) {
+	fields := strings.FieldsFunc(input, func(r rune) bool { return r == '\n' || r == ',' || r == '\r' })
+	var out []Image
+	seen := map[string]bool{}
+	for _, f := range fields {
+		f = strings.TrimSpace(f)
+		if f == "" || seen[f] {
+			continue
+		}
+		seen[f] = true
+		ref, err := name.ParseReference(f)
+		if err != nil {
+			return nil, &ghcr.BadInputError{Input: "image", Problem: fmt.Sprintf("%q is not an image reference: %v", f, err),
+				Fix: "write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>"}
+		}
+		if _, err := reference.ParseNormalizedNamed(f); err != nil {
+			return nil, &ghcr.BadInputError{Input: "image", Problem: fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
+				Fix: "use lower-case repository names"}
+		}
+		out = append(out, Image{Input: f, Ref: ref})
+	}
+	if len(out) == 0 {
+		return nil, &ghcr.BadInputError{Input: "image", Problem: "no image given", Fix: "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3"}
+	}
+	return out, nil
+}

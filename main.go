@@ -1,0 +1,21 @@
+// Command ghcr-pull pulls container images with non-interactive registry
+// auth, an anonymous fallback when credentials are rejected, and a report of
+// exactly what happened. It runs as a GitHub container action or as a plain
+// command-line tool.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/action"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := action.Env{Getenv: os.Getenv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	os.Exit(action.Run(ctx, os.Args[1:], env))
+}
