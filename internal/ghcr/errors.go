@@ -42,7 +42,7 @@ func (r Response) String() string {
 		b.WriteString("from the " + r.Where)
 	}
 	detail := r.Message
-	if r.Code != "" && !strings.Contains(strings.ToUpper(detail), r.Code) {
+	if r.Code != "" && !strings.HasPrefix(detail, r.Code) {
 		detail = strings.TrimSuffix(r.Code+": "+detail, ": ")
 	}
 	if detail != "" {

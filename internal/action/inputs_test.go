@@ -1,0 +1,101 @@
+package action
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+func getter(m map[string]string) Getter {
+	return func(name string) string { return m[name] }
+}
+
+func TestParseConfig(t *testing.T) {
+	base := func() map[string]string {
+		return map[string]string{"image": "ghcr.io/acme/app:1.2.3", "username": "octocat", "password": "tok"}
+	}
+	tests := []struct {
+		name      string
+		edit      func(map[string]string)
+		wantInput string // input named by the error; "" for success
+		check     func(t *testing.T, c Config)
+	}{
+		{"defaults", nil, "", func(t *testing.T, c Config) {
+			if c.Credentials.Mode != ghcr.AuthToken || !c.Fallback || c.Retries != 3 || c.Timeout != 10*time.Minute ||
+				c.Destination != DestinationDocker || !c.Summary || c.AnonymousNotice != "" {
+				t.Errorf("unexpected defaults: %+v", c)
+			}
+		}},
+		{"several images, commas and newlines, duplicates dropped", func(m map[string]string) {
+			m["image"] = "ghcr.io/a/b:1, ghcr.io/a/c@sha256:" + strings.Repeat("a", 64) + "\n\nghcr.io/a/b:1\n"
+		}, "", func(t *testing.T, c Config) {
+			if len(c.Images) != 2 {
+				t.Errorf("images = %d, want 2", len(c.Images))
+			}
+		}},
+		{"empty password with auto is anonymous with a notice", func(m map[string]string) { m["password"] = "" }, "", func(t *testing.T, c Config) {
+			if !c.Credentials.IsAnonymous() || !strings.Contains(c.AnonymousNotice, "fork") {
+				t.Errorf("got %v / %q", c.Credentials, c.AnonymousNotice)
+			}
+		}},
+		{"auth anonymous ignores the password", func(m map[string]string) { m["auth"] = "anonymous" }, "", func(t *testing.T, c Config) {
+			if !c.Credentials.IsAnonymous() || c.AnonymousNotice == "" {
+				t.Errorf("got %v", c.Credentials)
+			}
+		}},
+		{"password kept verbatim", func(m map[string]string) { m["password"] = " tok with spaces " }, "", func(t *testing.T, c Config) {
+			if c.Credentials.Password != " tok with spaces " {
+				t.Errorf("password altered")
+			}
+		}},
+		{"YAML booleans", func(m map[string]string) { m["anonymous-fallback"] = "False"; m["summary"] = "no" }, "", func(t *testing.T, c Config) {
+			if c.Fallback || c.Summary {
+				t.Errorf("booleans not parsed")
+			}
+		}},
+		{"no image", func(m map[string]string) { m["image"] = " ,\n" }, "image", nil},
+		{"bad image", func(m map[string]string) { m["image"] = "ghcr.io/Acme/App:1" }, "image", nil},
+		{"bad image chars", func(m map[string]string) { m["image"] = "ghcr.io/acme/app:bad tag" }, "image", nil},
+		{"auth token without password", func(m map[string]string) { m["auth"] = "token"; m["password"] = "" }, "password", nil},
+		{"unknown auth", func(m map[string]string) { m["auth"] = "kerberos" }, "auth", nil},
+		{"bad bool", func(m map[string]string) { m["anonymous-fallback"] = "maybe" }, "anonymous-fallback", nil},
+		{"bad platform", func(m map[string]string) { m["platform"] = "amd64" }, "platform", nil},
+		{"bad destination", func(m map[string]string) { m["destination"] = "podman" }, "destination", nil},
+		{"bad retries", func(m map[string]string) { m["retries"] = "-1" }, "retries", nil},
+		{"bad timeout", func(m map[string]string) { m["timeout"] = "10" }, "timeout", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := base()
+			if tt.edit != nil {
+				tt.edit(m)
+			}
+			c, err := ParseConfig(getter(m))
+			if tt.wantInput == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				tt.check(t, c)
+				return
+			}
+			var bad *ghcr.BadInputError
+			if !errors.As(err, &bad) || bad.Input != tt.wantInput {
+				t.Fatalf("error %v does not name input %q", err, tt.wantInput)
+			}
+			if bad.Fix == "" {
+				t.Errorf("error for %q says nothing about what to do", tt.wantInput)
+			}
+		})
+	}
+}
+
+func TestEnvGetter(t *testing.T) {
+	env := map[string]string{"INPUT_ANONYMOUS-FALLBACK": "false", "INPUT_IMAGE": "x"}
+	g := EnvGetter(func(k string) string { return env[k] })
+	if g("anonymous-fallback") != "false" || g("image") != "x" {
+		t.Errorf("runner's INPUT_ naming not followed")
+	}
+}

@@ -1,0 +1,93 @@
+package action
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// parseOutputs reads GITHUB_OUTPUT the way the runner does.
+func parseOutputs(t *testing.T, data string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	lines := strings.Split(data, "\n")
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		if l == "" {
+			continue
+		}
+		if name, delim, ok := strings.Cut(l, "<<"); ok {
+			var val []string
+			for i++; i < len(lines) && lines[i] != delim; i++ {
+				val = append(val, lines[i])
+			}
+			out[name] = strings.Join(val, "\n")
+			continue
+		}
+		name, val, _ := strings.Cut(l, "=")
+		out[name] = val
+	}
+	return out
+}
+
+func TestOutputsCannotBeInjected(t *testing.T) {
+	dir := t.TempDir()
+	outFile := filepath.Join(dir, "out")
+	env := map[string]string{"GITHUB_OUTPUT": outFile}
+	var log bytes.Buffer
+	r := newActionsReporter(&log, func(k string) string { return env[k] })
+	hostile := "denied\n_GitHubActionsFileCommandDelimeter_\ninjected=1\nghadelimiter_x\nauth-mode=token"
+	if err := r.Output("credential-error", hostile); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Output("auth-mode", "anonymous"); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(outFile)
+	got := parseOutputs(t, string(data))
+	if _, ok := got["injected"]; ok {
+		t.Errorf("an output was injected: %v", got)
+	}
+	if got["credential-error"] != hostile || got["auth-mode"] != "anonymous" || len(got) != 2 {
+		t.Errorf("outputs = %#v", got)
+	}
+}
+
+func TestLogLinesCannotIssueCommands(t *testing.T) {
+	var log bytes.Buffer
+	r := newActionsReporter(&log, func(string) string { return "" })
+	r.Info("registry said: %s", "nope\n::error::pwned\n::add-mask::x")
+	r.Warning("t", "a\n::set-output name=x::y")
+	for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		if strings.HasPrefix(line, "::") && !strings.HasPrefix(line, "::warning") {
+			t.Errorf("a line opens a workflow command: %q", line)
+		}
+	}
+	if n := strings.Count(log.String(), "\n"); n != 2 {
+		t.Errorf("%d lines, want 2: %q", n, log.String())
+	}
+}
+
+func TestMaskComesPerLine(t *testing.T) {
+	var log bytes.Buffer
+	r := newActionsReporter(&log, func(string) string { return "" })
+	r.Mask("line1\nline2")
+	r.Mask("")
+	got := log.String()
+	for _, want := range []string{"::add-mask::line1%0Aline2\n", "::add-mask::line1\n", "::add-mask::line2\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in %q", want, got)
+		}
+	}
+	if strings.Count(got, "add-mask") != 3 {
+		t.Errorf("empty secret masked: %q", got)
+	}
+}
+
+func TestSummaryEscapesCells(t *testing.T) {
+	if got := cell("a|b\n<script>"); strings.ContainsAny(got, "\n<") || !strings.Contains(got, `\|`) {
+		t.Errorf("cell not escaped: %q", got)
+	}
+}

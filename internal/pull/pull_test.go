@@ -1,0 +1,189 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// fakeDaemon answers pulls from a script, one entry per call.
+type fakeDaemon struct {
+	mu      sync.Mutex
+	answers []error
+	calls   []ghcr.Credentials
+	digest  string
+}
+
+func (f *fakeDaemon) Pull(_ context.Context, ref, _ string, creds ghcr.Credentials, progress ProgressFunc) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, creds)
+	if len(f.answers) > 0 {
+		err := f.answers[0]
+		f.answers = f.answers[1:]
+		if err != nil {
+			return false, err
+		}
+	}
+	progress(10, 20)
+	return true, nil
+}
+
+func (f *fakeDaemon) Inspect(_ context.Context, ref string) (ImageInfo, error) {
+	repo := ref[:strings.LastIndex(ref, ":")]
+	return ImageInfo{RepoDigests: []string{"other.io/x@sha256:" + strings.Repeat("0", 64), repo + "@" + f.digest}, Platform: "linux/amd64"}, nil
+}
+
+// openRegistry serves an in-process registry (no auth: every credential is
+// accepted) holding one image, and returns its reference and digest.
+func openRegistry(t *testing.T) (string, string) {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/app:1"
+	img, _ := random.Image(64, 1)
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return ref, d.String()
+}
+
+func TestRunDaemonSideFallback(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, err := ParseImages(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	rejected := ghcr.ClassifyDaemon(500, "unauthorized: authentication required", false)
+	notFound := ghcr.ClassifyDaemon(404, "manifest unknown", false)
+	transient := ghcr.ClassifyDaemon(500, "503 Service Unavailable", false)
+
+	tests := []struct {
+		name         string
+		answers      []error
+		fallback     bool
+		wantErr      bool
+		wantMode     ghcr.AuthMode
+		wantFallback bool
+		wantCalls    []ghcr.AuthMode
+	}{
+		{"accepted", nil, true, false, ghcr.AuthToken, false, []ghcr.AuthMode{ghcr.AuthToken}},
+		{"daemon rejects, fallback", []error{rejected}, true, false, ghcr.AuthAnonymous, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
+		{"daemon rejects, fallback off", []error{rejected}, false, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
+		{"not found never falls back", []error{notFound}, true, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
+		{"transient retried with the same credentials", []error{transient, transient}, true, false, ghcr.AuthToken, false, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fd := &fakeDaemon{answers: tt.answers, digest: digest}
+			targets := []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return fd, nil }}}
+			res := Run(context.Background(), images, targets, Options{
+				Credentials: token, Fallback: tt.fallback,
+				Retry: retry.Policy{Retries: 3, Base: time.Millisecond, Max: time.Millisecond},
+			})
+			if len(res) != 1 {
+				t.Fatalf("%d results", len(res))
+			}
+			r := res[0]
+			if (r.Err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", r.Err, tt.wantErr)
+			}
+			if r.AuthMode != tt.wantMode || r.FallbackUsed != tt.wantFallback {
+				t.Errorf("mode=%q fallback=%v, want %q %v", r.AuthMode, r.FallbackUsed, tt.wantMode, tt.wantFallback)
+			}
+			var modes []ghcr.AuthMode
+			for _, c := range fd.calls {
+				modes = append(modes, c.Mode)
+			}
+			if strings.Join(toStrings(modes), ",") != strings.Join(toStrings(tt.wantCalls), ",") {
+				t.Errorf("daemon calls = %v, want %v", modes, tt.wantCalls)
+			}
+			if !tt.wantErr {
+				if r.Digest != digest || r.ImageRef != strings.TrimSuffix(ref, ":1")+"@"+digest || !r.Pulled {
+					t.Errorf("digest=%s ref=%s pulled=%v", r.Digest, r.ImageRef, r.Pulled)
+				}
+			} else if r.Diagnosis == "" || r.ImageRef != "" {
+				t.Errorf("failure without diagnosis or with an image-ref: %+v", r)
+			}
+			if tt.wantFallback && !strings.Contains(r.CredentialError, "unauthorized") {
+				t.Errorf("credential error %q lacks the daemon's words", r.CredentialError)
+			}
+		})
+	}
+}
+
+func toStrings(m []ghcr.AuthMode) []string {
+	s := make([]string, len(m))
+	for i, x := range m {
+		s[i] = string(x)
+	}
+	return s
+}
+
+func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, _ := ParseImages(ref + "," + strings.Replace(ref, ":1", ":missing", 1))
+	res := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous})
+	if len(res) != 2 || res[0].Err != nil || res[0].Digest != digest || res[0].Host != HostNone {
+		t.Fatalf("probe-only result: %+v", res[0])
+	}
+	var nf *ghcr.NotFoundError
+	if !errors.As(res[1].Err, &nf) {
+		t.Errorf("missing tag: %v, want NotFoundError", res[1].Err)
+	}
+
+	down := []Target{
+		{Name: "down", Open: func(context.Context) (Daemon, error) { return nil, errors.New("connection refused") }},
+		{Name: "up", Open: func(context.Context) (Daemon, error) { return &fakeDaemon{digest: digest}, nil }},
+	}
+	res = Run(context.Background(), images[:1], down, Options{Credentials: ghcr.Anonymous})
+	if res[0].Err == nil || !strings.Contains(res[0].Diagnosis, "down") || res[1].Err != nil {
+		t.Errorf("one target down must not stop the other: %+v / %+v", res[0], res[1])
+	}
+}
+
+func TestRepoDigestAndPinned(t *testing.T) {
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	rds := []string{"nginx@" + a, "ghcr.io/acme/app@" + a, "ghcr.io/acme/app@" + b}
+	if got := RepoDigest(rds, "ghcr.io/acme/app:1", b); got != b {
+		t.Errorf("probed digest not preferred: %s", got)
+	}
+	if got := RepoDigest(rds, "ghcr.io/acme/app:1", ""); got != a {
+		t.Errorf("first digest of the repo: %s", got)
+	}
+	if got := RepoDigest(rds, "docker.io/library/nginx:latest", ""); got != a {
+		t.Errorf("docker hub normalisation: %s", got)
+	}
+	if got := Pinned("ghcr.io/acme/app:1.2.3", a); got != "ghcr.io/acme/app@"+a {
+		t.Errorf("Pinned = %s", got)
+	}
+	if got := Pinned("ghcr.io/acme/app@"+b, a); got != "ghcr.io/acme/app@"+a {
+		t.Errorf("Pinned of a digest ref = %s", got)
+	}
+}
+
+func TestParsePlatform(t *testing.T) {
+	for in, ok := range map[string]bool{"linux/amd64": true, "linux/arm64/v8": true, "linux": false, "a/b/c/d": false, "linux/": false, "linux/amd 64": false} {
+		_, err := ParsePlatform(in)
+		if (err == nil) != ok {
+			t.Errorf("ParsePlatform(%q) err=%v", in, err)
+		}
+	}
+}
