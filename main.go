@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	_ "embed"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,9 +14,15 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/action"
 )
 
+// actionYAML is the action's metadata: the binary's inputs, defaults and
+// flags come from it, so the two cannot drift.
+//
+//go:embed action.yml
+var actionYAML []byte
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	env := action.Env{Getenv: os.Getenv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	env := action.Env{Getenv: os.Getenv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Metadata: actionYAML}
 	os.Exit(action.Run(ctx, os.Args[1:], env))
 }

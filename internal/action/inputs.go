@@ -16,30 +16,6 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 )
 
-// Input describes one action input. The table below is the single source
-// for defaults, command-line flags, and the README/action.yml check.
-type Input struct {
-	Name        string
-	Default     string // the binary's own default (action.yml may use an expression)
-	Description string
-	Secret      bool
-}
-
-// Inputs lists every input, in the order action.yml and the README show.
-var Inputs = []Input{
-	{Name: "image", Description: "Image references to pull, separated by newlines or commas; tag or digest."},
-	{Name: "username", Description: "Registry user. Defaults to the workflow actor in action.yml."},
-	{Name: "password", Description: "Registry token or PAT. Defaults to the job's GITHUB_TOKEN in action.yml.", Secret: true},
-	{Name: "auth", Default: "auto", Description: "auto, token or anonymous. auto sends the credentials when a password is given and pulls anonymously (with a notice) when it is empty."},
-	{Name: "anonymous-fallback", Default: "true", Description: "Retry anonymously when the registry rejects the credentials."},
-	{Name: "platform", Description: "os/arch[/variant] to pull; empty means the daemon's own platform."},
-	{Name: "docker-host", Description: "Docker daemon to pull into; empty means DOCKER_HOST, else the default socket."},
-	{Name: "destination", Default: "docker", Description: "docker pulls into the daemon; none only resolves the digest and verifies access."},
-	{Name: "retries", Default: "3", Description: "Retries of transient failures (429, 5xx, timeouts); never of rejected credentials."},
-	{Name: "timeout", Default: "10m", Description: "Bound on the whole step, as a Go duration (90s, 10m)."},
-	{Name: "summary", Default: "true", Description: "Write the job summary."},
-}
-
 // Getter returns an input's raw value ("" when unset).
 type Getter func(name string) string
 
@@ -77,18 +53,14 @@ type Config struct {
 	Summary         bool
 }
 
-// ParseConfig validates every input and names the first bad one.
-func ParseConfig(get Getter) (Config, error) {
+// ParseConfig validates every input and names the first bad one. Unset
+// inputs take their defaults from md.
+func ParseConfig(get Getter, md Metadata) (Config, error) {
 	in := func(name string) string {
-		v := strings.TrimSpace(get(name))
-		if v == "" {
-			for _, i := range Inputs {
-				if i.Name == name {
-					return i.Default
-				}
-			}
+		if v := strings.TrimSpace(get(name)); v != "" {
+			return v
 		}
-		return v
+		return md.Default(name)
 	}
 	var c Config
 	var err error

@@ -2,6 +2,7 @@ package action
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -73,7 +74,7 @@ func TestParseConfig(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(m)
 			}
-			c, err := ParseConfig(getter(m))
+			c, err := ParseConfig(getter(m), testMetadata(t))
 			if tt.wantInput == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -98,4 +99,17 @@ func TestEnvGetter(t *testing.T) {
 	if g("anonymous-fallback") != "false" || g("image") != "x" {
 		t.Errorf("runner's INPUT_ naming not followed")
 	}
+}
+
+func testMetadata(t *testing.T) Metadata {
+	t.Helper()
+	data, err := os.ReadFile("../../action.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := ParseMetadata(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
 }

@@ -23,7 +23,9 @@ type Env struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
-	// Transport, when set, is used for registry probes (tests, demo).
+	// Metadata is action.yml, embedded in the binary.
+	Metadata []byte
+	// Probe adds options to registry probes (tests, demo).
 	Probe []ghcr.Option
 }
 
@@ -38,6 +40,11 @@ const (
 // arguments, GITHUB_ACTIONS=true) it reads INPUT_*; otherwise it is a
 // command-line tool with flags mirroring the inputs.
 func Run(ctx context.Context, args []string, env Env) (code int) {
+	md, err := ParseMetadata(env.Metadata)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "ghcr-pull: %v\n", err)
+		return ExitFailed
+	}
 	var rep reporter
 	var get Getter
 	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
@@ -45,7 +52,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		rep, get = ar, EnvGetter(env.Getenv)
 	} else {
 		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
-		g, err := flagGetter(args, env)
+		g, err := flagGetter(args, env, md)
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
 		}
@@ -67,7 +74,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	// Masks go first, before anything could echo the secret.
 	rep.Mask(get("password"))
 
-	cfg, err := ParseConfig(get)
+	cfg, err := ParseConfig(get, md)
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
@@ -333,12 +340,12 @@ func bytesText(n int64) string {
 // flagGetter builds a Getter from command-line flags mirroring the inputs.
 // The password never comes from a flag (it would sit in the process list
 // and shell history): GHCR_PULL_PASSWORD or --password-stdin.
-func flagGetter(args []string, env Env) (Getter, error) {
+func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 	fs := flag.NewFlagSet("ghcr-pull", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	values := map[string]*string{}
-	for _, in := range Inputs {
-		if in.Secret {
+	for _, in := range md.Inputs {
+		if secretInputs[in.Name] {
 			continue
 		}
 		values[in.Name] = fs.String(in.Name, in.Default, in.Description)

@@ -144,10 +144,7 @@ func (d *DockerDaemon) Inspect(ctx context.Context, ref string) (ImageInfo, erro
 	if err != nil {
 		return ImageInfo{}, err
 	}
-	platform := res.Os + "/" + res.Architecture
-	if res.Variant != "" {
-		platform += "/" + res.Variant
-	}
+	platform := strings.TrimRight(res.Os+"/"+res.Architecture+"/"+res.Variant, "/")
 	return ImageInfo{ID: res.ID, RepoDigests: res.RepoDigests, Platform: platform}, nil
 }
 

@@ -390,9 +390,9 @@ func (o *openOnce) close() {
 
 type noEvents struct{}
 
-func (noEvents) Fallback(Image, string, error)                   {}
+func (noEvents) Fallback(Image, string, error)                  {}
 func (noEvents) Retry(Image, string, int, time.Duration, error) {}
-func (noEvents) Progress(Image, string, int64, int64)            {}
+func (noEvents) Progress(Image, string, int64, int64)           {}
 
 // ParseImages splits the image input (newlines or commas) into references.
 // The error names the input and the offending entry.

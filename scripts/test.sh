@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included: installs what is missing (Debian
+# packages, act, actionlint come from the Go module proxy at test time), then
+# runs vet, the unit tests, brief fuzzing and the end-to-end tests, which
+# start their own dockerd, docker-registry, sshd and network-namespace hosts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in dockerd:docker.io docker-registry:docker-registry sshd:openssh-server ip:iproute2 \
+            containerd:containerd busybox:busybox-static ctr:containerd; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/bin/$cmd" ]; then
+    need+=("$pkg")
+  fi
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+export PATH="$PATH:$(go env GOPATH)/bin"
+if ! command -v act >/dev/null 2>&1; then
+  echo "installing act"
+  go install github.com/nektos/act@v0.2.89
+fi
+
+go vet ./...
+go test -count=1 -timeout 45m ./... "$@"
