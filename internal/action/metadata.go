@@ -13,6 +13,7 @@ import (
 type Input struct {
 	Name        string
 	Default     string // the binary's default; "" where action.yml uses an expression
+	Declared    string // the default exactly as action.yml writes it
 	Description string
 	Required    bool
 }
@@ -57,7 +58,7 @@ func ParseMetadata(data []byte) (Metadata, error) {
 			// no github context, so the binary's default is empty.
 			def = ""
 		}
-		md.Inputs = append(md.Inputs, Input{Name: doc.Inputs.Content[i].Value, Default: def, Description: in.Description, Required: in.Required})
+		md.Inputs = append(md.Inputs, Input{Name: doc.Inputs.Content[i].Value, Default: def, Declared: in.Default, Description: in.Description, Required: in.Required})
 	}
 	for i := 0; i+1 < len(doc.Outputs.Content); i += 2 {
 		var out struct {
