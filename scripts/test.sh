@@ -28,4 +28,17 @@ if ! command -v act >/dev/null 2>&1; then
 fi
 
 go vet ./...
-go test -count=1 -timeout 45m ./... "$@"
+
+# Brief fuzzing of every parser of user input and of error classification;
+# the seed corpus lives in each package's testdata/fuzz.
+FUZZTIME=${FUZZTIME:-15s}
+for pkg in $(go list ./internal/...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    echo "fuzz $pkg $target ($FUZZTIME)"
+    go test "$pkg" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" 2>&1 | tail -n 3
+  done
+done
+
+# Unit and end-to-end tests last, so their summary closes the run.
+go test -count=1 -timeout 45m ./... "$@" 2>&1 | tee "${TMPDIR:-/tmp}/ghcr-pull-test.log"

@@ -148,7 +148,11 @@ func appendFile(path, s string) error {
 // could open a workflow command is broken with a zero-width space.
 func NeutralizeCommands(s string) string {
 	s = strings.NewReplacer("\r", "%0D", "\n", "%0A").Replace(s)
-	return strings.ReplaceAll(s, "::", ":\u200b:")
+	// Repeat: ":::" leaves a "::" after one pass.
+	for strings.Contains(s, "::") {
+		s = strings.ReplaceAll(s, "::", ":\u200b:")
+	}
+	return s
 }
 
 // terminalReporter is for people at a shell: plain lines on stderr,

@@ -1,0 +1,40 @@
+package action
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// No combination of inputs panics, and every rejection names an input.
+func FuzzParseConfig(f *testing.F) {
+	f.Add("ghcr.io/a/b:1", "auto", "true", "linux/amd64", "docker", "3", "10m", "pw")
+	f.Add("", "token", "maybe", "x", "none", "-1", "1", "")
+	f.Fuzz(func(t *testing.T, image, auth, fallback, platform, dest, retries, timeout, password string) {
+		m := map[string]string{"image": image, "auth": auth, "anonymous-fallback": fallback, "platform": platform,
+			"destination": dest, "retries": retries, "timeout": timeout, "password": password}
+		_, err := ParseConfig(getter(m), testMetadata(t))
+		if err == nil {
+			return
+		}
+		var bad *ghcr.BadInputError
+		if !errors.As(err, &bad) || bad.Input == "" {
+			t.Fatalf("error %v names no input", err)
+		}
+		if password != "" && len(password) > 3 && strings.Contains(err.Error(), password) {
+			t.Fatalf("error echoes the password")
+		}
+	})
+}
+
+func FuzzNeutralizeCommands(f *testing.F) {
+	f.Add("::error::x\n::add-mask::y")
+	f.Fuzz(func(t *testing.T, s string) {
+		out := NeutralizeCommands(s)
+		if strings.ContainsAny(out, "\r\n") || strings.Contains(out, "::") {
+			t.Fatalf("unsafe log text: %q", out)
+		}
+	})
+}

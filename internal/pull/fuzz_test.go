@@ -1,0 +1,54 @@
+package pull
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+func FuzzParseImages(f *testing.F) {
+	f.Add("ghcr.io/acme/app:1.2.3")
+	f.Add("ghcr.io/a/b:1, ghcr.io/a/c@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n")
+	f.Add("nginx")
+	f.Add("UPPER/case")
+	f.Add("\n,\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		imgs, err := ParseImages(in)
+		if err != nil {
+			var bad *ghcr.BadInputError
+			if !errors.As(err, &bad) || bad.Input != "image" {
+				t.Fatalf("error %v does not name the image input", err)
+			}
+			return
+		}
+		for _, img := range imgs {
+			if img.Ref == nil || img.Input == "" {
+				t.Fatalf("empty image from %q", in)
+			}
+			// Whatever parses must pin: the daemon and the pinned ref agree.
+			if Pinned(img.Input, "sha256:"+"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef") == "" {
+				t.Fatalf("%q parsed but cannot be pinned", img.Input)
+			}
+		}
+	})
+}
+
+func FuzzParsePlatform(f *testing.F) {
+	f.Add("linux/amd64")
+	f.Add("linux/arm64/v8")
+	f.Add("windows")
+	f.Fuzz(func(t *testing.T, in string) {
+		p, err := ParsePlatform(in)
+		if err != nil {
+			var bad *ghcr.BadInputError
+			if !errors.As(err, &bad) || bad.Input != "platform" {
+				t.Fatalf("error %v does not name the platform input", err)
+			}
+			return
+		}
+		if p.OS == "" || p.Architecture == "" {
+			t.Fatalf("%q accepted without os/arch", in)
+		}
+	})
+}
