@@ -51,6 +51,8 @@ type Config struct {
 	Retries         int
 	Timeout         time.Duration
 	Summary         bool
+	// InsecureRegistries may be probed over plain HTTP.
+	InsecureRegistries []string
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
@@ -80,6 +82,12 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		c.Platform = p
 	}
 	c.DockerHost = in("docker-host")
+	for _, h := range splitList(in("insecure-registry")) {
+		if strings.ContainsAny(h, "/@ ") {
+			return c, bad("insecure-registry", fmt.Sprintf("%q is not a host[:port]", h), "e.g. 10.0.0.5:5000")
+		}
+		c.InsecureRegistries = append(c.InsecureRegistries, h)
+	}
 	switch d := Destination(strings.ToLower(in("destination"))); d {
 	case DestinationDocker, DestinationNone:
 		c.Destination = d
@@ -136,4 +144,15 @@ func parseBool(input, v string) (bool, error) {
 		return false, nil
 	}
 	return false, bad(input, fmt.Sprintf("%q is not a boolean", v), "use true or false")
+}
+
+// splitList splits a list input on newlines and commas, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == ',' || r == '\r' }) {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -95,7 +95,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	}
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	probeOpts := append([]ghcr.Option{ghcr.WithMask(rep.Mask)}, env.Probe...)
+	probeOpts := append([]ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}, env.Probe...)
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
 		Credentials:  cfg.Credentials,
 		Fallback:     cfg.Fallback,

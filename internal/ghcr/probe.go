@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -33,6 +34,22 @@ type probeOptions struct {
 	transport http.RoundTripper
 	mask      func(string)
 	userAgent string
+	insecure  map[string]bool
+}
+
+// WithInsecureRegistries allows plain HTTP to these host[:port]s besides
+// loopback. go-containerregistry would otherwise also fall back to HTTP for
+// any private-range address, where a network attacker could then read the
+// credentials.
+func WithInsecureRegistries(hosts ...string) Option {
+	return func(o *probeOptions) {
+		if o.insecure == nil {
+			o.insecure = map[string]bool{}
+		}
+		for _, h := range hosts {
+			o.insecure[h] = true
+		}
+	}
 }
 
 // WithTransport sets the HTTP transport (tests, proxies, fault injection).
@@ -59,7 +76,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 	for _, opt := range opts {
 		opt(&o)
 	}
-	obs := &observer{inner: o.transport, mask: o.mask}
+	obs := &observer{inner: o.transport, mask: o.mask, insecure: o.insecure}
 	desc, err := remote.Head(ref,
 		remote.WithContext(ctx),
 		remote.WithAuth(creds.Authenticator()),
@@ -87,6 +104,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 type observer struct {
 	inner    http.RoundTripper
 	mask     func(string)
+	insecure map[string]bool
 	requests atomic.Int64
 
 	mu    sync.Mutex
@@ -94,6 +112,11 @@ type observer struct {
 }
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !isLoopback(req.URL.Hostname()) {
+		return nil, &BadInputError{Input: "insecure-registry",
+			Problem: "refusing plain HTTP to " + req.URL.Host + " (only loopback registries are reached without TLS by default)",
+			Fix:     "serve the registry over TLS, or list " + req.URL.Host + " in insecure-registry"}
+	}
 	resp, err := o.inner.RoundTrip(req)
 	if err != nil {
 		return resp, err
@@ -114,6 +137,14 @@ func (o *observer) retryAfter() time.Duration {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.after
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // maxTokenBody bounds how much of a token answer is buffered for masking.
