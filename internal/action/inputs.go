@@ -66,7 +66,7 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 	}
 	var c Config
 	var err error
-	if c.Images, err = pull.ParseImages(get("image")); err != nil {
+	if c.Images, err = pull.ParseImages(splitList(get("image"))); err != nil {
 		return c, err
 	}
 	if c.Fallback, err = parseBool("anonymous-fallback", in("anonymous-fallback")); err != nil {

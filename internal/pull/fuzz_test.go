@@ -2,6 +2,7 @@ package pull
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -14,7 +15,7 @@ func FuzzParseImages(f *testing.F) {
 	f.Add("UPPER/case")
 	f.Add("\n,\n")
 	f.Fuzz(func(t *testing.T, in string) {
-		imgs, err := ParseImages(in)
+		imgs, err := ParseImages(strings.Split(in, ","))
 		if err != nil {
 			var bad *ghcr.BadInputError
 			if !errors.As(err, &bad) || bad.Input != "image" {

@@ -394,13 +394,12 @@ func (noEvents) Fallback(Image, string, error)                  {}
 func (noEvents) Retry(Image, string, int, time.Duration, error) {}
 func (noEvents) Progress(Image, string, int64, int64)           {}
 
-// ParseImages splits the image input (newlines or commas) into references.
-// The error names the input and the offending entry.
-func ParseImages(input string) ([]Image, error) {
-	fields := strings.FieldsFunc(input, func(r rune) bool { return r == '\n' || r == ',' || r == '\r' })
+// ParseImages parses the entries of the image input into references,
+// dropping blanks and repeats. The error names the input and the entry.
+func ParseImages(entries []string) ([]Image, error) {
 	var out []Image
 	seen := map[string]bool{}
-	for _, f := range fields {
+	for _, f := range entries {
 		f = strings.TrimSpace(f)
 		if f == "" || seen[f] {
 			continue

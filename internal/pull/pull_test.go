@@ -66,7 +66,7 @@ func openRegistry(t *testing.T) (string, string) {
 
 func TestRunDaemonSideFallback(t *testing.T) {
 	ref, digest := openRegistry(t)
-	images, err := ParseImages(ref)
+	images, err := ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func toStrings(m []ghcr.AuthMode) []string {
 
 func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
 	ref, digest := openRegistry(t)
-	images, _ := ParseImages(ref + "," + strings.Replace(ref, ":1", ":missing", 1))
+	images, _ := ParseImages([]string{ref, strings.Replace(ref, ":1", ":missing", 1)})
 	res := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous})
 	if len(res) != 2 || res[0].Err != nil || res[0].Digest != digest || res[0].Host != HostNone {
 		t.Fatalf("probe-only result: %+v", res[0])
