@@ -14,6 +14,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
 // Getter returns an input's raw value ("" when unset).
@@ -53,12 +54,17 @@ type Config struct {
 	Summary         bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
+	// SSH is set when ssh-host names hosts to pull on.
+	SSH            *sshdeploy.Settings
+	SSHConcurrency int
+	// PullLocal also pulls into the runner's daemon when SSH is set.
+	PullLocal bool
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
 // inputs take their defaults from md.
 func ParseConfig(get Getter, md Metadata) (Config, error) {
-	in := func(name string) string {
+	var in Getter = func(name string) string {
 		if v := strings.TrimSpace(get(name)); v != "" {
 			return v
 		}
@@ -93,6 +99,9 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		c.Destination = d
 	default:
 		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker or none")
+	}
+	if err := parseSSH(&c, get, in); err != nil {
+		return c, err
 	}
 	if c.Retries, err = strconv.Atoi(in("retries")); err != nil || c.Retries < 0 || c.Retries > 20 {
 		return c, bad("retries", fmt.Sprintf("%q is not a whole number from 0 to 20", in("retries")), "e.g. retries: 3")
@@ -155,4 +164,32 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
+func parseSSH(c *Config, get, in Getter) error {
+	var err error
+	if c.PullLocal, err = parseBool("pull-local", in("pull-local")); err != nil {
+		return err
+	}
+	if c.SSHConcurrency, err = strconv.Atoi(in("ssh-concurrency")); err != nil || c.SSHConcurrency < 1 || c.SSHConcurrency > 64 {
+		return bad("ssh-concurrency", fmt.Sprintf("%q is not a whole number from 1 to 64", in("ssh-concurrency")), "e.g. ssh-concurrency: 4")
+	}
+	if strings.TrimSpace(get("ssh-host")) == "" {
+		return nil
+	}
+	c.SSH, err = sshdeploy.ParseInputs(sshdeploy.Inputs{
+		Hosts:                 get("ssh-host"),
+		User:                  in("ssh-user"),
+		Port:                  in("ssh-port"),
+		Key:                   get("ssh-key"),
+		KeyPassphrase:         get("ssh-key-passphrase"),
+		KnownHosts:            get("ssh-known-hosts"),
+		Fingerprints:          get("ssh-fingerprint"),
+		InsecureIgnoreHostKey: in("ssh-insecure-ignore-host-key"),
+		ProxyJump:             in("ssh-proxy-jump"),
+		Socket:                in("remote-docker-socket"),
+		Timeout:               in("ssh-timeout"),
+	})
+	return err
 }

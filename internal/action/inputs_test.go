@@ -1,11 +1,16 @@
 package action
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
@@ -112,4 +117,50 @@ func testMetadata(t *testing.T) Metadata {
 		t.Fatal(err)
 	}
 	return md
+}
+
+func TestParseConfigSSH(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := string(pem.EncodeToMemory(block))
+	tests := []struct {
+		name    string
+		in      map[string]string
+		wantErr string // substring; "" for success
+	}{
+		{"no hosts, no ssh", map[string]string{}, ""},
+		{"host without key", map[string]string{"ssh-host": "deploy@10.0.0.5"}, "ssh-key"},
+		{"host without known hosts shows keyscan", map[string]string{"ssh-host": "10.0.0.5:2222", "ssh-key": key}, "ssh-keyscan"},
+		{"fingerprint", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-fingerprint": "SHA256:" + strings.Repeat("A", 43)}, ""},
+		{"insecure opt-out", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true"}, ""},
+		{"bad concurrency", map[string]string{"ssh-concurrency": "0"}, "ssh-concurrency"},
+		{"bad pull-local", map[string]string{"pull-local": "sometimes"}, "pull-local"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[string]string{"image": "ghcr.io/a/b:1"}
+			for k, v := range tt.in {
+				m[k] = v
+			}
+			c, err := ParseConfig(getter(m), testMetadata(t))
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if (m["ssh-host"] != "") != (c.SSH != nil) {
+					t.Errorf("SSH settings = %v", c.SSH)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v lacks %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "PRIVATE KEY") {
+				t.Errorf("error quotes the key")
+			}
+		})
+	}
 }

@@ -71,8 +71,10 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		}
 	}()
 
-	// Masks go first, before anything could echo the secret.
-	rep.Mask(get("password"))
+	// Masks go first, before anything could echo a secret.
+	for name := range secretInputs {
+		rep.Mask(get(name))
+	}
 
 	cfg, err := ParseConfig(get, md)
 	if err != nil {
@@ -89,20 +91,18 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
-	var targets []pull.Target
-	if cfg.Destination == DestinationDocker {
-		targets = append(targets, pull.Target{Name: "local", Open: pull.OpenLocalDocker(cfg.DockerHost)})
-	}
+	targets := targetsFor(cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
 	probeOpts := append([]ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}, env.Probe...)
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
-		Credentials:  cfg.Credentials,
-		Fallback:     cfg.Fallback,
-		Platform:     cfg.Platform,
-		Retry:        retry.Default(cfg.Retries),
-		ProbeOptions: probeOpts,
-		Events:       ev,
+		Credentials:       cfg.Credentials,
+		Fallback:          cfg.Fallback,
+		Platform:          cfg.Platform,
+		Retry:             retry.Default(cfg.Retries),
+		TargetConcurrency: cfg.SSHConcurrency,
+		ProbeOptions:      probeOpts,
+		Events:            ev,
 	})
 	ev.stop()
 
@@ -132,6 +132,30 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+// targetsFor lists where images go: nowhere (destination none), the
+// runner's daemon, or the SSH hosts (plus the runner's with pull-local).
+func targetsFor(cfg Config, rep reporter) []pull.Target {
+	if cfg.Destination == DestinationNone {
+		return nil
+	}
+	local := pull.Target{Name: "local", Open: pull.OpenLocalDocker(cfg.DockerHost)}
+	if cfg.SSH == nil {
+		return []pull.Target{local}
+	}
+	if cfg.SSH.Config.HostKeys.Insecure() {
+		rep.Warning("ghcr-pull: SSH host keys are not verified",
+			"ssh-insecure-ignore-host-key is true: anyone on the path to the hosts can impersonate them and receive the registry credentials. Set ssh-known-hosts or ssh-fingerprint instead.")
+	}
+	var targets []pull.Target
+	if cfg.PullLocal {
+		targets = append(targets, local)
+	}
+	for _, h := range cfg.SSH.Hosts {
+		targets = append(targets, pull.Target{Name: h.Addr(), Open: pull.OpenRemoteDocker(h, cfg.SSH)})
+	}
+	return targets
 }
 
 // ResultJSON is one element of the results output.

@@ -1,0 +1,265 @@
+package sshdeploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Defaults for Config.
+const (
+	DefaultTimeout   = 30 * time.Second
+	DefaultKeepAlive = 15 * time.Second
+	// keepAliveCountMax is how many intervals a keepalive may go
+	// unanswered before the connection is dropped, as OpenSSH's
+	// ServerAliveCountMax.
+	keepAliveCountMax = 3
+)
+
+// Config says how to reach hosts. Signer and HostKeys are required.
+type Config struct {
+	// Signer authenticates the client (ssh-key).
+	Signer ssh.Signer
+	// HostKeys verifies every hop, bastions included.
+	HostKeys *HostKeyPolicy
+	// ProxyJump lists bastions, dialled in order (ssh-proxy-jump).
+	ProxyJump []Host
+	// Timeout bounds connecting and the SSH handshake of each hop
+	// (ssh-timeout); 0 means DefaultTimeout.
+	Timeout time.Duration
+	// KeepAlive is the interval of keepalive requests on an established
+	// connection; 0 means DefaultKeepAlive, a negative value none. A
+	// connection whose keepalives go unanswered three times is closed.
+	KeepAlive time.Duration
+	// DialContext opens the TCP connection to the first hop; nil means a
+	// net.Dialer. Tests use it to count or redirect connections.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Conn is an authenticated SSH connection to one host, possibly through
+// bastions. It is safe for concurrent use.
+type Conn struct {
+	host    Host
+	client  *ssh.Client
+	jumps   []*ssh.Client
+	hostKey ssh.PublicKey
+
+	stop      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	discoverMu sync.Mutex
+	routeMu    sync.Mutex
+	routes     map[string]Route
+	lastRoute  Route
+}
+
+// Dial connects and authenticates to host, through cfg.ProxyJump when set.
+// Host keys are checked before dialling when the policy can tell (see
+// HostKeyPolicy.CheckHosts) and verified in each hop's key exchange, before
+// the client authenticates. ctx bounds the whole dial; cfg.Timeout bounds
+// each hop's connect and handshake. Errors are *InputError (nothing was
+// dialled) or *DialError (which wraps *HostKeyError on a refused key).
+func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
+	if cfg.Signer == nil {
+		return nil, &InputError{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
+	}
+	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+
+	var clients []*ssh.Client
+	var prev *ssh.Client
+	via := ""
+	var hostKey ssh.PublicKey
+	for _, hop := range slices.Concat(cfg.ProxyJump, []Host{host}) {
+		client, key, err := dialHop(ctx, hop, prev, via, cfg)
+		if err != nil {
+			for i := len(clients) - 1; i >= 0; i-- {
+				clients[i].Close()
+			}
+			return nil, err
+		}
+		clients = append(clients, client)
+		prev, via, hostKey = client, hop.String(), key
+	}
+	c := &Conn{
+		host:    host,
+		client:  clients[len(clients)-1],
+		jumps:   clients[:len(clients)-1],
+		hostKey: hostKey,
+		stop:    make(chan struct{}),
+		routes:  map[string]Route{},
+	}
+	if cfg.KeepAlive > 0 {
+		for _, cl := range clients {
+			go keepAlive(cl, cfg.KeepAlive, c.stop)
+		}
+	}
+	return c, nil
+}
+
+// dialHop connects to hop, directly or through prev, and completes the SSH
+// handshake. With fingerprints, which do not say their key type, a refused
+// key is retried with the other key types the host may hold.
+func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Config) (*ssh.Client, ssh.PublicKey, error) {
+	tried := map[int]bool{}
+	var refused *HostKeyError
+	var presented []string
+	for {
+		algos, retry := cfg.HostKeys.hostKeyAlgorithms(hop, tried)
+		client, v, err := handshake(ctx, hop, prev, via, cfg, algos)
+		if err == nil {
+			return client, v.presented, nil
+		}
+		if v == nil || (!v.called && refused == nil) || (v.called && v.refused == nil) {
+			return nil, nil, err
+		}
+		if v.refused != nil {
+			refused = v.refused
+			presented = append(presented, v.refused.Presented...)
+			refused.Presented = presented
+			if f := familyOf(v.presented.Type()); retry && f >= 0 && !tried[f] {
+				tried[f] = true
+				if more, _ := cfg.HostKeys.hostKeyAlgorithms(hop, tried); len(more) > 0 {
+					continue
+				}
+			}
+		}
+		// Either the key was refused with nothing left to try, or a retry
+		// found no other key type on the host: report the keys seen.
+		return nil, nil, &DialError{Host: hop.String(), Via: via, Stage: StageHandshake, Err: refused}
+	}
+}
+
+// handshake makes one attempt. v is nil when the TCP connection failed.
+func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Config, algos []string) (*ssh.Client, *verifier, error) {
+	hctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	fail := func(stage Stage, err error) error {
+		de := &DialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
+		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
+			de.Err = fmt.Errorf("no answer within %s: %w", cfg.Timeout, os.ErrDeadlineExceeded)
+			de.Fix = "check that the host is up and its SSH port open to the runner, or raise ssh-timeout"
+		} else if ctx.Err() != nil {
+			de.Err = ctx.Err()
+		}
+		return de
+	}
+
+	var raw net.Conn
+	var err error
+	switch {
+	case prev != nil:
+		raw, err = prev.DialContext(hctx, "tcp", hop.Addr())
+	case cfg.DialContext != nil:
+		raw, err = cfg.DialContext(hctx, "tcp", hop.Addr())
+	default:
+		raw, err = (&net.Dialer{}).DialContext(hctx, "tcp", hop.Addr())
+	}
+	if err != nil {
+		return nil, nil, fail(StageConnect, err)
+	}
+	// The handshake has no context of its own: closing the connection is
+	// how ctx and the timeout interrupt it (a forwarded channel has no
+	// deadlines either).
+	stop := context.AfterFunc(hctx, func() { raw.Close() })
+
+	v := &verifier{policy: cfg.HostKeys, host: hop}
+	cc := &ssh.ClientConfig{
+		User:              hop.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(cfg.Signer)},
+		HostKeyCallback:   v.callback,
+		HostKeyAlgorithms: algos,
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(raw, hop.Addr(), cc)
+	interrupted := !stop()
+	if err == nil && !interrupted {
+		return ssh.NewClient(sc, chans, reqs), v, nil
+	}
+	if err == nil {
+		sc.Close()
+		err = hctx.Err()
+	}
+	raw.Close()
+	switch {
+	case v.refused != nil:
+		return nil, v, v.refused
+	case v.called:
+		de := fail(StageAuth, err).(*DialError)
+		if de.Fix == "" {
+			de.Fix = fmt.Sprintf("the public half of ssh-key must be in the authorized_keys of %q on the host (ssh-user, or user@ in ssh-host)", hop.User)
+		}
+		return nil, v, de
+	default:
+		return nil, v, fail(StageHandshake, err)
+	}
+}
+
+func keepAlive(c *ssh.Client, every time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		reply := make(chan error, 1)
+		go func() {
+			// Any answer, even a refusal, shows the peer is alive.
+			_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		select {
+		case err := <-reply:
+			if err != nil {
+				c.Close()
+				return
+			}
+		case <-time.After(every * keepAliveCountMax):
+			c.Close()
+			return
+		case <-stop:
+			return
+		}
+	}
+}
+
+// Host is the host dialled.
+func (c *Conn) Host() Host { return c.host }
+
+// HostKey is the key the host presented (and the policy accepted).
+func (c *Conn) HostKey() ssh.PublicKey { return c.hostKey }
+
+// HostKeyFingerprint is the presented key as "type SHA256:...", for the
+// warning that ssh-insecure-ignore-host-key deserves.
+func (c *Conn) HostKeyFingerprint() string { return describeKey(c.hostKey) }
+
+// Client is the underlying SSH client.
+func (c *Conn) Client() *ssh.Client { return c.client }
+
+// Close closes the connection and those to the bastions.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		c.closeErr = c.client.Close()
+		for i := len(c.jumps) - 1; i >= 0; i-- {
+			c.jumps[i].Close()
+		}
+	})
+	return c.closeErr
+}

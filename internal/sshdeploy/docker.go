@@ -1,0 +1,321 @@
+package sshdeploy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Route is how a connection reaches the Docker daemon's socket.
+type Route string
+
+const (
+	// RouteStreamLocal is a direct-streamlocal@openssh.com channel to the
+	// socket, opened by sshd itself.
+	RouteStreamLocal Route = "stream-local"
+	// RouteDialStdio is an exec of `docker system dial-stdio` on the host.
+	RouteDialStdio Route = "dial-stdio"
+)
+
+// DefaultDockerSocket is where Docker listens unless told otherwise.
+const DefaultDockerSocket = "/var/run/docker.sock"
+
+// Route reports the route that reached the Docker socket most recently
+// dialled, "" before the first DialDocker succeeded.
+func (c *Conn) Route() Route {
+	c.routeMu.Lock()
+	defer c.routeMu.Unlock()
+	return c.lastRoute
+}
+
+// DockerDialer returns a dial function for the Docker Go client that
+// reaches socketPath on the host; the network and address the client asks
+// for are ignored. Use it with a placeholder host:
+//
+//	client.New(client.WithHost("http://docker"), client.WithDialContext(conn.DockerDialer(sock)), ...)
+func (c *Conn) DockerDialer(socketPath string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return c.DialDocker(ctx, socketPath)
+	}
+}
+
+// DialDocker opens a connection to the Docker daemon socket on the host.
+//
+// The first call tries a direct-streamlocal@openssh.com channel; when sshd
+// rejects it (OpenSSH 9.2 answers "open failed" both for
+// AllowStreamLocalForwarding no and for a missing socket, others
+// "administratively prohibited", so any rejection counts), it checks that
+// `docker system dial-stdio` reaches the daemon and uses that. The route
+// that worked is kept for later calls on this Conn. When both fail the error
+// is a *RouteError naming both.
+func (c *Conn) DialDocker(ctx context.Context, socketPath string) (net.Conn, error) {
+	if socketPath == "" {
+		socketPath = DefaultDockerSocket
+	}
+	if conn, ok, err := c.dialKnown(ctx, socketPath); ok {
+		return conn, err
+	}
+	// Discovery is serialised so that concurrent first dials do not each
+	// probe both routes; after it, dials run in parallel.
+	c.discoverMu.Lock()
+	defer c.discoverMu.Unlock()
+	if conn, ok, err := c.dialKnown(ctx, socketPath); ok {
+		return conn, err
+	}
+
+	conn, slErr := c.dialStreamLocal(ctx, socketPath)
+	if slErr == nil {
+		c.setRoute(socketPath, RouteStreamLocal)
+		return conn, nil
+	}
+	var rejected *ssh.OpenChannelError
+	if !errors.As(slErr, &rejected) {
+		// The connection itself failed (closed, ctx done): no other route
+		// would fare better.
+		return nil, slErr
+	}
+	if err := c.probeDialStdio(ctx, socketPath); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &RouteError{Host: c.host.String(), Socket: socketPath, StreamLocal: slErr, DialStdio: err}
+	}
+	conn, err := c.dialStdio(ctx, socketPath)
+	if err != nil {
+		return nil, &RouteError{Host: c.host.String(), Socket: socketPath, StreamLocal: slErr, DialStdio: err}
+	}
+	c.setRoute(socketPath, RouteDialStdio)
+	return conn, nil
+}
+
+// dialKnown dials by the route found earlier for socketPath; ok is false
+// when there is none yet.
+func (c *Conn) dialKnown(ctx context.Context, socketPath string) (conn net.Conn, ok bool, err error) {
+	c.routeMu.Lock()
+	route, known := c.routes[socketPath]
+	if known {
+		c.lastRoute = route
+	}
+	c.routeMu.Unlock()
+	switch {
+	case !known:
+		return nil, false, nil
+	case route == RouteStreamLocal:
+		conn, err = c.dialStreamLocal(ctx, socketPath)
+	default:
+		conn, err = c.dialStdio(ctx, socketPath)
+	}
+	return conn, true, err
+}
+
+func (c *Conn) setRoute(socketPath string, r Route) {
+	c.routeMu.Lock()
+	defer c.routeMu.Unlock()
+	c.routes[socketPath], c.lastRoute = r, r
+}
+
+func (c *Conn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn, error) {
+	return c.client.DialContext(ctx, "unix", socketPath)
+}
+
+// dialStdioCommand is the only command sshdeploy runs on a host. The socket
+// path is not secret; it is quoted for the remote shell.
+func dialStdioCommand(socketPath string) string {
+	return "docker -H " + shellQuote("unix://"+socketPath) + " system dial-stdio"
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// probeDialStdio sends one ping through a dial-stdio connection: the
+// command starting says nothing, since it prints nothing before the first
+// request, and a missing CLI or daemon only shows when it exits.
+func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) error {
+	conn, err := c.dialStdio(ctx, socketPath)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if _, err := io.WriteString(conn, "HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"); err != nil {
+		return err
+	}
+	status, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(status, "HTTP/1.") {
+		return fmt.Errorf("the daemon answered %q, not HTTP", clip(status, 80))
+	}
+	return nil
+}
+
+func (c *Conn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	// Opening a session has no context; do it aside so ctx still bounds it.
+	done := make(chan result, 1)
+	go func() {
+		conn, err := startDialStdio(c.client, socketPath)
+		done <- result{conn, err}
+	}()
+	select {
+	case r := <-done:
+		return r.conn, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.conn != nil {
+				r.conn.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+func startDialStdio(client *ssh.Client, socketPath string) (net.Conn, error) {
+	session, err := client.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	stdin, err := session.StdinPipe()
+	if err != nil {
+		session.Close()
+		return nil, err
+	}
+	stdout, err := session.StdoutPipe()
+	if err != nil {
+		session.Close()
+		return nil, err
+	}
+	sc := &stdioConn{session: session, stdin: stdin, stdout: stdout, socket: socketPath, exited: make(chan struct{})}
+	session.Stderr = &sc.stderr
+	if err := session.Start(dialStdioCommand(socketPath)); err != nil {
+		session.Close()
+		return nil, err
+	}
+	go func() {
+		sc.waitErr = session.Wait()
+		close(sc.exited)
+	}()
+	return sc, nil
+}
+
+// stdioConn is a net.Conn over the stdin and stdout of a remote
+// `docker system dial-stdio`, as the docker CLI's own ssh:// helper does.
+type stdioConn struct {
+	session *ssh.Session
+	stdin   io.WriteCloser
+	stdout  io.Reader
+	stderr  tailBuffer
+	socket  string
+
+	exited  chan struct{}
+	waitErr error
+
+	closeOnce sync.Once
+}
+
+// exitError turns the end of the stream into the command's failure, when
+// it failed: "bash: docker: command not found" reads better than EOF.
+func (s *stdioConn) exitError(err error) error {
+	select {
+	case <-s.exited:
+	case <-time.After(2 * time.Second):
+		return err
+	}
+	var exit *ssh.ExitError
+	switch {
+	case errors.As(s.waitErr, &exit):
+		return &DialStdioError{ExitStatus: exit.ExitStatus(), Stderr: s.stderr.String()}
+	case s.waitErr != nil:
+		var missing *ssh.ExitMissingError
+		if errors.As(s.waitErr, &missing) {
+			return &DialStdioError{ExitStatus: -1, Stderr: s.stderr.String()}
+		}
+	}
+	return err
+}
+
+func (s *stdioConn) Read(p []byte) (int, error) {
+	n, err := s.stdout.Read(p)
+	if err == io.EOF {
+		return n, s.exitError(err)
+	}
+	return n, err
+}
+
+func (s *stdioConn) Write(p []byte) (int, error) {
+	n, err := s.stdin.Write(p)
+	if err != nil {
+		return n, s.exitError(err)
+	}
+	return n, nil
+}
+
+// CloseWrite half-closes, as the Docker client does for attach streams.
+func (s *stdioConn) CloseWrite() error { return s.stdin.Close() }
+
+func (s *stdioConn) Close() error {
+	s.closeOnce.Do(func() {
+		s.stdin.Close()
+		s.session.Close()
+	})
+	return nil
+}
+
+func (s *stdioConn) LocalAddr() net.Addr  { return &net.UnixAddr{Name: "@", Net: "unix"} }
+func (s *stdioConn) RemoteAddr() net.Addr { return &net.UnixAddr{Name: s.socket, Net: "unix"} }
+
+// Deadlines are not supported by a session's pipes; like the docker CLI's
+// command connection, they are accepted and ignored. The HTTP client
+// cancels requests by closing the connection, which works.
+func (s *stdioConn) SetDeadline(time.Time) error      { return nil }
+func (s *stdioConn) SetReadDeadline(time.Time) error  { return nil }
+func (s *stdioConn) SetWriteDeadline(time.Time) error { return nil }
+
+// tailBuffer keeps the last bytes written to it: a remote command's stderr
+// is shown to users, and must not grow without bound.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailMax = 1024
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > tailMax {
+		t.buf = t.buf[len(t.buf)-tailMax:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.buf))
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

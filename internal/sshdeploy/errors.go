@@ -1,0 +1,162 @@
+package sshdeploy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Input names, as the action defines them. Errors name the input a user
+// should change.
+const (
+	InputHost          = "ssh-host"
+	InputUser          = "ssh-user"
+	InputPort          = "ssh-port"
+	InputKey           = "ssh-key"
+	InputKeyPassphrase = "ssh-key-passphrase"
+	InputKnownHosts    = "ssh-known-hosts"
+	InputFingerprint   = "ssh-fingerprint"
+	InputInsecure      = "ssh-insecure-ignore-host-key"
+	InputProxyJump     = "ssh-proxy-jump"
+	InputSocket        = "remote-docker-socket"
+	InputTimeout       = "ssh-timeout"
+)
+
+// InputError says that an input's value cannot be used. Input is the action
+// input's name (ssh-host, ssh-key, ...); Problem never quotes a secret.
+type InputError struct {
+	Input   string
+	Problem string
+	Fix     string
+}
+
+func (e *InputError) Error() string {
+	s := fmt.Sprintf("input %q: %s", e.Input, e.Problem)
+	if e.Fix != "" {
+		s += " (" + e.Fix + ")"
+	}
+	return s
+}
+
+// HostKeyError says a host presented a key the policy does not accept. It is
+// returned during the key exchange, before the client authenticates or opens
+// any channel, so nothing has been sent to the host.
+type HostKeyError struct {
+	// Host is the address dialled, host:port.
+	Host string
+	// Presented lists the keys the host presented ("ssh-ed25519 SHA256:..."),
+	// one per attempt: with fingerprints only, each key type is tried in
+	// turn, since a fingerprint does not say which type it belongs to.
+	Presented []string
+	// Expected lists what would have been accepted for this host.
+	Expected []string
+	// Revoked is set when the key is marked @revoked in the known hosts.
+	Revoked bool
+	// Port is the SSH port, for the ssh-keyscan hint.
+	Port int
+	// Name is the host name or address, for the ssh-keyscan hint.
+	Name string
+}
+
+func (e *HostKeyError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "host key verification failed for %s: ", e.Host)
+	if e.Revoked {
+		fmt.Fprintf(&b, "it presented %s, which ssh-known-hosts marks @revoked", strings.Join(e.Presented, ", "))
+	} else {
+		fmt.Fprintf(&b, "it presented %s, which matches neither ssh-known-hosts nor ssh-fingerprint", strings.Join(e.Presented, ", "))
+		if len(e.Expected) > 0 {
+			fmt.Fprintf(&b, " (expected %s)", strings.Join(e.Expected, ", "))
+		}
+	}
+	b.WriteString("; nothing was sent to the host. If the host was reinstalled, refresh the value with `")
+	b.WriteString(KeyscanCommand(e.Port, e.Name))
+	b.WriteString("` run from a network you trust; otherwise the connection may be intercepted")
+	return b.String()
+}
+
+// Stage says how far a connection got before it failed.
+type Stage string
+
+const (
+	StageConnect   Stage = "connect"   // TCP (or the bastion's forwarded channel)
+	StageHandshake Stage = "handshake" // key exchange, host key verification
+	StageAuth      Stage = "auth"      // user authentication with ssh-key
+)
+
+// DialError is a failure to reach a host. Via names the bastion the failing
+// hop was dialled through, if any. It wraps *HostKeyError when the host key
+// was refused.
+type DialError struct {
+	Host  string
+	Via   string
+	Stage Stage
+	Err   error
+	Fix   string
+}
+
+func (e *DialError) Error() string {
+	s := fmt.Sprintf("ssh %s: %s failed", e.Host, e.Stage)
+	if e.Via != "" {
+		s += " (through " + e.Via + ")"
+	}
+	s += ": " + e.Err.Error()
+	if e.Fix != "" {
+		s += " (" + e.Fix + ")"
+	}
+	return s
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// RouteError says neither route reached the Docker daemon socket.
+type RouteError struct {
+	Host   string
+	Socket string
+	// StreamLocal is the rejection of the direct-streamlocal channel.
+	StreamLocal error
+	// DialStdio is the failure of `docker system dial-stdio`, usually a
+	// *DialStdioError.
+	DialStdio error
+}
+
+func (e *RouteError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cannot reach the Docker daemon at %s on %s by either route: ", e.Socket, e.Host)
+	fmt.Fprintf(&b, "(1) stream-local forwarding (direct-streamlocal@openssh.com) was rejected: %v"+
+		" — sshd answers so when AllowStreamLocalForwarding is no in its sshd_config, or when the socket is missing or not accessible to the user; ", e.StreamLocal)
+	fmt.Fprintf(&b, "(2) `docker system dial-stdio` failed: %v", e.DialStdio)
+	var ds *DialStdioError
+	if errors.As(e.DialStdio, &ds) && ds.CommandNotFound() {
+		b.WriteString(" — docker: command not found on the remote PATH (non-interactive SSH sessions do not read ~/.profile or ~/.bashrc)")
+	}
+	fmt.Fprintf(&b, ". Fix: set AllowStreamLocalForwarding yes in the host's sshd_config, or put the docker CLI on the PATH of its SSH sessions; check that %s is the daemon's socket (remote-docker-socket) and that the SSH user may open it", e.Socket)
+	return b.String()
+}
+
+func (e *RouteError) Unwrap() []error { return []error{e.StreamLocal, e.DialStdio} }
+
+// DialStdioError is how `docker system dial-stdio` ended on the remote host
+// when it did not carry a connection to the daemon.
+type DialStdioError struct {
+	// ExitStatus is the remote command's exit status (-1 when unknown).
+	ExitStatus int
+	// Stderr is the end of what the command wrote to stderr, clipped.
+	Stderr string
+}
+
+func (e *DialStdioError) Error() string {
+	msg := strings.TrimSpace(e.Stderr)
+	if msg == "" {
+		msg = "no message"
+	}
+	if e.ExitStatus >= 0 {
+		return fmt.Sprintf("exit status %d: %s", e.ExitStatus, msg)
+	}
+	return msg
+}
+
+// CommandNotFound tells whether the shell could not find the docker CLI.
+func (e *DialStdioError) CommandNotFound() bool {
+	return e.ExitStatus == 127 || strings.Contains(e.Stderr, "command not found") || strings.Contains(e.Stderr, "docker: not found")
+}

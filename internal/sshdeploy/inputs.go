@@ -1,0 +1,143 @@
+package sshdeploy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Inputs are the raw values of the SSH inputs, as the action received them.
+type Inputs struct {
+	Hosts                 string // ssh-host
+	User                  string // ssh-user; empty means DefaultUser
+	Port                  string // ssh-port; empty means DefaultPort
+	Key                   string // ssh-key
+	KeyPassphrase         string // ssh-key-passphrase
+	KnownHosts            string // ssh-known-hosts
+	Fingerprints          string // ssh-fingerprint
+	InsecureIgnoreHostKey string // ssh-insecure-ignore-host-key: true or false
+	ProxyJump             string // ssh-proxy-jump
+	Socket                string // remote-docker-socket; empty means DefaultDockerSocket
+	Timeout               string // ssh-timeout; empty means DefaultTimeout
+}
+
+// Settings are Inputs checked and parsed: everything Dial and DialDocker
+// need for every host.
+type Settings struct {
+	Hosts  []Host
+	Socket string
+	Config Config
+}
+
+// ParseInputs checks every SSH input at once. The error joins one
+// *InputError per bad input; nothing is dialled. Host key coverage is
+// checked too (HostKeyPolicy.CheckHosts), so a missing ssh-known-hosts
+// fails here with the ssh-keyscan command that gives it.
+func ParseInputs(in Inputs) (*Settings, error) {
+	var errs []error
+	bad := func(err error) { errs = append(errs, err) }
+
+	user := strings.TrimSpace(in.User)
+	if user == "" {
+		user = DefaultUser
+	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
+		bad(&InputError{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
+		user = DefaultUser
+	}
+	port := DefaultPort
+	if strings.TrimSpace(in.Port) != "" {
+		p, err := ParsePort(in.Port)
+		if err != nil {
+			bad(&InputError{Input: InputPort, Problem: err.Error()})
+		} else {
+			port = p
+		}
+	}
+
+	hosts, err := ParseHosts(in.Hosts, user, port)
+	if err != nil {
+		bad(err)
+	}
+	jumps, err := ParseProxyJump(in.ProxyJump, user, port)
+	if err != nil {
+		bad(err)
+	}
+
+	signer, err := ParsePrivateKey(in.Key, in.KeyPassphrase)
+	if err != nil {
+		bad(err)
+	}
+
+	insecure := false
+	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			bad(&InputError{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
+		}
+		insecure = b
+	}
+	policy, err := ParseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
+	if err != nil {
+		bad(err)
+	} else if hosts != nil {
+		if err := policy.CheckHosts(hosts, jumps); err != nil {
+			bad(err)
+		}
+	}
+
+	socket, err := ParseSocket(in.Socket)
+	if err != nil {
+		bad(err)
+	}
+	timeout, err := ParseTimeout(in.Timeout)
+	if err != nil {
+		bad(err)
+	}
+
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return &Settings{
+		Hosts:  hosts,
+		Socket: socket,
+		Config: Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout},
+	}, nil
+}
+
+// ParseSocket reads remote-docker-socket: an absolute path, or a
+// unix:// URL. Empty means DefaultDockerSocket.
+func ParseSocket(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return DefaultDockerSocket, nil
+	}
+	path := strings.TrimPrefix(s, "unix://")
+	switch {
+	case strings.Contains(path, "://"):
+		return "", &InputError{Input: InputSocket, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. /var/run/docker.sock or /run/user/1000/docker.sock"}
+	case !strings.HasPrefix(path, "/"):
+		return "", &InputError{Input: InputSocket, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. /var/run/docker.sock"}
+	case strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return "", &InputError{Input: InputSocket, Problem: "contains control characters"}
+	}
+	return path, nil
+}
+
+// ParseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
+// seconds. Empty means DefaultTimeout.
+func ParseTimeout(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return DefaultTimeout, nil
+	}
+	if _, err := strconv.Atoi(s); err == nil {
+		s += "s"
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, &InputError{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
+	}
+	return d, nil
+}

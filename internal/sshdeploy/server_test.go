@@ -1,0 +1,321 @@
+package sshdeploy
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// testServer is an in-process SSH server with just what sshdeploy uses:
+// public key auth, direct-streamlocal, direct-tcpip (as a bastion) and exec
+// sessions that emulate `docker system dial-stdio`.
+type testServer struct {
+	t        *testing.T
+	addr     string
+	port     int
+	config   *ssh.ServerConfig
+	hostKeys []ssh.Signer
+
+	streamLocal bool // allow direct-streamlocal@openssh.com
+	dockerCLI   bool // emulate the docker CLI for exec; else "command not found"
+	stall       bool // accept TCP and never speak
+
+	authAttempts atomic.Int32 // public key callbacks: credentials offered
+	channels     atomic.Int32 // channels opened, of any type
+	mu           sync.Mutex
+	commands     []string
+}
+
+var (
+	rsaOnce sync.Once
+	rsaKey  *rsa.PrivateKey
+)
+
+// testRSAKey is generated once: RSA generation is slow.
+func testRSAKey(t testing.TB) *rsa.PrivateKey {
+	rsaOnce.Do(func() {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			panic(err)
+		}
+		rsaKey = k
+	})
+	return rsaKey
+}
+
+func newSigner(t testing.TB, kind string) ssh.Signer {
+	t.Helper()
+	var key any
+	switch kind {
+	case "ed25519":
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = k
+	case "ecdsa":
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key = k
+	case "rsa":
+		key = testRSAKey(t)
+	default:
+		t.Fatalf("unknown key kind %q", kind)
+	}
+	s, err := ssh.NewSignerFromKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+type serverOption func(*testServer)
+
+func withHostKeys(kinds ...string) serverOption {
+	return func(s *testServer) {
+		s.hostKeys = nil
+		for _, k := range kinds {
+			s.hostKeys = append(s.hostKeys, newSigner(s.t, k))
+		}
+	}
+}
+func withoutStreamLocal() serverOption { return func(s *testServer) { s.streamLocal = false } }
+func withoutDockerCLI() serverOption   { return func(s *testServer) { s.dockerCLI = false } }
+func stalling() serverOption           { return func(s *testServer) { s.stall = true } }
+
+// startServer listens on loopback and accepts the client key.
+func startServer(t *testing.T, client ssh.PublicKey, opts ...serverOption) *testServer {
+	t.Helper()
+	s := &testServer{t: t, streamLocal: true, dockerCLI: true}
+	withHostKeys("ed25519")(s)
+	for _, o := range opts {
+		o(s)
+	}
+	s.config = &ssh.ServerConfig{
+		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			s.authAttempts.Add(1)
+			if string(key.Marshal()) == string(client.Marshal()) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("unknown key")
+		},
+	}
+	for _, k := range s.hostKeys {
+		s.config.AddHostKey(k)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	s.addr = l.Addr().String()
+	s.port = l.Addr().(*net.TCPAddr).Port
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go s.handle(c)
+		}
+	}()
+	return s
+}
+
+func (s *testServer) host(user string) Host { return Host{User: user, Name: "127.0.0.1", Port: s.port} }
+
+func (s *testServer) knownHostsLine(name string) string {
+	var b []byte
+	for _, k := range s.hostKeys {
+		b = append(b, fmt.Sprintf("%s %s", name, ssh.MarshalAuthorizedKey(k.PublicKey()))...)
+	}
+	return string(b)
+}
+
+func (s *testServer) handle(c net.Conn) {
+	if s.stall {
+		io.Copy(io.Discard, c)
+		return
+	}
+	sc, chans, reqs, err := ssh.NewServerConn(c, s.config)
+	if err != nil {
+		c.Close()
+		return
+	}
+	defer sc.Close()
+	go ssh.DiscardRequests(reqs)
+	for nc := range chans {
+		s.channels.Add(1)
+		switch nc.ChannelType() {
+		case "direct-streamlocal@openssh.com":
+			var req struct {
+				SocketPath string
+				Reserved0  string
+				Reserved1  uint32
+			}
+			if err := ssh.Unmarshal(nc.ExtraData(), &req); err != nil || !s.streamLocal {
+				// What OpenSSH 9.2 answers when AllowStreamLocalForwarding is no.
+				nc.Reject(ssh.ConnectionFailed, "open failed")
+				continue
+			}
+			u, err := net.Dial("unix", req.SocketPath)
+			if err != nil {
+				nc.Reject(ssh.ConnectionFailed, "open failed")
+				continue
+			}
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				u.Close()
+				continue
+			}
+			go ssh.DiscardRequests(creqs)
+			go pipe(ch, u)
+		case "direct-tcpip":
+			var req struct {
+				Host     string
+				Port     uint32
+				OrigHost string
+				OrigPort uint32
+			}
+			if err := ssh.Unmarshal(nc.ExtraData(), &req); err != nil {
+				nc.Reject(ssh.ConnectionFailed, "bad request")
+				continue
+			}
+			u, err := net.Dial("tcp", net.JoinHostPort(req.Host, fmt.Sprint(req.Port)))
+			if err != nil {
+				nc.Reject(ssh.ConnectionFailed, err.Error())
+				continue
+			}
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				u.Close()
+				continue
+			}
+			go ssh.DiscardRequests(creqs)
+			go pipe(ch, u)
+		case "session":
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				continue
+			}
+			go s.session(ch, creqs)
+		default:
+			nc.Reject(ssh.UnknownChannelType, "no")
+		}
+	}
+}
+
+var dialStdioRE = regexp.MustCompile(`^docker -H 'unix://([^']+)' system dial-stdio$`)
+
+func (s *testServer) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
+	defer ch.Close()
+	for req := range reqs {
+		if req.Type != "exec" {
+			req.Reply(false, nil)
+			continue
+		}
+		var exec struct{ Command string }
+		ssh.Unmarshal(req.Payload, &exec)
+		req.Reply(true, nil)
+		s.mu.Lock()
+		s.commands = append(s.commands, exec.Command)
+		s.mu.Unlock()
+		status := s.exec(exec.Command, ch)
+		ch.SendRequest("exit-status", false, binary.BigEndian.AppendUint32(nil, status))
+		return
+	}
+}
+
+// exec emulates the remote shell running one command.
+func (s *testServer) exec(cmd string, ch ssh.Channel) uint32 {
+	m := dialStdioRE.FindStringSubmatch(cmd)
+	switch {
+	case !s.dockerCLI:
+		fmt.Fprintln(ch.Stderr(), "bash: line 1: docker: command not found")
+		return 127
+	case m == nil:
+		fmt.Fprintln(ch.Stderr(), "unexpected command")
+		return 2
+	}
+	u, err := net.Dial("unix", m[1])
+	if err != nil {
+		fmt.Fprintf(ch.Stderr(), "Cannot connect to the Docker daemon at unix://%s. Is the docker daemon running?\n", m[1])
+		return 1
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Copy(u, ch)
+		u.(*net.UnixConn).CloseWrite()
+		close(done)
+	}()
+	io.Copy(ch, u)
+	u.Close()
+	ch.CloseWrite()
+	return 0
+}
+
+func (s *testServer) execCommands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.commands...)
+}
+
+func pipe(ch ssh.Channel, c net.Conn) {
+	go func() {
+		io.Copy(c, ch)
+		if uc, ok := c.(interface{ CloseWrite() error }); ok {
+			uc.CloseWrite()
+		}
+	}()
+	io.Copy(ch, c)
+	ch.CloseWrite()
+	ch.Close()
+	c.Close()
+}
+
+// startFakeDocker serves a Docker-like /_ping on a unix socket.
+func startFakeDocker(t *testing.T) string {
+	t.Helper()
+	// Unix socket paths are short; t.TempDir can be long.
+	dir, err := filepath.Abs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "d.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Api-Version", "1.41")
+			if r.URL.Path == "/_ping" {
+				io.WriteString(w, "OK")
+				return
+			}
+			http.NotFound(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
