@@ -165,8 +165,10 @@ func (o *observer) maskTokens(resp *http.Response) {
 	if json.Unmarshal(body, &tok) != nil {
 		return
 	}
+	masked := map[string]bool{}
 	for _, s := range []string{tok.Token, tok.AccessToken, tok.RefreshToken} {
-		if s != "" {
+		if s != "" && !masked[s] {
+			masked[s] = true
 			o.mask(s)
 		}
 	}
