@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/action"
+	"github.com/ghcr-pull/ghcr-pull/internal/demo"
 )
 
 // actionYAML is the action's metadata: the binary's inputs, defaults and
@@ -23,6 +24,9 @@ var actionYAML []byte
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		os.Exit(demo.Run(ctx, actionYAML, os.Stdout))
+	}
 	env := action.Env{Getenv: os.Getenv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Metadata: actionYAML}
 	os.Exit(action.Run(ctx, os.Args[1:], env))
 }
