@@ -132,8 +132,30 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 		}
 	}()
 
+	// Reach every target before any credential is sent anywhere: a host
+	// whose key does not verify may be an attacker's, and when no target
+	// can be reached there is nothing to probe for.
+	var og errgroup.Group
+	og.SetLimit(opts.TargetConcurrency)
+	for _, o := range opened {
+		og.Go(func() error { _, _ = o.open(ctx); return nil })
+	}
+	_ = og.Wait()
+	reachable := len(opened) == 0
+	for _, o := range opened {
+		reachable = reachable || o.err == nil
+	}
+
 	perImage := max(len(targets), 1)
 	results := make([]Result, len(images)*perImage)
+	if !reachable {
+		for i, img := range images {
+			for j, o := range opened {
+				results[i*perImage+j] = unreachable(img, o)
+			}
+		}
+		return results
+	}
 	var g errgroup.Group
 	g.SetLimit(opts.ImageConcurrency)
 	for i, img := range images {
@@ -157,6 +179,10 @@ func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options
 	out := make([]Result, len(targets))
 	if p.err != nil {
 		for i, t := range targets {
+			if _, err := t.open(ctx); err != nil {
+				out[i] = unreachable(img, t)
+				continue
+			}
 			out[i] = p.result(img, t.target.Name, time.Since(start))
 		}
 		return out
@@ -247,17 +273,19 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 	return r
 }
 
+// unreachable is the result for a target whose daemon could not be opened.
+func unreachable(img Image, t *openOnce) Result {
+	return Result{Image: img.Input, Host: t.target.Name, Err: t.err,
+		Diagnosis: fmt.Sprintf("could not reach the daemon on %s: %v", t.target.Name, t.err)}
+}
+
 // pullOnto pulls one image into one target with the probe's credentials.
 func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts Options) Result {
-	res := p.result(img, t.target.Name, 0)
-	res.Requests = p.requests
 	d, err := t.open(ctx)
 	if err != nil {
-		res.AuthMode = ""
-		res.Err = err
-		res.Diagnosis = fmt.Sprintf("could not reach the daemon on %s: %v", t.target.Name, err)
-		return res
+		return unreachable(img, t)
 	}
+	res := p.result(img, t.target.Name, 0)
 	attempts := append([]ghcr.Attempt(nil), p.attempts...)
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool
