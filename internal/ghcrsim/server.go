@@ -3,11 +3,13 @@ package ghcrsim
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -61,11 +63,26 @@ type user struct {
 	push     bool
 }
 
-type fault struct {
-	status     int
-	retryAfter string
-	match      string
+// Fault is a misbehaviour injected into one request whose path contains
+// Match. Exactly one of Status, Reset, Truncate and Stall applies, in that
+// order of precedence.
+type Fault struct {
+	Match string
+	// Status answers with this status (and Retry-After when set) instead
+	// of serving the request.
+	Status     int
+	RetryAfter string
+	// Reset serves the request but closes the connection after half the
+	// body: a connection reset in the middle of a blob.
+	Reset bool
+	// Truncate serves the request with its full Content-Length but only
+	// half the body, then ends the response cleanly.
+	Truncate bool
+	// Stall waits this long before serving (a slow or hung peer).
+	Stall time.Duration
 }
+
+type fault = Fault
 
 // New builds a front.
 func New(opts Options) (*Server, error) {
@@ -128,8 +145,22 @@ func (s *Server) FailNext(n, status int, retryAfter, match string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for range n {
-		s.faults = append(s.faults, fault{status: status, retryAfter: retryAfter, match: match})
+		s.faults = append(s.faults, Fault{Status: status, RetryAfter: retryAfter, Match: match})
 	}
+}
+
+// Inject queues faults, each consumed by the next request it matches.
+func (s *Server) Inject(faults ...Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = append(s.faults, faults...)
+}
+
+// Pending is how many injected faults no request has consumed yet.
+func (s *Server) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.faults)
 }
 
 // Requests returns the log so far.
@@ -175,23 +206,95 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}()
 
+	var w2 http.ResponseWriter = rec
 	if f, ok := s.takeFault(r.URL.Path); ok {
-		if f.retryAfter != "" {
-			rec.Header().Set("Retry-After", f.retryAfter)
+		switch {
+		case f.Status != 0:
+			if f.RetryAfter != "" {
+				rec.Header().Set("Retry-After", f.RetryAfter)
+			}
+			code := "UNAVAILABLE"
+			if f.Status == http.StatusTooManyRequests {
+				code = "TOOMANYREQUESTS"
+			}
+			writeError(rec, f.Status, code, http.StatusText(f.Status))
+			return
+		case f.Reset || f.Truncate:
+			w2 = &cutWriter{statusRecorder: rec, reset: f.Reset}
+		case f.Stall > 0:
+			select {
+			case <-time.After(f.Stall):
+			case <-r.Context().Done():
+				rec.status = 499
+				return
+			}
 		}
-		writeError(rec, f.status, "UNAVAILABLE", http.StatusText(f.status))
-		return
 	}
 	switch {
 	case r.URL.Path == "/token":
-		s.serveToken(rec, r)
+		s.serveToken(w2, r)
 	case strings.HasPrefix(r.URL.Path, "/v2"):
-		if s.verify && !s.authorized(rec, r) {
+		if s.verify && !s.authorized(w2, r) {
 			return
 		}
-		s.backend.ServeHTTP(rec, r)
+		s.backend.ServeHTTP(w2, r)
 	default:
-		http.NotFound(rec, r)
+		http.NotFound(w2, r)
+	}
+	if c, ok := w2.(*cutWriter); ok {
+		c.finish()
+	}
+}
+
+// cutWriter passes half of a body through, then cuts it: by closing the
+// connection (reset) or by swallowing the rest (truncate, so the client
+// sees fewer bytes than Content-Length promised).
+type cutWriter struct {
+	*statusRecorder
+	reset   bool
+	limit   int64
+	written int64
+	cut     bool
+}
+
+func (c *cutWriter) WriteHeader(code int) {
+	if n, err := strconv.ParseInt(c.Header().Get("Content-Length"), 10, 64); err == nil {
+		c.limit = n / 2
+	}
+	c.statusRecorder.WriteHeader(code)
+}
+
+func (c *cutWriter) Write(p []byte) (int, error) {
+	if c.cut {
+		return len(p), nil
+	}
+	if c.limit > 0 && c.written+int64(len(p)) > c.limit {
+		p = p[:c.limit-c.written]
+		c.cut = true
+	}
+	n, err := c.statusRecorder.Write(p)
+	c.written += int64(n)
+	if c.cut {
+		c.finish()
+		return len(p), nil
+	}
+	return n, err
+}
+
+// finish cuts the connection so the client cannot take the short body
+// for a complete one.
+func (c *cutWriter) finish() {
+	if !c.cut {
+		return
+	}
+	c.Flush()
+	if hj, ok := c.ResponseWriter.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			if tcp, ok := conn.(*net.TCPConn); ok && c.reset {
+				_ = tcp.SetLinger(0) // RST, not FIN
+			}
+			_ = conn.Close()
+		}
 	}
 }
 
@@ -199,7 +302,7 @@ func (s *Server) takeFault(path string) (fault, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, f := range s.faults {
-		if strings.Contains(path, f.match) {
+		if strings.Contains(path, f.Match) {
 			s.faults = slices.Delete(s.faults, i, i+1)
 			return f, true
 		}
