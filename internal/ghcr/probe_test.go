@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 
@@ -45,5 +47,42 @@ func TestProbeRefusesPlainHTTPOffLoopback(t *testing.T) {
 	}
 	if !sawHTTP {
 		t.Errorf("insecure-registry listed, yet no HTTP attempt: %v", rt.urls)
+	}
+}
+
+// A registry that redirects to another host must not hand that host the
+// credentials or the registry token (blob redirects to storage are normal;
+// what is forwarded is what matters).
+func TestProbeRedirectDoesNotForwardCredentials(t *testing.T) {
+	var other []string
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		other = append(other, r.Header.Get("Authorization"))
+		w.Header().Set("Docker-Content-Digest", "sha256:"+strings.Repeat("a", 64))
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Header().Set("Content-Length", "2")
+	}))
+	defer elsewhere.Close()
+	var registry *httptest.Server
+	registry = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/token":
+			_, _ = w.Write([]byte(`{"token":"registry-token-xyz"}`))
+		case r.Header.Get("Authorization") != "Bearer registry-token-xyz":
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+registry.URL+`/token",service="s"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		default:
+			http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+		}
+	}))
+	defer registry.Close()
+	ref, _ := name.ParseReference(strings.TrimPrefix(registry.URL, "http://") + "/acme/app:1")
+	_, _ = Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "canary-pw"})
+	if len(other) == 0 {
+		t.Fatal("the redirect was not followed; the test proves nothing")
+	}
+	for _, h := range other {
+		if h != "" {
+			t.Errorf("the other host received Authorization %q", h)
+		}
 	}
 }
