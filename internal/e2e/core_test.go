@@ -56,7 +56,7 @@ func TestCore(t *testing.T) {
 				}
 			}},
 		{name: "503 twice, then success", repo: "acme/flaky-503", public: true, user: "deployer", password: canary, reject: 403,
-			setup: func(e *Env) { e.Front.FailNext(2, http.StatusServiceUnavailable, "", "/manifests/") },
+			setup:  func(e *Env) { e.Front.FailNext(2, http.StatusServiceUnavailable, "", "/manifests/") },
 			inputs: map[string]string{"auth": "anonymous"}, wantMode: "anonymous", wantFallbk: "false", wantPulled: true,
 			check: wantRetries(2, 503)},
 		{name: "429 with Retry-After, then success", repo: "acme/flaky-429", public: true,
