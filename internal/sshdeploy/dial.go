@@ -132,7 +132,7 @@ func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Co
 			refused = v.refused
 			presented = append(presented, v.refused.Presented...)
 			refused.Presented = presented
-			if f := familyOf(v.presented.Type()); retry && f >= 0 && !tried[f] {
+			if f := familyOf(v.presented.Type()); retry && !v.refused.Revoked && f >= 0 && !tried[f] {
 				tried[f] = true
 				if more, _ := cfg.HostKeys.hostKeyAlgorithms(hop, tried); len(more) > 0 {
 					continue
@@ -169,6 +169,9 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 		raw, err = cfg.DialContext(hctx, "tcp", hop.Addr())
 	default:
 		raw, err = (&net.Dialer{}).DialContext(hctx, "tcp", hop.Addr())
+		if err == nil {
+			raw = withQuickAck(raw)
+		}
 	}
 	if err != nil {
 		return nil, nil, fail(StageConnect, err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -80,16 +81,16 @@ func (c *Conn) DialDocker(ctx context.Context, socketPath string) (net.Conn, err
 	if !errors.As(slErr, &rejected) {
 		// The connection itself failed (closed, ctx done): no other route
 		// would fare better.
-		return nil, slErr
-	}
-	if err := c.probeDialStdio(ctx, socketPath); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, &RouteError{Host: c.host.String(), Socket: socketPath, StreamLocal: slErr, DialStdio: err}
+		return nil, fmt.Errorf("ssh %s: opening a channel to %s: %w", c.host, socketPath, slErr)
 	}
-	conn, err := c.dialStdio(ctx, socketPath)
+	conn, err := c.probeDialStdio(ctx, socketPath)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, &RouteError{Host: c.host.String(), Socket: socketPath, StreamLocal: slErr, DialStdio: err}
 	}
 	c.setRoute(socketPath, RouteDialStdio)
@@ -136,28 +137,41 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// probeDialStdio sends one ping through a dial-stdio connection: the
-// command starting says nothing, since it prints nothing before the first
-// request, and a missing CLI or daemon only shows when it exits.
-func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) error {
+// probeDialStdio opens a dial-stdio connection and sends one ping through
+// it: the command says nothing when it starts, since it prints nothing
+// before the first request, and a missing CLI or daemon only shows when it
+// exits. The connection, still open (HTTP keep-alive), is returned for use:
+// each dial-stdio connection starts the docker CLI on the host, which
+// costs more than the ping.
+func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
 	conn, err := c.dialStdio(ctx, socketPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if _, err := io.WriteString(conn, "HEAD /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"); err != nil {
-		return err
+	if _, err := io.WriteString(conn, "HEAD /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	status, err := bufio.NewReader(conn).ReadString('\n')
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
 	if err != nil {
-		return err
+		conn.Close()
+		var ds *DialStdioError
+		if errors.As(err, &ds) {
+			return nil, ds
+		}
+		return nil, fmt.Errorf("no HTTP answer through it: %w", err)
 	}
-	if !strings.HasPrefix(status, "HTTP/1.") {
-		return fmt.Errorf("the daemon answered %q, not HTTP", clip(status, 80))
+	resp.Body.Close()
+	if br.Buffered() > 0 {
+		// More than one answer arrived: the stream is not at a request
+		// boundary, so it cannot be handed on.
+		conn.Close()
+		return c.dialStdio(ctx, socketPath)
 	}
-	return nil
+	return conn, nil
 }
 
 func (c *Conn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
@@ -311,11 +325,4 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimSpace(string(t.buf))
-}
-
-func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -58,11 +58,14 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 		p.knownHosts, p.authorities = cb, authorities
 	}
 	if strings.TrimSpace(fingerprints) != "" {
-		set, text, err := ParseFingerprints(fingerprints)
+		text, err := ParseFingerprints(fingerprints)
 		if err != nil {
 			return nil, err
 		}
-		p.fingerprints, p.fingerprintText = set, text
+		p.fingerprints, p.fingerprintText = map[string]bool{}, text
+		for _, fp := range text {
+			p.fingerprints[strings.TrimPrefix(fp, "SHA256:")] = true
+		}
 	}
 	return p, nil
 }
@@ -203,7 +206,9 @@ func (p *HostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
 var keyFamilies = [][]string{
 	{ssh.KeyAlgoED25519},
 	{ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521},
-	{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256},
+	// ssh-rsa (SHA-1 signatures) last, as x/crypto's defaults keep it, for
+	// servers older than OpenSSH 7.2.
+	{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA},
 }
 
 // familyOf returns the index in keyFamilies of a key type, or -1.
@@ -224,29 +229,32 @@ func familyOf(keyType string) int {
 // whether another attempt with other families makes sense after a refusal:
 // only fingerprints, which do not say their key type, need that.
 func (p *HostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []string, retry bool) {
-	if p.insecure || p.authorities {
+	if p.authorities {
+		// Hosts known through certificates present certificate algorithms.
 		return nil, false
 	}
-	order := []int{}
-	for _, k := range p.knownKeys(h) {
-		if f := familyOf(k.Type()); f >= 0 && !slices.Contains(order, f) {
-			order = append(order, f)
-		}
-	}
-	if len(p.fingerprints) > 0 {
-		for f := range keyFamilies {
-			if !slices.Contains(order, f) {
-				order = append(order, f)
+	var use []bool
+	switch {
+	case p.insecure || len(p.fingerprints) > 0:
+		// Any type may match (a fingerprint does not say its type): offer
+		// all, in preference order.
+		use = []bool{true, true, true}
+	default:
+		use = make([]bool, len(keyFamilies))
+		for _, k := range p.knownKeys(h) {
+			if f := familyOf(k.Type()); f >= 0 {
+				use[f] = true
 			}
 		}
 	}
-	if len(order) == 0 {
-		return nil, false
-	}
-	for _, f := range order {
-		if !tried[f] {
+	for f, ok := range use {
+		if ok && !tried[f] {
 			algos = append(algos, keyFamilies[f]...)
 		}
+	}
+	if len(algos) == 0 && len(tried) == 0 {
+		// Known keys of types outside keyFamilies: leave it to x/crypto.
+		return nil, false
 	}
 	return algos, len(p.fingerprints) > 0
 }
@@ -309,9 +317,9 @@ func rawFingerprint(k ssh.PublicKey) string {
 // SHA256:<base64> host key fingerprints, as `ssh-keygen -l` prints them,
 // separated by newlines, commas or spaces. Whole `ssh-keygen -l` lines
 // ("256 SHA256:... host (ED25519)") are accepted: the rest of the line is
-// ignored. MD5 fingerprints are refused. It returns the set of unpadded
-// base64 hashes and the normalised forms.
-func ParseFingerprints(s string) (map[string]bool, []string, error) {
+// ignored. MD5 fingerprints are refused. It returns them normalised
+// (SHA256:<unpadded base64>), without duplicates.
+func ParseFingerprints(s string) ([]string, error) {
 	set := map[string]bool{}
 	var text []string
 	for n, line := range strings.Split(strings.ReplaceAll(s, "\r", ""), "\n") {
@@ -327,7 +335,7 @@ func ParseFingerprints(s string) (map[string]bool, []string, error) {
 				b64 := strings.TrimRight(tok[len("SHA256:"):], "=")
 				raw, err := base64.RawStdEncoding.DecodeString(b64)
 				if err != nil || len(raw) != 32 {
-					return nil, nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+					return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 				}
 				b64 = base64.RawStdEncoding.EncodeToString(raw)
 				if !set[b64] {
@@ -336,17 +344,17 @@ func ParseFingerprints(s string) (map[string]bool, []string, error) {
 				}
 				found = true
 			case strings.HasPrefix(upper, "MD5:") || isHexColons(tok):
-				return nil, nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+				return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 			}
 		}
 		if !found {
-			return nil, nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+			return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 		}
 	}
 	if len(set) == 0 {
-		return nil, nil, &InputError{Input: InputFingerprint, Problem: "holds no fingerprint"}
+		return nil, &InputError{Input: InputFingerprint, Problem: "holds no fingerprint"}
 	}
-	return set, text, nil
+	return text, nil
 }
 
 func isHexColons(s string) bool {

@@ -222,7 +222,7 @@ func TestParseFingerprints(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, text, err := ParseFingerprints(tt.in)
+			text, err := ParseFingerprints(tt.in)
 			if tt.problem != "" {
 				wantInput(t, err, "ssh-fingerprint", tt.problem)
 				return

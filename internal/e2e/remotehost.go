@@ -1,0 +1,952 @@
+package e2e
+
+// The "remote host" of the end-to-end tests: a network namespace of the
+// test's own making, joined to the machine by a veth pair, with its own
+// sshd and its own dockerd inside. It shares the machine's filesystem, so
+// the remote dockerd's socket is an ordinary path (DockerSocket) that sshd
+// (running as root, like the tests) can open; sshd also runs in a private
+// mount namespace where /var/run/docker.sock is bind-mounted to that
+// socket, so that SSH sessions and stream-local forwarding see the host's
+// own daemon at the default path, as on a real host, and never the
+// runner's.
+//
+// The remote's PATH in SSH sessions is sshd's default (the docker CLI is
+// found in /usr/local/bin or /usr/bin), and its shell is root's: on this
+// machine root's ~/.bashrc runs `pyenv init`, which costs every session
+// about 0.4 s, as a slow login script would on a real host.
+//
+// Addresses: each host takes a free slot n (1..250, claimed across
+// processes under /run/ghcr-pull-e2e) and the /30 10.231.n.0: 10.231.n.1 on
+// the machine's side ("HostAddr"), 10.231.n.2 inside, where sshd listens.
+// A host behind a bastion (RemoteHostOptions.Behind) also gets a second
+// veth pair straight to the bastion's namespace, 10.231.n.5 (bastion side)
+// and 10.231.n.6 (its side), and its sshd listens only there: the runner
+// can reach it through the bastion and in no other way. No route leads
+// anywhere but the machine and these namespaces.
+//
+// Reaching the runner's registry from a remote host: a registry on
+// 127.0.0.1 is out of reach from the namespace (its loopback is its own).
+// Every namespace routes by default to the machine, and the machine accepts
+// packets for any of its own addresses on any interface, so any remote
+// host's HostAddr() is reachable from every remote host's namespace. The
+// caller either makes its registry (or the front that serves /v2/ and the
+// token endpoint) listen on HostAddr() too, or calls ExposeOnHost, which
+// forwards HostAddr():<port> to a loopback address. Either way:
+//   - name images by that address (10.231.n.1:port/repo:tag) on the runner
+//     as well, so that the probe and the remote pull agree;
+//   - the bearer realm in WWW-Authenticate must be reachable from the remote
+//     daemon: derive it from the request's Host header (ExposeOnHost keeps
+//     it as the remote sent it), not from the loopback address;
+//   - the remote dockerd trusts 10.231.0.0/16 over plain HTTP
+//     (--insecure-registry), so no TLS is needed.
+//
+// Requirements: root, ip (iproute2), nsenter, unshare, sshd, dockerd. When the host
+// cannot be set up the test is skipped with the reason, or fails when
+// CI=true.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// RemoteHostOptions shape a remote host.
+type RemoteHostOptions struct {
+	// SSHOnly starts sshd and no dockerd: a bastion for ssh-proxy-jump.
+	SSHOnly bool
+	// DisallowStreamLocal starts sshd with AllowStreamLocalForwarding no,
+	// so only the dial-stdio route reaches the daemon.
+	DisallowStreamLocal bool
+	// Behind puts the host behind a bastion started with SSHOnly: its
+	// sshd is reachable only from the bastion's namespace.
+	Behind *RemoteHost
+	// HostKeyTypes are sshd's host key types: "ed25519" (the default),
+	// "ecdsa", "rsa".
+	HostKeyTypes []string
+	// InsecureRegistries are added to the remote dockerd's
+	// --insecure-registry list, after 10.231.0.0/16 (every HostAddr).
+	InsecureRegistries []string
+	// SessionPath replaces PATH in SSH sessions, e.g. "/nonexistent" for a
+	// host where `docker` is not found.
+	SessionPath string
+}
+
+// RemoteHost is a running remote host. Its methods may be called from
+// several goroutines.
+type RemoteHost struct {
+	Name      string
+	Namespace string
+	// Dir holds everything of this host: keys, configs, logs, the
+	// dockerd's data-root and exec-root, its socket.
+	Dir string
+
+	tb       testing.TB
+	slot     int
+	opts     RemoteHostOptions
+	hostIP   string // machine side of the veth pair
+	sshIP    string // where sshd listens
+	hostKeys []ssh.Signer
+	client   ssh.Signer
+	clientPK any // the client's private key, for PEM forms
+
+	mu        sync.Mutex
+	sshd      *hostProcess
+	sshdLogAt int64 // log size when the current sshd started
+	dockerd   *hostProcess
+	closers   []io.Closer
+	links     []string // veth names in the machine's namespace
+	stopOnce  sync.Once
+	docker    *client.Client
+}
+
+const (
+	remoteUser  = "root"
+	slotRoot    = "/run/ghcr-pull-e2e"
+	subnetFmt   = "10.231.%d.%d"
+	allSubnets  = "10.231.0.0/16"
+	startupWait = 60 * time.Second
+)
+
+// StartRemoteHost starts a remote host named name (letters, digits and
+// dashes, short: it appears in the namespace name) and registers its Stop
+// with tb.Cleanup.
+func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *RemoteHost {
+	tb.Helper()
+	if reason := remoteHostUnsupported(); reason != "" {
+		skipOrFatal(tb, "remote host %s: %s", name, reason)
+	}
+	if name == "" || len(name) > 20 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		tb.Fatalf("remote host name %q: use up to 20 lower-case letters, digits and dashes", name)
+	}
+	if opts.Behind != nil && opts.Behind.Namespace == "" {
+		tb.Fatalf("remote host %s: Behind is not a started host", name)
+	}
+	if len(opts.HostKeyTypes) == 0 {
+		opts.HostKeyTypes = []string{"ed25519"}
+	}
+	h := &RemoteHost{Name: name, tb: tb, opts: opts}
+	tb.Cleanup(h.Stop)
+	if err := h.start(); err != nil {
+		h.Stop()
+		skipOrFatal(tb, "remote host %s: %v", name, err)
+	}
+	return h
+}
+
+// StartJumpHost starts a bastion: sshd only, reachable from the runner.
+func StartJumpHost(tb testing.TB, name string) *RemoteHost {
+	tb.Helper()
+	return StartRemoteHost(tb, name, RemoteHostOptions{SSHOnly: true})
+}
+
+// skipOrFatal: the CI rule. A machine that cannot host the remote skips
+// the test, except in CI, where the infrastructure must work.
+func skipOrFatal(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf(format, args...)
+	}
+	tb.Skipf(format, args...)
+}
+
+func remoteHostUnsupported() string {
+	if os.Geteuid() != 0 {
+		return "needs root (network namespaces, veth pairs, a second dockerd)"
+	}
+	for _, tool := range []string{"ip", "nsenter", "unshare", "sshd", "dockerd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Sprintf("%s is not installed (Debian: iproute2, util-linux, openssh-server, docker.io)", tool)
+		}
+	}
+	return ""
+}
+
+func (h *RemoteHost) start() error {
+	slot, err := claimSlot()
+	if err != nil {
+		return err
+	}
+	h.slot = slot
+	h.Namespace = fmt.Sprintf("gp-%s-%d", h.Name, slot)
+	h.hostIP = fmt.Sprintf(subnetFmt, slot, 1)
+	h.sshIP = fmt.Sprintf(subnetFmt, slot, 2)
+	// Unix socket paths must stay under 108 bytes: a short directory.
+	dir, err := os.MkdirTemp("/tmp", "gp-"+h.Name+"-")
+	if err != nil {
+		return err
+	}
+	h.Dir = dir
+	if err := writeSlotState(slot, h.Namespace, dir); err != nil {
+		return err
+	}
+
+	if err := h.network(); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := h.keys(); err != nil {
+		return fmt.Errorf("keys: %w", err)
+	}
+	// dockerd first: sshd's sessions see its socket as /var/run/docker.sock.
+	if !h.opts.SSHOnly {
+		if err := h.startDockerd(); err != nil {
+			return fmt.Errorf("dockerd: %w", err)
+		}
+	}
+	if err := h.startSSHD(!h.opts.DisallowStreamLocal); err != nil {
+		return fmt.Errorf("sshd: %w", err)
+	}
+	return nil
+}
+
+func runSetup(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (h *RemoteHost) network() error {
+	ns := h.Namespace
+	hostLink, nsLink := fmt.Sprintf("gp%dh", h.slot), fmt.Sprintf("gp%dr", h.slot)
+	steps := [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "link", "add", hostLink, "type", "veth", "peer", "name", nsLink},
+	}
+	for _, s := range steps {
+		if err := runSetup(s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	h.links = append(h.links, hostLink)
+	h.mu.Unlock()
+	steps = [][]string{
+		{"ip", "link", "set", nsLink, "netns", ns},
+		{"ip", "addr", "add", h.hostIP + "/30", "dev", hostLink},
+		{"ip", "link", "set", hostLink, "up"},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", ns, "addr", "add", h.sshIP + "/30", "dev", nsLink},
+		{"ip", "-n", ns, "link", "set", nsLink, "up"},
+		// Every HostAddr is a local address of the machine: this one route
+		// reaches them all, and nothing beyond the machine.
+		{"ip", "-n", ns, "route", "add", "default", "via", h.hostIP},
+	}
+	if b := h.opts.Behind; b != nil {
+		bastionLink, targetLink := fmt.Sprintf("gp%dj", h.slot), fmt.Sprintf("gp%dt", h.slot)
+		bastionIP, targetIP := fmt.Sprintf(subnetFmt, h.slot, 5), fmt.Sprintf(subnetFmt, h.slot, 6)
+		h.sshIP = targetIP
+		steps = append(steps,
+			[]string{"ip", "-n", ns, "link", "add", targetLink, "type", "veth", "peer", "name", bastionLink},
+			[]string{"ip", "-n", ns, "link", "set", bastionLink, "netns", b.Namespace},
+			[]string{"ip", "-n", ns, "addr", "add", targetIP + "/30", "dev", targetLink},
+			[]string{"ip", "-n", ns, "link", "set", targetLink, "up"},
+			[]string{"ip", "-n", b.Namespace, "addr", "add", bastionIP + "/30", "dev", bastionLink},
+			[]string{"ip", "-n", b.Namespace, "link", "set", bastionLink, "up"},
+		)
+	}
+	for _, s := range steps {
+		if err := runSetup(s[0], s[1:]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *RemoteHost) keys() error {
+	for _, typ := range h.opts.HostKeyTypes {
+		key, err := generateSSHKey(typ)
+		if err != nil {
+			return err
+		}
+		signer, err := ssh.NewSignerFromKey(key)
+		if err != nil {
+			return err
+		}
+		block, err := ssh.MarshalPrivateKey(key, "host key of "+h.Name)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(h.Dir, "ssh_host_"+typ+"_key"), pem.EncodeToMemory(block), 0o600); err != nil {
+			return err
+		}
+		h.hostKeys = append(h.hostKeys, signer)
+	}
+	key, err := generateSSHKey("ed25519")
+	if err != nil {
+		return err
+	}
+	h.clientPK = key
+	if h.client, err = ssh.NewSignerFromKey(key); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(h.Dir, "authorized_keys"), ssh.MarshalAuthorizedKey(h.client.PublicKey()), 0o600)
+}
+
+func generateSSHKey(typ string) (any, error) {
+	switch typ {
+	case "ed25519":
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		return k, err
+	case "ecdsa":
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "rsa":
+		return rsa.GenerateKey(rand.Reader, 2048)
+	}
+	return nil, fmt.Errorf("unknown key type %q", typ)
+}
+
+// nsCommand runs a program in the host's network namespace. nsenter only
+// switches the network namespace; `ip netns exec` would also remount /sys,
+// after which dockerd fails with "Devices cgroup isn't mounted".
+func (h *RemoteHost) nsCommand(logName string, args ...string) (*hostProcess, error) {
+	log, err := os.OpenFile(filepath.Join(h.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + h.Namespace}, args...)...)
+	cmd.Stdout, cmd.Stderr = log, log
+	// Dies with the test process; in its own process group so that a ^C
+	// to the test does not reach it before Stop does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, err
+	}
+	p := &hostProcess{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		log.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// hostProcess is a process this file started.
+type hostProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited and been reaped
+}
+
+func (p *hostProcess) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop ends the process: SIGTERM, then SIGKILL after grace.
+func (p *hostProcess) stop(grace time.Duration) {
+	if p == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (h *RemoteHost) sshdConfig(allowStreamLocal bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "ListenAddress %s:22\n", h.sshIP)
+	for _, typ := range h.opts.HostKeyTypes {
+		fmt.Fprintf(&b, "HostKey %s\n", filepath.Join(h.Dir, "ssh_host_"+typ+"_key"))
+	}
+	yesNo := map[bool]string{true: "yes", false: "no"}
+	fmt.Fprintf(&b, `PidFile %s
+AuthorizedKeysFile %s
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding %s
+PrintMotd no
+LogLevel VERBOSE
+ForceCommand %s
+`, filepath.Join(h.Dir, "sshd.pid"), filepath.Join(h.Dir, "authorized_keys"), yesNo[allowStreamLocal], filepath.Join(h.Dir, "session.sh"))
+	return b.String()
+}
+
+// sessionScript records each session's command, then runs it as sshd
+// would have: the record is how tests see what was run on the host (and
+// that no secret was on a command line).
+func (h *RemoteHost) sessionScript() string {
+	path := ""
+	if h.opts.SessionPath != "" {
+		path = "PATH=" + quoteForShell(h.opts.SessionPath) + "; export PATH\n"
+	}
+	return "#!/bin/sh\nprintf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" >> " + quoteForShell(filepath.Join(h.Dir, "commands.log")) + "\n" +
+		path + "exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n"
+}
+
+func quoteForShell(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
+	// Debian's sshd refuses to start without its privilege separation
+	// directory, which only the packaged service creates.
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(h.Dir, "session.sh"), []byte(h.sessionScript()), 0o700); err != nil {
+		return err
+	}
+	cfg := filepath.Join(h.Dir, "sshd_config")
+	if err := os.WriteFile(cfg, []byte(h.sshdConfig(allowStreamLocal)), 0o600); err != nil {
+		return err
+	}
+	logPath := filepath.Join(h.Dir, "sshd.log")
+	var at int64
+	if fi, err := os.Stat(logPath); err == nil {
+		at = fi.Size()
+	}
+	// sshd re-executes itself for each connection: it needs its absolute
+	// path.
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		return err
+	}
+	if sshd, err = filepath.Abs(sshd); err != nil {
+		return err
+	}
+	args := []string{sshd, "-D", "-e", "-f", cfg}
+	if !h.opts.SSHOnly && fileExists(machineDockerSocket) {
+		// The filesystem is the machine's, so /var/run/docker.sock would be
+		// the runner's daemon: a pull meant for the remote would land on
+		// the runner. sshd runs in a mount namespace of its own where that
+		// path is the remote dockerd's socket, as on a real host (the
+		// bind mount is private to sshd and its sessions).
+		args = append([]string{"unshare", "--mount", "--propagation", "private", "--",
+			"/bin/sh", "-c", `mount --bind "$0" ` + machineDockerSocket + ` && exec "$@"`, h.DockerSocket()}, args...)
+	}
+	cmd, err := h.nsCommand("sshd.log", args...)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.sshd, h.sshdLogAt = cmd, at
+	h.mu.Unlock()
+	// The runner cannot reach a host behind a bastion, so wait on sshd's
+	// own word that it listens.
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(h.readLog("sshd.log", at), "Server listening on") {
+			return nil
+		}
+		if cmd.exited() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("sshd did not start listening on %s:22: %s", h.sshIP, h.readLog("sshd.log", at))
+}
+
+// machineDockerSocket is the default Docker socket path.
+const machineDockerSocket = "/var/run/docker.sock"
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func (h *RemoteHost) readLog(name string, from int64) string {
+	b, err := os.ReadFile(filepath.Join(h.Dir, name))
+	if err != nil || int64(len(b)) < from {
+		return ""
+	}
+	return string(b[from:])
+}
+
+func (h *RemoteHost) startDockerd() error {
+	if err := os.WriteFile(filepath.Join(h.Dir, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
+		return err
+	}
+	args := []string{"dockerd",
+		"--config-file", filepath.Join(h.Dir, "daemon.json"),
+		"--data-root", filepath.Join(h.Dir, "data"),
+		"--exec-root", filepath.Join(h.Dir, "exec"),
+		"--pidfile", filepath.Join(h.Dir, "docker.pid"),
+		"-H", "unix://" + h.DockerSocket(),
+		// Never touch the machine's networking: the first daemon's
+		// docker0 and iptables rules stay as they are.
+		"--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
+		"--insecure-registry", allSubnets,
+	}
+	for _, r := range h.opts.InsecureRegistries {
+		args = append(args, "--insecure-registry", r)
+	}
+	cmd, err := h.nsCommand("dockerd.log", args...)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.dockerd = cmd
+	h.mu.Unlock()
+
+	cli, err := client.New(client.WithHost("unix://"+h.DockerSocket()), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.docker = cli
+	h.mu.Unlock()
+	deadline := time.Now().Add(startupWait)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if cmd.exited() {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("did not answer on %s (%v); its log ends: %s", h.DockerSocket(), err, tailLines(h.readLog("dockerd.log", 0), 15))
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// IP is where the host's sshd listens.
+func (h *RemoteHost) IP() string { return h.sshIP }
+
+// Port is sshd's port.
+func (h *RemoteHost) Port() int { return 22 }
+
+// Addr is sshd's address, host:port.
+func (h *RemoteHost) Addr() string { return net.JoinHostPort(h.sshIP, "22") }
+
+// User is the SSH user, with the client key in its authorized keys.
+func (h *RemoteHost) User() string { return remoteUser }
+
+// SSHHost is the ssh-host input for this host: user@ip:port.
+func (h *RemoteHost) SSHHost() string { return remoteUser + "@" + h.Addr() }
+
+// HostAddr is the machine's address on this host's veth pair, reachable
+// from every remote host's namespace (see the file comment).
+func (h *RemoteHost) HostAddr() string { return h.hostIP }
+
+// HostKeys are sshd's public host keys.
+func (h *RemoteHost) HostKeys() []ssh.PublicKey {
+	var keys []ssh.PublicKey
+	for _, s := range h.hostKeys {
+		keys = append(keys, s.PublicKey())
+	}
+	return keys
+}
+
+// KnownHosts is the ssh-known-hosts value for this host, one line per host
+// key, as `ssh-keyscan -p 22 <ip>` prints it.
+func (h *RemoteHost) KnownHosts() string {
+	var b strings.Builder
+	for _, k := range h.HostKeys() {
+		b.WriteString(knownhosts.Line([]string{h.sshIP}, k) + "\n")
+	}
+	return b.String()
+}
+
+// HashedKnownHosts is KnownHosts with hashed host names (ssh-keyscan -H).
+func (h *RemoteHost) HashedKnownHosts() string {
+	var b strings.Builder
+	for _, k := range h.HostKeys() {
+		b.WriteString(knownhosts.Line([]string{knownhosts.HashHostname(h.sshIP)}, k) + "\n")
+	}
+	return b.String()
+}
+
+// Fingerprint is the SHA256 fingerprint of the first host key (ed25519
+// unless HostKeyTypes said otherwise).
+func (h *RemoteHost) Fingerprint() string { return ssh.FingerprintSHA256(h.hostKeys[0].PublicKey()) }
+
+// ClientKeyPEM is the client's private key (OpenSSH format, unencrypted),
+// the ssh-key input.
+func (h *RemoteHost) ClientKeyPEM() string {
+	block, err := ssh.MarshalPrivateKey(h.clientPK, "ghcr-pull e2e")
+	if err != nil {
+		panic(err) // an ed25519 key always marshals
+	}
+	return string(pem.EncodeToMemory(block))
+}
+
+// EncryptedClientKeyPEM is the same key encrypted with passphrase.
+func (h *RemoteHost) EncryptedClientKeyPEM(passphrase string) string {
+	block, err := ssh.MarshalPrivateKeyWithPassphrase(h.clientPK, "ghcr-pull e2e", []byte(passphrase))
+	if err != nil {
+		panic(err)
+	}
+	return string(pem.EncodeToMemory(block))
+}
+
+// ClientSigner is the client key as an ssh.Signer.
+func (h *RemoteHost) ClientSigner() ssh.Signer { return h.client }
+
+// AuthorizeKey adds a public key to the authorized keys, for instance
+// another host's client key, so that one ssh-key opens several hosts.
+func (h *RemoteHost) AuthorizeKey(tb testing.TB, key ssh.PublicKey) {
+	tb.Helper()
+	f, err := os.OpenFile(filepath.Join(h.Dir, "authorized_keys"), os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(ssh.MarshalAuthorizedKey(key)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// DockerSocket is the remote dockerd's socket as the machine sees it, for
+// assertions. In the host's SSH sessions (and for sshd's stream-local
+// forwarding) /var/run/docker.sock is this socket too: leave the action's
+// remote-docker-socket unset. Passing DockerSocket() works for this one
+// host only: the filesystem is shared, so one host's path given for
+// several hosts sends all their pulls to this host's daemon.
+func (h *RemoteHost) DockerSocket() string { return filepath.Join(h.Dir, "docker.sock") }
+
+// Docker is a client of the remote dockerd, for assertions (images
+// present, digests). Nil for a host started with SSHOnly.
+func (h *RemoteHost) Docker() *client.Client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.docker
+}
+
+// Commands are the commands SSH sessions ran on the host, in order.
+func (h *RemoteHost) Commands() []string {
+	s := strings.TrimRight(h.readLog("commands.log", 0), "\n")
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+// SSHDLog is the log of the current sshd (LogLevel VERBOSE): accepted
+// keys, channels refused, connections closed before authentication.
+func (h *RemoteHost) SSHDLog() string {
+	h.mu.Lock()
+	at := h.sshdLogAt
+	h.mu.Unlock()
+	return h.readLog("sshd.log", at)
+}
+
+// DockerdLog is the remote dockerd's log.
+func (h *RemoteHost) DockerdLog() string { return h.readLog("dockerd.log", 0) }
+
+// RestartSSHD restarts sshd with AllowStreamLocalForwarding set to
+// allowStreamLocal (yes or no).
+func (h *RemoteHost) RestartSSHD(tb testing.TB, allowStreamLocal bool) {
+	tb.Helper()
+	h.StopSSHD()
+	if err := h.startSSHD(allowStreamLocal); err != nil {
+		tb.Fatalf("remote host %s: restarting sshd: %v", h.Name, err)
+	}
+}
+
+// StopSSHD stops sshd: the host is "down" for SSH (connections are
+// refused) while its dockerd keeps running.
+func (h *RemoteHost) StopSSHD() {
+	h.mu.Lock()
+	cmd := h.sshd
+	h.sshd = nil
+	h.mu.Unlock()
+	cmd.stop(5 * time.Second)
+}
+
+// ExposeOnHost listens on HostAddr():0 and forwards each connection to
+// target (typically the registry on 127.0.0.1), returning the address
+// remote hosts use. It closes with the host.
+func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(h.hostIP, "0"))
+	if err != nil {
+		tb.Fatalf("remote host %s: listening on %s: %v", h.Name, h.hostIP, err)
+	}
+	h.mu.Lock()
+	h.closers = append(h.closers, l)
+	h.mu.Unlock()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.DialTimeout("tcp", target, 10*time.Second)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{})
+				go func() {
+					io.Copy(u, c)
+					u.(*net.TCPConn).CloseWrite()
+					close(done)
+				}()
+				io.Copy(c, u)
+				c.(*net.TCPConn).CloseWrite()
+				<-done
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// Areas are the parts of the filesystem that belong to the remote host:
+// its directory (dockerd's data and exec roots, sshd's files, logs, the
+// commands sessions ran), and the SSH user's ~/.docker, where `docker
+// login` would leave a config.json. The filesystem is shared with the
+// machine: ~/.docker is the runner's too.
+func (h *RemoteHost) Areas() []string {
+	areas := []string{h.Dir}
+	if home, err := os.UserHomeDir(); err == nil {
+		areas = append(areas, filepath.Join(home, ".docker"))
+	}
+	return areas
+}
+
+// FindInFiles lists the regular files under Areas whose content contains
+// any of needles (a secret, its base64 forms, ...), as "path: needle #i".
+// Empty needles are ignored.
+func (h *RemoteHost) FindInFiles(needles ...string) []string {
+	var found []string
+	for _, area := range h.Areas() {
+		filepath.WalkDir(area, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			for i, n := range needles {
+				if n != "" && bytes.Contains(b, []byte(n)) {
+					found = append(found, fmt.Sprintf("%s: needle #%d", path, i))
+				}
+			}
+			return nil
+		})
+	}
+	// Command lines of the host's processes still running.
+	for _, p := range h.processes() {
+		for i, n := range needles {
+			if n != "" && strings.Contains(p, n) {
+				found = append(found, fmt.Sprintf("process %q: needle #%d", strings.Fields(p)[0], i))
+			}
+		}
+	}
+	return found
+}
+
+// processes lists the command lines of processes in the host's network
+// namespace.
+func (h *RemoteHost) processes() []string {
+	nsInode := func(pid string) string {
+		l, err := os.Readlink("/proc/" + pid + "/ns/net")
+		if err != nil {
+			return ""
+		}
+		return l
+	}
+	fi, err := os.Stat("/var/run/netns/" + h.Namespace)
+	if err != nil {
+		return nil
+	}
+	want := fmt.Sprintf("net:[%d]", fi.Sys().(*syscall.Stat_t).Ino)
+	entries, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil || nsInode(e.Name()) != want {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && len(b) > 0 {
+			out = append(out, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")))
+		}
+	}
+	return out
+}
+
+// Processes lists the command lines of processes running in the host's
+// namespace (sshd, dockerd, containerd, sessions).
+func (h *RemoteHost) Processes() []string { return h.processes() }
+
+// Stop kills the host's processes and removes its namespace, links and
+// directory. It is registered with tb.Cleanup and safe to call again.
+func (h *RemoteHost) Stop() {
+	h.stopOnce.Do(func() {
+		h.mu.Lock()
+		closers, docker := h.closers, h.docker
+		h.closers = nil
+		h.mu.Unlock()
+		for _, c := range closers {
+			c.Close()
+		}
+		if docker != nil {
+			docker.Close()
+		}
+		h.StopSSHD()
+		h.mu.Lock()
+		dockerd := h.dockerd
+		h.dockerd = nil
+		h.mu.Unlock()
+		dockerd.stop(15 * time.Second)
+		if h.Dir != "" {
+			// dockerd stops its containerd; should it have been killed, the
+			// containerd it started is ended here, by its recorded pid.
+			killRecorded(filepath.Join(h.Dir, "exec", "containerd", "containerd.pid"), h.Dir)
+		}
+		for _, l := range h.links {
+			exec.Command("ip", "link", "del", l).Run()
+		}
+		if h.Namespace != "" {
+			exec.Command("ip", "netns", "del", h.Namespace).Run()
+		}
+		if h.Dir != "" {
+			if err := os.RemoveAll(h.Dir); err != nil {
+				h.tb.Logf("remote host %s: removing %s: %v", h.Name, h.Dir, err)
+			}
+		}
+		if h.slot != 0 {
+			os.RemoveAll(filepath.Join(slotRoot, strconv.Itoa(h.slot)))
+		}
+	})
+}
+
+// killRecorded kills the process in pidFile if its command line mentions
+// dir: pids are reused, so a bare pid file is not proof enough.
+func killRecorded(pidFile, dir string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte(dir)) {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// claimSlot takes a free slot 1..250 across processes: a directory under
+// slotRoot, created atomically, naming the owner's pid. A slot whose owner
+// is gone is cleaned (its namespace, links, processes and directory) and
+// reused.
+func claimSlot() (int, error) {
+	if err := os.MkdirAll(slotRoot, 0o700); err != nil {
+		return 0, err
+	}
+	for n := 1; n <= 250; n++ {
+		dir := filepath.Join(slotRoot, strconv.Itoa(n))
+		err := os.Mkdir(dir, 0o700)
+		if errors.Is(err, fs.ErrExist) {
+			if !reclaimStale(n, dir) {
+				continue
+			}
+			err = os.Mkdir(dir, 0o700)
+		}
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+			return 0, err
+		}
+		if linkExists(fmt.Sprintf("gp%dh", n)) {
+			// Left by something else: do not take over its addresses.
+			os.RemoveAll(dir)
+			continue
+		}
+		return n, nil
+	}
+	return 0, errors.New("no free 10.231.n.0/30 slot (250 in use)")
+}
+
+func linkExists(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
+}
+
+func writeSlotState(slot int, ns, dir string) error {
+	return os.WriteFile(filepath.Join(slotRoot, strconv.Itoa(slot), "state"), []byte(ns+"\n"+dir+"\n"), 0o600)
+}
+
+// reclaimStale cleans a slot whose owning process has exited (a test run
+// that was killed) and reports whether it is free again.
+func reclaimStale(n int, dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "owner"))
+	if err != nil {
+		// Being created right now, or broken: leave it.
+		if fi, serr := os.Stat(dir); serr == nil && time.Since(fi.ModTime()) > time.Minute {
+			return cleanSlot(n, dir)
+		}
+		return false
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid > 0 && syscall.Kill(pid, 0) == nil {
+		return false
+	}
+	return cleanSlot(n, dir)
+}
+
+func cleanSlot(n int, dir string) bool {
+	if st, err := os.ReadFile(filepath.Join(dir, "state")); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(st))
+		var lines []string
+		for sc.Scan() {
+			lines = append(lines, sc.Text())
+		}
+		if len(lines) == 2 && strings.HasPrefix(lines[1], "/tmp/gp-") {
+			hostDir := lines[1]
+			for _, pf := range []string{"sshd.pid", "docker.pid", "exec/containerd/containerd.pid"} {
+				killRecorded(filepath.Join(hostDir, pf), hostDir)
+			}
+			exec.Command("ip", "netns", "del", lines[0]).Run()
+			os.RemoveAll(hostDir)
+		}
+	}
+	for _, suffix := range []string{"h", "j"} {
+		exec.Command("ip", "link", "del", fmt.Sprintf("gp%d%s", n, suffix)).Run()
+	}
+	return os.RemoveAll(dir) == nil
+}
