@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,6 +308,9 @@ type Result struct {
 	// Home and Temp are the run's HOME and TMPDIR, for secret scans.
 	Home string
 	Temp string
+	// Wall is the run's duration; MaxRSSKiB its peak resident memory.
+	Wall      time.Duration
+	MaxRSSKiB int64
 }
 
 // RunAction runs the binary as the GitHub runner starts a container action:
@@ -341,8 +345,14 @@ func (e *Env) RunAction(tb testing.TB, inputs map[string]string, extraEnv ...str
 	cmd.Dir = dir
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
-	res := Result{Stdout: stdout.String(), Stderr: stderr.String(), Home: home, Temp: tmp}
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String(), Home: home, Temp: tmp, Wall: time.Since(start)}
+	if cmd.ProcessState != nil {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			res.MaxRSSKiB = ru.Maxrss
+		}
+	}
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
