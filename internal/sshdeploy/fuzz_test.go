@@ -73,11 +73,14 @@ func FuzzParseScalars(f *testing.F) {
 	})
 }
 
+// No passphrase: with one, an encrypted OpenSSH key runs bcrypt for as
+// many rounds as the key says, and a fuzzed key can say billions. That is
+// the user's own key, not hostile input, so only the parsing is fuzzed.
 func FuzzParsePrivateKey(f *testing.F) {
-	f.Add("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n", "")
-	f.Add("not a key", "pw")
-	f.Fuzz(func(t *testing.T, key, passphrase string) {
-		_, err := ParsePrivateKey(key, passphrase)
+	f.Add("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+	f.Add("not a key")
+	f.Fuzz(func(t *testing.T, key string) {
+		_, err := ParsePrivateKey(key, "")
 		if err != nil && !inputNamed(err) {
 			t.Fatalf("error %v names no input", err)
 		}
