@@ -37,13 +37,13 @@ for pkg in $(go list ./internal/...); do
   for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
     echo "fuzz $pkg $target ($FUZZTIME)"
     corpus="$dir/testdata/fuzz/$target"
-    before=$(ls "$corpus" 2>/dev/null | wc -l)
+    before=$( (ls "$corpus" 2>/dev/null || true) | wc -l)
     log=$(mktemp)
     if go test "$pkg" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" >"$log" 2>&1; then
       tail -n 2 "$log"
     else
       cat "$log"
-      if [ "$(ls "$corpus" 2>/dev/null | wc -l)" -gt "$before" ]; then
+      if [ "$( (ls "$corpus" 2>/dev/null || true) | wc -l)" -gt "$before" ]; then
         echo "fuzzing $target found a failing input, saved under $corpus"
         exit 1
       fi
