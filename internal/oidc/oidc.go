@@ -1,0 +1,210 @@
+// Package oidc turns the workflow's OIDC ID token into short-lived registry
+// credentials: AWS ECR, Google Artifact Registry, Azure ACR, Docker Hub, or
+// any RFC 8693 token-exchange endpoint. It knows nothing of GitHub Actions:
+// the ID token arrives through an IDTokenSource, and every secret it sees or
+// derives is handed to a mask function before anything could print it.
+//
+// Failures are classified like registry answers: a provider's 4xx is an
+// *ExchangeError (a configuration problem, with the likely fix; never
+// retried), 5xx, 429 and network failures are *ghcr.TransientError. Retrying
+// is the caller's job (internal/retry), as for probes.
+package oidc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// Provider names.
+const (
+	AWSECR        = "aws-ecr"
+	GCP           = "gcp"
+	AzureACR      = "azure-acr"
+	DockerHub     = "dockerhub"
+	TokenExchange = "token-exchange"
+)
+
+// Config is the OIDC inputs, validated by Validate.
+type Config struct {
+	Provider string
+	// Audience overrides the ID token's audience (oidc-audience).
+	Audience                    string
+	AWSRoleARN, AWSRegion       string
+	GCPWorkloadIdentityProvider string
+	GCPServiceAccount           string
+	AzureClientID               string
+	AzureTenantID               string
+	DockerHubConnectionID       string
+	TokenExchangeURL            string
+	// Username is the username input: Docker Hub's org user, and the
+	// token-exchange username when the endpoint names none.
+	Username string
+	// Registry is the host of the image pulled: the ECR region comes from
+	// it, and ACR's exchange endpoint lives on it.
+	Registry string
+	// Getenv reads endpoint overrides (see endpoints.go); nil is os.Getenv
+	// semantics of "nothing set".
+	Getenv func(string) string
+	// HTTPClient is used for every exchange; nil means a client with a
+	// 30 s timeout.
+	HTTPClient *http.Client
+}
+
+// IDTokenSource fetches the workflow's ID token for an audience.
+type IDTokenSource func(ctx context.Context, audience string) (string, error)
+
+// ExchangeError: the provider refused the exchange; retrying will not help.
+type ExchangeError struct {
+	Provider string
+	// Step names the call that failed, e.g. "sts:AssumeRoleWithWebIdentity".
+	Step    string
+	Status  int
+	Message string // the provider's words, clipped
+	Fix     string
+}
+
+func (e *ExchangeError) Error() string {
+	s := fmt.Sprintf("%s: %s refused the exchange", e.Provider, e.Step)
+	if e.Status != 0 {
+		s += fmt.Sprintf(" (%d %s)", e.Status, http.StatusText(e.Status))
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.Fix != "" {
+		s += ". " + e.Fix
+	}
+	return s
+}
+
+var (
+	gcpProviderRE = regexp.MustCompile(`^projects/[0-9]+/locations/global/workloadIdentityPools/[a-z0-9-]+/providers/[a-z0-9-]+$`)
+	awsRoleRE     = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$`)
+	ecrHostRE     = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(-fips)?\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$`)
+	uuidRE        = regexp.MustCompile(`^[0-9a-fA-F-]{36}$`)
+)
+
+func bad(input, problem, fix string) error {
+	return &ghcr.BadInputError{Input: input, Problem: problem, Fix: fix}
+}
+
+// Validate names the first missing or malformed input for the provider.
+func (c Config) Validate() error {
+	switch c.Provider {
+	case AWSECR:
+		if !awsRoleRE.MatchString(c.AWSRoleARN) {
+			return bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "e.g. arn:aws:iam::123456789012:role/github-ecr-pull")
+		}
+		if _, err := c.awsRegion(); err != nil {
+			return err
+		}
+	case GCP:
+		if !gcpProviderRE.MatchString(c.GCPWorkloadIdentityProvider) {
+			return bad("gcp-workload-identity-provider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
+				"use projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>")
+		}
+		if sa := c.GCPServiceAccount; sa != "" && !strings.Contains(sa, "@") {
+			return bad("gcp-service-account", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")
+		}
+	case AzureACR:
+		if !uuidRE.MatchString(c.AzureClientID) {
+			return bad("azure-client-id", fmt.Sprintf("%q is not an application (client) id", c.AzureClientID), "copy it from the app registration's overview")
+		}
+		if c.AzureTenantID == "" || strings.ContainsAny(c.AzureTenantID, "/?# ") {
+			return bad("azure-tenant-id", fmt.Sprintf("%q is not a tenant id", c.AzureTenantID), "copy it from the app registration's overview")
+		}
+	case DockerHub:
+		if c.DockerHubConnectionID == "" {
+			return bad("dockerhub-connection-id", "is required with oidc-provider dockerhub", "copy it from the Docker Hub organization's OIDC connection")
+		}
+		if c.Username == "" {
+			return bad("username", "is required with oidc-provider dockerhub", "set it to the Docker Hub organization user")
+		}
+	case TokenExchange:
+		if !strings.HasPrefix(c.TokenExchangeURL, "https://") && !strings.HasPrefix(c.TokenExchangeURL, "http://127.") && !strings.HasPrefix(c.TokenExchangeURL, "http://localhost") {
+			return bad("token-exchange-url", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
+		}
+	default:
+		return bad("oidc-provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
+	}
+	return nil
+}
+
+// DefaultAudience is the ID token audience each provider expects.
+func (c Config) DefaultAudience() string {
+	switch c.Provider {
+	case AWSECR:
+		return "sts.amazonaws.com"
+	case GCP:
+		return "https://iam.googleapis.com/" + c.GCPWorkloadIdentityProvider
+	case AzureACR:
+		return "api://AzureADTokenExchange"
+	case DockerHub:
+		return "https://identity.docker.com"
+	}
+	return c.TokenExchangeURL
+}
+
+func (c Config) audience() string {
+	if c.Audience != "" {
+		return c.Audience
+	}
+	return c.DefaultAudience()
+}
+
+func (c Config) awsRegion() (string, error) {
+	if c.AWSRegion != "" {
+		return c.AWSRegion, nil
+	}
+	if m := ecrHostRE.FindStringSubmatch(c.Registry); m != nil {
+		return m[2], nil
+	}
+	return "", bad("aws-region", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set aws-region, e.g. eu-west-1")
+}
+
+func (c Config) client() *http.Client {
+	if c.HTTPClient != nil {
+		return c.HTTPClient
+	}
+	return &http.Client{Timeout: 30 * time.Second}
+}
+
+// Exchange fetches the ID token and trades it for registry credentials.
+func Exchange(ctx context.Context, c Config, idToken IDTokenSource, mask func(string)) (ghcr.Credentials, error) {
+	if err := c.Validate(); err != nil {
+		return ghcr.Credentials{}, err
+	}
+	jwt, err := idToken(ctx, c.audience())
+	if err != nil {
+		return ghcr.Credentials{}, err
+	}
+	if jwt == "" {
+		return ghcr.Credentials{}, errors.New("the Actions runtime returned an empty ID token")
+	}
+	mask(jwt)
+	var user, password string
+	switch c.Provider {
+	case AWSECR:
+		user, password, err = exchangeAWS(ctx, c, jwt, mask)
+	case GCP:
+		user, password, err = exchangeGCP(ctx, c, jwt, mask)
+	case AzureACR:
+		user, password, err = exchangeAzure(ctx, c, jwt, mask)
+	case DockerHub:
+		user, password, err = exchangeDockerHub(ctx, c, jwt, mask)
+	case TokenExchange:
+		user, password, err = exchangeGeneric(ctx, c, jwt, mask)
+	}
+	if err != nil {
+		return ghcr.Credentials{}, err
+	}
+	mask(password)
+	return ghcr.Credentials{Mode: ghcr.AuthOIDC, Username: user, Password: password, Provider: c.Provider}, nil
+}

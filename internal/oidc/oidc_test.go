@@ -1,0 +1,275 @@
+package oidc
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// fakeJWT is an unsigned ID token whose aud claim the fake providers check.
+func fakeJWT(aud string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	claims, _ := json.Marshal(map[string]any{"iss": "https://token.actions.githubusercontent.com", "aud": aud, "sub": "repo:acme/app:ref:refs/heads/main"})
+	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc(claims) + ".c2ln"
+}
+
+func audOf(t *testing.T, jwt string) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		t.Errorf("subject token is not a JWT: %q", jwt)
+		return ""
+	}
+	b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	var c struct {
+		Aud string `json:"aud"`
+	}
+	_ = json.Unmarshal(b, &c)
+	return c.Aud
+}
+
+// providers is one fake of every provider's documented protocol. mode
+// "ok", "4xx" or "5xx" decides the answers.
+type providers struct {
+	t    *testing.T
+	mode string
+	mu   sync.Mutex
+	seen []string
+}
+
+func (p *providers) fail(w http.ResponseWriter, body4xx string, ct string) bool {
+	switch p.mode {
+	case "4xx":
+		w.Header().Set("Content-Type", ct)
+		w.WriteHeader(http.StatusBadRequest)
+		if strings.Contains(body4xx, "ErrorResponse") {
+			w.WriteHeader(http.StatusForbidden)
+		}
+		_, _ = io.WriteString(w, body4xx)
+		return true
+	case "5xx":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	}
+	return false
+}
+
+func (p *providers) form(r *http.Request, want map[string]string) url.Values {
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		p.t.Errorf("%s: content type %q, want a form", r.URL.Path, ct)
+	}
+	_ = r.ParseForm()
+	for k, v := range want {
+		if got := r.PostForm.Get(k); got != v {
+			p.t.Errorf("%s: form %s = %q, want %q", r.URL.Path, k, got, v)
+		}
+	}
+	return r.PostForm
+}
+
+func (p *providers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.seen = append(p.seen, r.Method+" "+r.URL.Path)
+	p.mu.Unlock()
+	if r.Method != http.MethodPost {
+		p.t.Errorf("%s %s: want POST", r.Method, r.URL.Path)
+	}
+	switch {
+	case r.URL.Path == "/generic":
+		f := p.form(r, map[string]string{"grant_type": tokenExchangeGrant, "subject_token_type": idTokenType})
+		if audOf(p.t, f.Get("subject_token")) != "https://exchange.example/aud" {
+			p.t.Errorf("generic: ID token audience %q", audOf(p.t, f.Get("subject_token")))
+		}
+		if p.fail(w, `{"error":"invalid_grant","error_description":"subject not allowed"}`, "application/json") {
+			return
+		}
+		_, _ = io.WriteString(w, `{"access_token":"tx-secret","username":"oidc-user"}`)
+	case r.URL.Path == "/v1/token":
+		var body map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		if body["audience"] != "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/gh/providers/gh" ||
+			body["subjectTokenType"] != jwtTokenType || body["grantType"] != tokenExchangeGrant {
+			p.t.Errorf("gcp sts body %v", body)
+		}
+		if audOf(p.t, body["subjectToken"]) != "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/gh/providers/gh" {
+			p.t.Errorf("gcp: ID token audience %q", audOf(p.t, body["subjectToken"]))
+		}
+		if p.fail(w, `{"error":"invalid_grant","error_description":"The audience in ID Token does not match the expected audience."}`, "application/json") {
+			return
+		}
+		_, _ = io.WriteString(w, `{"access_token":"gcp-federated","token_type":"Bearer","expires_in":3599}`)
+	case strings.HasSuffix(r.URL.Path, ":generateAccessToken"):
+		if r.Header.Get("Authorization") != "Bearer gcp-federated" || !strings.Contains(r.URL.Path, "puller@proj.iam.gserviceaccount.com") {
+			p.t.Errorf("gcp iamcredentials: auth %q path %s", r.Header.Get("Authorization"), r.URL.Path)
+		}
+		_, _ = io.WriteString(w, `{"accessToken":"gcp-sa-token","expireTime":"2030-01-01T00:00:00Z"}`)
+	case r.URL.Path == "/tenant-1/oauth2/v2.0/token":
+		f := p.form(r, map[string]string{"grant_type": "client_credentials", "client_id": "11111111-2222-3333-4444-555555555555",
+			"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+		if audOf(p.t, f.Get("client_assertion")) != "api://AzureADTokenExchange" {
+			p.t.Errorf("azure: ID token audience %q", audOf(p.t, f.Get("client_assertion")))
+		}
+		if p.fail(w, `{"error":"invalid_client","error_description":"AADSTS70021: No matching federated identity record found for presented assertion."}`, "application/json") {
+			return
+		}
+		_, _ = io.WriteString(w, `{"access_token":"aad-token","token_type":"Bearer"}`)
+	case r.URL.Path == "/oauth2/exchange":
+		p.form(r, map[string]string{"grant_type": "access_token", "access_token": "aad-token", "service": "acme.azurecr.io", "tenant": "tenant-1"})
+		_, _ = io.WriteString(w, `{"refresh_token":"acr-refresh"}`)
+	case r.URL.Path == "/oauth/token":
+		f := p.form(r, map[string]string{"grant_type": tokenExchangeGrant, "connection_id": "conn-1", "subject_token_type": idTokenType})
+		if audOf(p.t, f.Get("subject_token")) != "https://identity.docker.com" {
+			p.t.Errorf("dockerhub: ID token audience %q", audOf(p.t, f.Get("subject_token")))
+		}
+		if p.fail(w, `{"error":"access_denied","error_description":"connection not found"}`, "application/json") {
+			return
+		}
+		_, _ = io.WriteString(w, `{"access_token":"dh-token"}`)
+	case r.URL.Path == "/aws" && r.Header.Get("X-Amz-Target") == "":
+		f := p.form(r, map[string]string{"Action": "AssumeRoleWithWebIdentity", "RoleArn": "arn:aws:iam::123456789012:role/pull", "RoleSessionName": "ghcr-pull"})
+		if audOf(p.t, f.Get("WebIdentityToken")) != "sts.amazonaws.com" {
+			p.t.Errorf("aws: ID token audience %q", audOf(p.t, f.Get("WebIdentityToken")))
+		}
+		if r.Header.Get("Authorization") != "" {
+			p.t.Errorf("aws sts: AssumeRoleWithWebIdentity must be unsigned")
+		}
+		if p.fail(w, `<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error><RequestId>x</RequestId></ErrorResponse>`, "text/xml") {
+			return
+		}
+		w.Header().Set("Content-Type", "text/xml")
+		_, _ = io.WriteString(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIAFAKE</AccessKeyId><SecretAccessKey>aws-secret-key</SecretAccessKey><SessionToken>aws-session-token</SessionToken><Expiration>2030-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>`)
+	case r.URL.Path == "/aws":
+		if r.Header.Get("X-Amz-Target") != "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken" ||
+			!strings.Contains(r.Header.Get("Authorization"), "Credential=ASIAFAKE/") || r.Header.Get("X-Amz-Security-Token") != "aws-session-token" {
+			p.t.Errorf("aws ecr: target %q auth %q", r.Header.Get("X-Amz-Target"), r.Header.Get("Authorization"))
+		}
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		fmt.Fprintf(w, `{"authorizationData":[{"authorizationToken":%q,"proxyEndpoint":"https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"}]}`,
+			base64.StdEncoding.EncodeToString([]byte("AWS:ecr-password")))
+	default:
+		p.t.Errorf("unexpected %s %s", r.Method, r.URL.Path)
+		w.WriteHeader(http.StatusNotFound)
+	}
+}
+
+func TestExchange(t *testing.T) {
+	p := &providers{t: t}
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	env := map[string]string{
+		EnvGCPSTS: srv.URL + "/v1/token", EnvGCPIAMCredentials: srv.URL, EnvAzureAuthority: srv.URL,
+		EnvACRExchange: srv.URL + "/oauth2/exchange", EnvDockerHubTokenURL: srv.URL + "/oauth/token",
+		"AWS_ENDPOINT_URL_STS": srv.URL + "/aws", "AWS_ENDPOINT_URL_ECR": srv.URL + "/aws",
+	}
+	configs := map[string]Config{
+		TokenExchange: {Provider: TokenExchange, TokenExchangeURL: srv.URL + "/generic", Audience: "https://exchange.example/aud"},
+		GCP: {Provider: GCP, GCPWorkloadIdentityProvider: "projects/123/locations/global/workloadIdentityPools/gh/providers/gh",
+			GCPServiceAccount: "puller@proj.iam.gserviceaccount.com"},
+		AzureACR:  {Provider: AzureACR, AzureClientID: "11111111-2222-3333-4444-555555555555", AzureTenantID: "tenant-1", Registry: "acme.azurecr.io"},
+		DockerHub: {Provider: DockerHub, DockerHubConnectionID: "conn-1", Username: "acmeorg"},
+		AWSECR:    {Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "123456789012.dkr.ecr.eu-west-1.amazonaws.com"},
+	}
+	want := map[string][2]string{
+		TokenExchange: {"oidc-user", "tx-secret"},
+		GCP:           {"oauth2accesstoken", "gcp-sa-token"},
+		AzureACR:      {"00000000-0000-0000-0000-000000000000", "acr-refresh"},
+		DockerHub:     {"acmeorg", "dh-token"},
+		AWSECR:        {"AWS", "ecr-password"},
+	}
+	intermediate := map[string][]string{
+		GCP: {"gcp-federated"}, AzureACR: {"aad-token"}, AWSECR: {"aws-secret-key", "aws-session-token"},
+	}
+	for provider, cfg := range configs {
+		cfg.Getenv = func(k string) string { return env[k] }
+		for _, mode := range []string{"ok", "4xx", "5xx"} {
+			t.Run(provider+"/"+mode, func(t *testing.T) {
+				p.t, p.mode = t, mode
+				var masked []string
+				var jwt string
+				creds, err := Exchange(context.Background(), cfg, func(_ context.Context, aud string) (string, error) {
+					jwt = fakeJWT(aud)
+					return jwt, nil
+				}, func(s string) { masked = append(masked, s) })
+				if len(masked) == 0 || masked[0] != jwt {
+					t.Errorf("the ID token was not masked first: %v", masked)
+				}
+				switch mode {
+				case "ok":
+					if err != nil {
+						t.Fatalf("exchange: %v", err)
+					}
+					if creds.Username != want[provider][0] || creds.Password != want[provider][1] || creds.Mode != ghcr.AuthOIDC || creds.Provider != provider {
+						t.Errorf("creds %s/%q", creds, creds.Password)
+					}
+					for _, s := range append(intermediate[provider], creds.Password) {
+						if !contains(masked, s) {
+							t.Errorf("secret %q never masked (masked: %v)", s, masked)
+						}
+					}
+				case "4xx":
+					var ee *ExchangeError
+					if !errors.As(err, &ee) || ee.Fix == "" || ee.Message == "" {
+						t.Fatalf("want an ExchangeError with the provider's words and a fix, got %v", err)
+					}
+				case "5xx":
+					var te *ghcr.TransientError
+					if !errors.As(err, &te) {
+						t.Fatalf("want a TransientError, got %v", err)
+					}
+				}
+				if err != nil && strings.Contains(err.Error(), jwt[:20]) {
+					t.Errorf("the error carries the ID token: %v", err)
+				}
+			})
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		cfg   Config
+		input string
+	}{
+		{Config{Provider: "vault"}, "oidc-provider"},
+		{Config{Provider: AWSECR, AWSRoleARN: "role/pull"}, "aws-role-arn"},
+		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "ghcr.io"}, "aws-region"},
+		{Config{Provider: GCP, GCPWorkloadIdentityProvider: "my-pool"}, "gcp-workload-identity-provider"},
+		{Config{Provider: AzureACR, AzureClientID: "x"}, "azure-client-id"},
+		{Config{Provider: AzureACR, AzureClientID: "11111111-2222-3333-4444-555555555555"}, "azure-tenant-id"},
+		{Config{Provider: DockerHub, Username: "u"}, "dockerhub-connection-id"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://exchange.example"}, "token-exchange-url"},
+		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "123456789012.dkr.ecr.us-east-2.amazonaws.com"}, ""},
+	}
+	for _, tt := range tests {
+		err := tt.cfg.Validate()
+		var bad *ghcr.BadInputError
+		if tt.input == "" {
+			if err != nil {
+				t.Errorf("%+v: %v", tt.cfg, err)
+			}
+			continue
+		}
+		if !errors.As(err, &bad) || bad.Input != tt.input {
+			t.Errorf("%+v: error %v does not name %s", tt.cfg, err, tt.input)
+		}
+	}
+}
