@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
@@ -54,11 +55,16 @@ type Config struct {
 	Summary         bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
+	// OIDC is set when credentials are to be derived from the workflow's
+	// ID token.
+	OIDC *oidc.Config
 	// SSH is set when ssh-host names hosts to pull on.
 	SSH            *sshdeploy.Settings
 	SSHConcurrency int
 	// PullLocal also pulls into the runner's daemon when SSH is set.
 	PullLocal bool
+	// RemoteRuntime says what to pull into on the SSH hosts.
+	RemoteRuntime pull.RemoteRuntime
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
@@ -103,6 +109,9 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 	if err := parseSSH(&c, get, in); err != nil {
 		return c, err
 	}
+	if c.RemoteRuntime, err = parseRemoteRuntime(in); err != nil {
+		return c, err
+	}
 	if c.Retries, err = strconv.Atoi(in("retries")); err != nil || c.Retries < 0 || c.Retries > 20 {
 		return c, bad("retries", fmt.Sprintf("%q is not a whole number from 0 to 20", in("retries")), "e.g. retries: 3")
 	}
@@ -113,7 +122,35 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 	// Secrets are taken as given: trimming a password would silently send
 	// a different one.
 	user, password := strings.TrimSpace(get("username")), get("password")
-	switch mode := strings.ToLower(in("auth")); mode {
+	mode := strings.ToLower(in("auth"))
+	if mode == "auto" && in("oidc-provider") != "" {
+		mode = "oidc"
+	}
+	switch mode {
+	case "oidc":
+		c.OIDC = &oidc.Config{
+			Provider:                    in("oidc-provider"),
+			Audience:                    in("oidc-audience"),
+			AWSRoleARN:                  in("aws-role-arn"),
+			AWSRegion:                   in("aws-region"),
+			GCPWorkloadIdentityProvider: in("gcp-workload-identity-provider"),
+			GCPServiceAccount:           in("gcp-service-account"),
+			AzureClientID:               in("azure-client-id"),
+			AzureTenantID:               in("azure-tenant-id"),
+			DockerHubConnectionID:       in("dockerhub-connection-id"),
+			TokenExchangeURL:            in("token-exchange-url"),
+			Username:                    user,
+			Registry:                    c.Images[0].Ref.Context().RegistryStr(),
+		}
+		if c.OIDC.Provider == "" {
+			return c, bad("oidc-provider", "auth is oidc but no provider is named", "set oidc-provider: aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
+		}
+		if err := c.OIDC.Validate(); err != nil {
+			return c, err
+		}
+		// The credentials are derived at run time (Exchange).
+		c.Credentials = ghcr.Credentials{Mode: ghcr.AuthOIDC, Provider: c.OIDC.Provider}
+		return c, nil
 	case "auto":
 		if password == "" {
 			c.Credentials = ghcr.Anonymous
@@ -130,7 +167,7 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		c.Credentials = ghcr.Anonymous
 		c.AnonymousNotice = "auth is anonymous: no credentials are sent"
 	default:
-		return c, bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token or anonymous")
+		return c, bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token, anonymous or oidc")
 	}
 	if !c.Credentials.IsAnonymous() && user == "" {
 		// GHCR ignores the user name for tokens, but other registries
@@ -192,4 +229,34 @@ func parseSSH(c *Config, get, in Getter) error {
 		Timeout:               in("ssh-timeout"),
 	})
 	return err
+}
+
+// parseRemoteRuntime reads remote-runtime, remote-containerd-socket and
+// containerd-namespace.
+func parseRemoteRuntime(in Getter) (pull.RemoteRuntime, error) {
+	var rt pull.RemoteRuntime
+	switch r := pull.Runtime(strings.ToLower(in("remote-runtime"))); r {
+	case pull.RuntimeAuto, pull.RuntimeDocker, pull.RuntimeContainerd:
+		rt.Runtime = r
+	default:
+		return rt, bad("remote-runtime", fmt.Sprintf("%q is not a runtime", in("remote-runtime")), "use auto, docker or containerd")
+	}
+	sock := strings.TrimPrefix(in("remote-containerd-socket"), "unix://")
+	switch {
+	case sock == "":
+		sock = pull.DefaultContainerdSocket
+	case !strings.HasPrefix(sock, "/"):
+		return rt, bad("remote-containerd-socket", fmt.Sprintf("%q is not an absolute path", sock), "e.g. /run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s")
+	case strings.ContainsFunc(sock, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return rt, bad("remote-containerd-socket", "contains control characters", "")
+	}
+	rt.ContainerdSocket = sock
+	// containerd's CRI plugin puts every image it pulls into k8s.io,
+	// whatever namespace the caller names: accepting another value would
+	// report a namespace the image is not in.
+	if ns := in("containerd-namespace"); ns != pull.CRINamespace {
+		return rt, bad("containerd-namespace", fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, pull.CRINamespace),
+			"leave containerd-namespace at k8s.io (see docs/containerd.md)")
+	}
+	return rt, nil
 }

@@ -12,7 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sethvargo/go-githubactions"
+
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
@@ -91,6 +94,19 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
+	if cfg.OIDC != nil {
+		creds, err := deriveOIDC(ctx, cfg, rep, env)
+		if err != nil {
+			rep.Error("ghcr-pull: OIDC credentials could not be derived", err.Error())
+			var bad *ghcr.BadInputError
+			if errors.As(err, &bad) {
+				return ExitBadInput
+			}
+			return ExitFailed
+		}
+		cfg.Credentials = creds
+	}
+
 	targets := targetsFor(cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
@@ -153,7 +169,7 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 		targets = append(targets, local)
 	}
 	for _, h := range cfg.SSH.Hosts {
-		targets = append(targets, pull.Target{Name: h.Addr(), Open: pull.OpenRemoteDocker(h, cfg.SSH)})
+		targets = append(targets, pull.Target{Name: h.Addr(), Open: pull.OpenRemote(h, cfg.SSH, cfg.RemoteRuntime)})
 	}
 	return targets
 }
@@ -162,6 +178,8 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 type ResultJSON struct {
 	Image           string `json:"image"`
 	Host            string `json:"host"`
+	Runtime         string `json:"runtime,omitempty"`
+	Namespace       string `json:"namespace,omitempty"`
 	AuthMode        string `json:"auth_mode"`
 	OIDCProvider    string `json:"oidc_provider,omitempty"`
 	FallbackUsed    bool   `json:"fallback_used"`
@@ -178,7 +196,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
-			Image: r.Image, Host: r.Host, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
+			Image: r.Image, Host: r.Host, Runtime: string(r.Runtime), Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, DurationMS: r.Duration.Milliseconds(),
 		}
@@ -401,4 +419,35 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 		}
 		return ""
 	}, nil
+}
+
+// deriveOIDC exchanges the workflow's ID token for registry credentials,
+// retrying what is transient. Every token is masked as it appears.
+func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Credentials, error) {
+	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
+	idToken := func(ctx context.Context, audience string) (string, error) {
+		tok, err := gha.GetIDToken(ctx, audience)
+		var missing *githubactions.EnvMissingError
+		var failed *githubactions.RequestFailedError
+		switch {
+		case errors.As(err, &missing):
+			return "", &ghcr.BadInputError{Input: "permissions",
+				Problem: "the job cannot request an OIDC ID token (" + missing.Name + " is unset)",
+				Fix:     "add `permissions: id-token: write` to the job"}
+		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
+			return "", &ghcr.TransientError{Response: ghcr.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
+		case errors.As(err, &failed):
+			return "", fmt.Errorf("the Actions runtime refused the ID token request (%d)", failed.StatusCode)
+		}
+		return tok, err
+	}
+	o := *cfg.OIDC
+	o.Getenv = env.Getenv
+	var creds ghcr.Credentials
+	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
+		var err error
+		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
+		return err
+	})
+	return creds, err
 }

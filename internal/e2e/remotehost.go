@@ -93,6 +93,9 @@ type RemoteHostOptions struct {
 	// SessionPath replaces PATH in SSH sessions, e.g. "/nonexistent" for a
 	// host where `docker` is not found.
 	SessionPath string
+	// Containerd starts containerd (its CRI plugin enabled) and no dockerd:
+	// a Kubernetes node without the kubelet (containerdhost.go).
+	Containerd bool
 }
 
 // RemoteHost is a running remote host. Its methods may be called from
@@ -121,6 +124,8 @@ type RemoteHost struct {
 	links     []string // veth names in the machine's namespace
 	stopOnce  sync.Once
 	docker    *client.Client
+
+	containerd *hostProcess // with RemoteHostOptions.Containerd, under mu
 }
 
 const (
@@ -141,6 +146,9 @@ func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *Remote
 	}
 	if name == "" || len(name) > 20 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		tb.Fatalf("remote host name %q: use up to 20 lower-case letters, digits and dashes", name)
+	}
+	if reason := containerdUnsupported(); opts.Containerd && reason != "" {
+		skipOrFatal(tb, "remote host %s: %s", name, reason)
 	}
 	if opts.Behind != nil && opts.Behind.Namespace == "" {
 		tb.Fatalf("remote host %s: Behind is not a started host", name)
@@ -211,7 +219,11 @@ func (h *RemoteHost) start() error {
 		return fmt.Errorf("keys: %w", err)
 	}
 	// dockerd first: sshd's sessions see its socket as /var/run/docker.sock.
-	if !h.opts.SSHOnly {
+	if h.opts.Containerd {
+		if err := h.startContainerd(); err != nil {
+			return fmt.Errorf("containerd: %w", err)
+		}
+	} else if !h.opts.SSHOnly {
 		if err := h.startDockerd(); err != nil {
 			return fmt.Errorf("dockerd: %w", err)
 		}
@@ -442,7 +454,9 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 		return err
 	}
 	args := []string{sshd, "-D", "-e", "-f", cfg}
-	if !h.opts.SSHOnly && fileExists(machineDockerSocket) {
+	if h.opts.Containerd {
+		args = h.containerdMounts(args)
+	} else if !h.opts.SSHOnly && fileExists(machineDockerSocket) {
 		// The filesystem is the machine's, so /var/run/docker.sock would be
 		// the runner's daemon: a pull meant for the remote would land on
 		// the runner. sshd runs in a mount namespace of its own where that
@@ -702,6 +716,9 @@ func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 	h.mu.Lock()
 	h.closers = append(h.closers, l)
 	h.mu.Unlock()
+	if err := AllowPlainHTTP(l.Addr().String()); err != nil {
+		tb.Fatalf("remote host %s: %v", h.Name, err)
+	}
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -829,6 +846,7 @@ func (h *RemoteHost) Stop() {
 		h.dockerd = nil
 		h.mu.Unlock()
 		dockerd.stop(15 * time.Second)
+		h.stopContainerd()
 		if h.Dir != "" {
 			// dockerd stops its containerd; should it have been killed, the
 			// containerd it started is ended here, by its recorded pid.

@@ -219,7 +219,8 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 	return te
 }
 
-// daemonPhrases maps what Docker daemons print in pull errors to a class.
+// daemonPhrases maps what Docker daemons (and containerd, through CRI)
+// print in pull errors to a class.
 // Order matters: a message naming both "denied" and "not exist" (docker's
 // "pull access denied ... repository does not exist or may require 'docker
 // login'") is an auth answer, so rejections are checked first.
@@ -238,6 +239,7 @@ var daemonPhrases = []struct {
 	{"access token is expired", "rejected"},
 	{"no basic auth credentials", "rejected"},
 	{"no matching manifest", "platform"},
+	{"no match for platform", "platform"}, // containerd's words for it
 	{"manifest unknown", "notfound"},
 	{"name unknown", "notfound"},
 	{"not found: manifest", "notfound"},
@@ -261,7 +263,8 @@ var daemonPhrases = []struct {
 	{": eof", "transient"},
 }
 
-// ClassifyDaemon places a pull error reported by a Docker daemon, from the
+// ClassifyDaemon places a pull error reported by a Docker daemon (or by
+// containerd's CRI service, its gRPC code given as a status), from the
 // HTTP status of the pull call (0 when the error came inside the JSON
 // stream) and its message. The daemon relays registry answers only as text,
 // so this is the one place ghcr-pull matches on words.

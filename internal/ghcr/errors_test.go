@@ -140,6 +140,12 @@ func TestClassifyDaemonMessages(t *testing.T) {
 		{0, "unexpected EOF", false, "transient"},
 		{401, "", false, "rejected"},
 		{503, "", false, "transient"},
+		// containerd 1.6's CRI PullImage, its gRPC code as a status (0 for Unknown).
+		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`, false, "rejected"},
+		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/private:1": failed to resolve reference "10.231.1.1:41293/acme/private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`, true, "anonymous-denied"},
+		{404, `failed to pull and unpack image "10.231.1.1:41293/acme/app:nope": failed to resolve reference "10.231.1.1:41293/acme/app:nope": 10.231.1.1:41293/acme/app:nope: not found`, false, "notfound"},
+		{404, `failed to pull and unpack image "10.231.1.1:46801/acme/app:arm": no match for platform in manifest: not found`, false, "badinput:platform"},
+		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`, false, "transient"},
 		{500, "some daemon bug", false, "unclassified"},
 		// A digest that happens to contain 429 is not a rate limit.
 		{404, "manifest for x@sha256:4290aa not found: manifest unknown", false, "notfound"},

@@ -53,6 +53,7 @@ type Server struct {
 	public        map[string]bool
 	rejectStatus  int
 	rejectMessage string
+	oauthStatus   int // answers every OAuth2 POST when set
 	faults        []fault
 	log           []Request
 }
@@ -139,6 +140,16 @@ func (s *Server) SetReject(status int, message string) {
 	s.rejectStatus, s.rejectMessage = status, message
 }
 
+// SetOAuthStatus makes the token endpoint answer every OAuth2 POST (the
+// form containerd uses when it has credentials) with status, as token
+// servers without the password grant do (Harbor 1.9 answered 403, ACR 400),
+// while GET keeps working; 0 serves the POST again.
+func (s *Server) SetOAuthStatus(status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.oauthStatus = status
+}
+
 // FailNext makes the next n requests whose path contains match (e.g.
 // "/manifests/" or "/token") answer status, with Retry-After when set.
 func (s *Server) FailNext(n, status int, retryAfter, match string) {
@@ -198,6 +209,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	entry := Request{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Scope: strings.Join(r.URL.Query()["scope"], " ")}
 	entry.BasicUser, entry.BasicPassword, _ = r.BasicAuth()
+	if form, ok := oauthForm(r); ok {
+		entry.BasicUser, entry.BasicPassword = form.username, form.password
+		entry.Scope = strings.Join(form.scopes, " ")
+	}
 	entry.Bearer = strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ")
 	defer func() {
 		entry.Status = rec.status
@@ -315,6 +330,22 @@ var scopeRE = regexp.MustCompile(`^repository:([^:]+):([a-z,*]+)$`)
 // serveToken answers like GHCR's token endpoint.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	name, password, hasBasic := r.BasicAuth()
+	scopes := r.URL.Query()["scope"]
+	if r.Method == http.MethodPost {
+		s.mu.Lock()
+		oauthStatus := s.oauthStatus
+		s.mu.Unlock()
+		if oauthStatus != 0 {
+			writeError(w, oauthStatus, "DENIED", "password grant not supported")
+			return
+		}
+		form, ok := oauthForm(r)
+		if !ok {
+			writeError(w, http.StatusBadRequest, "UNSUPPORTED", "unsupported grant_type")
+			return
+		}
+		name, password, hasBasic, scopes = form.username, form.password, true, form.scopes
+	}
 	s.mu.Lock()
 	u, known := s.users[name]
 	rejectStatus, rejectMessage := s.rejectStatus, s.rejectMessage
@@ -330,7 +361,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var grants []access
-	for _, scope := range r.URL.Query()["scope"] {
+	for _, scope := range scopes {
 		m := scopeRE.FindStringSubmatch(scope)
 		if m == nil {
 			continue
@@ -361,6 +392,31 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{
 		"token": token, "access_token": token, "expires_in": 300, "issued_at": time.Now().UTC().Format(time.RFC3339),
 	})
+}
+
+// tokenForm is an OAuth2 password grant at the token endpoint.
+type tokenForm struct {
+	username, password string
+	scopes             []string
+}
+
+// oauthForm reads the OAuth2 form of the distribution token spec
+// (POST grant_type=password, username, password, space-separated scope),
+// which containerd uses whenever it has a secret, falling back to GET only
+// when the POST answers 400, 401, 404 or 405. The credentials are checked
+// as Basic ones are on GET.
+func oauthForm(r *http.Request) (tokenForm, bool) {
+	if r.URL.Path != "/token" || r.Method != http.MethodPost {
+		return tokenForm{}, false
+	}
+	if err := r.ParseForm(); err != nil || r.PostForm.Get("grant_type") != "password" {
+		return tokenForm{}, false
+	}
+	return tokenForm{
+		username: r.PostForm.Get("username"),
+		password: r.PostForm.Get("password"),
+		scopes:   strings.Fields(strings.Join(r.PostForm["scope"], " ")),
+	}, true
 }
 
 func (s *Server) allows(authenticated bool, u user, repo, action string) bool {

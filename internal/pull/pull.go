@@ -96,6 +96,10 @@ type Result struct {
 	Digest          string
 	ImageRef        string
 	Platform        string
+	// Runtime and Namespace say what the target pulled into (docker, or
+	// containerd and its namespace), when its daemon was reached.
+	Runtime   Runtime
+	Namespace string
 	// Pulled is false when the target already had the image.
 	Pulled   bool
 	Duration time.Duration
@@ -286,6 +290,9 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return unreachable(img, t)
 	}
 	res := p.result(img, t.target.Name, 0)
+	if rr, ok := d.(RuntimeReporter); ok {
+		res.Runtime, res.Namespace = rr.Runtime()
+	}
 	attempts := append([]ghcr.Attempt(nil), p.attempts...)
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool

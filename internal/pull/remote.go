@@ -35,20 +35,29 @@ func OpenRemoteDocker(host sshdeploy.Host, settings *sshdeploy.Settings) func(ct
 		if err != nil {
 			return nil, err
 		}
-		cli, err := client.New(
-			client.WithHost("http://docker"),
-			client.WithDialContext(conn.DockerDialer(settings.Socket)),
-			client.WithAPIVersionNegotiation(),
-		)
+		d, err := openDockerOver(ctx, conn, host, settings.Socket)
 		if err != nil {
 			conn.Close()
 			return nil, err
 		}
-		if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-			cli.Close()
-			conn.Close()
-			return nil, fmt.Errorf("reached %s over SSH, but not its Docker daemon at %s: %w", host.Addr(), settings.Socket, err)
-		}
-		return &remoteDocker{DockerDaemon: &DockerDaemon{Client: cli}, conn: conn}, nil
+		return d, nil
 	}
+}
+
+// openDockerOver reaches the Docker daemon at socket through conn; on
+// failure conn stays open, for the caller to close or use otherwise.
+func openDockerOver(ctx context.Context, conn *sshdeploy.Conn, host sshdeploy.Host, socket string) (Daemon, error) {
+	cli, err := client.New(
+		client.WithHost("http://docker"),
+		client.WithDialContext(conn.DockerDialer(socket)),
+		client.WithAPIVersionNegotiation(),
+	)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("reached %s over SSH, but not its Docker daemon at %s: %w", host.Addr(), socket, err)
+	}
+	return &remoteDocker{DockerDaemon: &DockerDaemon{Client: cli}, conn: conn}, nil
 }

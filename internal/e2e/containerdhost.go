@@ -1,0 +1,213 @@
+package e2e
+
+// A remote host started with RemoteHostOptions.Containerd is a Kubernetes
+// node without the kubelet: Debian's containerd (1.6, its CRI plugin
+// enabled) in the host's network namespace, with its own root, state,
+// config and socket under the host's directory, and no dockerd. sshd runs
+// in a private mount namespace with a tmpfs over /run (so neither the
+// runner's /var/run/docker.sock nor anything else of the machine's /run is
+// there, as on a node without Docker) in which the host's containerd socket
+// is bind-mounted at /run/containerd/containerd.sock, the default path.
+//
+// containerd itself runs in a private mount namespace too: the overlay
+// mounts it makes while unpacking never reach the machine's, and vanish
+// with it.
+//
+// Plain HTTP: containerd 1.6 has no CIDR form of insecure registries (the
+// remote dockerd's --insecure-registry 10.231.0.0/16). Its CRI plugin reads
+// registry host configuration from config_path (certs.d/<host:port>/
+// hosts.toml) at each pull, so every address ExposeOnHost hands out, and
+// any given to AllowPlainHTTP, gets a hosts.toml with an http:// server on
+// every containerd host, now and started later. The deprecated
+// registry.mirrors/configs tables would need the address when containerd
+// starts, and cannot be combined with config_path.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ContainerdNodeSocket is containerd's socket as SSH sessions (and sshd's
+// stream-local forwarding) see it on a containerd host.
+const ContainerdNodeSocket = "/run/containerd/containerd.sock"
+
+// ContainerdSnapshotter is the snapshotter the hosts' CRI plugin unpacks
+// into.
+const ContainerdSnapshotter = "overlayfs"
+
+// plainHTTP is the set of registry addresses containerd hosts reach over
+// plain HTTP, and the containerd hosts running.
+var plainHTTP = struct {
+	sync.Mutex
+	addrs []string
+	hosts map[*RemoteHost]bool
+}{hosts: map[*RemoteHost]bool{}}
+
+func containerdUnsupported() string {
+	for _, tool := range []string{"containerd", "ctr"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Sprintf("%s is not installed (Debian: containerd)", tool)
+		}
+	}
+	return ""
+}
+
+func (h *RemoteHost) containerdDir(parts ...string) string {
+	return filepath.Join(append([]string{h.Dir, "containerd"}, parts...)...)
+}
+
+// ContainerdSocket is the host's containerd socket as the machine sees
+// it, for assertions (ctr --address). Like DockerSocket, do not pass it
+// to the action: on the host it is ContainerdNodeSocket.
+func (h *RemoteHost) ContainerdSocket() string { return filepath.Join(h.Dir, "containerd.sock") }
+
+// ContainerdLog is the host's containerd log.
+func (h *RemoteHost) ContainerdLog() string { return h.readLog("containerd.log", 0) }
+
+func (h *RemoteHost) containerdConfig() string {
+	d := h.containerdDir
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+# Snapshotters this machine cannot run only add noise to the log.
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = %q
+    # No pods run here: an empty CNI configuration of the host's own.
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = %q
+      conf_dir = %q
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = %q
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %q
+`, d("root"), d("state"), h.ContainerdSocket(), h.ContainerdSocket()+".ttrpc", ContainerdSnapshotter,
+		d("cni", "bin"), d("cni", "net.d"), d("certs.d"), d("opt"))
+}
+
+func (h *RemoteHost) startContainerd() error {
+	for _, dir := range []string{h.containerdDir("cni", "bin"), h.containerdDir("cni", "net.d"), h.containerdDir("certs.d"), h.containerdDir("tmp")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	cfg := h.containerdDir("config.toml")
+	if err := os.WriteFile(cfg, []byte(h.containerdConfig()), 0o600); err != nil {
+		return err
+	}
+	plainHTTP.Lock()
+	plainHTTP.hosts[h] = true
+	addrs := append([]string(nil), plainHTTP.addrs...)
+	plainHTTP.Unlock()
+	for _, a := range addrs {
+		if err := h.writeHostsTOML(a); err != nil {
+			return err
+		}
+	}
+	cmd, err := h.nsCommand("containerd.log", "unshare", "--mount", "--propagation", "private", "--",
+		"env", "TMPDIR="+h.containerdDir("tmp"), "containerd", "--config", cfg)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.containerd = cmd
+	h.mu.Unlock()
+
+	// Ready when the CRI plugin has loaded: without it PullImage is
+	// unimplemented, and the plugin can fail on its own while the rest of
+	// containerd runs.
+	var out []byte
+	for deadline := time.Now().Add(startupWait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if cmd.exited() {
+			break
+		}
+		if !fileExists(h.ContainerdSocket()) {
+			continue
+		}
+		out, err = exec.Command("ctr", "--address", h.ContainerdSocket(), "plugins", "ls").CombinedOutput()
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 4 && f[0] == "io.containerd.grpc.v1" && f[1] == "cri" {
+				if f[len(f)-1] == "ok" {
+					return nil
+				}
+				return fmt.Errorf("its CRI plugin did not load (%s); its log ends: %s", l, tailLines(h.ContainerdLog(), 15))
+			}
+		}
+	}
+	return fmt.Errorf("did not answer on %s (%v %s); its log ends: %s", h.ContainerdSocket(), err, out, tailLines(h.ContainerdLog(), 15))
+}
+
+// containerdMounts wraps sshd's command line for a containerd host: a
+// mount namespace of its own, a tmpfs over /run, sshd's privilege
+// separation directory, and the containerd socket at ContainerdNodeSocket.
+func (h *RemoteHost) containerdMounts(args []string) []string {
+	script := `mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/sshd /run/containerd && ` +
+		`touch ` + ContainerdNodeSocket + ` && mount --bind "$0" ` + ContainerdNodeSocket + ` && exec "$@"`
+	return append([]string{"unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, h.ContainerdSocket()}, args...)
+}
+
+func (h *RemoteHost) stopContainerd() {
+	plainHTTP.Lock()
+	delete(plainHTTP.hosts, h)
+	plainHTTP.Unlock()
+	h.mu.Lock()
+	cmd := h.containerd
+	h.containerd = nil
+	h.mu.Unlock()
+	cmd.stop(15 * time.Second)
+}
+
+// AllowPlainHTTP lets every containerd host, now and later, pull from the
+// registry at addr (host:port) over plain HTTP. ExposeOnHost calls it.
+func AllowPlainHTTP(addr string) error {
+	plainHTTP.Lock()
+	defer plainHTTP.Unlock()
+	plainHTTP.addrs = append(plainHTTP.addrs, addr)
+	for h := range plainHTTP.hosts {
+		if err := h.writeHostsTOML(addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeHostsTOML is containerd's per-registry configuration: on Linux the
+// directory is named host:port as it is.
+func (h *RemoteHost) writeHostsTOML(addr string) error {
+	dir := h.containerdDir("certs.d", addr)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+addr, "http://"+addr)
+	return os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o600)
+}
+
+// Ctr runs ctr against the host's containerd (as the machine reaches it)
+// and returns its output; a failure fails tb.
+func (h *RemoteHost) Ctr(tb testing.TB, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command("ctr", append([]string{"--address", h.ContainerdSocket()}, args...)...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("remote host %s: ctr %s: %v\n%s", h.Name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

@@ -1,0 +1,234 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// fakeCRI is containerd's CRI service as far as ghcr-pull uses it: Version,
+// PullImage (answers from a script, then success) and ImageStatus.
+type fakeCRI struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	runtimeapi.UnimplementedImageServiceServer
+
+	mu       sync.Mutex
+	answers  []error
+	auths    []*runtimeapi.AuthConfig
+	images   map[string]*runtimeapi.Image // by reference
+	digest   string
+	platform string // imageSpec os/architecture as JSON fields
+}
+
+func (f *fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	return &runtimeapi.VersionResponse{RuntimeName: "containerd", RuntimeVersion: "1.6.20~ds1", RuntimeApiVersion: "v1"}, nil
+}
+
+func (f *fakeCRI) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.auths = append(f.auths, r.Auth)
+	if len(f.answers) > 0 {
+		err := f.answers[0]
+		f.answers = f.answers[1:]
+		if err != nil {
+			return nil, err
+		}
+	}
+	ref := r.Image.Image
+	repo := ref[:strings.LastIndex(ref, ":")]
+	id := "sha256:" + strings.Repeat("c", 64)
+	f.images[ref] = &runtimeapi.Image{Id: id, RepoTags: []string{ref}, RepoDigests: []string{repo + "@" + f.digest}}
+	return &runtimeapi.PullImageResponse{ImageRef: id}, nil
+}
+
+func (f *fakeCRI) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img := f.images[r.Image.Image]
+	if img == nil {
+		return &runtimeapi.ImageStatusResponse{}, nil
+	}
+	resp := &runtimeapi.ImageStatusResponse{Image: img}
+	if r.Verbose {
+		// As containerd 1.6 writes it.
+		resp.Info = map[string]string{"info": `{"chainID":"sha256:x","imageSpec":{` + f.platform + `,"rootfs":{"type":"layers"}}}`}
+	}
+	return resp, nil
+}
+
+// startFakeCRI serves f over an in-memory listener and returns a dialer.
+func startFakeCRI(t *testing.T, f *fakeCRI, withRuntime bool) func(context.Context) (net.Conn, error) {
+	t.Helper()
+	if f.images == nil {
+		f.images = map[string]*runtimeapi.Image{}
+	}
+	if f.platform == "" {
+		f.platform = `"os":"linux","architecture":"amd64"`
+	}
+	l := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	runtimeapi.RegisterImageServiceServer(srv, f)
+	if withRuntime {
+		runtimeapi.RegisterRuntimeServiceServer(srv, f)
+	}
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return func(ctx context.Context) (net.Conn, error) { return l.DialContext(ctx) }
+}
+
+func TestContainerdPullAndInspect(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("d", 64)
+	f := &fakeCRI{digest: digest}
+	d, err := NewContainerd(context.Background(), startFakeCRI(t, f, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Version != "containerd 1.6.20~ds1" {
+		t.Errorf("Version = %q", d.Version)
+	}
+	ref := "10.231.1.1:5000/acme/app:1"
+	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	downloaded, err := d.Pull(context.Background(), ref, "", creds, nil)
+	if err != nil || !downloaded {
+		t.Fatalf("first pull: downloaded=%v err=%v", downloaded, err)
+	}
+	downloaded, err = d.Pull(context.Background(), ref, "", ghcr.Anonymous, nil)
+	if err != nil || downloaded {
+		t.Fatalf("second pull of the same image: downloaded=%v err=%v", downloaded, err)
+	}
+	if a := f.auths[0]; a == nil || a.Username != "u" || a.Password != "p" || a.ServerAddress != "" {
+		t.Errorf("credentials sent as %+v", a)
+	}
+	if f.auths[1] != nil {
+		t.Errorf("anonymous pull sent %+v", f.auths[1])
+	}
+	info, err := d.Inspect(context.Background(), ref)
+	if err != nil || info.Platform != "linux/amd64" || len(info.RepoDigests) != 1 || !strings.HasSuffix(info.RepoDigests[0], digest) {
+		t.Errorf("Inspect = %+v, %v", info, err)
+	}
+	if rt, ns := d.Runtime(); rt != RuntimeContainerd || ns != "k8s.io" {
+		t.Errorf("Runtime = %s %s", rt, ns)
+	}
+
+	if _, err := d.Pull(context.Background(), ref, "linux/arm64", ghcr.Anonymous, nil); !isBadInput(err, "platform") {
+		t.Errorf("a platform the node does not run: %v, want a platform input error", err)
+	}
+	if _, err := d.Pull(context.Background(), ref, "linux/amd64", ghcr.Anonymous, nil); err != nil {
+		t.Errorf("the node's own platform: %v", err)
+	}
+}
+
+func isBadInput(err error, input string) bool {
+	var bad *ghcr.BadInputError
+	return errors.As(err, &bad) && bad.Input == input
+}
+
+func TestContainerdWithoutCRI(t *testing.T) {
+	_, err := NewContainerd(context.Background(), startFakeCRI(t, &fakeCRI{}, false))
+	if !errors.Is(err, ErrNoCRI) || !strings.Contains(err.Error(), `disabled_plugins = ["cri"]`) {
+		t.Fatalf("err = %v, want ErrNoCRI", err)
+	}
+}
+
+// The strings are containerd 1.6.20's (Debian 12), as it answered the
+// end-to-end registry; the Unavailable one is gRPC's own.
+func TestClassifyCRI(t *testing.T) {
+	token := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	tests := []struct {
+		err   error
+		creds ghcr.Credentials
+		want  string
+	}{
+		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`), token, "rejected"},
+		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`), ghcr.Anonymous, "anonymous-denied"},
+		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public:nope": failed to resolve reference "10.231.1.1:41293/acme/zz-public:nope": 10.231.1.1:41293/acme/zz-public:nope: not found`), token, "notfound"},
+		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:46801/acme/zz-public2:arm": no match for platform in manifest: not found`), token, "badinput:platform"},
+		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public2:1": failed to copy: httpReadSeeker: failed open: unexpected status code http://10.231.1.1:41293/v2/acme/zz-public2/blobs/sha256:52579b29386b2dfe2f2cef3a34ce2f1c7e5dceb4988248d5d61c9b99e056f19d: 503 Service Unavailable - Server message: unavailable: Service Unavailable`), token, "transient"},
+		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public2:1": failed to resolve reference "10.231.1.1:41293/acme/zz-public2:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`), token, "transient"},
+		{status.Error(codes.Unavailable, "connection error: desc = \"transport: Error while dialing: ssh: rejected: connect failed (open failed)\""), token, "transient"},
+		{status.Error(codes.Unimplemented, "unknown service runtime.v1.ImageService"), token, "nocri"},
+		{status.Error(codes.InvalidArgument, `failed to parse "x::1"`), token, "badinput:image"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.err.Error(), func(t *testing.T) {
+			got := classifyCRI(context.Background(), tt.err, tt.creds)
+			if c := criClass(got); c != tt.want {
+				t.Errorf("class = %s, want %s (%v)", c, tt.want, got)
+			}
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	<-ctx.Done()
+	if c := criClass(classifyCRI(ctx, status.Error(codes.DeadlineExceeded, "x"), token)); c != "transient" {
+		t.Errorf("the step's deadline: %s", c)
+	}
+}
+
+func criClass(err error) string {
+	var (
+		rej *ghcr.RejectedError
+		nf  *ghcr.NotFoundError
+		tr  *ghcr.TransientError
+		bad *ghcr.BadInputError
+	)
+	switch {
+	case errors.Is(err, ErrNoCRI):
+		return "nocri"
+	case errors.As(err, &rej) && rej.Anonymous:
+		return "anonymous-denied"
+	case errors.As(err, &rej):
+		return "rejected"
+	case errors.As(err, &nf):
+		return "notfound"
+	case errors.As(err, &tr):
+		return "transient"
+	case errors.As(err, &bad):
+		return "badinput:" + bad.Input
+	}
+	return "unclassified"
+}
+
+// A containerd host goes through Run like any target: rejected by
+// containerd, the pull falls back to anonymous there, and the result says
+// where the image went.
+func TestRunContainerdFallback(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, err := ParseImages([]string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCRI{digest: digest, answers: []error{status.Error(codes.Unknown,
+		`failed to pull and unpack image "`+ref+`": failed to resolve reference "`+ref+`": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`)}}
+	dial := startFakeCRI(t, f, true)
+	targets := []Target{{Name: "node", Open: func(ctx context.Context) (Daemon, error) { return NewContainerd(ctx, dial) }}}
+	res := Run(context.Background(), images, targets, Options{
+		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}, Fallback: true,
+		Retry: retry.Policy{Retries: 1, Base: time.Millisecond, Max: time.Millisecond},
+	})
+	r := res[0]
+	if r.Err != nil || r.AuthMode != ghcr.AuthAnonymous || !r.FallbackUsed || !strings.Contains(r.CredentialError, "403 Forbidden") {
+		t.Fatalf("result %+v", r)
+	}
+	if r.Runtime != RuntimeContainerd || r.Namespace != "k8s.io" || r.Digest != digest || r.Platform != "linux/amd64" || !r.Pulled {
+		t.Errorf("result %+v", r)
+	}
+	if len(f.auths) != 2 || f.auths[0] == nil || f.auths[1] != nil {
+		t.Errorf("auth configs sent: %v", f.auths)
+	}
+}

@@ -1,0 +1,97 @@
+package sshdeploy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// startEcho serves a line echo on a unix socket: any protocol will do.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "e.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return sock
+}
+
+func TestDialUnix(t *testing.T) {
+	client := newSigner(t, "ed25519")
+	sock := startEcho(t)
+	tests := []struct {
+		name     string
+		opts     []serverOption
+		socket   string
+		rejected bool
+	}{
+		{name: "reaches the socket", socket: sock},
+		{name: "missing socket: rejected", socket: "/nonexistent/containerd.sock", rejected: true},
+		{name: "stream-local forbidden: rejected, no fallback", opts: []serverOption{withoutStreamLocal()}, socket: sock, rejected: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t, client.PublicKey(), tt.opts...)
+			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			c, err := conn.DialUnix(context.Background(), tt.socket)
+			if tt.rejected {
+				if err == nil || !IsChannelRejected(err) || !strings.Contains(err.Error(), tt.socket) {
+					t.Fatalf("err = %v, want a channel rejection naming %s", err, tt.socket)
+				}
+				if cmds := srv.execCommands(); len(cmds) != 0 {
+					t.Fatalf("ran %q on the host; DialUnix runs nothing", cmds)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, "hello\n"); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || line != "hello\n" {
+				t.Fatalf("echo = %q, %v", line, err)
+			}
+		})
+	}
+}
+
+func TestDialUnixContext(t *testing.T) {
+	client := newSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey())
+	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := conn.DialUnix(ctx, startEcho(t)); err != context.Canceled {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
