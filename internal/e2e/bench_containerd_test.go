@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// BenchmarkContainerd compares pulling onto a containerd host with
+// ghcr-pull (CRI PullImage over the SSH connection, remote-runtime left at
+// auto) against what an operator would run on the node: `ctr images pull`
+// over SSH, into the same k8s.io namespace, unpacked for the same
+// snapshotter. "direct-ctr" is the same ctr command against the node's
+// socket with no SSH at all: the floor. Every op starts with the node's
+// k8s.io namespace emptied and garbage-collected (untimed), so every op
+// downloads and unpacks all layers.
+//
+//	go test ./internal/e2e -run '^$' -bench Containerd -benchtime 5x -count 3
+func BenchmarkContainerd(b *testing.B) {
+	e := Start(b)
+	if _, err := exec.LookPath("ssh"); err != nil {
+		skipOrFatal(b, "ssh not installed: %v", err)
+	}
+	n := StartRemoteHost(b, "bc", RemoteHostOptions{Containerd: true})
+	regAddr := n.ExposeOnHost(b, e.Host)
+	// small: latency-bound; large: where containerd's fetch, decompression
+	// and unpacking dominate.
+	sizes := []struct {
+		name string
+		size int64
+	}{{"small", 256 << 10}, {"large", 8 << 20}}
+	for _, sz := range sizes {
+		pushNodeImage(b, e, "bench/ctrd-"+sz.name, "1", sz.size, 3)
+		e.Front.SetPublic("bench/ctrd-" + sz.name)
+	}
+
+	dir := b.TempDir()
+	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(keyFile, []byte(n.ClientKeyPEM()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(khFile, []byte(n.KnownHosts()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	empty := func() {
+		refs := strings.Fields(n.Ctr(b, "-n", "k8s.io", "images", "ls", "-q"))
+		if len(refs) > 0 {
+			n.Ctr(b, append([]string{"-n", "k8s.io", "images", "rm", "--sync"}, refs...)...)
+		}
+		if snaps := n.Ctr(b, "-n", "k8s.io", "snapshots", "--snapshotter", ContainerdSnapshotter, "ls"); strings.Contains(snaps, "Committed") {
+			b.Fatalf("snapshots left after removing every image:\n%s", snaps)
+		}
+	}
+	var ref string
+	ghcrPull := func() {
+		res := e.RunAction(b, map[string]string{
+			"image": ref, "auth": "anonymous", "summary": "false",
+			"ssh-host": n.SSHHost(), "ssh-key": n.ClientKeyPEM(), "ssh-known-hosts": n.KnownHosts(),
+			"insecure-registry": regAddr,
+		})
+		if res.ExitCode != 0 {
+			b.Fatalf("ghcr-pull exit %d\n%s", res.ExitCode, res.Stdout)
+		}
+	}
+	// ctr on the node reaches the registry over plain HTTP by --plain-http
+	// (the CRI plugin by the hosts.toml of containerdhost.go).
+	sshCtr := func() {
+		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
+			"-o", "BatchMode=yes", n.User()+"@"+n.IP(), "ctr", "-n", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput()
+		if err != nil {
+			b.Fatalf("ssh ctr images pull: %v\n%s", err, out)
+		}
+	}
+	directCtr := func() {
+		n.Ctr(b, "-n", "k8s.io", "images", "pull", "--plain-http", ref)
+	}
+	nsCtr := func() {
+		out, err := exec.Command("nsenter", "--net=/var/run/netns/"+n.Namespace, "ctr", "--address", n.ContainerdSocket(), "-n", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput()
+		if err != nil {
+			b.Fatalf("%v %s", err, out)
+		}
+	}
+	sshTrue := func() {
+		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
+			"-o", "BatchMode=yes", n.User()+"@"+n.IP(), "true").CombinedOutput()
+		if err != nil {
+			b.Fatalf("%v %s", err, out)
+		}
+		directCtr()
+	}
+	run := func(name string, op func()) {
+		b.Run(name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				empty()
+				b.StartTimer()
+				op()
+			}
+			b.StopTimer()
+			// Each way ends with the image in k8s.io, unpacked.
+			if check := n.Ctr(b, "-n", "k8s.io", "images", "check"); !strings.Contains(check, ref) || !strings.Contains(check, "true") {
+				b.Fatalf("%s: image not there unpacked:\n%s", name, check)
+			}
+		})
+	}
+	for _, sz := range sizes {
+		ref = regAddr + "/bench/ctrd-" + sz.name + ":1"
+		run(sz.name+"/direct-ctr", directCtr)
+		run(sz.name+"/ghcr-pull", ghcrPull)
+		run(sz.name+"/ssh-ctr", sshCtr)
+		run(sz.name+"/ns-ctr", nsCtr)
+		run(sz.name+"/ssh-true+direct", sshTrue)
+	}
+}
