@@ -14,7 +14,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -128,13 +130,31 @@ func (c Config) Validate() error {
 			return bad("username", "is required with oidc-provider dockerhub", "set it to the Docker Hub organization user")
 		}
 	case TokenExchange:
-		if !strings.HasPrefix(c.TokenExchangeURL, "https://") && !strings.HasPrefix(c.TokenExchangeURL, "http://127.") && !strings.HasPrefix(c.TokenExchangeURL, "http://localhost") {
+		if !tlsOrLoopback(c.TokenExchangeURL) {
 			return bad("token-exchange-url", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
 		}
 	default:
 		return bad("oidc-provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
 	}
 	return nil
+}
+
+// tlsOrLoopback says whether the ID token would travel over TLS or stay on
+// this machine. It parses the URL rather than matching prefixes: by prefix,
+// http://127.example.com and http://localhost.example.com looked loopback.
+func tlsOrLoopback(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	switch u.Scheme {
+	case "https":
+		return true
+	case "http":
+		ip := net.ParseIP(u.Hostname())
+		return u.Hostname() == "localhost" || ip != nil && ip.IsLoopback()
+	}
+	return false
 }
 
 // DefaultAudience is the ID token audience each provider expects.
