@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: installs what is missing (Debian
-# packages, act, actionlint come from the Go module proxy at test time), then
+# packages; act and actionlint from the Go module proxy), then
 # runs vet, the unit tests, brief fuzzing and the end-to-end tests, which
 # start their own dockerd, docker-registry, sshd and network-namespace hosts.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in dockerd:docker.io docker-registry:docker-registry sshd:openssh-server ip:iproute2 \
-            containerd:containerd busybox:busybox-static ctr:containerd; do
+            containerd:containerd busybox:busybox-static ctr:containerd shellcheck:shellcheck git:git; do
   cmd=${pair%%:*} pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/bin/$cmd" ]; then
     need+=("$pkg")
@@ -25,6 +25,10 @@ export PATH="$PATH:$(go env GOPATH)/bin"
 if ! command -v act >/dev/null 2>&1; then
   echo "installing act"
   go install github.com/nektos/act@v0.2.89
+fi
+if ! command -v actionlint >/dev/null 2>&1; then
+  echo "installing actionlint"
+  go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 fi
 
 go vet ./...
