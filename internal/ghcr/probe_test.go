@@ -2,6 +2,8 @@ package ghcr
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -84,5 +86,62 @@ func TestProbeRedirectDoesNotForwardCredentials(t *testing.T) {
 		if h != "" {
 			t.Errorf("the other host received Authorization %q", h)
 		}
+	}
+}
+
+// schemeTransport fails every HTTPS request with a certificate error, as a
+// registry with a self-signed certificate (or a man in the middle) would,
+// and records every plain-HTTP request that gets past the probe's guard.
+type schemeTransport struct {
+	mu    sync.Mutex
+	plain []string
+}
+
+func (s *schemeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "https" {
+		return nil, &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}
+	}
+	s.mu.Lock()
+	s.plain = append(s.plain, req.URL.String())
+	s.mu.Unlock()
+	return nil, errors.New("plain HTTP reached the network")
+}
+
+// A TLS failure is never answered by retrying over plain HTTP, which is
+// what go-containerregistry does by itself for private-range addresses,
+// unless the registry is listed in insecure-registry.
+func TestProbeNeverDowngradesTLS(t *testing.T) {
+	for _, tc := range []struct {
+		registry  string
+		insecure  []string
+		wantPlain bool
+	}{
+		{registry: "10.20.30.40:5000"},
+		{registry: "192.168.1.9"},
+		{registry: "registry.example.com"},
+		{registry: "10.20.30.40:5000", insecure: []string{"10.20.30.40:5000"}, wantPlain: true},
+	} {
+		label := tc.registry
+		if len(tc.insecure) > 0 {
+			label += " listed in insecure-registry"
+		}
+		t.Run(label, func(t *testing.T) {
+			st := &schemeTransport{}
+			ref, err := name.ParseReference(tc.registry + "/acme/app:1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "pw"},
+				WithTransport(st), WithInsecureRegistries(tc.insecure...))
+			if err == nil {
+				t.Fatal("the probe succeeded through a failing TLS transport")
+			}
+			if got := len(st.plain) > 0; got != tc.wantPlain {
+				t.Errorf("plain HTTP requests %v, want any: %v (error: %v)", st.plain, tc.wantPlain, err)
+			}
+			if !tc.wantPlain && !strings.Contains(err.Error(), "certificate") && !strings.Contains(err.Error(), "insecure-registry") {
+				t.Errorf("the error names neither the certificate nor insecure-registry: %v", err)
+			}
+		})
 	}
 }
