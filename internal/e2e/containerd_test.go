@@ -6,11 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // pushNodeImage pushes a random image whose config names this machine's
@@ -35,11 +33,7 @@ func pushNodeImage(t testing.TB, e *Env, repo, tag string, layerSize, layers int
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: e.AdminUser, Password: e.AdminPassword})); err != nil {
-		t.Fatalf("pushing %s: %v", ref, err)
-	}
-	d, _ := img.Digest()
-	return d.String()
+	return e.pushImageAs(t, ref, img)
 }
 
 // ctrImages lists the host's k8s.io images as "ref digest" pairs.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
@@ -272,6 +273,12 @@ func (e *Env) pushImage(tb testing.TB, repo, tag string, layerSize int64, layers
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return e.pushImageAs(tb, ref, img)
+}
+
+// pushImageAs pushes img to ref as the admin and returns its digest.
+func (e *Env) pushImageAs(tb testing.TB, ref name.Reference, img v1.Image) string {
+	tb.Helper()
 	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: e.AdminUser, Password: e.AdminPassword})); err != nil {
 		tb.Fatalf("pushing %s: %v", ref, err)
 	}
