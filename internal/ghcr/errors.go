@@ -43,7 +43,11 @@ func (r Response) String() string {
 	}
 	detail := r.Message
 	if r.Code != "" && !strings.HasPrefix(detail, r.Code) {
-		detail = strings.TrimSuffix(r.Code+": "+detail, ": ")
+		if detail == "" {
+			detail = r.Code
+		} else {
+			detail = r.Code + ": " + detail
+		}
 	}
 	if detail != "" {
 		if b.Len() > 0 {
