@@ -16,10 +16,13 @@ import (
 func FuzzParseConfig(f *testing.F) {
 	f.Add("ghcr.io/a/b:1", "auto", "true", "linux/amd64", "docker", "3", "10m", "pw")
 	f.Add("", "token", "maybe", "x", "none", "-1", "1", "")
+	var md Metadata
+	var once sync.Once
 	f.Fuzz(func(t *testing.T, image, auth, fallback, platform, dest, retries, timeout, password string) {
+		once.Do(func() { md = testMetadata(t) })
 		m := map[string]string{"image": image, "auth": auth, "anonymous-fallback": fallback, "platform": platform,
 			"destination": dest, "retries": retries, "timeout": timeout, "password": password}
-		_, err := ParseConfig(getter(m), testMetadata(t))
+		_, err := ParseConfig(getter(m), md)
 		if err == nil {
 			return
 		}
@@ -35,7 +38,7 @@ func FuzzParseConfig(f *testing.F) {
 				other = strings.Repeat("y", len(password))
 			}
 			m["password"] = other
-			_, err2 := ParseConfig(getter(m), testMetadata(t))
+			_, err2 := ParseConfig(getter(m), md)
 			if err2 == nil || err2.Error() != err.Error() {
 				t.Fatalf("the error depends on the password: %v vs %v", err, err2)
 			}
