@@ -48,7 +48,18 @@ var (
 // (GOPROXY=off, GOFLAGS=-mod=vendor).
 func (e *Env) EnsureBaseImages(tb testing.TB) {
 	tb.Helper()
-	baseImagesOnce.Do(func() { baseImagesErr = e.ensureBaseImages() })
+	baseImagesOnce.Do(func() {
+		baseImagesErr = e.ensureBaseImages()
+		// The classic builder keeps each build stage as an untagged image
+		// (~480 MB here); stages built on our builder carry its label, so
+		// exactly those go at the end of the run.
+		stoppers = append(stoppers, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, _ = e.Docker.ImagePrune(ctx, client.ImagePruneOptions{
+				Filters: client.Filters{}.Add("dangling", "true").Add("label", testImageLabel)})
+		})
+	})
 	if baseImagesErr != nil {
 		tb.Fatalf("preparing the base images: %v", baseImagesErr)
 	}
