@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -169,8 +170,9 @@ func keyscanPlan(hosts, proxyJump []Host, only map[Host]bool) string {
 }
 
 // dummyKey never matches a known host: checking it yields the host's known
-// keys in a *knownhosts.KeyError.
-var dummyKey = func() ssh.PublicKey {
+// keys in a *knownhosts.KeyError. Made on first use, not at start-up, where
+// every run would pay for the key generation.
+var dummyKey = sync.OnceValue(func() ssh.PublicKey {
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		panic(err)
@@ -180,14 +182,14 @@ var dummyKey = func() ssh.PublicKey {
 		panic(err)
 	}
 	return k
-}()
+})
 
 // knownKeys lists the known_hosts keys (not authorities) for h.
 func (p *HostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
 	if p == nil || p.knownHosts == nil {
 		return nil
 	}
-	err := p.knownHosts(h.Addr(), &net.TCPAddr{IP: net.IPv4zero, Port: h.Port}, dummyKey)
+	err := p.knownHosts(h.Addr(), &net.TCPAddr{IP: net.IPv4zero, Port: h.Port}, dummyKey())
 	var ke *knownhosts.KeyError
 	if !errors.As(err, &ke) {
 		return nil
