@@ -112,7 +112,7 @@ type observer struct {
 }
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !isLoopback(req.URL.Hostname()) {
+	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !IsLoopback(req.URL.Hostname()) {
 		return nil, &BadInputError{Input: "insecure-registry",
 			Problem: "refusing plain HTTP to " + req.URL.Host + " (only loopback registries are reached without TLS by default)",
 			Fix:     "serve the registry over TLS, or list " + req.URL.Host + " in insecure-registry"}
@@ -139,7 +139,11 @@ func (o *observer) retryAfter() time.Duration {
 	return o.after
 }
 
-func isLoopback(host string) bool {
+// IsLoopback says whether host (a URL's Hostname) names this machine:
+// "localhost" or a loopback IP literal. Only such hosts may be spoken to
+// without TLS unless the user says otherwise; a name that merely starts
+// like one (127.example.com) does not count.
+func IsLoopback(host string) bool {
 	if host == "localhost" {
 		return true
 	}

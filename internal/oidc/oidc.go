@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -151,8 +150,7 @@ func tlsOrLoopback(raw string) bool {
 	case "https":
 		return true
 	case "http":
-		ip := net.ParseIP(u.Hostname())
-		return u.Hostname() == "localhost" || ip != nil && ip.IsLoopback()
+		return ghcr.IsLoopback(u.Hostname())
 	}
 	return false
 }
