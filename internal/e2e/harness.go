@@ -367,12 +367,18 @@ func (e *Env) RunAction(tb testing.TB, inputs map[string]string, extraEnv ...str
 	case err != nil:
 		tb.Fatalf("running ghcr-pull: %v", err)
 	}
-	out, _ := os.ReadFile(files["GITHUB_OUTPUT"])
-	res.OutputFile = string(out)
-	res.Outputs = ParseOutputs(string(out))
-	sum, _ := os.ReadFile(files["GITHUB_STEP_SUMMARY"])
-	res.Summary = string(sum)
+	res.readFileCommands(files["GITHUB_OUTPUT"], files["GITHUB_STEP_SUMMARY"])
 	return res
+}
+
+// readFileCommands fills the outputs and the summary from the run's
+// GITHUB_OUTPUT and GITHUB_STEP_SUMMARY files.
+func (r *Result) readFileCommands(outputFile, summaryFile string) {
+	out, _ := os.ReadFile(outputFile)
+	r.OutputFile = string(out)
+	r.Outputs = ParseOutputs(r.OutputFile)
+	sum, _ := os.ReadFile(summaryFile)
+	r.Summary = string(sum)
 }
 
 // ParseOutputs reads a GITHUB_OUTPUT file as the runner does: name=value
