@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 )
@@ -36,7 +37,7 @@ func FuzzParseConfig(f *testing.F) {
 		if err == nil {
 			return
 		}
-		var bad *ghcr.BadInputError
+		var bad *failure.BadInput
 		if !errors.As(err, &bad) || bad.Input == "" {
 			t.Fatalf("error %v names no input", err)
 		}
@@ -96,7 +97,7 @@ func FuzzParseOIDCSettings(f *testing.F) {
 			"dockerhub-connection-id": connection, "token-exchange-url": exchangeURL}
 		c, err := ParseConfig(getter(m), md)
 		if err != nil {
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input == "" {
 				t.Fatalf("error %v names no input", err)
 			}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
@@ -178,7 +179,7 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 }
 
 func bad(input, problem, fix string) error {
-	return &ghcr.BadInputError{Input: input, Problem: problem, Fix: fix}
+	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
 // parseBool accepts YAML 1.2 core booleans, as the runner passes them.

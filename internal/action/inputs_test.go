@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -87,7 +88,7 @@ func TestParseConfig(t *testing.T) {
 				tt.check(t, c)
 				return
 			}
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input != tt.wantInput {
 				t.Fatalf("error %v does not name input %q", err, tt.wantInput)
 			}

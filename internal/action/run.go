@@ -14,6 +14,7 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
@@ -98,7 +99,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		creds, err := deriveOIDC(ctx, cfg, rep, env)
 		if err != nil {
 			rep.Error("ghcr-pull: OIDC credentials could not be derived", err.Error())
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if errors.As(err, &bad) {
 				return ExitBadInput
 			}
@@ -431,11 +432,11 @@ func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Cr
 		var failed *githubactions.RequestFailedError
 		switch {
 		case errors.As(err, &missing):
-			return "", &ghcr.BadInputError{Input: "permissions",
+			return "", &failure.BadInput{Input: "permissions",
 				Problem: "the job cannot request an OIDC ID token (" + missing.Name + " is unset)",
 				Fix:     "add `permissions: id-token: write` to the job"}
 		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
-			return "", &ghcr.TransientError{Response: ghcr.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
+			return "", &failure.Transient{Response: failure.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
 		case errors.As(err, &failed):
 			return "", fmt.Errorf("the Actions runtime refused the ID token request (%d)", failed.StatusCode)
 		}

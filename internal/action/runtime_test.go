@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 )
 
@@ -45,7 +45,7 @@ func TestParseConfigRemoteRuntime(t *testing.T) {
 				}
 				return
 			}
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input != tt.wantInput {
 				t.Fatalf("err = %v, want one naming %s", err, tt.wantInput)
 			}

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
@@ -231,7 +232,7 @@ func TestRemoteHost(t *testing.T) {
 	t.Run("missing known hosts names ssh-keyscan", func(t *testing.T) {
 		_, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: h.User(), Name: h.IP(), Port: 22},
 			sshdeploy.Config{Signer: signer, HostKeys: hostKeyPolicy(t, "", "")})
-		var ie *sshdeploy.InputError
+		var ie *failure.BadInput
 		if !errors.As(err, &ie) || !strings.Contains(err.Error(), "ssh-keyscan -p 22 "+h.IP()) {
 			t.Fatalf("err = %v", err)
 		}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // Attempt is one way a pull was tried and what it got.
@@ -46,13 +48,13 @@ func describeMode(m AuthMode) string {
 func fixesFor(registry string, attempts []Attempt) []string {
 	var (
 		rejected, anonDenied, notFound, transient bool
-		bad                                       *BadInputError
+		bad                                       *failure.BadInput
 	)
 	for _, a := range attempts {
 		var (
-			rej *RejectedError
-			nf  *NotFoundError
-			tr  *TransientError
+			rej *failure.Rejected
+			nf  *failure.NotFound
+			tr  *failure.Transient
 		)
 		switch {
 		case errors.As(a.Err, &rej) && rej.Anonymous:

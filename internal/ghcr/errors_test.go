@@ -13,15 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 func className(err error) string {
 	var (
-		rej *RejectedError
-		nf  *NotFoundError
-		tr  *TransientError
-		bad *BadInputError
+		rej *failure.Rejected
+		nf  *failure.NotFound
+		tr  *failure.Transient
+		bad *failure.BadInput
 	)
 	switch {
 	case errors.As(err, &rej) && rej.Anonymous:
@@ -84,9 +85,9 @@ func TestClassifyRegistryAnswers(t *testing.T) {
 				t.Fatalf("class = %s, want %s (%v)", c, tt.want, got)
 			}
 			if tt.wantWhere != "" {
-				var rej *RejectedError
-				var nf *NotFoundError
-				var tr *TransientError
+				var rej *failure.Rejected
+				var nf *failure.NotFound
+				var tr *failure.Transient
 				where := ""
 				switch {
 				case errors.As(got, &rej):
@@ -112,59 +113,6 @@ func TestRejectedErrorKeepsRegistryWords(t *testing.T) {
 	want := "credentials rejected: 403 Forbidden from the token endpoint: DENIED: requested access to the resource is denied"
 	if err.Error() != want {
 		t.Errorf("got %q\nwant %q", err.Error(), want)
-	}
-}
-
-func TestClassifyDaemonMessages(t *testing.T) {
-	tests := []struct {
-		status int
-		msg    string
-		anon   bool
-		want   string
-	}{
-		// Real strings from REFERENCE §2/§3 and dockerd 20.10.
-		{500, `Head "https://ghcr.io/v2/acme/app/manifests/1.2.3": denied: denied`, false, "rejected"},
-		{500, `Get "https://ghcr.io/token?scope=repository%3Aacme%2Fapp%3Apull&service=ghcr.io": failed to fetch oauth token: unexpected status: 403 Forbidden`, false, "rejected"},
-		{500, "unauthorized: authentication required", false, "rejected"},
-		{500, "unauthorized: personal access token is expired", false, "rejected"},
-		{500, "denied: permission_denied: read_package", false, "rejected"},
-		{500, "denied: installation not allowed to Read organization package", false, "rejected"},
-		{404, "pull access denied for 127.0.0.1:5000/acme/private, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", true, "anonymous-denied"},
-		{0, "unauthorized: the token server's message", false, "rejected"},
-		{404, "manifest for 127.0.0.1:5000/acme/app:nope not found: manifest unknown: manifest unknown", false, "notfound"},
-		{0, "no matching manifest for linux/arm64/v8 in the manifest list entries", false, "badinput:platform"},
-		{500, "toomanyrequests: You have reached your pull rate limit", false, "transient"},
-		{500, `Get "https://127.0.0.1:5000/v2/": received unexpected HTTP status: 503 Service Unavailable`, false, "transient"},
-		{500, "net/http: TLS handshake timeout", false, "transient"},
-		{0, "read tcp 10.0.0.1:5000: read: connection reset by peer", false, "transient"},
-		{0, "unexpected EOF", false, "transient"},
-		{401, "", false, "rejected"},
-		{503, "", false, "transient"},
-		// containerd 1.6's CRI PullImage, its gRPC code as a status (0 for Unknown).
-		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`, false, "rejected"},
-		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/private:1": failed to resolve reference "10.231.1.1:41293/acme/private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`, true, "anonymous-denied"},
-		{404, `failed to pull and unpack image "10.231.1.1:41293/acme/app:nope": failed to resolve reference "10.231.1.1:41293/acme/app:nope": 10.231.1.1:41293/acme/app:nope: not found`, false, "notfound"},
-		{404, `failed to pull and unpack image "10.231.1.1:46801/acme/app:arm": no match for platform in manifest: not found`, false, "badinput:platform"},
-		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`, false, "transient"},
-		{500, "some daemon bug", false, "unclassified"},
-		// A digest that happens to contain 429 is not a rate limit.
-		{404, "manifest for x@sha256:4290aa not found: manifest unknown", false, "notfound"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.msg, func(t *testing.T) {
-			got := ClassifyDaemon(tt.status, tt.msg, tt.anon)
-			if c := className(got); c != tt.want {
-				t.Errorf("class = %s, want %s (%v)", c, tt.want, got)
-			}
-		})
-	}
-}
-
-func TestMessagesAreClipped(t *testing.T) {
-	long := strings.Repeat("A", 10000)
-	err := ClassifyDaemon(500, "denied: "+long, false)
-	if len(err.Error()) > maxMessage+100 {
-		t.Errorf("message not bounded: %d bytes", len(err.Error()))
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
@@ -91,7 +92,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 	n := int(obs.requests.Load())
 	if err != nil {
 		cerr := Classify(err, creds.IsAnonymous())
-		if te, ok := cerr.(*TransientError); ok && te.RetryAfter == 0 {
+		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}
 		return ProbeResult{Requests: n}, cerr
@@ -113,7 +114,7 @@ type observer struct {
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !IsLoopback(req.URL.Hostname()) {
-		return nil, &BadInputError{Input: "insecure-registry",
+		return nil, &failure.BadInput{Input: "insecure-registry",
 			Problem: "refusing plain HTTP to " + req.URL.Host + " (only loopback registries are reached without TLS by default)",
 			Fix:     "serve the registry over TLS, or list " + req.URL.Host + " in insecure-registry"}
 	}

@@ -13,8 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecr"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
-
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // exchangeAWS: STS AssumeRoleWithWebIdentity (unsigned), then ECR
@@ -95,11 +94,9 @@ func classifyAWS(err error, step, fix string) error {
 	if errors.As(err, &api) {
 		msg = api.ErrorCode() + ": " + api.ErrorMessage()
 	}
-	if len(msg) > maxProviderMessage {
-		msg = msg[:maxProviderMessage] + "…"
-	}
+	msg = failure.Clip(msg)
 	if status >= 400 && status < 500 && status != http.StatusTooManyRequests {
 		return &ExchangeError{Provider: AWSECR, Step: step, Status: status, Message: msg, Fix: fix}
 	}
-	return &ghcr.TransientError{Response: ghcr.Response{Status: status, Message: msg, Where: AWSECR + " " + step}}
+	return &failure.Transient{Response: failure.Response{Status: status, Message: msg, Where: AWSECR + " " + step}}
 }

@@ -9,11 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // A provider's error body, whatever its shape, yields its words clipped to
-// maxProviderMessage bytes (plus the ellipsis); a body that is not JSON
+// failure.MaxMessage bytes (plus the ellipsis); a body that is not JSON
 // with error words is kept as sent, trimmed.
 func FuzzProviderMessage(f *testing.F) {
 	f.Add([]byte(`{"error":"invalid_grant","error_description":"AADSTS70021: No matching federated identity record found"}`))
@@ -22,7 +22,7 @@ func FuzzProviderMessage(f *testing.F) {
 	f.Add([]byte(`{"detail":"` + strings.Repeat("é", 400) + `"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		msg := providerMessage(body)
-		if len(msg) > maxProviderMessage+len("…") {
+		if len(msg) > failure.MaxMessage+len("…") {
 			t.Fatalf("unbounded message: %d bytes", len(msg))
 		}
 		plain := strings.TrimSpace(string(body))
@@ -30,8 +30,8 @@ func FuzzProviderMessage(f *testing.F) {
 			return // JSON words are checked by the table tests
 		}
 		want := plain
-		if len(want) > maxProviderMessage {
-			want = want[:maxProviderMessage] + "…"
+		if len(want) > failure.MaxMessage {
+			want = want[:failure.MaxMessage] + "…"
 		}
 		if msg != want {
 			t.Fatalf("plain body %q became %q", body, msg)
@@ -44,7 +44,7 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // Whatever a provider answers, one exchange step ends in nil (2xx JSON), an
-// *ExchangeError (other 2xx, 4xx) or a *ghcr.TransientError (429, 5xx);
+// *ExchangeError (other 2xx, 4xx) or a *failure.Transient (429, 5xx);
 // the message is bounded; and the request body, which carries the ID
 // token, never shows in the error unless the provider itself echoed it.
 func FuzzProviderAnswer(f *testing.F) {
@@ -73,7 +73,7 @@ func FuzzProviderAnswer(f *testing.F) {
 			method: http.MethodPost, url: "https://exchange.example/token",
 			form: url.Values{"subject_token": {idToken}}}, &out)
 		var ee *ExchangeError
-		var te *ghcr.TransientError
+		var te *failure.Transient
 		switch {
 		case status == http.StatusTooManyRequests || status >= 500:
 			if !errors.As(err, &te) {
@@ -94,10 +94,10 @@ func FuzzProviderAnswer(f *testing.F) {
 		if err == nil {
 			return
 		}
-		if ee != nil && len(ee.Message) > maxProviderMessage+len("…") {
+		if ee != nil && len(ee.Message) > failure.MaxMessage+len("…") {
 			t.Fatalf("unbounded message: %d bytes", len(ee.Message))
 		}
-		if te != nil && len(te.Response.Message) > maxProviderMessage+len("…") {
+		if te != nil && len(te.Response.Message) > failure.MaxMessage+len("…") {
 			t.Fatalf("unbounded message: %d bytes", len(te.Response.Message))
 		}
 		if strings.Contains(err.Error(), idToken) && !strings.Contains(string(body), idToken) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -28,7 +29,6 @@ const (
 	jwtTokenType         = "urn:ietf:params:oauth:token-type:jwt"
 	accessTokenType      = "urn:ietf:params:oauth:token-type:access_token"
 	maxProviderAnswer    = 1 << 20
-	maxProviderMessage   = 512
 )
 
 func (c Config) endpoint(env, def string) string {
@@ -51,7 +51,7 @@ type call struct {
 
 // do sends the request and decodes a 2xx JSON answer into out. Errors are
 // classified: 4xx → *ExchangeError with the provider's message and fix,
-// 5xx/429/network → *ghcr.TransientError. Request bodies (they carry
+// 5xx/429/network → *failure.Transient. Request bodies (they carry
 // tokens) are never part of an error.
 func (c Config) do(ctx context.Context, k call, out any) error {
 	var body io.Reader
@@ -68,7 +68,7 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, k.method, k.url, body)
 	if err != nil {
-		return &ghcr.BadInputError{Input: "oidc-provider", Problem: fmt.Sprintf("%s endpoint %q: %v", k.provider, k.url, err)}
+		return &failure.BadInput{Input: "oidc-provider", Problem: fmt.Sprintf("%s endpoint %q: %v", k.provider, k.url, err)}
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -82,7 +82,7 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return &ghcr.TransientError{Response: ghcr.Response{Where: k.provider + " " + k.step}, Err: scrubURLError(err)}
+		return &failure.Transient{Response: failure.Response{Where: k.provider + " " + k.step}, Err: scrubURLError(err)}
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxProviderAnswer))
@@ -94,8 +94,8 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 	}
 	msg := providerMessage(data)
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
-		return &ghcr.TransientError{
-			Response:   ghcr.Response{Status: resp.StatusCode, Message: msg, Where: k.provider + " " + k.step},
+		return &failure.Transient{
+			Response:   failure.Response{Status: resp.StatusCode, Message: msg, Where: k.provider + " " + k.step},
 			RetryAfter: ghcr.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
@@ -141,8 +141,5 @@ func providerMessage(data []byte) string {
 			msg = strings.Join(parts, ": ")
 		}
 	}
-	if len(msg) > maxProviderMessage {
-		msg = msg[:maxProviderMessage] + "…"
-	}
-	return msg
+	return failure.Clip(msg)
 }

@@ -6,7 +6,7 @@
 //
 // Failures are classified like registry answers: a provider's 4xx is an
 // *ExchangeError (a configuration problem, with the likely fix; never
-// retried), 5xx, 429 and network failures are *ghcr.TransientError. Retrying
+// retried), 5xx, 429 and network failures are *failure.Transient. Retrying
 // is the caller's job (internal/retry), as for probes.
 package oidc
 
@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -93,7 +94,7 @@ var (
 )
 
 func bad(input, problem, fix string) error {
-	return &ghcr.BadInputError{Input: input, Problem: problem, Fix: fix}
+	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
 // Validate names the first missing or malformed input for the provider.

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -222,7 +223,7 @@ func TestExchange(t *testing.T) {
 						t.Fatalf("want an ExchangeError with the provider's words and a fix, got %v", err)
 					}
 				case "5xx":
-					var te *ghcr.TransientError
+					var te *failure.Transient
 					if !errors.As(err, &te) {
 						t.Fatalf("want a TransientError, got %v", err)
 					}
@@ -261,7 +262,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		err := tt.cfg.Validate()
-		var bad *ghcr.BadInputError
+		var bad *failure.BadInput
 		if tt.input == "" {
 			if err != nil {
 				t.Errorf("%+v: %v", tt.cfg, err)

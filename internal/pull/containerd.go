@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
@@ -273,7 +274,7 @@ func (d *ContainerdDaemon) Pull(ctx context.Context, ref, platform string, creds
 			return false, classifyCRI(ctx, err, creds)
 		}
 		if !samePlatform(want, info.Platform) {
-			return false, &ghcr.BadInputError{Input: "platform",
+			return false, &failure.BadInput{Input: "platform",
 				Problem: fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, platform),
 				Fix:     "leave platform empty for containerd hosts"}
 		}
@@ -343,7 +344,7 @@ func samePlatform(want ocispec.Platform, got string) bool {
 // kinds onto gRPC codes (errdefs.ToGRPC), but registry answers reach it as
 // text ("failed to fetch oauth token: unexpected status: 403 Forbidden",
 // "pull access denied, repository does not exist or may require
-// authorization"), so the code gives a status and ghcr.ClassifyDaemon
+// authorization"), so the code gives a status and failure.FromDaemon
 // reads both.
 func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	anonymous := creds.IsAnonymous()
@@ -367,21 +368,11 @@ func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		// The channel to containerd broke, or containerd gave up on the
 		// registry: worth another try either way.
-		return &ghcr.TransientError{Response: ghcr.Response{Where: "daemon", Message: clipMessage(st.Message())}}
+		return &failure.Transient{Response: failure.Response{Where: "daemon", Message: failure.Clip(st.Message())}}
 	case codes.Unimplemented:
 		return ErrNoCRI
 	case codes.InvalidArgument:
-		return &ghcr.BadInputError{Input: "image", Problem: "containerd refused the reference: " + st.Message()}
+		return &failure.BadInput{Input: "image", Problem: "containerd refused the reference: " + st.Message()}
 	}
-	return ghcr.ClassifyDaemon(httpStatus, st.Message(), anonymous)
-}
-
-// clipMessage bounds a peer's text as ghcr does: it reaches logs, outputs
-// and the summary.
-func clipMessage(s string) string {
-	const max = 512
-	if s = strings.TrimSpace(s); len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
+	return failure.FromDaemon(httpStatus, st.Message(), anonymous)
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
@@ -134,7 +135,7 @@ func TestContainerdPullAndInspect(t *testing.T) {
 }
 
 func isBadInput(err error, input string) bool {
-	var bad *ghcr.BadInputError
+	var bad *failure.BadInput
 	return errors.As(err, &bad) && bad.Input == input
 }
 
@@ -182,10 +183,10 @@ func TestClassifyCRI(t *testing.T) {
 
 func criClass(err error) string {
 	var (
-		rej *ghcr.RejectedError
-		nf  *ghcr.NotFoundError
-		tr  *ghcr.TransientError
-		bad *ghcr.BadInputError
+		rej *failure.Rejected
+		nf  *failure.NotFound
+		tr  *failure.Transient
+		bad *failure.BadInput
 	)
 	switch {
 	case errors.Is(err, ErrNoCRI):

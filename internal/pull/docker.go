@@ -13,6 +13,7 @@ import (
 	"github.com/moby/moby/client"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -32,7 +33,7 @@ func OpenLocalDocker(host string) func(ctx context.Context) (Daemon, error) {
 		}
 		cli, err := client.New(opts...)
 		if err != nil {
-			return nil, &ghcr.BadInputError{Input: "docker-host", Problem: err.Error(), Fix: "use unix:///path/to/docker.sock or tcp://host:port"}
+			return nil, &failure.BadInput{Input: "docker-host", Problem: err.Error(), Fix: "use unix:///path/to/docker.sock or tcp://host:port"}
 		}
 		if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 			cli.Close()
@@ -88,7 +89,7 @@ func (d *DockerDaemon) Pull(ctx context.Context, ref, platform string, creds ghc
 			return false, ghcr.Classify(err, creds.IsAnonymous())
 		}
 		if msg.Error != nil {
-			return false, ghcr.ClassifyDaemon(msg.Error.Code, msg.Error.Message, creds.IsAnonymous())
+			return false, failure.FromDaemon(msg.Error.Code, msg.Error.Message, creds.IsAnonymous())
 		}
 		if strings.HasPrefix(msg.Status, "Status: Downloaded newer image") {
 			downloaded = true
@@ -130,12 +131,12 @@ func classifyDaemonCallError(ctx context.Context, err error, creds ghcr.Credenti
 	case cerrdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
 	case cerrdefs.IsInvalidArgument(err):
-		return &ghcr.BadInputError{Input: "image", Problem: err.Error()}
+		return &failure.BadInput{Input: "image", Problem: err.Error()}
 	}
 	if !cerrdefs.IsUnknown(err) && status == http.StatusInternalServerError && client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("the Docker daemon is unreachable: %w", err)
 	}
-	return ghcr.ClassifyDaemon(status, err.Error(), creds.IsAnonymous())
+	return failure.FromDaemon(status, err.Error(), creds.IsAnonymous())
 }
 
 // Inspect implements Daemon.
@@ -151,7 +152,7 @@ func (d *DockerDaemon) Inspect(ctx context.Context, ref string) (ImageInfo, erro
 // ParsePlatform reads os/arch[/variant].
 func ParsePlatform(s string) (ocispec.Platform, error) {
 	parts := strings.Split(strings.TrimSpace(s), "/")
-	bad := &ghcr.BadInputError{Input: "platform", Problem: fmt.Sprintf("%q is not os/arch[/variant]", s), Fix: "e.g. linux/amd64 or linux/arm64/v8"}
+	bad := &failure.BadInput{Input: "platform", Problem: fmt.Sprintf("%q is not os/arch[/variant]", s), Fix: "e.g. linux/amd64 or linux/arm64/v8"}
 	if len(parts) < 2 || len(parts) > 3 {
 		return ocispec.Platform{}, bad
 	}

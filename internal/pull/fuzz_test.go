@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 func FuzzParseImages(f *testing.F) {
@@ -17,7 +17,7 @@ func FuzzParseImages(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		imgs, err := ParseImages(strings.Split(in, ","))
 		if err != nil {
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input != "image" {
 				t.Fatalf("error %v does not name the image input", err)
 			}
@@ -42,7 +42,7 @@ func FuzzParsePlatform(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in string) {
 		p, err := ParsePlatform(in)
 		if err != nil {
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input != "platform" {
 				t.Fatalf("error %v does not name the platform input", err)
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
@@ -237,7 +238,7 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 		creds = ghcr.Anonymous
 	}
 	res, err := probe(creds)
-	var rej *ghcr.RejectedError
+	var rej *failure.Rejected
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
 		opts.Events.Fallback(img, "registry", err)
 		out.rejection = err
@@ -309,7 +310,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 
 	creds := p.creds
 	downloaded, err := pullWith(creds)
-	var rej *ghcr.RejectedError
+	var rej *failure.Rejected
 	// The probe accepted the credentials, but the daemon may reach the
 	// registry differently (its own mirror or proxy settings, a token
 	// that expired in between): fall back here too.
@@ -356,7 +357,7 @@ func withRetryEvents(opts Options, img Image, host string) retry.Policy {
 
 // rejectionText is the credential-error output: the registry's own answer.
 func rejectionText(err error) string {
-	var rej *ghcr.RejectedError
+	var rej *failure.Rejected
 	if errors.As(err, &rej) {
 		return rej.Response.String()
 	}
@@ -442,17 +443,17 @@ func ParseImages(entries []string) ([]Image, error) {
 		seen[f] = true
 		ref, err := name.ParseReference(f)
 		if err != nil {
-			return nil, &ghcr.BadInputError{Input: "image", Problem: fmt.Sprintf("%q is not an image reference: %v", f, err),
+			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference: %v", f, err),
 				Fix: "write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>"}
 		}
 		if _, err := reference.ParseNormalizedNamed(f); err != nil {
-			return nil, &ghcr.BadInputError{Input: "image", Problem: fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
+			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
 				Fix: "use lower-case repository names"}
 		}
 		out = append(out, Image{Input: f, Ref: ref})
 	}
 	if len(out) == 0 {
-		return nil, &ghcr.BadInputError{Input: "image", Problem: "no image given", Fix: "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3"}
+		return nil, &failure.BadInput{Input: "image", Problem: "no image given", Fix: "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3"}
 	}
 	return out, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
@@ -71,9 +72,9 @@ func TestRunDaemonSideFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
-	rejected := ghcr.ClassifyDaemon(500, "unauthorized: authentication required", false)
-	notFound := ghcr.ClassifyDaemon(404, "manifest unknown", false)
-	transient := ghcr.ClassifyDaemon(500, "503 Service Unavailable", false)
+	rejected := failure.FromDaemon(500, "unauthorized: authentication required", false)
+	notFound := failure.FromDaemon(404, "manifest unknown", false)
+	transient := failure.FromDaemon(500, "503 Service Unavailable", false)
 
 	tests := []struct {
 		name         string
@@ -144,7 +145,7 @@ func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
 	if len(res) != 2 || res[0].Err != nil || res[0].Digest != digest || res[0].Host != HostNone {
 		t.Fatalf("probe-only result: %+v", res[0])
 	}
-	var nf *ghcr.NotFoundError
+	var nf *failure.NotFound
 	if !errors.As(res[1].Err, &nf) {
 		t.Errorf("missing tag: %v, want NotFoundError", res[1].Err)
 	}

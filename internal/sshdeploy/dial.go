@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -65,11 +66,11 @@ type Conn struct {
 // Host keys are checked before dialling when the policy can tell (see
 // HostKeyPolicy.CheckHosts) and verified in each hop's key exchange, before
 // the client authenticates. ctx bounds the whole dial; cfg.Timeout bounds
-// each hop's connect and handshake. Errors are *InputError (nothing was
+// each hop's connect and handshake. Errors are *failure.BadInput (nothing was
 // dialled) or *DialError (which wraps *HostKeyError on a refused key).
 func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
 	if cfg.Signer == nil {
-		return nil, &InputError{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
 	}
 	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
 		return nil, err

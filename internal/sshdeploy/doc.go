@@ -20,5 +20,5 @@
 // or in a file.
 //
 // The package knows nothing about GitHub Actions: inputs arrive as values,
-// and errors about them are *InputError values naming the input.
+// and errors about them are *failure.BadInput values naming the input.
 package sshdeploy

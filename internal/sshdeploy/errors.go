@@ -22,22 +22,6 @@ const (
 	InputTimeout       = "ssh-timeout"
 )
 
-// InputError says that an input's value cannot be used. Input is the action
-// input's name (ssh-host, ssh-key, ...); Problem never quotes a secret.
-type InputError struct {
-	Input   string
-	Problem string
-	Fix     string
-}
-
-func (e *InputError) Error() string {
-	s := fmt.Sprintf("input %q: %s", e.Input, e.Problem)
-	if e.Fix != "" {
-		s += " (" + e.Fix + ")"
-	}
-	return s
-}
-
 // HostKeyError says a host presented a key the policy does not accept. It is
 // returned during the key exchange, before the client authenticates or opens
 // any channel, so nothing has been sent to the host.

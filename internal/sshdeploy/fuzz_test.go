@@ -3,9 +3,11 @@ package sshdeploy
 import (
 	"errors"
 	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
-// inputNamed reports whether every error joined in err is an *InputError
+// inputNamed reports whether every error joined in err is an *failure.BadInput
 // naming an input.
 func inputNamed(err error) bool {
 	if joined, ok := err.(interface{ Unwrap() []error }); ok {
@@ -16,7 +18,7 @@ func inputNamed(err error) bool {
 		}
 		return true
 	}
-	var ie *InputError
+	var ie *failure.BadInput
 	return errors.As(err, &ie) && ie.Input != ""
 }
 

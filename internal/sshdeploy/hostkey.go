@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -47,7 +48,7 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 	p := &HostKeyPolicy{insecure: insecure}
 	if insecure {
 		if strings.TrimSpace(knownHostsText) != "" || strings.TrimSpace(fingerprints) != "" {
-			return nil, &InputError{Input: InputInsecure, Problem: "is true while ssh-known-hosts or ssh-fingerprint is set", Fix: "drop ssh-insecure-ignore-host-key to verify host keys with the values given"}
+			return nil, &failure.BadInput{Input: InputInsecure, Problem: "is true while ssh-known-hosts or ssh-fingerprint is set", Fix: "drop ssh-insecure-ignore-host-key to verify host keys with the values given"}
 		}
 		return p, nil
 	}
@@ -90,7 +91,7 @@ func (p *HostKeyPolicy) empty() bool {
 // too, and the hint for a host behind a bastion runs ssh-keyscan there.
 func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if p.empty() {
-		return &InputError{
+		return &failure.BadInput{
 			Input:   InputKnownHosts,
 			Problem: "host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
 			Fix: "put the output of " + keyscanPlan(hosts, proxyJump, nil) +
@@ -112,7 +113,7 @@ func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if len(unknown) == 0 {
 		return nil
 	}
-	return &InputError{
+	return &failure.BadInput{
 		Input:   InputKnownHosts,
 		Problem: "has no entry for " + strings.Join(names, ", "),
 		Fix: "add the output of " + keyscanPlan(hosts, proxyJump, unknown) +
@@ -337,7 +338,7 @@ func ParseFingerprints(s string) ([]string, error) {
 				b64 := strings.TrimRight(tok[len("SHA256:"):], "=")
 				raw, err := base64.RawStdEncoding.DecodeString(b64)
 				if err != nil || len(raw) != 32 {
-					return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+					return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 				}
 				b64 = base64.RawStdEncoding.EncodeToString(raw)
 				if !set[b64] {
@@ -346,15 +347,15 @@ func ParseFingerprints(s string) ([]string, error) {
 				}
 				found = true
 			case strings.HasPrefix(upper, "MD5:") || isHexColons(tok):
-				return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+				return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 			}
 		}
 		if !found {
-			return nil, &InputError{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+			return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
 		}
 	}
 	if len(set) == 0 {
-		return nil, &InputError{Input: InputFingerprint, Problem: "holds no fingerprint"}
+		return nil, &failure.BadInput{Input: InputFingerprint, Problem: "holds no fingerprint"}
 	}
 	return text, nil
 }
@@ -393,7 +394,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 			continue
 		}
 		bad := func(problem, fix string) error {
-			return &InputError{Input: InputKnownHosts, Problem: fmt.Sprintf("line %d: %s", n+1, problem), Fix: fix}
+			return &failure.BadInput{Input: InputKnownHosts, Problem: fmt.Sprintf("line %d: %s", n+1, problem), Fix: fix}
 		}
 		fields := strings.Fields(line)
 		if slices.Contains(keyTypes, fields[0]) {
@@ -408,7 +409,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 		entries++
 	}
 	if entries == 0 {
-		return nil, false, &InputError{Input: InputKnownHosts, Problem: "holds only comments or blank lines"}
+		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: "holds only comments or blank lines"}
 	}
 
 	f, err := os.CreateTemp("", "ghcr-pull-known-hosts-*")
@@ -428,7 +429,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 	cb, err := knownhosts.New(name)
 	if err != nil {
 		msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), name+":", "line "), "knownhosts: ")
-		return nil, false, &InputError{Input: InputKnownHosts, Problem: msg, Fix: "paste lines as ssh-keyscan prints them: `host keytype base64-key`"}
+		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: msg, Fix: "paste lines as ssh-keyscan prints them: `host keytype base64-key`"}
 	}
 	return cb, authorities, nil
 }

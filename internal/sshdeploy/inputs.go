@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // Inputs are the raw values of the SSH inputs, as the action received them.
@@ -32,7 +34,7 @@ type Settings struct {
 }
 
 // ParseInputs checks every SSH input at once. The error joins one
-// *InputError per bad input; nothing is dialled. Host key coverage is
+// *failure.BadInput per bad input; nothing is dialled. Host key coverage is
 // checked too (HostKeyPolicy.CheckHosts), so a missing ssh-known-hosts
 // fails here with the ssh-keyscan command that gives it.
 func ParseInputs(in Inputs) (*Settings, error) {
@@ -43,14 +45,14 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	if user == "" {
 		user = DefaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
-		bad(&InputError{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
+		bad(&failure.BadInput{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
 		user = DefaultUser
 	}
 	port := DefaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := ParsePort(in.Port)
 		if err != nil {
-			bad(&InputError{Input: InputPort, Problem: err.Error()})
+			bad(&failure.BadInput{Input: InputPort, Problem: err.Error()})
 		} else {
 			port = p
 		}
@@ -74,7 +76,7 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			bad(&InputError{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
+			bad(&failure.BadInput{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
 		}
 		insecure = b
 	}
@@ -116,11 +118,11 @@ func ParseSocket(s string) (string, error) {
 	path := strings.TrimPrefix(s, "unix://")
 	switch {
 	case strings.Contains(path, "://"):
-		return "", &InputError{Input: InputSocket, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. /var/run/docker.sock or /run/user/1000/docker.sock"}
+		return "", &failure.BadInput{Input: InputSocket, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. /var/run/docker.sock or /run/user/1000/docker.sock"}
 	case !strings.HasPrefix(path, "/"):
-		return "", &InputError{Input: InputSocket, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. /var/run/docker.sock"}
+		return "", &failure.BadInput{Input: InputSocket, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. /var/run/docker.sock"}
 	case strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "", &InputError{Input: InputSocket, Problem: "contains control characters"}
+		return "", &failure.BadInput{Input: InputSocket, Problem: "contains control characters"}
 	}
 	return path, nil
 }
@@ -137,7 +139,7 @@ func ParseTimeout(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, &InputError{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
+		return 0, &failure.BadInput{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
 	}
 	return d, nil
 }

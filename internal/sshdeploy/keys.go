@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -15,13 +16,13 @@ import (
 func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 	pemText := normalizeKey(key)
 	if strings.TrimSpace(pemText) == "" {
-		return nil, &InputError{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}"}
 	}
 	if looksLikePublicKey(pemText) {
-		return nil, &InputError{Input: InputKey, Problem: "holds a public key", Fix: "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "holds a public key", Fix: "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys"}
 	}
 	if !strings.Contains(pemText, "-----BEGIN ") {
-		return nil, &InputError{Input: InputKey, Problem: "is not a PEM or OpenSSH private key (no -----BEGIN line)", Fix: "pass the whole key file, including its BEGIN and END lines"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "is not a PEM or OpenSSH private key (no -----BEGIN line)", Fix: "pass the whole key file, including its BEGIN and END lines"}
 	}
 	signer, err := ssh.ParsePrivateKey([]byte(pemText))
 	var missing *ssh.PassphraseMissingError
@@ -31,20 +32,20 @@ func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 		return signer, nil
 	case errors.As(err, &missing):
 		if passphrase == "" {
-			return nil, &InputError{Input: InputKeyPassphrase, Problem: "the key in ssh-key is encrypted and no passphrase is set", Fix: "pass its passphrase in ssh-key-passphrase from a secret"}
+			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "the key in ssh-key is encrypted and no passphrase is set", Fix: "pass its passphrase in ssh-key-passphrase from a secret"}
 		}
 		signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(pemText), []byte(passphrase))
 		if errors.Is(err, x509.IncorrectPasswordError) {
-			return nil, &InputError{Input: InputKeyPassphrase, Problem: "does not decrypt the key in ssh-key (wrong passphrase)", Fix: "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right"}
+			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "does not decrypt the key in ssh-key (wrong passphrase)", Fix: "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right"}
 		}
 		if err != nil {
-			return nil, &InputError{Input: InputKey, Problem: "cannot be decrypted: " + err.Error()}
+			return nil, &failure.BadInput{Input: InputKey, Problem: "cannot be decrypted: " + err.Error()}
 		}
 		return signer, nil
 	case strings.Contains(pemText, "BEGIN ENCRYPTED PRIVATE KEY"):
-		return nil, &InputError{Input: InputKey, Problem: "is an encrypted PKCS#8 key, which is not supported", Fix: "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "is an encrypted PKCS#8 key, which is not supported", Fix: "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)"}
 	default:
-		return nil, &InputError{Input: InputKey, Problem: "cannot be parsed: " + err.Error(), Fix: "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks"}
+		return nil, &failure.BadInput{Input: InputKey, Problem: "cannot be parsed: " + err.Error(), Fix: "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks"}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -52,7 +53,7 @@ func TestParseHosts(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := ParseHosts(tt.in, "deploy", 2200)
 			if tt.bad != "" {
-				var ie *InputError
+				var ie *failure.BadInput
 				if !errors.As(err, &ie) || ie.Input != "ssh-host" || !strings.Contains(ie.Error(), tt.bad) {
 					t.Fatalf("err = %v, want an ssh-host error with %q", err, tt.bad)
 				}
@@ -87,7 +88,7 @@ func TestParseProxyJump(t *testing.T) {
 	if got, err := ParseProxyJump("  ", "u", 22); got != nil || err != nil {
 		t.Fatalf("empty: %v %v", got, err)
 	}
-	var ie *InputError
+	var ie *failure.BadInput
 	if _, err := ParseProxyJump("b:x", "u", 22); !errors.As(err, &ie) || ie.Input != "ssh-proxy-jump" {
 		t.Fatalf("err = %v, want ssh-proxy-jump", err)
 	}
@@ -190,9 +191,9 @@ func TestParsePrivateKeyErrors(t *testing.T) {
 
 func wantInput(t *testing.T, err error, input, problem string) {
 	t.Helper()
-	var ie *InputError
+	var ie *failure.BadInput
 	if !errors.As(err, &ie) {
-		t.Fatalf("err = %v (%T), want *InputError for %s", err, err, input)
+		t.Fatalf("err = %v (%T), want *failure.BadInput for %s", err, err, input)
 	}
 	if ie.Input != input || !strings.Contains(ie.Error(), problem) {
 		t.Fatalf("err = %v, want input %s and %q", err, input, problem)

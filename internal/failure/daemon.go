@@ -1,0 +1,85 @@
+package failure
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// daemonPhrases maps what Docker daemons (and containerd, through CRI)
+// print in pull errors to a class.
+// Order matters: a message naming both "denied" and "not exist" (docker's
+// "pull access denied ... repository does not exist or may require 'docker
+// login'") is an auth answer, so rejections are checked first.
+var daemonPhrases = []struct {
+	phrase string
+	class  string
+}{
+	{"pull access denied", "rejected"},
+	{"unauthorized", "rejected"},
+	{"denied", "rejected"},
+	{"authentication required", "rejected"},
+	{"401 unauthorized", "rejected"},
+	{"403 forbidden", "rejected"},
+	{"failed to fetch oauth token", "rejected"},
+	{"failed to fetch anonymous token", "rejected"},
+	{"access token is expired", "rejected"},
+	{"no basic auth credentials", "rejected"},
+	{"no matching manifest", "platform"},
+	{"no match for platform", "platform"}, // containerd's words for it
+	{"manifest unknown", "notfound"},
+	{"name unknown", "notfound"},
+	{"not found: manifest", "notfound"},
+	{"manifest for", "notfound"}, // "manifest for x:y not found"
+	{"toomanyrequests", "transient"},
+	{"too many requests", "transient"},
+	{"rate limit", "transient"},
+	{"429 too many requests", "transient"},
+	{"status 429", "transient"},
+	{"500 internal server error", "transient"},
+	{"502 bad gateway", "transient"},
+	{"503 service unavailable", "transient"},
+	{"504 gateway timeout", "transient"},
+	{"service unavailable", "transient"},
+	{"timeout", "transient"},
+	{"timed out", "transient"},
+	{"connection reset", "transient"},
+	{"connection refused", "transient"},
+	{"unexpected eof", "transient"},
+	{"broken pipe", "transient"},
+	{": eof", "transient"},
+}
+
+// FromDaemon places a pull error reported by a Docker daemon (or by
+// containerd's CRI service, its gRPC code given as a status), from the
+// HTTP status of the call (0 when the error came inside the JSON stream)
+// and its message. Daemons relay registry answers only as text, so this is
+// the one place ghcr-pull matches on words.
+func FromDaemon(status int, message string, anonymous bool) error {
+	resp := Response{Status: status, Message: Clip(message), Where: "daemon"}
+	lower := strings.ToLower(message)
+	for _, p := range daemonPhrases {
+		if !strings.Contains(lower, p.phrase) {
+			continue
+		}
+		switch p.class {
+		case "rejected":
+			return &Rejected{Response: resp, Anonymous: anonymous}
+		case "notfound":
+			return &NotFound{Response: resp}
+		case "platform":
+			return &BadInput{Input: "platform", Problem: resp.Message, Fix: "pick a platform the image provides, or leave platform empty"}
+		case "transient":
+			return &Transient{Response: resp}
+		}
+	}
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return &Rejected{Response: resp, Anonymous: anonymous}
+	case status == http.StatusNotFound:
+		return &NotFound{Response: resp}
+	case status == http.StatusTooManyRequests || status >= 502:
+		return &Transient{Response: resp}
+	}
+	return fmt.Errorf("daemon: %s", resp.Message)
+}

@@ -1,0 +1,159 @@
+// Package failure is ghcr-pull's failure vocabulary: what a peer said
+// (Response), the few classes every failure falls into (Rejected, NotFound,
+// Transient, BadInput), a UTF-8-safe clip for untrusted text, and the one
+// place secrets are redacted from text that leaves the process (Redactor).
+// Every other package imports it; it imports none of them.
+//
+// A class is decided once, where a peer's answer is read: ghcr for registry
+// answers, FromDaemon for the text Docker and containerd relay, the oidc
+// client for identity providers. Callers only ask errors.As.
+package failure
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Response is what a registry said, or what a daemon relayed of it. It is
+// kept verbatim (clipped) so the action can report the peer's own words.
+type Response struct {
+	// Status is the HTTP status; 0 when only text is known (a daemon's
+	// progress stream carries no status).
+	Status int
+	// Code is the distribution-spec error code (DENIED, MANIFEST_UNKNOWN...).
+	Code string
+	// Message is the registry's message, or the daemon's text.
+	Message string
+	// Where is the party that answered: "token endpoint", "registry", "daemon".
+	Where string
+}
+
+// String renders the response the way users search for it:
+// "403 Forbidden at the token endpoint: DENIED: requested access ...".
+func (r Response) String() string {
+	var b strings.Builder
+	if r.Status != 0 {
+		fmt.Fprintf(&b, "%d %s", r.Status, http.StatusText(r.Status))
+	}
+	if r.Where != "" {
+		if b.Len() > 0 {
+			b.WriteString(" ")
+		}
+		b.WriteString("from the " + r.Where)
+	}
+	detail := r.Message
+	if r.Code != "" && !strings.HasPrefix(detail, r.Code) {
+		if detail == "" {
+			detail = r.Code
+		} else {
+			detail = r.Code + ": " + detail
+		}
+	}
+	if detail != "" {
+		if b.Len() > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(detail)
+	}
+	return b.String()
+}
+
+// Rejected: the peer refused the credentials that were sent (401 or 403 at
+// the token endpoint or the registry, GHCR's DENIED). With Anonymous set,
+// nothing was sent and the repository is private or absent.
+type Rejected struct {
+	Response
+	Anonymous bool
+}
+
+func (e *Rejected) Error() string {
+	if e.Anonymous {
+		return "anonymous access denied: " + e.Response.String()
+	}
+	return "credentials rejected: " + e.Response.String()
+}
+
+// Forbidden tells a 403 (signed in, but no access to this repository)
+// from a 401 (the credentials themselves were refused): registries that
+// accept a login and then grant nothing answer 403, a wrong password 401.
+// Daemons relay the status only in their words (dockerd 20.10 sends both
+// as 500), so those count too. GHCR answers 403 for both at its token
+// endpoint: callers that know the registry is GHCR must not rely on it.
+func (e *Rejected) Forbidden() bool {
+	return e.Status == http.StatusForbidden || strings.Contains(strings.ToLower(e.Message), "403 forbidden")
+}
+
+// NotFound: the repository or the tag/digest does not exist (or the
+// platform asked for is not in the index). Falling back to anonymous would
+// only hide it.
+type NotFound struct {
+	Response
+}
+
+func (e *NotFound) Error() string { return "not found: " + e.Response.String() }
+
+// Transient: worth retrying (429, 5xx, timeouts, resets).
+type Transient struct {
+	Response
+	// RetryAfter is the peer's Retry-After, zero when it sent none.
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *Transient) Error() string {
+	s := e.Response.String()
+	if e.Err != nil {
+		if s != "" {
+			s += ": "
+		}
+		s += e.Err.Error()
+	}
+	return "transient failure: " + s
+}
+
+func (e *Transient) Unwrap() error { return e.Err }
+
+// Transient marks the error as retryable for internal/retry.
+func (e *Transient) Transient() bool { return true }
+
+// RetryDelay is the wait the peer asked for, if any.
+func (e *Transient) RetryDelay() time.Duration { return e.RetryAfter }
+
+// BadInput: the request itself is wrong (an invalid reference, a platform
+// the image does not have, an unknown registry host, an input that does
+// not parse). Input names the action input a user should change; Problem
+// never quotes a secret.
+type BadInput struct {
+	Input   string
+	Problem string
+	Fix     string
+}
+
+func (e *BadInput) Error() string {
+	s := fmt.Sprintf("input %q: %s", e.Input, e.Problem)
+	if e.Fix != "" {
+		s += " (" + e.Fix + ")"
+	}
+	return s
+}
+
+// MaxMessage bounds what is kept of a peer's text: it is echoed into logs,
+// outputs and the summary, and a hostile peer can send megabytes.
+const MaxMessage = 512
+
+// Clip trims s and bounds it to MaxMessage bytes without splitting a UTF-8
+// character; a clipped text ends in "…".
+func Clip(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= MaxMessage {
+		return s
+	}
+	cut := MaxMessage
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
