@@ -12,8 +12,11 @@ import (
 	"strings"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -48,12 +51,13 @@ type Config struct {
 	// choice or for lack of a secret.
 	AnonymousNotice string
 	Fallback        bool
-	Platform        string
-	DockerHost      string
-	Destination     Destination
-	Retries         int
-	Timeout         time.Duration
-	Summary         bool
+	// Platform is the platform to pull; nil means each runtime's own.
+	Platform    *ocispec.Platform
+	DockerHost  string
+	Destination Destination
+	Retries     int
+	Timeout     time.Duration
+	Summary     bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
 	// OIDC is set when credentials are to be derived from the workflow's
@@ -65,7 +69,7 @@ type Config struct {
 	// PullLocal also pulls into the runner's daemon when SSH is set.
 	PullLocal bool
 	// RemoteRuntime says what to pull into on the SSH hosts.
-	RemoteRuntime pull.RemoteRuntime
+	RemoteRuntime sshdeploy.RuntimeChoice
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
@@ -89,10 +93,11 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		return c, err
 	}
 	if p := in("platform"); p != "" {
-		if _, err := pull.ParsePlatform(p); err != nil {
+		pl, err := image.ParsePlatform(p)
+		if err != nil {
 			return c, err
 		}
-		c.Platform = p
+		c.Platform = &pl
 	}
 	c.DockerHost = in("docker-host")
 	for _, h := range splitList(in("insecure-registry")) {
@@ -107,10 +112,10 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 	default:
 		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker or none")
 	}
-	if err := parseSSH(&c, get, in); err != nil {
+	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
 		return c, err
 	}
-	if c.RemoteRuntime, err = parseRemoteRuntime(in); err != nil {
+	if err := parseSSH(&c, get, in); err != nil {
 		return c, err
 	}
 	if c.Retries, err = strconv.Atoi(in("retries")); err != nil || c.Retries < 0 || c.Retries > 20 {
@@ -229,35 +234,9 @@ func parseSSH(c *Config, get, in Getter) error {
 		Socket:                in("remote-docker-socket"),
 		Timeout:               in("ssh-timeout"),
 	})
-	return err
-}
-
-// parseRemoteRuntime reads remote-runtime, remote-containerd-socket and
-// containerd-namespace.
-func parseRemoteRuntime(in Getter) (pull.RemoteRuntime, error) {
-	var rt pull.RemoteRuntime
-	switch r := pull.Runtime(strings.ToLower(in("remote-runtime"))); r {
-	case pull.RuntimeAuto, pull.RuntimeDocker, pull.RuntimeContainerd:
-		rt.Runtime = r
-	default:
-		return rt, bad("remote-runtime", fmt.Sprintf("%q is not a runtime", in("remote-runtime")), "use auto, docker or containerd")
+	if err != nil {
+		return err
 	}
-	sock := strings.TrimPrefix(in("remote-containerd-socket"), "unix://")
-	switch {
-	case sock == "":
-		sock = pull.DefaultContainerdSocket
-	case !strings.HasPrefix(sock, "/"):
-		return rt, bad("remote-containerd-socket", fmt.Sprintf("%q is not an absolute path", sock), "e.g. /run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s")
-	case strings.ContainsFunc(sock, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return rt, bad("remote-containerd-socket", "contains control characters", "")
-	}
-	rt.ContainerdSocket = sock
-	// containerd's CRI plugin puts every image it pulls into k8s.io,
-	// whatever namespace the caller names: accepting another value would
-	// report a namespace the image is not in.
-	if ns := in("containerd-namespace"); ns != pull.CRINamespace {
-		return rt, bad("containerd-namespace", fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, pull.CRINamespace),
-			"leave containerd-namespace at k8s.io (see docs/containerd.md)")
-	}
-	return rt, nil
+	c.SSH.Runtime = c.RemoteRuntime
+	return nil
 }

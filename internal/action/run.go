@@ -14,11 +14,13 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
 // Env is the process's world, injectable for tests.
@@ -29,8 +31,6 @@ type Env struct {
 	Stderr io.Writer
 	// Metadata is action.yml, embedded in the binary.
 	Metadata []byte
-	// Probe adds options to registry probes (tests, demo).
-	Probe []ghcr.Option
 }
 
 // Exit codes.
@@ -111,7 +111,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	targets := targetsFor(cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	probeOpts := append([]ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}, env.Probe...)
+	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
@@ -157,7 +157,7 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 	if cfg.Destination == DestinationNone {
 		return nil
 	}
-	local := pull.Target{Name: "local", Open: pull.OpenLocalDocker(cfg.DockerHost)}
+	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
@@ -170,7 +170,7 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 		targets = append(targets, local)
 	}
 	for _, h := range cfg.SSH.Hosts {
-		targets = append(targets, pull.Target{Name: h.Addr(), Open: pull.OpenRemote(h, cfg.SSH, cfg.RemoteRuntime)})
+		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
 	}
 	return targets
 }
@@ -197,7 +197,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
-			Image: r.Image, Host: r.Host, Runtime: string(r.Runtime), Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
+			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, DurationMS: r.Duration.Milliseconds(),
 		}
@@ -348,17 +348,20 @@ func (e *events) flush() {
 	}
 }
 
-func (e *events) Fallback(img pull.Image, host string, rejection error) {
+func (e *events) Fallback(img pull.Image, stage pull.Stage, target string, rejection, outcome error) {
 	where := "the registry"
-	if host != "registry" {
-		where = "the daemon on " + host
+	if stage == pull.AtTarget {
+		where = "the daemon on " + target
 	}
 	e.rep.Warning("ghcr-pull: credentials rejected, pulling anonymously",
 		fmt.Sprintf("%s: %s rejected the credentials (%v); retrying without credentials, as public images allow. Fix the credentials to stop this warning.", img.Input, where, rejection))
 }
 
-func (e *events) Retry(img pull.Image, host string, attempt int, wait time.Duration, err error) {
-	e.rep.Info("%s (%s): retry %d in %s after %v", img.Input, host, attempt, wait.Round(time.Millisecond), err)
+func (e *events) Retry(img pull.Image, stage pull.Stage, target string, attempt int, wait time.Duration, err error) {
+	if stage == pull.AtProbe {
+		target = "registry"
+	}
+	e.rep.Info("%s (%s): retry %d in %s after %v", img.Input, target, attempt, wait.Round(time.Millisecond), err)
 }
 
 func (e *events) Progress(img pull.Image, host string, done, total int64) {

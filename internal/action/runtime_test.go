@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
 func TestParseConfigRemoteRuntime(t *testing.T) {
@@ -13,21 +13,21 @@ func TestParseConfigRemoteRuntime(t *testing.T) {
 		name      string
 		in        map[string]string
 		wantInput string // input named by the error; "" for success
-		want      pull.RemoteRuntime
+		want      sshdeploy.RuntimeChoice
 	}{
-		{"defaults", nil, "", pull.RemoteRuntime{Runtime: pull.RuntimeAuto, ContainerdSocket: "/run/containerd/containerd.sock"}},
+		{"defaults", nil, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Auto, ContainerdSocket: "/run/containerd/containerd.sock"}},
 		{"containerd on k3s", map[string]string{"remote-runtime": "Containerd", "remote-containerd-socket": "/run/k3s/containerd/containerd.sock"}, "",
-			pull.RemoteRuntime{Runtime: pull.RuntimeContainerd, ContainerdSocket: "/run/k3s/containerd/containerd.sock"}},
+			sshdeploy.RuntimeChoice{Kind: sshdeploy.Containerd, ContainerdSocket: "/run/k3s/containerd/containerd.sock"}},
 		{"socket as a unix URL", map[string]string{"remote-containerd-socket": "unix:///run/containerd/containerd.sock"}, "",
-			pull.RemoteRuntime{Runtime: pull.RuntimeAuto, ContainerdSocket: "/run/containerd/containerd.sock"}},
-		{"docker", map[string]string{"remote-runtime": "docker"}, "", pull.RemoteRuntime{Runtime: pull.RuntimeDocker, ContainerdSocket: "/run/containerd/containerd.sock"}},
-		{"explicit k8s.io", map[string]string{"containerd-namespace": "k8s.io"}, "", pull.RemoteRuntime{Runtime: pull.RuntimeAuto, ContainerdSocket: "/run/containerd/containerd.sock"}},
-		{"unknown runtime", map[string]string{"remote-runtime": "podman"}, "remote-runtime", pull.RemoteRuntime{}},
-		{"relative socket", map[string]string{"remote-containerd-socket": "run/containerd.sock"}, "remote-containerd-socket", pull.RemoteRuntime{}},
-		{"socket with control characters", map[string]string{"remote-containerd-socket": "/run/c.sock\x00x"}, "remote-containerd-socket", pull.RemoteRuntime{}},
+			sshdeploy.RuntimeChoice{Kind: sshdeploy.Auto, ContainerdSocket: "/run/containerd/containerd.sock"}},
+		{"docker", map[string]string{"remote-runtime": "docker"}, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Docker, ContainerdSocket: "/run/containerd/containerd.sock"}},
+		{"explicit k8s.io", map[string]string{"containerd-namespace": "k8s.io"}, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Auto, ContainerdSocket: "/run/containerd/containerd.sock"}},
+		{"unknown runtime", map[string]string{"remote-runtime": "podman"}, "remote-runtime", sshdeploy.RuntimeChoice{}},
+		{"relative socket", map[string]string{"remote-containerd-socket": "run/containerd.sock"}, "remote-containerd-socket", sshdeploy.RuntimeChoice{}},
+		{"socket with control characters", map[string]string{"remote-containerd-socket": "/run/c.sock\x00x"}, "remote-containerd-socket", sshdeploy.RuntimeChoice{}},
 		// CRI pulls land in k8s.io whatever is asked: another namespace
 		// would be reported and not be true.
-		{"another namespace", map[string]string{"containerd-namespace": "default"}, "containerd-namespace", pull.RemoteRuntime{}},
+		{"another namespace", map[string]string{"containerd-namespace": "default"}, "containerd-namespace", sshdeploy.RuntimeChoice{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

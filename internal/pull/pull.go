@@ -1,9 +1,10 @@
-// Package pull gets images onto targets: for each image it probes the
-// registry with the configured credentials, falls back to anonymous when they
-// are rejected (and only then), and pulls into each target's daemon with the
-// credentials that worked, again falling back if the daemon itself is
-// refused. Targets are the runner's daemon or remote daemons; pull does not
-// care how a daemon is reached.
+// Package pull is ghcr-pull's policy: it plans images × targets, probes the
+// registry for each image with the configured credentials, falls back to
+// anonymous when they are rejected (and only then), and pulls into each
+// target's runtime with the credentials that worked, again falling back if
+// the runtime itself is refused. A target is anything that opens a Daemon;
+// how it is reached (a local socket, SSH) is its opener's business, and
+// pull imports no SSH or socket code.
 package pull
 
 import (
@@ -17,33 +18,33 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
-// Daemon is what pull needs of a container daemon. The Docker daemon on the
-// runner, one reached over SSH, and test doubles all satisfy it.
+// Daemon is what pull needs of a container runtime. *docker.Engine,
+// *cri.ImageService, sshdeploy.Runtime and test doubles all satisfy it.
+// One that also has Runtime() (name, namespace string) names itself in
+// the results; one that is an io.Closer is closed when the run ends.
 type Daemon interface {
-	// Pull pulls ref (platform "os/arch[/variant]" or empty for the
-	// daemon's own), sending creds as the pull call's registry auth. Its
-	// error is classified with ghcr's types. It reports whether anything
-	// new was downloaded.
-	Pull(ctx context.Context, ref, platform string, creds ghcr.Credentials, progress ProgressFunc) (downloaded bool, err error)
+	// Pull pulls ref (platform nil: the runtime's own), sending creds as
+	// the call's registry auth, and reports whether anything new was
+	// downloaded and progress (bytes done of total) as it goes. Its error
+	// is classified with internal/failure's types.
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (downloaded bool, err error)
 	// Inspect describes a local image.
-	Inspect(ctx context.Context, ref string) (ImageInfo, error)
+	Inspect(ctx context.Context, ref string) (image.Info, error)
 }
 
-// ProgressFunc hears bytes done of total for one pull, as the daemon reports.
-type ProgressFunc func(done, total int64)
-
-// ImageInfo is what pull reads back after a pull.
-type ImageInfo struct {
-	ID          string
-	RepoDigests []string
-	Platform    string
+// namer is a Daemon that names its runtime and, for containerd, the
+// namespace images land in; pull copies both into each Result.
+type namer interface {
+	Runtime() (name, namespace string)
 }
 
 // Target is a place images are pulled into.
@@ -67,7 +68,8 @@ type Options struct {
 	Credentials ghcr.Credentials
 	// Fallback allows an anonymous retry when Credentials are rejected.
 	Fallback bool
-	Platform string
+	// Platform is the platform to pull; nil means each runtime's own.
+	Platform *ocispec.Platform
 	Retry    retry.Policy
 	// ImageConcurrency bounds images in flight; TargetConcurrency bounds
 	// targets in flight per image.
@@ -77,12 +79,25 @@ type Options struct {
 	Events            Events
 }
 
-// Events is how pull tells its caller what happens as it happens. Any
-// method may be called from several goroutines.
+// Stage is where in a pull an event happened.
+type Stage int
+
+const (
+	// AtProbe is the runner's probe of the registry.
+	AtProbe Stage = iota
+	// AtTarget is a target's runtime pulling.
+	AtTarget
+)
+
+// Events is how pull tells its caller what happens as it happens; target
+// is the target's name at AtTarget, empty at AtProbe. Any method may be
+// called from several goroutines.
 type Events interface {
-	Fallback(img Image, host string, rejection error)
-	Retry(img Image, host string, attempt int, wait time.Duration, err error)
-	Progress(img Image, host string, done, total int64)
+	// Fallback is called once the anonymous attempt after a rejection has
+	// ended: outcome is nil when it worked, else its error.
+	Fallback(img Image, stage Stage, target string, rejection, outcome error)
+	Retry(img Image, stage Stage, target string, attempt int, wait time.Duration, err error)
+	Progress(img Image, target string, done, total int64)
 }
 
 // Result is the outcome for one image on one target ("none" when nothing
@@ -99,7 +114,7 @@ type Result struct {
 	Platform        string
 	// Runtime and Namespace say what the target pulled into (docker, or
 	// containerd and its namespace), when its daemon was reached.
-	Runtime   Runtime
+	Runtime   string
 	Namespace string
 	// Pulled is false when the target already had the image.
 	Pulled   bool
@@ -107,8 +122,6 @@ type Result struct {
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
-	// Requests is the registry round trips of the runner-side probes.
-	Requests int
 }
 
 // HostNone marks results of a run that resolved without pulling.
@@ -212,7 +225,6 @@ type probeOutcome struct {
 	fallbackUsed bool
 	rejection    error
 	digest       string
-	requests     int
 	attempts     []ghcr.Attempt
 	err          error
 	duration     time.Duration
@@ -223,9 +235,8 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	var out probeOutcome
 	probe := func(creds ghcr.Credentials) (ghcr.ProbeResult, error) {
 		var res ghcr.ProbeResult
-		err := retry.Do(ctx, withRetryEvents(opts, img, "registry"), func(ctx context.Context) error {
+		err := retry.Do(ctx, withRetryEvents(opts, img, AtProbe, ""), func(ctx context.Context) error {
 			r, err := ghcr.Probe(ctx, img.Ref, creds, opts.ProbeOptions...)
-			out.requests += r.Requests
 			res = r
 			return err
 		})
@@ -240,11 +251,11 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	res, err := probe(creds)
 	var rej *failure.Rejected
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
-		opts.Events.Fallback(img, "registry", err)
 		out.rejection = err
 		out.fallbackUsed = true
 		creds = ghcr.Anonymous
 		res, err = probe(creds)
+		opts.Events.Fallback(img, AtProbe, "", out.rejection, err)
 	}
 	out.creds = creds
 	out.digest = res.Digest
@@ -263,7 +274,6 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 		Digest:       p.digest,
 		Duration:     d,
 		Err:          p.err,
-		Requests:     p.requests,
 	}
 	if p.rejection != nil {
 		r.CredentialError = rejectionText(p.rejection)
@@ -291,13 +301,13 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return unreachable(img, t)
 	}
 	res := p.result(img, t.target.Name, 0)
-	if rr, ok := d.(RuntimeReporter); ok {
+	if rr, ok := d.(namer); ok {
 		res.Runtime, res.Namespace = rr.Runtime()
 	}
 	attempts := append([]ghcr.Attempt(nil), p.attempts...)
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool
-		err := retry.Do(ctx, withRetryEvents(opts, img, t.target.Name), func(ctx context.Context) error {
+		err := retry.Do(ctx, withRetryEvents(opts, img, AtTarget, t.target.Name), func(ctx context.Context) error {
 			var err error
 			downloaded, err = d.Pull(ctx, img.Input, opts.Platform, creds, func(done, total int64) {
 				opts.Events.Progress(img, t.target.Name, done, total)
@@ -315,11 +325,12 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// registry differently (its own mirror or proxy settings, a token
 	// that expired in between): fall back here too.
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
-		opts.Events.Fallback(img, t.target.Name, err)
 		res.FallbackUsed = true
 		res.CredentialError = rejectionText(err)
+		rejection := err
 		creds = ghcr.Anonymous
 		downloaded, err = pullWith(creds)
+		opts.Events.Fallback(img, AtTarget, t.target.Name, rejection, err)
 	}
 	res.AuthMode = creds.Mode
 	if creds.IsAnonymous() {
@@ -347,10 +358,10 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	return res
 }
 
-func withRetryEvents(opts Options, img Image, host string) retry.Policy {
+func withRetryEvents(opts Options, img Image, stage Stage, target string) retry.Policy {
 	p := opts.Retry
 	p.OnRetry = func(attempt int, wait time.Duration, err error) {
-		opts.Events.Retry(img, host, attempt, wait, err)
+		opts.Events.Retry(img, stage, target, attempt, wait, err)
 	}
 	return p
 }
@@ -426,9 +437,9 @@ func (o *openOnce) close() {
 
 type noEvents struct{}
 
-func (noEvents) Fallback(Image, string, error)                  {}
-func (noEvents) Retry(Image, string, int, time.Duration, error) {}
-func (noEvents) Progress(Image, string, int64, int64)           {}
+func (noEvents) Fallback(Image, Stage, string, error, error)           {}
+func (noEvents) Retry(Image, Stage, string, int, time.Duration, error) {}
+func (noEvents) Progress(Image, string, int64, int64)                  {}
 
 // ParseImages parses the entries of the image input into references,
 // dropping blanks and repeats. The error names the input and the entry.

@@ -15,9 +15,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -29,7 +31,7 @@ type fakeDaemon struct {
 	digest  string
 }
 
-func (f *fakeDaemon) Pull(_ context.Context, ref, _ string, creds ghcr.Credentials, progress ProgressFunc) (bool, error) {
+func (f *fakeDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, creds)
@@ -44,9 +46,9 @@ func (f *fakeDaemon) Pull(_ context.Context, ref, _ string, creds ghcr.Credentia
 	return true, nil
 }
 
-func (f *fakeDaemon) Inspect(_ context.Context, ref string) (ImageInfo, error) {
+func (f *fakeDaemon) Inspect(_ context.Context, ref string) (image.Info, error) {
 	repo := ref[:strings.LastIndex(ref, ":")]
-	return ImageInfo{RepoDigests: []string{"other.io/x@sha256:" + strings.Repeat("0", 64), repo + "@" + f.digest}, Platform: "linux/amd64"}, nil
+	return image.Info{RepoDigests: []string{"other.io/x@sha256:" + strings.Repeat("0", 64), repo + "@" + f.digest}, Platform: "linux/amd64"}, nil
 }
 
 // openRegistry serves an in-process registry (no auth: every credential is
@@ -177,14 +179,5 @@ func TestRepoDigestAndPinned(t *testing.T) {
 	}
 	if got := Pinned("ghcr.io/acme/app@"+b, a); got != "ghcr.io/acme/app@"+a {
 		t.Errorf("Pinned of a digest ref = %s", got)
-	}
-}
-
-func TestParsePlatform(t *testing.T) {
-	for in, ok := range map[string]bool{"linux/amd64": true, "linux/arm64/v8": true, "linux": false, "a/b/c/d": false, "linux/": false, "linux/amd 64": false} {
-		_, err := ParsePlatform(in)
-		if (err == nil) != ok {
-			t.Errorf("ParsePlatform(%q) err=%v", in, err)
-		}
 	}
 }

@@ -9,17 +9,20 @@ import (
 // Input names, as the action defines them. Errors name the input a user
 // should change.
 const (
-	InputHost          = "ssh-host"
-	InputUser          = "ssh-user"
-	InputPort          = "ssh-port"
-	InputKey           = "ssh-key"
-	InputKeyPassphrase = "ssh-key-passphrase"
-	InputKnownHosts    = "ssh-known-hosts"
-	InputFingerprint   = "ssh-fingerprint"
-	InputInsecure      = "ssh-insecure-ignore-host-key"
-	InputProxyJump     = "ssh-proxy-jump"
-	InputSocket        = "remote-docker-socket"
-	InputTimeout       = "ssh-timeout"
+	InputHost                = "ssh-host"
+	InputUser                = "ssh-user"
+	InputPort                = "ssh-port"
+	InputKey                 = "ssh-key"
+	InputKeyPassphrase       = "ssh-key-passphrase"
+	InputKnownHosts          = "ssh-known-hosts"
+	InputFingerprint         = "ssh-fingerprint"
+	InputInsecure            = "ssh-insecure-ignore-host-key"
+	InputProxyJump           = "ssh-proxy-jump"
+	InputSocket              = "remote-docker-socket"
+	InputTimeout             = "ssh-timeout"
+	InputRuntime             = "remote-runtime"
+	InputContainerdSocket    = "remote-containerd-socket"
+	InputContainerdNamespace = "containerd-namespace"
 )
 
 // HostKeyError says a host presented a key the policy does not accept. It is

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
@@ -25,12 +26,15 @@ type Inputs struct {
 	Timeout               string // ssh-timeout; empty means DefaultTimeout
 }
 
-// Settings are Inputs checked and parsed: everything Dial and DialDocker
-// need for every host.
+// Settings are Inputs checked and parsed: everything Open needs for
+// every host.
 type Settings struct {
-	Hosts  []Host
+	Hosts []Host
+	// Socket is the Docker daemon's socket on the hosts.
 	Socket string
-	Config Config
+	// Runtime says what to pull into (set from ParseRuntime).
+	Runtime RuntimeChoice
+	Config  Config
 }
 
 // ParseInputs checks every SSH input at once. The error joins one
@@ -102,9 +106,10 @@ func ParseInputs(in Inputs) (*Settings, error) {
 		return nil, errors.Join(errs...)
 	}
 	return &Settings{
-		Hosts:  hosts,
-		Socket: socket,
-		Config: Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout},
+		Hosts:   hosts,
+		Socket:  socket,
+		Runtime: RuntimeChoice{Kind: Auto, ContainerdSocket: cri.DefaultSocket},
+		Config:  Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout},
 	}, nil
 }
 
@@ -142,4 +147,41 @@ func ParseTimeout(s string) (time.Duration, error) {
 		return 0, &failure.BadInput{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
 	}
 	return d, nil
+}
+
+// RuntimeChoice is what to pull into on the hosts.
+type RuntimeChoice struct {
+	Kind RuntimeKind
+	// ContainerdSocket is containerd's socket on the hosts.
+	ContainerdSocket string
+}
+
+// ParseRuntime reads remote-runtime, remote-containerd-socket and
+// containerd-namespace; empty values take the defaults.
+func ParseRuntime(kind, socket, namespace string) (RuntimeChoice, error) {
+	k := RuntimeKind(strings.ToLower(strings.TrimSpace(kind)))
+	switch k {
+	case "":
+		k = Auto
+	case Auto, Docker, Containerd:
+	default:
+		return RuntimeChoice{}, &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker or containerd"}
+	}
+	sock := strings.TrimPrefix(strings.TrimSpace(socket), "unix://")
+	switch {
+	case sock == "":
+		sock = cri.DefaultSocket
+	case !strings.HasPrefix(sock, "/"):
+		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdSocket, Problem: fmt.Sprintf("%q is not an absolute path", sock), Fix: "e.g. /run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s"}
+	case strings.ContainsFunc(sock, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdSocket, Problem: "contains control characters"}
+	}
+	// containerd's CRI plugin puts every image it pulls into k8s.io,
+	// whatever namespace the caller names: accepting another value would
+	// report a namespace the image is not in.
+	if ns := strings.TrimSpace(namespace); ns != "" && ns != cri.Namespace {
+		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdNamespace, Problem: fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
+			Fix: "leave containerd-namespace at k8s.io (see docs/containerd.md)"}
+	}
+	return RuntimeChoice{Kind: k, ContainerdSocket: sock}, nil
 }

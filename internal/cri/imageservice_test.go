@@ -1,9 +1,12 @@
-package pull
+package cri
 
 import (
 	"context"
 	"errors"
+	"io"
+	"log"
 	"net"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +20,14 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // fakeCRI is containerd's CRI service as far as ghcr-pull uses it: Version,
@@ -94,7 +104,7 @@ func startFakeCRI(t *testing.T, f *fakeCRI, withRuntime bool) func(context.Conte
 func TestContainerdPullAndInspect(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("d", 64)
 	f := &fakeCRI{digest: digest}
-	d, err := NewContainerd(context.Background(), startFakeCRI(t, f, true))
+	d, err := New(context.Background(), startFakeCRI(t, f, true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,11 +114,11 @@ func TestContainerdPullAndInspect(t *testing.T) {
 	}
 	ref := "10.231.1.1:5000/acme/app:1"
 	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
-	downloaded, err := d.Pull(context.Background(), ref, "", creds, nil)
+	downloaded, err := d.Pull(context.Background(), ref, nil, creds, nil)
 	if err != nil || !downloaded {
 		t.Fatalf("first pull: downloaded=%v err=%v", downloaded, err)
 	}
-	downloaded, err = d.Pull(context.Background(), ref, "", ghcr.Anonymous, nil)
+	downloaded, err = d.Pull(context.Background(), ref, nil, ghcr.Anonymous, nil)
 	if err != nil || downloaded {
 		t.Fatalf("second pull of the same image: downloaded=%v err=%v", downloaded, err)
 	}
@@ -122,16 +132,25 @@ func TestContainerdPullAndInspect(t *testing.T) {
 	if err != nil || info.Platform != "linux/amd64" || len(info.RepoDigests) != 1 || !strings.HasSuffix(info.RepoDigests[0], digest) {
 		t.Errorf("Inspect = %+v, %v", info, err)
 	}
-	if rt, ns := d.Runtime(); rt != RuntimeContainerd || ns != "k8s.io" {
+	if rt, ns := d.Runtime(); rt != "containerd" || ns != "k8s.io" {
 		t.Errorf("Runtime = %s %s", rt, ns)
 	}
 
-	if _, err := d.Pull(context.Background(), ref, "linux/arm64", ghcr.Anonymous, nil); !isBadInput(err, "platform") {
+	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/arm64"), ghcr.Anonymous, nil); !isBadInput(err, "platform") {
 		t.Errorf("a platform the node does not run: %v, want a platform input error", err)
 	}
-	if _, err := d.Pull(context.Background(), ref, "linux/amd64", ghcr.Anonymous, nil); err != nil {
+	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/amd64"), ghcr.Anonymous, nil); err != nil {
 		t.Errorf("the node's own platform: %v", err)
 	}
+}
+
+func platform(t *testing.T, s string) *ocispec.Platform {
+	t.Helper()
+	p, err := image.ParsePlatform(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &p
 }
 
 func isBadInput(err error, input string) bool {
@@ -140,7 +159,7 @@ func isBadInput(err error, input string) bool {
 }
 
 func TestContainerdWithoutCRI(t *testing.T) {
-	_, err := NewContainerd(context.Background(), startFakeCRI(t, &fakeCRI{}, false))
+	_, err := New(context.Background(), startFakeCRI(t, &fakeCRI{}, false))
 	if !errors.Is(err, ErrNoCRI) || !strings.Contains(err.Error(), `disabled_plugins = ["cri"]`) {
 		t.Fatalf("err = %v, want ErrNoCRI", err)
 	}
@@ -210,15 +229,15 @@ func criClass(err error) string {
 // where the image went.
 func TestRunContainerdFallback(t *testing.T) {
 	ref, digest := openRegistry(t)
-	images, err := ParseImages([]string{ref})
+	images, err := pull.ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := &fakeCRI{digest: digest, answers: []error{status.Error(codes.Unknown,
 		`failed to pull and unpack image "`+ref+`": failed to resolve reference "`+ref+`": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`)}}
 	dial := startFakeCRI(t, f, true)
-	targets := []Target{{Name: "node", Open: func(ctx context.Context) (Daemon, error) { return NewContainerd(ctx, dial) }}}
-	res := Run(context.Background(), images, targets, Options{
+	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial) }}}
+	res := pull.Run(context.Background(), images, targets, pull.Options{
 		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}, Fallback: true,
 		Retry: retry.Policy{Retries: 1, Base: time.Millisecond, Max: time.Millisecond},
 	})
@@ -226,10 +245,26 @@ func TestRunContainerdFallback(t *testing.T) {
 	if r.Err != nil || r.AuthMode != ghcr.AuthAnonymous || !r.FallbackUsed || !strings.Contains(r.CredentialError, "403 Forbidden") {
 		t.Fatalf("result %+v", r)
 	}
-	if r.Runtime != RuntimeContainerd || r.Namespace != "k8s.io" || r.Digest != digest || r.Platform != "linux/amd64" || !r.Pulled {
+	if r.Runtime != "containerd" || r.Namespace != "k8s.io" || r.Digest != digest || r.Platform != "linux/amd64" || !r.Pulled {
 		t.Errorf("result %+v", r)
 	}
 	if len(f.auths) != 2 || f.auths[0] == nil || f.auths[1] != nil {
 		t.Errorf("auth configs sent: %v", f.auths)
 	}
+}
+
+// openRegistry serves an in-process registry (no auth: every credential is
+// accepted) holding one image, and returns its reference and digest.
+func openRegistry(t *testing.T) (string, string) {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/app:1"
+	img, _ := random.Image(64, 1)
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return ref, d.String()
 }

@@ -1,0 +1,174 @@
+// Package docker is ghcr-pull's adapter to a Docker Engine, through the
+// moby client: the runner's daemon, or a remote one whose connections are
+// dialled by the caller (over SSH, say). It pulls with the credentials only
+// in the pull call's X-Registry-Auth header and reports what the daemon
+// did; it knows nothing of SSH or of the pull policy.
+package docker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/registry"
+	"github.com/moby/moby/client"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+)
+
+// Engine is a Docker Engine reached through the moby client.
+type Engine struct {
+	client *client.Client
+}
+
+// Open reaches the daemon at host (empty: DOCKER_HOST, else the default
+// socket) and checks that it answers.
+func Open(ctx context.Context, host string) (*Engine, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.New(opts...)
+	if err != nil {
+		return nil, &failure.BadInput{Input: "docker-host", Problem: err.Error(), Fix: "use unix:///path/to/docker.sock or tcp://host:port"}
+	}
+	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("the Docker daemon at %s does not answer (%v); start it, set docker-host, or use destination: none", cli.DaemonHost(), err)
+	}
+	return &Engine{client: cli}, nil
+}
+
+// Over speaks the Engine API over connections from dial (each one reaches
+// the daemon's socket; the network and address the client asks for do not
+// matter) and checks that the daemon answers.
+func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*Engine, error) {
+	cli, err := client.New(
+		client.WithHost("http://docker"),
+		client.WithDialContext(func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }),
+		client.WithAPIVersionNegotiation(),
+	)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &Engine{client: cli}, nil
+}
+
+// Close releases the client's connections.
+func (e *Engine) Close() error { return e.client.Close() }
+
+// Runtime names the runtime; Docker has no namespaces to report.
+func (e *Engine) Runtime() (name, namespace string) { return "docker", "" }
+
+// RegistryAuth encodes credentials for the pull call's X-Registry-Auth
+// header: base64url JSON, as the Engine API defines it. Nothing is written
+// to any config.json on either side.
+func RegistryAuth(creds ghcr.Credentials) (string, error) {
+	if creds.IsAnonymous() {
+		return "", nil
+	}
+	b, err := json.Marshal(registry.AuthConfig{Username: creds.Username, Password: creds.Password})
+	if err != nil {
+		return "", err
+	}
+	return base64.URLEncoding.EncodeToString(b), nil
+}
+
+// Pull pulls ref (platform nil: the daemon's own) with creds and reports
+// whether anything new was downloaded, and progress as the daemon reports
+// it. Its error is classified.
+func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	auth, err := RegistryAuth(creds)
+	if err != nil {
+		return false, err
+	}
+	opts := client.ImagePullOptions{RegistryAuth: auth}
+	if platform != nil {
+		opts.Platforms = []ocispec.Platform{*platform}
+	}
+	resp, err := e.client.ImagePull(ctx, ref, opts)
+	if err != nil {
+		return false, classifyCall(ctx, err, creds)
+	}
+	defer resp.Close()
+
+	layers := map[string][2]int64{}
+	downloaded := false
+	for msg, err := range resp.JSONMessages(ctx) {
+		if err != nil {
+			// A broken stream (daemon restarted, connection reset) is
+			// transient; Classify knows those errors.
+			return false, ghcr.Classify(err, creds.IsAnonymous())
+		}
+		if msg.Error != nil {
+			return false, failure.FromDaemon(msg.Error.Code, msg.Error.Message, creds.IsAnonymous())
+		}
+		if strings.HasPrefix(msg.Status, "Status: Downloaded newer image") {
+			downloaded = true
+		}
+		if msg.Progress != nil && msg.ID != "" && msg.Status == "Downloading" && msg.Progress.Total > 0 {
+			layers[msg.ID] = [2]int64{msg.Progress.Current, msg.Progress.Total}
+			if progress != nil {
+				var done, total int64
+				for _, l := range layers {
+					done += l[0]
+					total += l[1]
+				}
+				progress(done, total)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return false, ghcr.Classify(err, creds.IsAnonymous())
+	}
+	return downloaded, nil
+}
+
+// classifyCall places an error of the pull call itself (before any
+// stream): the daemon maps registry answers onto HTTP statuses only
+// loosely (dockerd 20.10 sends rejected credentials as 500), so both the
+// status and the text count.
+func classifyCall(ctx context.Context, err error, creds ghcr.Credentials) error {
+	if ctx.Err() != nil {
+		return ghcr.Classify(ctx.Err(), creds.IsAnonymous())
+	}
+	status := http.StatusInternalServerError
+	switch {
+	case cerrdefs.IsUnauthorized(err):
+		status = http.StatusUnauthorized
+	case cerrdefs.IsPermissionDenied(err):
+		status = http.StatusForbidden
+	case cerrdefs.IsNotFound(err):
+		status = http.StatusNotFound
+	case cerrdefs.IsUnavailable(err):
+		status = http.StatusServiceUnavailable
+	case cerrdefs.IsInvalidArgument(err):
+		return &failure.BadInput{Input: "image", Problem: err.Error()}
+	}
+	if !cerrdefs.IsUnknown(err) && status == http.StatusInternalServerError && client.IsErrConnectionFailed(err) {
+		return fmt.Errorf("the Docker daemon is unreachable: %w", err)
+	}
+	return failure.FromDaemon(status, err.Error(), creds.IsAnonymous())
+}
+
+// Inspect describes a local image.
+func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
+	res, err := e.client.ImageInspect(ctx, ref)
+	if err != nil {
+		return image.Info{}, err
+	}
+	platform := strings.TrimRight(res.Os+"/"+res.Architecture+"/"+res.Variant, "/")
+	return image.Info{ID: res.ID, RepoDigests: res.RepoDigests, Platform: platform}, nil
+}
