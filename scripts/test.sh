@@ -21,15 +21,29 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-export PATH="$PATH:$(go env GOPATH)/bin"
-if ! command -v act >/dev/null 2>&1; then
-  echo "installing act"
-  go install github.com/nektos/act@v0.2.89
-fi
-if ! command -v actionlint >/dev/null 2>&1; then
-  echo "installing actionlint"
-  go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
-fi
+# The tools the suite pins live in a directory of their own, first on PATH,
+# and are checked by version: an older act or actionlint elsewhere on PATH
+# is never used. Nothing here assumes a warm module cache.
+ACT_VERSION=0.2.89
+ACTIONLINT_VERSION=1.7.12
+export GHCR_PULL_TOOLS="${GHCR_PULL_CACHE:-$HOME/.cache/ghcr-pull}/tools"
+mkdir -p "$GHCR_PULL_TOOLS"
+export PATH="$GHCR_PULL_TOOLS:$PATH"
+export GHCR_PULL_ACT_VERSION=$ACT_VERSION GHCR_PULL_ACTIONLINT_VERSION=$ACTIONLINT_VERSION
+pinned() { # name version module
+  if [ -x "$GHCR_PULL_TOOLS/$1" ] && "$GHCR_PULL_TOOLS/$1" --version 2>&1 | grep -q "$2"; then
+    return
+  fi
+  echo "installing $1 $2"
+  GOBIN="$GHCR_PULL_TOOLS" go install "$3@v$2"
+  "$GHCR_PULL_TOOLS/$1" --version 2>&1 | grep -q "$2" || { echo "$1 --version does not say $2" >&2; exit 1; }
+}
+pinned act "$ACT_VERSION" github.com/nektos/act
+pinned actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
+
+# Every module of every platform, from the proxy: the offline image builds
+# vendor them (go mod vendor needs Windows-only modules too).
+go mod download
 
 go vet ./...
 # The release image is multi-arch: the binary must build for arm64 too.

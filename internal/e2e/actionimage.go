@@ -9,6 +9,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +69,9 @@ func (e *Env) ensureBaseImages() error {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
 		return fmt.Errorf("busybox not installed (scripts/test.sh installs busybox-static): %w", err)
+	}
+	if err := staticBinary(busybox); err != nil {
+		return fmt.Errorf("%s cannot go into a FROM scratch image: %w (install busybox-static, which replaces the dynamic busybox)", busybox, err)
 	}
 	builder, err := e.BuilderImage()
 	if err != nil {
@@ -327,6 +331,16 @@ func (e *Env) actionContext() (string, error) {
 			return "", err
 		}
 	}
+	// go mod vendor needs the modules of every platform (go-winio for
+	// Windows, say), while a Linux build downloads only what it uses: on a
+	// fresh machine the cache lacks them. Fetch them from the proxy first;
+	// only then is vendoring itself offline.
+	download := exec.Command("go", "mod", "download")
+	download.Dir = e.ModuleRoot
+	download.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	if out, err := download.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go mod download: %v\n%s", err, out)
+	}
 	vendor := exec.Command("go", "mod", "vendor", "-o", filepath.Join(dir, "vendor"))
 	vendor.Dir = e.ModuleRoot
 	vendor.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off")
@@ -435,4 +449,21 @@ func (e *Env) RunActionImage(tb testing.TB, image string, inputs map[string]stri
 		filepath.Join(mounts["file_commands"], files["GITHUB_STEP_SUMMARY"]))
 	res.Home = mounts["home"]
 	return res
+}
+
+// staticBinary fails for an executable that needs a dynamic loader: in an
+// image with no /lib it would not start, and the act and image tests would
+// fail far from the cause.
+func staticBinary(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("it is dynamically linked")
+		}
+	}
+	return nil
 }

@@ -83,6 +83,7 @@ func start() (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	ownPath(dir)
 	stoppers = append(stoppers, func() { os.RemoveAll(dir) })
 	e := &Env{dir: dir, AdminUser: "admin", AdminPassword: randomHex(12)}
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,14 +12,28 @@ import (
 // toolBinary finds a Go-installed tool: on PATH, or in GOPATH/bin.
 func toolBinary(tb testing.TB, name, install string) string {
 	tb.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
+	_, version, _ := strings.Cut(install, "@v")
+	var candidates []string
+	if dir := os.Getenv("GHCR_PULL_TOOLS"); dir != "" {
+		candidates = append(candidates, filepath.Join(dir, name))
 	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", name)
-		if _, err := os.Stat(p); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
+		candidates = append(candidates, p)
+	}
+	var seen []string
+	for _, p := range candidates {
+		out, err := exec.Command(p, "--version").CombinedOutput()
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(out), version) {
 			return p
 		}
+		seen = append(seen, fmt.Sprintf("%s says %q", p, strings.TrimSpace(string(out))))
+	}
+	if len(seen) > 0 {
+		// An older tool would test something else than what the suite pins.
+		tb.Fatalf("%s %s is pinned, but only other versions are installed (%s): run ./scripts/test.sh, which installs %s", name, version, strings.Join(seen, "; "), install)
 	}
 	skipOrFatal(tb, "%s not installed (scripts/test.sh runs go install %s)", name, install)
 	return ""

@@ -200,6 +200,7 @@ func (h *RemoteHost) start() error {
 	}
 	h.slot = slot
 	h.Namespace = fmt.Sprintf("gp-%s-%d", h.Name, slot)
+	ownNamespace(h.Namespace)
 	h.hostIP = fmt.Sprintf(subnetFmt, slot, 1)
 	h.sshIP = fmt.Sprintf(subnetFmt, slot, 2)
 	// Unix socket paths must stay under 108 bytes: a short directory.
@@ -208,6 +209,7 @@ func (h *RemoteHost) start() error {
 		return err
 	}
 	h.Dir = dir
+	ownPath(dir)
 	if err := writeSlotState(slot, h.Namespace, dir); err != nil {
 		return err
 	}
