@@ -6,17 +6,24 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/sethvargo/go-githubactions"
 )
 
 // reporter is the one way anything leaves the process: log lines,
-// annotations, masks, outputs and the summary. Every method is safe for
+// annotations, masks, outputs and the summary. Every text it writes goes
+// through its failure.Redactor first, so a secret it was told about never
+// leaves in any form, whoever echoed it. Every method is safe for
 // concurrent use.
 type reporter interface {
+	// Mask registers a secret before its first use; MaskCredentials
+	// registers a password and its user:password encodings.
 	Mask(secret string)
+	MaskCredentials(user, password string)
 	Info(format string, args ...any)
 	Notice(title, msg string)
 	Warning(title, msg string)
@@ -28,6 +35,7 @@ type reporter interface {
 // actionsReporter speaks the runner's workflow-command protocol.
 type actionsReporter struct {
 	mu     sync.Mutex
+	red    failure.Redactor
 	gha    *githubactions.Action
 	w      io.Writer
 	getenv func(string) string
@@ -45,17 +53,29 @@ func (r *actionsReporter) Mask(secret string) {
 	if strings.TrimSpace(secret) == "" {
 		return
 	}
+	r.addMasks(secret, r.red.Add(secret))
+}
+
+func (r *actionsReporter) MaskCredentials(user, password string) {
+	r.addMasks(password, r.red.AddCredentials(user, password))
+}
+
+// addMasks tells the runner every form the redactor learned, so its own
+// log masking covers them too. The runner masks per line, and the forms
+// include each line of a multi-line secret.
+func (r *actionsReporter) addMasks(secret string, forms []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	// The runner masks per line; a multi-line secret is masked line by
-	// line as well as whole.
-	r.gha.AddMask(secret)
-	if strings.ContainsAny(secret, "\r\n") {
-		for _, line := range strings.FieldsFunc(secret, func(r rune) bool { return r == '\n' || r == '\r' }) {
-			if strings.TrimSpace(line) != "" {
-				r.gha.AddMask(line)
-			}
+	if strings.TrimSpace(secret) != "" && !slices.Contains(forms, secret) {
+		r.gha.AddMask(secret) // shorter than the redactor keeps
+	}
+	for _, f := range forms {
+		if !strings.ContainsAny(f, "\r\n") {
+			r.gha.AddMask(f)
 		}
+	}
+	if strings.ContainsAny(secret, "\r\n") {
+		r.gha.AddMask(secret)
 	}
 }
 
@@ -63,12 +83,14 @@ func (r *actionsReporter) Mask(secret string) {
 // be part of it: escaping newlines keeps it on our line, so it can never
 // start a line of its own and be read as a workflow command.
 func (r *actionsReporter) Info(format string, args ...any) {
+	line := NeutralizeCommands(r.red.Redact(fmt.Sprintf(format, args...)))
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	fmt.Fprintln(r.w, NeutralizeCommands(fmt.Sprintf(format, args...)))
+	fmt.Fprintln(r.w, line)
 }
 
 func (r *actionsReporter) annotate(level, title, msg string) {
+	title, msg = r.red.Redact(title), r.red.Redact(msg)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	a := r.gha.WithFieldsMap(map[string]string{"title": title})
@@ -93,6 +115,7 @@ func (r *actionsReporter) Error(title, msg string)   { r.annotate("error", title
 // a registry's error text echoed into credential-error could then close the
 // heredoc early and define outputs of its own.
 func (r *actionsReporter) Output(name, value string) error {
+	value = r.red.Redact(value)
 	path := r.getenv("GITHUB_OUTPUT")
 	if path == "" {
 		r.Info("output %s=%s", name, value)
@@ -112,6 +135,7 @@ func (r *actionsReporter) Summary(markdown string) error {
 	if path == "" {
 		return nil
 	}
+	markdown = r.red.Redact(markdown)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return appendFile(path, markdown)
@@ -159,17 +183,23 @@ func NeutralizeCommands(s string) string {
 // outputs as "name: value" lines on stdout.
 type terminalReporter struct {
 	mu     sync.Mutex
+	red    failure.Redactor
 	out    io.Writer
 	errOut io.Writer
 }
 
-func (t *terminalReporter) Mask(string) {}
+func (t *terminalReporter) Mask(secret string) { t.red.Add(secret) }
+func (t *terminalReporter) MaskCredentials(user, password string) {
+	t.red.AddCredentials(user, password)
+}
 func (t *terminalReporter) Info(format string, args ...any) {
+	line := t.red.Redact(fmt.Sprintf(format, args...))
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	fmt.Fprintf(t.errOut, format+"\n", args...)
+	fmt.Fprintln(t.errOut, line)
 }
 func (t *terminalReporter) line(level, title, msg string) {
+	title, msg = t.red.Redact(title), t.red.Redact(msg)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	fmt.Fprintf(t.errOut, "%s: %s\n", level, title)
@@ -181,6 +211,7 @@ func (t *terminalReporter) Notice(title, msg string)  { t.line("notice", title, 
 func (t *terminalReporter) Warning(title, msg string) { t.line("warning", title, msg) }
 func (t *terminalReporter) Error(title, msg string)   { t.line("error", title, msg) }
 func (t *terminalReporter) Output(name, value string) error {
+	value = t.red.Redact(value)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if strings.Contains(value, "\n") {

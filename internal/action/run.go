@@ -80,11 +80,14 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		rep.Mask(get(name))
 	}
 
+	rep.MaskCredentials(strings.TrimSpace(get("username")), get("password"))
+
 	cfg, err := ParseConfig(get, md)
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
 	}
+	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
 	return execute(ctx, cfg, rep, env)
 }
 
@@ -105,6 +108,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 			}
 			return ExitFailed
 		}
+		rep.MaskCredentials(creds.Username, creds.Password)
 		cfg.Credentials = creds
 	}
 

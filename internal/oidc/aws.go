@@ -84,10 +84,27 @@ func exchangeAWS(ctx context.Context, c Config, jwt string, mask func(string)) (
 // classifyAWS places an SDK error: a 4xx API error is configuration, the
 // rest transient. The SDK's messages carry no request body.
 func classifyAWS(err error, step, fix string) error {
+	var redirect *RedirectError
+	if errors.As(err, &redirect) {
+		return redirect
+	}
 	status := 0
 	var re *awshttp.ResponseError
 	if errors.As(err, &re) {
 		status = re.HTTPStatusCode()
+		if status >= 300 && status < 400 && re.Response != nil && re.Response.Response != nil {
+			// The SDK does not follow it either; say why it failed.
+			r := re.Response.Response
+			loc, _ := r.Location()
+			where := &RedirectError{Endpoint: AWSECR + " " + step}
+			if r.Request != nil {
+				where.Endpoint = endpointOf(r.Request.URL)
+			}
+			if loc != nil {
+				where.Location = endpointOf(loc)
+			}
+			return where
+		}
 	}
 	msg := err.Error()
 	var api smithy.APIError

@@ -79,6 +79,10 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 	}
 	resp, err := c.client().Do(req)
 	if err != nil {
+		var redirect *RedirectError
+		if errors.As(err, &redirect) {
+			return redirect
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

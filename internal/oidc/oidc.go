@@ -188,11 +188,38 @@ func (c Config) awsRegion() (string, error) {
 	return "", bad("aws-region", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set aws-region, e.g. eu-west-1")
 }
 
+// client is the HTTP client of every exchange. It never follows a
+// redirect: Go re-sends a request's body on 307 and 308, to any host and
+// over plain http, and the bodies here carry the ID token or a client
+// assertion; a redirect would get around the TLS-or-loopback rule on the
+// endpoints. A provider that redirects is an error naming the endpoint.
 func (c Config) client() *http.Client {
+	hc := http.Client{Timeout: 30 * time.Second}
 	if c.HTTPClient != nil {
-		return c.HTTPClient
+		hc = *c.HTTPClient
 	}
-	return &http.Client{Timeout: 30 * time.Second}
+	hc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		return &RedirectError{Endpoint: endpointOf(via[0].URL), Location: endpointOf(req.URL)}
+	}
+	return &hc
+}
+
+// RedirectError: an exchange endpoint answered with a redirect, which is
+// not followed (the request carries a token).
+type RedirectError struct {
+	Endpoint, Location string
+}
+
+func (e *RedirectError) Error() string {
+	return fmt.Sprintf("%s answered with a redirect to %s; requests that carry a token are never redirected: point the endpoint at the final URL", e.Endpoint, e.Location)
+}
+
+// endpointOf is a URL without its query and fragment, which may carry
+// tokens.
+func endpointOf(u *url.URL) string {
+	v := *u
+	v.RawQuery, v.Fragment, v.User = "", "", nil
+	return v.String()
 }
 
 // Exchange fetches the ID token and trades it for registry credentials.

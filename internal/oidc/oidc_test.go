@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -46,6 +47,8 @@ type providers struct {
 	mode string
 	mu   sync.Mutex
 	seen []string
+	// elsewhere is where redirect mode sends every request.
+	elsewhere string
 }
 
 func (p *providers) fail(w http.ResponseWriter, body4xx string, ct string) bool {
@@ -60,6 +63,12 @@ func (p *providers) fail(w http.ResponseWriter, body4xx string, ct string) bool 
 		return true
 	case "5xx":
 		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	case "redirect":
+		// 307 keeps the method and the body: followed, the ID token
+		// would go to another host over plain http.
+		w.Header().Set("Location", p.elsewhere+"/stolen?x=1")
+		w.WriteHeader(http.StatusTemporaryRedirect)
 		return true
 	}
 	return false
@@ -164,7 +173,13 @@ func (p *providers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestExchange(t *testing.T) {
-	p := &providers{t: t}
+	var stolen atomic.Int32
+	thief := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stolen.Add(1)
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer thief.Close()
+	p := &providers{t: t, elsewhere: thief.URL}
 	srv := httptest.NewServer(p)
 	defer srv.Close()
 	env := map[string]string{
@@ -192,7 +207,7 @@ func TestExchange(t *testing.T) {
 	}
 	for provider, cfg := range configs {
 		cfg.Getenv = func(k string) string { return env[k] }
-		for _, mode := range []string{"ok", "4xx", "5xx"} {
+		for _, mode := range []string{"ok", "4xx", "5xx", "redirect"} {
 			t.Run(provider+"/"+mode, func(t *testing.T) {
 				p.t, p.mode = t, mode
 				var masked []string
@@ -226,6 +241,14 @@ func TestExchange(t *testing.T) {
 					var te *failure.Transient
 					if !errors.As(err, &te) {
 						t.Fatalf("want a TransientError, got %v", err)
+					}
+				case "redirect":
+					var re *RedirectError
+					if !errors.As(err, &re) || !strings.Contains(err.Error(), srv.URL) || strings.Contains(err.Error(), "x=1") {
+						t.Fatalf("want a RedirectError naming the endpoint (and no query), got %v", err)
+					}
+					if n := stolen.Load(); n != 0 {
+						t.Fatalf("the redirect was followed %d times", n)
 					}
 				}
 				if err != nil && strings.Contains(err.Error(), jwt[:20]) {

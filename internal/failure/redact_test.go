@@ -1,0 +1,70 @@
+package failure
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestRedactorForms(t *testing.T) {
+	const secret = `p@ss"wo\rd/+é`
+	var r Redactor
+	r.AddCredentials("deploy-bot", secret)
+	texts := map[string]string{
+		"plain":             "denied: " + secret,
+		"json":              mustJSON(t, map[string]string{"error": "registry said " + secret}),
+		"query":             "GET /token?password=" + url.QueryEscape(secret),
+		"path":              "/v2/" + url.PathEscape(secret),
+		"base64":            "echo " + base64.StdEncoding.EncodeToString([]byte(secret)),
+		"basic header":      "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("deploy-bot:"+secret)),
+		"basic header, url": base64.URLEncoding.EncodeToString([]byte("deploy-bot:" + secret)),
+	}
+	for name, text := range texts {
+		got := r.Redact(text)
+		if strings.Contains(got, secret) || strings.Contains(got, `wo\rd`) || strings.Contains(got, base64.StdEncoding.EncodeToString([]byte(secret))) {
+			t.Errorf("%s: secret left in %q", name, got)
+		}
+		if !strings.Contains(got, Redacted) {
+			t.Errorf("%s: nothing redacted in %q", name, got)
+		}
+	}
+	// A redacted JSON document stays valid: the escaped form goes first.
+	var v map[string]string
+	if err := json.Unmarshal([]byte(r.Redact(texts["json"])), &v); err != nil || v["error"] != "registry said ***" {
+		t.Errorf("redacted JSON %q: %v %v", r.Redact(texts["json"]), v, err)
+	}
+}
+
+func TestRedactorMultiLineAndShort(t *testing.T) {
+	var r Redactor
+	key := "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+	added := r.Add(key)
+	if len(added) == 0 {
+		t.Fatal("no forms added")
+	}
+	if got := r.Redact("the server echoed b3BlbnNzaC1rZXktdjEAAAAA back"); strings.Contains(got, "b3BlbnNzaC1rZXktdjEAAAAA") {
+		t.Errorf("a line of a multi-line secret survived: %q", got)
+	}
+	if again := r.Add(key); len(again) != 0 {
+		t.Errorf("adding twice added %v", again)
+	}
+	r.Add("abc")
+	if got := r.Redact("abcdef"); got != "abcdef" {
+		t.Errorf("a 3-byte secret redacted ordinary text: %q", got)
+	}
+	var zero Redactor
+	if got := zero.Redact("nothing known"); got != "nothing known" {
+		t.Errorf("zero Redactor changed text: %q", got)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
