@@ -357,8 +357,15 @@ func (e *events) Fallback(img pull.Image, stage pull.Stage, target string, rejec
 	if stage == pull.AtTarget {
 		where = "the daemon on " + target
 	}
-	e.rep.Warning("ghcr-pull: credentials rejected, pulling anonymously",
-		fmt.Sprintf("%s: %s rejected the credentials (%v); retrying without credentials, as public images allow. Fix the credentials to stop this warning.", img.Input, where, rejection))
+	// Said after the anonymous attempt, so that it never promises what
+	// did not happen.
+	if outcome == nil {
+		e.rep.Warning("ghcr-pull: credentials rejected, pulled anonymously",
+			fmt.Sprintf("%s: %s rejected the credentials (%v); the anonymous retry worked, as it does for public images. Fix the credentials to stop this warning.", img.Input, where, rejection))
+		return
+	}
+	e.rep.Warning("ghcr-pull: credentials rejected, and the anonymous retry failed too",
+		fmt.Sprintf("%s: %s rejected the credentials (%v); the anonymous retry failed as well (%v).", img.Input, where, rejection, outcome))
 }
 
 func (e *events) Retry(img pull.Image, stage pull.Stage, target string, attempt int, wait time.Duration, err error) {

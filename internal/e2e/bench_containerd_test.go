@@ -65,7 +65,7 @@ func BenchmarkContainerd(b *testing.B) {
 		}
 	}
 	// ctr on the node reaches the registry over plain HTTP by --plain-http
-	// (the CRI plugin by the hosts.toml of containerdhost.go).
+	// (the CRI plugin by the hosts.toml of nshost_containerd_test.go).
 	sshCtr := func() {
 		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
 			"-o", "BatchMode=yes", n.User()+"@"+n.IP(), "ctr", "-n", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput()

@@ -12,6 +12,9 @@ import (
 type Attempt struct {
 	Mode AuthMode
 	Err  error
+	// Target is the target whose runtime made the attempt; empty for the
+	// runner's own probe of the registry.
+	Target string
 }
 
 // Diagnose explains a failed pull: what each attempt got and what to do.
@@ -47,20 +50,34 @@ func describeMode(m AuthMode) string {
 
 func fixesFor(registry string, attempts []Attempt) []string {
 	var (
-		rejected, anonDenied, notFound, transient bool
-		bad                                       *failure.BadInput
+		rejected, forbidden, anonDenied, notFound, transient bool
+		bad                                                  *failure.BadInput
+		disagree                                             []string
 	)
+	probed := map[AuthMode]bool{} // modes the runner's probe succeeded with
+	for _, a := range attempts {
+		if a.Err == nil && a.Target == "" {
+			probed[a.Mode] = true
+		}
+	}
 	for _, a := range attempts {
 		var (
 			rej *failure.Rejected
 			nf  *failure.NotFound
 			tr  *failure.Transient
 		)
+		if errors.As(a.Err, &rej) && a.Target != "" && probed[a.Mode] {
+			// The runner was let in, the daemon was not, the same way:
+			// neither "wrong password" nor "private" is the answer.
+			disagree = append(disagree, fmt.Sprintf("the runner's probe could read the repository %s, but the daemon on %s was refused %s: the daemon reaches the registry differently (registry mirrors or a proxy in its configuration, another address, or a registry that treats its user agent differently); check that daemon's registry settings, or pull on the runner (pull-local)", describeMode(a.Mode), a.Target, describeMode(a.Mode)))
+			continue
+		}
 		switch {
 		case errors.As(a.Err, &rej) && rej.Anonymous:
 			anonDenied = true
 		case errors.As(a.Err, &rej):
 			rejected = true
+			forbidden = forbidden || rej.Forbidden()
 		case errors.As(a.Err, &nf):
 			notFound = true
 		case errors.As(a.Err, &tr):
@@ -79,9 +96,12 @@ func fixesFor(registry string, attempts []Attempt) []string {
 			"an organization package must grant this repository read access: package settings → Manage Actions access",
 			"a PAT needs the read:packages scope and, for an org with SAML SSO, to be authorized for that org",
 			"a PAT may have expired: create a new one and update the secret")
+	} else if rejected && forbidden {
+		fixes = append(fixes, "signed in, but no access to this repository: the registry accepted the username and password/token and grants them no pull access here; give that user read access to the repository, or use credentials that have it")
 	} else if rejected {
 		fixes = append(fixes, "check the username and password/token inputs: the registry refused them")
 	}
+	fixes = append(fixes, disagree...)
 	if anonDenied {
 		if isGHCR {
 			fixes = append(fixes, "the package is private (GHCR packages are private by default): make it public, or pass credentials that can read it")

@@ -161,3 +161,48 @@ func TestCredentialsNeverPrintSecret(t *testing.T) {
 		}
 	}
 }
+
+func TestDiagnoseTellsWhatHappened(t *testing.T) {
+	wrongPassword := Classify(tErr(401, "/token", diag("UNAUTHORIZED", "authentication required")), false)
+	noAccess := Classify(tErr(403, "/token", diag("DENIED", "requested access to the resource is denied")), false)
+	daemonNoAccess := failure.FromDaemon(500, `Get "https://r.example/token": failed to fetch oauth token: unexpected status: 403 Forbidden`, false)
+	daemonAnonDenied := failure.FromDaemon(404, "pull access denied for r.example/acme/app, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", true)
+	tests := []struct {
+		name     string
+		registry string
+		attempts []Attempt
+		want     []string
+		not      []string
+	}{
+		{"401: the credentials are wrong", "r.example", []Attempt{{Mode: AuthToken, Err: wrongPassword}},
+			[]string{"check the username and password"}, []string{"signed in, but no access"}},
+		{"403: signed in, no access", "r.example", []Attempt{{Mode: AuthToken, Err: noAccess}},
+			[]string{"signed in, but no access to this repository"}, []string{"check the username and password"}},
+		{"403 relayed by a daemon", "r.example", []Attempt{{Mode: AuthToken, Target: "h:22", Err: daemonNoAccess}},
+			[]string{"signed in, but no access"}, nil},
+		{"GHCR 403 is both: its own fixes", "ghcr.io", []Attempt{{Mode: AuthToken, Err: noAccess}},
+			[]string{"packages: read"}, []string{"signed in, but no access"}},
+		{"probe let in, daemon refused: a disagreement", "r.example",
+			[]Attempt{{Mode: AuthAnonymous}, {Mode: AuthAnonymous, Target: "10.0.0.5:22", Err: daemonAnonDenied}},
+			[]string{"the runner's probe could read the repository anonymously, but the daemon on 10.0.0.5:22 was refused anonymously"},
+			[]string{"private or does not exist"}},
+		{"both refused: private", "r.example",
+			[]Attempt{{Mode: AuthAnonymous, Err: Classify(tErr(401, "/v2/acme/app/manifests/1"), true)}, {Mode: AuthAnonymous, Target: "h:22", Err: daemonAnonDenied}},
+			[]string{"private or does not exist"}, []string{"runner's probe could read"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Diagnose(tt.registry, tt.attempts)
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("diagnosis lacks %q:\n%s", w, got)
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(got, n) {
+					t.Errorf("diagnosis says %q:\n%s", n, got)
+				}
+			}
+		})
+	}
+}

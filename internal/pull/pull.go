@@ -314,7 +314,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 			})
 			return err
 		})
-		attempts = append(attempts, ghcr.Attempt{Mode: creds.Mode, Err: err})
+		attempts = append(attempts, ghcr.Attempt{Mode: creds.Mode, Err: err, Target: t.target.Name})
 		return downloaded, err
 	}
 

@@ -94,7 +94,7 @@ type RemoteHostOptions struct {
 	// host where `docker` is not found.
 	SessionPath string
 	// Containerd starts containerd (its CRI plugin enabled) and no dockerd:
-	// a Kubernetes node without the kubelet (containerdhost.go).
+	// a Kubernetes node without the kubelet (nshost_containerd_test.go).
 	Containerd bool
 }
 

@@ -1,7 +1,7 @@
 // Package e2e holds ghcr-pull's end-to-end tests and the one harness they
 // share: a real dockerd, a real docker-registry with token auth behind the
 // GHCR-like front of internal/ghcrsim, the built binary run with the GitHub
-// runner's environment contract, and (remotehost.go) remote hosts in
+// runner's environment contract, and (nshost_test.go) remote hosts in
 // network namespaces with their own sshd and dockerd. Servers start once per
 // test process. Where one cannot start, tests skip, except with CI=true,
 // where they fail.
