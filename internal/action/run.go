@@ -192,6 +192,7 @@ type ResultJSON struct {
 	Digest          string `json:"digest"`
 	ImageRef        string `json:"image_ref"`
 	Platform        string `json:"platform"`
+	PlatformDigest  string `json:"platform_digest,omitempty"`
 	DurationMS      int64  `json:"duration_ms"`
 	Pulled          *bool  `json:"pulled,omitempty"`
 	Error           string `json:"error,omitempty"`
@@ -203,7 +204,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
-			ImageRef: r.ImageRef, Platform: r.Platform, DurationMS: r.Duration.Milliseconds(),
+			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled

@@ -163,6 +163,14 @@ func classifyCall(ctx context.Context, err error, creds ghcr.Credentials) error 
 	return failure.FromDaemon(status, err.Error(), creds.IsAnonymous())
 }
 
+// Tag points target (a tag reference) at the image source names, as
+// `docker tag` does: after a pull by digest, the user's tag names exactly
+// that digest.
+func (e *Engine) Tag(ctx context.Context, source, target string) error {
+	_, err := e.client.ImageTag(ctx, client.ImageTagOptions{Source: source, Target: target})
+	return err
+}
+
 // Inspect describes a local image.
 func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	res, err := e.client.ImageInspect(ctx, ref)

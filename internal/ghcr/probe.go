@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,8 +16,12 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // ProbeResult is what a successful probe learned: the registry accepts these
@@ -23,6 +29,9 @@ import (
 type ProbeResult struct {
 	Digest    string
 	MediaType string
+	// PlatformDigest is the manifest digest of the platform asked for
+	// (WithPlatform), resolved from the index; empty without a platform.
+	PlatformDigest string
 	// Requests is how many HTTP round trips the probe took (ping, token,
 	// manifest HEAD: 3 against a token-auth registry).
 	Requests int
@@ -32,6 +41,7 @@ type ProbeResult struct {
 type Option func(*probeOptions)
 
 type probeOptions struct {
+	platform  *ocispec.Platform
 	transport http.RoundTripper
 	mask      func(string)
 	userAgent string
@@ -51,6 +61,14 @@ func WithInsecureRegistries(hosts ...string) Option {
 			o.insecure[h] = true
 		}
 	}
+}
+
+// WithPlatform makes the probe resolve the platform too: an index must
+// hold a manifest for it, and a single manifest's config must name it.
+// Without it a probe would pass for a platform no pull can get ("no
+// matching manifest"), which is a false pass for a resolve-only step.
+func WithPlatform(p *ocispec.Platform) Option {
+	return func(o *probeOptions) { o.platform = p }
 }
 
 // WithTransport sets the HTTP transport (tests, proxies, fault injection).
@@ -89,15 +107,79 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		remote.WithRetryStatusCodes(),
 		remote.WithRetryPredicate(func(error) bool { return false }),
 	)
-	n := int(obs.requests.Load())
-	if err != nil {
+	classify := func(err error) error {
 		cerr := Classify(err, creds.IsAnonymous())
 		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}
-		return ProbeResult{Requests: n}, cerr
+		return cerr
 	}
-	return ProbeResult{Digest: desc.Digest.String(), MediaType: string(desc.MediaType), Requests: n}, nil
+	if err != nil {
+		return ProbeResult{Requests: int(obs.requests.Load())}, classify(err)
+	}
+	res := ProbeResult{Digest: desc.Digest.String(), MediaType: string(desc.MediaType)}
+	if o.platform != nil {
+		pd, err := resolvePlatform(ref.Context().Digest(res.Digest), desc.MediaType, *o.platform,
+			remote.WithContext(ctx), remote.WithAuth(creds.Authenticator()), remote.WithTransport(obs), remote.WithUserAgent(o.userAgent),
+			remote.WithRetryBackoff(remote.Backoff{Steps: 1}), remote.WithRetryStatusCodes(), remote.WithRetryPredicate(func(error) bool { return false }))
+		if err != nil {
+			var bad *failure.BadInput
+			if !errors.As(err, &bad) {
+				err = classify(err)
+			}
+			return ProbeResult{Requests: int(obs.requests.Load())}, err
+		}
+		res.PlatformDigest = pd
+	}
+	res.Requests = int(obs.requests.Load())
+	return res, nil
+}
+
+// resolvePlatform finds want's manifest digest under ref: in an index, the
+// entry for want; for a single manifest, the manifest itself when its
+// config names want.
+func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform, opts ...remote.Option) (string, error) {
+	wantV1 := v1.Platform{OS: want.OS, Architecture: want.Architecture, Variant: want.Variant}
+	notThere := func(have []string) error {
+		return &failure.BadInput{Input: "platform",
+			Problem: fmt.Sprintf("no matching manifest for %s in %s: it has %s", image.FormatPlatform(want), ref.Context(), strings.Join(have, ", ")),
+			Fix:     "pick a platform the image provides, or leave platform empty"}
+	}
+	if mt.IsIndex() {
+		idx, err := remote.Index(ref, opts...)
+		if err != nil {
+			return "", err
+		}
+		m, err := idx.IndexManifest()
+		if err != nil {
+			return "", err
+		}
+		var have []string
+		for _, d := range m.Manifests {
+			if d.Platform == nil {
+				continue
+			}
+			got := image.FormatPlatform(ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant})
+			if d.Platform.Satisfies(wantV1) || image.SamePlatform(want, got) {
+				return d.Digest.String(), nil
+			}
+			have = append(have, got)
+		}
+		return "", notThere(have)
+	}
+	img, err := remote.Image(ref, opts...)
+	if err != nil {
+		return "", err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return "", err
+	}
+	got := image.FormatPlatform(ocispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant})
+	if !image.SamePlatform(want, got) {
+		return "", notThere([]string{got})
+	}
+	return ref.DigestStr(), nil
 }
 
 // observer counts round trips, remembers the last Retry-After, and masks

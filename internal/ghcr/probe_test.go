@@ -5,13 +5,23 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 type recordingTransport struct {
@@ -143,5 +153,42 @@ func TestProbeNeverDowngradesTLS(t *testing.T) {
 				t.Errorf("the error names neither the certificate nor insecure-registry: %v", err)
 			}
 		})
+	}
+}
+
+// With a platform, the probe resolves it: an index without that platform
+// fails as bad platform input (as a pull would with "no matching
+// manifest"), one with it gives the platform's manifest digest.
+func TestProbeResolvesPlatform(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	amd, _ := random.Image(64, 1)
+	arm, _ := random.Image(64, 1)
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}})
+	ref, _ := name.ParseReference(host + "/acme/multi:1")
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	armDigest, _ := arm.Digest()
+	for _, tt := range []struct {
+		platform string
+		want     string // digest, or "" for a platform error
+	}{
+		{"linux/arm64", armDigest.String()},
+		{"linux/arm64/v8", armDigest.String()},
+		{"linux/s390x", ""},
+	} {
+		p, _ := image.ParsePlatform(tt.platform)
+		res, err := Probe(context.Background(), ref, Anonymous, WithPlatform(&p))
+		var bad *failure.BadInput
+		switch {
+		case tt.want == "" && (!errors.As(err, &bad) || bad.Input != "platform" || !strings.Contains(err.Error(), "linux/amd64")):
+			t.Errorf("%s: err = %v, want a platform error listing what the index has", tt.platform, err)
+		case tt.want != "" && (err != nil || res.PlatformDigest != tt.want):
+			t.Errorf("%s: digest %q err %v, want %s", tt.platform, res.PlatformDigest, err, tt.want)
+		}
 	}
 }

@@ -41,6 +41,14 @@ type Daemon interface {
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 }
 
+// tagger is a Daemon that can point a tag at an image it holds (Docker):
+// such a target is pulled by the probed digest and then tagged, so it
+// holds exactly what was resolved. Others (CRI has no tag call) are
+// pulled by the user's reference and checked against the probed digest.
+type tagger interface {
+	Tag(ctx context.Context, source, target string) error
+}
+
 // namer is a Daemon that names its runtime and, for containerd, the
 // namespace images land in; pull copies both into each Result.
 type namer interface {
@@ -112,6 +120,9 @@ type Result struct {
 	Digest          string
 	ImageRef        string
 	Platform        string
+	// PlatformDigest is the manifest digest of the platform asked for, as
+	// the probe resolved it; empty when no platform was given.
+	PlatformDigest string
 	// Runtime and Namespace say what the target pulled into (docker, or
 	// containerd and its namespace), when its daemon was reached.
 	Runtime   string
@@ -225,6 +236,7 @@ type probeOutcome struct {
 	fallbackUsed bool
 	rejection    error
 	digest       string
+	platform     string // the platform's manifest digest, with a platform
 	attempts     []ghcr.Attempt
 	err          error
 	duration     time.Duration
@@ -236,7 +248,7 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	probe := func(creds ghcr.Credentials) (ghcr.ProbeResult, error) {
 		var res ghcr.ProbeResult
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtProbe, ""), func(ctx context.Context) error {
-			r, err := ghcr.Probe(ctx, img.Ref, creds, opts.ProbeOptions...)
+			r, err := ghcr.Probe(ctx, img.Ref, creds, append(opts.ProbeOptions, ghcr.WithPlatform(opts.Platform))...)
 			res = r
 			return err
 		})
@@ -259,6 +271,7 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	}
 	out.creds = creds
 	out.digest = res.Digest
+	out.platform = res.PlatformDigest
 	out.err = err
 	out.duration = time.Since(start)
 	return out
@@ -280,9 +293,10 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 	}
 	if p.err == nil && p.digest != "" {
 		r.ImageRef = Pinned(img.Input, p.digest)
+		r.PlatformDigest = p.platform
 	}
 	if p.err != nil {
-		r.AuthMode = ""
+		r.AuthMode, r.Digest = "", ""
 		r.Diagnosis = ghcr.Diagnose(img.Ref.Context().RegistryStr(), p.attempts)
 	}
 	return r
@@ -305,11 +319,20 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		res.Runtime, res.Namespace = rr.Runtime()
 	}
 	attempts := append([]ghcr.Attempt(nil), p.attempts...)
+	// Resolve once, pin everywhere: a target that can tag pulls the
+	// probed digest itself, so a tag pushed after the probe cannot reach
+	// it; the user's tag is then pointed at that digest.
+	ref := img.Input
+	tg, canTag := d.(tagger)
+	byDigest := canTag && p.digest != "" && Pinned(img.Input, p.digest) != ""
+	if byDigest {
+		ref = Pinned(img.Input, p.digest)
+	}
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtTarget, t.target.Name), func(ctx context.Context) error {
 			var err error
-			downloaded, err = d.Pull(ctx, img.Input, opts.Platform, creds, func(done, total int64) {
+			downloaded, err = d.Pull(ctx, ref, opts.Platform, creds, func(done, total int64) {
 				opts.Events.Progress(img, t.target.Name, done, total)
 			})
 			return err
@@ -336,26 +359,61 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	if creds.IsAnonymous() {
 		res.Provider = ""
 	}
-	if err != nil {
-		res.AuthMode = ""
-		res.Err = err
-		res.ImageRef = ""
-		res.Diagnosis = ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts)
+	fail := func(err error, diagnosis string) Result {
+		// A failed result carries no digest it did not deliver.
+		res.AuthMode, res.Err, res.ImageRef, res.Digest, res.PlatformDigest, res.Diagnosis = "", err, "", "", "", diagnosis
 		return res
+	}
+	if err != nil {
+		return fail(err, ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts))
 	}
 	res.Pulled = downloaded
+	if byDigest && ref != img.Input {
+		if _, isTag := img.Ref.(name.Tag); isTag {
+			if err := tg.Tag(ctx, ref, img.Input); err != nil {
+				err = fmt.Errorf("pulled %s, but pointing %s at it failed: %w", ref, img.Input, err)
+				return fail(err, err.Error())
+			}
+		}
+	}
 	info, err := d.Inspect(ctx, img.Input)
 	if err != nil {
-		res.Err = fmt.Errorf("pulled, but inspecting %s failed: %w", img.Input, err)
-		res.Diagnosis = res.Err.Error()
-		return res
+		err = fmt.Errorf("pulled, but inspecting %s failed: %w", img.Input, err)
+		return fail(err, err.Error())
+	}
+	if opts.Platform != nil && info.Platform != "" && !image.SamePlatform(*opts.Platform, info.Platform) {
+		err := &failure.BadInput{Input: "platform",
+			Problem: fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
+			Fix:     "pick a platform the image provides, or leave platform empty"}
+		return fail(err, err.Error())
 	}
 	res.Platform = info.Platform
-	if dg := RepoDigest(info.RepoDigests, img.Input, p.digest); dg != "" {
-		res.Digest = dg
+	got := RepoDigest(info.RepoDigests, img.Input, p.digest)
+	if p.digest != "" && got != p.digest {
+		err := &DriftError{Image: img.Input, Target: t.target.Name, Expected: p.digest, Got: got}
+		return fail(err, err.Error())
+	}
+	if got != "" {
+		res.Digest = got
 	}
 	res.ImageRef = Pinned(img.Input, res.Digest)
 	return res
+}
+
+// DriftError: a target ended up with another image than the probe
+// resolved (the tag was pushed in between). The step fails for that
+// target rather than report one digest for a split fleet.
+type DriftError struct {
+	Image, Target string
+	Expected, Got string
+}
+
+func (e *DriftError) Error() string {
+	got := e.Got
+	if got == "" {
+		got = "no digest of that repository"
+	}
+	return fmt.Sprintf("%s drifted on %s: the probe resolved %s, but the target holds %s (the tag moved between the probe and this pull); run the step again, or pin the image by digest", e.Image, e.Target, e.Expected, got)
 }
 
 func withRetryEvents(opts Options, img Image, stage Stage, target string) retry.Policy {

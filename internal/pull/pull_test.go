@@ -181,3 +181,75 @@ func TestRepoDigestAndPinned(t *testing.T) {
 		t.Errorf("Pinned of a digest ref = %s", got)
 	}
 }
+
+// taggingDaemon is a Docker-like daemon: it records what it was asked to
+// pull and tag, and holds whatever digest it was last asked for.
+type taggingDaemon struct {
+	fakeDaemon
+	pulled []string
+	tags   [][2]string
+}
+
+func (d *taggingDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	d.mu.Lock()
+	d.pulled = append(d.pulled, ref)
+	d.mu.Unlock()
+	return d.fakeDaemon.Pull(ctx, ref, p, creds, progress)
+}
+
+func (d *taggingDaemon) Tag(_ context.Context, source, target string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tags = append(d.tags, [2]string{source, target})
+	return nil
+}
+
+// Every target gets exactly the probed digest: a daemon that can tag pulls
+// repo@digest and has the user's tag pointed at it; one that cannot (CRI)
+// is pulled by tag, and holding another digest fails that target, naming
+// both digests, with no digest in its result.
+func TestRunPinsTheProbedDigest(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, err := ParseImages([]string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := "sha256:" + strings.Repeat("9", 64)
+	tagging := &taggingDaemon{fakeDaemon: fakeDaemon{digest: digest}}
+	drifted := &fakeDaemon{digest: moved}
+	amd64 := &fakeDaemon{digest: digest}
+	targets := []Target{
+		{Name: "docker", Open: func(context.Context) (Daemon, error) { return tagging, nil }},
+		{Name: "cri", Open: func(context.Context) (Daemon, error) { return drifted, nil }},
+	}
+	res := Run(context.Background(), images, targets, Options{Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
+	pinned := strings.TrimSuffix(ref, ":1") + "@" + digest
+	if r := res[0]; r.Err != nil || r.Digest != digest {
+		t.Fatalf("docker target: %+v", r)
+	}
+	if len(tagging.pulled) != 1 || tagging.pulled[0] != pinned {
+		t.Errorf("docker target pulled %v, want only %s", tagging.pulled, pinned)
+	}
+	if len(tagging.tags) != 1 || tagging.tags[0] != [2]string{pinned, ref} {
+		t.Errorf("tags %v, want %s -> %s", tagging.tags, pinned, ref)
+	}
+	r := res[1]
+	var drift *DriftError
+	if !errors.As(r.Err, &drift) || drift.Expected != digest || drift.Got != moved ||
+		!strings.Contains(r.Diagnosis, digest) || !strings.Contains(r.Diagnosis, moved) {
+		t.Fatalf("drifted target: err=%v diagnosis=%q", r.Err, r.Diagnosis)
+	}
+	if r.Digest != "" || r.ImageRef != "" || r.AuthMode != "" {
+		t.Errorf("a failed result carries what it did not deliver: %+v", r)
+	}
+
+	// The platform is part of "exactly": a daemon that pulled another
+	// platform than the one asked for fails.
+	arm, _ := image.ParsePlatform("linux/arm64")
+	res = Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return amd64, nil }}},
+		Options{Platform: &arm, Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
+	var bad *failure.BadInput
+	if !errors.As(res[0].Err, &bad) || bad.Input != "platform" || res[0].Digest != "" {
+		t.Errorf("linux/arm64 asked, linux/amd64 pulled: %+v", res[0])
+	}
+}

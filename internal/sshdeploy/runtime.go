@@ -66,7 +66,26 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		conn.Close()
 		return nil, err
 	}
-	return &remote{rt: rt, conn: conn}, nil
+	r := &remote{rt: rt, conn: conn}
+	if t, ok := rt.(tagger); ok {
+		return &taggingRemote{remote: r, tag: t}, nil
+	}
+	return r, nil
+}
+
+// tagger is a runtime that can point a tag at an image (Docker); the pull
+// policy finds the ability by type assertion, so the wrapper keeps it.
+type tagger interface {
+	Tag(ctx context.Context, source, target string) error
+}
+
+type taggingRemote struct {
+	*remote
+	tag tagger
+}
+
+func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
+	return r.tag.Tag(ctx, source, target)
 }
 
 func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
