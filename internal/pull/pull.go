@@ -161,30 +161,20 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 		}
 	}()
 
-	// Reach every target before any credential is sent anywhere: a host
-	// whose key does not verify may be an attacker's, and when no target
-	// can be reached there is nothing to probe for.
+	// Reach the targets while the registry is probed: the probe talks
+	// only to the registry, and a target gets nothing (no pull, no
+	// credential) until its Open returned, which for an SSH host means
+	// its key verified. Opening first and probing after cost the sum of
+	// both on every step.
 	var og errgroup.Group
 	og.SetLimit(opts.TargetConcurrency)
 	for _, o := range opened {
 		og.Go(func() error { _, _ = o.open(ctx); return nil })
 	}
-	_ = og.Wait()
-	reachable := len(opened) == 0
-	for _, o := range opened {
-		reachable = reachable || o.err == nil
-	}
+	defer og.Wait()
 
 	perImage := max(len(targets), 1)
 	results := make([]Result, len(images)*perImage)
-	if !reachable {
-		for i, img := range images {
-			for j, o := range opened {
-				results[i*perImage+j] = unreachable(img, o)
-			}
-		}
-		return results
-	}
 	var g errgroup.Group
 	g.SetLimit(opts.ImageConcurrency)
 	for i, img := range images {
@@ -197,7 +187,8 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	return results
 }
 
-// pullImage probes once on the runner, then pulls onto every target.
+// pullImage probes once on the runner, then pulls onto every target as
+// soon as it is reached.
 func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options) []Result {
 	start := time.Now()
 	p := probeWithFallback(ctx, img, opts)
@@ -220,9 +211,8 @@ func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options
 	g.SetLimit(opts.TargetConcurrency)
 	for i, t := range targets {
 		g.Go(func() error {
-			tstart := time.Now()
 			out[i] = pullOnto(ctx, img, t, p, opts)
-			out[i].Duration = time.Since(tstart) + p.duration
+			out[i].Duration = time.Since(start)
 			return nil
 		})
 	}
@@ -239,11 +229,9 @@ type probeOutcome struct {
 	platform     string // the platform's manifest digest, with a platform
 	attempts     []ghcr.Attempt
 	err          error
-	duration     time.Duration
 }
 
 func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcome {
-	start := time.Now()
 	var out probeOutcome
 	probe := func(creds ghcr.Credentials) (ghcr.ProbeResult, error) {
 		var res ghcr.ProbeResult
@@ -273,7 +261,6 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	out.digest = res.Digest
 	out.platform = res.PlatformDigest
 	out.err = err
-	out.duration = time.Since(start)
 	return out
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -251,5 +252,64 @@ func TestRunPinsTheProbedDigest(t *testing.T) {
 	var bad *failure.BadInput
 	if !errors.As(res[0].Err, &bad) || bad.Input != "platform" || res[0].Digest != "" {
 		t.Errorf("linux/arm64 asked, linux/amd64 pulled: %+v", res[0])
+	}
+}
+
+// The probe and the opening of targets run at the same time (an SSH
+// handshake no longer waits for the registry), yet a target whose Open
+// failed (a host key that did not verify) is never asked to pull: nothing,
+// no credential, reaches it.
+func TestRunProbesWhileTargetsOpen(t *testing.T) {
+	seen := make(chan struct{})
+	var once sync.Once
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(seen) })
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/app:1"
+	img, _ := random.Image(64, 1)
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	seen = make(chan struct{}) // from here on, only the probe asks
+	once = sync.Once{}
+	images, _ := ParseImages([]string{ref})
+	d, _ := img.Digest()
+
+	reached := &fakeDaemon{digest: d.String()}
+	refused := &fakeDaemon{digest: d.String()}
+	targets := []Target{
+		{Name: "slow-handshake", Open: func(ctx context.Context) (Daemon, error) {
+			// Serial code would probe only after this returns: it would
+			// wait here until the timeout.
+			select {
+			case <-seen:
+				return reached, nil
+			case <-time.After(5 * time.Second):
+				return nil, errors.New("the probe did not run while the host was being reached")
+			}
+		}},
+		{Name: "bad-host-key", Open: func(context.Context) (Daemon, error) {
+			return refused, errors.New("host key verification failed")
+		}},
+	}
+	res := Run(context.Background(), images, targets, Options{
+		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"},
+		Retry:       retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
+	})
+	if res[0].Err != nil {
+		t.Fatalf("slow target: %v", res[0].Err)
+	}
+	if res[1].Err == nil || !strings.Contains(res[1].Diagnosis, "host key verification failed") {
+		t.Errorf("unverified target: %+v", res[1])
+	}
+	if len(refused.calls) != 0 {
+		t.Errorf("a target whose key did not verify was asked to pull %d times", len(refused.calls))
+	}
+	if len(reached.calls) != 1 {
+		t.Errorf("reached target pulled %d times", len(reached.calls))
 	}
 }
