@@ -74,12 +74,19 @@ func (e *Engine) Runtime() (name, namespace string) { return "docker", "" }
 
 // RegistryAuth encodes credentials for the pull call's X-Registry-Auth
 // header: base64url JSON, as the Engine API defines it. Nothing is written
-// to any config.json on either side.
+// to any config.json on either side. With a registry token only the token
+// is sent: dockerd uses registrytoken as the bearer token of the pull
+// (its distribution code's existingTokenHandler, 20.10 and later), so the
+// daemon never holds the username and password.
 func RegistryAuth(creds ghcr.Credentials) (string, error) {
 	if creds.IsAnonymous() {
 		return "", nil
 	}
-	b, err := json.Marshal(registry.AuthConfig{Username: creds.Username, Password: creds.Password})
+	auth := registry.AuthConfig{Username: creds.Username, Password: creds.Password}
+	if creds.RegistryToken != "" {
+		auth = registry.AuthConfig{RegistryToken: creds.RegistryToken}
+	}
+	b, err := json.Marshal(auth)
 	if err != nil {
 		return "", err
 	}

@@ -30,6 +30,12 @@ type Credentials struct {
 	Password string
 	// Provider names where OIDC-derived credentials came from (aws-ecr, gcp, ...).
 	Provider string
+	// RegistryToken is the bearer token the probe got for pulling this
+	// one repository with these credentials (short-lived, scoped to
+	// pull). A runtime that can use it (the Docker Engine's registrytoken)
+	// gets it instead of Username and Password, so the daemon never sees
+	// the long-lived secret.
+	RegistryToken string
 }
 
 // Anonymous is the credential set that sends nothing.

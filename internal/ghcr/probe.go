@@ -2,6 +2,7 @@ package ghcr
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,6 +30,10 @@ import (
 type ProbeResult struct {
 	Digest    string
 	MediaType string
+	// Token is the bearer token the registry issued for the pull scope
+	// in exchange for the credentials sent; empty when anonymous or when
+	// the registry issued none (Basic-only registries).
+	Token string
 	// PlatformDigest is the manifest digest of the platform asked for
 	// (WithPlatform), resolved from the index; empty without a platform.
 	PlatformDigest string
@@ -132,6 +137,11 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		res.PlatformDigest = pd
 	}
 	res.Requests = int(obs.requests.Load())
+	if !creds.IsAnonymous() {
+		obs.mu.Lock()
+		res.Token = obs.token
+		obs.mu.Unlock()
+	}
 	return res, nil
 }
 
@@ -192,6 +202,7 @@ type observer struct {
 
 	mu    sync.Mutex
 	after time.Duration
+	token string // from a token answer to a request that sent credentials
 }
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -210,8 +221,8 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		o.after = ra
 		o.mu.Unlock()
 	}
-	if o.mask != nil && resp.StatusCode == http.StatusOK && !strings.HasPrefix(req.URL.Path, "/v2/") {
-		o.maskTokens(resp)
+	if resp.StatusCode == http.StatusOK && !strings.HasPrefix(req.URL.Path, "/v2/") {
+		o.readTokens(resp, req.Header.Get("Authorization") != "" || req.Method == http.MethodPost)
 	}
 	return resp, nil
 }
@@ -237,7 +248,9 @@ func IsLoopback(host string) bool {
 // maxTokenBody bounds how much of a token answer is buffered for masking.
 const maxTokenBody = 1 << 20
 
-func (o *observer) maskTokens(resp *http.Response) {
+// readTokens masks every token in a token-endpoint answer before anyone
+// else sees it, and keeps the bearer token when credentials bought it.
+func (o *observer) readTokens(resp *http.Response, withCredentials bool) {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenBody))
 	resp.Body.Close()
 	resp.Body = io.NopCloser(bytes.NewReader(body))
@@ -254,10 +267,15 @@ func (o *observer) maskTokens(resp *http.Response) {
 	}
 	masked := map[string]bool{}
 	for _, s := range []string{tok.Token, tok.AccessToken, tok.RefreshToken} {
-		if s != "" && !masked[s] {
+		if s != "" && !masked[s] && o.mask != nil {
 			masked[s] = true
 			o.mask(s)
 		}
+	}
+	if withCredentials {
+		o.mu.Lock()
+		o.token = cmp.Or(tok.Token, tok.AccessToken)
+		o.mu.Unlock()
 	}
 }
 

@@ -257,6 +257,11 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 		res, err = probe(creds)
 		opts.Events.Fallback(img, AtProbe, "", out.rejection, err)
 	}
+	if err == nil && !creds.IsAnonymous() {
+		// Runtimes that can (Docker) get this short-lived, pull-scoped
+		// token instead of the secret.
+		creds.RegistryToken = res.Token
+	}
 	out.creds = creds
 	out.digest = res.Digest
 	out.platform = res.PlatformDigest
@@ -331,6 +336,15 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	creds := p.creds
 	downloaded, err := pullWith(creds)
 	var rej *failure.Rejected
+	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" {
+		// Registry tokens live about 300 s: one that expired before or
+		// during the pull is replaced by a fresh one, never by the
+		// password.
+		if tok, ok := freshToken(ctx, img, creds, opts); ok {
+			creds.RegistryToken = tok
+			downloaded, err = pullWith(creds)
+		}
+	}
 	// The probe accepted the credentials, but the daemon may reach the
 	// registry differently (its own mirror or proxy settings, a token
 	// that expired in between): fall back here too.
@@ -401,6 +415,13 @@ func (e *DriftError) Error() string {
 		got = "no digest of that repository"
 	}
 	return fmt.Sprintf("%s drifted on %s: the probe resolved %s, but the target holds %s (the tag moved between the probe and this pull); run the step again, or pin the image by digest", e.Image, e.Target, e.Expected, got)
+}
+
+// freshToken probes again with creds to get a new registry token.
+func freshToken(ctx context.Context, img Image, creds ghcr.Credentials, opts Options) (string, bool) {
+	creds.RegistryToken = ""
+	res, err := ghcr.Probe(ctx, img.Ref, creds, opts.ProbeOptions...)
+	return res.Token, err == nil && res.Token != ""
 }
 
 func withRetryEvents(opts Options, img Image, stage Stage, target string) retry.Policy {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
@@ -311,5 +313,41 @@ func TestRunProbesWhileTargetsOpen(t *testing.T) {
 	}
 	if len(reached.calls) != 1 {
 		t.Errorf("reached target pulled %d times", len(reached.calls))
+	}
+}
+
+// Daemons get the probe's pull-scoped token; one rejected (expired) is
+// replaced by a fresh token, not by the password and not by anonymous.
+func TestRunGivesDaemonsAFreshScopedToken(t *testing.T) {
+	front, err := ghcrsim.New(ghcrsim.Options{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(front)
+	defer srv.Close()
+	front.AddUser("deployer", "long-lived-secret", true, "*")
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/private:1"
+	img, _ := random.Image(64, 1)
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: "deployer", Password: "long-lived-secret"})); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	images, _ := ParseImages([]string{ref})
+	expired := failure.FromDaemon(500, "unauthorized: authentication required", false)
+	fd := &fakeDaemon{answers: []error{expired}, digest: d.String()}
+	res := Run(context.Background(), images, []Target{{Name: "h", Open: func(context.Context) (Daemon, error) { return fd, nil }}}, Options{
+		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "deployer", Password: "long-lived-secret"}, Fallback: true,
+		Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
+	})
+	if res[0].Err != nil || res[0].AuthMode != ghcr.AuthToken || res[0].FallbackUsed {
+		t.Fatalf("result %+v", res[0])
+	}
+	if len(fd.calls) != 2 {
+		t.Fatalf("%d pulls, want the rejected one and one with a fresh token", len(fd.calls))
+	}
+	first, second := fd.calls[0].RegistryToken, fd.calls[1].RegistryToken
+	if first == "" || second == "" || first == second {
+		t.Errorf("tokens given to the daemon: %.12q then %.12q, want two different ones", first, second)
 	}
 }
