@@ -40,6 +40,9 @@ type Request struct {
 	BasicPassword string
 	Bearer        bool
 	Status        int
+	// UserAgent tells the runner's probe (ghcr-pull) from a daemon
+	// (docker/..., containerd/...).
+	UserAgent string
 }
 
 // Server is the front. It is safe for concurrent use.
@@ -81,6 +84,10 @@ type Fault struct {
 	Truncate bool
 	// Stall waits this long before serving (a slow or hung peer).
 	Stall time.Duration
+	// After, with none of the above, serves the request and then calls
+	// After: a change in the registry right after one request (a tag
+	// pushed between a probe and a pull).
+	After func()
 }
 
 type fault = Fault
@@ -207,7 +214,7 @@ func (r *statusRecorder) Flush() {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-	entry := Request{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Scope: strings.Join(r.URL.Query()["scope"], " ")}
+	entry := Request{Time: time.Now(), Method: r.Method, Path: r.URL.Path, Scope: strings.Join(r.URL.Query()["scope"], " "), UserAgent: r.UserAgent()}
 	entry.BasicUser, entry.BasicPassword, _ = r.BasicAuth()
 	if form, ok := oauthForm(r); ok {
 		entry.BasicUser, entry.BasicPassword = form.username, form.password
@@ -222,7 +229,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	var w2 http.ResponseWriter = rec
+	var afterServe func()
 	if f, ok := s.takeFault(r.URL.Path); ok {
+		afterServe = f.After
 		switch {
 		case f.Status != 0:
 			if f.RetryAfter != "" {
@@ -258,6 +267,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if c, ok := w2.(*cutWriter); ok {
 		c.finish()
+	}
+	if afterServe != nil {
+		afterServe()
 	}
 }
 
