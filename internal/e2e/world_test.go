@@ -284,6 +284,12 @@ func (e *Env) pushImageAs(tb testing.TB, ref name.Reference, img v1.Image) strin
 		tb.Fatalf("pushing %s: %v", ref, err)
 	}
 	d, _ := img.Digest()
+	// Whatever test pulls it into the runner's daemon, it goes at the
+	// end: the suite leaves no image behind (leaks_test.go checks).
+	tb.Cleanup(func() {
+		e.RemoveLocalImage(tb, ref.String())
+		e.RemoveLocalImage(tb, ref.Context().Digest(d.String()).String())
+	})
 	return d.String()
 }
 
