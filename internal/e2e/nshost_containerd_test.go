@@ -23,6 +23,7 @@ package e2e
 // starts, and cannot be combined with config_path.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -132,28 +133,33 @@ func (h *RemoteHost) startContainerd() error {
 	// unimplemented, and the plugin can fail on its own while the rest of
 	// containerd runs.
 	var out []byte
-	for deadline := time.Now().Add(startupWait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	var lastErr, pluginErr error
+	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
 		if cmd.exited() {
-			break
+			return false, errors.New("containerd exited")
 		}
 		if !fileExists(h.ContainerdSocket()) {
-			continue
+			return false, nil
 		}
-		out, err = exec.Command("ctr", "--address", h.ContainerdSocket(), "plugins", "ls").CombinedOutput()
-		if err != nil {
-			continue
+		if out, lastErr = exec.Command("ctr", "--address", h.ContainerdSocket(), "plugins", "ls").CombinedOutput(); lastErr != nil {
+			return false, nil
 		}
 		for _, l := range strings.Split(string(out), "\n") {
 			f := strings.Fields(l)
 			if len(f) >= 4 && f[0] == "io.containerd.grpc.v1" && f[1] == "cri" {
 				if f[len(f)-1] == "ok" {
-					return nil
+					return true, nil
 				}
-				return fmt.Errorf("its CRI plugin did not load (%s); its log ends: %s", l, tailLines(h.ContainerdLog(), 15))
+				pluginErr = fmt.Errorf("its CRI plugin did not load (%s); its log ends: %s", l, lastLinesOf(h.ContainerdLog(), 15))
+				return false, pluginErr
 			}
 		}
+		return false, nil
+	})
+	if err == nil || err == pluginErr {
+		return err
 	}
-	return fmt.Errorf("did not answer on %s (%v %s); its log ends: %s", h.ContainerdSocket(), err, out, tailLines(h.ContainerdLog(), 15))
+	return fmt.Errorf("did not answer on %s (%v %v %s); its log ends: %s", h.ContainerdSocket(), err, lastErr, out, lastLinesOf(h.ContainerdLog(), 15))
 }
 
 // containerdMounts wraps sshd's command line for a containerd host: a

@@ -476,17 +476,19 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 	h.mu.Unlock()
 	// The runner cannot reach a host behind a bastion, so wait on sshd's
 	// own word that it listens.
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	err = waitUntil(20*time.Second, 20*time.Millisecond, func() (bool, error) {
 		if strings.Contains(h.readLog("sshd.log", at), "Server listening on") {
-			return nil
+			return true, nil
 		}
 		if cmd.exited() {
-			break
+			return false, errors.New("sshd exited")
 		}
-		time.Sleep(20 * time.Millisecond)
+		return false, nil
+	})
+	if err == nil {
+		return nil
 	}
-	return fmt.Errorf("sshd did not start listening on %s:22: %s", h.sshIP, h.readLog("sshd.log", at))
+	return fmt.Errorf("sshd did not start listening on %s:22 (%v): %s", h.sshIP, err, h.readLog("sshd.log", at))
 }
 
 // machineDockerSocket is the default Docker socket path.
@@ -538,28 +540,22 @@ func (h *RemoteHost) startDockerd() error {
 	h.mu.Lock()
 	h.docker = cli
 	h.mu.Unlock()
-	deadline := time.Now().Add(startupWait)
-	for time.Now().Before(deadline) {
+	var pingErr error
+	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
-		cancel()
-		if err == nil {
-			return nil
+		defer cancel()
+		if _, pingErr = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); pingErr == nil {
+			return true, nil
 		}
 		if cmd.exited() {
-			break
+			return false, errors.New("dockerd exited")
 		}
-		time.Sleep(100 * time.Millisecond)
+		return false, nil
+	})
+	if err == nil {
+		return nil
 	}
-	return fmt.Errorf("did not answer on %s (%v); its log ends: %s", h.DockerSocket(), err, tailLines(h.readLog("dockerd.log", 0), 15))
-}
-
-func tailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return fmt.Errorf("did not answer on %s (%v, %v); its log ends: %s", h.DockerSocket(), err, pingErr, lastLinesOf(h.readLog("dockerd.log", 0), 15))
 }
 
 // IP is where the host's sshd listens.

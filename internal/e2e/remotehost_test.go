@@ -225,7 +225,7 @@ func TestRemoteHost(t *testing.T) {
 			t.Fatal("the host authenticated the client despite the wrong host key")
 		}
 		if !strings.Contains(log, "[preauth]") {
-			t.Errorf("sshd did not log a pre-authentication disconnect:\n%s", tailLines(log, 5))
+			t.Errorf("sshd did not log a pre-authentication disconnect:\n%s", lastLinesOf(log, 5))
 		}
 	})
 
@@ -341,7 +341,7 @@ func TestRemoteHostBehindJumpHost(t *testing.T) {
 	// private link, the only way to it.
 	bastionSide := strings.TrimSuffix(target.IP(), ".6") + ".5"
 	if !strings.Contains(target.SSHDLog(), "Connection from "+bastionSide) {
-		t.Fatalf("the target's sshd did not see %s:\n%s", bastionSide, tailLines(target.SSHDLog(), 10))
+		t.Fatalf("the target's sshd did not see %s:\n%s", bastionSide, lastLinesOf(target.SSHDLog(), 10))
 	}
 
 	// A wrong key for the target is refused through the bastion too.

@@ -154,10 +154,8 @@ func ensureDockerd(dir string) (*client.Client, error) {
 			_ = cmd.Process.Kill()
 		}
 	})
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		if ping() == nil {
-			return cli, nil
-		}
+	if waitUntil(60*time.Second, 500*time.Millisecond, func() (bool, error) { return ping() == nil, nil }) == nil {
+		return cli, nil
 	}
 	log, _ := os.ReadFile(logf.Name())
 	return nil, fmt.Errorf("dockerd did not answer within 60s:\n%s", lastLinesOf(string(log), 20))
@@ -221,14 +219,16 @@ auth:
 	go func() { _ = srv.Serve(frontL) }()
 	stoppers = append(stoppers, func() { _ = srv.Close() })
 
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	up := waitUntil(20*time.Second, 100*time.Millisecond, func() (bool, error) {
 		resp, err := http.Get("http://" + e.Host + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return nil
-			}
+		if err != nil {
+			return false, nil
 		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusUnauthorized, nil
+	})
+	if up == nil {
+		return nil
 	}
 	log, _ := os.ReadFile(logf.Name())
 	return fmt.Errorf("docker-registry did not come up:\n%s", lastLinesOf(string(log), 20))
@@ -250,7 +250,7 @@ func randomHex(n int) string {
 }
 
 func lastLinesOf(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
