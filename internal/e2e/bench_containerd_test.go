@@ -23,7 +23,7 @@ func BenchmarkContainerd(b *testing.B) {
 	if _, err := exec.LookPath("ssh"); err != nil {
 		skipOrFatal(b, "ssh not installed: %v", err)
 	}
-	n := StartRemoteHost(b, "bc", RemoteHostOptions{Containerd: true})
+	n := StartRemoteHost(b, "bc", RemoteHostOptions{Kind: WithContainerd})
 	regAddr := n.ExposeOnHost(b, e.Host)
 	// small: latency-bound; large: where containerd's fetch, decompression
 	// and unpacking dominate.

@@ -77,7 +77,7 @@ func assertUnpacked(t *testing.T, h *RemoteHost, ref string, layers int) {
 func TestContainerd(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/ctrd-private")
-	n := StartRemoteHost(t, "ca", RemoteHostOptions{Containerd: true})
+	n := StartRemoteHost(t, "ca", RemoteHostOptions{Kind: WithContainerd})
 	s := sshRun{e: e, regAddr: n.ExposeOnHost(t, e.Host)}
 	privDigest := pushNodeImage(t, e, "acme/ctrd-private", "1", 256<<10, 3)
 	pubDigest := e.PushRandomImage(t, "acme/ctrd-public", "1")

@@ -76,8 +76,10 @@ import (
 
 // RemoteHostOptions shape a remote host.
 type RemoteHostOptions struct {
-	// SSHOnly starts sshd and no dockerd: a bastion for ssh-proxy-jump.
-	SSHOnly bool
+	// Kind is the runtime the host runs beside sshd: WithDockerd (nil
+	// means it), WithContainerd (a Kubernetes node without the kubelet),
+	// or NoRuntime (a bastion for ssh-proxy-jump).
+	Kind HostKind
 	// DisallowStreamLocal starts sshd with AllowStreamLocalForwarding no,
 	// so only the dial-stdio route reaches the daemon.
 	DisallowStreamLocal bool
@@ -93,9 +95,6 @@ type RemoteHostOptions struct {
 	// SessionPath replaces PATH in SSH sessions, e.g. "/nonexistent" for a
 	// host where `docker` is not found.
 	SessionPath string
-	// Containerd starts containerd (its CRI plugin enabled) and no dockerd:
-	// a Kubernetes node without the kubelet (nshost_containerd_test.go).
-	Containerd bool
 }
 
 // RemoteHost is a running remote host. Its methods may be called from
@@ -147,7 +146,10 @@ func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *Remote
 	if name == "" || len(name) > 20 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		tb.Fatalf("remote host name %q: use up to 20 lower-case letters, digits and dashes", name)
 	}
-	if reason := containerdUnsupported(); opts.Containerd && reason != "" {
+	if opts.Kind == nil {
+		opts.Kind = WithDockerd
+	}
+	if reason := opts.Kind.unsupported(); reason != "" {
 		skipOrFatal(tb, "remote host %s: %s", name, reason)
 	}
 	if opts.Behind != nil && opts.Behind.Namespace == "" {
@@ -168,7 +170,7 @@ func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *Remote
 // StartJumpHost starts a bastion: sshd only, reachable from the runner.
 func StartJumpHost(tb testing.TB, name string) *RemoteHost {
 	tb.Helper()
-	return StartRemoteHost(tb, name, RemoteHostOptions{SSHOnly: true})
+	return StartRemoteHost(tb, name, RemoteHostOptions{Kind: NoRuntime})
 }
 
 // skipOrFatal: the CI rule. A machine that cannot host the remote skips
@@ -220,15 +222,9 @@ func (h *RemoteHost) start() error {
 	if err := h.keys(); err != nil {
 		return fmt.Errorf("keys: %w", err)
 	}
-	// dockerd first: sshd's sessions see its socket as /var/run/docker.sock.
-	if h.opts.Containerd {
-		if err := h.startContainerd(); err != nil {
-			return fmt.Errorf("containerd: %w", err)
-		}
-	} else if !h.opts.SSHOnly {
-		if err := h.startDockerd(); err != nil {
-			return fmt.Errorf("dockerd: %w", err)
-		}
+	// The runtime first: sshd's sessions see its socket at the default path.
+	if err := h.opts.Kind.start(h); err != nil {
+		return fmt.Errorf("%s: %w", h.opts.Kind, err)
 	}
 	if err := h.startSSHD(!h.opts.DisallowStreamLocal); err != nil {
 		return fmt.Errorf("sshd: %w", err)
@@ -455,18 +451,7 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 	if sshd, err = filepath.Abs(sshd); err != nil {
 		return err
 	}
-	args := []string{sshd, "-D", "-e", "-f", cfg}
-	if h.opts.Containerd {
-		args = h.containerdMounts(args)
-	} else if !h.opts.SSHOnly && fileExists(machineDockerSocket) {
-		// The filesystem is the machine's, so /var/run/docker.sock would be
-		// the runner's daemon: a pull meant for the remote would land on
-		// the runner. sshd runs in a mount namespace of its own where that
-		// path is the remote dockerd's socket, as on a real host (the
-		// bind mount is private to sshd and its sessions).
-		args = append([]string{"unshare", "--mount", "--propagation", "private", "--",
-			"/bin/sh", "-c", `mount --bind "$0" ` + machineDockerSocket + ` && exec "$@"`, h.DockerSocket()}, args...)
-	}
+	args := h.opts.Kind.sshdCommand(h, []string{sshd, "-D", "-e", "-f", cfg})
 	cmd, err := h.nsCommand("sshd.log", args...)
 	if err != nil {
 		return err

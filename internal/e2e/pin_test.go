@@ -19,7 +19,7 @@ func TestPinnedFleet(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/pin")
 	d := StartRemoteHost(t, "pd", RemoteHostOptions{})
-	c := StartRemoteHost(t, "pc", RemoteHostOptions{Containerd: true})
+	c := StartRemoteHost(t, "pc", RemoteHostOptions{Kind: WithContainerd})
 	s := sshRun{e: e, regAddr: d.ExposeOnHost(t, e.Host)}
 	probed := pushNodeImage(t, e, "acme/pin", "1", 64<<10, 2)
 

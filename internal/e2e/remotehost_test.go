@@ -359,7 +359,7 @@ func TestRemoteHostBehindJumpHost(t *testing.T) {
 func TestRemoteHostNoRoute(t *testing.T) {
 	// No stream-local forwarding and no docker on the session PATH: the
 	// error names both routes and the sshd setting.
-	h := StartRemoteHost(t, "noroute", RemoteHostOptions{SSHOnly: true, DisallowStreamLocal: true, SessionPath: "/nonexistent"})
+	h := StartRemoteHost(t, "noroute", RemoteHostOptions{Kind: NoRuntime, DisallowStreamLocal: true, SessionPath: "/nonexistent"})
 	conn, _ := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), h.ClientSigner())
 	_, err := conn.DialDocker(context.Background(), "/var/run/docker.sock")
 	var re *sshdeploy.RouteError
