@@ -56,7 +56,7 @@ func TestDialHostKeys(t *testing.T) {
 		{name: "fingerprint ed25519", policy: policy(t, "", ssh.FingerprintSHA256(edKey)), wantKey: edKey},
 		{name: "fingerprint rsa: tried after ed25519 and ecdsa were refused", policy: policy(t, "", ssh.FingerprintSHA256(rsaKey)), wantKey: rsaKey},
 		{name: "fingerprint ecdsa among others", policy: policy(t, "", ssh.FingerprintSHA256(other)+"\n"+ssh.FingerprintSHA256(ecKey)), wantKey: ecKey},
-		{name: "insecure", policy: InsecureIgnoreHostKey(), wantKey: edKey},
+		{name: "insecure", policy: insecureIgnoreHostKey(), wantKey: edKey},
 		{name: "known_hosts mismatch", policy: policy(t, knownLine("127.0.0.1", srv.port, other), ""), refused: 1},
 		{name: "known_hosts mismatch of same type (ecdsa)", policy: policy(t, knownLine("127.0.0.1", srv.port, otherEC), ""), refused: 1},
 		{name: "fingerprint mismatch: every key type is seen and refused", policy: policy(t, "", ssh.FingerprintSHA256(other)), refused: 3},
@@ -139,7 +139,7 @@ func TestDialAuthFailure(t *testing.T) {
 func TestDialTimeoutAndContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), stalling())
-	cfg := Config{Signer: client, HostKeys: InsecureIgnoreHostKey(), Timeout: 300 * time.Millisecond}
+	cfg := Config{Signer: client, HostKeys: insecureIgnoreHostKey(), Timeout: 300 * time.Millisecond}
 
 	start := time.Now()
 	_, err := Dial(context.Background(), srv.host("root"), cfg)
@@ -247,7 +247,7 @@ func TestDialDockerRoutes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -297,7 +297,7 @@ func TestDialDockerRoutes(t *testing.T) {
 func TestDialDockerContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +350,7 @@ func TestKeepAliveClosesDeadConnection(t *testing.T) {
 		fwd(c, u)
 	}()
 	port := l.Addr().(*net.TCPAddr).Port
-	conn, err := Dial(context.Background(), Host{"root", "127.0.0.1", port}, Config{Signer: client, HostKeys: InsecureIgnoreHostKey(), KeepAlive: 50 * time.Millisecond})
+	conn, err := Dial(context.Background(), Host{"root", "127.0.0.1", port}, Config{Signer: client, HostKeys: insecureIgnoreHostKey(), KeepAlive: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,8 +26,8 @@ const (
 	RouteDialStdio Route = "dial-stdio"
 )
 
-// DefaultDockerSocket is where Docker listens unless told otherwise.
-const DefaultDockerSocket = "/var/run/docker.sock"
+// defaultDockerSocket is where Docker listens unless told otherwise.
+const defaultDockerSocket = "/var/run/docker.sock"
 
 // Route reports the route that reached the Docker socket most recently
 // dialled, "" before the first DialDocker succeeded.
@@ -59,7 +59,7 @@ func (c *Conn) DockerDialer(socketPath string) func(ctx context.Context, network
 // is a *RouteError naming both.
 func (c *Conn) DialDocker(ctx context.Context, socketPath string) (net.Conn, error) {
 	if socketPath == "" {
-		socketPath = DefaultDockerSocket
+		socketPath = defaultDockerSocket
 	}
 	if conn, ok, err := c.dialKnown(ctx, socketPath); ok {
 		return conn, err

@@ -57,7 +57,7 @@ func (e *HostKeyError) Error() string {
 		}
 	}
 	b.WriteString("; nothing was sent to the host. If the host was reinstalled, refresh the value with `")
-	b.WriteString(KeyscanCommand(e.Port, e.Name))
+	b.WriteString(keyscanCommand(e.Port, e.Name))
 	b.WriteString("` run from a network you trust; otherwise the connection may be intercepted")
 	return b.String()
 }

@@ -27,7 +27,7 @@ func FuzzParseHosts(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		hosts, err := ParseHosts(s, "root", 22)
+		hosts, err := parseHosts(s, "root", 22)
 		if err != nil {
 			if !inputNamed(err) {
 				t.Fatalf("error %v names no input", err)
@@ -39,7 +39,7 @@ func FuzzParseHosts(f *testing.F) {
 				t.Fatalf("%q gave an unusable host %+v", s, h)
 			}
 		}
-		if _, err := ParseProxyJump(s, "root", 22); err != nil && !inputNamed(err) {
+		if _, err := parseProxyJump(s, "root", 22); err != nil && !inputNamed(err) {
 			t.Fatalf("proxy jump error %v names no input", err)
 		}
 	})
@@ -61,15 +61,15 @@ func FuzzParseScalars(f *testing.F) {
 	f.Add("30s", "/var/run/docker.sock", "22")
 	f.Add("-1", "relative", "0")
 	f.Fuzz(func(t *testing.T, timeout, socket, port string) {
-		if d, err := ParseTimeout(timeout); err != nil && !inputNamed(err) {
+		if d, err := parseTimeout(timeout); err != nil && !inputNamed(err) {
 			t.Fatalf("timeout error %v", err)
 		} else if err == nil && d <= 0 {
 			t.Fatalf("%q accepted as %v", timeout, d)
 		}
-		if _, err := ParseSocket(socket); err != nil && !inputNamed(err) {
+		if _, err := parseSocket(socket); err != nil && !inputNamed(err) {
 			t.Fatalf("socket error %v", err)
 		}
-		if p, err := ParsePort(port); err == nil && (p < 1 || p > 65535) {
+		if p, err := parsePort(port); err == nil && (p < 1 || p > 65535) {
 			t.Fatalf("port %q accepted as %d", port, p)
 		}
 	})

@@ -60,7 +60,7 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 		p.knownHosts, p.authorities = cb, authorities
 	}
 	if strings.TrimSpace(fingerprints) != "" {
-		text, err := ParseFingerprints(fingerprints)
+		text, err := parseFingerprints(fingerprints)
 		if err != nil {
 			return nil, err
 		}
@@ -72,9 +72,9 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 	return p, nil
 }
 
-// InsecureIgnoreHostKey is the explicit opt-out: any host key is accepted
+// insecureIgnoreHostKey is the explicit opt-out: any host key is accepted
 // (and still reported, see Conn.HostKey).
-func InsecureIgnoreHostKey() *HostKeyPolicy { return &HostKeyPolicy{insecure: true} }
+func insecureIgnoreHostKey() *HostKeyPolicy { return &HostKeyPolicy{insecure: true} }
 
 // Insecure tells whether host keys go unchecked.
 func (p *HostKeyPolicy) Insecure() bool { return p != nil && p.insecure }
@@ -129,9 +129,9 @@ func knownHostsName(h Host) string {
 	return "[" + h.Name + "]:" + strconv.Itoa(h.Port)
 }
 
-// KeyscanCommand is the ssh-keyscan command that prints known_hosts lines
+// keyscanCommand is the ssh-keyscan command that prints known_hosts lines
 // for names on port.
-func KeyscanCommand(port int, names ...string) string {
+func keyscanCommand(port int, names ...string) string {
 	return "ssh-keyscan -p " + strconv.Itoa(port) + " " + strings.Join(names, " ")
 }
 
@@ -154,7 +154,7 @@ func keyscanPlan(hosts, proxyJump []Host, only map[Host]bool) string {
 		}
 		sort.Ints(ports)
 		for _, port := range ports {
-			cmd := KeyscanCommand(port, byPort[port]...)
+			cmd := keyscanCommand(port, byPort[port]...)
 			if via != nil {
 				cmd = "ssh -p " + strconv.Itoa(via.Port) + " " + via.User + "@" + via.Name + " " + cmd
 			}
@@ -316,13 +316,13 @@ func rawFingerprint(k ssh.PublicKey) string {
 	return strings.TrimPrefix(ssh.FingerprintSHA256(k), "SHA256:")
 }
 
-// ParseFingerprints reads the ssh-fingerprint input: one or more
+// parseFingerprints reads the ssh-fingerprint input: one or more
 // SHA256:<base64> host key fingerprints, as `ssh-keygen -l` prints them,
 // separated by newlines, commas or spaces. Whole `ssh-keygen -l` lines
 // ("256 SHA256:... host (ED25519)") are accepted: the rest of the line is
 // ignored. MD5 fingerprints are refused. It returns them normalised
 // (SHA256:<unpadded base64>), without duplicates.
-func ParseFingerprints(s string) ([]string, error) {
+func parseFingerprints(s string) ([]string, error) {
 	set := map[string]bool{}
 	var text []string
 	for n, line := range strings.Split(strings.ReplaceAll(s, "\r", ""), "\n") {

@@ -29,18 +29,18 @@ func (h Host) Addr() string { return net.JoinHostPort(h.Name, strconv.Itoa(h.Por
 // String is user@host:port, the form hosts are reported in.
 func (h Host) String() string { return h.User + "@" + h.Addr() }
 
-// ParseHosts reads the ssh-host input: one or more [user@]host[:port],
+// parseHosts reads the ssh-host input: one or more [user@]host[:port],
 // separated by newlines or commas, IPv6 addresses in brackets when a port
 // follows ([2001:db8::1]:2222). An ssh:// prefix is accepted. Hosts naming
 // no user or port get user and port.
-func ParseHosts(s, user string, port int) ([]Host, error) {
+func parseHosts(s, user string, port int) ([]Host, error) {
 	return parseHostList(InputHost, s, user, port, false)
 }
 
-// ParseProxyJump reads the ssh-proxy-jump input: a bastion
+// parseProxyJump reads the ssh-proxy-jump input: a bastion
 // [user@]host[:port], or a comma-separated chain of them as OpenSSH's
 // ProxyJump takes, the first dialled first. Empty means no bastion.
-func ParseProxyJump(s, user string, port int) ([]Host, error) {
+func parseProxyJump(s, user string, port int) ([]Host, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
@@ -141,7 +141,7 @@ func parseHost(s, defUser string, defPort int) (Host, string) {
 		return h, "zoned IPv6 addresses are not supported"
 	}
 	if portStr != "" || strings.HasSuffix(s, ":") {
-		p, err := ParsePort(portStr)
+		p, err := parsePort(portStr)
 		if err != nil {
 			return h, err.Error()
 		}
@@ -150,8 +150,8 @@ func parseHost(s, defUser string, defPort int) (Host, string) {
 	return h, ""
 }
 
-// ParsePort reads a TCP port, 1 to 65535.
-func ParsePort(s string) (int, error) {
+// parsePort reads a TCP port, 1 to 65535.
+func parsePort(s string) (int, error) {
 	p, err := strconv.Atoi(strings.TrimSpace(s))
 	if err != nil || p < 1 || p > 65535 {
 		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)

@@ -54,7 +54,7 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	}
 	port := DefaultPort
 	if strings.TrimSpace(in.Port) != "" {
-		p, err := ParsePort(in.Port)
+		p, err := parsePort(in.Port)
 		if err != nil {
 			bad(&failure.BadInput{Input: InputPort, Problem: err.Error()})
 		} else {
@@ -62,11 +62,11 @@ func ParseInputs(in Inputs) (*Settings, error) {
 		}
 	}
 
-	hosts, err := ParseHosts(in.Hosts, user, port)
+	hosts, err := parseHosts(in.Hosts, user, port)
 	if err != nil {
 		bad(err)
 	}
-	jumps, err := ParseProxyJump(in.ProxyJump, user, port)
+	jumps, err := parseProxyJump(in.ProxyJump, user, port)
 	if err != nil {
 		bad(err)
 	}
@@ -93,11 +93,11 @@ func ParseInputs(in Inputs) (*Settings, error) {
 		}
 	}
 
-	socket, err := ParseSocket(in.Socket)
+	socket, err := parseSocket(in.Socket)
 	if err != nil {
 		bad(err)
 	}
-	timeout, err := ParseTimeout(in.Timeout)
+	timeout, err := parseTimeout(in.Timeout)
 	if err != nil {
 		bad(err)
 	}
@@ -113,12 +113,12 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	}, nil
 }
 
-// ParseSocket reads remote-docker-socket: an absolute path, or a
+// parseSocket reads remote-docker-socket: an absolute path, or a
 // unix:// URL. Empty means DefaultDockerSocket.
-func ParseSocket(s string) (string, error) {
+func parseSocket(s string) (string, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return DefaultDockerSocket, nil
+		return defaultDockerSocket, nil
 	}
 	path := strings.TrimPrefix(s, "unix://")
 	switch {
@@ -132,9 +132,9 @@ func ParseSocket(s string) (string, error) {
 	return path, nil
 }
 
-// ParseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
+// parseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
 // seconds. Empty means DefaultTimeout.
-func ParseTimeout(s string) (time.Duration, error) {
+func parseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return DefaultTimeout, nil

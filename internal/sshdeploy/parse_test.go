@@ -51,7 +51,7 @@ func TestParseHosts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseHosts(tt.in, "deploy", 2200)
+			got, err := parseHosts(tt.in, "deploy", 2200)
 			if tt.bad != "" {
 				var ie *failure.BadInput
 				if !errors.As(err, &ie) || ie.Input != "ssh-host" || !strings.Contains(ie.Error(), tt.bad) {
@@ -77,19 +77,19 @@ func TestHostForms(t *testing.T) {
 }
 
 func TestParseProxyJump(t *testing.T) {
-	got, err := ParseProxyJump("bastion.example.com", "", 0)
+	got, err := parseProxyJump("bastion.example.com", "", 0)
 	if err != nil || !reflect.DeepEqual(got, []Host{{"root", "bastion.example.com", 22}}) {
 		t.Fatalf("got %v, %v", got, err)
 	}
-	got, err = ParseProxyJump("a@b1:2201,b2", "u", 22)
+	got, err = parseProxyJump("a@b1:2201,b2", "u", 22)
 	if err != nil || !reflect.DeepEqual(got, []Host{{"a", "b1", 2201}, {"u", "b2", 22}}) {
 		t.Fatalf("got %v, %v", got, err)
 	}
-	if got, err := ParseProxyJump("  ", "u", 22); got != nil || err != nil {
+	if got, err := parseProxyJump("  ", "u", 22); got != nil || err != nil {
 		t.Fatalf("empty: %v %v", got, err)
 	}
 	var ie *failure.BadInput
-	if _, err := ParseProxyJump("b:x", "u", 22); !errors.As(err, &ie) || ie.Input != "ssh-proxy-jump" {
+	if _, err := parseProxyJump("b:x", "u", 22); !errors.As(err, &ie) || ie.Input != "ssh-proxy-jump" {
 		t.Fatalf("err = %v, want ssh-proxy-jump", err)
 	}
 }
@@ -223,7 +223,7 @@ func TestParseFingerprints(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			text, err := ParseFingerprints(tt.in)
+			text, err := parseFingerprints(tt.in)
 			if tt.problem != "" {
 				wantInput(t, err, "ssh-fingerprint", tt.problem)
 				return
@@ -307,7 +307,7 @@ func TestCheckHosts(t *testing.T) {
 	if err := fp.CheckHosts([]Host{a, c}, nil); err != nil {
 		t.Fatalf("fingerprints cover every host: %v", err)
 	}
-	if err := InsecureIgnoreHostKey().CheckHosts([]Host{a}, nil); err != nil {
+	if err := insecureIgnoreHostKey().CheckHosts([]Host{a}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

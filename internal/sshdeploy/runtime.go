@@ -91,7 +91,7 @@ func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
 func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	dockerSock, ctrdSock := s.Socket, s.Runtime.ContainerdSocket
 	if dockerSock == "" {
-		dockerSock = DefaultDockerSocket
+		dockerSock = defaultDockerSocket
 	}
 	if ctrdSock == "" {
 		ctrdSock = cri.DefaultSocket
@@ -100,7 +100,7 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	case Containerd:
 		first, err := c.DialUnix(ctx, ctrdSock)
 		if err != nil {
-			if IsChannelRejected(err) {
+			if isChannelRejected(err) {
 				return nil, fmt.Errorf("reached %s over SSH, but not containerd's socket: %w (sshd refuses the channel when the socket is missing, when the SSH user may not open it, or with AllowStreamLocalForwarding no; set remote-containerd-socket to the node's socket, e.g. /run/k3s/containerd/containerd.sock on k3s)", c.host.Addr(), err)
 			}
 			return nil, err
@@ -115,14 +115,14 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 		c.setRoute(dockerSock, RouteStreamLocal)
 		return c.openDocker(ctx, dockerSock, first)
 	}
-	if !IsChannelRejected(dockerErr) {
+	if !isChannelRejected(dockerErr) {
 		return nil, dockerErr
 	}
 	first, ctrdErr := c.DialUnix(ctx, ctrdSock)
 	if ctrdErr == nil {
 		return c.openContainerd(ctx, ctrdSock, first)
 	}
-	if !IsChannelRejected(ctrdErr) {
+	if !isChannelRejected(ctrdErr) {
 		return nil, ctrdErr
 	}
 	first, stdioErr := c.probeDialStdio(ctx, dockerSock)

@@ -32,10 +32,10 @@ func (c *Conn) DialUnix(ctx context.Context, path string) (net.Conn, error) {
 	return conn, nil
 }
 
-// IsChannelRejected tells whether err is sshd's refusal to open a channel
+// isChannelRejected tells whether err is sshd's refusal to open a channel
 // (the socket is missing or not accessible, or forwarding is forbidden),
 // as opposed to a broken connection.
-func IsChannelRejected(err error) bool {
+func isChannelRejected(err error) bool {
 	var rejected *ssh.OpenChannelError
 	return errors.As(err, &rejected)
 }

@@ -51,14 +51,14 @@ func TestDialUnix(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			c, err := conn.DialUnix(context.Background(), tt.socket)
 			if tt.rejected {
-				if err == nil || !IsChannelRejected(err) || !strings.Contains(err.Error(), tt.socket) {
+				if err == nil || !isChannelRejected(err) || !strings.Contains(err.Error(), tt.socket) {
 					t.Fatalf("err = %v, want a channel rejection naming %s", err, tt.socket)
 				}
 				if cmds := srv.execCommands(); len(cmds) != 0 {
@@ -84,7 +84,7 @@ func TestDialUnix(t *testing.T) {
 func TestDialUnixContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: InsecureIgnoreHostKey()})
+	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
