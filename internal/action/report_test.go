@@ -92,3 +92,60 @@ func TestSummaryEscapesCells(t *testing.T) {
 		t.Errorf("cell not escaped: %q", got)
 	}
 }
+
+// Guarantee: every output gets a fresh random delimiter, so a value that
+// holds the delimiter of another output (or a guess at the next one) can
+// never close its heredoc early and define outputs of its own.
+func TestOutputDelimitersAreRandom(t *testing.T) {
+	outFile := filepath.Join(t.TempDir(), "out")
+	env := map[string]string{"GITHUB_OUTPUT": outFile}
+	var log bytes.Buffer
+	r := newActionsReporter(&log, func(k string) string { return env[k] })
+	delimiters := func() []string {
+		data, _ := os.ReadFile(outFile)
+		// As the runner reads the file: a heredoc's body is not searched
+		// for further headers.
+		var ds []string
+		lines := strings.Split(string(data), "\n")
+		for i := 0; i < len(lines); i++ {
+			if _, d, ok := strings.Cut(lines[i], "<<"); ok {
+				ds = append(ds, d)
+				for i++; i < len(lines) && lines[i] != d; i++ {
+				}
+			}
+		}
+		return ds
+	}
+	if err := r.Output("digest", "sha256:1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Output("image-ref", "a@sha256:1"); err != nil {
+		t.Fatal(err)
+	}
+	ds := delimiters()
+	if len(ds) != 2 || ds[0] == ds[1] {
+		t.Fatalf("delimiters %q: two outputs must get two different ones", ds)
+	}
+	for _, d := range ds {
+		if len(d) < 32 {
+			t.Errorf("delimiter %q is too short to be unguessable", d)
+		}
+	}
+	// A hostile value repeats every delimiter seen so far, as a registry
+	// could after reading an earlier job's output file.
+	hostile := "denied\n" + ds[0] + "\n" + ds[1] + "\ninjected=1\nauth-mode<<EOF\npwned\nEOF"
+	if err := r.Output("credential-error", hostile); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Output("auth-mode", "token"); err != nil {
+		t.Fatal(err)
+	}
+	if ds := delimiters(); len(ds) != 4 || ds[2] == ds[0] || ds[2] == ds[1] {
+		t.Errorf("delimiter reused: %q", ds)
+	}
+	data, _ := os.ReadFile(outFile)
+	got := parseOutputs(t, string(data))
+	if _, ok := got["injected"]; ok || got["credential-error"] != hostile || got["auth-mode"] != "token" || len(got) != 4 {
+		t.Errorf("outputs as the runner reads them: %#v", got)
+	}
+}
