@@ -2,10 +2,15 @@ package action
 
 import (
 	"bytes"
+	"errors"
+	"html"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 )
 
 // parseOutputs reads GITHUB_OUTPUT the way the runner does.
@@ -147,5 +152,30 @@ func TestOutputDelimitersAreRandom(t *testing.T) {
 	got := parseOutputs(t, string(data))
 	if _, ok := got["injected"]; ok || got["credential-error"] != hostile || got["auth-mode"] != "token" || len(got) != 4 {
 		t.Errorf("outputs as the runner reads them: %#v", got)
+	}
+}
+
+// A secret with HTML or table syntax in it is redacted before the summary
+// escapes it: escaped first, it would match no form the redactor knows.
+func TestSummaryRedactsBeforeEscaping(t *testing.T) {
+	const pw = `tok"en&<|>`
+	sumFile := filepath.Join(t.TempDir(), "summary")
+	r := newActionsReporter(io.Discard, func(k string) string { return map[string]string{"GITHUB_STEP_SUMMARY": sumFile}[k] })
+	r.MaskCredentials("octocat", pw)
+	results := []pull.Result{{Image: "ghcr.io/a/b:1", Host: "local", FallbackUsed: true, CredentialError: "denied: " + pw,
+		Err: errors.New("denied: " + pw), Diagnosis: "anonymously: denied: " + pw}}
+	if err := r.Summary(summaryMarkdown(results, r.Redact)); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(sumFile)
+	got := string(data)
+	escaped := html.EscapeString(pw)
+	for _, f := range []string{pw, escaped, strings.ReplaceAll(escaped, "|", `\|`), "tok&#34;en"} {
+		if strings.Contains(got, f) {
+			t.Errorf("the summary holds %q:\n%s", f, got)
+		}
+	}
+	if strings.Count(got, "denied: ***") != 2 {
+		t.Errorf("the summary should say denied: *** in the table and the details:\n%s", got)
 	}
 }
