@@ -24,6 +24,10 @@ type reporter interface {
 	// registers a password and its user:password encodings.
 	Mask(secret string)
 	MaskCredentials(user, password string)
+	// Redact takes every known secret out of s. Writers redact on their
+	// own; the summary needs it before it escapes text for HTML, which
+	// would otherwise turn a secret into a form nobody masks.
+	Redact(s string) string
 	Info(format string, args ...any)
 	Notice(title, msg string)
 	Warning(title, msg string)
@@ -55,6 +59,8 @@ func (r *actionsReporter) Mask(secret string) {
 	}
 	r.addMasks(secret, r.red.Add(secret))
 }
+
+func (r *actionsReporter) Redact(s string) string { return r.red.Redact(s) }
 
 func (r *actionsReporter) MaskCredentials(user, password string) {
 	r.addMasks(password, r.red.AddCredentials(user, password))
@@ -188,7 +194,8 @@ type terminalReporter struct {
 	errOut io.Writer
 }
 
-func (t *terminalReporter) Mask(secret string) { t.red.Add(secret) }
+func (t *terminalReporter) Mask(secret string)     { t.red.Add(secret) }
+func (t *terminalReporter) Redact(s string) string { return t.red.Redact(s) }
 func (t *terminalReporter) MaskCredentials(user, password string) {
 	t.red.AddCredentials(user, password)
 }

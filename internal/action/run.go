@@ -145,7 +145,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	if cfg.Summary {
-		if err := rep.Summary(summaryMarkdown(results)); err != nil {
+		if err := rep.Summary(summaryMarkdown(results, rep.Redact)); err != nil {
 			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
 		}
 	}
@@ -270,8 +270,11 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 }
 
 // summaryMarkdown renders the job summary. Every cell is escaped: registry
-// text reaches it.
-func summaryMarkdown(results []pull.Result) string {
+// text reaches it. Secrets are redacted before escaping: escaped, a secret
+// with <, &, " or | in it would no longer match any form the redactor
+// knows.
+func summaryMarkdown(results []pull.Result, redact func(string) string) string {
+	cell := func(s string) string { return cell(redact(s)) }
 	var b strings.Builder
 	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
@@ -294,7 +297,7 @@ func summaryMarkdown(results []pull.Result) string {
 		if diag == "" {
 			diag = r.Err.Error()
 		}
-		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(diag))
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(redact(diag)))
 	}
 	return b.String()
 }

@@ -336,6 +336,9 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	creds := p.creds
 	downloaded, err := pullWith(creds)
 	var rej *failure.Rejected
+	// credential-error reports the daemon's answer to the credentials
+	// themselves, not to a token retry.
+	rejection := err
 	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" {
 		// Registry tokens live about 300 s: one that expired before or
 		// during the pull is replaced by a fresh one, never by the
@@ -349,9 +352,11 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// registry differently (its own mirror or proxy settings, a token
 	// that expired in between): fall back here too.
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
+		if !errors.As(rejection, &rej) {
+			rejection = err
+		}
 		res.FallbackUsed = true
-		res.CredentialError = rejectionText(err)
-		rejection := err
+		res.CredentialError = rejectionText(rejection)
 		creds = ghcr.Anonymous
 		downloaded, err = pullWith(creds)
 		opts.Events.Fallback(img, AtTarget, t.target.Name, rejection, err)
