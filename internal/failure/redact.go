@@ -97,5 +97,26 @@ func (r *Redactor) Redact(s string) string {
 			s = strings.ReplaceAll(s, f, Redacted)
 		}
 	}
-	return s
+	// Clip may have cut a secret in two: the part before an "…" is no
+	// whole form, so it is matched there as a prefix.
+	if !strings.Contains(s, "…") {
+		return s
+	}
+	parts := strings.Split(s, "…")
+	for i := range parts[:len(parts)-1] {
+		parts[i] = r.cutPrefix(parts[i])
+	}
+	return strings.Join(parts, "…")
+}
+
+// cutPrefix redacts the longest start of a known form that text ends in.
+func (r *Redactor) cutPrefix(text string) string {
+	for _, f := range r.byLength {
+		for k := len(f) - 1; k >= minSecret; k-- {
+			if strings.HasSuffix(text, f[:k]) {
+				return strings.TrimSuffix(text, f[:k]) + Redacted
+			}
+		}
+	}
+	return text
 }

@@ -68,3 +68,19 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// A secret that Clip cut in two is still redacted: its start before the
+// ellipsis.
+func TestRedactorClippedSecret(t *testing.T) {
+	var r Redactor
+	secret := "ghp_" + strings.Repeat("S", 36)
+	r.Add(secret)
+	msg := Clip(strings.Repeat("x", MaxMessage-10) + secret)
+	got := r.Redact(msg)
+	if strings.Contains(got, secret[:10]) || !strings.HasSuffix(got, Redacted+"…") {
+		t.Errorf("clipped secret left: %q", got[len(got)-30:])
+	}
+	if got := r.Redact("nothing here…"); got != "nothing here…" {
+		t.Errorf("an ordinary clipped text changed: %q", got)
+	}
+}
