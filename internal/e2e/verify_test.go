@@ -303,26 +303,33 @@ func TestVerifyKeylessAndAttestations(t *testing.T) {
 		}
 	}
 	const fork = "https://github.com/evil/app/.github/workflows/release.yml@refs/heads/main"
+	keylessArgs := []string{"verify", "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer}
+	bundleArgs := append(append([]string{}, keylessArgs...), "--new-bundle-format")
+	attestArgs := []string{"verify-attestation", "--new-bundle-format", "--type", verify.SLSAProvenanceV1,
+		"--certificate-identity-regexp", `^https://github\.com/octo/app/`, "--certificate-oidc-issuer", verify.GitHubIssuer}
 	cases := []struct {
-		name       string
-		policy     *verify.Policy
-		sign       func(t *testing.T, d name.Digest) string
-		moveTag    bool
-		fault      bool
-		want       string
-		cosignSays string // "" when cosign is not asked
+		name    string
+		policy  *verify.Policy
+		sign    func(t *testing.T, d name.Digest) string
+		moveTag bool
+		fault   bool
+		want    string
+		// cosign is the cosign command that checks the same thing, nil
+		// when there is none to ask; cosignSays its expected verdict.
+		cosign     []string
+		cosignSays string
 	}{
-		{name: "keyless .sig: right identity", policy: keyless, sign: legacy(testWorkflow), want: "verified", cosignSays: "verified"},
-		{name: "keyless .sig: another identity", policy: keyless, sign: legacy(fork), want: "identity mismatch", cosignSays: "fails"},
-		{name: "keyless .sig: unsigned", policy: keyless, want: "no signature", cosignSays: "fails"},
-		{name: "keyless .sig: tag moved after signing", policy: keyless, sign: legacy(testWorkflow), moveTag: true, want: "no signature", cosignSays: "fails"},
+		{name: "keyless .sig: right identity", policy: keyless, sign: legacy(testWorkflow), want: "verified", cosign: keylessArgs, cosignSays: "verified"},
+		{name: "keyless .sig: another identity", policy: keyless, sign: legacy(fork), want: "identity mismatch", cosign: keylessArgs, cosignSays: "fails"},
+		{name: "keyless .sig: unsigned", policy: keyless, want: "no signature", cosign: keylessArgs, cosignSays: "fails"},
+		{name: "keyless .sig: tag moved after signing", policy: keyless, sign: legacy(testWorkflow), moveTag: true, want: "no signature", cosign: keylessArgs, cosignSays: "fails"},
 		{name: "keyless .sig: access denied", policy: keyless, sign: legacy(testWorkflow), fault: true, want: "access denied"},
-		{name: "keyless bundle referrer: right identity", policy: keyless, sign: attach(testWorkflow, verifytest.CosignSignPredicate), want: "verified"},
-		{name: "keyless bundle referrer: another identity", policy: keyless, sign: attach(fork, verifytest.CosignSignPredicate), want: "identity mismatch"},
-		{name: "attestation: workflow of octo/app", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), want: "verified"},
-		{name: "attestation: workflow of another repository", policy: attest, sign: attach(fork, verify.SLSAProvenanceV1), want: "identity mismatch"},
-		{name: "attestation: none", policy: attest, want: "no signature"},
-		{name: "attestation: tag moved after attesting", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), moveTag: true, want: "no signature"},
+		{name: "keyless bundle referrer: right identity", policy: keyless, sign: attach(testWorkflow, verifytest.CosignSignPredicate), want: "verified", cosign: bundleArgs, cosignSays: "verified"},
+		{name: "keyless bundle referrer: another identity", policy: keyless, sign: attach(fork, verifytest.CosignSignPredicate), want: "identity mismatch", cosign: bundleArgs, cosignSays: "fails"},
+		{name: "attestation: workflow of octo/app", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), want: "verified", cosign: attestArgs, cosignSays: "verified"},
+		{name: "attestation: workflow of another repository", policy: attest, sign: attach(fork, verify.SLSAProvenanceV1), want: "identity mismatch", cosign: attestArgs, cosignSays: "fails"},
+		{name: "attestation: none", policy: attest, want: "no signature", cosign: attestArgs, cosignSays: "fails"},
+		{name: "attestation: tag moved after attesting", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), moveTag: true, want: "no signature", cosign: attestArgs, cosignSays: "fails"},
 		{name: "attestation: access to the referrers denied", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), fault: true, want: "access denied"},
 	}
 	var table []string
@@ -353,10 +360,10 @@ func TestVerifyKeylessAndAttestations(t *testing.T) {
 				t.Errorf("result %+v, want signature %s by %s", res, sigManifest, testWorkflow)
 			}
 			cosign := "not asked"
-			if tc.cosignSays != "" {
+			if tc.cosign != nil {
 				ref := d.Context().Tag("v1").String()
-				out, cerr := c.run(t, "verify", "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer,
-					"--trusted-root", trFile, "--insecure-ignore-sct", "--allow-insecure-registry", ref)
+				args := append(append([]string{}, tc.cosign...), "--trusted-root", trFile, "--insecure-ignore-sct", "--allow-insecure-registry", ref)
+				out, cerr := c.run(t, args...)
 				cosign = map[bool]string{true: "verified", false: "fails"}[cerr == nil]
 				if cosign != tc.cosignSays {
 					t.Errorf("cosign verify: %s, want %s\n%s", cosign, tc.cosignSays, lastLinesOf(out, 5))
