@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -149,7 +151,7 @@ func TestVerifyBinarySize(t *testing.T) {
 	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	build := func(out string, extra ...string) int64 {
+	build := func(out string, extra ...string) (raw, gz int64) {
 		args := append([]string{"build", "-p", "2", "-trimpath", "-ldflags=-s -w", "-o", out}, extra...)
 		cmd := exec.Command("go", append(args, ".")...)
 		cmd.Dir = root
@@ -157,17 +159,29 @@ func TestVerifyBinarySize(t *testing.T) {
 		if o, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %v: %v\n%s", extra, err, o)
 		}
-		fi, err := os.Stat(out)
+		b, err := os.ReadFile(out)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return fi.Size()
+		// The image layer is gzipped: what a runner downloads.
+		var z bytes.Buffer
+		w := gzip.NewWriter(&z)
+		_, _ = w.Write(b)
+		_ = w.Close()
+		return int64(len(b)), int64(z.Len())
 	}
-	without := build(filepath.Join(dir, "without"))
-	with := build(filepath.Join(dir, "with"), "-overlay", overlayFile)
-	t.Logf("release binary (CGO_ENABLED=0 -trimpath -ldflags='-s -w'): without verify %.1f MB, with %.1f MB, +%.1f MB",
-		float64(without)/1e6, float64(with)/1e6, float64(with-without)/1e6)
+	without, withoutGz := build(filepath.Join(dir, "without"))
+	with, withGz := build(filepath.Join(dir, "with"), "-overlay", overlayFile)
+	off, offGz := build(filepath.Join(dir, "noverify"), "-overlay", overlayFile, "-tags", "noverify")
+	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+	t.Logf("release binary (CGO_ENABLED=0 -trimpath -ldflags='-s -w'), raw / gzipped:\n"+
+		"| build | binary | gzipped |\n|---|---|---|\n| without internal/verify | %s | %s |\n| with internal/verify | %s | %s |\n| with it, -tags noverify | %s | %s |",
+		mb(without), mb(withoutGz), mb(with), mb(withGz), mb(off), mb(offGz))
 	if with <= without {
 		t.Fatalf("the overlay linked nothing: %d <= %d bytes", with, without)
+	}
+	// The tag must really drop sigstore-go, not just a few functions.
+	if off-without > 256<<10 {
+		t.Errorf("-tags noverify still adds %d bytes", off-without)
 	}
 }

@@ -17,8 +17,6 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/sigstore/sigstore-go/pkg/root"
-
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -68,7 +66,7 @@ type Policy struct {
 	// Set by ParsePolicy, so Verify never re-parses the strings above.
 	key    crypto.PublicKey
 	keyID  string
-	trust  *root.TrustedRoot
+	trust  *trustedRoot
 	sanRE  *regexp.Regexp
 	issuer string
 }
@@ -115,6 +113,9 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 		}
 		return nil, nil
 	case CosignKey, CosignKeyless, GitHubAttestation:
+		if !compiledIn {
+			return nil, bad(InputMethod, "this ghcr-pull was built without verification (-tags noverify)", "use the released image, or build without -tags noverify")
+		}
 	default:
 		return nil, bad(InputMethod, fmt.Sprintf("%q is not a verification method", method), "use cosign-key, cosign-keyless or github-attestation, or leave it empty")
 	}
@@ -188,10 +189,7 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 		return nil, bad(InputTrustedRoot, err.Error(), "give a trusted_root.json inline or as a file path")
 	}
 	p.TrustedRoot = raw
-	if raw == nil {
-		raw = publicGoodRoot
-	}
-	if p.trust, err = root.NewTrustedRootFromJSON(raw); err != nil {
+	if p.trust, err = loadTrustedRoot(raw); err != nil {
 		return nil, bad(InputTrustedRoot, "is not a Sigstore trusted root: "+err.Error(), "use the output of `gh attestation trusted-root` or your Sigstore instance's trusted_root.json")
 	}
 	return p, nil

@@ -1,3 +1,5 @@
+//go:build !noverify
+
 package verify_test
 
 import (

@@ -1,6 +1,25 @@
+//go:build !noverify
+
 package verify
 
-import _ "embed"
+import (
+	_ "embed"
+
+	"github.com/sigstore/sigstore-go/pkg/root"
+)
+
+// compiledIn: this build verifies (see off.go for -tags noverify).
+const compiledIn = true
+
+type trustedRoot = root.TrustedRoot
+
+// loadTrustedRoot parses a trusted_root.json, the embedded one for nil.
+func loadTrustedRoot(raw []byte) (*trustedRoot, error) {
+	if raw == nil {
+		raw = publicGoodRoot
+	}
+	return root.NewTrustedRootFromJSON(raw)
+}
 
 // publicGoodRoot is Sigstore's public-good trusted root (Fulcio CAs, Rekor
 // and CT log keys, the timestamp authority), used when verify-trusted-root
