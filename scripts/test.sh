@@ -48,6 +48,14 @@ go mod download
 go vet ./...
 # The release image is multi-arch: the binary must build for arm64 too.
 CGO_ENABLED=0 GOOS=linux GOARCH=arm64 go build -trimpath -o /dev/null .
+# The slim build without sigstore-go (docs/verification.md) must keep
+# building and refusing verify: inputs.
+go vet -tags noverify ./internal/verify/
+go test -count=1 -tags noverify ./internal/verify/
+CGO_ENABLED=0 go build -tags noverify -trimpath -o /dev/null .
+# The end-to-end verification tests build the real cosign CLI from the Go
+# module proxy themselves (internal/e2e/cosign_test.go), cached by version
+# under ${GHCR_PULL_CACHE:-$HOME/.cache/ghcr-pull}/cosign-<version>/.
 
 # Brief fuzzing of every parser of user input and of error classification;
 # the seed corpus lives in each package's testdata/fuzz.

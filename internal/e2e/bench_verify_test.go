@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/verify"
+	"github.com/ghcr-pull/ghcr-pull/internal/verify/verifytest"
+)
+
+// TestVerifyCost measures what verification adds per image against the
+// real CLI doing the same check on its own: wall time and registry
+// requests of verify.Verify (in-process, as the action runs it, with a
+// fresh connection, ping and token each time) and of `cosign verify` /
+// `cosign verify-attestation` (a process, as a workflow step would run
+// it), alternating the two so load on the machine hits both alike. The
+// issue's bound: Verify takes at most cosign's time and no more requests.
+func TestVerifyCost(t *testing.T) {
+	e := Start(t)
+	c := newCosign(t, e)
+	key, pub := c.keyPair(t, "team")
+	pubPEM, _ := os.ReadFile(pub)
+	ss, err := verifytest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, _ := ss.TrustedRoot()
+	trFile := filepath.Join(c.dir, "trusted_root.json")
+	if err := os.WriteFile(trFile, tr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	admin := remote.WithAuth(e.admin())
+
+	keyDigest := e.pushDigest(t, "cost/key", "1")
+	c.sign(t, key, keyDigest)
+	keylessDigest := e.pushDigest(t, "cost/keyless", "1")
+	l, err := ss.LegacyKeyless(testWorkflow, verify.GitHubIssuer, verifytest.SimpleSigning(keylessDigest.Context().String(), keylessDigest.DigestStr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifytest.WriteLegacy(keylessDigest, []verifytest.Legacy{l}, admin); err != nil {
+		t.Fatal(err)
+	}
+	attestDigest := e.pushDigest(t, "cost/attest", "1")
+	b, err := ss.Bundle(testWorkflow, verify.GitHubIssuer, verifytest.Statement(attestDigest.DigestStr(), verify.SLSAProvenanceV1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifytest.AttachBundle(attestDigest, b, verify.SLSAProvenanceV1, admin); err != nil {
+		t.Fatal(err)
+	}
+
+	trust := []string{"--trusted-root", trFile, "--insecure-ignore-sct", "--allow-insecure-registry"}
+	cases := []struct {
+		name   string
+		policy map[string]string
+		d      name.Digest
+		cosign []string
+	}{
+		{"cosign-key", map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)}, keyDigest,
+			[]string{"verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-insecure-registry", keyDigest.String()}},
+		{"cosign-keyless", map[string]string{"verify": "cosign-keyless", "verify-identity": testWorkflow, "verify-issuer": verify.GitHubIssuer, "verify-trusted-root": trFile}, keylessDigest,
+			append([]string{"verify", "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer}, append(trust, keylessDigest.String())...)},
+		{"github-attestation", map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": trFile}, attestDigest,
+			append([]string{"verify-attestation", "--new-bundle-format", "--type", verify.SLSAProvenanceV1, "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer}, append(trust, attestDigest.String())...)},
+	}
+	runs := 5
+	if testing.Short() {
+		runs = 2
+	}
+	rows := []string{"| method | verify.Verify median (min–max) | requests | cosign median (min–max) | requests | ratio |", "|---|---|---|---|---|---|"}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, d := parsePolicy(t, tc.policy), tc.d
+			var ours, theirs []time.Duration
+			var ourReqs, theirReqs int
+			for i := 0; i < runs; i++ {
+				e.Front.ResetLog()
+				start := time.Now()
+				if _, err := verify.Verify(context.Background(), p, d, e.admin()); err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				ours = append(ours, time.Since(start))
+				ourReqs = len(e.Front.Requests())
+
+				e.Front.ResetLog()
+				start = time.Now()
+				if out, err := c.run(t, tc.cosign...); err != nil {
+					t.Fatalf("cosign %s: %v\n%s", tc.cosign[0], err, lastLinesOf(out, 5))
+				}
+				theirs = append(theirs, time.Since(start))
+				theirReqs = len(e.Front.Requests())
+			}
+			mo, mt := median(ours), median(theirs)
+			rows = append(rows, fmt.Sprintf("| %s | %s (%s–%s) | %d | %s (%s–%s) | %d | %.2f× |", tc.name,
+				ms(mo), ms(slices.Min(ours)), ms(slices.Max(ours)), ourReqs,
+				ms(mt), ms(slices.Min(theirs)), ms(slices.Max(theirs)), theirReqs, float64(mo)/float64(mt)))
+			if mo > mt {
+				t.Errorf("Verify's median %s exceeds cosign's %s", mo, mt)
+			}
+			if ourReqs > theirReqs {
+				t.Errorf("Verify made %d registry requests, cosign %d", ourReqs, theirReqs)
+			}
+		})
+	}
+	t.Logf("cost per image, %d alternating runs each:\n%s", runs, strings.Join(rows, "\n"))
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+
+// TestVerifyBinarySize builds the release binary (as the Dockerfile does)
+// with and without internal/verify linked in: the second build adds, via
+// go build -overlay and without touching the tree, a file to package main
+// that references Verify and ParsePolicy, as the action's wiring will.
+func TestVerifyBinarySize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two release builds")
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	linked := filepath.Join(dir, "verify_linked.go")
+	src := "package main\n\nimport \"github.com/ghcr-pull/ghcr-pull/internal/verify\"\n\n" +
+		"var verifyLinked = []any{verify.ParsePolicy, verify.Verify}\n"
+	if err := os.WriteFile(linked, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	overlay, _ := json.Marshal(map[string]any{"Replace": map[string]string{filepath.Join(root, "zz_verify_linked.go"): linked}})
+	overlayFile := filepath.Join(dir, "overlay.json")
+	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := func(out string, extra ...string) (raw, gz int64) {
+		args := append([]string{"build", "-p", "2", "-trimpath", "-ldflags=-s -w", "-o", out}, extra...)
+		cmd := exec.Command("go", append(args, ".")...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %v: %v\n%s", extra, err, o)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The image layer is gzipped: what a runner downloads.
+		var z bytes.Buffer
+		w := gzip.NewWriter(&z)
+		_, _ = w.Write(b)
+		_ = w.Close()
+		return int64(len(b)), int64(z.Len())
+	}
+	without, withoutGz := build(filepath.Join(dir, "without"))
+	with, withGz := build(filepath.Join(dir, "with"), "-overlay", overlayFile)
+	off, offGz := build(filepath.Join(dir, "noverify"), "-overlay", overlayFile, "-tags", "noverify")
+	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+	t.Logf("release binary (CGO_ENABLED=0 -trimpath -ldflags='-s -w'), raw / gzipped:\n"+
+		"| build | binary | gzipped |\n|---|---|---|\n| without internal/verify | %s | %s |\n| with internal/verify | %s | %s |\n| with it, -tags noverify | %s | %s |",
+		mb(without), mb(withoutGz), mb(with), mb(withGz), mb(off), mb(offGz))
+	if with <= without {
+		t.Fatalf("the overlay linked nothing: %d <= %d bytes", with, without)
+	}
+	// The tag must really drop sigstore-go, not just a few functions.
+	if off-without > 256<<10 {
+		t.Errorf("-tags noverify still adds %d bytes", off-without)
+	}
+}
