@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify/verifytest"
@@ -112,7 +112,7 @@ func class(err error) string {
 		ns  *verify.NoSignatureError
 		inv *verify.InvalidSignatureError
 		mm  *verify.IdentityMismatchError
-		rej *ghcr.RejectedError
+		rej *failure.Rejected
 	)
 	switch {
 	case err == nil:
@@ -389,7 +389,7 @@ func TestVerifyAnonymousFallback(t *testing.T) {
 	e.Front.SetPublic("verify/public")
 
 	_, err := verify.Verify(context.Background(), p, d, &authn.Basic{Username: "expired", Password: canary})
-	var rej *ghcr.RejectedError
+	var rej *failure.Rejected
 	if !errors.As(err, &rej) || rej.Anonymous {
 		t.Fatalf("with rejected credentials: %v, want a non-anonymous RejectedError (the cue to fall back)", err)
 	}

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
@@ -54,7 +55,7 @@ type fetcher struct {
 // there" and is reported by the caller as no signature, not as an error.
 func (f fetcher) registryError(what string, err error) (notFound bool, _ error) {
 	cerr := ghcr.Classify(err, f.anonymous)
-	var nf *ghcr.NotFoundError
+	var nf *failure.NotFound
 	if errors.As(cerr, &nf) {
 		return true, nil
 	}

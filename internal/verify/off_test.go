@@ -6,7 +6,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 )
 
@@ -19,7 +19,7 @@ func TestParsePolicyNotCompiled(t *testing.T) {
 	for _, m := range []verify.Method{verify.CosignKey, verify.CosignKeyless, verify.GitHubAttestation} {
 		in := map[string]string{"verify": string(m), "verify-key": "k", "verify-identity": "i", "verify-issuer": "x", "verify-repository": "o/r"}
 		p, err := verify.ParsePolicy(func(n string) string { return in[n] })
-		var bad *ghcr.BadInputError
+		var bad *failure.BadInput
 		if p != nil || !errors.As(err, &bad) || bad.Input != "verify" {
 			t.Errorf("%s: %v, %v; want a bad-input error naming verify", m, p, err)
 		}

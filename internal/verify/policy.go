@@ -17,7 +17,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // Method is how an image must be signed. The strings are the values of the
@@ -91,7 +91,7 @@ var (
 
 // ParsePolicy reads the verify-* inputs through get (which returns "" for
 // an unset input). It returns nil when verification is off, the default.
-// Every mistake is a *ghcr.BadInputError naming the input to change; a
+// Every mistake is a *failure.BadInput naming the input to change; a
 // verify-* input that the chosen method would ignore is a mistake too, so
 // that a typo in verify never silently turns verification off.
 func ParsePolicy(get func(name string) string) (*Policy, error) {
@@ -229,7 +229,7 @@ func readInline(v, marker string) ([]byte, error) {
 }
 
 func bad(input, problem, fix string) error {
-	return &ghcr.BadInputError{Input: input, Problem: problem, Fix: fix}
+	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
 func contains(list []string, s string) bool {

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 )
 
@@ -95,7 +95,7 @@ func TestParsePolicy(t *testing.T) {
 				tc.check(t, p)
 				return
 			}
-			var bad *ghcr.BadInputError
+			var bad *failure.BadInput
 			if !errors.As(err, &bad) || bad.Input != tc.wantInput || bad.Fix == "" {
 				t.Fatalf("got %v (policy %+v), want a bad-input error naming %s with a fix", err, p, tc.wantInput)
 			}

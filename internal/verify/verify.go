@@ -27,7 +27,7 @@ const maxBlob = 4 << 20
 // with (auth; nil is anonymous) and its transport in opts. auth is a
 // parameter of its own, not hidden in opts, because it decides what a 401
 // or 403 means. Registry failures come back classified by ghcr.Classify (a
-// *ghcr.RejectedError when access to the signature is denied, so the
+// *failure.Rejected when access to the signature is denied, so the
 // caller can fall back to anonymous as for the probe); policy failures as
 // *NoSignatureError, *InvalidSignatureError or *IdentityMismatchError.
 func Verify(ctx context.Context, p *Policy, digest name.Digest, auth authn.Authenticator, opts ...remote.Option) (Result, error) {

@@ -27,7 +27,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify/verifytest"
@@ -143,7 +143,7 @@ func classOf(err error) want {
 		ns  *verify.NoSignatureError
 		inv *verify.InvalidSignatureError
 		mm  *verify.IdentityMismatchError
-		rej *ghcr.RejectedError
+		rej *failure.Rejected
 	)
 	switch {
 	case err == nil:
@@ -341,7 +341,7 @@ func TestVerifyAnonymousDenied(t *testing.T) {
 	d := w.push(t, "private/app")
 	p := policy(t, map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM})
 	_, err := verify.Verify(context.Background(), p, d, nil)
-	var rej *ghcr.RejectedError
+	var rej *failure.Rejected
 	if !errors.As(err, &rej) || !rej.Anonymous {
 		t.Fatalf("got %v, want an anonymous RejectedError", err)
 	}
