@@ -33,7 +33,7 @@ func TestPinnedFleet(t *testing.T) {
 	in := s.inputs("acme/pin", d, c)
 	res := e.RunAction(t, in)
 	if moved == "" || moved == probed {
-		t.Fatalf("the tag was not moved after the probe (probed %s, moved %s)", probed, moved)
+		t.Fatalf("the tag was not moved after the probe (probed %s, moved %s); exit %d\n%s", probed, moved, res.ExitCode, res.Stdout)
 	}
 	if res.ExitCode != 1 {
 		t.Fatalf("exit %d, want 1 (the containerd host drifted)\n%s", res.ExitCode, res.Stdout)
