@@ -20,16 +20,17 @@ func TestPinnedFleet(t *testing.T) {
 	e.Front.AddUser("deployer", canary, false, "acme/pin")
 	d := StartRemoteHost(t, "pd", RemoteHostOptions{})
 	c := StartRemoteHost(t, "pc", RemoteHostOptions{Kind: WithContainerd})
+	c.AuthorizeKey(t, d.ClientSigner().PublicKey())
 	s := sshRun{e: e, regAddr: d.ExposeOnHost(t, e.Host)}
 	probed := pushNodeImage(t, e, "acme/pin", "1", 64<<10, 2)
 
 	// The probe's HEAD of the tag is the first manifest request for the
 	// tag: right after it, the tag moves to another image.
 	var moved string
+	e.Front.ResetLog() // before Inject: it clears faults too
 	e.Front.Inject(ghcrsim.Fault{Match: "/v2/acme/pin/manifests/1", After: func() {
 		moved = pushNodeImage(t, e, "acme/pin", "1", 64<<10, 2)
 	}})
-	e.Front.ResetLog()
 	in := s.inputs("acme/pin", d, c)
 	res := e.RunAction(t, in)
 	if moved == "" || moved == probed {
