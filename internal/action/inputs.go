@@ -20,6 +20,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
+	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 )
 
 // Getter returns an input's raw value ("" when unset).
@@ -68,6 +69,8 @@ type Config struct {
 	SSHConcurrency int
 	// PullLocal also pulls into the runner's daemon when SSH is set.
 	PullLocal bool
+	// Verify, when set, is the signature every image must carry.
+	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
 	RemoteRuntime sshdeploy.RuntimeChoice
 }
@@ -111,6 +114,9 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		c.Destination = d
 	default:
 		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker or none")
+	}
+	if c.Verify, err = verify.ParsePolicy(in); err != nil {
+		return c, err
 	}
 	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
 		return c, err

@@ -8,10 +8,15 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sethvargo/go-githubactions"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
@@ -21,6 +26,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
+	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 )
 
 // Env is the process's world, injectable for tests.
@@ -116,7 +122,20 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
+	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
+	if cfg.Verify != nil {
+		transport := ghcr.Transport(probeOpts...)
+		verifier = func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+			var auth authn.Authenticator
+			if !creds.IsAnonymous() {
+				auth = creds.Authenticator()
+			}
+			v, err := verify.Verify(ctx, cfg.Verify, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
+			return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, err
+		}
+	}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
+		Verify:            verifier,
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
 		Platform:          cfg.Platform,
@@ -193,6 +212,9 @@ type ResultJSON struct {
 	ImageRef        string `json:"image_ref"`
 	Platform        string `json:"platform"`
 	PlatformDigest  string `json:"platform_digest,omitempty"`
+	VerifyMethod    string `json:"verify_method,omitempty"`
+	VerifyIdentity  string `json:"verify_identity,omitempty"`
+	SignatureDigest string `json:"signature_digest,omitempty"`
 	DurationMS      int64  `json:"duration_ms"`
 	Pulled          *bool  `json:"pulled,omitempty"`
 	Error           string `json:"error,omitempty"`
@@ -210,6 +232,9 @@ func toJSON(results []pull.Result) []ResultJSON {
 			pulled := r.Pulled
 			j.Pulled = &pulled
 		}
+		if v := r.Verification; v != nil {
+			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
+		}
 		if r.Err != nil {
 			j.Error = r.Err.Error()
 		}
@@ -221,10 +246,17 @@ func toJSON(results []pull.Result) []ResultJSON {
 func writeOutputs(rep reporter, results []pull.Result) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
-	credErr, digest, ref := "", "", ""
+	credErr, digest, ref, sigDigest := "", "", "", ""
+	verified := map[string]bool{} // "method: identity" of every success
+	unverified := false
 	for _, r := range results {
 		if r.Err == nil {
 			modes[r.AuthMode] = true
+			if v := r.Verification; v != nil {
+				verified[v.Method+": "+v.Identity] = true
+			} else {
+				unverified = true
+			}
 		}
 		fallback = fallback || r.FallbackUsed
 		if credErr == "" {
@@ -238,6 +270,9 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 		for _, r := range results {
 			if r.Image == first && r.Err == nil {
 				digest, ref = r.Digest, r.ImageRef
+				if r.Verification != nil {
+					sigDigest = r.Verification.SignatureDigest
+				}
 				break
 			}
 		}
@@ -250,6 +285,10 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 		}
 		mode = string(m)
 	}
+	verifiedBy := ""
+	if !unverified {
+		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
+	}
 	js, err := json.Marshal(toJSON(results))
 	if err != nil {
 		return err
@@ -260,6 +299,8 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 		{"credential-error", credErr},
 		{"digest", digest},
 		{"image-ref", ref},
+		{"verified", verifiedBy},
+		{"signature-digest", sigDigest},
 		{"results", string(js)},
 	} {
 		if err := rep.Output(o[0], o[1]); err != nil {
@@ -288,6 +329,18 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	seen := map[string]bool{}
+	for _, r := range results {
+		if v := r.Verification; v != nil && !seen[r.Image] {
+			seen[r.Image] = true
+			how := ""
+			if v.Anonymous {
+				how = " (the signature was read anonymously: the registry refused the credentials for it)"
+			}
+			fmt.Fprintf(&b, "\n✅ **%s** verified before any pull: %s, signed by %s, signature %s%s\n",
+				cell(r.Image), cell(v.Method), cell(v.Identity), cell(v.SignatureDigest), cell(how))
+		}
 	}
 	for _, r := range results {
 		if r.Err == nil {

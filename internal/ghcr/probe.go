@@ -192,6 +192,17 @@ func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform,
 	return ref.DigestStr(), nil
 }
 
+// Transport is the transport every registry request of a run should use,
+// as the probe does: plain HTTP refused off loopback and the insecure list,
+// tokens masked as they arrive. Signature fetches (internal/verify) use it.
+func Transport(opts ...Option) http.RoundTripper {
+	o := probeOptions{transport: remote.DefaultTransport}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &observer{inner: o.transport, mask: o.mask, insecure: o.insecure}
+}
+
 // observer counts round trips, remembers the last Retry-After, and masks
 // tokens in token-endpoint answers as they pass.
 type observer struct {

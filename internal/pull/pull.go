@@ -85,6 +85,22 @@ type Options struct {
 	TargetConcurrency int
 	ProbeOptions      []ghcr.Option
 	Events            Events
+	// Verify, when set, checks the probed digest's signature with the
+	// credentials the probe succeeded with, after the probe and before any
+	// target pulls. A failure fails the image everywhere; nothing is
+	// pulled.
+	Verify func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (Verification, error)
+}
+
+// Verification is what was verified of an image before it was pulled.
+type Verification struct {
+	Method, Identity string
+	// SignatureDigest is the digest of the signature or attestation
+	// manifest that verified.
+	SignatureDigest string
+	// Anonymous is set when the signature could only be read anonymously
+	// (the credentials were refused for it, as for a public image).
+	Anonymous bool
 }
 
 // Stage is where in a pull an event happened.
@@ -130,6 +146,8 @@ type Result struct {
 	// Pulled is false when the target already had the image.
 	Pulled   bool
 	Duration time.Duration
+	// Verification is set when a signature was verified.
+	Verification *Verification
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -192,6 +210,9 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options) []Result {
 	start := time.Now()
 	p := probeWithFallback(ctx, img, opts)
+	if p.err == nil && opts.Verify != nil {
+		p.verify(ctx, img, opts)
+	}
 	if len(targets) == 0 {
 		r := p.result(img, HostNone, time.Since(start))
 		return []Result{r}
@@ -227,6 +248,7 @@ type probeOutcome struct {
 	rejection    error
 	digest       string
 	platform     string // the platform's manifest digest, with a platform
+	verification *Verification
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -269,6 +291,29 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 	return out
 }
 
+// verify checks the probed digest's signature; a failure becomes the
+// image's failure. Signatures live in the same registry as the image, so
+// the same credentials and the same fallback apply.
+func (p *probeOutcome) verify(ctx context.Context, img Image, opts Options) {
+	digest := img.Ref.Context().Digest(p.digest)
+	creds := p.creds
+	creds.RegistryToken = ""
+	v, err := opts.Verify(ctx, digest, creds)
+	var rej *failure.Rejected
+	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
+		rejection := err
+		v, err = opts.Verify(ctx, digest, ghcr.Anonymous)
+		v.Anonymous = err == nil
+		opts.Events.Fallback(img, AtProbe, "", rejection, err)
+	}
+	if err != nil {
+		p.err = fmt.Errorf("signature verification of %s failed: %w", digest, err)
+		p.attempts = append(p.attempts, ghcr.Attempt{Mode: creds.Mode, Err: p.err})
+		return
+	}
+	p.verification = &v
+}
+
 func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 	r := Result{
 		Image:        img.Input,
@@ -286,6 +331,7 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 	if p.err == nil && p.digest != "" {
 		r.ImageRef = Pinned(img.Input, p.digest)
 		r.PlatformDigest = p.platform
+		r.Verification = p.verification
 	}
 	if p.err != nil {
 		r.AuthMode, r.Digest = "", ""
@@ -368,6 +414,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	fail := func(err error, diagnosis string) Result {
 		// A failed result carries no digest it did not deliver.
 		res.AuthMode, res.Err, res.ImageRef, res.Digest, res.PlatformDigest, res.Diagnosis = "", err, "", "", "", diagnosis
+		res.Verification = nil
 		return res
 	}
 	if err != nil {
