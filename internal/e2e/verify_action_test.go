@@ -40,7 +40,7 @@ func TestVerifyThroughTheAction(t *testing.T) {
 		if r["verify_method"] != "cosign-key" || r["signature_digest"] == "" || r["digest"] != signed.DigestStr() {
 			t.Errorf("result %v", r)
 		}
-		if !strings.HasPrefix(res.Outputs["verified"], "cosign-key: sha256:") || res.Outputs["signature-digest"] != r["signature_digest"] {
+		if !strings.HasPrefix(res.Outputs["verified"], "cosign-key: key sha256:") || res.Outputs["signature-digest"] != r["signature_digest"] {
 			t.Errorf("outputs verified=%q signature-digest=%q", res.Outputs["verified"], res.Outputs["signature-digest"])
 		}
 		if got := e.LocalImageDigests(t, e.Host+"/acme/va-signed:1"); len(got) == 0 {
