@@ -176,13 +176,13 @@ func TestClassifyCRI(t *testing.T) {
 	}{
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`), token, "rejected"},
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`), ghcr.Anonymous, "anonymous-denied"},
-		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public:nope": failed to resolve reference "10.231.1.1:41293/acme/zz-public:nope": 10.231.1.1:41293/acme/zz-public:nope: not found`), token, "notfound"},
-		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:46801/acme/zz-public2:arm": no match for platform in manifest: not found`), token, "badinput:platform"},
+		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public:nope": failed to resolve reference "10.231.1.1:41293/acme/zz-public:nope": 10.231.1.1:41293/acme/zz-public:nope: not found`), token, "not-found"},
+		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:46801/acme/zz-public2:arm": no match for platform in manifest: not found`), token, "bad-input:platform"},
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public2:1": failed to copy: httpReadSeeker: failed open: unexpected status code http://10.231.1.1:41293/v2/acme/zz-public2/blobs/sha256:52579b29386b2dfe2f2cef3a34ce2f1c7e5dceb4988248d5d61c9b99e056f19d: 503 Service Unavailable - Server message: unavailable: Service Unavailable`), token, "transient"},
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public2:1": failed to resolve reference "10.231.1.1:41293/acme/zz-public2:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`), token, "transient"},
 		{status.Error(codes.Unavailable, "connection error: desc = \"transport: Error while dialing: ssh: rejected: connect failed (open failed)\""), token, "transient"},
 		{status.Error(codes.Unimplemented, "unknown service runtime.v1.ImageService"), token, "nocri"},
-		{status.Error(codes.InvalidArgument, `failed to parse "x::1"`), token, "badinput:image"},
+		{status.Error(codes.InvalidArgument, `failed to parse "x::1"`), token, "bad-input:image"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.err.Error(), func(t *testing.T) {
@@ -201,27 +201,10 @@ func TestClassifyCRI(t *testing.T) {
 }
 
 func criClass(err error) string {
-	var (
-		rej *failure.Rejected
-		nf  *failure.NotFound
-		tr  *failure.Transient
-		bad *failure.BadInput
-	)
-	switch {
-	case errors.Is(err, ErrNoCRI):
+	if errors.Is(err, ErrNoCRI) {
 		return "nocri"
-	case errors.As(err, &rej) && rej.Anonymous:
-		return "anonymous-denied"
-	case errors.As(err, &rej):
-		return "rejected"
-	case errors.As(err, &nf):
-		return "notfound"
-	case errors.As(err, &tr):
-		return "transient"
-	case errors.As(err, &bad):
-		return "badinput:" + bad.Input
 	}
-	return "unclassified"
+	return failure.ClassOf(err)
 }
 
 // A containerd host goes through Run like any target: rejected by

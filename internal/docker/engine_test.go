@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -93,28 +92,10 @@ var token = ghcr.Credentials{Mode: ghcr.AuthToken, Username: "octocat", Password
 
 // class names an error's class for table tests.
 func class(err error) string {
-	var (
-		rej *failure.Rejected
-		nf  *failure.NotFound
-		tr  *failure.Transient
-		bad *failure.BadInput
-	)
-	switch {
-	case err == nil:
+	if err == nil {
 		return "ok"
-	case errors.As(err, &rej):
-		if rej.Anonymous {
-			return "rejected anonymous"
-		}
-		return "rejected"
-	case errors.As(err, &nf):
-		return "notfound"
-	case errors.As(err, &tr):
-		return "transient"
-	case errors.As(err, &bad):
-		return "badinput:" + bad.Input
 	}
-	return "other"
+	return failure.ClassOf(err)
 }
 
 func TestPullStream(t *testing.T) {
@@ -141,10 +122,10 @@ func TestPullStream(t *testing.T) {
 		{"rejected credentials", []string{`{"status":"Pulling from acme/app","id":"1"}`,
 			streamErr("Head \"https://ghcr.io/v2/acme/app/manifests/1\": unauthorized: authentication required")}, token, "rejected", false, nil},
 		{"anonymous refused", []string{streamErr("pull access denied for ghcr.io/acme/app, repository does not exist or may require 'docker login': denied")},
-			ghcr.Anonymous, "rejected anonymous", false, nil},
-		{"not found", []string{streamErr("manifest for ghcr.io/acme/app:1 not found: manifest unknown: manifest unknown")}, token, "notfound", false, nil},
+			ghcr.Anonymous, "anonymous-denied", false, nil},
+		{"not found", []string{streamErr("manifest for ghcr.io/acme/app:1 not found: manifest unknown: manifest unknown")}, token, "not-found", false, nil},
 		{"rate limited", []string{streamErr("toomanyrequests: retry-after: 1s")}, token, "transient", false, nil},
-		{"platform missing", []string{streamErr("no matching manifest for linux/s390x in the manifest list entries")}, token, "badinput:platform", false, nil},
+		{"platform missing", []string{streamErr("no matching manifest for linux/s390x in the manifest list entries")}, token, "bad-input:platform", false, nil},
 		{"stream cut", []string{`{"status":"Pulling from acme/app","id":"1"}`, `{"status":"Downl`}, token, "other", false, nil},
 	}
 	for _, tt := range tests {
@@ -163,7 +144,7 @@ func TestPullStream(t *testing.T) {
 			if tt.wantProgress != nil && !equalProgress(got, tt.wantProgress) {
 				t.Errorf("progress %v, want %v", got, tt.wantProgress)
 			}
-			if !strings.HasPrefix(tt.wantClass, "badinput") && tt.wantClass != "ok" && tt.wantClass != "other" && !strings.Contains(err.Error(), "daemon") {
+			if !strings.HasPrefix(tt.wantClass, "bad-input") && tt.wantClass != "ok" && tt.wantClass != "other" && !strings.Contains(err.Error(), "daemon") {
 				t.Errorf("error %q does not say the daemon answered", err)
 			}
 		})
@@ -191,15 +172,15 @@ func TestPullCallErrors(t *testing.T) {
 	}{
 		// Messages without a telling phrase: the status decides.
 		{401, "login failed", token, "rejected"},
-		{404, "no such thing", token, "notfound"},
+		{404, "no such thing", token, "not-found"},
 		{403, "access forbidden", token, "rejected"},
-		{404, "pull access denied for ghcr.io/acme/app, repository does not exist", ghcr.Anonymous, "rejected anonymous"},
-		{404, "manifest for ghcr.io/acme/app:1 not found: manifest unknown", token, "notfound"},
+		{404, "pull access denied for ghcr.io/acme/app, repository does not exist", ghcr.Anonymous, "anonymous-denied"},
+		{404, "manifest for ghcr.io/acme/app:1 not found: manifest unknown", token, "not-found"},
 		// dockerd 20.10 sends rejected credentials as 500.
 		{500, "Get \"https://ghcr.io/v2/\": unauthorized: authentication required", token, "rejected"},
 		{500, "received unexpected HTTP status: 503 Service Unavailable", token, "transient"},
 		{503, "registry unavailable", token, "transient"},
-		{400, "invalid reference format", token, "badinput:image"},
+		{400, "invalid reference format", token, "bad-input:image"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.message, func(t *testing.T) {
@@ -274,7 +255,7 @@ func TestOpenUnanswering(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not answer") || !strings.Contains(err.Error(), "destination: none") {
 		t.Errorf("err = %v", err)
 	}
-	if _, err := Open(context.Background(), "nowhere"); class(err) != "badinput:docker-host" {
+	if _, err := Open(context.Background(), "nowhere"); class(err) != "bad-input:docker-host" {
 		t.Errorf("bad docker-host: %v", err)
 	}
 }

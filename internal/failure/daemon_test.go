@@ -1,33 +1,10 @@
 package failure
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
 )
-
-func className(err error) string {
-	var (
-		rej *Rejected
-		nf  *NotFound
-		tr  *Transient
-		bad *BadInput
-	)
-	switch {
-	case errors.As(err, &rej) && rej.Anonymous:
-		return "anonymous-denied"
-	case errors.As(err, &rej):
-		return "rejected"
-	case errors.As(err, &nf):
-		return "notfound"
-	case errors.As(err, &tr):
-		return "transient"
-	case errors.As(err, &bad):
-		return "badinput:" + bad.Input
-	}
-	return "unclassified"
-}
 
 func TestClassifyDaemonMessages(t *testing.T) {
 	tests := []struct {
@@ -45,8 +22,8 @@ func TestClassifyDaemonMessages(t *testing.T) {
 		{500, "denied: installation not allowed to Read organization package", false, "rejected"},
 		{404, "pull access denied for 127.0.0.1:5000/acme/private, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", true, "anonymous-denied"},
 		{0, "unauthorized: the token server's message", false, "rejected"},
-		{404, "manifest for 127.0.0.1:5000/acme/app:nope not found: manifest unknown: manifest unknown", false, "notfound"},
-		{0, "no matching manifest for linux/arm64/v8 in the manifest list entries", false, "badinput:platform"},
+		{404, "manifest for 127.0.0.1:5000/acme/app:nope not found: manifest unknown: manifest unknown", false, "not-found"},
+		{0, "no matching manifest for linux/arm64/v8 in the manifest list entries", false, "bad-input:platform"},
 		{500, "toomanyrequests: You have reached your pull rate limit", false, "transient"},
 		{500, `Get "https://127.0.0.1:5000/v2/": received unexpected HTTP status: 503 Service Unavailable`, false, "transient"},
 		{500, "net/http: TLS handshake timeout", false, "transient"},
@@ -57,17 +34,17 @@ func TestClassifyDaemonMessages(t *testing.T) {
 		// containerd 1.6's CRI PullImage, its gRPC code as a status (0 for Unknown).
 		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`, false, "rejected"},
 		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/private:1": failed to resolve reference "10.231.1.1:41293/acme/private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`, true, "anonymous-denied"},
-		{404, `failed to pull and unpack image "10.231.1.1:41293/acme/app:nope": failed to resolve reference "10.231.1.1:41293/acme/app:nope": 10.231.1.1:41293/acme/app:nope: not found`, false, "notfound"},
-		{404, `failed to pull and unpack image "10.231.1.1:46801/acme/app:arm": no match for platform in manifest: not found`, false, "badinput:platform"},
+		{404, `failed to pull and unpack image "10.231.1.1:41293/acme/app:nope": failed to resolve reference "10.231.1.1:41293/acme/app:nope": 10.231.1.1:41293/acme/app:nope: not found`, false, "not-found"},
+		{404, `failed to pull and unpack image "10.231.1.1:46801/acme/app:arm": no match for platform in manifest: not found`, false, "bad-input:platform"},
 		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`, false, "transient"},
-		{500, "some daemon bug", false, "unclassified"},
+		{500, "some daemon bug", false, "other"},
 		// A digest that happens to contain 429 is not a rate limit.
-		{404, "manifest for x@sha256:4290aa not found: manifest unknown", false, "notfound"},
+		{404, "manifest for x@sha256:4290aa not found: manifest unknown", false, "not-found"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.msg, func(t *testing.T) {
 			got := FromDaemon(tt.status, tt.msg, tt.anon)
-			if c := className(got); c != tt.want {
+			if c := ClassOf(got); c != tt.want {
 				t.Errorf("class = %s, want %s (%v)", c, tt.want, got)
 			}
 		})

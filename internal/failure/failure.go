@@ -10,6 +10,7 @@
 package failure
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -156,4 +157,32 @@ func Clip(s string) string {
 		cut--
 	}
 	return s[:cut] + "…"
+}
+
+// ClassOf names err's class, as the results output reports it for deploy
+// jobs to branch on: "rejected", "anonymous-denied", "not-found",
+// "transient", "bad-input:<input>", "" for nil and "other" for an error
+// no class fits.
+func ClassOf(err error) string {
+	var (
+		rej *Rejected
+		nf  *NotFound
+		tr  *Transient
+		bad *BadInput
+	)
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &rej) && rej.Anonymous:
+		return "anonymous-denied"
+	case errors.As(err, &rej):
+		return "rejected"
+	case errors.As(err, &nf):
+		return "not-found"
+	case errors.As(err, &tr):
+		return "transient"
+	case errors.As(err, &bad):
+		return "bad-input:" + bad.Input
+	}
+	return "other"
 }

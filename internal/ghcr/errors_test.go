@@ -17,28 +17,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-func className(err error) string {
-	var (
-		rej *failure.Rejected
-		nf  *failure.NotFound
-		tr  *failure.Transient
-		bad *failure.BadInput
-	)
-	switch {
-	case errors.As(err, &rej) && rej.Anonymous:
-		return "anonymous-denied"
-	case errors.As(err, &rej):
-		return "rejected"
-	case errors.As(err, &nf):
-		return "notfound"
-	case errors.As(err, &tr):
-		return "transient"
-	case errors.As(err, &bad):
-		return "badinput:" + bad.Input
-	}
-	return "unclassified"
-}
-
 func tErr(status int, path string, diags ...transport.Diagnostic) error {
 	u, _ := url.Parse("https://ghcr.io" + path)
 	return fmt.Errorf("HEAD: %w", &transport.Error{StatusCode: status, Errors: diags, Request: &http.Request{URL: u}})
@@ -63,25 +41,25 @@ func TestClassifyRegistryAnswers(t *testing.T) {
 		{"distribution 401 on manifest (token lacks scope)", tErr(401, "/v2/acme/app/manifests/1"), true, "anonymous-denied", "registry"},
 		{"permission_denied read_package", tErr(403, "/token", diag("DENIED", "permission_denied: read_package")), false, "rejected", "token endpoint"},
 		{"installation not allowed", tErr(403, "/token", diag("DENIED", "installation not allowed to Read organization package")), false, "rejected", "token endpoint"},
-		{"manifest unknown", tErr(404, "/v2/acme/app/manifests/nope", diag("MANIFEST_UNKNOWN", "manifest unknown")), false, "notfound", "registry"},
-		{"name unknown", tErr(404, "/v2/acme/nope/manifests/1", diag("NAME_UNKNOWN", "repository name not known to registry")), false, "notfound", "registry"},
-		{"HEAD 404 has no body", tErr(404, "/v2/acme/app/manifests/1"), false, "notfound", "registry"},
+		{"manifest unknown", tErr(404, "/v2/acme/app/manifests/nope", diag("MANIFEST_UNKNOWN", "manifest unknown")), false, "not-found", "registry"},
+		{"name unknown", tErr(404, "/v2/acme/nope/manifests/1", diag("NAME_UNKNOWN", "repository name not known to registry")), false, "not-found", "registry"},
+		{"HEAD 404 has no body", tErr(404, "/v2/acme/app/manifests/1"), false, "not-found", "registry"},
 		{"toomanyrequests", tErr(429, "/v2/acme/app/manifests/1", diag("TOOMANYREQUESTS", "retry later")), false, "transient", "registry"},
 		{"503", tErr(503, "/v2/acme/app/manifests/1"), false, "transient", "registry"},
 		{"500 at token endpoint", tErr(500, "/token"), false, "transient", "token endpoint"},
 		{"502", tErr(502, "/v2/"), false, "transient", "registry"},
-		{"400 NAME_INVALID", tErr(400, "/v2/x/manifests/1", diag("NAME_INVALID", "invalid repository name")), false, "badinput:image", ""},
+		{"400 NAME_INVALID", tErr(400, "/v2/x/manifests/1", diag("NAME_INVALID", "invalid repository name")), false, "bad-input:image", ""},
 		{"timeout", context.DeadlineExceeded, false, "transient", ""},
 		{"reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, false, "transient", ""},
 		{"refused", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, false, "transient", ""},
 		{"unexpected EOF", fmt.Errorf("reading: %w", io.ErrUnexpectedEOF), false, "transient", ""},
-		{"unknown host", &net.DNSError{Name: "ghcr.invalid", IsNotFound: true}, false, "badinput:image", ""},
-		{"something else", errors.New("x509: certificate signed by unknown authority"), false, "unclassified", ""},
+		{"unknown host", &net.DNSError{Name: "ghcr.invalid", IsNotFound: true}, false, "bad-input:image", ""},
+		{"something else", errors.New("x509: certificate signed by unknown authority"), false, "other", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Classify(tt.err, tt.anonymous)
-			if c := className(got); c != tt.want {
+			if c := failure.ClassOf(got); c != tt.want {
 				t.Fatalf("class = %s, want %s (%v)", c, tt.want, got)
 			}
 			if tt.wantWhere != "" {
