@@ -218,6 +218,7 @@ type ResultJSON struct {
 	DurationMS      int64  `json:"duration_ms"`
 	Pulled          *bool  `json:"pulled,omitempty"`
 	Error           string `json:"error,omitempty"`
+	ErrorClass      string `json:"error_class,omitempty"`
 }
 
 func toJSON(results []pull.Result) []ResultJSON {
@@ -236,7 +237,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
 		}
 		if r.Err != nil {
-			j.Error = r.Err.Error()
+			j.Error, j.ErrorClass = r.Err.Error(), failure.ClassOf(r.Err)
 		}
 		out = append(out, j)
 	}

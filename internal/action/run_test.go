@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -382,5 +383,34 @@ func TestCLIPassword(t *testing.T) {
 	}
 	if s := runCLI(t, []string{"--help"}, nil, ""); strings.Contains(s.stderr, "-password ") || !strings.Contains(s.stderr, "-password-stdin") {
 		t.Errorf("--help offers a password flag or no --password-stdin:\n%s", s.stderr)
+	}
+}
+
+// results names each failure's class, for a deploy job to branch on
+// without reading the message.
+func TestResultsNameTheErrorClass(t *testing.T) {
+	reg := startRegistry(t)
+	for _, tt := range []struct {
+		name   string
+		inputs map[string]string
+		want   string
+	}{
+		{"wrong password, no fallback", map[string]string{"image": reg.host + "/acme/private:1", "username": testUser, "password": "wrong-password", "anonymous-fallback": "false"}, "rejected"},
+		{"absent tag", map[string]string{"image": reg.host + "/acme/private:absent", "username": testUser, "password": testPassword}, "not-found"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.inputs["destination"] = "none"
+			s := runStep(t, tt.inputs, nil)
+			if s.code != ExitFailed {
+				t.Fatalf("exit %d:\n%s", s.code, s.stdout)
+			}
+			var results []ResultJSON
+			if err := json.Unmarshal([]byte(s.outputs["results"]), &results); err != nil || len(results) != 1 {
+				t.Fatalf("results %q: %v", s.outputs["results"], err)
+			}
+			if got := results[0].ErrorClass; got != tt.want {
+				t.Errorf("error_class %q, want %q (error %q)", got, tt.want, results[0].Error)
+			}
+		})
 	}
 }

@@ -44,29 +44,38 @@ func BenchmarkPull(b *testing.B) {
 			}
 		}
 	}
-	ghcrPull := func(ref string, inputs map[string]string, wantMode string) func(b *testing.B) {
+	ghcrPullWith := func(env *Env, ref string, inputs map[string]string, wantMode string) func(b *testing.B) {
 		return func(b *testing.B) {
 			in := map[string]string{"image": ref, "summary": "false"}
 			for k, v := range inputs {
 				in[k] = v
 			}
-			res := e.RunAction(b, in)
+			res := env.RunAction(b, in)
 			if res.ExitCode != 0 || res.Outputs["auth-mode"] != wantMode {
 				b.Fatalf("exit %d auth-mode %q\n%s", res.ExitCode, res.Outputs["auth-mode"], res.Stdout)
 			}
 		}
 	}
-	cases := []struct {
-		name string
-		ref  string
-		op   func(b *testing.B)
-	}{
-		{"token/docker-pull", private, dockerPull(private)},
-		{"token/ghcr-pull", private, ghcrPull(private, map[string]string{"username": "bencher", "password": "bench-token"}, "token")},
-		{"anonymous/docker-pull", public, dockerPull(public)},
-		{"anonymous/ghcr-pull", public, ghcrPull(public, map[string]string{"auth": "anonymous"}, "anonymous")},
-		{"fallback/ghcr-pull-rejected-token", public, ghcrPull(public, map[string]string{"username": "bencher", "password": "expired"}, "anonymous")},
+	ghcrPull := func(ref string, inputs map[string]string, wantMode string) func(b *testing.B) {
+		return ghcrPullWith(e, ref, inputs, wantMode)
 	}
+	type benchCase struct {
+		name, ref string
+		op        func(b *testing.B)
+	}
+	token := map[string]string{"username": "bencher", "password": "bench-token"}
+	cases := []benchCase{
+		{"token/docker-pull", private, dockerPull(private)},
+		{"token/ghcr-pull", private, ghcrPull(private, token, "token")},
+	}
+	if before := e.previousBuild(); before != nil {
+		cases = append(cases, benchCase{"token/ghcr-pull-before", private, ghcrPullWith(before, private, token, "token")})
+	}
+	cases = append(cases,
+		benchCase{"anonymous/docker-pull", public, dockerPull(public)},
+		benchCase{"anonymous/ghcr-pull", public, ghcrPull(public, map[string]string{"auth": "anonymous"}, "anonymous")},
+		benchCase{"fallback/ghcr-pull-rejected-token", public, ghcrPull(public, map[string]string{"username": "bencher", "password": "expired"}, "anonymous")},
+	)
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			requests := 0
@@ -84,4 +93,17 @@ func BenchmarkPull(b *testing.B) {
 		})
 	}
 	_ = os.RemoveAll(filepath.Join(dockerConfig, "config.json"))
+}
+
+// previousBuild returns an Env that runs the binary GHCR_PULL_BENCH_BEFORE
+// names (an earlier build of ghcr-pull), so that one benchmark run holds the
+// before and after figures side by side; nil when it is unset.
+func (e *Env) previousBuild() *Env {
+	bin := os.Getenv("GHCR_PULL_BENCH_BEFORE")
+	if bin == "" {
+		return nil
+	}
+	before := *e
+	before.Binary = bin
+	return &before
 }

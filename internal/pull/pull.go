@@ -461,6 +461,9 @@ type DriftError struct {
 	Expected, Got string
 }
 
+// Class names the drift for failure.ClassOf (results' error_class).
+func (e *DriftError) Class() string { return "drift" }
+
 func (e *DriftError) Error() string {
 	got := e.Got
 	if got == "" {

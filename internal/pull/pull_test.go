@@ -242,6 +242,9 @@ func TestRunPinsTheProbedDigest(t *testing.T) {
 		!strings.Contains(r.Diagnosis, digest) || !strings.Contains(r.Diagnosis, moved) {
 		t.Fatalf("drifted target: err=%v diagnosis=%q", r.Err, r.Diagnosis)
 	}
+	if c := failure.ClassOf(r.Err); c != "drift" {
+		t.Errorf("drift classed %q", c)
+	}
 	if r.Digest != "" || r.ImageRef != "" || r.AuthMode != "" {
 		t.Errorf("a failed result carries what it did not deliver: %+v", r)
 	}
