@@ -78,13 +78,17 @@ func (e *Engine) Runtime() (name, namespace string) { return "docker", "" }
 // is sent: dockerd uses registrytoken as the bearer token of the pull
 // (its distribution code's existingTokenHandler, 20.10 and later), so the
 // daemon never holds the username and password.
+//
+// An anonymous token (the probe's, for a public repository) is sent the
+// same way: it holds no secret and saves the daemon a token request.
 func RegistryAuth(creds ghcr.Credentials) (string, error) {
-	if creds.IsAnonymous() {
+	auth := registry.AuthConfig{RegistryToken: creds.RegistryToken}
+	switch {
+	case creds.RegistryToken != "":
+	case creds.IsAnonymous():
 		return "", nil
-	}
-	auth := registry.AuthConfig{Username: creds.Username, Password: creds.Password}
-	if creds.RegistryToken != "" {
-		auth = registry.AuthConfig{RegistryToken: creds.RegistryToken}
+	default:
+		auth = registry.AuthConfig{Username: creds.Username, Password: creds.Password}
 	}
 	b, err := json.Marshal(auth)
 	if err != nil {

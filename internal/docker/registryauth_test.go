@@ -18,6 +18,7 @@ func TestRegistryAuthPrefersTheScopedToken(t *testing.T) {
 		want  map[string]string
 	}{
 		{"anonymous", ghcr.Anonymous, nil},
+		{"anonymous with the probe's token", ghcr.Credentials{Mode: ghcr.AuthAnonymous, RegistryToken: "anonymous.jwt.token"}, map[string]string{"registrytoken": "anonymous.jwt.token"}},
 		{"password", ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "long-lived-secret"}, map[string]string{"username": "u", "password": "long-lived-secret"}},
 		{"token", ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "long-lived-secret", RegistryToken: "scoped.jwt.token"}, map[string]string{"registrytoken": "scoped.jwt.token"}},
 	} {

@@ -279,9 +279,10 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 		res, err = probe(creds)
 		opts.Events.Fallback(img, AtProbe, "", out.rejection, err)
 	}
-	if err == nil && !creds.IsAnonymous() {
+	if err == nil {
 		// Runtimes that can (Docker) get this short-lived, pull-scoped
-		// token instead of the secret.
+		// token instead of the secret. An anonymous token is passed on
+		// too: each daemon then skips its own token round trip.
 		creds.RegistryToken = res.Token
 	}
 	out.creds = creds
