@@ -428,7 +428,18 @@ func PullError(reason, message string, anonymous bool) error {
 	if message == "" {
 		message = reason
 	}
-	return failure.FromDaemon(0, reason+": "+message, anonymous)
+	// The kubelet keeps containerd's gRPC code in the text ("rpc error:
+	// code = NotFound desc = ... not found"): it is the surest status.
+	status := 0
+	switch {
+	case strings.Contains(message, "code = NotFound"):
+		status = http.StatusNotFound
+	case strings.Contains(message, "code = Unauthenticated"):
+		status = http.StatusUnauthorized
+	case strings.Contains(message, "code = PermissionDenied"):
+		status = http.StatusForbidden
+	}
+	return failure.FromDaemon(status, reason+": "+message, anonymous)
 }
 
 // final: waiting longer would not change the answer (the kubelet would
