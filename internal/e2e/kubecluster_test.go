@@ -77,8 +77,8 @@ func StartCluster(tb testing.TB) *Cluster {
 	return cluster
 }
 
-// Kubeconfig is an admin kubeconfig (token auth) for the cluster; ns sets
-// its context's namespace.
+// Kubeconfig is a kubeconfig for the cluster with token auth (the admin's
+// token is AdminToken), held in memory as the action receives it.
 func (c *Cluster) Kubeconfig(token string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Config
