@@ -14,25 +14,34 @@ import (
 // cosignVersion is the real signer the verification tests check against.
 const cosignVersion = "v2.6.5"
 
-var (
-	cosignOnce  sync.Once
-	cosignPath  string
-	cosignBuilt time.Duration // zero when the cached binary was used
-	cosignErr   error
-)
-
-// cosignBinary returns the cosign CLI, building it from the Go module proxy
-// on first use into ${GHCR_PULL_CACHE:-$HOME/.cache/ghcr-pull}/cosign-<version>/
-// (about 3 minutes on 2 cores, then cached by version). With CI=true a
-// failed build fails the test instead of skipping it.
-func cosignBinary(tb testing.TB) string {
-	tb.Helper()
-	cosignOnce.Do(func() { cosignPath, cosignBuilt, cosignErr = buildCosign() })
-	if cosignErr != nil {
-		skipOrFatal(tb, "cosign %s unavailable: %v", cosignVersion, cosignErr)
-	}
-	return cosignPath
+// builtTool is a tool the suite builds from the Go module proxy once per
+// test process, into cacheDir() by version.
+type builtTool struct {
+	name  string
+	build func() (string, time.Duration, error)
+	once  sync.Once
+	path  string
+	took  time.Duration // zero when the cached build was used
+	err   error
 }
+
+// get returns the tool's path, building it on first use. With CI=true a
+// failed build fails the test instead of skipping it.
+func (t *builtTool) get(tb testing.TB) string {
+	tb.Helper()
+	t.once.Do(func() { t.path, t.took, t.err = t.build() })
+	if t.err != nil {
+		skipOrFatal(tb, "%s unavailable: %v", t.name, t.err)
+	}
+	return t.path
+}
+
+// cosign is the real signer the verification tests check against, built
+// into ${GHCR_PULL_CACHE:-$HOME/.cache/ghcr-pull}/cosign-<version>/ (about
+// 3 minutes on 2 cores, then cached by version).
+var cosign = &builtTool{name: "cosign " + cosignVersion, build: buildCosign}
+
+func cosignBinary(tb testing.TB) string { return cosign.get(tb) }
 
 func cacheDir() string {
 	if d := os.Getenv("GHCR_PULL_CACHE"); d != "" {

@@ -70,7 +70,7 @@ func scanForSecret(t *testing.T, c *Cluster, secret string) {
 func TestKubePrepull(t *testing.T) {
 	c := StartCluster(t)
 	e := Start(t)
-	t.Logf("cluster up in %s (binaries built in %s)", c.Started.Round(time.Millisecond), kubeBuilt.Round(time.Second))
+	t.Logf("cluster up in %s (binaries built in %s)", c.Started.Round(time.Millisecond), kubeTools.took.Round(time.Second))
 	password := "kube-" + canary
 	e.Front.AddUser("kdeployer", password, false, "acme/kube-private")
 	privDigest := pushNodeImage(t, e, "acme/kube-private", "1", 256<<10, 3)

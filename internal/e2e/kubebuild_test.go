@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -27,23 +26,11 @@ const (
 // kubeBinaries are the commands built from k8s.io/kubernetes.
 var kubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
 
-var (
-	kubeBuildOnce sync.Once
-	kubeBinDir    string
-	kubeBuilt     time.Duration // zero when the cached binaries were used
-	kubeBuildErr  error
-)
+// kubeTools holds the directory of the cluster's binaries (and etcd), built on
+// first use (about 8 minutes cold on 2 cores).
+var kubeTools = &builtTool{name: "kubernetes " + kubeVersion, build: buildKube}
 
-// kubeBin returns the directory holding the cluster's binaries (and etcd),
-// building them on first use (about 8 minutes cold on 2 cores).
-func kubeBin(tb testing.TB) string {
-	tb.Helper()
-	kubeBuildOnce.Do(func() { kubeBinDir, kubeBuilt, kubeBuildErr = buildKube() })
-	if kubeBuildErr != nil {
-		skipOrFatal(tb, "kubernetes %s unavailable: %v", kubeVersion, kubeBuildErr)
-	}
-	return kubeBinDir
-}
+func kubeBin(tb testing.TB) string { return kubeTools.get(tb) }
 
 func kubeBinsPresent(dir string) bool {
 	for _, b := range append(append([]string{}, kubeBinaries...), "etcd") {
@@ -171,8 +158,8 @@ func kubeWrapperGoMod(wd string) (string, error) {
 // long the build took.
 func TestKubeBuild(t *testing.T) {
 	dir := kubeBin(t)
-	if kubeBuilt > 0 {
-		t.Logf("built kubernetes %s and etcd %s into %s in %s", kubeVersion, etcdVersion, dir, kubeBuilt.Round(time.Second))
+	if kubeTools.took > 0 {
+		t.Logf("built kubernetes %s and etcd %s into %s in %s", kubeVersion, etcdVersion, dir, kubeTools.took.Round(time.Second))
 	} else {
 		t.Logf("kubernetes %s binaries cached in %s", kubeVersion, dir)
 	}

@@ -38,8 +38,8 @@ const testWorkflow = "https://github.com/octo/app/.github/workflows/release.yml@
 func newCosign(t *testing.T, e *Env) *cosignCLI {
 	t.Helper()
 	bin := cosignBinary(t)
-	if cosignBuilt > 0 {
-		t.Logf("built cosign %s in %s", cosignVersion, cosignBuilt.Round(time.Second))
+	if cosign.took > 0 {
+		t.Logf("built cosign %s in %s", cosignVersion, cosign.took.Round(time.Second))
 	}
 	dir := t.TempDir()
 	helper := filepath.Join(dir, "bin", "docker-credential-ghcrtest")
