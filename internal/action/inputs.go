@@ -17,6 +17,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/kube"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -41,6 +42,8 @@ type Destination string
 const (
 	DestinationDocker Destination = "docker"
 	DestinationNone   Destination = "none"
+	// DestinationKubernetes pre-pulls onto a cluster's nodes.
+	DestinationKubernetes Destination = "kubernetes"
 )
 
 // Config is every input, validated. The rest of the program takes this,
@@ -73,6 +76,8 @@ type Config struct {
 	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
 	RemoteRuntime sshdeploy.RuntimeChoice
+	// Kube is set with destination kubernetes.
+	Kube *kube.Config
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
@@ -110,15 +115,18 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		c.InsecureRegistries = append(c.InsecureRegistries, h)
 	}
 	switch d := Destination(strings.ToLower(in("destination"))); d {
-	case DestinationDocker, DestinationNone:
+	case DestinationDocker, DestinationNone, DestinationKubernetes:
 		c.Destination = d
 	default:
-		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker or none")
+		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker, kubernetes or none")
 	}
 	if c.Verify, err = verify.ParsePolicy(in); err != nil {
 		return c, err
 	}
 	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
+		return c, err
+	}
+	if err := parseKube(&c, get, in); err != nil {
 		return c, err
 	}
 	if err := parseSSH(&c, get, in); err != nil {
@@ -216,6 +224,34 @@ func splitList(s string) []string {
 }
 
 // parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
+// parseKube reads the cluster destination; the kubeconfig is a secret and
+// taken as given.
+func parseKube(c *Config, get, in Getter) error {
+	kubeconfig := get("kubeconfig")
+	if c.Destination != DestinationKubernetes {
+		if strings.TrimSpace(kubeconfig) != "" {
+			return bad("kubeconfig", "is set, but destination is "+string(c.Destination), "set destination: kubernetes to pre-pull onto the cluster, or drop kubeconfig")
+		}
+		return nil
+	}
+	if strings.TrimSpace(kubeconfig) == "" {
+		return bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
+	}
+	if strings.TrimSpace(get("ssh-host")) != "" {
+		return bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
+	}
+	timeout, err := time.ParseDuration(in("kube-timeout"))
+	if err != nil || timeout <= 0 {
+		return bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
+	}
+	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
+	if err != nil {
+		return err
+	}
+	c.Kube = &cfg
+	return nil
+}
+
 func parseSSH(c *Config, get, in Getter) error {
 	var err error
 	if c.PullLocal, err = parseBool("pull-local", in("pull-local")); err != nil {

@@ -36,6 +36,21 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("unexpected defaults: %+v", c)
 			}
 		}},
+		{"kubernetes destination", func(m map[string]string) {
+			m["destination"], m["kubeconfig"], m["kube-node-selector"] = "kubernetes", testKubeconfig("https://10.0.0.1:6443", "t0k"), "pool=web"
+		}, "", func(t *testing.T, c Config) {
+			if c.Kube == nil || c.Kube.Timeout != 5*time.Minute || c.Kube.Namespace != "default" || c.Kube.Selector.String() != "pool=web" {
+				t.Errorf("kube config %+v", c.Kube)
+			}
+		}},
+		{"kubernetes without kubeconfig", func(m map[string]string) { m["destination"] = "kubernetes" }, "kubeconfig", nil},
+		{"kubeconfig without the kubernetes destination", func(m map[string]string) { m["kubeconfig"] = testKubeconfig("https://10.0.0.1:6443", "t0k") }, "kubeconfig", nil},
+		{"bad kube-timeout", func(m map[string]string) {
+			m["destination"], m["kubeconfig"], m["kube-timeout"] = "kubernetes", testKubeconfig("https://10.0.0.1:6443", "t0k"), "soon"
+		}, "kube-timeout", nil},
+		{"kubernetes and ssh-host together", func(m map[string]string) {
+			m["destination"], m["kubeconfig"], m["ssh-host"] = "kubernetes", testKubeconfig("https://10.0.0.1:6443", "t0k"), "deploy@10.0.0.2"
+		}, "ssh-host", nil},
 		{"several images, commas and newlines, duplicates dropped", func(m map[string]string) {
 			m["image"] = "ghcr.io/a/b:1, ghcr.io/a/c@sha256:" + strings.Repeat("a", 64) + "\n\nghcr.io/a/b:1\n"
 		}, "", func(t *testing.T, c Config) {

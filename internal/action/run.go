@@ -94,6 +94,11 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		return ExitBadInput
 	}
 	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
+	if cfg.Kube != nil {
+		for _, s := range cfg.Kube.Secrets() {
+			rep.Mask(s)
+		}
+	}
 	return execute(ctx, cfg, rep, env)
 }
 
@@ -143,6 +148,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		TargetConcurrency: cfg.SSHConcurrency,
 		ProbeOptions:      probeOpts,
 		Events:            ev,
+		Fleet:             fleetFor(cfg),
 	})
 	ev.stop()
 
@@ -177,7 +183,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
 func targetsFor(cfg Config, rep reporter) []pull.Target {
-	if cfg.Destination == DestinationNone {
+	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
 		return nil
 	}
 	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}

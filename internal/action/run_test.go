@@ -202,6 +202,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 		"password":           "ghp_input_password_1",
 		"ssh-key":            key,
 		"ssh-key-passphrase": "key-passphrase-9",
+		"kubeconfig":         testKubeconfig("https://127.0.0.1:1", "kube-bearer-token-7"),
 	}
 	for name := range secretInputs {
 		if _, ok := inputs[name]; !ok {
@@ -227,7 +228,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 		t.Fatalf("no error after the masks; the run proves nothing:\n%s", s.stdout)
 	}
 	want := []string{"ghp_input_password_1", "key-passphrase-9"}
-	for _, l := range strings.Split(key, "\n") {
+	for _, l := range strings.Split(key+"\n"+inputs["kubeconfig"], "\n") {
 		if strings.TrimSpace(l) != "" {
 			want = append(want, strings.TrimSpace(l))
 		}
@@ -412,5 +413,46 @@ func TestResultsNameTheErrorClass(t *testing.T) {
 				t.Errorf("error_class %q, want %q (error %q)", got, tt.want, results[0].Error)
 			}
 		})
+	}
+}
+
+// testKubeconfig is a kubeconfig with a bearer token for server.
+func testKubeconfig(server, token string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: %s
+    insecure-skip-tls-verify: true
+users:
+- name: u
+  user:
+    token: %s
+contexts:
+- name: ctx
+  context:
+    cluster: c
+    user: u
+current-context: ctx
+`, server, token)
+}
+
+// The kubeconfig's token is masked on its own, not only as the line that
+// holds it, before the cluster is called: an API server that echoes it
+// cannot print it.
+func TestKubeconfigTokenMasked(t *testing.T) {
+	reg := startRegistry(t)
+	s := runStep(t, map[string]string{"image": reg.host + "/acme/private:1", "username": testUser, "password": testPassword,
+		"destination": "kubernetes", "kubeconfig": testKubeconfig("https://127.0.0.1:1", "kube-bearer-token-7"), "kube-timeout": "5s"}, nil)
+	if s.code != ExitFailed {
+		t.Fatalf("exit %d, want %d (no API server there)\n%s", s.code, ExitFailed, s.stdout)
+	}
+	if !strings.Contains(s.stdout, "::add-mask::kube-bearer-token-7\n") {
+		t.Errorf("the kubeconfig's token is not masked on its own:\n%s", s.stdout)
+	}
+	var results []ResultJSON
+	if err := json.Unmarshal([]byte(s.outputs["results"]), &results); err != nil || len(results) != 1 || results[0].Runtime != "kubernetes" || results[0].Error == "" {
+		t.Errorf("results %q (%v): want one failed kubernetes entry", s.outputs["results"], err)
 	}
 }

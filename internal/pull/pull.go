@@ -90,6 +90,9 @@ type Options struct {
 	// target pulls. A failure fails the image everywhere; nothing is
 	// pulled.
 	Verify func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (Verification, error)
+	// Fleet, when set, takes every probed image onto its members (one
+	// result each) in place of targets.
+	Fleet Fleet
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -191,17 +194,20 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	}
 	defer og.Wait()
 
-	perImage := max(len(targets), 1)
-	results := make([]Result, len(images)*perImage)
+	perImage := make([][]Result, len(images))
 	var g errgroup.Group
 	g.SetLimit(opts.ImageConcurrency)
 	for i, img := range images {
 		g.Go(func() error {
-			copy(results[i*perImage:], pullImage(ctx, img, opened, opts))
+			perImage[i] = pullImage(ctx, img, opened, opts)
 			return nil
 		})
 	}
 	_ = g.Wait()
+	var results []Result
+	for _, rs := range perImage {
+		results = append(results, rs...)
+	}
 	return results
 }
 
@@ -212,6 +218,14 @@ func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options
 	p := probeWithFallback(ctx, img, opts)
 	if p.err == nil && opts.Verify != nil {
 		p.verify(ctx, img, opts)
+	}
+	if opts.Fleet != nil {
+		if p.err == nil {
+			return pullFleet(ctx, img, p, opts)
+		}
+		r := p.result(img, opts.Fleet.Name(), time.Since(start))
+		r.Runtime = opts.Fleet.Runtime()
+		return []Result{r}
 	}
 	if len(targets) == 0 {
 		r := p.result(img, HostNone, time.Since(start))

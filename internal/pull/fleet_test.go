@@ -1,0 +1,112 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// fakeFleet answers PullAll from a table: which members refuse which
+// credentials.
+type fakeFleet struct {
+	members       []string
+	refuseCreds   map[string]bool // these members refuse the credentials
+	refuseAll     map[string]error
+	digest        string
+	calls         [][]string
+	anonymousRefs int
+	sawPassword   []string
+}
+
+func (f *fakeFleet) Name() string    { return "cluster" }
+func (f *fakeFleet) Runtime() string { return "kubernetes" }
+func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *ghcr.Credentials, only []string) ([]Member, error) {
+	f.calls = append(f.calls, only)
+	if creds == nil {
+		f.anonymousRefs++
+	} else {
+		f.sawPassword = append(f.sawPassword, creds.Password+"|"+creds.RegistryToken)
+	}
+	var out []Member
+	for _, m := range f.members {
+		if len(only) > 0 && !slices.Contains(only, m) {
+			continue
+		}
+		switch {
+		case f.refuseAll[m] != nil:
+			out = append(out, Member{Name: m, Err: f.refuseAll[m]})
+		case creds != nil && f.refuseCreds[m]:
+			out = append(out, Member{Name: m, Err: &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}}})
+		default:
+			out = append(out, Member{Name: m, Digest: f.digest, Duration: time.Millisecond})
+		}
+	}
+	return out, nil
+}
+
+func TestFleetFallsBackPerMember(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, err := ParseImages([]string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name         string
+		fallback     bool
+		refuseCreds  map[string]bool
+		refuseAll    map[string]error
+		wantOK       []string
+		wantFallback []string
+		wantClass    map[string]string
+	}{
+		{"all accept", true, nil, nil, []string{"a", "b"}, nil, nil},
+		{"b refuses the credentials, anonymous works", true, map[string]bool{"b": true}, nil, []string{"a", "b"}, []string{"b"}, nil},
+		{"no fallback allowed", false, map[string]bool{"b": true}, nil, []string{"a"}, nil, map[string]string{"b": "rejected"}},
+		{"a node not ready is not retried", true, nil, map[string]error{"a": &failure.Transient{Err: errors.New("not ready")}}, []string{"b"}, nil, map[string]string{"a": "transient"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeFleet{members: []string{"a", "b"}, refuseCreds: tt.refuseCreds, refuseAll: tt.refuseAll, digest: digest}
+			res := Run(context.Background(), images, nil, Options{
+				Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "deployer", Password: "pw"},
+				Fallback:    tt.fallback, Fleet: f,
+				Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
+			})
+			if len(res) != 2 {
+				t.Fatalf("results %+v", res)
+			}
+			for _, r := range res {
+				ok := slices.Contains(tt.wantOK, r.Host)
+				if ok != (r.Err == nil) || r.Runtime != "kubernetes" {
+					t.Errorf("%s: err %v runtime %q", r.Host, r.Err, r.Runtime)
+				}
+				if ok && r.Digest != digest {
+					t.Errorf("%s: digest %q, want %q", r.Host, r.Digest, digest)
+				}
+				if !ok && r.Digest != "" {
+					t.Errorf("%s failed but carries digest %q", r.Host, r.Digest)
+				}
+				fb := slices.Contains(tt.wantFallback, r.Host)
+				if fb != r.FallbackUsed || (fb && (r.AuthMode != ghcr.AuthAnonymous || r.CredentialError == "")) {
+					t.Errorf("%s: fallback %v mode %q credential-error %q", r.Host, r.FallbackUsed, r.AuthMode, r.CredentialError)
+				}
+				if c := tt.wantClass[r.Host]; c != "" && failure.ClassOf(r.Err) != c {
+					t.Errorf("%s: class %q, want %q", r.Host, failure.ClassOf(r.Err), c)
+				}
+			}
+			if want := len(tt.wantFallback); f.anonymousRefs != min(want, 1) {
+				t.Errorf("%d anonymous calls, want %d", f.anonymousRefs, min(want, 1))
+			}
+			for _, s := range f.sawPassword {
+				if s != "pw|" {
+					t.Errorf("the fleet got %q: the password and no registry token (kubelets take only username and password)", s)
+				}
+			}
+		})
+	}
+}
