@@ -1,0 +1,457 @@
+// Package relay is the runner's side of ssh-transfer: relay. It is a
+// read-only OCI distribution server for the images of one step: it fetches
+// each manifest and blob from the registry once, with the credentials the
+// probe settled on, keeps blobs in a bounded on-disk cache that is removed
+// when the step ends, and serves them, without any authentication, to the
+// hosts' runtimes through SSH remote forwards on their loopback. A host's
+// runtime asks only for what it lacks, so its own deduplication decides
+// what travels. The server serves only repositories and digests it was
+// told to relay (Allow), by digest, and refuses everything else.
+//
+// It knows nothing about SSH: a host is a name given to Handler, used to
+// count what that host was sent.
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// DefaultMaxBytes bounds the blob cache when Options.MaxBytes is zero.
+const DefaultMaxBytes = 20 << 30
+
+// Options configure a Server.
+type Options struct {
+	// Dir is where the cache directory is made ("" is os.TempDir()).
+	Dir string
+	// MaxBytes bounds the blobs kept on disk at once.
+	MaxBytes int64
+	// Transport reaches the registry (ghcr.Transport: plain HTTP refused
+	// off loopback, tokens masked as they arrive).
+	Transport http.RoundTripper
+	UserAgent string
+}
+
+// Server relays the images it was told about. Its methods may be called
+// from several goroutines.
+type Server struct {
+	opts Options
+	dir  string
+	sf   singleflight.Group
+	// ctx bounds upstream fetches: a blob one host asked for is fetched
+	// for all of them, so a host that goes away does not cancel it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	repos    map[string]*repo // by the path served, the upstream repository path
+	blobs    map[string]*blob // by digest, across repositories
+	used     int64
+	tick     int64
+	closed   bool
+	fetches  map[string]int // upstream blob fetches by digest
+	upBytes  int64
+	served   map[[2]string]int64 // bytes sent by host and path
+	manifest map[string]int      // upstream manifest fetches by digest
+}
+
+type repo struct {
+	upstream name.Repository
+	creds    ghcr.Credentials
+	// manifests fetched, by digest; allowed lists the digests that may
+	// be asked for (the relayed digest and, for an index, its entries).
+	manifests map[string]manifest
+	allowed   map[string]bool
+	// sizes of the blobs the fetched manifests name; only these are served.
+	sizes map[string]int64
+	// err is the last upstream failure while serving a host.
+	err error
+}
+
+type manifest struct {
+	body      []byte
+	mediaType types.MediaType
+}
+
+type blob struct {
+	path    string
+	size    int64
+	readers int
+	lastUse int64
+}
+
+// New makes the cache directory.
+func New(opts Options) (*Server, error) {
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if opts.Transport == nil {
+		opts.Transport = remote.DefaultTransport
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "ghcr-pull"
+	}
+	dir, err := os.MkdirTemp(opts.Dir, "ghcr-pull-relay-")
+	if err != nil {
+		return nil, fmt.Errorf("relay: making the blob cache: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{opts: opts, dir: dir, ctx: ctx, cancel: cancel, repos: map[string]*repo{}, blobs: map[string]*blob{},
+		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{}}, nil
+}
+
+// Dir is the cache directory (removed by Close).
+func (s *Server) Dir() string { return s.dir }
+
+// Close removes the cache; the server refuses every request afterwards.
+func (s *Server) Close() error {
+	s.cancel()
+	s.mu.Lock()
+	s.closed = true
+	s.blobs, s.used = map[string]*blob{}, 0
+	s.mu.Unlock()
+	return os.RemoveAll(s.dir)
+}
+
+// Allow makes the server relay ref (a digest) with creds, and fetches its
+// manifest now, so that a refusal reaches the caller classified
+// (failure.Rejected, NotFound, Transient) rather than as a host runtime's
+// words. It returns the repository path hosts pull under:
+// <forward address>/<path>@<digest>.
+func (s *Server) Allow(ctx context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+	path := ref.Context().RepositoryStr()
+	s.mu.Lock()
+	r, ok := s.repos[path]
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return "", errors.New("relay: closed")
+	case !ok:
+		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}}
+		s.repos[path] = r
+	case r.upstream.RegistryStr() != ref.Context().RegistryStr():
+		s.mu.Unlock()
+		return "", fmt.Errorf("relay: %s and %s share the path %s; relay them in separate steps", r.upstream, ref.Context(), path)
+	}
+	r.creds = creds
+	r.allowed[ref.DigestStr()] = true
+	r.err = nil
+	s.mu.Unlock()
+	if _, err := s.manifestOf(ctx, path, ref.DigestStr()); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// Err is the last upstream failure met while serving path to a host, if
+// any: a host's runtime reports it in its own words, the caller should
+// report this one.
+func (s *Server) Err(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.repos[path]; ok {
+		return r.err
+	}
+	return nil
+}
+
+// ImageIDs are the config digests of the image manifests relayed as
+// dgst under path: dgst's own, or for an index those of the entries a
+// host asked for. A Docker host reports one of them as the image ID.
+func (s *Server) ImageIDs(path, dgst string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.repos[path]
+	if !ok {
+		return nil
+	}
+	m, ok := r.manifests[dgst]
+	if !ok {
+		return nil
+	}
+	if !m.mediaType.IsIndex() {
+		im, err := v1.ParseManifest(bytes.NewReader(m.body))
+		if err != nil {
+			return nil
+		}
+		return []string{im.Config.Digest.String()}
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, d := range idx.Manifests {
+		if cm, ok := r.manifests[d.Digest.String()]; ok && !cm.mediaType.IsIndex() {
+			if im, err := v1.ParseManifest(bytes.NewReader(cm.body)); err == nil {
+				out = append(out, im.Config.Digest.String())
+			}
+		}
+	}
+	return out
+}
+
+// Served is how many bytes of path's manifests and blobs host was sent.
+func (s *Server) Served(host, path string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served[[2]string{host, path}]
+}
+
+// Stats are the upstream side's figures.
+type Stats struct {
+	// BlobFetches counts upstream fetches by blob digest: one each, for
+	// any number of hosts, unless the cache bound forced an eviction.
+	BlobFetches map[string]int
+	// ManifestFetches counts upstream manifest fetches by digest.
+	ManifestFetches map[string]int
+	// Bytes is the blob bytes fetched upstream.
+	Bytes int64
+}
+
+// Stats reports what was fetched upstream so far.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{BlobFetches: map[string]int{}, ManifestFetches: map[string]int{}, Bytes: s.upBytes}
+	for k, v := range s.fetches {
+		st.BlobFetches[k] = v
+	}
+	for k, v := range s.manifest {
+		st.ManifestFetches[k] = v
+	}
+	return st
+}
+
+func (s *Server) remoteOptions(ctx context.Context, creds ghcr.Credentials) []remote.Option {
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuth(creds.Authenticator()),
+		remote.WithTransport(s.opts.Transport),
+		remote.WithUserAgent(s.opts.UserAgent),
+		// As in the probe: no hidden retries; the pull policy retries in
+		// the open.
+		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
+		remote.WithRetryStatusCodes(),
+		remote.WithRetryPredicate(func(error) bool { return false }),
+	}
+}
+
+// manifestOf returns an allowed manifest, fetching it upstream once.
+func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, error) {
+	s.mu.Lock()
+	r, ok := s.repos[path]
+	if !ok || !r.allowed[dgst] {
+		s.mu.Unlock()
+		return manifest{}, errNotRelayed
+	}
+	if m, ok := r.manifests[dgst]; ok {
+		s.mu.Unlock()
+		return m, nil
+	}
+	upstream, creds := r.upstream, r.creds
+	s.mu.Unlock()
+
+	v, err, _ := s.sf.Do("manifest "+path+"@"+dgst, func() (any, error) {
+		s.mu.Lock()
+		s.manifest[dgst]++
+		s.mu.Unlock()
+		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
+		if err != nil {
+			return nil, ghcr.Classify(err, creds.IsAnonymous())
+		}
+		m := manifest{body: desc.Manifest, mediaType: desc.MediaType}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		r.manifests[dgst] = m
+		switch {
+		case m.mediaType.IsIndex():
+			idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
+			if err != nil {
+				return nil, fmt.Errorf("relay: %s@%s: %w", upstream, dgst, err)
+			}
+			for _, d := range idx.Manifests {
+				r.allowed[d.Digest.String()] = true
+			}
+		default:
+			im, err := v1.ParseManifest(bytes.NewReader(m.body))
+			if err != nil {
+				return nil, fmt.Errorf("relay: %s@%s: %w", upstream, dgst, err)
+			}
+			r.sizes[im.Config.Digest.String()] = im.Config.Size
+			for _, l := range im.Layers {
+				r.sizes[l.Digest.String()] = l.Size
+			}
+		}
+		return m, nil
+	})
+	if err != nil {
+		return manifest{}, err
+	}
+	return v.(manifest), nil
+}
+
+var errNotRelayed = errors.New("not relayed")
+
+// CacheError: the cache bound cannot hold a blob beside those in use.
+type CacheError struct {
+	Digest      string
+	Size, Bound int64
+}
+
+func (e *CacheError) Error() string {
+	return fmt.Sprintf("relay: the blob cache (bound %d bytes) cannot hold %s (%d bytes) beside the blobs being sent", e.Bound, e.Digest, e.Size)
+}
+
+// openBlob returns the cached file of an allowed blob, fetching it
+// upstream once for every host (singleflight, then the cache), pinned
+// until release is called.
+func (s *Server) openBlob(path, dgst string) (*os.File, func(), error) {
+	for range 3 {
+		s.mu.Lock()
+		r, ok := s.repos[path]
+		if !ok || s.closed {
+			s.mu.Unlock()
+			return nil, nil, errNotRelayed
+		}
+		size, ok := r.sizes[dgst]
+		if !ok {
+			s.mu.Unlock()
+			return nil, nil, errNotRelayed
+		}
+		if b, ok := s.blobs[dgst]; ok {
+			f, err := os.Open(b.path)
+			if err != nil {
+				s.mu.Unlock()
+				return nil, nil, err
+			}
+			b.readers++
+			s.tick++
+			b.lastUse = s.tick
+			s.mu.Unlock()
+			var once sync.Once
+			return f, func() {
+				once.Do(func() {
+					f.Close()
+					s.mu.Lock()
+					b.readers--
+					s.mu.Unlock()
+				})
+			}, nil
+		}
+		upstream, creds := r.upstream, r.creds
+		s.mu.Unlock()
+
+		_, err, _ := s.sf.Do("blob "+dgst, func() (any, error) {
+			return nil, s.fetch(s.ctx, upstream, creds, dgst, size)
+		})
+		if err != nil {
+			s.mu.Lock()
+			r.err = err
+			s.mu.Unlock()
+			return nil, nil, err
+		}
+	}
+	return nil, nil, fmt.Errorf("relay: %s was evicted from the cache as soon as it arrived; raise the cache bound", dgst)
+}
+
+// fetch downloads one blob into the cache, making room first.
+func (s *Server) fetch(ctx context.Context, upstream name.Repository, creds ghcr.Credentials, dgst string, size int64) error {
+	if err := s.reserve(dgst, size); err != nil {
+		return err
+	}
+	reserved := true
+	defer func() {
+		if reserved {
+			s.mu.Lock()
+			s.used -= size
+			s.mu.Unlock()
+		}
+	}()
+	s.mu.Lock()
+	s.fetches[dgst]++
+	s.mu.Unlock()
+	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
+	if err != nil {
+		return ghcr.Classify(err, creds.IsAnonymous())
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return ghcr.Classify(err, creds.IsAnonymous())
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(s.dir, "partial-")
+	if err != nil {
+		return err
+	}
+	// ggcr's reader checks the digest and size at EOF: a blob that does
+	// not match never enters the cache.
+	n, err := io.Copy(tmp, rc)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	s.mu.Lock()
+	s.upBytes += n
+	s.mu.Unlock()
+	if err == nil && n != size {
+		err = fmt.Errorf("relay: %s is %d bytes, the manifest says %d", dgst, n, size)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return ghcr.Classify(err, creds.IsAnonymous())
+	}
+	final := filepath.Join(s.dir, strings.ReplaceAll(dgst, ":", "-"))
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		os.Remove(final)
+		return errors.New("relay: closed")
+	}
+	s.tick++
+	s.blobs[dgst] = &blob{path: final, size: size, lastUse: s.tick}
+	reserved = false
+	return nil
+}
+
+// reserve makes room for size bytes, evicting the least recently used
+// blobs nobody is reading.
+func (s *Server) reserve(dgst string, size int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.used+size > s.opts.MaxBytes {
+		var victim string
+		for d, b := range s.blobs {
+			if b.readers == 0 && (victim == "" || b.lastUse < s.blobs[victim].lastUse) {
+				victim = d
+			}
+		}
+		if victim == "" {
+			return &CacheError{Digest: dgst, Size: size, Bound: s.opts.MaxBytes}
+		}
+		os.Remove(s.blobs[victim].path)
+		s.used -= s.blobs[victim].size
+		delete(s.blobs, victim)
+	}
+	s.used += size
+	return nil
+}

@@ -1,0 +1,316 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// upstream is an in-process registry holding one random image; blobGets
+// counts GETs of blobs by digest.
+type upstream struct {
+	host     string
+	img      v1.Image
+	digest   name.Digest
+	mu       sync.Mutex
+	blobGets map[string]int
+}
+
+func newUpstream(t *testing.T, layers int64) *upstream {
+	t.Helper()
+	u := &upstream{blobGets: map[string]int{}}
+	reg := registry.New()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			u.mu.Lock()
+			u.blobGets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+			u.mu.Unlock()
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	u.host = strings.TrimPrefix(srv.URL, "http://")
+	img, err := random.Image(4096, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(u.host + "/acme/app:1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	u.img, u.digest = img, ref.Context().Digest(d.String())
+	return u
+}
+
+func newServer(t *testing.T, max int64) *Server {
+	t.Helper()
+	s, err := New(Options{Dir: t.TempDir(), MaxBytes: max})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// pullThrough pulls path@digest from the relay as host, as a runtime would.
+func pullThrough(t *testing.T, s *Server, host, path string, d name.Digest) error {
+	t.Helper()
+	srv := httptest.NewServer(s.Handler(host))
+	defer srv.Close()
+	ref, _ := name.NewDigest(strings.TrimPrefix(srv.URL, "http://") + "/" + path + "@" + d.DigestStr())
+	img, err := remote.Image(ref)
+	if err != nil {
+		return err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+	}
+	_, err = img.RawConfigFile()
+	return err
+}
+
+func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
+	u := newUpstream(t, 3)
+	s := newServer(t, 0)
+	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != "acme/app" {
+		t.Errorf("path = %q", path)
+	}
+	var g sync.WaitGroup
+	var failed atomic.Int32
+	for _, h := range []string{"a", "b", "c"} {
+		g.Go(func() {
+			if err := pullThrough(t, s, h, path, u.digest); err != nil {
+				t.Errorf("host %s: %v", h, err)
+				failed.Add(1)
+			}
+		})
+	}
+	g.Wait()
+	if failed.Load() > 0 {
+		return
+	}
+	size, _ := u.img.Size()
+	layers, _ := u.img.Layers()
+	var want int64 = size
+	cfgSize := int64(0)
+	if m, err := u.img.Manifest(); err == nil {
+		cfgSize = m.Config.Size
+	}
+	want += cfgSize
+	for _, l := range layers {
+		n, _ := l.Size()
+		want += n
+	}
+	for _, h := range []string{"a", "b", "c"} {
+		if got := s.Served(h, path); got != want {
+			t.Errorf("served %s %d bytes, want %d (manifest, config, layers)", h, got, want)
+		}
+	}
+	st := s.Stats()
+	if len(st.BlobFetches) != 4 {
+		t.Errorf("upstream fetched %d blobs, want 4: %v", len(st.BlobFetches), st.BlobFetches)
+	}
+	for d, n := range st.BlobFetches {
+		if n != 1 || u.blobGets[d] != 1 {
+			t.Errorf("blob %s fetched %d times (upstream saw %d), want once", d, n, u.blobGets[d])
+		}
+	}
+	if st.Bytes != want-size {
+		t.Errorf("upstream bytes %d, want %d", st.Bytes, want-size)
+	}
+	cfg, _ := u.img.ConfigName()
+	if ids := s.ImageIDs(path, u.digest.DigestStr()); len(ids) != 1 || ids[0] != cfg.String() {
+		t.Errorf("ImageIDs = %v, want [%s]", ids, cfg)
+	}
+}
+
+func TestRelayRefuses(t *testing.T) {
+	u := newUpstream(t, 1)
+	s := newServer(t, 0)
+	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := u.img.Layers()
+	layer, _ := layers[0].Digest()
+	srv := httptest.NewServer(s.Handler("h"))
+	defer srv.Close()
+	other := "sha256:" + strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		name, method, path string
+		want               int
+	}{
+		{"the relayed manifest", "GET", "/v2/acme/app/manifests/" + u.digest.DigestStr(), 200},
+		{"a relayed blob", "GET", "/v2/acme/app/blobs/" + layer.String(), 200},
+		{"ping", "GET", "/v2/", 200},
+		{"a tag", "GET", "/v2/acme/app/manifests/1", 404},
+		{"another digest", "GET", "/v2/acme/app/manifests/" + other, 404},
+		{"another blob", "GET", "/v2/acme/app/blobs/" + other, 404},
+		{"another repository", "GET", "/v2/acme/other/manifests/" + u.digest.DigestStr(), 404},
+		{"a relayed blob under another repository", "GET", "/v2/acme/other/blobs/" + layer.String(), 404},
+		{"the catalog", "GET", "/v2/_catalog", 404},
+		{"a push", "POST", "/v2/acme/app/blobs/uploads/", 405},
+		{"a delete", "DELETE", "/v2/acme/app/manifests/" + u.digest.DigestStr(), 405},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s %s = %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+			}
+		})
+	}
+	if n := u.blobGets[other]; n != 0 {
+		t.Errorf("a refused digest reached upstream")
+	}
+}
+
+func TestRelayAllowClassifiesUpstreamRefusal(t *testing.T) {
+	u := newUpstream(t, 1)
+	s := newServer(t, 0)
+	missing := u.digest.Context().Digest("sha256:" + strings.Repeat("cd", 32))
+	_, err := s.Allow(context.Background(), missing, ghcr.Anonymous)
+	if err == nil {
+		t.Fatal("Allow of a digest upstream lacks succeeded")
+	}
+	if c := failure.ClassOf(err); c != "not-found" {
+		t.Errorf("class %q of %v, want not-found", c, err)
+	}
+}
+
+func TestRelayCacheBound(t *testing.T) {
+	u := newUpstream(t, 3)
+	layers, _ := u.img.Layers()
+	var biggest int64
+	for _, l := range layers {
+		n, _ := l.Size()
+		biggest = max(biggest, n)
+	}
+	t.Run("evicts what nobody reads, fetching again", func(t *testing.T) {
+		s := newServer(t, biggest+1)
+		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []string{"a", "b"} {
+			if err := pullThrough(t, s, h, path, u.digest); err != nil {
+				t.Fatalf("host %s: %v", h, err)
+			}
+		}
+		s.mu.Lock()
+		used := s.used
+		s.mu.Unlock()
+		if used > biggest+1 {
+			t.Errorf("cache holds %d bytes, bound %d", used, biggest+1)
+		}
+		refetched := 0
+		for _, n := range s.Stats().BlobFetches {
+			if n > 1 {
+				refetched++
+			}
+		}
+		if refetched == 0 {
+			t.Errorf("no blob was fetched twice under a bound that holds one: %v", s.Stats().BlobFetches)
+		}
+	})
+	t.Run("a blob larger than the bound is a CacheError", func(t *testing.T) {
+		s := newServer(t, 10)
+		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := layers[0].Digest()
+		_, _, err = s.openBlob(path, d.String())
+		var ce *CacheError
+		if !errors.As(err, &ce) {
+			t.Fatalf("err = %v, want a CacheError", err)
+		}
+		if s.Err(path) == nil {
+			t.Errorf("the failure is not kept for the caller")
+		}
+	})
+}
+
+func TestRelayCloseRemovesTheCache(t *testing.T) {
+	u := newUpstream(t, 1)
+	s := newServer(t, 0)
+	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pullThrough(t, s, "a", path, u.digest); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(s.Dir())
+	if len(entries) == 0 {
+		t.Fatalf("nothing cached in %s", s.Dir())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.Dir()); !os.IsNotExist(err) {
+		t.Errorf("cache dir still there after Close: %v", err)
+	}
+	if err := pullThrough(t, s, "a", path, u.digest); err == nil {
+		t.Errorf("a closed relay still serves")
+	}
+	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err == nil {
+		t.Errorf("a closed relay still allows")
+	}
+}
+
+func TestParsePath(t *testing.T) {
+	for _, tc := range []struct {
+		in              string
+		path, kind, ref string
+		ok              bool
+	}{
+		{"/v2/acme/app/manifests/sha256:ab", "acme/app", "manifests", "sha256:ab", true},
+		{"/v2/a/b/c/blobs/sha256:ab", "a/b/c", "blobs", "sha256:ab", true},
+		{"/v2/acme/app/blobs/uploads/", "", "", "", false},
+		{"/v2/acme/app/tags/list", "", "", "", false},
+		{"/v2//manifests/x", "", "", "", false},
+		{"/other/acme/manifests/x", "", "", "", false},
+	} {
+		path, kind, ref, ok := parsePath(tc.in)
+		if path != tc.path || kind != tc.kind || ref != tc.ref || ok != tc.ok {
+			t.Errorf("parsePath(%q) = %q %q %q %v", tc.in, path, kind, ref, ok)
+		}
+	}
+}
