@@ -70,6 +70,11 @@ func TestClipKeepsUTF8Whole(t *testing.T) {
 			t.Fatalf("pad %d: clipped to %d bytes, want at most %d and an ellipsis", pad, len(got), MaxMessage+len("…"))
 		}
 	}
+	// Stray continuation bytes are not a rune to keep whole: the text is
+	// cut at the limit, not emptied (a fuzzer's find).
+	if got := Clip(strings.Repeat("\xa9", 2*MaxMessage)); len(got) != MaxMessage+len("…") {
+		t.Errorf("Clip of stray bytes kept %d bytes, want %d", len(got), MaxMessage+len("…"))
+	}
 	if got := Clip("  short  "); got != "short" {
 		t.Errorf("Clip(short) = %q", got)
 	}

@@ -152,9 +152,15 @@ func Clip(s string) string {
 	if len(s) <= MaxMessage {
 		return s
 	}
+	// Back off to the start of the rune the limit falls in: at most
+	// utf8.UTFMax-1 continuation bytes. A longer run is not UTF-8 at all
+	// (stray bytes), and is cut at the limit rather than emptied.
 	cut := MaxMessage
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
+	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(s[cut]); back++ {
 		cut--
+	}
+	if !utf8.RuneStart(s[cut]) {
+		cut = MaxMessage
 	}
 	return s[:cut] + "…"
 }

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
@@ -29,11 +30,16 @@ func FuzzProviderMessage(f *testing.F) {
 		if strings.HasPrefix(plain, "{") {
 			return // JSON words are checked by the table tests
 		}
-		want := plain
-		if len(want) > failure.MaxMessage {
-			want = want[:failure.MaxMessage] + "…"
+		if len(plain) <= failure.MaxMessage {
+			if msg != plain {
+				t.Fatalf("plain body %q became %q", body, msg)
+			}
+			return
 		}
-		if msg != want {
+		// Clipped: a prefix of the body, cut at the limit or at most
+		// utf8.UTFMax-1 bytes before it (never inside a rune).
+		kept, ok := strings.CutSuffix(msg, "…")
+		if !ok || !strings.HasPrefix(plain, kept) || len(kept) < failure.MaxMessage-(utf8.UTFMax-1) {
 			t.Fatalf("plain body %q became %q", body, msg)
 		}
 	})
