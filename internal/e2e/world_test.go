@@ -19,9 +19,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -360,13 +360,36 @@ func (e *Env) RunAction(tb testing.TB, inputs map[string]string, extraEnv ...str
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	err := cmd.Run()
-	res := Result{Stdout: stdout.String(), Stderr: stderr.String(), Home: home, Temp: tmp, Wall: time.Since(start)}
-	if cmd.ProcessState != nil {
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			res.MaxRSSKiB = ru.Maxrss
-		}
+	var peakKiB int64
+	err := cmd.Start()
+	if err == nil {
+		// Not the wait4 rusage: Go starts children with CLONE_VM, and the
+		// kernel carries the parent's high-water RSS into the child's
+		// maxrss at exec, so a large test process (a cluster client, built
+		// images) would be measured instead of the binary. VmHWM belongs
+		// to the binary's own address space.
+		stop := make(chan struct{})
+		polled := make(chan struct{})
+		go func() {
+			defer close(polled)
+			t := time.NewTicker(10 * time.Millisecond)
+			defer t.Stop()
+			for {
+				if kib := vmHWM(cmd.Process.Pid); kib > peakKiB {
+					peakKiB = kib
+				}
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		err = cmd.Wait()
+		close(stop)
+		<-polled
 	}
+	res := Result{Stdout: stdout.String(), Stderr: stderr.String(), Home: home, Temp: tmp, Wall: time.Since(start), MaxRSSKiB: peakKiB}
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
@@ -411,4 +434,19 @@ func ParseOutputs(data string) map[string]string {
 		}
 	}
 	return out
+}
+
+// vmHWM is a live process's peak resident set in KiB (0 once it is gone).
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kib, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kib
+		}
+	}
+	return 0
 }
