@@ -45,10 +45,8 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	}
 	members, err := fleet.PullAll(ctx, ref, creds, nil)
 	if err != nil {
-		r := p.result(img, fleet.Name(), 0)
+		r := p.result(img, fleet.Name(), 0).failed(err, fmt.Sprintf("could not pre-pull on %s: %v", fleet.Name(), err))
 		r.Runtime = fleet.Runtime()
-		r.Err, r.Digest, r.ImageRef, r.AuthMode, r.PlatformDigest = err, "", "", "", ""
-		r.Diagnosis = fmt.Sprintf("could not pre-pull on %s: %v", fleet.Name(), err)
 		return []Result{r}
 	}
 	rejected := map[string]error{}
@@ -78,7 +76,7 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	out := make([]Result, 0, len(members))
 	for _, m := range members {
 		r := p.result(img, m.Name, m.Duration)
-		r.Runtime, r.Pulled = fleet.Runtime(), true
+		r.Runtime = fleet.Runtime()
 		if a, ok := anonymous[m.Name]; ok {
 			m = a
 			r.AuthMode, r.FallbackUsed = ghcr.AuthAnonymous, true
@@ -91,8 +89,9 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 			m.Err = &DriftError{Image: img.Input, Target: m.Name, Expected: p.digest, Got: m.Digest}
 		}
 		if m.Err != nil {
-			r.Err, r.Digest, r.ImageRef, r.AuthMode, r.PlatformDigest, r.Pulled = m.Err, "", "", "", "", false
-			r.Diagnosis = fmt.Sprintf("%s on node %s: %v", img.Input, m.Name, m.Err)
+			r = r.failed(m.Err, fmt.Sprintf("%s on node %s: %v", img.Input, m.Name, m.Err))
+		} else {
+			r.Pulled = true // imagePullPolicy Always: every member pulled
 		}
 		out = append(out, r)
 	}

@@ -355,6 +355,14 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 	return r
 }
 
+// failed turns r into a failure: a failed result carries no digest,
+// reference, auth mode or verification it did not deliver.
+func (r Result) failed(err error, diagnosis string) Result {
+	r.AuthMode, r.Err, r.ImageRef, r.Digest, r.PlatformDigest, r.Diagnosis = "", err, "", "", "", diagnosis
+	r.Verification = nil
+	return r
+}
+
 // unreachable is the result for a target whose daemon could not be opened.
 func unreachable(img Image, t *openOnce) Result {
 	return Result{Image: img.Input, Host: t.target.Name, Err: t.err,
@@ -426,40 +434,34 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	if creds.IsAnonymous() {
 		res.Provider = ""
 	}
-	fail := func(err error, diagnosis string) Result {
-		// A failed result carries no digest it did not deliver.
-		res.AuthMode, res.Err, res.ImageRef, res.Digest, res.PlatformDigest, res.Diagnosis = "", err, "", "", "", diagnosis
-		res.Verification = nil
-		return res
-	}
 	if err != nil {
-		return fail(err, ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts))
+		return res.failed(err, ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts))
 	}
 	res.Pulled = downloaded
 	if byDigest && ref != img.Input {
 		if _, isTag := img.Ref.(name.Tag); isTag {
 			if err := tg.Tag(ctx, ref, img.Input); err != nil {
 				err = fmt.Errorf("pulled %s, but pointing %s at it failed: %w", ref, img.Input, err)
-				return fail(err, err.Error())
+				return res.failed(err, err.Error())
 			}
 		}
 	}
 	info, err := d.Inspect(ctx, img.Input)
 	if err != nil {
 		err = fmt.Errorf("pulled, but inspecting %s failed: %w", img.Input, err)
-		return fail(err, err.Error())
+		return res.failed(err, err.Error())
 	}
 	if opts.Platform != nil && info.Platform != "" && !image.SamePlatform(*opts.Platform, info.Platform) {
 		err := &failure.BadInput{Input: "platform",
 			Problem: fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
 			Fix:     "pick a platform the image provides, or leave platform empty"}
-		return fail(err, err.Error())
+		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
 	got := RepoDigest(info.RepoDigests, img.Input, p.digest)
 	if p.digest != "" && got != p.digest {
 		err := &DriftError{Image: img.Input, Target: t.target.Name, Expected: p.digest, Got: got}
-		return fail(err, err.Error())
+		return res.failed(err, err.Error())
 	}
 	if got != "" {
 		res.Digest = got
