@@ -28,7 +28,7 @@ var kubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-s
 
 // kubeTools holds the directory of the cluster's binaries (and etcd), built on
 // first use (about 8 minutes cold on 2 cores).
-var kubeTools = &builtTool{name: "kubernetes " + kubeVersion, build: buildKube}
+var kubeTools = &builtTool{name: "kubernetes " + kubeVersion, dir: "kube-" + kubeVersion, cached: kubeCached, build: buildKube}
 
 func kubeBin(tb testing.TB) string { return kubeTools.get(tb) }
 
@@ -42,21 +42,10 @@ func kubeBinsPresent(dir string) bool {
 	return err == nil && strings.Contains(string(out), kubeVersion)
 }
 
-func buildKube() (string, time.Duration, error) {
-	dir := filepath.Join(cacheDir(), "kube-"+kubeVersion)
-	if kubeBinsPresent(dir) {
-		return dir, 0, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", 0, err
-	}
-	tmp, err := os.MkdirTemp(dir, "build-")
-	if err != nil {
-		return "", 0, err
-	}
-	defer os.RemoveAll(tmp)
-	start := time.Now()
-	env := cosignBuildEnv(os.Environ(), filepath.Join(tmp, "bin"))
+func kubeCached(dir string) (string, bool) { return dir, kubeBinsPresent(dir) }
+
+func buildKube(dir, tmp string) (string, error) {
+	env := proxyBuildEnv(os.Environ(), filepath.Join(tmp, "bin"))
 	run := func(wd string, args ...string) error {
 		cmd := exec.Command("go", args...)
 		cmd.Dir, cmd.Env = wd, append(env, "GOFLAGS=-mod=mod -p=2", "GOWORK=off")
@@ -67,14 +56,14 @@ func buildKube() (string, time.Duration, error) {
 	}
 	mod := filepath.Join(tmp, "mod")
 	if err := os.MkdirAll(mod, 0o755); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	gomod, err := kubeWrapperGoMod(mod)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte(gomod), 0o644); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	minor := strings.Split(strings.TrimPrefix(kubeVersion, "v"), ".")[1]
 	var ld []string
@@ -87,17 +76,17 @@ func buildKube() (string, time.Duration, error) {
 		args = append(args, "k8s.io/kubernetes/cmd/"+b)
 	}
 	if err := run(mod, args...); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	etcdMod := filepath.Join(tmp, "etcdmod")
 	if err := os.MkdirAll(etcdMod, 0o755); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if err := os.WriteFile(filepath.Join(etcdMod, "go.mod"), []byte("module kubewrapper/etcd\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 "+etcdVersion+"\n"), 0o644); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if err := run(etcdMod, "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(tmp, "out", "etcd"), "go.etcd.io/etcd/server/v3"); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	// Rename one by one; kube-apiserver last, since its presence is what
 	// marks the directory complete.
@@ -110,10 +99,10 @@ func buildKube() (string, time.Duration, error) {
 	}
 	for _, b := range names {
 		if err := os.Rename(filepath.Join(tmp, "out", b), filepath.Join(dir, b)); err != nil {
-			return "", 0, err
+			return "", err
 		}
 	}
-	return dir, time.Since(start), nil
+	return dir, nil
 }
 
 // kubeWrapperGoMod writes the wrapper's go.mod from kubernetes' own: each
@@ -121,7 +110,7 @@ func buildKube() (string, time.Duration, error) {
 // k8s.io/x at the release's v0 version.
 func kubeWrapperGoMod(wd string) (string, error) {
 	cmd := exec.Command("go", "mod", "download", "-json", "k8s.io/kubernetes@"+kubeVersion)
-	cmd.Dir, cmd.Env = wd, append(cosignBuildEnv(os.Environ(), wd), "GOWORK=off")
+	cmd.Dir, cmd.Env = wd, append(proxyBuildEnv(os.Environ(), wd), "GOWORK=off")
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("go mod download k8s.io/kubernetes@%s: %v", kubeVersion, err)
