@@ -182,6 +182,13 @@ func (e *Engine) Tag(ctx context.Context, source, target string) error {
 	return err
 }
 
+// Remove removes the name ref, as `docker rmi` does without pruning
+// untagged parents; the image goes only with its last name.
+func (e *Engine) Remove(ctx context.Context, ref string) error {
+	_, err := e.client.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: false})
+	return err
+}
+
 // Inspect describes a local image.
 func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	res, err := e.client.ImageInspect(ctx, ref)

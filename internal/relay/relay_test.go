@@ -20,6 +20,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
 // upstream is an in-process registry holding one random image; blobGets
@@ -314,3 +315,7 @@ func TestParsePath(t *testing.T) {
 		}
 	}
 }
+
+// The seam sshdeploy defines is satisfied without either package
+// importing the other's types beyond the interface.
+var _ sshdeploy.Relay = (*Server)(nil)
