@@ -69,6 +69,7 @@ type dockerEngine interface {
 	Tag(ctx context.Context, source, target string) error
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Remove(ctx context.Context, ref string) error
+	ImageIDs(ctx context.Context) (map[string]bool, error)
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -147,8 +148,15 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 		return false, err
 	}
 	local := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
+	// dockerd reports a pull by a digest reference it does not hold as
+	// "Downloaded newer image" even when it had the image: the loopback
+	// name is new every time. Whether the image is new is what counts.
+	had, err := d.engine.ImageIDs(ctx)
+	if err != nil {
+		return false, err
+	}
 	// No credential of any kind: the relay holds them on the runner.
-	downloaded, err := d.engine.Pull(ctx, local, platform, ghcr.Anonymous, progress)
+	_, err = d.engine.Pull(ctx, local, platform, ghcr.Anonymous, progress)
 	if err != nil {
 		if upstream := d.relay.Err(path); upstream != nil {
 			return false, upstream
@@ -173,7 +181,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 	d.mu.Lock()
 	d.relayed[ref] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
 	d.mu.Unlock()
-	return downloaded, nil
+	return !had[info.ID], nil
 }
 
 // Tag points target at a relayed image and drops the digest tag that held

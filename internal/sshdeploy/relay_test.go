@@ -129,6 +129,16 @@ func (d *fakeDockerd) Remove(_ context.Context, ref string) error {
 	return nil
 }
 
+func (d *fakeDockerd) ImageIDs(context.Context) (map[string]bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := map[string]bool{}
+	for _, id := range d.names {
+		ids[id] = true
+	}
+	return ids, nil
+}
+
 func (d *fakeDockerd) Runtime() (string, string) { return "docker", "" }
 func (d *fakeDockerd) Close() error              { return nil }
 
@@ -168,8 +178,8 @@ func TestRelayedDocker(t *testing.T) {
 		rl, engine := &fakeRelay{}, &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, rl, conn)
 		ref := "ghcr.io/acme/app@" + relayDigest
-		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
-			t.Fatal(err)
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
+			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
 		}
 		if len(rl.creds) != 1 || rl.creds[0] != creds {
 			t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
@@ -195,6 +205,15 @@ func TestRelayedDocker(t *testing.T) {
 		}
 		if info.Ref != "sha256:imageid" || !slices.Contains(info.RepoDigests, ref) {
 			t.Errorf("Inspect = %+v, want the image ID as Ref and %s in RepoDigests", info, ref)
+		}
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {
+			t.Errorf("Pull again = %v, %v; want the image reported as there already", pulled, err)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
+			t.Errorf("after a second pull, names %v (ops %q)", got, engine.ops)
 		}
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
