@@ -210,6 +210,12 @@ func TestRelay(t *testing.T) {
 	private := r.regAddr + "/acme/relay-private:1"
 
 	t.Run("isolated: a direct pull cannot reach the registry", func(t *testing.T) {
+		for _, h := range []*RemoteHost{a, b, c} {
+			out, err := exec.Command("ip", "-n", h.Namespace, "route", "get", gw.HostAddr()).CombinedOutput()
+			if err == nil {
+				t.Fatalf("%s has a route to the registry's address %s: %s", h.Name, gw.HostAddr(), out)
+			}
+		}
 		in := r.inputs(private, a)
 		in["ssh-transfer"] = "direct"
 		in["retries"] = "0"

@@ -125,6 +125,16 @@ func (d *relayedDocker) forward() (int, error) {
 	return d.fwd.Addr().(*net.TCPAddr).Port, nil
 }
 
+// refKey is ref in one spelling: pull pulls a familiar name
+// (busybox@sha256:...) and inspects what the user wrote
+// (docker.io/library/busybox@sha256:...).
+func refKey(ref string) string {
+	if r, err := name.ParseReference(ref); err == nil {
+		return r.Name()
+	}
+	return ref
+}
+
 // digestTag is the tag that holds a relayed image: <repository>:sha256-<hex>.
 func digestTag(repo, digest string) string {
 	return repo + ":" + strings.Replace(digest, ":", "-", 1)
@@ -179,7 +189,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 		return false, fmt.Errorf("removing the relay's name %s: %w", local, err)
 	}
 	d.mu.Lock()
-	d.relayed[ref] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
+	d.relayed[refKey(ref)] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
 	d.mu.Unlock()
 	return !had[info.ID], nil
 }
@@ -188,7 +198,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 // it (unless it was there before).
 func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
-	ri := d.relayed[source]
+	ri := d.relayed[refKey(source)]
 	d.mu.Unlock()
 	if ri == nil {
 		return d.engine.Tag(ctx, source, target)
@@ -213,7 +223,7 @@ func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 // ID as the reference to run it by.
 func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	d.mu.Lock()
-	ri := d.relayed[ref]
+	ri := d.relayed[refKey(ref)]
 	d.mu.Unlock()
 	if ri != nil {
 		ref = ri.id // a digest input: the host has no <repository>@<digest> name

@@ -228,17 +228,20 @@ func TestRelayedDocker(t *testing.T) {
 		_, conn := dialTest(t, withTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
-		ref := "ghcr.io/acme/app@" + relayDigest
+		// pull pulls the familiar name and inspects the input as written.
+		ref := "busybox@" + relayDigest
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
 			t.Fatal(err)
 		}
-		want := []string{"ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
+		want := []string{"busybox:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, want) {
 			t.Errorf("names %v, want %v (ops %q)", got, want, engine.ops)
 		}
-		info, err := d.Inspect(ctx, ref)
-		if err != nil || info.Ref != "sha256:imageid" {
-			t.Errorf("Inspect(%s) = %+v, %v", ref, info, err)
+		for _, spelled := range []string{ref, "docker.io/library/busybox@" + relayDigest} {
+			info, err := d.Inspect(ctx, spelled)
+			if err != nil || info.Ref != "sha256:imageid" {
+				t.Errorf("Inspect(%s) = %+v, %v", spelled, info, err)
+			}
 		}
 	})
 
