@@ -135,9 +135,9 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 			return ExitFailed
 		}
 		defer srv.Close()
-		ssh := *cfg.SSH
-		ssh.Relay = srv
-		cfg.SSH = &ssh
+		settings := *cfg.SSH
+		settings.Relay = srv
+		cfg.SSH = &settings
 		paths := map[string]string{}
 		for _, img := range cfg.Images {
 			paths[img.Input] = img.Ref.Context().RepositoryStr()
