@@ -97,6 +97,7 @@ type relayedDocker struct {
 
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
+	made    map[string]bool          // digest tags this connection made
 }
 
 type relayedImage struct {
@@ -107,7 +108,7 @@ type relayedImage struct {
 }
 
 func newRelayedDocker(e dockerEngine, r Relay, c *Conn) *relayedDocker {
-	return &relayedDocker{engine: e, relay: r, conn: c, host: c.host.Addr(), relayed: map[string]*relayedImage{}}
+	return &relayedDocker{engine: e, relay: r, conn: c, host: c.host.Addr(), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
 }
 
 // forward opens the remote forward once per connection and serves the
@@ -179,7 +180,14 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 	}
 	hold := digestTag(repo, dgst)
 	before, err := d.engine.Inspect(ctx, hold)
-	held := err == nil && before.ID == info.ID
+	d.mu.Lock()
+	// A digest tag this connection made for another image of the step
+	// (two tags of one digest) is ours to remove, not the host's.
+	held := err == nil && before.ID == info.ID && !d.made[hold]
+	if !held {
+		d.made[hold] = true
+	}
+	d.mu.Unlock()
 	if err := d.engine.Tag(ctx, local, hold); err != nil {
 		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, hold, err)
 	}

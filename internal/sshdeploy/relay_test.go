@@ -245,6 +245,44 @@ func TestRelayedDocker(t *testing.T) {
 		}
 	})
 
+	t.Run("two tags of one digest: only the user's tags are left", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		// pull's order for two images on one host, interleaved.
+		for _, step := range []func() error{
+			func() error { _, err := d.Pull(ctx, ref, nil, creds, nil); return err },
+			func() error { _, err := d.Pull(ctx, ref, nil, creds, nil); return err },
+			func() error { return d.Tag(ctx, ref, "ghcr.io/acme/app:1") },
+			func() error { return d.Tag(ctx, ref, "ghcr.io/acme/app:latest") },
+		} {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
+			t.Errorf("names %v (ops %q)", got, engine.ops)
+		}
+	})
+
+	t.Run("a digest tag the host had stays", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
+		engine := &fakeDockerd{names: map[string]string{hold: "sha256:imageid"}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", hold}) {
+			t.Errorf("names %v (ops %q)", got, engine.ops)
+		}
+	})
+
 	t.Run("sshd refusing the forward names AllowTcpForwarding", func(t *testing.T) {
 		_, conn := dialTest(t)
 		engine := &fakeDockerd{names: map[string]string{}}
