@@ -67,13 +67,12 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		return nil, err
 	}
 	if s.Relay != nil {
-		e, ok := rt.(*docker.Engine)
-		if !ok {
-			rt.Close()
-			conn.Close()
-			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs containerd; use ssh-transfer: direct for it", host.Addr())
+		switch e := rt.(type) {
+		case *docker.Engine:
+			rt = newRelayedDocker(e, s.Relay, conn)
+		case *cri.ImageService:
+			rt = newRelayedContainerd(e, s.Relay, conn)
 		}
-		rt = newRelayedDocker(e, s.Relay, conn)
 	}
 	r := &remote{rt: rt, conn: conn}
 	if t, ok := rt.(tagger); ok {
