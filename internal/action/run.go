@@ -127,20 +127,8 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
-	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
-	if cfg.Verify != nil {
-		transport := ghcr.Transport(probeOpts...)
-		verifier = func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
-			var auth authn.Authenticator
-			if !creds.IsAnonymous() {
-				auth = creds.Authenticator()
-			}
-			v, err := verify.Verify(ctx, cfg.Verify, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
-			return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, err
-		}
-	}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
-		Verify:            verifier,
+		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
 		Platform:          cfg.Platform,
@@ -178,6 +166,30 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+// verifierFor is pull's verification hook for policy p (nil: none): it
+// checks a probed digest with the credentials the probe succeeded with,
+// through the probe's transport (plain HTTP refused, tokens masked). Every
+// policy failure (no signature, an invalid one, another signer) comes back
+// as the error, so pull fails the image and pulls nothing; only a
+// signature that verified yields a Verification.
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+	if p == nil {
+		return nil
+	}
+	transport := ghcr.Transport(probeOpts...)
+	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+		var auth authn.Authenticator
+		if !creds.IsAnonymous() {
+			auth = creds.Authenticator()
+		}
+		v, err := verify.Verify(ctx, p, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
+		if err != nil {
+			return pull.Verification{}, err
+		}
+		return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, nil
+	}
 }
 
 // targetsFor lists where images go: nowhere (destination none), the
