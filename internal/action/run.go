@@ -239,12 +239,15 @@ type ResultJSON struct {
 	ErrorClass      string `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result) []ResultJSON {
+// toJSON redacts the peers' words (credential_error, error) before they are
+// encoded: a secret echoed in its JSON-escaped form, escaped once more by
+// the encoding, would match no form the redactor knows afterwards.
+func toJSON(results []pull.Result, redact func(string) string) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
-			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
+			FallbackUsed: r.FallbackUsed, CredentialError: redact(r.CredentialError), Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
@@ -255,7 +258,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
 		}
 		if r.Err != nil {
-			j.Error, j.ErrorClass = r.Err.Error(), failure.ClassOf(r.Err)
+			j.Error, j.ErrorClass = redact(r.Err.Error()), failure.ClassOf(r.Err)
 		}
 		out = append(out, j)
 	}
@@ -308,7 +311,7 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results))
+	js, err := json.Marshal(toJSON(results, rep.Redact))
 	if err != nil {
 		return err
 	}
