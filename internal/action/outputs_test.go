@@ -58,6 +58,8 @@ func TestOutputValues(t *testing.T) {
 				"credential-error": "403 Forbidden from the token endpoint"}},
 		{"one host fell back: fallback-used, mixed modes", []pull.Result{ok(app, "a", ghcr.AuthToken, d1, false), ok(app, "b", ghcr.AuthAnonymous, d1, true)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "mixed", "fallback-used": "true"}},
+		{"the first host fell back, the last did not", []pull.Result{ok(app, "a", ghcr.AuthAnonymous, d1, true), ok(app, "b", ghcr.AuthToken, d1, false)},
+			map[string]string{"auth-mode": "mixed", "fallback-used": "true", "credential-error": "403 Forbidden from the token endpoint"}},
 		{"first target failed: the first success of the first image", []pull.Result{failed(app, "a"), ok(app, "b", ghcr.AuthToken, d1, false), ok(db, "a", ghcr.AuthToken, d2, false)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "token", "fallback-used": "false"}},
 		{"second image is not the one described", []pull.Result{ok(app, "a", ghcr.AuthOIDC, d1, false), ok(db, "a", ghcr.AuthOIDC, d2, false)},
