@@ -147,3 +147,23 @@ func TestFleetMemberDriftFails(t *testing.T) {
 		}
 	}
 }
+
+// Guarantee: a fleet gets the username and password (kubelets take no
+// bearer token), never the scoped token the probe bought: that token would
+// sit in a pull Secret in the cluster for nothing.
+func TestFleetGetsNoRegistryToken(t *testing.T) {
+	reg := startScripted(t)
+	images, err := ParseImages([]string{reg.ref()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeFleet{members: []string{"a"}, digest: testDigest}
+	res := Run(context.Background(), images, nil, Options{Credentials: testToken, Fleet: f,
+		Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
+	if len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("results %+v", res)
+	}
+	if strings.Join(f.sawPassword, ",") != "pw|" {
+		t.Errorf("the fleet got password|token %q, want the password and no token", f.sawPassword)
+	}
+}
