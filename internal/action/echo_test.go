@@ -321,12 +321,12 @@ func TestCLIRedactsEchoedSecrets(t *testing.T) {
 	}
 }
 
-// Guarantee: every method of the terminal reporter redacts what it prints:
+// Guarantee: every method of the writer redacts what the terminal prints:
 // a log line, each annotation's title and message, an output's value.
-func TestTerminalReporterRedacts(t *testing.T) {
+func TestTerminalWriterRedacts(t *testing.T) {
 	const user, pw, token = "octocat", `pw"with/odd+chars<é>`, "registry-token-0001"
 	var out, errOut bytes.Buffer
-	r := &terminalReporter{out: &out, errOut: &errOut}
+	r := newTerminalWriter(&out, &errOut)
 	r.MaskCredentials(user, pw)
 	r.Mask(token)
 	said := echo(user, pw) + " " + echo("", token) + " raw=" + base64.RawStdEncoding.EncodeToString([]byte(user+":"+pw)) +

@@ -10,14 +10,14 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 )
 
-// outputRecorder is a reporter that keeps the outputs it is given.
+// outputRecorder is a sink that keeps the outputs it is given.
 type outputRecorder struct {
-	terminalReporter
+	terminalSink
 	outputs map[string]string
 	order   []string
 }
 
-func (o *outputRecorder) Output(name, value string) error {
+func (o *outputRecorder) output(name, value string) error {
 	if o.outputs == nil {
 		o.outputs = map[string]string{}
 	}
@@ -72,7 +72,7 @@ func TestOutputValues(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &outputRecorder{}
-			if err := writeOutputs(rec, tt.results); err != nil {
+			if err := writeOutputs(&writer{sink: rec}, tt.results); err != nil {
 				t.Fatal(err)
 			}
 			for name, want := range tt.want {

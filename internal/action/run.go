@@ -55,13 +55,12 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		fmt.Fprintf(env.Stderr, "ghcr-pull: %v\n", err)
 		return ExitFailed
 	}
-	var rep reporter
+	var rep *writer
 	var get Getter
 	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
-		ar := newActionsReporter(env.Stdout, env.Getenv)
-		rep, get = ar, EnvGetter(env.Getenv)
+		rep, get = newActionsWriter(env.Stdout, env.Getenv), EnvGetter(env.Getenv)
 	} else {
-		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
+		tr := newTerminalWriter(env.Stdout, env.Stderr)
 		g, err := flagGetter(args, env, md)
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -102,7 +101,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	return execute(ctx, cfg, rep, env)
 }
 
-func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
+func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.AnonymousNotice != "" {
 		rep.Notice("ghcr-pull: anonymous pull", cfg.AnonymousNotice)
 	}
@@ -158,7 +157,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	if cfg.Summary {
-		if err := rep.Summary(summaryMarkdown(results, rep.Redact)); err != nil {
+		if err := rep.Summary(results); err != nil {
 			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
 		}
 	}
@@ -194,7 +193,7 @@ func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context
 
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep reporter) []pull.Target {
+func targetsFor(cfg Config, rep *writer) []pull.Target {
 	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
 		return nil
 	}
@@ -265,7 +264,7 @@ func toJSON(results []pull.Result, redact func(string) string) []ResultJSON {
 	return out
 }
 
-func writeOutputs(rep reporter, results []pull.Result) error {
+func writeOutputs(rep *writer, results []pull.Result) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -333,11 +332,11 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 }
 
 // summaryMarkdown renders the job summary. Every cell is escaped: registry
-// text reaches it. Secrets are redacted before escaping: escaped, a secret
+// text reaches it. Secrets are redacted (by w's redactor) before escaping: escaped, a secret
 // with <, &, " or | in it would no longer match any form the redactor
 // knows.
-func summaryMarkdown(results []pull.Result, redact func(string) string) string {
-	cell := func(s string) string { return cell(redact(s)) }
+func (w *writer) summaryMarkdown(results []pull.Result) string {
+	cell := func(s string) string { return cell(w.red.Redact(s)) }
 	var b strings.Builder
 	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
@@ -372,7 +371,7 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		if diag == "" {
 			diag = r.Err.Error()
 		}
-		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(redact(diag)))
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(w.red.Redact(diag)))
 	}
 	return b.String()
 }
@@ -392,7 +391,7 @@ func orDash(s string) string {
 // events turns pull's events into log lines and annotations. Progress is
 // printed as one line per image and host every interval, not per layer.
 type events struct {
-	rep      reporter
+	rep      *writer
 	mu       sync.Mutex
 	progress map[string][2]int64
 	printed  map[string][2]int64
@@ -400,7 +399,7 @@ type events struct {
 	once     sync.Once
 }
 
-func newEvents(rep reporter, every time.Duration) *events {
+func newEvents(rep *writer, every time.Duration) *events {
 	e := &events{rep: rep, progress: map[string][2]int64{}, printed: map[string][2]int64{}, done: make(chan struct{})}
 	go func() {
 		t := time.NewTicker(every)
@@ -517,7 +516,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
