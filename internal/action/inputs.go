@@ -61,7 +61,10 @@ type Config struct {
 	Destination Destination
 	Retries     int
 	Timeout     time.Duration
-	Summary     bool
+	// QuotaGuard fails early when a registry's pull quota cannot cover
+	// the step.
+	QuotaGuard bool
+	Summary    bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
 	// OIDC is set when credentials are to be derived from the workflow's
@@ -98,6 +101,9 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		return c, err
 	}
 	if c.Summary, err = parseBool("summary", in("summary")); err != nil {
+		return c, err
+	}
+	if c.QuotaGuard, err = parseBool("quota-guard", in("quota-guard")); err != nil {
 		return c, err
 	}
 	if p := in("platform"); p != "" {

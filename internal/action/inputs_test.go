@@ -88,6 +88,12 @@ func TestParseConfig(t *testing.T) {
 		{"bad destination", func(m map[string]string) { m["destination"] = "podman" }, "destination", nil},
 		{"bad retries", func(m map[string]string) { m["retries"] = "-1" }, "retries", nil},
 		{"bad timeout", func(m map[string]string) { m["timeout"] = "10" }, "timeout", nil},
+		{"bad quota-guard", func(m map[string]string) { m["quota-guard"] = "100" }, "quota-guard", nil},
+		{"quota-guard on by default", nil, "", func(t *testing.T, c Config) {
+			if !c.QuotaGuard {
+				t.Errorf("quota-guard is off by default")
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -149,6 +149,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		ProbeOptions:      probeOpts,
 		Events:            ev,
 		Fleet:             fleetFor(cfg),
+		QuotaGuard:        cfg.QuotaGuard,
 	})
 	ev.stop()
 
@@ -300,6 +301,10 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 	if err != nil {
 		return err
 	}
+	qs, err := json.Marshal(quotasJSON(results))
+	if err != nil {
+		return err
+	}
 	for _, o := range [][2]string{
 		{"auth-mode", mode},
 		{"fallback-used", fmt.Sprint(fallback)},
@@ -308,6 +313,7 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 		{"image-ref", ref},
 		{"verified", verifiedBy},
 		{"signature-digest", sigDigest},
+		{"pull-quota", string(qs)},
 		{"results", string(js)},
 	} {
 		if err := rep.Output(o[0], o[1]); err != nil {
@@ -336,6 +342,13 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	for _, q := range quotas(results) {
+		icon := "ℹ️"
+		if q.Remaining == 0 {
+			icon = "⚠️"
+		}
+		fmt.Fprintf(&b, "\n%s **Pull quota of %s** before this step: %s\n", icon, cell(q.Registry), cell(q.String()))
 	}
 	seen := map[string]bool{}
 	for _, r := range results {
@@ -529,4 +542,45 @@ func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Cr
 		return err
 	})
 	return creds, err
+}
+
+// quotas is one pull quota per registry that reported one, the lowest
+// reading of the step's probes (the latest: only pulls lower it), in the
+// order the registries first appear.
+func quotas(results []pull.Result) []ghcr.Quota {
+	var out []ghcr.Quota
+	at := map[string]int{}
+	for _, r := range results {
+		if r.Quota == nil {
+			continue
+		}
+		i, ok := at[r.Quota.Registry]
+		if !ok {
+			at[r.Quota.Registry] = len(out)
+			out = append(out, *r.Quota)
+			continue
+		}
+		if r.Quota.Remaining < out[i].Remaining {
+			out[i] = *r.Quota
+		}
+	}
+	return out
+}
+
+// QuotaJSON is one element of the pull-quota output.
+type QuotaJSON struct {
+	Registry      string `json:"registry"`
+	Limit         int    `json:"limit"`
+	Remaining     int    `json:"remaining"`
+	WindowSeconds int64  `json:"window_seconds,omitempty"`
+	Source        string `json:"source,omitempty"`
+}
+
+func quotasJSON(results []pull.Result) []QuotaJSON {
+	out := []QuotaJSON{}
+	for _, q := range quotas(results) {
+		out = append(out, QuotaJSON{Registry: q.Registry, Limit: q.Limit, Remaining: q.Remaining,
+			WindowSeconds: int64(q.Window / time.Second), Source: q.Source})
+	}
+	return out
 }

@@ -93,6 +93,10 @@ type Options struct {
 	// Fleet, when set, takes every probed image onto its members (one
 	// result each) in place of targets.
 	Fleet Fleet
+	// QuotaGuard probes every image before any target pulls, and fails
+	// the images of a registry whose reported pull quota (Docker Hub's)
+	// has fewer pulls left than the step needs (quota.go).
+	QuotaGuard bool
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -151,6 +155,9 @@ type Result struct {
 	Duration time.Duration
 	// Verification is set when a signature was verified.
 	Verification *Verification
+	// Quota is the registry's pull quota as the probe read it, before
+	// this step's pulls; nil when the registry reports none.
+	Quota *ghcr.Quota
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -197,11 +204,34 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	perImage := make([][]Result, len(images))
 	var g errgroup.Group
 	g.SetLimit(opts.ImageConcurrency)
-	for i, img := range images {
-		g.Go(func() error {
-			perImage[i] = pullImage(ctx, img, opened, opts)
-			return nil
-		})
+	if opts.QuotaGuard {
+		// Every probe first: the guard needs every image's registry and
+		// quota before the first pull spends any of it.
+		probes := make([]probeOutcome, len(images))
+		starts := make([]time.Time, len(images))
+		for i, img := range images {
+			g.Go(func() error {
+				starts[i] = time.Now()
+				probes[i] = probeImage(ctx, img, opts)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		guardQuota(probes, len(opened), opts.Fleet != nil)
+		for i, img := range images {
+			g.Go(func() error {
+				perImage[i] = deliver(ctx, img, probes[i], opened, opts, starts[i])
+				return nil
+			})
+		}
+	} else {
+		for i, img := range images {
+			g.Go(func() error {
+				start := time.Now()
+				perImage[i] = deliver(ctx, img, probeImage(ctx, img, opts), opened, opts, start)
+				return nil
+			})
+		}
 	}
 	_ = g.Wait()
 	var results []Result
@@ -211,14 +241,18 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	return results
 }
 
-// pullImage probes once on the runner, then pulls onto every target as
-// soon as it is reached.
-func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options) []Result {
-	start := time.Now()
+// probeImage probes once on the runner (and verifies, when asked).
+func probeImage(ctx context.Context, img Image, opts Options) probeOutcome {
 	p := probeWithFallback(ctx, img, opts)
 	if p.err == nil && opts.Verify != nil {
 		p.verify(ctx, img, opts)
 	}
+	return p
+}
+
+// deliver pulls a probed image onto every target as soon as it is
+// reached (or reports the probe's failure for each).
+func deliver(ctx context.Context, img Image, p probeOutcome, targets []*openOnce, opts Options, start time.Time) []Result {
 	if opts.Fleet != nil {
 		if p.err == nil {
 			return pullFleet(ctx, img, p, opts)
@@ -263,6 +297,7 @@ type probeOutcome struct {
 	digest       string
 	platform     string // the platform's manifest digest, with a platform
 	verification *Verification
+	quota        *ghcr.Quota
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -300,6 +335,7 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 		creds.RegistryToken = res.Token
 	}
 	out.creds = creds
+	out.quota = res.Quota
 	out.digest = res.Digest
 	out.platform = res.PlatformDigest
 	out.err = err
@@ -338,6 +374,7 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 		FallbackUsed: p.fallbackUsed,
 		Digest:       p.digest,
 		Duration:     d,
+		Quota:        p.quota,
 		Err:          p.err,
 	}
 	if p.rejection != nil {

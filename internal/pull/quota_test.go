@@ -1,0 +1,108 @@
+package pull
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+)
+
+// quotaRegistry serves one image under tags 1 and 2 and reports Docker
+// Hub's quota headers with remaining pulls left ("" sends none).
+func quotaRegistry(t *testing.T, remaining string) (host, digest string) {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if remaining != "" && strings.Contains(r.URL.Path, "/manifests/") {
+			w.Header().Set("ratelimit-limit", "100;w=21600")
+			w.Header().Set("ratelimit-remaining", remaining+";w=21600")
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	host = strings.TrimPrefix(srv.URL, "http://")
+	img, _ := random.Image(64, 1)
+	for _, tag := range []string{"1", "2"} {
+		ref, _ := name.ParseReference(host + "/library/app:" + tag)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, _ := img.Digest()
+	return host, d.String()
+}
+
+// The guard fails every image of the registry before any target pulls
+// when fewer pulls are left than images × targets; it lets the step run
+// when enough are, when it is off, when nothing is pulled, and when the
+// registry reports no quota.
+func TestQuotaGuard(t *testing.T) {
+	tests := []struct {
+		name      string
+		remaining string
+		guard     bool
+		targets   int
+		wantPulls int // daemon pulls in all
+		wantClass string
+	}{
+		{"enough left", "6", true, 3, 6, ""},
+		{"one short", "5", true, 3, 0, "quota"},
+		{"spent", "0", true, 1, 0, "quota"},
+		{"guard off", "5", false, 3, 6, ""},
+		{"resolve only", "0", true, 0, 0, ""},
+		{"no quota reported", "", true, 3, 6, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host, digest := quotaRegistry(t, tt.remaining)
+			images, err := ParseImages([]string{host + "/library/app:1", host + "/library/app:2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var daemons []*fakeDaemon
+			var targets []Target
+			for i := range tt.targets {
+				d := &fakeDaemon{digest: digest}
+				daemons = append(daemons, d)
+				targets = append(targets, Target{Name: string(rune('a' + i)), Open: func(context.Context) (Daemon, error) { return d, nil }})
+			}
+			results := Run(context.Background(), images, targets, Options{Credentials: ghcr.Anonymous, QuotaGuard: tt.guard})
+			pulls := 0
+			for _, d := range daemons {
+				pulls += len(d.calls)
+			}
+			if pulls != tt.wantPulls {
+				t.Errorf("%d daemon pulls, want %d", pulls, tt.wantPulls)
+			}
+			for _, r := range results {
+				if got := failure.ClassOf(r.Err); got != tt.wantClass {
+					t.Errorf("%s on %s: class %q (%v), want %q", r.Image, r.Host, got, r.Err, tt.wantClass)
+				}
+				if tt.wantClass == "quota" {
+					for _, w := range []string{"needs 6", "2 images × 3 targets"} {
+						if tt.targets == 3 && !strings.Contains(r.Err.Error(), w) {
+							t.Errorf("error lacks %q: %v", w, r.Err)
+						}
+					}
+					if r.Digest != "" || r.ImageRef != "" {
+						t.Errorf("a refused image reports a digest: %+v", r)
+					}
+				}
+				if tt.remaining != "" && (r.Quota == nil || r.Quota.Limit != 100) {
+					t.Errorf("result lacks the quota read: %+v", r.Quota)
+				}
+			}
+		})
+	}
+}
