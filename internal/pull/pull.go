@@ -24,6 +24,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -97,6 +98,11 @@ type Options struct {
 	// the images of a registry whose reported pull quota (Docker Hub's)
 	// has fewer pulls left than the step needs (quota.go).
 	QuotaGuard bool
+	// Mirrors may serve images in place of their registry (mirror.go);
+	// MirrorCredentials go to the mirrors the user listed, and to no
+	// other host.
+	Mirrors           mirror.Set
+	MirrorCredentials ghcr.Credentials
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -158,6 +164,14 @@ type Result struct {
 	// Quota is the registry's pull quota as the probe read it, before
 	// this step's pulls; nil when the registry reports none.
 	Quota *ghcr.Quota
+	// ServedBy names the mirror the target pulled from ("" for the
+	// image's own registry); ResolvedBy the mirror that resolved the
+	// digest because upstream could not (down, over quota).
+	ServedBy   string
+	ResolvedBy string
+	// MirrorNotes say what was decided about mirrors and why (one that
+	// answered another digest, one that was down).
+	MirrorNotes []string
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -241,9 +255,28 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	return results
 }
 
-// probeImage probes once on the runner (and verifies, when asked).
+// probeImage probes once on the runner, decides which mirror serves, and
+// verifies, when asked.
 func probeImage(ctx context.Context, img Image, opts Options) probeOutcome {
-	p := probeWithFallback(ctx, img, opts)
+	if len(mirrorsOf(img, opts)) == 0 {
+		p := probeWithFallback(ctx, img, opts)
+		if p.err == nil && opts.Verify != nil {
+			p.verify(ctx, img, opts)
+		}
+		return p
+	}
+	// With mirrors, an upstream that is down or over quota is asked
+	// once: a mirror answers sooner than a wait. Only when none does is
+	// upstream asked again with the retry policy (Retry-After honoured).
+	once := opts
+	once.Retry = retry.Policy{}
+	p := probeWithFallback(ctx, img, once)
+	p.chooseMirror(ctx, img, opts)
+	if p.err != nil && upstreamDown(p.err) && opts.Retry.Retries > 0 {
+		notes := p.mirrorNotes
+		p = probeWithFallback(ctx, img, opts)
+		p.mirrorNotes = notes
+	}
 	if p.err == nil && opts.Verify != nil {
 		p.verify(ctx, img, opts)
 	}
@@ -298,6 +331,9 @@ type probeOutcome struct {
 	platform     string // the platform's manifest digest, with a platform
 	verification *Verification
 	quota        *ghcr.Quota
+	source       *source // nil: targets pull from upstream
+	resolvedBy   string
+	mirrorNotes  []string
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -375,7 +411,12 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 		Digest:       p.digest,
 		Duration:     d,
 		Quota:        p.quota,
+		ResolvedBy:   p.resolvedBy,
+		MirrorNotes:  p.mirrorNotes,
 		Err:          p.err,
+	}
+	if p.resolvedBy != "" && p.source != nil {
+		r.AuthMode, r.Provider = p.source.creds.Mode, ""
 	}
 	if p.rejection != nil {
 		r.CredentialError = rejectionText(p.rejection)
@@ -426,6 +467,20 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	if byDigest {
 		ref = Pinned(img.Input, p.digest)
 	}
+	// A mirror serves only targets that can tag: they pull
+	// <mirror>/<repo>@<digest> and get the user's tag. A CRI target
+	// pulls the user's reference (containerd's own hosts.toml mirrors
+	// apply there).
+	src := p.source
+	if !byDigest {
+		src = nil
+	}
+	creds := p.creds
+	if src != nil {
+		ref, creds = src.ref.String(), src.creds
+		res.ServedBy = src.mirror.String()
+		res.AuthMode, res.Provider = creds.Mode, ""
+	}
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtTarget, t.target.Name), func(ctx context.Context) error {
@@ -439,13 +494,12 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return downloaded, err
 	}
 
-	creds := p.creds
 	downloaded, err := pullWith(creds)
 	var rej *failure.Rejected
 	// credential-error reports the daemon's answer to the credentials
 	// themselves, not to a token retry.
 	rejection := err
-	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" {
+	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" && src == nil {
 		// Registry tokens live about 300 s: one that expired before or
 		// during the pull is replaced by a fresh one, never by the
 		// password.
@@ -466,6 +520,14 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		creds = ghcr.Anonymous
 		downloaded, err = pullWith(creds)
 		opts.Events.Fallback(img, AtTarget, t.target.Name, rejection, err)
+	}
+	// A mirror that served the probe but fails this target leaves it to
+	// upstream, when upstream resolved the digest itself.
+	if err != nil && src != nil && p.resolvedBy == "" {
+		res.MirrorNotes = append(res.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err))
+		ref, creds, src = Pinned(img.Input, p.digest), p.creds, nil
+		res.ServedBy, res.AuthMode, res.Provider = "", creds.Mode, p.creds.Provider
+		downloaded, err = pullWith(creds)
 	}
 	res.AuthMode = creds.Mode
 	if creds.IsAnonymous() {
@@ -495,7 +557,11 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
-	got := RepoDigest(info.RepoDigests, img.Input, p.digest)
+	pulledAs := img.Input
+	if src != nil {
+		pulledAs = ref // RepoDigests name the mirror's repository
+	}
+	got := RepoDigest(info.RepoDigests, pulledAs, p.digest)
 	if p.digest != "" && got != p.digest {
 		err := &DriftError{Image: img.Input, Target: t.target.Name, Expected: p.digest, Got: got}
 		return res.failed(err, err.Error())

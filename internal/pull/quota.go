@@ -30,8 +30,8 @@ func guardQuota(probes []probeOutcome, targets int, fleet bool) {
 	}
 	per := map[string]*tally{}
 	for _, p := range probes {
-		if p.err != nil || p.quota == nil {
-			continue
+		if p.err != nil || p.quota == nil || p.source != nil {
+			continue // a mirror serves it: upstream's quota is not spent
 		}
 		t, ok := per[p.quota.Registry]
 		if !ok {
@@ -47,7 +47,7 @@ func guardQuota(probes []probeOutcome, targets int, fleet bool) {
 	}
 	for i := range probes {
 		p := &probes[i]
-		if p.err != nil || p.quota == nil {
+		if p.err != nil || p.quota == nil || p.source != nil {
 			continue
 		}
 		t := per[p.quota.Registry]
