@@ -45,6 +45,8 @@ type engineFake struct {
 	query []url.Values
 	// repoDigests answers image inspection (none when empty).
 	repoDigests []string
+	// info answers GET /info.
+	info string
 }
 
 var apiVersionRE = regexp.MustCompile(`^/v[0-9.]+`)
@@ -67,6 +69,10 @@ func startEngine(t *testing.T, create func(w http.ResponseWriter, r *http.Reques
 			e.query = append(e.query, r.URL.Query())
 			e.mu.Unlock()
 			create(w, r, int(e.calls.Add(1)))
+		case p == "/info":
+			e.mu.Lock()
+			io.WriteString(w, e.info)
+			e.mu.Unlock()
 		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/tag") && r.Method == http.MethodPost:
 			w.WriteHeader(http.StatusCreated)
 		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/json"):

@@ -22,6 +22,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
@@ -94,6 +95,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		return ExitBadInput
 	}
 	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
+	rep.MaskCredentials(cfg.MirrorCredentials.Username, cfg.MirrorCredentials.Password)
 	if cfg.Kube != nil {
 		for _, s := range cfg.Kube.Secrets() {
 			rep.Mask(s)
@@ -124,6 +126,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	}
 
 	targets := targetsFor(cfg, rep)
+	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
@@ -150,6 +153,8 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		Events:            ev,
 		Fleet:             fleetFor(cfg),
 		QuotaGuard:        cfg.QuotaGuard,
+		Mirrors:           cfg.Mirrors,
+		MirrorCredentials: cfg.MirrorCredentials,
 	})
 	ev.stop()
 
@@ -207,25 +212,28 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 
 // ResultJSON is one element of the results output.
 type ResultJSON struct {
-	Image           string `json:"image"`
-	Host            string `json:"host"`
-	Runtime         string `json:"runtime,omitempty"`
-	Namespace       string `json:"namespace,omitempty"`
-	AuthMode        string `json:"auth_mode"`
-	OIDCProvider    string `json:"oidc_provider,omitempty"`
-	FallbackUsed    bool   `json:"fallback_used"`
-	CredentialError string `json:"credential_error"`
-	Digest          string `json:"digest"`
-	ImageRef        string `json:"image_ref"`
-	Platform        string `json:"platform"`
-	PlatformDigest  string `json:"platform_digest,omitempty"`
-	VerifyMethod    string `json:"verify_method,omitempty"`
-	VerifyIdentity  string `json:"verify_identity,omitempty"`
-	SignatureDigest string `json:"signature_digest,omitempty"`
-	DurationMS      int64  `json:"duration_ms"`
-	Pulled          *bool  `json:"pulled,omitempty"`
-	Error           string `json:"error,omitempty"`
-	ErrorClass      string `json:"error_class,omitempty"`
+	Image           string   `json:"image"`
+	Host            string   `json:"host"`
+	Runtime         string   `json:"runtime,omitempty"`
+	Namespace       string   `json:"namespace,omitempty"`
+	AuthMode        string   `json:"auth_mode"`
+	OIDCProvider    string   `json:"oidc_provider,omitempty"`
+	FallbackUsed    bool     `json:"fallback_used"`
+	CredentialError string   `json:"credential_error"`
+	Digest          string   `json:"digest"`
+	ImageRef        string   `json:"image_ref"`
+	Platform        string   `json:"platform"`
+	PlatformDigest  string   `json:"platform_digest,omitempty"`
+	VerifyMethod    string   `json:"verify_method,omitempty"`
+	VerifyIdentity  string   `json:"verify_identity,omitempty"`
+	SignatureDigest string   `json:"signature_digest,omitempty"`
+	DurationMS      int64    `json:"duration_ms"`
+	Pulled          *bool    `json:"pulled,omitempty"`
+	ServedBy        string   `json:"served_by,omitempty"`
+	ResolvedBy      string   `json:"resolved_by,omitempty"`
+	MirrorNotes     []string `json:"mirror_notes,omitempty"`
+	Error           string   `json:"error,omitempty"`
+	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
 func toJSON(results []pull.Result) []ResultJSON {
@@ -235,6 +243,7 @@ func toJSON(results []pull.Result) []ResultJSON {
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy, MirrorNotes: r.MirrorNotes,
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -343,6 +352,7 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
 	}
+	mirrorSummary(&b, results, cell)
 	for _, q := range quotas(results) {
 		icon := "ℹ️"
 		if q.Remaining == 0 {
@@ -583,4 +593,63 @@ func quotasJSON(results []pull.Result) []QuotaJSON {
 			WindowSeconds: int64(q.Window / time.Second), Source: q.Source})
 	}
 	return out
+}
+
+// addDaemonMirrors adds the runner's daemon's registry-mirrors (Docker Hub
+// only, as dockerd uses them) after the mirrors input, when the runner's
+// daemon is a destination and an image is on Docker Hub. Not reading them
+// only loses a fallback: the step goes on.
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep reporter) {
+	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
+		return
+	}
+	onHub := false
+	for _, img := range cfg.Images {
+		onHub = onHub || img.Ref.Context().RegistryStr() == mirror.DockerHub
+	}
+	if !onHub {
+		return
+	}
+	e, err := docker.Open(ctx, cfg.DockerHost)
+	if err != nil {
+		return // the local target reports it
+	}
+	defer e.Close()
+	urls, err := e.Mirrors(ctx)
+	if err != nil {
+		rep.Info("could not read the daemon's registry-mirrors: %v", err)
+		return
+	}
+	if ms := mirror.FromDaemon(urls); len(ms) > 0 {
+		if cfg.Mirrors == nil {
+			cfg.Mirrors = mirror.Set{}
+		}
+		cfg.Mirrors.Add(mirror.DockerHub, ms...)
+		names := make([]string, len(ms))
+		for i, m := range ms {
+			names[i] = m.String()
+		}
+		rep.Info("the daemon's registry-mirrors for Docker Hub: %s", strings.Join(names, ", "))
+	}
+}
+
+// mirrorSummary says, per image, which mirror served or resolved it and
+// which mirrors were passed over (a different digest, down).
+func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) string) {
+	seen := map[string]bool{}
+	for _, r := range results {
+		if r.ServedBy != "" {
+			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
+		}
+		for _, n := range r.MirrorNotes {
+			if !seen[n] {
+				seen[n] = true
+				icon := "ℹ️"
+				if strings.Contains(n, "not trusted") {
+					icon = "⚠️"
+				}
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+			}
+		}
+	}
 }
