@@ -159,9 +159,20 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	ev.stop()
 
 	failed := 0
+	noted := map[string]bool{}
 	for _, r := range results {
+		for _, n := range r.MirrorNotes {
+			if !noted[n] {
+				noted[n] = true
+				rep.Info("%s", n)
+			}
+		}
 		if r.Err == nil {
-			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			via := ""
+			if r.ServedBy != "" {
+				via = ", served by mirror " + r.ServedBy
+			}
+			rep.Info("%s on %s: %s, %s%s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), via, r.Duration.Round(time.Millisecond))
 			continue
 		}
 		failed++

@@ -124,6 +124,25 @@ func TestPullQuota(t *testing.T) {
 					t.Errorf("%s in the daemon: %v, exit %d", ref, has, res.ExitCode)
 				}
 			}
+			if i == 0 {
+				// Why the guard counts targets that hold the image: the
+				// daemon's pull by digest still GETs the manifest, which
+				// Docker Hub counts.
+				e.Front.ResetLog()
+				if again := e.RunAction(t, inputs); again.ExitCode != 0 {
+					t.Fatalf("second run: exit %d\n%s", again.ExitCode, again.Stdout)
+				}
+				gets := 0
+				for _, r := range e.Front.Requests() {
+					if !strings.HasPrefix(r.UserAgent, "ghcr-pull") && r.Method == http.MethodGet && strings.Contains(r.Path, "/manifests/") {
+						gets++
+					}
+				}
+				t.Logf("daemon manifest GETs when it already holds both images: %d", gets)
+				if gets < len(refs) {
+					t.Errorf("the daemon made %d manifest GETs for %d images it held: the guard's count (images × targets) over-counts", gets, len(refs))
+				}
+			}
 		})
 	}
 }
