@@ -68,6 +68,7 @@ func fromDaemon(reqs []ghcrsim.Request) int {
 // log.
 func TestMirrors(t *testing.T) {
 	e := Start(t)
+	t.Cleanup(e.Front.ResetLog) // no injected 429 outlives the test
 	e.Front.AddUser("upstream-user", canary, false, "*")
 	const mirrorSecret = "mirror-secret-7f3a9c"
 	hubQuota := http.Header{"Ratelimit-Limit": {"100;w=21600"}, "Ratelimit-Remaining": {"0;w=21600"}, "Docker-Ratelimit-Source": {"203.0.113.7"}}

@@ -27,6 +27,7 @@ func dockerHubQuota(remaining string) http.Header {
 // one fails at once naming the quota.
 func TestPullQuota(t *testing.T) {
 	e := Start(t)
+	t.Cleanup(e.Front.ResetLog) // no injected 429 outlives the test
 	cases := []struct {
 		name        string
 		remaining   string
