@@ -120,7 +120,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}
-		return overQuota(cerr, obs.quotaOf(ref.Context().RegistryStr()))
+		return OverQuota(cerr, obs.quotaOf(ref.Context().RegistryStr()))
 	}
 	if err != nil {
 		return ProbeResult{Requests: int(obs.requests.Load()), Quota: obs.quotaOf(ref.Context().RegistryStr())}, classify(err)

@@ -103,11 +103,10 @@ func (e *QuotaExceeded) Class() string { return "quota" }
 func (e *QuotaExceeded) Error() string {
 	var b strings.Builder
 	if e.Need > 0 {
-		fmt.Fprintf(&b, "the pull quota of %s has %d pulls left, and this step needs %d (%s)", e.Quota.Registry, e.Quota.Remaining, e.Need, e.NeedText)
+		fmt.Fprintf(&b, "the pull quota of %s has %d pulls left, and this step needs %d (%s): %s; ", e.Quota.Registry, e.Quota.Remaining, e.Need, e.NeedText, e.Quota)
 	} else {
-		fmt.Fprintf(&b, "the pull quota of %s is spent (429 Too Many Requests)", e.Quota.Registry)
+		fmt.Fprintf(&b, "the pull quota of %s is spent (429 Too Many Requests; last read: %s); ", e.Quota.Registry, e.Quota)
 	}
-	fmt.Fprintf(&b, ": %s; ", e.Quota.String())
 	switch {
 	case e.RetryAfter > 0:
 		fmt.Fprintf(&b, "the registry says to retry in %s", e.RetryAfter.Round(time.Second))
@@ -132,11 +131,12 @@ func (e *QuotaExceeded) Transient() bool { return e.RetryAfter > 0 }
 // RetryDelay is the registry's Retry-After.
 func (e *QuotaExceeded) RetryDelay() time.Duration { return e.RetryAfter }
 
-// overQuota turns a classified 429 into QuotaExceeded when the answer
-// carried quota headers; anything else is returned unchanged.
-func overQuota(err error, q *Quota) error {
+// OverQuota turns a classified 429 (from the registry, or in a daemon's
+// words) into QuotaExceeded when the registry reports a quota q; anything
+// else is returned unchanged.
+func OverQuota(err error, q *Quota) error {
 	te, ok := err.(*failure.Transient)
-	if !ok || te.Status != http.StatusTooManyRequests || q == nil {
+	if !ok || !te.TooManyRequests() || q == nil {
 		return err
 	}
 	return &QuotaExceeded{Quota: *q, RetryAfter: te.RetryAfter, Err: te}

@@ -149,11 +149,11 @@ func TestProbeOverQuota(t *testing.T) {
 // A 429 without quota headers stays an ordinary transient failure.
 func TestOverQuotaNeedsHeaders(t *testing.T) {
 	te := &failure.Transient{Response: failure.Response{Status: 429}}
-	if got := overQuota(te, nil); got != error(te) {
+	if got := OverQuota(te, nil); got != error(te) {
 		t.Errorf("got %v", got)
 	}
 	five := &failure.Transient{Response: failure.Response{Status: 503}}
-	if got := overQuota(five, &Quota{Limit: 1}); got != error(five) {
+	if got := OverQuota(five, &Quota{Limit: 1}); got != error(five) {
 		t.Errorf("a 503 became %v", got)
 	}
 }

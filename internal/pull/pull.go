@@ -488,6 +488,11 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 			downloaded, err = d.Pull(ctx, ref, opts.Platform, creds, func(done, total int64) {
 				opts.Events.Progress(img, t.target.Name, done, total)
 			})
+			if src == nil {
+				// The registry's quota ran out during the step: name
+				// it, and wait only for a Retry-After.
+				err = ghcr.OverQuota(err, p.quota)
+			}
 			return err
 		})
 		attempts = append(attempts, ghcr.Attempt{Mode: creds.Mode, Err: err, Target: t.target.Name})

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
 // quotaRegistry serves one image under tags 1 and 2 and reports Docker
@@ -104,5 +106,26 @@ func TestQuotaGuard(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A daemon's 429 in its words, on a registry that reports a quota, is
+// the quota running out mid-step: named as such and not retried without
+// a Retry-After (seconds of backoff cannot bring back a six-hour window).
+func TestDaemonHitsQuota(t *testing.T) {
+	host, digest := quotaRegistry(t, "50")
+	images, _ := ParseImages([]string{host + "/library/app:1"})
+	hit := failure.FromDaemon(500, "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit", true)
+	d := &fakeDaemon{digest: digest, answers: []error{hit, hit, hit}}
+	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+		Options{Credentials: ghcr.Anonymous, Retry: retry.Policy{Retries: 2, Base: time.Millisecond}})
+	if got := failure.ClassOf(res[0].Err); got != "quota" {
+		t.Fatalf("class %q (%v), want quota", got, res[0].Err)
+	}
+	if len(d.calls) != 1 {
+		t.Errorf("%d daemon pulls: retried into a spent quota", len(d.calls))
+	}
+	if !strings.Contains(res[0].Err.Error(), "50 of 100 pulls left") {
+		t.Errorf("the error does not name the quota read: %v", res[0].Err)
 	}
 }
