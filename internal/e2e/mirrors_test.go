@@ -1,17 +1,23 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/moby/moby/client"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 )
@@ -249,4 +255,84 @@ func closedPort(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return "127.0.0.1:" + strconv.Itoa(p)
+}
+
+// setRegistryMirrors gives the host's dockerd registry-mirrors, as
+// daemon.json does on a runner: written to its config file, then SIGHUP
+// (dockerd reloads registry-mirrors live), waiting until its Engine API
+// reports them. A mirror's address is known only once the host runs
+// (ExposeOnHost), so it cannot be a start flag.
+func (h *RemoteHost) setRegistryMirrors(tb testing.TB, mirrors ...string) {
+	tb.Helper()
+	cfg, _ := json.Marshal(map[string]any{"registry-mirrors": mirrors})
+	if err := os.WriteFile(filepath.Join(h.Dir, "daemon.json"), cfg, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	h.mu.Lock()
+	d := h.dockerd
+	h.mu.Unlock()
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		tb.Fatal(err)
+	}
+	err := waitUntil(20*time.Second, 100*time.Millisecond, func() (bool, error) {
+		info, err := h.Docker().Info(context.Background(), client.InfoOptions{})
+		if err != nil || info.Info.RegistryConfig == nil {
+			return false, nil
+		}
+		return len(info.Info.RegistryConfig.Mirrors) == len(mirrors), nil
+	})
+	if err != nil {
+		tb.Fatalf("dockerd on %s did not take registry-mirrors %v: %v\n%s", h.Name, mirrors, err, lastLinesOf(h.DockerdLog(), 10))
+	}
+}
+
+// TestDaemonRegistryMirrors: the runner's daemon (here a dockerd in its
+// own namespace, reached as docker-host, since the machine's shared
+// dockerd cannot be reconfigured) has registry-mirrors in daemon.json. The
+// image is on Docker Hub, which this machine cannot resolve: the action
+// reads the mirror from the Engine API, the mirror (docker-registry behind
+// its front) resolves the digest and serves it, and the daemon holds the
+// Docker Hub tag pointed at that digest.
+func TestDaemonRegistryMirrors(t *testing.T) {
+	e := Start(t)
+	h := StartRemoteHost(t, "mirrord", RemoteHostOptions{})
+	m := e.startMirror(t)
+	addr := h.ExposeOnHost(t, m.host)
+	const repo = "library/mirrored"
+	img, _ := random.Image(1024, 2)
+	want, _ := img.Digest()
+	e.pushTo(t, m.host, repo+":1", img)
+	m.front.SetPublic(repo)
+	h.setRegistryMirrors(t, "http://"+addr)
+	m.front.ResetLog()
+
+	res := e.RunAction(t, map[string]string{"image": "docker.io/" + repo + ":1", "auth": "anonymous",
+		"docker-host": "unix://" + h.DockerSocket()})
+	if res.ExitCode != 0 {
+		t.Fatalf("exit %d\n%s", res.ExitCode, res.Stdout)
+	}
+	if !strings.Contains(res.Stdout, "the daemon's registry-mirrors for Docker Hub: "+addr) {
+		t.Errorf("the log does not name the daemon's mirror:\n%s", res.Stdout)
+	}
+	var results []struct {
+		ServedBy   string `json:"served_by"`
+		ResolvedBy string `json:"resolved_by"`
+		Digest     string `json:"digest"`
+	}
+	if err := json.Unmarshal([]byte(res.Outputs["results"]), &results); err != nil || len(results) != 1 {
+		t.Fatalf("results %q: %v", res.Outputs["results"], err)
+	}
+	if r := results[0]; r.ServedBy != addr || r.ResolvedBy != addr || r.Digest != want.String() {
+		t.Errorf("results %+v, want served and resolved by %s, digest %s", r, addr, want)
+	}
+	got, err := h.Docker().ImageInspect(context.Background(), "docker.io/"+repo+":1")
+	if err != nil {
+		t.Fatalf("the daemon lacks the Docker Hub tag: %v", err)
+	}
+	if !contains(got.RepoDigests, addr+"/"+repo+"@"+want.String()) {
+		t.Errorf("RepoDigests %v, want the mirror's digest %s", got.RepoDigests, want)
+	}
+	if fromDaemon(m.front.Requests()) == 0 {
+		t.Errorf("the mirror's front saw no request from the daemon")
+	}
 }

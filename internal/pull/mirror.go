@@ -37,15 +37,16 @@ func credsFor(m mirror.Mirror, opts Options) ghcr.Credentials {
 }
 
 // upstreamDown says whether a probe failure is one a mirror may stand in
-// for: the registry unreachable, failing, or over its pull quota. A
-// rejection or a missing image is the registry's word, and a mirror must
-// not overrule it.
+// for: the registry unreachable (its name unresolvable included),
+// failing, or over its pull quota. A rejection or a missing image is the
+// registry's word, and a mirror must not overrule it.
 func upstreamDown(err error) bool {
 	var (
 		qe *ghcr.QuotaExceeded
 		tr *failure.Transient
+		nh *ghcr.NoSuchHost
 	)
-	return errors.As(err, &qe) || errors.As(err, &tr)
+	return errors.As(err, &qe) || errors.As(err, &tr) || errors.As(err, &nh)
 }
 
 // chooseMirror picks, after the probe, the first mirror that serves the

@@ -257,3 +257,34 @@ func TestMirrorFailsOnTarget(t *testing.T) {
 		t.Errorf("notes %q", r.MirrorNotes)
 	}
 }
+
+// A registry whose name does not resolve (a runner with no route to it)
+// is left to its mirror; without a mirror it stays bad input.
+func TestMirrorForUnresolvableRegistry(t *testing.T) {
+	const repo = "library/app"
+	img, _ := random.Image(64, 1)
+	want, _ := img.Digest()
+	m := startSim(t)
+	m.push(t, repo+":1", img)
+	m.front.SetPublic(repo)
+	images, _ := ParseImages([]string{"registry.invalid/" + repo + ":1"})
+	for _, withMirror := range []bool{true, false} {
+		set := mirror.Set{}
+		if withMirror {
+			set.Add("registry.invalid", mirror.Mirror{Host: m.host})
+		}
+		d := &tagDaemon{}
+		res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+			Options{Credentials: ghcr.Anonymous, Mirrors: set})
+		r := res[0]
+		if !withMirror {
+			if failure.ClassOf(r.Err) != "bad-input:image" {
+				t.Errorf("without a mirror: %v", r.Err)
+			}
+			continue
+		}
+		if r.Err != nil || r.ResolvedBy != m.host || r.ServedBy != m.host || r.Digest != want.String() {
+			t.Errorf("err %v resolved %q served %q digest %s", r.Err, r.ResolvedBy, r.ServedBy, r.Digest)
+		}
+	}
+}
