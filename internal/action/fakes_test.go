@@ -78,7 +78,15 @@ func startEngine(t *testing.T, create func(w http.ResponseWriter, r *http.Reques
 		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/json"):
 			e.mu.Lock()
 			rd, _ := json.Marshal(append([]string{}, e.repoDigests...))
+			// With repoDigests set, the daemon holds the image only once
+			// it was pulled, as a real one does.
+			absent := len(e.repoDigests) > 0 && e.calls.Load() == 0
 			e.mu.Unlock()
+			if absent {
+				w.WriteHeader(http.StatusNotFound)
+				io.WriteString(w, `{"message":"No such image"}`)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
 			io.WriteString(w, `{"Id":"sha256:`+strings.Repeat("e", 64)+`","RepoDigests":`+string(rd)+`,"Os":"linux","Architecture":"amd64"}`)
 		default:

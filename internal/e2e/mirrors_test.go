@@ -96,7 +96,7 @@ func TestMirrors(t *testing.T) {
 		{name: "upstream over quota: a mirror down, then one with its own credentials", mirrors: []string{"down", "private"}, upstream429: true, wantServed: 1,
 			wantInSum: []string{"did not serve", "unchecked against upstream", "served by mirror"}},
 		{name: "upstream over quota and the only mirror down: fails naming the quota", mirrors: []string{"down"}, upstream429: true, wantExit: 1, wantServed: -1,
-			wantInOut: []string{"is spent (429 Too Many Requests)", "0 of 100 pulls left"}},
+			wantInOut: []string{"is spent (429 Too Many Requests", "0 of 100 pulls left"}},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -157,3 +157,13 @@ func TestOverQuotaNeedsHeaders(t *testing.T) {
 		t.Errorf("a 503 became %v", got)
 	}
 }
+
+// A quota failure is diagnosed as one: sign in, a mirror, the window; not
+// "raise retries", which cannot help.
+func TestDiagnoseQuota(t *testing.T) {
+	err := &QuotaExceeded{Quota: Quota{Registry: "index.docker.io", Limit: 100, Window: 6 * time.Hour}, Err: &failure.Transient{Response: failure.Response{Status: 429}}}
+	d := Diagnose("index.docker.io", []Attempt{{Mode: AuthAnonymous, Err: err}})
+	if !strings.Contains(d, "pull quota is spent") || strings.Contains(d, "raise `retries`") {
+		t.Errorf("diagnosis:\n%s", d)
+	}
+}

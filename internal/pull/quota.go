@@ -1,6 +1,7 @@
 package pull
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -9,29 +10,28 @@ import (
 // guardQuota fails, before any target pulls, the images of every registry
 // whose reported pull quota has fewer pulls left than the step needs.
 //
-// What is counted: one pull per image and target. Docker Hub counts a GET
-// of a manifest (an index and its platform manifest together count once)
-// and each target's runtime GETs the manifest even when it already holds
-// every layer, so a target that has the image costs a pull like one that
-// lacks it. A cluster (fleet) counts as one target: its node count is
-// known only once the pre-pull runs, so the guard under-counts there.
-// The probe's own HEAD costs nothing. Only images whose probe succeeded
-// are counted: a failed one pulls nowhere.
-func guardQuota(probes []probeOutcome, targets int, fleet bool) {
-	if fleet {
-		targets = 1
-	}
-	if targets == 0 {
-		return // resolve only: nothing will be pulled
-	}
+// What is counted: one pull per image and target that lacks it. Docker
+// Hub counts a GET of a manifest (an index and its platform manifest
+// together count once). A Docker target that already holds the probed
+// digest makes no registry request at all for a pull by digest (seen with
+// dockerd 20.10: TestPullQuota), so it costs nothing; one that lacks it
+// costs one. A target that cannot tag (containerd) pulls by tag and is
+// counted whatever it holds; an unreachable one pulls nothing. A cluster
+// (fleet) counts as one target: its nodes are known only once the
+// pre-pull runs, so the guard under-counts there. The probe's own HEAD
+// costs nothing. Images whose probe failed, or that a mirror serves, do
+// not spend upstream's quota.
+func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targets []*openOnce, fleet bool) {
 	type tally struct {
-		quota  ghcr.Quota
-		images int
+		quota          ghcr.Quota
+		images, pulls  int
+		pairs, holding int
 	}
+	spends := func(p probeOutcome) bool { return p.err == nil && p.quota != nil && p.source == nil }
 	per := map[string]*tally{}
-	for _, p := range probes {
-		if p.err != nil || p.quota == nil || p.source != nil {
-			continue // a mirror serves it: upstream's quota is not spent
+	for i, p := range probes {
+		if !spends(p) {
+			continue
 		}
 		t, ok := per[p.quota.Registry]
 		if !ok {
@@ -44,21 +44,54 @@ func guardQuota(probes []probeOutcome, targets int, fleet bool) {
 			t.quota = *p.quota
 		}
 		t.images++
+		if fleet {
+			t.pairs++
+			t.pulls++
+			continue
+		}
+		for _, target := range targets {
+			t.pairs++
+			if lacks(ctx, images[i], p, target) {
+				t.pulls++
+			} else {
+				t.holding++
+			}
+		}
 	}
 	for i := range probes {
 		p := &probes[i]
-		if p.err != nil || p.quota == nil || p.source != nil {
+		if !spends(*p) {
 			continue
 		}
 		t := per[p.quota.Registry]
-		need := t.images * targets
-		if need <= t.quota.Remaining {
+		if t.pulls <= t.quota.Remaining {
 			continue
 		}
-		p.err = &ghcr.QuotaExceeded{Quota: t.quota, Need: need,
-			NeedText: fmt.Sprintf("%d %s × %d %s", t.images, plural(t.images, "image"), targets, plural(targets, "target"))}
+		nTargets := t.pairs / t.images
+		text := fmt.Sprintf("%d %s × %d %s", t.images, plural(t.images, "image"), nTargets, plural(nTargets, "target"))
+		if t.holding > 0 {
+			text += fmt.Sprintf(", less %d that already hold the image", t.holding)
+		}
+		p.err = &ghcr.QuotaExceeded{Quota: t.quota, Need: t.pulls, NeedText: text}
 		p.attempts = append(p.attempts, ghcr.Attempt{Mode: p.creds.Mode, Err: p.err})
 	}
+}
+
+// lacks says whether pulling img onto target will ask the registry for
+// its manifest: false only for a Docker target that holds the digest
+// already (it is pulled by digest) and for one that cannot be reached
+// (it pulls nothing).
+func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) bool {
+	d, err := target.open(ctx)
+	if err != nil {
+		return false
+	}
+	pinned := Pinned(img.Input, p.digest)
+	if _, ok := d.(tagger); !ok || pinned == "" {
+		return true
+	}
+	info, err := d.Inspect(ctx, pinned)
+	return err != nil || RepoDigest(info.RepoDigests, img.Input, p.digest) != p.digest
 }
 
 func plural(n int, word string) string {

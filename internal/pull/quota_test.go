@@ -129,3 +129,37 @@ func TestDaemonHitsQuota(t *testing.T) {
 		t.Errorf("the error does not name the quota read: %v", res[0].Err)
 	}
 }
+
+// A Docker target that already holds the probed digest costs no pull
+// (dockerd asks the registry nothing for a pull by digest it holds), so
+// the guard does not count it; one that lacks it is counted.
+func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
+	host, digest := quotaRegistry(t, "1")
+	images, _ := ParseImages([]string{host + "/library/app:1", host + "/library/app:2"})
+	holding := &tagDaemon{refs: []string{host + "/library/app@" + digest}}
+	lacking := &tagDaemon{}
+	for _, tt := range []struct {
+		name      string
+		daemons   []*tagDaemon
+		wantClass string
+	}{
+		{"both held: needs 0", []*tagDaemon{holding}, ""},
+		{"held on one, lacking on the other: needs 2 of 1", []*tagDaemon{holding, lacking}, "quota"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var targets []Target
+			for i, d := range tt.daemons {
+				targets = append(targets, Target{Name: string(rune('a' + i)), Open: func(context.Context) (Daemon, error) { return d, nil }})
+			}
+			res := Run(context.Background(), images, targets, Options{Credentials: ghcr.Anonymous, QuotaGuard: true})
+			for _, r := range res {
+				if got := failure.ClassOf(r.Err); got != tt.wantClass {
+					t.Errorf("%s on %s: class %q (%v)", r.Image, r.Host, got, r.Err)
+				}
+				if tt.wantClass != "" && !strings.Contains(r.Err.Error(), "needs 2 (2 images × 2 targets, less 2 that already hold the image)") {
+					t.Errorf("error %v", r.Err)
+				}
+			}
+		})
+	}
+}
