@@ -27,7 +27,7 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 		images, pulls  int
 		pairs, holding int
 	}
-	spends := func(p probeOutcome) bool { return p.err == nil && p.quota != nil && p.source == nil }
+	spends := func(p probeOutcome) bool { return p.err == nil && p.quota != nil }
 	per := map[string]*tally{}
 	for i, p := range probes {
 		if !spends(p) {
@@ -46,7 +46,7 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 		t.images++
 		if fleet {
 			t.pairs++
-			t.pulls++
+			t.pulls++ // a fleet pulls the user's reference from the registry
 			continue
 		}
 		for _, target := range targets {
@@ -70,7 +70,7 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 		nTargets := t.pairs / t.images
 		text := fmt.Sprintf("%d %s × %d %s", t.images, plural(t.images, "image"), nTargets, plural(nTargets, "target"))
 		if t.holding > 0 {
-			text += fmt.Sprintf(", less %d that already hold the image", t.holding)
+			text += fmt.Sprintf(", less %d that hold it already or get it from a mirror", t.holding)
 		}
 		p.err = &ghcr.QuotaExceeded{Quota: t.quota, Need: t.pulls, NeedText: text}
 		p.attempts = append(p.attempts, ghcr.Attempt{Mode: p.creds.Mode, Err: p.err})
@@ -78,9 +78,9 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 }
 
 // lacks says whether pulling img onto target will ask the registry for
-// its manifest: false only for a Docker target that holds the digest
-// already (it is pulled by digest) and for one that cannot be reached
-// (it pulls nothing).
+// its manifest: false for a Docker target that holds the digest already
+// (it is pulled by digest) or that a mirror serves, and for one that
+// cannot be reached (it pulls nothing).
 func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) bool {
 	d, err := target.open(ctx)
 	if err != nil {
@@ -88,7 +88,10 @@ func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) boo
 	}
 	pinned := Pinned(img.Input, p.digest)
 	if _, ok := d.(tagger); !ok || pinned == "" {
-		return true
+		return true // pulled by the user's reference, from the registry
+	}
+	if p.source != nil {
+		return false
 	}
 	info, err := d.Inspect(ctx, pinned)
 	return err != nil || RepoDigest(info.RepoDigests, img.Input, p.digest) != p.digest

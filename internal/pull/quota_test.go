@@ -17,6 +17,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -156,10 +157,33 @@ func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
 				if got := failure.ClassOf(r.Err); got != tt.wantClass {
 					t.Errorf("%s on %s: class %q (%v)", r.Image, r.Host, got, r.Err)
 				}
-				if tt.wantClass != "" && !strings.Contains(r.Err.Error(), "needs 2 (2 images × 2 targets, less 2 that already hold the image)") {
+				if tt.wantClass != "" && !strings.Contains(r.Err.Error(), "needs 2 (2 images × 2 targets, less 2 that hold it already or get it from a mirror)") {
 					t.Errorf("error %v", r.Err)
 				}
 			}
 		})
+	}
+}
+
+// Docker targets that a mirror serves spend none of the registry's quota:
+// with none left, the guard lets them pull from the mirror.
+func TestQuotaGuardSparesMirroredTargets(t *testing.T) {
+	host, digest := quotaRegistry(t, "0")
+	src, _ := name.ParseReference(host + "/library/app:1")
+	img, err := remote.Image(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := startSim(t)
+	m.push(t, "library/app:1", img)
+	m.front.SetPublic("library/app")
+	set := mirror.Set{}
+	set.Add(host, mirror.Mirror{Host: m.host})
+	images, _ := ParseImages([]string{host + "/library/app:1"})
+	d := &tagDaemon{}
+	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+		Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: set})
+	if r := res[0]; r.Err != nil || r.ServedBy != m.host || r.Digest != digest {
+		t.Errorf("err %v, served by %q, digest %s", r.Err, r.ServedBy, r.Digest)
 	}
 }
