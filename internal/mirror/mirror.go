@@ -120,7 +120,7 @@ func Parse(input string) (Set, error) {
 		if strings.ContainsAny(reg, "/:@ ") && !validHostPort(reg) {
 			return nil, bad(fmt.Sprintf("%q in %q is not a registry host", reg, line))
 		}
-		if _, err := name.NewRegistry(reg); err != nil {
+		if _, err := name.NewRepository(reg + "/library/x"); err != nil {
 			return nil, bad(fmt.Sprintf("%q in %q is not a registry host: %v", reg, line, err))
 		}
 		m, err := parseMirror(target)
@@ -156,11 +156,13 @@ func parseMirror(s string) (Mirror, error) {
 	if host == "" || !validHostPort(host) || strings.ContainsAny(s, "@?# ") {
 		return m, fmt.Errorf("not host[:port][/prefix]")
 	}
-	if _, err := name.NewRegistry(host); err != nil {
-		return m, err
+	// go-containerregistry's registry check is lax ("!0" passes); a
+	// repository under the host is what a mirror must make.
+	if _, err := name.NewRepository(host + "/library/x"); err != nil {
+		return m, fmt.Errorf("%q is not a registry host: %v", host, err)
 	}
 	if prefix != "" {
-		if _, err := name.NewRepository(host + "/" + prefix); err != nil {
+		if _, err := name.NewRepository(host + "/" + prefix + "/library/x"); err != nil {
 			return m, fmt.Errorf("the prefix %q is not a repository path: %v", prefix, err)
 		}
 	}
