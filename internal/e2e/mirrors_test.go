@@ -177,6 +177,7 @@ func TestMirrors(t *testing.T) {
 			}
 			r := results[0]
 			upDaemon := fromDaemon(e.Front.Requests())
+			t.Logf("upstream requests: %d (%d from the daemon)", len(e.Front.Requests()), upDaemon)
 			if tc.wantExit != 0 {
 				if r.ErrorClass != "quota" || upDaemon != 0 || len(e.LocalImageDigests(t, ref)) != 0 {
 					t.Errorf("class %q, %d daemon requests upstream, image present %v", r.ErrorClass, upDaemon, len(e.LocalImageDigests(t, ref)) != 0)
