@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -357,4 +358,31 @@ func TestParseInputs(t *testing.T) {
 	missing.KnownHosts = ""
 	_, err = ParseInputs(missing)
 	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2022 bastion")
+}
+
+// TestLegacyPEMWrongPassphrase: legacy PEM encryption checks only its CBC
+// padding, so about one wrong passphrase in 256 decrypts to garbage that
+// fails later, as ASN.1. Every wrong passphrase must still be named as one
+// (the one-in-256 case made TestParsePrivateKey flaky).
+func TestLegacyPEMWrongPassphrase(t *testing.T) {
+	key := testRSAKey(t)
+	//lint:ignore SA1019 legacy encrypted PEM keys are what old ssh-keygen wrote, and users still hold them.
+	block, err := x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key), []byte("old secret"), x509.PEMCipherAES128) //nolint:staticcheck
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(pem.EncodeToMemory(block))
+	asn1Seen := false
+	for i := range 2000 {
+		pass := fmt.Sprintf("wrong %d", i)
+		_, err := ParsePrivateKey(text, pass)
+		//lint:ignore SA1019 the oracle: which failure the library itself reports.
+		if _, derr := x509.DecryptPEMBlock(block, []byte(pass)); derr != nil && !errors.Is(derr, x509.IncorrectPasswordError) { //nolint:staticcheck
+			t.Fatalf("DecryptPEMBlock: %v", derr)
+		} else if derr == nil {
+			asn1Seen = true
+		}
+		wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
+	}
+	t.Logf("padding-valid wrong passphrase met: %v", asn1Seen)
 }
