@@ -72,7 +72,7 @@ func TestOutputValues(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &outputRecorder{}
-			if err := writeOutputs(&writer{sink: rec}, tt.results); err != nil {
+			if err := writeOutputs(&writer{sink: rec}, tt.results, nil); err != nil {
 				t.Fatal(err)
 			}
 			for name, want := range tt.want {
@@ -80,7 +80,7 @@ func TestOutputValues(t *testing.T) {
 					t.Errorf("%s = %q (set: %v), want %q", name, got, set, want)
 				}
 			}
-			if got := strings.Join(rec.order, ","); got != "auth-mode,fallback-used,credential-error,digest,image-ref,verified,signature-digest,results" {
+			if got := strings.Join(rec.order, ","); got != "auth-mode,fallback-used,credential-error,digest,image-ref,verified,signature-digest,pull-quota,results" {
 				t.Errorf("outputs written: %s", got)
 			}
 			if !strings.Contains(rec.outputs["results"], fmt.Sprintf(`"image":%q`, tt.results[0].Image)) {
