@@ -22,6 +22,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/relay"
@@ -56,13 +57,12 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		fmt.Fprintf(env.Stderr, "ghcr-pull: %v\n", err)
 		return ExitFailed
 	}
-	var rep reporter
+	var rep *writer
 	var get Getter
 	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
-		ar := newActionsReporter(env.Stdout, env.Getenv)
-		rep, get = ar, EnvGetter(env.Getenv)
+		rep, get = newActionsWriter(env.Stdout, env.Getenv), EnvGetter(env.Getenv)
 	} else {
-		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
+		tr := newTerminalWriter(env.Stdout, env.Stderr)
 		g, err := flagGetter(args, env, md)
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -95,6 +95,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		return ExitBadInput
 	}
 	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
+	rep.MaskCredentials(cfg.MirrorCredentials.Username, cfg.MirrorCredentials.Password)
 	if cfg.Kube != nil {
 		for _, s := range cfg.Kube.Secrets() {
 			rep.Mask(s)
@@ -103,7 +104,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	return execute(ctx, cfg, rep, env)
 }
 
-func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
+func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.AnonymousNotice != "" {
 		rep.Notice("ghcr-pull: anonymous pull", cfg.AnonymousNotice)
 	}
@@ -145,22 +146,11 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
 	targets := targetsFor(cfg, rep)
+	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
-	if cfg.Verify != nil {
-		transport := ghcr.Transport(probeOpts...)
-		verifier = func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
-			var auth authn.Authenticator
-			if !creds.IsAnonymous() {
-				auth = creds.Authenticator()
-			}
-			v, err := verify.Verify(ctx, cfg.Verify, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
-			return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, err
-		}
-	}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
-		Verify:            verifier,
+		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
 		Platform:          cfg.Platform,
@@ -169,13 +159,27 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		ProbeOptions:      probeOpts,
 		Events:            ev,
 		Fleet:             fleetFor(cfg),
+		QuotaGuard:        cfg.QuotaGuard,
+		Mirrors:           cfg.Mirrors,
+		MirrorCredentials: cfg.MirrorCredentials,
 	})
 	ev.stop()
 
 	failed := 0
+	noted := map[string]bool{}
 	for _, r := range results {
+		for _, n := range r.MirrorNotes {
+			if !noted[n] {
+				noted[n] = true
+				rep.Info("%s", n)
+			}
+		}
 		if r.Err == nil {
-			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			via := ""
+			if r.ServedBy != "" {
+				via = ", served by mirror " + r.ServedBy
+			}
+			rep.Info("%s on %s: %s, %s%s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), via, r.Duration.Round(time.Millisecond))
 			if relayed != nil && r.Host != "local" {
 				rep.Info("%s on %s: the relay sent %d bytes", r.Image, r.Host, relayed(r.Image, r.Host))
 			}
@@ -193,7 +197,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	if cfg.Summary {
-		if err := rep.Summary(summaryMarkdown(results, rep.Redact)); err != nil {
+		if err := rep.Summary(results); err != nil {
 			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
 		}
 	}
@@ -203,9 +207,33 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	return ExitOK
 }
 
+// verifierFor is pull's verification hook for policy p (nil: none): it
+// checks a probed digest with the credentials the probe succeeded with,
+// through the probe's transport (plain HTTP refused, tokens masked). Every
+// policy failure (no signature, an invalid one, another signer) comes back
+// as the error, so pull fails the image and pulls nothing; only a
+// signature that verified yields a Verification.
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+	if p == nil {
+		return nil
+	}
+	transport := ghcr.Transport(probeOpts...)
+	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+		var auth authn.Authenticator
+		if !creds.IsAnonymous() {
+			auth = creds.Authenticator()
+		}
+		v, err := verify.Verify(ctx, p, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
+		if err != nil {
+			return pull.Verification{}, err
+		}
+		return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, nil
+	}
+}
+
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep reporter) []pull.Target {
+func targetsFor(cfg Config, rep *writer) []pull.Target {
 	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
 		return nil
 	}
@@ -229,35 +257,45 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 
 // ResultJSON is one element of the results output.
 type ResultJSON struct {
-	Image           string `json:"image"`
-	Host            string `json:"host"`
-	Runtime         string `json:"runtime,omitempty"`
-	Namespace       string `json:"namespace,omitempty"`
-	AuthMode        string `json:"auth_mode"`
-	OIDCProvider    string `json:"oidc_provider,omitempty"`
-	FallbackUsed    bool   `json:"fallback_used"`
-	CredentialError string `json:"credential_error"`
-	Digest          string `json:"digest"`
-	ImageRef        string `json:"image_ref"`
-	Platform        string `json:"platform"`
-	PlatformDigest  string `json:"platform_digest,omitempty"`
-	VerifyMethod    string `json:"verify_method,omitempty"`
-	VerifyIdentity  string `json:"verify_identity,omitempty"`
-	SignatureDigest string `json:"signature_digest,omitempty"`
-	DurationMS      int64  `json:"duration_ms"`
-	Pulled          *bool  `json:"pulled,omitempty"`
-	RelayedBytes    *int64 `json:"relayed_bytes,omitempty"`
-	Error           string `json:"error,omitempty"`
-	ErrorClass      string `json:"error_class,omitempty"`
+	Image           string   `json:"image"`
+	Host            string   `json:"host"`
+	Runtime         string   `json:"runtime,omitempty"`
+	Namespace       string   `json:"namespace,omitempty"`
+	AuthMode        string   `json:"auth_mode"`
+	OIDCProvider    string   `json:"oidc_provider,omitempty"`
+	FallbackUsed    bool     `json:"fallback_used"`
+	CredentialError string   `json:"credential_error"`
+	Digest          string   `json:"digest"`
+	ImageRef        string   `json:"image_ref"`
+	Platform        string   `json:"platform"`
+	PlatformDigest  string   `json:"platform_digest,omitempty"`
+	VerifyMethod    string   `json:"verify_method,omitempty"`
+	VerifyIdentity  string   `json:"verify_identity,omitempty"`
+	SignatureDigest string   `json:"signature_digest,omitempty"`
+	DurationMS      int64    `json:"duration_ms"`
+	Pulled          *bool    `json:"pulled,omitempty"`
+	RelayedBytes    *int64   `json:"relayed_bytes,omitempty"`
+	ServedBy        string   `json:"served_by,omitempty"`
+	ResolvedBy      string   `json:"resolved_by,omitempty"`
+	MirrorNotes     []string `json:"mirror_notes,omitempty"`
+	Error           string   `json:"error,omitempty"`
+	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
+// toJSON redacts the peers' words (credential_error, error) before they are
+// encoded: a secret echoed in its JSON-escaped form, escaped once more by
+// the encoding, would match no form the redactor knows afterwards.
+func toJSON(results []pull.Result, redact func(string) string, relayed func(image, host string) int64) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
-			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
+			FallbackUsed: r.FallbackUsed, CredentialError: redact(r.CredentialError), Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy,
+		}
+		for _, n := range r.MirrorNotes {
+			j.MirrorNotes = append(j.MirrorNotes, redact(n))
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -271,7 +309,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
 		}
 		if r.Err != nil {
-			j.Error, j.ErrorClass = r.Err.Error(), failure.ClassOf(r.Err)
+			j.Error, j.ErrorClass = redact(r.Err.Error()), failure.ClassOf(r.Err)
 		}
 		out = append(out, j)
 	}
@@ -280,7 +318,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
-func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host string) int64) error {
+func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -326,7 +364,11 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results, relayed))
+	js, err := json.Marshal(toJSON(results, rep.Redact, relayed))
+	if err != nil {
+		return err
+	}
+	qs, err := json.Marshal(quotasJSON(results))
 	if err != nil {
 		return err
 	}
@@ -338,6 +380,7 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 		{"image-ref", ref},
 		{"verified", verifiedBy},
 		{"signature-digest", sigDigest},
+		{"pull-quota", string(qs)},
 		{"results", string(js)},
 	} {
 		if err := rep.Output(o[0], o[1]); err != nil {
@@ -348,11 +391,11 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 }
 
 // summaryMarkdown renders the job summary. Every cell is escaped: registry
-// text reaches it. Secrets are redacted before escaping: escaped, a secret
+// text reaches it. Secrets are redacted (by w's redactor) before escaping: escaped, a secret
 // with <, &, " or | in it would no longer match any form the redactor
 // knows.
-func summaryMarkdown(results []pull.Result, redact func(string) string) string {
-	cell := func(s string) string { return cell(redact(s)) }
+func (w *writer) summaryMarkdown(results []pull.Result) string {
+	cell := func(s string) string { return cell(w.red.Redact(s)) }
 	var b strings.Builder
 	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
@@ -366,6 +409,14 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	mirrorSummary(&b, results, cell)
+	for _, q := range quotas(results) {
+		icon := "ℹ️"
+		if q.Remaining == 0 {
+			icon = "⚠️"
+		}
+		fmt.Fprintf(&b, "\n%s **Pull quota of %s** before this step: %s\n", icon, cell(q.Registry), cell(q.String()))
 	}
 	seen := map[string]bool{}
 	for _, r := range results {
@@ -387,7 +438,7 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		if diag == "" {
 			diag = r.Err.Error()
 		}
-		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(redact(diag)))
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(w.red.Redact(diag)))
 	}
 	return b.String()
 }
@@ -407,7 +458,7 @@ func orDash(s string) string {
 // events turns pull's events into log lines and annotations. Progress is
 // printed as one line per image and host every interval, not per layer.
 type events struct {
-	rep      reporter
+	rep      *writer
 	mu       sync.Mutex
 	progress map[string][2]int64
 	printed  map[string][2]int64
@@ -415,7 +466,7 @@ type events struct {
 	once     sync.Once
 }
 
-func newEvents(rep reporter, every time.Duration) *events {
+func newEvents(rep *writer, every time.Duration) *events {
 	e := &events{rep: rep, progress: map[string][2]int64{}, printed: map[string][2]int64{}, done: make(chan struct{})}
 	go func() {
 		t := time.NewTicker(every)
@@ -532,7 +583,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
@@ -559,4 +610,104 @@ func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Cr
 		return err
 	})
 	return creds, err
+}
+
+// quotas is one pull quota per registry that reported one, the lowest
+// reading of the step's probes (the latest: only pulls lower it), in the
+// order the registries first appear.
+func quotas(results []pull.Result) []ghcr.Quota {
+	var out []ghcr.Quota
+	at := map[string]int{}
+	for _, r := range results {
+		if r.Quota == nil {
+			continue
+		}
+		i, ok := at[r.Quota.Registry]
+		if !ok {
+			at[r.Quota.Registry] = len(out)
+			out = append(out, *r.Quota)
+			continue
+		}
+		if r.Quota.Remaining < out[i].Remaining {
+			out[i] = *r.Quota
+		}
+	}
+	return out
+}
+
+// QuotaJSON is one element of the pull-quota output.
+type QuotaJSON struct {
+	Registry      string `json:"registry"`
+	Limit         int    `json:"limit"`
+	Remaining     int    `json:"remaining"`
+	WindowSeconds int64  `json:"window_seconds,omitempty"`
+	Source        string `json:"source,omitempty"`
+}
+
+func quotasJSON(results []pull.Result) []QuotaJSON {
+	out := []QuotaJSON{}
+	for _, q := range quotas(results) {
+		out = append(out, QuotaJSON{Registry: q.Registry, Limit: q.Limit, Remaining: q.Remaining,
+			WindowSeconds: int64(q.Window / time.Second), Source: q.Source})
+	}
+	return out
+}
+
+// addDaemonMirrors adds the runner's daemon's registry-mirrors (Docker Hub
+// only, as dockerd uses them) after the mirrors input, when the runner's
+// daemon is a destination and an image is on Docker Hub. Not reading them
+// only loses a fallback: the step goes on.
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep *writer) {
+	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
+		return
+	}
+	onHub := false
+	for _, img := range cfg.Images {
+		onHub = onHub || img.Ref.Context().RegistryStr() == mirror.DockerHub
+	}
+	if !onHub {
+		return
+	}
+	e, err := docker.Open(ctx, cfg.DockerHost)
+	if err != nil {
+		return // the local target reports it
+	}
+	defer e.Close()
+	urls, err := e.Mirrors(ctx)
+	if err != nil {
+		rep.Info("could not read the daemon's registry-mirrors: %v", err)
+		return
+	}
+	if ms := mirror.FromDaemon(urls); len(ms) > 0 {
+		if cfg.Mirrors == nil {
+			cfg.Mirrors = mirror.Set{}
+		}
+		cfg.Mirrors.Add(mirror.DockerHub, ms...)
+		names := make([]string, len(ms))
+		for i, m := range ms {
+			names[i] = m.String()
+		}
+		rep.Info("the daemon's registry-mirrors for Docker Hub: %s", strings.Join(names, ", "))
+	}
+}
+
+// mirrorSummary says, per image, which mirror served or resolved it and
+// which mirrors were passed over (a different digest, down).
+func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) string) {
+	seen := map[string]bool{}
+	for _, r := range results {
+		if r.ServedBy != "" {
+			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
+		}
+		for _, n := range r.MirrorNotes {
+			if !seen[n] {
+				seen[n] = true
+				icon := "ℹ️"
+				if strings.Contains(n, "not trusted") {
+					icon = "⚠️"
+				}
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+			}
+		}
+	}
 }
