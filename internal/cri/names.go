@@ -29,10 +29,10 @@ const namespaceHeader = "containerd-namespace"
 // then labels the name; with it, the handler only updates its cache.
 var criManaged = map[string]string{"io.cri-containerd.image": "managed"}
 
-// NameWait bounds how long Name waits for the CRI plugin to report a new
+// nameWait bounds how long Name waits for the CRI plugin to report a new
 // name: it learns of image records from containerd's events, after the
 // images service has answered.
-var NameWait = 30 * time.Second
+var nameWait = 30 * time.Second
 
 func inNamespace(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, namespaceHeader, Namespace)
@@ -63,7 +63,7 @@ func (d *ImageService) Name(ctx context.Context, ref, name string) error {
 	if err != nil {
 		return fmt.Errorf("containerd's images service: naming %s %s: %w", ref, name, err)
 	}
-	wait, cancel := context.WithTimeout(ctx, NameWait)
+	wait, cancel := context.WithTimeout(ctx, nameWait)
 	defer cancel()
 	for {
 		got, err := d.imageID(wait, name)
@@ -75,7 +75,7 @@ func (d *ImageService) Name(ctx context.Context, ref, name string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("containerd holds the name %s, but its CRI plugin did not report it within %s (last: %q, %v)", name, NameWait, got, err)
+			return fmt.Errorf("containerd holds the name %s, but its CRI plugin did not report it within %s (last: %q, %v)", name, nameWait, got, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -214,8 +214,8 @@ func TestNames(t *testing.T) {
 		f := newFakeContainerd()
 		f.lag = 1 << 30
 		d := startFakeContainerd(t, f)
-		defer func(w time.Duration) { NameWait = w }(NameWait)
-		NameWait = 200 * time.Millisecond
+		defer func(w time.Duration) { nameWait = w }(nameWait)
+		nameWait = 200 * time.Millisecond
 		err := d.Name(ctx, loopbackName, pinnedName)
 		if err == nil || !strings.Contains(err.Error(), "did not report") || !strings.Contains(err.Error(), pinnedName) {
 			t.Fatalf("err = %v", err)
