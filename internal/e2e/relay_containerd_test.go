@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
@@ -263,5 +264,50 @@ func TestRelayContainerd(t *testing.T) {
 			t.Errorf("ctr run of the update printed %q", out)
 		}
 		assertCtrdHostClean(t, a)
+	})
+
+	// Last: it kills a's SSH connections. The app layer is held upstream
+	// for a while, so both hosts are mid-pull when a goes away.
+	t.Run("a host that drops mid-transfer fails, the other finishes", func(t *testing.T) {
+		img, app := relayImage(t, 2<<20)
+		digest := r.push(t, "acme/rc-fleet", "2", img)
+		appDigest, _ := app.Digest()
+		e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
+		// The fault matches this blob alone: left unconsumed, it harms no
+		// other test.
+		dropped := make(chan int, 1)
+		go func() {
+			waitUntil(time.Minute, 50*time.Millisecond, func() (bool, error) { return e.Front.Pending() == 0, nil })
+			time.Sleep(500 * time.Millisecond)
+			dropped <- a.DropSSHConnections()
+		}()
+		in := r.inputs(r.regAddr+"/acme/rc-fleet:2", a, b)
+		in["retries"] = "0"
+		res := e.RunAction(t, in)
+		if n := <-dropped; n == 0 {
+			t.Fatalf("no SSH connection of %s to drop", a.Name)
+		}
+		if res.ExitCode != 1 {
+			t.Fatalf("exit %d, want 1 (one host failed)\n%s", res.ExitCode, res.Stdout)
+		}
+		by := map[any]map[string]any{}
+		for _, rr := range results(t, res) {
+			by[rr["host"]] = rr
+		}
+		if ra := by[a.Addr()]; ra == nil || ra["error"] == nil || ra["digest"] != "" {
+			t.Errorf("the dropped host's result %v, want an error and no digest", ra)
+		} else {
+			t.Logf("the dropped host: %v (error_class %v)", ra["error"], ra["error_class"])
+		}
+		if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
+			t.Errorf("the other host's result %v, want %s", rb, digest)
+		}
+		if got := ctrImages(t, b)[r.regAddr+"/acme/rc-fleet:2"]; got != digest {
+			t.Errorf("k8s.io on %s has the tag at %q, want %s", b.Name, got, digest)
+		}
+		assertNoRelayCache(t, res)
+		for _, h := range []*RemoteHost{a, b} {
+			assertCtrdHostClean(t, h)
+		}
 	})
 }
