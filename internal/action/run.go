@@ -9,6 +9,7 @@ import (
 	"html"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
@@ -88,7 +90,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 
 	rep.MaskCredentials(strings.TrimSpace(get("username")), get("password"))
 
-	cfg, err := ParseConfig(get, md)
+	cfg, err := ParseConfig(get, md, pathBase(env, rep))
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
@@ -123,10 +125,10 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		cfg.Credentials = creds
 	}
 
-	targets := targetsFor(cfg, rep)
+	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
+	targets := targetsFor(cfg, rep, probeOpts)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
 	if cfg.Verify != nil {
 		transport := ghcr.Transport(probeOpts...)
@@ -182,9 +184,12 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep reporter) []pull.Target {
-	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
+func targetsFor(cfg Config, rep reporter, probeOpts []ghcr.Option) []pull.Target {
+	switch cfg.Destination {
+	case DestinationNone, DestinationKubernetes:
 		return nil
+	case DestinationLayout, DestinationTar:
+		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
 	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
 	if cfg.SSH == nil {
@@ -202,6 +207,33 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
 	}
 	return targets
+}
+
+// fileTarget writes images at cfg.Path; its registry requests go through
+// the probe's transport (tokens masked, plain HTTP refused off loopback).
+func fileTarget(cfg Config, probeOpts []ghcr.Option) pull.Target {
+	opts := imagefile.Options{Transport: ghcr.Transport(probeOpts...)}
+	return pull.Target{Name: cfg.PathShown, Open: func(ctx context.Context) (pull.Daemon, error) {
+		if cfg.Destination == DestinationTar {
+			return imagefile.NewTar(cfg.Path, cfg.Images[0].Input, opts)
+		}
+		return imagefile.NewLayout(cfg.Path, opts), nil
+	}}
+}
+
+// pathBase is where relative paths resolve: in GitHub Actions the job's
+// workspace (GITHUB_WORKSPACE, /github/workspace in the action's
+// container; the working directory the runner sets, when unset), else the
+// working directory.
+func pathBase(env Env, rep reporter) ParseOption {
+	wd, _ := os.Getwd()
+	if _, ok := rep.(*actionsReporter); ok {
+		if ws := env.Getenv("GITHUB_WORKSPACE"); ws != "" {
+			return InWorkspace(ws)
+		}
+		return InWorkspace(wd)
+	}
+	return InDir(wd)
 }
 
 // ResultJSON is one element of the results output.
