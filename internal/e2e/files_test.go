@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -237,9 +238,19 @@ func TestFiles(t *testing.T) {
 
 	t.Run("a write cut short leaves the path as it was", func(t *testing.T) {
 		e.PushRandomImage(t, "files/cut", "1")
-		for _, dest := range []string{"tar", "oci-layout"} {
+		for _, c := range []struct {
+			dest, timeout string
+			fault         ghcrsim.Fault
+		}{
+			{"tar", "", ghcrsim.Fault{Match: "/blobs/sha256:", Reset: true}},
+			{"oci-layout", "", ghcrsim.Fault{Match: "/blobs/sha256:", Reset: true}},
+			// The step's timeout ends the write in the middle.
+			{"tar", "4s", ghcrsim.Fault{Match: "/blobs/sha256:", Stall: 15 * time.Second}},
+			{"oci-layout", "4s", ghcrsim.Fault{Match: "/blobs/sha256:", Stall: 15 * time.Second}},
+		} {
+			dest := c.dest
 			e.Front.ResetLog()
-			e.Front.Inject(ghcrsim.Fault{Match: "/blobs/sha256:", Reset: true})
+			e.Front.Inject(c.fault)
 			ws := t.TempDir()
 			old := filepath.Join(ws, "out")
 			if dest == "tar" {
@@ -248,9 +259,12 @@ func TestFiles(t *testing.T) {
 				}
 			}
 			in := map[string]string{"image": e.Host + "/files/cut:1", "username": "filer", "password": canary, "retries": "0", "destination": dest, "path": "out"}
+			if c.timeout != "" {
+				in["timeout"] = c.timeout
+			}
 			res := e.RunAction(t, in, "GITHUB_WORKSPACE="+ws)
-			if res.ExitCode != 1 {
-				t.Fatalf("%s: exit %d, want 1\n%s", dest, res.ExitCode, res.Stdout)
+			if res.ExitCode != 1 || e.Front.Pending() != 0 {
+				t.Fatalf("%s: exit %d, want 1, with the fault hit (%d pending)\n%s", dest, res.ExitCode, e.Front.Pending(), res.Stdout)
 			}
 			ents, _ := os.ReadDir(ws)
 			switch {
