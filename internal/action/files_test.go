@@ -77,3 +77,16 @@ func TestFileDestinations(t *testing.T) {
 		})
 	}
 }
+
+// Guarantee: on the command line a path may be anywhere (no workspace).
+func TestFileDestinationCLI(t *testing.T) {
+	reg := startRegistry(t)
+	path := filepath.Join(t.TempDir(), "elsewhere", "app.tar")
+	s := runCLI(t, []string{"--destination", "tar", "--path", path, "--auth", "anonymous", reg.host + "/acme/public:1"}, map[string]string{}, "")
+	if s.code != ExitOK {
+		t.Fatalf("exit %d:\n%s\n%s", s.code, s.stdout, s.stderr)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("no archive at %s: %v", path, err)
+	}
+}
