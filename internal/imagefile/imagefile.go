@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -152,6 +153,18 @@ func repoDigest(ref, digest string) string {
 		return ""
 	}
 	return reference.FamiliarName(n) + "@" + digest
+}
+
+// repoDigests names digest in each reference's repository: the user's,
+// and the one pulled from when that differs (a mirror).
+func repoDigests(digest string, refs ...string) []string {
+	var out []string
+	for _, r := range refs {
+		if rd := repoDigest(r, digest); rd != "" && !slices.Contains(out, rd) {
+			out = append(out, rd)
+		}
+	}
+	return out
 }
 
 // tempPrefix marks what is being written beside path; a run that is

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
 // reg is an in-process registry that logs requests and can damage one
@@ -578,5 +580,43 @@ func TestResolvePath(t *testing.T) {
 				t.Errorf("error %v, want a bad path input saying %q with a fix", err, tc.wantBad)
 			}
 		})
+	}
+}
+
+// TestMirrorSource: pull may hand a target a mirror's reference; Inspect
+// then names the digest in the mirror's repository too, which is what
+// pull checks for a mirrored pull.
+func TestMirrorSource(t *testing.T) {
+	upstream, mirror := newReg(t), newReg(t)
+	ctx := context.Background()
+	img := platformed(t, "linux", runtime.GOARCH)
+	ref, digest := upstream.push(t, "acme/m:1", img)
+	mref, _ := mirror.push(t, "acme/m:1", img)
+	for _, f := range []Format{Layout, Tarball} {
+		path := filepath.Join(t.TempDir(), "out")
+		var d interface {
+			Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error)
+			Tag(context.Context, string, string) error
+			Inspect(context.Context, string) (image.Info, error)
+		}
+		if f == Tarball {
+			d, _ = NewTar(path, ref.String(), Options{})
+		} else {
+			d = NewLayout(path, Options{})
+		}
+		from := pinned(mref, digest)
+		if _, err := d.Pull(ctx, from, nil, ghcr.Anonymous, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Tag(ctx, from, ref.String()); err != nil {
+			t.Fatal(err)
+		}
+		info, err := d.Inspect(ctx, ref.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(info.RepoDigests, from) || !slices.Contains(info.RepoDigests, pinned(ref, digest)) {
+			t.Errorf("%s: RepoDigests %v, want %s and %s", f, info.RepoDigests, from, pinned(ref, digest))
+		}
 	}
 }

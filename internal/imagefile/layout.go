@@ -51,6 +51,7 @@ type LayoutDir struct {
 type entry struct {
 	desc      v1.Descriptor
 	requested string // the digest of the reference pulled (the index's for a narrowed image)
+	pulledAs  string // the reference pulled (a mirror's, when one served)
 	platform  string
 	// ours: the name was added by this run's Pull (not there before), so
 	// a Tag that renames it takes it away again.
@@ -137,7 +138,7 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 	if err != nil {
 		return false, err
 	}
-	l.written[key] = entry{desc: top, requested: desc.Digest.String(), platform: plat, ours: ours}
+	l.written[key] = entry{desc: top, requested: desc.Digest.String(), pulledAs: ref, platform: plat, ours: ours}
 	return len(staged) > 0, nil
 }
 
@@ -502,7 +503,7 @@ func (l *LayoutDir) Inspect(ctx context.Context, ref string) (image.Info, error)
 	}
 	for _, d := range idx.Manifests {
 		if d.Annotations[annotationImageName] == key && d.Digest == e.desc.Digest {
-			return image.Info{ID: d.Digest.String(), RepoDigests: []string{repoDigest(ref, e.requested)}, Platform: e.platform}, nil
+			return image.Info{ID: d.Digest.String(), RepoDigests: repoDigests(e.requested, ref, e.pulledAs), Platform: e.platform}, nil
 		}
 	}
 	return image.Info{}, errors.New(l.path + "/index.json has no entry " + key + " at " + e.desc.Digest.String())

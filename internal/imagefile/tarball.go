@@ -81,7 +81,7 @@ func (t *TarFile) Pull(ctx context.Context, ref string, platform *ocispec.Platfo
 		return false, ghcr.Classify(err, creds.IsAnonymous())
 	}
 	t.mu.Lock()
-	t.written = &image.Info{ID: id.String(), RepoDigests: []string{repoDigest(t.input, desc.Digest.String())}, Platform: plat}
+	t.written = &image.Info{ID: id.String(), RepoDigests: repoDigests(desc.Digest.String(), t.input, ref), Platform: plat}
 	t.mu.Unlock()
 	return true, nil
 }
