@@ -85,5 +85,9 @@ for pkg in $(go list ./internal/...); do
   done
 done
 
+# The hand mutants of the security code: each must make its package's unit
+# tests fail (about 3 minutes; docs/reliability.md).
+./scripts/mutants.sh
+
 # Unit and end-to-end tests last, so their summary closes the run.
 go test -count=1 -timeout 45m ./... "$@" 2>&1 | tee "${TMPDIR:-/tmp}/ghcr-pull-test.log"

@@ -59,13 +59,13 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		fmt.Fprintf(env.Stderr, "ghcr-pull: %v\n", err)
 		return ExitFailed
 	}
-	var rep reporter
+	var rep *writer
 	var get Getter
-	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
-		ar := newActionsReporter(env.Stdout, env.Getenv)
-		rep, get = ar, EnvGetter(env.Getenv)
+	inActions := len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true"
+	if inActions {
+		rep, get = newActionsWriter(env.Stdout, env.Getenv), EnvGetter(env.Getenv)
 	} else {
-		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
+		tr := newTerminalWriter(env.Stdout, env.Stderr)
 		g, err := flagGetter(args, env, md)
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -92,7 +92,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 
 	rep.MaskCredentials(strings.TrimSpace(get("username")), get("password"))
 
-	cfg, err := ParseConfig(get, md, pathBase(env, rep))
+	cfg, err := ParseConfig(get, md, pathBase(env, inActions))
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
@@ -107,7 +107,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	return execute(ctx, cfg, rep, env)
 }
 
-func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
+func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.AnonymousNotice != "" {
 		rep.Notice("ghcr-pull: anonymous pull", cfg.AnonymousNotice)
 	}
@@ -152,20 +152,8 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
-	if cfg.Verify != nil {
-		transport := ghcr.Transport(probeOpts...)
-		verifier = func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
-			var auth authn.Authenticator
-			if !creds.IsAnonymous() {
-				auth = creds.Authenticator()
-			}
-			v, err := verify.Verify(ctx, cfg.Verify, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
-			return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, err
-		}
-	}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
-		Verify:            verifier,
+		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
 		Platform:          cfg.Platform,
@@ -212,7 +200,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	if cfg.Summary {
-		if err := rep.Summary(summaryMarkdown(results, rep.Redact)); err != nil {
+		if err := rep.Summary(results); err != nil {
 			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
 		}
 	}
@@ -222,9 +210,33 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	return ExitOK
 }
 
+// verifierFor is pull's verification hook for policy p (nil: none): it
+// checks a probed digest with the credentials the probe succeeded with,
+// through the probe's transport (plain HTTP refused, tokens masked). Every
+// policy failure (no signature, an invalid one, another signer) comes back
+// as the error, so pull fails the image and pulls nothing; only a
+// signature that verified yields a Verification.
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+	if p == nil {
+		return nil
+	}
+	transport := ghcr.Transport(probeOpts...)
+	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+		var auth authn.Authenticator
+		if !creds.IsAnonymous() {
+			auth = creds.Authenticator()
+		}
+		v, err := verify.Verify(ctx, p, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
+		if err != nil {
+			return pull.Verification{}, err
+		}
+		return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, nil
+	}
+}
+
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep reporter, probeOpts []ghcr.Option) []pull.Target {
+func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target {
 	switch cfg.Destination {
 	case DestinationNone, DestinationKubernetes:
 		return nil
@@ -265,9 +277,9 @@ func fileTarget(cfg Config, probeOpts []ghcr.Option) pull.Target {
 // workspace (GITHUB_WORKSPACE, /github/workspace in the action's
 // container; the working directory the runner sets, when unset), else the
 // working directory.
-func pathBase(env Env, rep reporter) ParseOption {
+func pathBase(env Env, inActions bool) ParseOption {
 	wd, _ := os.Getwd()
-	if _, ok := rep.(*actionsReporter); ok {
+	if inActions {
 		if ws := env.Getenv("GITHUB_WORKSPACE"); ws != "" {
 			return InWorkspace(ws)
 		}
@@ -303,14 +315,20 @@ type ResultJSON struct {
 	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
+// toJSON redacts the peers' words (credential_error, error) before they are
+// encoded: a secret echoed in its JSON-escaped form, escaped once more by
+// the encoding, would match no form the redactor knows afterwards.
+func toJSON(results []pull.Result, redact func(string) string, relayed func(image, host string) int64) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
-			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
+			FallbackUsed: r.FallbackUsed, CredentialError: redact(r.CredentialError), Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
-			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy, MirrorNotes: r.MirrorNotes,
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy,
+		}
+		for _, n := range r.MirrorNotes {
+			j.MirrorNotes = append(j.MirrorNotes, redact(n))
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -324,7 +342,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
 		}
 		if r.Err != nil {
-			j.Error, j.ErrorClass = r.Err.Error(), failure.ClassOf(r.Err)
+			j.Error, j.ErrorClass = redact(r.Err.Error()), failure.ClassOf(r.Err)
 		}
 		out = append(out, j)
 	}
@@ -333,7 +351,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
-func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host string) int64) error {
+func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -379,7 +397,7 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results, relayed))
+	js, err := json.Marshal(toJSON(results, rep.Redact, relayed))
 	if err != nil {
 		return err
 	}
@@ -406,11 +424,11 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 }
 
 // summaryMarkdown renders the job summary. Every cell is escaped: registry
-// text reaches it. Secrets are redacted before escaping: escaped, a secret
+// text reaches it. Secrets are redacted (by w's redactor) before escaping: escaped, a secret
 // with <, &, " or | in it would no longer match any form the redactor
 // knows.
-func summaryMarkdown(results []pull.Result, redact func(string) string) string {
-	cell := func(s string) string { return cell(redact(s)) }
+func (w *writer) summaryMarkdown(results []pull.Result) string {
+	cell := func(s string) string { return cell(w.red.Redact(s)) }
 	var b strings.Builder
 	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
@@ -453,7 +471,7 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		if diag == "" {
 			diag = r.Err.Error()
 		}
-		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(redact(diag)))
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(w.red.Redact(diag)))
 	}
 	return b.String()
 }
@@ -473,7 +491,7 @@ func orDash(s string) string {
 // events turns pull's events into log lines and annotations. Progress is
 // printed as one line per image and host every interval, not per layer.
 type events struct {
-	rep      reporter
+	rep      *writer
 	mu       sync.Mutex
 	progress map[string][2]int64
 	printed  map[string][2]int64
@@ -481,7 +499,7 @@ type events struct {
 	once     sync.Once
 }
 
-func newEvents(rep reporter, every time.Duration) *events {
+func newEvents(rep *writer, every time.Duration) *events {
 	e := &events{rep: rep, progress: map[string][2]int64{}, printed: map[string][2]int64{}, done: make(chan struct{})}
 	go func() {
 		t := time.NewTicker(every)
@@ -598,7 +616,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
@@ -672,7 +690,7 @@ func quotasJSON(results []pull.Result) []QuotaJSON {
 // only, as dockerd uses them) after the mirrors input, when the runner's
 // daemon is a destination and an image is on Docker Hub. Not reading them
 // only loses a fallback: the step goes on.
-func addDaemonMirrors(ctx context.Context, cfg *Config, rep reporter) {
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep *writer) {
 	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
 		return
 	}
