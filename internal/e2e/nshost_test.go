@@ -125,6 +125,9 @@ type RemoteHost struct {
 	docker    *client.Client
 
 	containerd *hostProcess // with RemoteHostOptions.Containerd, under mu
+	podman     *hostProcess // WithPodman's service, under mu
+	// sessionEnv is exported in SSH sessions (a Podman host's CONTAINERS_*).
+	sessionEnv []string
 }
 
 const (
@@ -418,6 +421,11 @@ func (h *RemoteHost) sessionScript() string {
 	if h.opts.SessionPath != "" {
 		path = "PATH=" + quoteForShell(h.opts.SessionPath) + "; export PATH\n"
 	}
+	h.mu.Lock()
+	for _, kv := range h.sessionEnv {
+		path += "export " + quoteForShell(kv) + "\n"
+	}
+	h.mu.Unlock()
 	return "#!/bin/sh\nprintf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" >> " + quoteForShell(filepath.Join(h.Dir, "commands.log")) + "\n" +
 		path + "exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n"
 }
@@ -765,11 +773,18 @@ func (h *RemoteHost) FindInFiles(needles ...string) []string {
 			return nil
 		})
 	}
-	// Command lines of the host's processes still running.
+	// Command lines and environments of the host's processes still running.
 	for _, p := range h.processes() {
 		for i, n := range needles {
 			if n != "" && strings.Contains(p, n) {
 				found = append(found, fmt.Sprintf("process %q: needle #%d", strings.Fields(p)[0], i))
+			}
+		}
+	}
+	for _, env := range h.environments() {
+		for i, n := range needles {
+			if n != "" && strings.Contains(env, n) {
+				found = append(found, fmt.Sprintf("a process environment: needle #%d", i))
 			}
 		}
 	}
@@ -778,7 +793,13 @@ func (h *RemoteHost) FindInFiles(needles ...string) []string {
 
 // processes lists the command lines of processes in the host's network
 // namespace.
-func (h *RemoteHost) processes() []string {
+func (h *RemoteHost) processes() []string { return h.procFiles("cmdline") }
+
+// environments lists the environments of processes in the host's network
+// namespace, one string each.
+func (h *RemoteHost) environments() []string { return h.procFiles("environ") }
+
+func (h *RemoteHost) procFiles(file string) []string {
 	nsInode := func(pid string) string {
 		l, err := os.Readlink("/proc/" + pid + "/ns/net")
 		if err != nil {
@@ -797,7 +818,7 @@ func (h *RemoteHost) processes() []string {
 		if _, err := strconv.Atoi(e.Name()); err != nil || nsInode(e.Name()) != want {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		b, err := os.ReadFile("/proc/" + e.Name() + "/" + file)
 		if err == nil && len(b) > 0 {
 			out = append(out, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")))
 		}
@@ -830,6 +851,10 @@ func (h *RemoteHost) Stop() {
 		h.mu.Unlock()
 		dockerd.stop(15 * time.Second)
 		h.stopContainerd()
+		plainHTTP.Lock()
+		delete(plainHTTP.podman, h)
+		plainHTTP.Unlock()
+		h.stopPodman()
 		if h.Dir != "" {
 			// dockerd stops its containerd; should it have been killed, the
 			// containerd it started is ended here, by its recorded pid.
