@@ -83,7 +83,12 @@ func (h *RemoteHost) podmanDir(parts ...string) string {
 // PodmanSocket is the host's Podman socket as the machine sees it, for
 // assertions. Do not pass it to the action: on the host it is
 // PodmanNodeSocket.
-func (h *RemoteHost) PodmanSocket() string { return h.podmanDir("run", "podman.sock") }
+func (h *RemoteHost) PodmanSocket() string {
+	if h.rootless != nil {
+		return h.rootlessPodmanSocket()
+	}
+	return h.podmanDir("run", "podman.sock")
+}
 
 // PodmanLog is the service's log.
 func (h *RemoteHost) PodmanLog() string { return h.readLog("podman.log", 0) }
@@ -123,7 +128,8 @@ network_config_dir = %q
 		fmt.Fprintf(&reg, "\n[[registry]]\nlocation = %q\ninsecure = true\n", a)
 	}
 	for name, content := range map[string]string{"containers.conf": containers, "storage.conf": storage, "registries.conf": reg.String()} {
-		if err := os.WriteFile(d(name), []byte(content), 0o600); err != nil {
+		// Readable by a rootless host's user; nothing secret in them.
+		if err := os.WriteFile(d(name), []byte(content), 0o644); err != nil {
 			return err
 		}
 	}
@@ -133,6 +139,16 @@ network_config_dir = %q
 func (h *RemoteHost) startPodman() error {
 	for _, dir := range []string{h.podmanDir("run"), h.podmanDir("tmp"), h.podmanDir("net")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if u := h.rootless; u != nil {
+			if err := os.Chown(dir, u.uid, u.gid); err != nil {
+				return err
+			}
+		}
+	}
+	if u := h.rootless; u != nil {
+		if err := os.Chown(h.podmanDir(), u.uid, u.gid); err != nil {
 			return err
 		}
 	}
@@ -153,6 +169,9 @@ func (h *RemoteHost) runPodman(plain []string) error {
 	}
 	args := append([]string{"unshare", "--mount", "--propagation", "private", "--", "env"}, h.podmanEnv()...)
 	args = append(args, "podman", "system", "service", "--time=0", "unix://"+h.PodmanSocket())
+	if h.rootless != nil {
+		args = h.rootlessPodmanCommand()
+	}
 	cmd, err := h.nsCommand("podman.log", args...)
 	if err != nil {
 		return err
@@ -195,6 +214,7 @@ func (h *RemoteHost) stopPodman() {
 	h.podman = nil
 	h.mu.Unlock()
 	cmd.stop(15 * time.Second)
+	h.killUserProcesses()
 }
 
 // podmanMounts wraps sshd's command line: a mount namespace of its own, a

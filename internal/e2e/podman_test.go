@@ -24,7 +24,7 @@ func podmanHas(t *testing.T, h *RemoteHost, ref string) []string {
 }
 
 // podmanImageID is ref's image ID in the host's Podman, "" when absent.
-func podmanImageID(t *testing.T, h *RemoteHost, ref string) string {
+func podmanImageID(t testing.TB, h *RemoteHost, ref string) string {
 	t.Helper()
 	cli, err := h.Podman()
 	if err != nil {
@@ -160,6 +160,31 @@ func TestPodman(t *testing.T) {
 			t.Errorf("podman: Podman has %v", podmanHas(t, b, ref))
 		}
 		checkNoSecretOnHost(t, b)
+
+		// docs/decisions.md, "Anonymous tokens to daemons too": an
+		// anonymous pull hands dockerd the probe's token, so the daemon
+		// asks the token endpoint for nothing.
+		e.Front.ResetLog()
+		anon := s.inputs("acme/pm-public", b)
+		anon["ssh-key"], anon["auth"] = p.ClientKeyPEM(), "anonymous"
+		res = e.RunAction(t, anon)
+		if rs := results(t, res); res.ExitCode != 0 || rs[0]["runtime"] != "docker" || rs[0]["auth_mode"] != "anonymous" || rs[0]["pulled"] != true {
+			t.Fatalf("anonymous: exit %d, results %v\n%s", res.ExitCode, rs, res.Stdout)
+		}
+		var probe, daemon int
+		for _, r := range e.Front.Requests() {
+			switch {
+			case r.Path != "/token":
+			case strings.HasPrefix(r.UserAgent, "ghcr-pull"):
+				probe++
+			default:
+				daemon++
+				t.Errorf("dockerd fetched a token of its own: %+v", r)
+			}
+		}
+		if probe != 1 {
+			t.Errorf("%d probe token requests, want 1", probe)
+		}
 	})
 
 	t.Run("the host holds no copy of the secret", func(t *testing.T) {
