@@ -156,8 +156,16 @@ func (h *RemoteHost) startPodman() error {
 	plainHTTP.podman[h] = true
 	addrs := append([]string(nil), plainHTTP.addrs...)
 	plainHTTP.Unlock()
+	// Sessions share the storage and configuration; not REGISTRY_AUTH_FILE,
+	// which the CLI refuses while the file does not exist.
+	var env []string
+	for _, kv := range h.podmanEnv() {
+		if !strings.HasPrefix(kv, "REGISTRY_AUTH_FILE=") {
+			env = append(env, kv)
+		}
+	}
 	h.mu.Lock()
-	h.sessionEnv = h.podmanEnv()
+	h.sessionEnv = env
 	h.mu.Unlock()
 	return h.runPodman(addrs)
 }
