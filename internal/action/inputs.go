@@ -72,6 +72,9 @@ type Config struct {
 	SSHConcurrency int
 	// PullLocal also pulls into the runner's daemon when SSH is set.
 	PullLocal bool
+	// Relay sends the SSH hosts' pulls through the runner (ssh-transfer:
+	// relay) instead of to the registry.
+	Relay bool
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
@@ -260,7 +263,17 @@ func parseSSH(c *Config, get, in Getter) error {
 	if c.SSHConcurrency, err = strconv.Atoi(in("ssh-concurrency")); err != nil || c.SSHConcurrency < 1 || c.SSHConcurrency > 64 {
 		return bad("ssh-concurrency", fmt.Sprintf("%q is not a whole number from 1 to 64", in("ssh-concurrency")), "e.g. ssh-concurrency: 4")
 	}
+	switch t := strings.ToLower(in("ssh-transfer")); t {
+	case "direct":
+	case "relay":
+		c.Relay = true
+	default:
+		return bad("ssh-transfer", fmt.Sprintf("%q is not a transfer", t), "use direct (each host pulls from the registry) or relay (the hosts pull through the runner)")
+	}
 	if strings.TrimSpace(get("ssh-host")) == "" {
+		if c.Relay {
+			return bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
+		}
 		return nil
 	}
 	c.SSH, err = sshdeploy.ParseInputs(sshdeploy.Inputs{

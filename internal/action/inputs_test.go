@@ -154,6 +154,10 @@ func TestParseConfigSSH(t *testing.T) {
 		{"insecure opt-out", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true"}, ""},
 		{"bad concurrency", map[string]string{"ssh-concurrency": "0"}, "ssh-concurrency"},
 		{"bad pull-local", map[string]string{"pull-local": "sometimes"}, "pull-local"},
+		{"relay", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "Relay"}, ""},
+		{"direct", map[string]string{"ssh-transfer": "direct"}, ""},
+		{"bad ssh-transfer", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "scp"}, `input "ssh-transfer": "scp" is not a transfer`},
+		{"relay without hosts", map[string]string{"ssh-transfer": "relay"}, `input "ssh-transfer": is relay, but ssh-host names no host`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +172,9 @@ func TestParseConfigSSH(t *testing.T) {
 				}
 				if (m["ssh-host"] != "") != (c.SSH != nil) {
 					t.Errorf("SSH settings = %v", c.SSH)
+				}
+				if c.Relay != strings.EqualFold(m["ssh-transfer"], "relay") {
+					t.Errorf("Relay = %v for ssh-transfer %q", c.Relay, m["ssh-transfer"])
 				}
 				return
 			}

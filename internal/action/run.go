@@ -24,6 +24,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/relay"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
@@ -123,10 +124,29 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		cfg.Credentials = creds
 	}
 
+	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
+	var relayed func(image, host string) int64
+	if cfg.Relay && cfg.SSH != nil {
+		// The relay lives as long as the step: deferred, its cache goes on
+		// success, failure and cancel (the context ends, Run returns).
+		srv, err := relay.New(relay.Options{Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
+		if err != nil {
+			rep.Error("ghcr-pull: the relay could not start", err.Error())
+			return ExitFailed
+		}
+		defer srv.Close()
+		settings := *cfg.SSH
+		settings.Relay = srv
+		cfg.SSH = &settings
+		paths := map[string]string{}
+		for _, img := range cfg.Images {
+			paths[img.Input] = img.Ref.Context().RepositoryStr()
+		}
+		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
+	}
 	targets := targetsFor(cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
 	if cfg.Verify != nil {
 		transport := ghcr.Transport(probeOpts...)
@@ -156,6 +176,9 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	for _, r := range results {
 		if r.Err == nil {
 			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			if relayed != nil && r.Host != "local" {
+				rep.Info("%s on %s: the relay sent %d bytes", r.Image, r.Host, relayed(r.Image, r.Host))
+			}
 			continue
 		}
 		failed++
@@ -165,7 +188,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		}
 		rep.Error(fmt.Sprintf("ghcr-pull: %s failed on %s", r.Image, r.Host), msg)
 	}
-	if err := writeOutputs(rep, results); err != nil {
+	if err := writeOutputs(rep, results, relayed); err != nil {
 		rep.Error("ghcr-pull: could not write outputs", err.Error())
 		return ExitFailed
 	}
@@ -223,11 +246,12 @@ type ResultJSON struct {
 	SignatureDigest string `json:"signature_digest,omitempty"`
 	DurationMS      int64  `json:"duration_ms"`
 	Pulled          *bool  `json:"pulled,omitempty"`
+	RelayedBytes    *int64 `json:"relayed_bytes,omitempty"`
 	Error           string `json:"error,omitempty"`
 	ErrorClass      string `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result) []ResultJSON {
+func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
@@ -238,6 +262,10 @@ func toJSON(results []pull.Result) []ResultJSON {
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
 			j.Pulled = &pulled
+		}
+		if relayed != nil && r.Host != "local" && r.Host != pull.HostNone {
+			n := relayed(r.Image, r.Host)
+			j.RelayedBytes = &n
 		}
 		if v := r.Verification; v != nil {
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
@@ -250,7 +278,9 @@ func toJSON(results []pull.Result) []ResultJSON {
 	return out
 }
 
-func writeOutputs(rep reporter, results []pull.Result) error {
+// writeOutputs writes every output; relayed, when set, is what the relay
+// sent each host for an image.
+func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host string) int64) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -296,7 +326,7 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results))
+	js, err := json.Marshal(toJSON(results, relayed))
 	if err != nil {
 		return err
 	}

@@ -278,6 +278,26 @@ func (e *Engine) Tag(ctx context.Context, source, target string) error {
 	return err
 }
 
+// Remove removes the name ref, as `docker rmi` does without pruning
+// untagged parents; the image goes only with its last name.
+func (e *Engine) Remove(ctx context.Context, ref string) error {
+	_, err := e.client.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: false})
+	return err
+}
+
+// ImageIDs lists the IDs of every image the daemon holds.
+func (e *Engine) ImageIDs(ctx context.Context) (map[string]bool, error) {
+	res, err := e.client.ImageList(ctx, client.ImageListOptions{All: true})
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
+	for _, img := range res.Items {
+		ids[img.ID] = true
+	}
+	return ids, nil
+}
+
 // Inspect describes a local image.
 func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	res, err := e.client.ImageInspect(ctx, ref)

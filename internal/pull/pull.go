@@ -467,6 +467,9 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		res.Digest = got
 	}
 	res.ImageRef = Pinned(img.Input, res.Digest)
+	if info.Ref != "" {
+		res.ImageRef = info.Ref
+	}
 	return res
 }
 

@@ -79,6 +79,17 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		conn.Close()
 		return nil, err
 	}
+	if s.Relay != nil {
+		// Podman answers on the same Engine API, but the relay route is
+		// proven against dockerd only.
+		e, ok := rt.(*docker.Engine)
+		if name, _ := rt.Runtime(); !ok || name != docker.Docker {
+			rt.Close()
+			conn.Close()
+			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
+		}
+		rt = newRelayedDocker(e, s.Relay, conn)
+	}
 	r := &remote{rt: rt, conn: conn}
 	if t, ok := rt.(tagger); ok {
 		return &taggingRemote{remote: r, tag: t}, nil
