@@ -22,6 +22,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/relay"
@@ -95,6 +96,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		return ExitBadInput
 	}
 	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
+	rep.MaskCredentials(cfg.MirrorCredentials.Username, cfg.MirrorCredentials.Password)
 	if cfg.Kube != nil {
 		for _, s := range cfg.Kube.Secrets() {
 			rep.Mask(s)
@@ -145,6 +147,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
 	targets := targetsFor(cfg, rep)
+	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
 	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
@@ -169,13 +172,27 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		ProbeOptions:      probeOpts,
 		Events:            ev,
 		Fleet:             fleetFor(cfg),
+		QuotaGuard:        cfg.QuotaGuard,
+		Mirrors:           cfg.Mirrors,
+		MirrorCredentials: cfg.MirrorCredentials,
 	})
 	ev.stop()
 
 	failed := 0
+	noted := map[string]bool{}
 	for _, r := range results {
+		for _, n := range r.MirrorNotes {
+			if !noted[n] {
+				noted[n] = true
+				rep.Info("%s", n)
+			}
+		}
 		if r.Err == nil {
-			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			via := ""
+			if r.ServedBy != "" {
+				via = ", served by mirror " + r.ServedBy
+			}
+			rep.Info("%s on %s: %s, %s%s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), via, r.Duration.Round(time.Millisecond))
 			if relayed != nil && r.Host != "local" {
 				rep.Info("%s on %s: the relay sent %d bytes", r.Image, r.Host, relayed(r.Image, r.Host))
 			}
@@ -229,26 +246,29 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 
 // ResultJSON is one element of the results output.
 type ResultJSON struct {
-	Image           string `json:"image"`
-	Host            string `json:"host"`
-	Runtime         string `json:"runtime,omitempty"`
-	Namespace       string `json:"namespace,omitempty"`
-	AuthMode        string `json:"auth_mode"`
-	OIDCProvider    string `json:"oidc_provider,omitempty"`
-	FallbackUsed    bool   `json:"fallback_used"`
-	CredentialError string `json:"credential_error"`
-	Digest          string `json:"digest"`
-	ImageRef        string `json:"image_ref"`
-	Platform        string `json:"platform"`
-	PlatformDigest  string `json:"platform_digest,omitempty"`
-	VerifyMethod    string `json:"verify_method,omitempty"`
-	VerifyIdentity  string `json:"verify_identity,omitempty"`
-	SignatureDigest string `json:"signature_digest,omitempty"`
-	DurationMS      int64  `json:"duration_ms"`
-	Pulled          *bool  `json:"pulled,omitempty"`
-	RelayedBytes    *int64 `json:"relayed_bytes,omitempty"`
-	Error           string `json:"error,omitempty"`
-	ErrorClass      string `json:"error_class,omitempty"`
+	Image           string   `json:"image"`
+	Host            string   `json:"host"`
+	Runtime         string   `json:"runtime,omitempty"`
+	Namespace       string   `json:"namespace,omitempty"`
+	AuthMode        string   `json:"auth_mode"`
+	OIDCProvider    string   `json:"oidc_provider,omitempty"`
+	FallbackUsed    bool     `json:"fallback_used"`
+	CredentialError string   `json:"credential_error"`
+	Digest          string   `json:"digest"`
+	ImageRef        string   `json:"image_ref"`
+	Platform        string   `json:"platform"`
+	PlatformDigest  string   `json:"platform_digest,omitempty"`
+	VerifyMethod    string   `json:"verify_method,omitempty"`
+	VerifyIdentity  string   `json:"verify_identity,omitempty"`
+	SignatureDigest string   `json:"signature_digest,omitempty"`
+	DurationMS      int64    `json:"duration_ms"`
+	Pulled          *bool    `json:"pulled,omitempty"`
+	RelayedBytes    *int64   `json:"relayed_bytes,omitempty"`
+	ServedBy        string   `json:"served_by,omitempty"`
+	ResolvedBy      string   `json:"resolved_by,omitempty"`
+	MirrorNotes     []string `json:"mirror_notes,omitempty"`
+	Error           string   `json:"error,omitempty"`
+	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
 func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
@@ -258,6 +278,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy, MirrorNotes: r.MirrorNotes,
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -330,6 +351,10 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 	if err != nil {
 		return err
 	}
+	qs, err := json.Marshal(quotasJSON(results))
+	if err != nil {
+		return err
+	}
 	for _, o := range [][2]string{
 		{"auth-mode", mode},
 		{"fallback-used", fmt.Sprint(fallback)},
@@ -338,6 +363,7 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 		{"image-ref", ref},
 		{"verified", verifiedBy},
 		{"signature-digest", sigDigest},
+		{"pull-quota", string(qs)},
 		{"results", string(js)},
 	} {
 		if err := rep.Output(o[0], o[1]); err != nil {
@@ -366,6 +392,14 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	mirrorSummary(&b, results, cell)
+	for _, q := range quotas(results) {
+		icon := "ℹ️"
+		if q.Remaining == 0 {
+			icon = "⚠️"
+		}
+		fmt.Fprintf(&b, "\n%s **Pull quota of %s** before this step: %s\n", icon, cell(q.Registry), cell(q.String()))
 	}
 	seen := map[string]bool{}
 	for _, r := range results {
@@ -559,4 +593,104 @@ func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Cr
 		return err
 	})
 	return creds, err
+}
+
+// quotas is one pull quota per registry that reported one, the lowest
+// reading of the step's probes (the latest: only pulls lower it), in the
+// order the registries first appear.
+func quotas(results []pull.Result) []ghcr.Quota {
+	var out []ghcr.Quota
+	at := map[string]int{}
+	for _, r := range results {
+		if r.Quota == nil {
+			continue
+		}
+		i, ok := at[r.Quota.Registry]
+		if !ok {
+			at[r.Quota.Registry] = len(out)
+			out = append(out, *r.Quota)
+			continue
+		}
+		if r.Quota.Remaining < out[i].Remaining {
+			out[i] = *r.Quota
+		}
+	}
+	return out
+}
+
+// QuotaJSON is one element of the pull-quota output.
+type QuotaJSON struct {
+	Registry      string `json:"registry"`
+	Limit         int    `json:"limit"`
+	Remaining     int    `json:"remaining"`
+	WindowSeconds int64  `json:"window_seconds,omitempty"`
+	Source        string `json:"source,omitempty"`
+}
+
+func quotasJSON(results []pull.Result) []QuotaJSON {
+	out := []QuotaJSON{}
+	for _, q := range quotas(results) {
+		out = append(out, QuotaJSON{Registry: q.Registry, Limit: q.Limit, Remaining: q.Remaining,
+			WindowSeconds: int64(q.Window / time.Second), Source: q.Source})
+	}
+	return out
+}
+
+// addDaemonMirrors adds the runner's daemon's registry-mirrors (Docker Hub
+// only, as dockerd uses them) after the mirrors input, when the runner's
+// daemon is a destination and an image is on Docker Hub. Not reading them
+// only loses a fallback: the step goes on.
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep reporter) {
+	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
+		return
+	}
+	onHub := false
+	for _, img := range cfg.Images {
+		onHub = onHub || img.Ref.Context().RegistryStr() == mirror.DockerHub
+	}
+	if !onHub {
+		return
+	}
+	e, err := docker.Open(ctx, cfg.DockerHost)
+	if err != nil {
+		return // the local target reports it
+	}
+	defer e.Close()
+	urls, err := e.Mirrors(ctx)
+	if err != nil {
+		rep.Info("could not read the daemon's registry-mirrors: %v", err)
+		return
+	}
+	if ms := mirror.FromDaemon(urls); len(ms) > 0 {
+		if cfg.Mirrors == nil {
+			cfg.Mirrors = mirror.Set{}
+		}
+		cfg.Mirrors.Add(mirror.DockerHub, ms...)
+		names := make([]string, len(ms))
+		for i, m := range ms {
+			names[i] = m.String()
+		}
+		rep.Info("the daemon's registry-mirrors for Docker Hub: %s", strings.Join(names, ", "))
+	}
+}
+
+// mirrorSummary says, per image, which mirror served or resolved it and
+// which mirrors were passed over (a different digest, down).
+func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) string) {
+	seen := map[string]bool{}
+	for _, r := range results {
+		if r.ServedBy != "" {
+			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
+		}
+		for _, n := range r.MirrorNotes {
+			if !seen[n] {
+				seen[n] = true
+				icon := "ℹ️"
+				if strings.Contains(n, "not trusted") {
+					icon = "⚠️"
+				}
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+			}
+		}
+	}
 }

@@ -203,6 +203,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 		"ssh-key":            key,
 		"ssh-key-passphrase": "key-passphrase-9",
 		"kubeconfig":         testKubeconfig("https://127.0.0.1:1", "kube-bearer-token-7"),
+		"mirror-password":    "mirror-secret-3",
 	}
 	for name := range secretInputs {
 		if _, ok := inputs[name]; !ok {
@@ -227,7 +228,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 	if first < 0 || !strings.HasPrefix(lines[first], "::error") {
 		t.Fatalf("no error after the masks; the run proves nothing:\n%s", s.stdout)
 	}
-	want := []string{"ghp_input_password_1", "key-passphrase-9"}
+	want := []string{"ghp_input_password_1", "key-passphrase-9", "mirror-secret-3"}
 	for _, l := range strings.Split(key+"\n"+inputs["kubeconfig"], "\n") {
 		if strings.TrimSpace(l) != "" {
 			want = append(want, strings.TrimSpace(l))

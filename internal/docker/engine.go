@@ -307,3 +307,18 @@ func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	platform := strings.TrimRight(res.Os+"/"+res.Architecture+"/"+res.Variant, "/")
 	return image.Info{ID: res.ID, RepoDigests: res.RepoDigests, Platform: platform}, nil
 }
+
+// Mirrors lists the registry mirrors the daemon is configured with
+// (registry-mirrors in daemon.json, --registry-mirror), as the Engine
+// API's registry config reports them: URLs such as
+// "https://mirror.gcr.io/". dockerd uses them for Docker Hub only.
+func (e *Engine) Mirrors(ctx context.Context) ([]string, error) {
+	res, err := e.client.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if res.Info.RegistryConfig == nil {
+		return nil, nil
+	}
+	return res.Info.RegistryConfig.Mirrors, nil
+}

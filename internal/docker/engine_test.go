@@ -26,6 +26,8 @@ type fakeEngine struct {
 	create func(w http.ResponseWriter, r *http.Request)
 	// ping are extra headers of every answer (Podman's Libpod ones).
 	ping http.Header
+	// info answers GET /info.
+	info string
 
 	mu    sync.Mutex
 	auths []string
@@ -45,6 +47,8 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "OK")
 	case p == "/version":
 		io.WriteString(w, `{"Version":"27.5.1","ApiVersion":"1.47","MinAPIVersion":"1.24"}`)
+	case p == "/info":
+		io.WriteString(w, f.info)
 	case p == "/images/create" && r.Method == http.MethodPost:
 		f.mu.Lock()
 		f.auths = append(f.auths, r.Header.Get("X-Registry-Auth"))
