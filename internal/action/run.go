@@ -9,6 +9,7 @@ import (
 	"html"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
@@ -59,7 +61,8 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	}
 	var rep *writer
 	var get Getter
-	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
+	inActions := len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true"
+	if inActions {
 		rep, get = newActionsWriter(env.Stdout, env.Getenv), EnvGetter(env.Getenv)
 	} else {
 		tr := newTerminalWriter(env.Stdout, env.Stderr)
@@ -89,7 +92,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 
 	rep.MaskCredentials(strings.TrimSpace(get("username")), get("password"))
 
-	cfg, err := ParseConfig(get, md)
+	cfg, err := ParseConfig(get, md, pathBase(env, inActions))
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
@@ -145,7 +148,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		}
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
-	targets := targetsFor(cfg, rep)
+	targets := targetsFor(cfg, rep, probeOpts)
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
@@ -233,9 +236,12 @@ func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context
 
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep *writer) []pull.Target {
-	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
+func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target {
+	switch cfg.Destination {
+	case DestinationNone, DestinationKubernetes:
 		return nil
+	case DestinationLayout, DestinationTar:
+		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
 	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
 	if cfg.SSH == nil {
@@ -253,6 +259,33 @@ func targetsFor(cfg Config, rep *writer) []pull.Target {
 		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
 	}
 	return targets
+}
+
+// fileTarget writes images at cfg.Path; its registry requests go through
+// the probe's transport (tokens masked, plain HTTP refused off loopback).
+func fileTarget(cfg Config, probeOpts []ghcr.Option) pull.Target {
+	opts := imagefile.Options{Transport: ghcr.Transport(probeOpts...)}
+	return pull.Target{Name: cfg.PathShown, Open: func(ctx context.Context) (pull.Daemon, error) {
+		if cfg.Destination == DestinationTar {
+			return imagefile.NewTar(cfg.Path, cfg.Images[0].Input, opts)
+		}
+		return imagefile.NewLayout(cfg.Path, opts), nil
+	}}
+}
+
+// pathBase is where relative paths resolve: in GitHub Actions the job's
+// workspace (GITHUB_WORKSPACE, /github/workspace in the action's
+// container; the working directory the runner sets, when unset), else the
+// working directory.
+func pathBase(env Env, inActions bool) ParseOption {
+	wd, _ := os.Getwd()
+	if inActions {
+		if ws := env.Getenv("GITHUB_WORKSPACE"); ws != "" {
+			return InWorkspace(ws)
+		}
+		return InWorkspace(wd)
+	}
+	return InDir(wd)
 }
 
 // ResultJSON is one element of the results output.

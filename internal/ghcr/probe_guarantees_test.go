@@ -67,6 +67,24 @@ func TestProbeMasksRegistryTokens(t *testing.T) {
 	}
 }
 
+// Guarantee (docs/decisions.md, "Anonymous tokens to daemons too"): an
+// anonymous probe returns the pull token the registry issued it, masked,
+// for the daemons; a credentialed probe returns its own.
+func TestProbeReturnsTheAnonymousToken(t *testing.T) {
+	for _, creds := range []Credentials{Anonymous, {Mode: AuthToken, Username: "u", Password: "p"}} {
+		ref := tokenRegistry(t, `{"token":"pull-token-for-`+creds.String()+`"}`, http.StatusOK, "")
+		var masked []string
+		res, err := Probe(context.Background(), ref, creds, WithMask(func(s string) { masked = append(masked, s) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "pull-token-for-" + creds.String()
+		if res.Token != want || strings.Join(masked, ",") != want {
+			t.Errorf("%v: token %q, masked %q; want %q both", creds, res.Token, masked, want)
+		}
+	}
+}
+
 // Guarantee: a 429's Retry-After travels in the Transient error, for
 // internal/retry to wait that long.
 func TestProbeCarriesRetryAfter(t *testing.T) {
