@@ -294,10 +294,11 @@ func TestRelayContainerd(t *testing.T) {
 		for _, rr := range results(t, res) {
 			by[rr["host"]] = rr
 		}
-		if ra := by[a.Addr()]; ra == nil || ra["error"] == nil || ra["digest"] != "" {
-			t.Errorf("the dropped host's result %v, want an error and no digest", ra)
-		} else {
-			t.Logf("the dropped host: %v (error_class %v)", ra["error"], ra["error_class"])
+		ra := by[a.Addr()]
+		if ra == nil || ra["digest"] != "" || ra["error_class"] != "transient" {
+			t.Errorf("the dropped host's result %v, want a transient error and no digest", ra)
+		} else if msg, _ := ra["error"].(string); !strings.Contains(msg, "the SSH connection to the host ended") || !strings.Contains(msg, a.Addr()) {
+			t.Errorf("the dropped host's error %q, want it to name the host %s and the SSH connection ending", msg, a.Addr())
 		}
 		if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
 			t.Errorf("the other host's result %v, want %s", rb, digest)

@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 )
 
 // relayImage is busybox (one layer) plus an app layer of appSize random
@@ -397,4 +399,51 @@ func TestRelay(t *testing.T) {
 		assertNoRelayCache(t, res)
 		assertHostClean(t, d)
 	})
+
+	// Last: it kills a's SSH connections. The app layer is held upstream
+	// for a while, so both hosts are mid-pull when a goes away.
+	t.Run("a host that drops mid-transfer fails, the other finishes", func(t *testing.T) {
+		img, app := relayImage(t, 2<<20)
+		digest := r.push(t, "acme/relay-fleet", "2", img)
+		appDigest, _ := app.Digest()
+		e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
+		// The fault matches this blob alone: left unconsumed, it harms no
+		// other test.
+		dropped := make(chan int, 1)
+		go func() {
+			waitUntil(time.Minute, 50*time.Millisecond, func() (bool, error) { return e.Front.Pending() == 0, nil })
+			time.Sleep(500 * time.Millisecond)
+			dropped <- a.DropSSHConnections()
+		}()
+		in := r.inputs(r.regAddr+"/acme/relay-fleet:2", a, b)
+		in["retries"] = "0"
+		res := e.RunAction(t, in)
+		if n := <-dropped; n == 0 {
+			t.Fatalf("no SSH connection of %s to drop", a.Name)
+		}
+		if res.ExitCode != 1 {
+			t.Fatalf("exit %d, want 1 (one host failed)\n%s", res.ExitCode, res.Stdout)
+		}
+		by := map[any]map[string]any{}
+		for _, rr := range results(t, res) {
+			by[rr["host"]] = rr
+		}
+		ra := by[a.Addr()]
+		if ra == nil || ra["digest"] != "" || ra["error_class"] != "transient" {
+			t.Errorf("the dropped host's result %v, want a transient error and no digest", ra)
+		} else if msg, _ := ra["error"].(string); !strings.Contains(msg, "the SSH connection to the host ended") || !strings.Contains(msg, a.Addr()) {
+			t.Errorf("the dropped host's error %q, want it to name the host %s and the SSH connection ending", msg, a.Addr())
+		}
+		if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
+			t.Errorf("the other host's result %v, want %s", rb, digest)
+		}
+		if _, err := b.Docker().ImageInspect(context.Background(), r.regAddr+"/acme/relay-fleet:2"); err != nil {
+			t.Errorf("the other host lacks the image: %v", err)
+		}
+		assertNoRelayCache(t, res)
+		for _, h := range []*RemoteHost{a, b} {
+			assertHostClean(t, h)
+		}
+	})
+
 }

@@ -53,6 +53,7 @@ type Conn struct {
 	hostKey ssh.PublicKey
 
 	stop      chan struct{}
+	ended     chan struct{} // closed when the SSH connection ends, whoever ends it
 	closeOnce sync.Once
 	closeErr  error
 
@@ -103,8 +104,13 @@ func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
 		jumps:   clients[:len(clients)-1],
 		hostKey: hostKey,
 		stop:    make(chan struct{}),
+		ended:   make(chan struct{}),
 		routes:  map[string]Route{},
 	}
+	go func() {
+		c.client.Wait()
+		close(c.ended)
+	}()
 	if cfg.KeepAlive > 0 {
 		for _, cl := range clients {
 			go keepAlive(cl, cfg.KeepAlive, c.stop)

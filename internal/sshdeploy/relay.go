@@ -7,10 +7,12 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
@@ -47,6 +49,45 @@ func (e *ForwardError) Error() string {
 }
 
 func (e *ForwardError) Unwrap() error { return e.Err }
+
+// ConnectionLostError: the SSH connection to the host ended while the
+// host's runtime was pulling through it. The runtime names only its end of
+// the stream ("error reading from server: EOF"); the connection is what
+// went away. Pull returns it inside a *failure.Transient: the host was up a
+// moment ago.
+type ConnectionLostError struct {
+	Host string
+	Err  error // what the runtime said
+}
+
+func (e *ConnectionLostError) Error() string {
+	return fmt.Sprintf("ssh %s: the SSH connection to the host ended during the relayed pull (the host went away, or its sshd or network dropped the connection); the runtime said: %v", e.Host, e.Err)
+}
+
+func (e *ConnectionLostError) Unwrap() error { return e.Err }
+
+// lostGrace is how long a failed pull waits to learn whether the
+// connection ended: the runtime's stream can fail a moment before
+// x/crypto's reader reports the connection closed.
+const lostGrace = 2 * time.Second
+
+// lost names err as the host's connection ending when it did end, and not
+// by Close (a cancelled step closes it on purpose).
+func (c *Conn) lost(err error) error {
+	select {
+	case <-c.stop:
+		return err
+	case <-c.ended:
+	case <-time.After(lostGrace):
+		return err
+	}
+	select {
+	case <-c.stop:
+		return err
+	default:
+	}
+	return &failure.Transient{Err: &ConnectionLostError{Host: c.host.String(), Err: err}}
+}
 
 // listenLoopback opens a remote forward on the host's 127.0.0.1 with a port
 // sshd picks. OpenSSH answers "denied" for AllowTcpForwarding no or local,
@@ -196,7 +237,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 		if upstream := d.relay.Err(path); upstream != nil {
 			return false, upstream
 		}
-		return false, err
+		return false, d.fwd.conn.lost(err)
 	}
 	info, err := d.engine.Inspect(ctx, local)
 	if err != nil {

@@ -95,7 +95,7 @@ func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocis
 		if upstream := d.relay.Err(path); upstream != nil {
 			return false, upstream
 		}
-		return false, err
+		return false, d.fwd.conn.lost(err)
 	}
 	// The loopback name goes whatever happens next; the image stays held
 	// by its ID record (the CRI plugin's) and the names given below.

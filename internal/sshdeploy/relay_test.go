@@ -311,3 +311,61 @@ func TestRelayedDocker(t *testing.T) {
 		}
 	})
 }
+
+// droppingDockerd fails its pull the way dockerd's stream does when the SSH
+// connection under it goes: drop ends the connection first.
+type droppingDockerd struct {
+	*fakeDockerd
+	drop func()
+}
+
+func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error) {
+	d.drop()
+	return false, errors.New("from the daemon: error reading from server: EOF")
+}
+
+func TestRelayedDockerConnectionLost(t *testing.T) {
+	ctx := context.Background()
+	client := newSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey(), withTCPForward())
+	var raw net.Conn
+	conn, err := Dial(ctx, srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey(),
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			raw = c
+			return c, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	t.Run("the connection ends mid-pull: transient, naming the host and the connection", func(t *testing.T) {
+		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+		var lost *ConnectionLostError
+		if !errors.As(err, &lost) {
+			t.Fatalf("Pull = %v, want a *ConnectionLostError", err)
+		}
+		if got := failure.ClassOf(err); got != "transient" {
+			t.Errorf("class %q, want transient", got)
+		}
+		host := srv.host("root").String()
+		if msg := err.Error(); !strings.Contains(msg, "ssh "+host+": the SSH connection to the host ended") || !strings.Contains(msg, "error reading from server: EOF") {
+			t.Errorf("error %q, want the host %s, the connection ending, and the daemon's words", msg, host)
+		}
+	})
+}
+
+func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
+	ctx := context.Background()
+	_, conn := dialTest(t, withTCPForward())
+	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
+	d := newRelayedDocker(engine, &fakeRelay{}, conn)
+	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+	var lost *ConnectionLostError
+	if err == nil || errors.As(err, &lost) {
+		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)
+	}
+}
