@@ -9,6 +9,7 @@ package action
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -91,6 +92,9 @@ type Config struct {
 	// Relay sends the SSH hosts' pulls through the runner (ssh-transfer:
 	// relay) instead of to the registry.
 	Relay bool
+	// RelayCacheMax bounds the relay's blob cache on the runner
+	// (relay-cache-max), in bytes.
+	RelayCacheMax int64
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
@@ -267,6 +271,31 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	return c, nil
 }
 
+// sizeUnits are the suffixes parseSize takes, in binary multiples: a
+// runner's disk is reported in GiB.
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{{"tib", 1 << 40}, {"gib", 1 << 30}, {"mib", 1 << 20}, {"kib", 1 << 10}, {"t", 1 << 40}, {"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}, {"b", 1}}
+
+// parseSize reads a positive whole number of bytes with an optional unit
+// (20GiB, 512MiB, 4g, 1048576).
+func parseSize(input, v string) (int64, error) {
+	s := strings.ToLower(strings.TrimSpace(v))
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+		return 0, bad(input, fmt.Sprintf("%q is not a size", v), "a whole number of bytes with an optional unit, e.g. 20GiB or 512MiB")
+	}
+	return n * mult, nil
+}
+
 func bad(input, problem, fix string) error {
 	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
@@ -375,6 +404,9 @@ func parseSSH(c *Config, get, in Getter) error {
 		c.Relay = true
 	default:
 		return bad("ssh-transfer", fmt.Sprintf("%q is not a transfer", t), "use direct (each host pulls from the registry) or relay (the hosts pull through the runner)")
+	}
+	if c.RelayCacheMax, err = parseSize("relay-cache-max", in("relay-cache-max")); err != nil {
+		return err
 	}
 	if strings.TrimSpace(get("ssh-host")) == "" {
 		if c.Relay {

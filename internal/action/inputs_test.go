@@ -184,6 +184,10 @@ func TestParseConfigSSH(t *testing.T) {
 		{"direct", map[string]string{"ssh-transfer": "direct"}, ""},
 		{"bad ssh-transfer", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "scp"}, `input "ssh-transfer": "scp" is not a transfer`},
 		{"relay without hosts", map[string]string{"ssh-transfer": "relay"}, `input "ssh-transfer": is relay, but ssh-host names no host`},
+		{"relay-cache-max", map[string]string{"relay-cache-max": "512 MiB"}, ""},
+		{"relay-cache-max not a size", map[string]string{"relay-cache-max": "lots"}, `input "relay-cache-max": "lots" is not a size`},
+		{"relay-cache-max zero", map[string]string{"relay-cache-max": "0GiB"}, `input "relay-cache-max"`},
+		{"relay-cache-max overflows", map[string]string{"relay-cache-max": "9999999999TiB"}, `input "relay-cache-max"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,6 +202,9 @@ func TestParseConfigSSH(t *testing.T) {
 				}
 				if (m["ssh-host"] != "") != (c.SSH != nil) {
 					t.Errorf("SSH settings = %v", c.SSH)
+				}
+				if want := map[string]int64{"": 20 << 30, "512 MiB": 512 << 20}[m["relay-cache-max"]]; c.RelayCacheMax != want {
+					t.Errorf("RelayCacheMax = %d for %q, want %d", c.RelayCacheMax, m["relay-cache-max"], want)
 				}
 				if c.Relay != strings.EqualFold(m["ssh-transfer"], "relay") {
 					t.Errorf("Relay = %v for ssh-transfer %q", c.Relay, m["ssh-transfer"])

@@ -133,7 +133,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.Relay && cfg.SSH != nil {
 		// The relay lives as long as the step: deferred, its cache goes on
 		// success, failure and cancel (the context ends, Run returns).
-		srv, err := relay.New(relay.Options{Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
+		srv, err := relay.New(relay.Options{MaxBytes: cfg.RelayCacheMax, Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
 		if err != nil {
 			rep.Error("ghcr-pull: the relay could not start", err.Error())
 			return ExitFailed

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -398,6 +399,30 @@ func TestRelay(t *testing.T) {
 		}
 		assertNoRelayCache(t, res)
 		assertHostClean(t, d)
+	})
+
+	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
+		img, _ := relayImage(t, 2<<20)
+		r.push(t, "acme/relay-fleet", "big", img)
+		in := r.inputs(r.regAddr+"/acme/relay-fleet:big", c)
+		in["relay-cache-max"] = "1MiB"
+		in["retries"] = "0"
+		res := e.RunAction(t, in)
+		if res.ExitCode != 1 {
+			t.Fatalf("exit %d, want 1\n%s", res.ExitCode, res.Stdout)
+		}
+		rs := results(t, res)
+		if rs[0]["error_class"] != "relay-cache" || rs[0]["digest"] != "" {
+			t.Errorf("results = %v, want error_class relay-cache and no digest", rs)
+		}
+		if msg, _ := rs[0]["error"].(string); !strings.Contains(msg, "raise relay-cache-max") {
+			t.Errorf("the error %q does not say what to raise", msg)
+		}
+		if names := hostNames(t, c); slices.Contains(names, r.regAddr+"/acme/relay-fleet:big") {
+			t.Errorf("the host holds the image: %v", names)
+		}
+		assertNoRelayCache(t, res)
+		assertHostClean(t, c)
 	})
 
 	// Last: it kills a's SSH connections. The app layer is held upstream

@@ -316,8 +316,12 @@ type CacheError struct {
 }
 
 func (e *CacheError) Error() string {
-	return fmt.Sprintf("relay: the blob cache (bound %d bytes) cannot hold %s (%d bytes) beside the blobs being sent", e.Bound, e.Digest, e.Size)
+	return fmt.Sprintf("relay: the blob cache (bound %d bytes) cannot hold %s (%d bytes) beside the blobs being sent; "+
+		"raise relay-cache-max above the largest layer plus those sent at once (the runner's disk must hold it)", e.Bound, e.Digest, e.Size)
 }
+
+// Class names the failure for the results' error_class.
+func (e *CacheError) Class() string { return "relay-cache" }
 
 // openBlob returns the cached file of an allowed blob, fetching it
 // upstream once for every host (singleflight, then the cache), pinned
@@ -368,7 +372,7 @@ func (s *Server) openBlob(path, dgst string) (*os.File, func(), error) {
 			return nil, nil, err
 		}
 	}
-	return nil, nil, fmt.Errorf("relay: %s was evicted from the cache as soon as it arrived; raise the cache bound", dgst)
+	return nil, nil, fmt.Errorf("relay: %s was evicted from the cache as soon as it arrived; raise relay-cache-max", dgst)
 }
 
 // fetch downloads one blob into the cache, making room first.

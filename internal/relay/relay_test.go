@@ -264,8 +264,14 @@ func TestRelayCacheBound(t *testing.T) {
 		if !errors.As(err, &ce) {
 			t.Fatalf("err = %v, want a CacheError", err)
 		}
-		if s.Err(path) == nil {
-			t.Errorf("the failure is not kept for the caller")
+		if !errors.As(s.Err(path), &ce) {
+			t.Errorf("the failure kept for the caller is %v, want the CacheError", s.Err(path))
+		}
+		if got := failure.ClassOf(err); got != "relay-cache" {
+			t.Errorf("class %q, want relay-cache", got)
+		}
+		if !strings.Contains(err.Error(), "raise relay-cache-max") {
+			t.Errorf("%q does not say what to raise", err)
 		}
 	})
 }
