@@ -29,8 +29,11 @@ import (
 //     daemon that has the new image); sent-bytes/op is what travelled to
 //     the host (the relay's relayed_bytes; the archive's size);
 //
-//   - hosts=4: four fresh hosts at once, relay against direct pulls;
-//     blob-gets/op counts the registry's blob GETs.
+//   - hosts=4: four fresh hosts at once, relay against direct pulls and
+//     against `ssh h docker pull` on the four at once (the hosts reach the
+//     registry); blob-gets/op counts the registry's blob GETs,
+//     upstream-bytes/op the blob bytes it answered (upstream/image: in
+//     images).
 //
 //     go test ./internal/e2e -run '^$' -bench Relay -benchtime 3x
 func BenchmarkRelay(b *testing.B) {
@@ -48,7 +51,20 @@ func BenchmarkRelay(b *testing.B) {
 		}
 	}
 	regAddr := hosts[0].ExposeOnHost(b, e.Host)
-	e.pushImage(b, "bench/relay", "1", 4<<20, 3)
+	freshImg, err := random.Image(4<<20, 3)
+	if err != nil {
+		b.Fatal(err)
+	}
+	freshRef, _ := name.ParseReference(e.Host + "/bench/relay:1")
+	e.pushImageAs(b, freshRef, freshImg)
+	// sizes: the fresh image's blobs, to count the bytes fetched upstream.
+	sizes := map[string]int64{}
+	if m, err := freshImg.Manifest(); err == nil {
+		sizes[m.Config.Digest.String()] = m.Config.Size
+		for _, l := range m.Layers {
+			sizes[l.Digest.String()] = l.Size
+		}
+	}
 	e.Front.SetPublic("bench/relay")
 	e.Front.SetPublic("bench/relay-update")
 	var known []string
@@ -93,21 +109,75 @@ func BenchmarkRelay(b *testing.B) {
 		return n
 	}
 
+	// upstreamBytes: the fresh image's blob bytes the registry answered.
+	upstreamBytes := func() int64 {
+		var n int64
+		for _, q := range e.Front.Requests() {
+			if q.Method == "GET" && q.Status == 200 && strings.Contains(q.Path, "/blobs/") {
+				n += sizes[q.Path[strings.LastIndex(q.Path, "/")+1:]]
+			}
+		}
+		return n
+	}
+	var imageBytes int64
+	for _, n := range sizes {
+		imageBytes += n
+	}
+
 	fresh := regAddr + "/bench/relay:1"
+	dir := b.TempDir()
+	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(keyFile, []byte(hosts[0].ClientKeyPEM()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(khFile, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	// sshPulls is the baseline the issue names: `ssh h docker pull` on
+	// every host at once, each host's dockerd fetching from the registry.
+	sshPulls := func(b *testing.B, hs ...*RemoteHost) {
+		cmds := make([]*exec.Cmd, len(hs))
+		outs := make([]strings.Builder, len(hs))
+		for i, h := range hs {
+			cmds[i] = exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
+				"-o", "BatchMode=yes", h.SSHHost()[:strings.LastIndex(h.SSHHost(), ":")], "docker", "pull", "-q", fresh)
+			cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
+			if err := cmds[i].Start(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for i, c := range cmds {
+			if err := c.Wait(); err != nil {
+				b.Fatalf("ssh docker pull on %s: %v\n%s", hs[i].Name, err, outs[i].String())
+			}
+		}
+	}
 	for _, n := range []int{1, 4} {
-		for _, transfer := range []string{"relay", "direct"} {
-			b.Run(fmt.Sprintf("fresh/hosts=%d/%s", n, transfer), func(b *testing.B) {
+		routes := []string{"relay", "direct"}
+		if n > 1 {
+			routes = append(routes, "ssh-docker-pull")
+		}
+		for _, route := range routes {
+			b.Run(fmt.Sprintf("fresh/hosts=%d/%s", n, route), func(b *testing.B) {
 				gets := 0
+				var up int64
 				for i := 0; i < b.N; i++ {
 					b.StopTimer()
 					wipe(b, hosts[:n]...)
 					e.Front.ResetLog()
 					b.StartTimer()
-					action(b, fresh, transfer, hosts[:n]...)
+					if route == "ssh-docker-pull" {
+						sshPulls(b, hosts[:n]...)
+					} else {
+						action(b, fresh, route, hosts[:n]...)
+					}
 					b.StopTimer()
 					gets += blobGets()
+					up += upstreamBytes()
 				}
 				b.ReportMetric(float64(gets)/float64(b.N), "blob-gets/op")
+				b.ReportMetric(float64(up)/float64(b.N), "upstream-bytes/op")
+				b.ReportMetric(float64(up)/float64(b.N)/float64(imageBytes), "upstream/image")
 			})
 		}
 	}
@@ -136,14 +206,6 @@ func BenchmarkRelay(b *testing.B) {
 	wipe(b, hosts[0], hosts[1])
 	next(b)
 	action(b, update, "relay", hosts[0])
-	dir := b.TempDir()
-	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(keyFile, []byte(hosts[0].ClientKeyPEM()), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(khFile, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
 	saveLoad := func(b *testing.B) int64 {
 		save := exec.Command("docker", "-H", "unix://"+hosts[1].DockerSocket(), "save", update)
 		load := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
