@@ -266,6 +266,30 @@ func TestRelayContainerd(t *testing.T) {
 		assertCtrdHostClean(t, a)
 	})
 
+	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
+		img, _ := relayImage(t, 2<<20)
+		r.push(t, "acme/rc-fleet", "big", img)
+		in := r.inputs(r.regAddr+"/acme/rc-fleet:big", b)
+		in["relay-cache-max"] = "1MiB"
+		in["retries"] = "0"
+		res := e.RunAction(t, in)
+		if res.ExitCode != 1 {
+			t.Fatalf("exit %d, want 1\n%s", res.ExitCode, res.Stdout)
+		}
+		rs := results(t, res)
+		if rs[0]["error_class"] != "relay-cache" || rs[0]["digest"] != "" {
+			t.Errorf("results = %v, want error_class relay-cache and no digest", rs)
+		}
+		if msg, _ := rs[0]["error"].(string); !strings.Contains(msg, "raise relay-cache-max") {
+			t.Errorf("the error %q does not say what to raise", msg)
+		}
+		if _, ok := ctrImages(t, b)[r.regAddr+"/acme/rc-fleet:big"]; ok {
+			t.Errorf("k8s.io on %s names the image", b.Name)
+		}
+		assertNoRelayCache(t, res)
+		assertCtrdHostClean(t, b)
+	})
+
 	// Last: it kills a's SSH connections. The app layer is held upstream
 	// for a while, so both hosts are mid-pull when a goes away.
 	t.Run("a host that drops mid-transfer fails, the other finishes", func(t *testing.T) {
