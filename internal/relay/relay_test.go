@@ -273,6 +273,18 @@ func TestRelayCacheBound(t *testing.T) {
 		if !strings.Contains(err.Error(), "raise relay-cache-max") {
 			t.Errorf("%q does not say what to raise", err)
 		}
+		srv := httptest.NewServer(s.Handler("h"))
+		defer srv.Close()
+		resp, err := http.Get(srv.URL + "/v2/" + path + "/blobs/" + d.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// Not a 5xx: dockerd retries those for about 75 s.
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), `"DENIED"`) {
+			t.Errorf("a blob larger than the bound: %d %s, want 403 DENIED, which runtimes do not retry", resp.StatusCode, body)
+		}
 	})
 }
 

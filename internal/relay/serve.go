@@ -109,6 +109,14 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst st
 		writeError(w, http.StatusNotFound, "BLOB_UNKNOWN", "not relayed in this step")
 		return
 	}
+	var ce *CacheError
+	if errors.As(err, &ce) && ce.Size > ce.Bound {
+		// Never servable in this step: a 4xx with a registry error code is
+		// what dockerd does not retry (it retries a 502 five times, about
+		// 75 s, before the host's result can say why).
+		writeError(w, http.StatusForbidden, "DENIED", "the blob is larger than the relay's cache bound (relay-cache-max)")
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadGateway, "UNAVAILABLE", "the relay could not fetch the blob upstream")
 		return
