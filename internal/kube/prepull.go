@@ -530,6 +530,10 @@ func cleanUp(parent context.Context, c *client, cfg Config, r *runObjects) error
 				check = slices.DeleteFunc(check, func(s string) bool { return s == res })
 				continue
 			}
+			if len(names) == 0 {
+				// Gone, and nothing of the run makes one again.
+				check = slices.DeleteFunc(check, func(s string) bool { return s == res })
+			}
 			for _, n := range names {
 				left = append(left, strings.TrimSuffix(res, "s")+"/"+n)
 			}
