@@ -328,6 +328,7 @@ func (w *waiter) wait(ctx context.Context, c *client, id string) error {
 		if err != nil {
 			return err
 		}
+		events := 0
 		for len(w.open) > 0 {
 			typ, p, err := wi.next()
 			var se *StatusError
@@ -338,14 +339,24 @@ func (w *waiter) wait(ctx context.Context, c *client, id string) error {
 				wi.Close()
 				return err
 			}
+			events++
 			rv = p.Metadata.ResourceVersion
 			if typ != "DELETED" && typ != "BOOKMARK" {
 				w.see(p)
 			}
 		}
 		wi.Close()
-		if ctx.Err() != nil {
+		if len(w.open) == 0 {
+			return nil
+		}
+		pause := time.Duration(0)
+		if events == 0 {
+			pause = 250 * time.Millisecond // a server that ends every watch at once is not hammered
+		}
+		select {
+		case <-ctx.Done():
 			return ctx.Err()
+		case <-time.After(pause):
 		}
 	}
 	return nil
