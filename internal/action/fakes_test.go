@@ -43,6 +43,10 @@ type engineFake struct {
 	mu    sync.Mutex
 	auths []string // X-Registry-Auth of each /images/create
 	query []url.Values
+	// repoDigests answers image inspection (none when empty).
+	repoDigests []string
+	// info answers GET /info.
+	info string
 }
 
 var apiVersionRE = regexp.MustCompile(`^/v[0-9.]+`)
@@ -65,9 +69,26 @@ func startEngine(t *testing.T, create func(w http.ResponseWriter, r *http.Reques
 			e.query = append(e.query, r.URL.Query())
 			e.mu.Unlock()
 			create(w, r, int(e.calls.Add(1)))
+		case p == "/info":
+			e.mu.Lock()
+			io.WriteString(w, e.info)
+			e.mu.Unlock()
+		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/tag") && r.Method == http.MethodPost:
+			w.WriteHeader(http.StatusCreated)
 		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/json"):
+			e.mu.Lock()
+			rd, _ := json.Marshal(append([]string{}, e.repoDigests...))
+			// With repoDigests set, the daemon holds the image only once
+			// it was pulled, as a real one does.
+			absent := len(e.repoDigests) > 0 && e.calls.Load() == 0
+			e.mu.Unlock()
+			if absent {
+				w.WriteHeader(http.StatusNotFound)
+				io.WriteString(w, `{"message":"No such image"}`)
+				return
+			}
 			w.Header().Set("Content-Type", "application/json")
-			io.WriteString(w, `{"Id":"sha256:`+strings.Repeat("e", 64)+`","RepoDigests":[],"Os":"linux","Architecture":"amd64"}`)
+			io.WriteString(w, `{"Id":"sha256:`+strings.Repeat("e", 64)+`","RepoDigests":`+string(rd)+`,"Os":"linux","Architecture":"amd64"}`)
 		default:
 			http.NotFound(w, r)
 		}

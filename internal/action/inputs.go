@@ -7,6 +7,7 @@
 package action
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/kube"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -61,7 +63,14 @@ type Config struct {
 	Destination Destination
 	Retries     int
 	Timeout     time.Duration
-	Summary     bool
+	// QuotaGuard fails early when a registry's pull quota cannot cover
+	// the step.
+	QuotaGuard bool
+	// Mirrors may serve images in place of their registries;
+	// MirrorCredentials go to those mirrors only.
+	Mirrors           mirror.Set
+	MirrorCredentials ghcr.Credentials
+	Summary           bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
 	// OIDC is set when credentials are to be derived from the workflow's
@@ -72,6 +81,9 @@ type Config struct {
 	SSHConcurrency int
 	// PullLocal also pulls into the runner's daemon when SSH is set.
 	PullLocal bool
+	// Relay sends the SSH hosts' pulls through the runner (ssh-transfer:
+	// relay) instead of to the registry.
+	Relay bool
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
@@ -100,6 +112,9 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 	if c.Summary, err = parseBool("summary", in("summary")); err != nil {
 		return c, err
 	}
+	if c.QuotaGuard, err = parseBool("quota-guard", in("quota-guard")); err != nil {
+		return c, err
+	}
 	if p := in("platform"); p != "" {
 		pl, err := image.ParsePlatform(p)
 		if err != nil {
@@ -113,6 +128,26 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 			return c, bad("insecure-registry", fmt.Sprintf("%q is not a host[:port]", h), "e.g. 10.0.0.5:5000")
 		}
 		c.InsecureRegistries = append(c.InsecureRegistries, h)
+	}
+	if c.Mirrors, err = mirror.Parse(get("mirrors")); err != nil {
+		return c, err
+	}
+	mirrorUser, mirrorPassword := strings.TrimSpace(get("mirror-username")), get("mirror-password")
+	switch {
+	case mirrorPassword != "":
+		c.MirrorCredentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: cmp.Or(mirrorUser, "ghcr-pull"), Password: mirrorPassword}
+	case mirrorUser != "":
+		return c, bad("mirror-password", "mirror-username is set but mirror-password is empty", "pass the mirror's password or token from a secret, or drop mirror-username")
+	}
+	if !c.MirrorCredentials.IsAnonymous() && len(c.Mirrors) == 0 {
+		return c, bad("mirror-password", "is set, but mirrors lists no mirror", "list the mirrors it belongs to in mirrors, or drop mirror-password")
+	}
+	for _, ms := range c.Mirrors {
+		for _, m := range ms {
+			if m.PlainHTTP {
+				c.InsecureRegistries = append(c.InsecureRegistries, m.Host)
+			}
+		}
 	}
 	switch d := Destination(strings.ToLower(in("destination"))); d {
 	case DestinationDocker, DestinationNone, DestinationKubernetes:
@@ -260,7 +295,17 @@ func parseSSH(c *Config, get, in Getter) error {
 	if c.SSHConcurrency, err = strconv.Atoi(in("ssh-concurrency")); err != nil || c.SSHConcurrency < 1 || c.SSHConcurrency > 64 {
 		return bad("ssh-concurrency", fmt.Sprintf("%q is not a whole number from 1 to 64", in("ssh-concurrency")), "e.g. ssh-concurrency: 4")
 	}
+	switch t := strings.ToLower(in("ssh-transfer")); t {
+	case "direct":
+	case "relay":
+		c.Relay = true
+	default:
+		return bad("ssh-transfer", fmt.Sprintf("%q is not a transfer", t), "use direct (each host pulls from the registry) or relay (the hosts pull through the runner)")
+	}
 	if strings.TrimSpace(get("ssh-host")) == "" {
+		if c.Relay {
+			return bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
+		}
 		return nil
 	}
 	c.SSH, err = sshdeploy.ParseInputs(sshdeploy.Inputs{

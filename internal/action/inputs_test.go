@@ -88,6 +88,32 @@ func TestParseConfig(t *testing.T) {
 		{"bad destination", func(m map[string]string) { m["destination"] = "podman" }, "destination", nil},
 		{"bad retries", func(m map[string]string) { m["retries"] = "-1" }, "retries", nil},
 		{"bad timeout", func(m map[string]string) { m["timeout"] = "10" }, "timeout", nil},
+		{"bad quota-guard", func(m map[string]string) { m["quota-guard"] = "100" }, "quota-guard", nil},
+		{"bad mirrors", func(m map[string]string) { m["mirrors"] = "mirror.gcr.io" }, "mirrors", nil},
+		{"mirror user without password", func(m map[string]string) { m["mirrors"] = "docker.io=mirror.gcr.io"; m["mirror-username"] = "u" }, "mirror-password", nil},
+		{"mirror password without mirrors", func(m map[string]string) { m["mirror-password"] = "p" }, "mirror-password", nil},
+		{"mirrors with their own credentials", func(m map[string]string) {
+			m["mirrors"] = "docker.io=mirror.gcr.io\ndocker.io=http://10.0.0.5:5000"
+			m["mirror-username"], m["mirror-password"] = "mu", " mp "
+		}, "", func(t *testing.T, c Config) {
+			if got := c.Mirrors.For("docker.io"); len(got) != 2 || got[0].Host != "mirror.gcr.io" || !got[1].PlainHTTP {
+				t.Errorf("mirrors %+v", got)
+			}
+			if c.MirrorCredentials.Username != "mu" || c.MirrorCredentials.Password != " mp " {
+				t.Errorf("mirror credentials %v", c.MirrorCredentials)
+			}
+			if c.Credentials.Password == c.MirrorCredentials.Password {
+				t.Errorf("mirror credentials mixed with the registry's")
+			}
+			if len(c.InsecureRegistries) != 1 || c.InsecureRegistries[0] != "10.0.0.5:5000" {
+				t.Errorf("an http:// mirror is not allowed plain HTTP: %v", c.InsecureRegistries)
+			}
+		}},
+		{"quota-guard on by default", nil, "", func(t *testing.T, c Config) {
+			if !c.QuotaGuard {
+				t.Errorf("quota-guard is off by default")
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -154,6 +180,10 @@ func TestParseConfigSSH(t *testing.T) {
 		{"insecure opt-out", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true"}, ""},
 		{"bad concurrency", map[string]string{"ssh-concurrency": "0"}, "ssh-concurrency"},
 		{"bad pull-local", map[string]string{"pull-local": "sometimes"}, "pull-local"},
+		{"relay", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "Relay"}, ""},
+		{"direct", map[string]string{"ssh-transfer": "direct"}, ""},
+		{"bad ssh-transfer", map[string]string{"ssh-host": "10.0.0.5", "ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "scp"}, `input "ssh-transfer": "scp" is not a transfer`},
+		{"relay without hosts", map[string]string{"ssh-transfer": "relay"}, `input "ssh-transfer": is relay, but ssh-host names no host`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +198,9 @@ func TestParseConfigSSH(t *testing.T) {
 				}
 				if (m["ssh-host"] != "") != (c.SSH != nil) {
 					t.Errorf("SSH settings = %v", c.SSH)
+				}
+				if c.Relay != strings.EqualFold(m["ssh-transfer"], "relay") {
+					t.Errorf("Relay = %v for ssh-transfer %q", c.Relay, m["ssh-transfer"])
 				}
 				return
 			}

@@ -31,7 +31,7 @@ type Output struct {
 }
 
 // secretInputs are never offered as command-line flags.
-var secretInputs = map[string]bool{"password": true, "ssh-key": true, "ssh-key-passphrase": true, "kubeconfig": true}
+var secretInputs = map[string]bool{"password": true, "mirror-password": true, "ssh-key": true, "ssh-key-passphrase": true, "kubeconfig": true}
 
 // ParseMetadata reads action.yml, keeping its order.
 func ParseMetadata(data []byte) (Metadata, error) {

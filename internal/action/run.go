@@ -22,8 +22,10 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/relay"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
@@ -94,6 +96,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		return ExitBadInput
 	}
 	rep.MaskCredentials(cfg.Credentials.Username, cfg.Credentials.Password)
+	rep.MaskCredentials(cfg.MirrorCredentials.Username, cfg.MirrorCredentials.Password)
 	if cfg.Kube != nil {
 		for _, s := range cfg.Kube.Secrets() {
 			rep.Mask(s)
@@ -123,10 +126,30 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		cfg.Credentials = creds
 	}
 
+	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
+	var relayed func(image, host string) int64
+	if cfg.Relay && cfg.SSH != nil {
+		// The relay lives as long as the step: deferred, its cache goes on
+		// success, failure and cancel (the context ends, Run returns).
+		srv, err := relay.New(relay.Options{Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
+		if err != nil {
+			rep.Error("ghcr-pull: the relay could not start", err.Error())
+			return ExitFailed
+		}
+		defer srv.Close()
+		settings := *cfg.SSH
+		settings.Relay = srv
+		cfg.SSH = &settings
+		paths := map[string]string{}
+		for _, img := range cfg.Images {
+			paths[img.Input] = img.Ref.Context().RepositoryStr()
+		}
+		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
+	}
 	targets := targetsFor(cfg, rep)
+	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
 	if cfg.Verify != nil {
 		transport := ghcr.Transport(probeOpts...)
@@ -149,13 +172,30 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		ProbeOptions:      probeOpts,
 		Events:            ev,
 		Fleet:             fleetFor(cfg),
+		QuotaGuard:        cfg.QuotaGuard,
+		Mirrors:           cfg.Mirrors,
+		MirrorCredentials: cfg.MirrorCredentials,
 	})
 	ev.stop()
 
 	failed := 0
+	noted := map[string]bool{}
 	for _, r := range results {
+		for _, n := range r.MirrorNotes {
+			if !noted[n] {
+				noted[n] = true
+				rep.Info("%s", n)
+			}
+		}
 		if r.Err == nil {
-			rep.Info("%s on %s: %s, %s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), r.Duration.Round(time.Millisecond))
+			via := ""
+			if r.ServedBy != "" {
+				via = ", served by mirror " + r.ServedBy
+			}
+			rep.Info("%s on %s: %s, %s%s (%s)", r.Image, r.Host, r.AuthMode, orDash(r.ImageRef), via, r.Duration.Round(time.Millisecond))
+			if relayed != nil && r.Host != "local" {
+				rep.Info("%s on %s: the relay sent %d bytes", r.Image, r.Host, relayed(r.Image, r.Host))
+			}
 			continue
 		}
 		failed++
@@ -165,7 +205,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		}
 		rep.Error(fmt.Sprintf("ghcr-pull: %s failed on %s", r.Image, r.Host), msg)
 	}
-	if err := writeOutputs(rep, results); err != nil {
+	if err := writeOutputs(rep, results, relayed); err != nil {
 		rep.Error("ghcr-pull: could not write outputs", err.Error())
 		return ExitFailed
 	}
@@ -206,38 +246,47 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 
 // ResultJSON is one element of the results output.
 type ResultJSON struct {
-	Image           string `json:"image"`
-	Host            string `json:"host"`
-	Runtime         string `json:"runtime,omitempty"`
-	Namespace       string `json:"namespace,omitempty"`
-	AuthMode        string `json:"auth_mode"`
-	OIDCProvider    string `json:"oidc_provider,omitempty"`
-	FallbackUsed    bool   `json:"fallback_used"`
-	CredentialError string `json:"credential_error"`
-	Digest          string `json:"digest"`
-	ImageRef        string `json:"image_ref"`
-	Platform        string `json:"platform"`
-	PlatformDigest  string `json:"platform_digest,omitempty"`
-	VerifyMethod    string `json:"verify_method,omitempty"`
-	VerifyIdentity  string `json:"verify_identity,omitempty"`
-	SignatureDigest string `json:"signature_digest,omitempty"`
-	DurationMS      int64  `json:"duration_ms"`
-	Pulled          *bool  `json:"pulled,omitempty"`
-	Error           string `json:"error,omitempty"`
-	ErrorClass      string `json:"error_class,omitempty"`
+	Image           string   `json:"image"`
+	Host            string   `json:"host"`
+	Runtime         string   `json:"runtime,omitempty"`
+	Namespace       string   `json:"namespace,omitempty"`
+	AuthMode        string   `json:"auth_mode"`
+	OIDCProvider    string   `json:"oidc_provider,omitempty"`
+	FallbackUsed    bool     `json:"fallback_used"`
+	CredentialError string   `json:"credential_error"`
+	Digest          string   `json:"digest"`
+	ImageRef        string   `json:"image_ref"`
+	Platform        string   `json:"platform"`
+	PlatformDigest  string   `json:"platform_digest,omitempty"`
+	VerifyMethod    string   `json:"verify_method,omitempty"`
+	VerifyIdentity  string   `json:"verify_identity,omitempty"`
+	SignatureDigest string   `json:"signature_digest,omitempty"`
+	DurationMS      int64    `json:"duration_ms"`
+	Pulled          *bool    `json:"pulled,omitempty"`
+	RelayedBytes    *int64   `json:"relayed_bytes,omitempty"`
+	ServedBy        string   `json:"served_by,omitempty"`
+	ResolvedBy      string   `json:"resolved_by,omitempty"`
+	MirrorNotes     []string `json:"mirror_notes,omitempty"`
+	Error           string   `json:"error,omitempty"`
+	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result) []ResultJSON {
+func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
 			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy, MirrorNotes: r.MirrorNotes,
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
 			j.Pulled = &pulled
+		}
+		if relayed != nil && r.Host != "local" && r.Host != pull.HostNone {
+			n := relayed(r.Image, r.Host)
+			j.RelayedBytes = &n
 		}
 		if v := r.Verification; v != nil {
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
@@ -250,7 +299,9 @@ func toJSON(results []pull.Result) []ResultJSON {
 	return out
 }
 
-func writeOutputs(rep reporter, results []pull.Result) error {
+// writeOutputs writes every output; relayed, when set, is what the relay
+// sent each host for an image.
+func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host string) int64) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -296,7 +347,11 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results))
+	js, err := json.Marshal(toJSON(results, relayed))
+	if err != nil {
+		return err
+	}
+	qs, err := json.Marshal(quotasJSON(results))
 	if err != nil {
 		return err
 	}
@@ -308,6 +363,7 @@ func writeOutputs(rep reporter, results []pull.Result) error {
 		{"image-ref", ref},
 		{"verified", verifiedBy},
 		{"signature-digest", sigDigest},
+		{"pull-quota", string(qs)},
 		{"results", string(js)},
 	} {
 		if err := rep.Output(o[0], o[1]); err != nil {
@@ -336,6 +392,14 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Image), cell(r.Host), cell(mode), cell(fb),
 			cell(orDash(r.Digest)), r.Duration.Round(time.Millisecond))
+	}
+	mirrorSummary(&b, results, cell)
+	for _, q := range quotas(results) {
+		icon := "ℹ️"
+		if q.Remaining == 0 {
+			icon = "⚠️"
+		}
+		fmt.Fprintf(&b, "\n%s **Pull quota of %s** before this step: %s\n", icon, cell(q.Registry), cell(q.String()))
 	}
 	seen := map[string]bool{}
 	for _, r := range results {
@@ -529,4 +593,104 @@ func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Cr
 		return err
 	})
 	return creds, err
+}
+
+// quotas is one pull quota per registry that reported one, the lowest
+// reading of the step's probes (the latest: only pulls lower it), in the
+// order the registries first appear.
+func quotas(results []pull.Result) []ghcr.Quota {
+	var out []ghcr.Quota
+	at := map[string]int{}
+	for _, r := range results {
+		if r.Quota == nil {
+			continue
+		}
+		i, ok := at[r.Quota.Registry]
+		if !ok {
+			at[r.Quota.Registry] = len(out)
+			out = append(out, *r.Quota)
+			continue
+		}
+		if r.Quota.Remaining < out[i].Remaining {
+			out[i] = *r.Quota
+		}
+	}
+	return out
+}
+
+// QuotaJSON is one element of the pull-quota output.
+type QuotaJSON struct {
+	Registry      string `json:"registry"`
+	Limit         int    `json:"limit"`
+	Remaining     int    `json:"remaining"`
+	WindowSeconds int64  `json:"window_seconds,omitempty"`
+	Source        string `json:"source,omitempty"`
+}
+
+func quotasJSON(results []pull.Result) []QuotaJSON {
+	out := []QuotaJSON{}
+	for _, q := range quotas(results) {
+		out = append(out, QuotaJSON{Registry: q.Registry, Limit: q.Limit, Remaining: q.Remaining,
+			WindowSeconds: int64(q.Window / time.Second), Source: q.Source})
+	}
+	return out
+}
+
+// addDaemonMirrors adds the runner's daemon's registry-mirrors (Docker Hub
+// only, as dockerd uses them) after the mirrors input, when the runner's
+// daemon is a destination and an image is on Docker Hub. Not reading them
+// only loses a fallback: the step goes on.
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep reporter) {
+	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
+		return
+	}
+	onHub := false
+	for _, img := range cfg.Images {
+		onHub = onHub || img.Ref.Context().RegistryStr() == mirror.DockerHub
+	}
+	if !onHub {
+		return
+	}
+	e, err := docker.Open(ctx, cfg.DockerHost)
+	if err != nil {
+		return // the local target reports it
+	}
+	defer e.Close()
+	urls, err := e.Mirrors(ctx)
+	if err != nil {
+		rep.Info("could not read the daemon's registry-mirrors: %v", err)
+		return
+	}
+	if ms := mirror.FromDaemon(urls); len(ms) > 0 {
+		if cfg.Mirrors == nil {
+			cfg.Mirrors = mirror.Set{}
+		}
+		cfg.Mirrors.Add(mirror.DockerHub, ms...)
+		names := make([]string, len(ms))
+		for i, m := range ms {
+			names[i] = m.String()
+		}
+		rep.Info("the daemon's registry-mirrors for Docker Hub: %s", strings.Join(names, ", "))
+	}
+}
+
+// mirrorSummary says, per image, which mirror served or resolved it and
+// which mirrors were passed over (a different digest, down).
+func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) string) {
+	seen := map[string]bool{}
+	for _, r := range results {
+		if r.ServedBy != "" {
+			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
+		}
+		for _, n := range r.MirrorNotes {
+			if !seen[n] {
+				seen[n] = true
+				icon := "ℹ️"
+				if strings.Contains(n, "not trusted") {
+					icon = "⚠️"
+				}
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+			}
+		}
+	}
 }

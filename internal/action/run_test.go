@@ -203,6 +203,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 		"ssh-key":            key,
 		"ssh-key-passphrase": "key-passphrase-9",
 		"kubeconfig":         testKubeconfig("https://127.0.0.1:1", "kube-bearer-token-7"),
+		"mirror-password":    "mirror-secret-3",
 	}
 	for name := range secretInputs {
 		if _, ok := inputs[name]; !ok {
@@ -227,7 +228,7 @@ func TestSecretInputsMaskedFirst(t *testing.T) {
 	if first < 0 || !strings.HasPrefix(lines[first], "::error") {
 		t.Fatalf("no error after the masks; the run proves nothing:\n%s", s.stdout)
 	}
-	want := []string{"ghp_input_password_1", "key-passphrase-9"}
+	want := []string{"ghp_input_password_1", "key-passphrase-9", "mirror-secret-3"}
 	for _, l := range strings.Split(key+"\n"+inputs["kubeconfig"], "\n") {
 		if strings.TrimSpace(l) != "" {
 			want = append(want, strings.TrimSpace(l))
@@ -454,5 +455,59 @@ func TestKubeconfigTokenMasked(t *testing.T) {
 	var results []ResultJSON
 	if err := json.Unmarshal([]byte(s.outputs["results"]), &results); err != nil || len(results) != 1 || results[0].Runtime != "kubernetes" || results[0].Error == "" {
 		t.Errorf("results %q (%v): want one failed kubernetes entry", s.outputs["results"], err)
+	}
+}
+
+// Guarantee: with ssh-transfer relay, the relay's blob cache is removed
+// when the step ends, on failure and on cancel (success: e2e TestRelay).
+func TestRelayCacheRemoved(t *testing.T) {
+	key, _ := sshKey(t, "")
+	for _, tc := range []struct {
+		name   string
+		cancel bool
+	}{{"failure", false}, {"cancel", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmp := t.TempDir()
+			t.Setenv("TMPDIR", tmp)
+			port := closedPort(t)
+			if tc.cancel {
+				// A host that accepts and never speaks: the step waits on it
+				// until it is cancelled.
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Close()
+				go func() {
+					for {
+						c, err := l.Accept()
+						if err != nil {
+							return
+						}
+						defer c.Close()
+					}
+				}()
+				port = l.Addr().(*net.TCPAddr).Port
+			}
+			e := map[string]string{"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": filepath.Join(tmp, "out"), "GITHUB_STEP_SUMMARY": filepath.Join(tmp, "sum")}
+			for k, v := range map[string]string{"image": "127.0.0.1:1/acme/app:1", "ssh-host": "127.0.0.1", "ssh-port": fmt.Sprint(port),
+				"ssh-key": key, "ssh-insecure-ignore-host-key": "true", "ssh-transfer": "relay", "ssh-timeout": "30s", "timeout": "20s", "retries": "0"} {
+				e["INPUT_"+strings.ToUpper(k)] = v
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tc.cancel {
+				time.AfterFunc(500*time.Millisecond, cancel)
+			}
+			var out bytes.Buffer
+			start := time.Now()
+			code := Run(ctx, nil, Env{Getenv: func(k string) string { return e[k] }, Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Metadata: actionYAML(t)})
+			if code != ExitFailed || (tc.cancel && time.Since(start) > 10*time.Second) {
+				t.Fatalf("exit %d after %s, want %d\n%s", code, time.Since(start), ExitFailed, out.String())
+			}
+			if left, _ := filepath.Glob(filepath.Join(tmp, "ghcr-pull-relay-*")); len(left) > 0 {
+				t.Errorf("the relay's cache is left: %v", left)
+			}
+		})
 	}
 }

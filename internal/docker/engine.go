@@ -182,6 +182,26 @@ func (e *Engine) Tag(ctx context.Context, source, target string) error {
 	return err
 }
 
+// Remove removes the name ref, as `docker rmi` does without pruning
+// untagged parents; the image goes only with its last name.
+func (e *Engine) Remove(ctx context.Context, ref string) error {
+	_, err := e.client.ImageRemove(ctx, ref, client.ImageRemoveOptions{PruneChildren: false})
+	return err
+}
+
+// ImageIDs lists the IDs of every image the daemon holds.
+func (e *Engine) ImageIDs(ctx context.Context) (map[string]bool, error) {
+	res, err := e.client.ImageList(ctx, client.ImageListOptions{All: true})
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]bool{}
+	for _, img := range res.Items {
+		ids[img.ID] = true
+	}
+	return ids, nil
+}
+
 // Inspect describes a local image.
 func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	res, err := e.client.ImageInspect(ctx, ref)
@@ -190,4 +210,19 @@ func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	}
 	platform := strings.TrimRight(res.Os+"/"+res.Architecture+"/"+res.Variant, "/")
 	return image.Info{ID: res.ID, RepoDigests: res.RepoDigests, Platform: platform}, nil
+}
+
+// Mirrors lists the registry mirrors the daemon is configured with
+// (registry-mirrors in daemon.json, --registry-mirror), as the Engine
+// API's registry config reports them: URLs such as
+// "https://mirror.gcr.io/". dockerd uses them for Docker Hub only.
+func (e *Engine) Mirrors(ctx context.Context) ([]string, error) {
+	res, err := e.client.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if res.Info.RegistryConfig == nil {
+		return nil, nil
+	}
+	return res.Info.RegistryConfig.Mirrors, nil
 }

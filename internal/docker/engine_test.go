@@ -24,6 +24,8 @@ import (
 // answers POST /images/create.
 type fakeEngine struct {
 	create func(w http.ResponseWriter, r *http.Request)
+	// info answers GET /info.
+	info string
 
 	mu    sync.Mutex
 	auths []string
@@ -40,6 +42,8 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "OK")
 	case p == "/version":
 		io.WriteString(w, `{"Version":"27.5.1","ApiVersion":"1.47","MinAPIVersion":"1.24"}`)
+	case p == "/info":
+		io.WriteString(w, f.info)
 	case p == "/images/create" && r.Method == http.MethodPost:
 		f.mu.Lock()
 		f.auths = append(f.auths, r.Header.Get("X-Registry-Auth"))

@@ -95,6 +95,13 @@ type RemoteHostOptions struct {
 	// SessionPath replaces PATH in SSH sessions, e.g. "/nonexistent" for a
 	// host where `docker` is not found.
 	SessionPath string
+	// Isolated gives the host no route beyond its own link to the machine
+	// and its dockerd no --insecure-registry: a registry served on another
+	// host's HostAddr is out of its reach (ssh-transfer: relay).
+	Isolated bool
+	// DisallowTCPForwarding starts sshd with AllowTcpForwarding no, which
+	// refuses remote forwards.
+	DisallowTCPForwarding bool
 }
 
 // RemoteHost is a running remote host. Its methods may be called from
@@ -262,9 +269,12 @@ func (h *RemoteHost) network() error {
 		{"ip", "-n", ns, "link", "set", "lo", "up"},
 		{"ip", "-n", ns, "addr", "add", h.sshIP + "/30", "dev", nsLink},
 		{"ip", "-n", ns, "link", "set", nsLink, "up"},
+	}
+	if !h.opts.Isolated {
 		// Every HostAddr is a local address of the machine: this one route
-		// reaches them all, and nothing beyond the machine.
-		{"ip", "-n", ns, "route", "add", "default", "via", h.hostIP},
+		// reaches them all, and nothing beyond the machine. An isolated
+		// host has only its /30: its own HostAddr and nothing else.
+		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "via", h.hostIP})
 	}
 	if b := h.opts.Behind; b != nil {
 		bastionLink, targetLink := fmt.Sprintf("gp%dj", h.slot), fmt.Sprintf("gp%dt", h.slot)
@@ -401,12 +411,12 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-AllowTcpForwarding yes
+AllowTcpForwarding %s
 AllowStreamLocalForwarding %s
 PrintMotd no
 LogLevel VERBOSE
 ForceCommand %s
-`, filepath.Join(h.Dir, "sshd.pid"), filepath.Join(h.Dir, "authorized_keys"), yesNo[allowStreamLocal], filepath.Join(h.Dir, "session.sh"))
+`, filepath.Join(h.Dir, "sshd.pid"), filepath.Join(h.Dir, "authorized_keys"), yesNo[!h.opts.DisallowTCPForwarding], yesNo[allowStreamLocal], filepath.Join(h.Dir, "session.sh"))
 	return b.String()
 }
 
@@ -505,7 +515,9 @@ func (h *RemoteHost) startDockerd() error {
 		// Never touch the machine's networking: the first daemon's
 		// docker0 and iptables rules stay as they are.
 		"--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
-		"--insecure-registry", allSubnets,
+	}
+	if !h.opts.Isolated {
+		args = append(args, "--insecure-registry", allSubnets)
 	}
 	for _, r := range h.opts.InsecureRegistries {
 		args = append(args, "--insecure-registry", r)
@@ -765,8 +777,9 @@ func (h *RemoteHost) FindInFiles(needles ...string) []string {
 			return nil
 		})
 	}
-	// Command lines of the host's processes still running.
-	for _, p := range h.processes() {
+	// Command lines and environments of the host's processes still
+	// running.
+	for _, p := range h.procFiles("cmdline", "environ") {
 		for i, n := range needles {
 			if n != "" && strings.Contains(p, n) {
 				found = append(found, fmt.Sprintf("process %q: needle #%d", strings.Fields(p)[0], i))
@@ -778,7 +791,11 @@ func (h *RemoteHost) FindInFiles(needles ...string) []string {
 
 // processes lists the command lines of processes in the host's network
 // namespace.
-func (h *RemoteHost) processes() []string {
+func (h *RemoteHost) processes() []string { return h.procFiles("cmdline") }
+
+// procFiles reads the named /proc/<pid>/ files of the processes in the
+// host's network namespace, NULs as spaces, one string per process.
+func (h *RemoteHost) procFiles(files ...string) []string {
 	nsInode := func(pid string) string {
 		l, err := os.Readlink("/proc/" + pid + "/ns/net")
 		if err != nil {
@@ -797,9 +814,14 @@ func (h *RemoteHost) processes() []string {
 		if _, err := strconv.Atoi(e.Name()); err != nil || nsInode(e.Name()) != want {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && len(b) > 0 {
-			out = append(out, strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " ")))
+		var all []byte
+		for _, f := range files {
+			if b, err := os.ReadFile("/proc/" + e.Name() + "/" + f); err == nil {
+				all = append(append(all, b...), 0)
+			}
+		}
+		if s := strings.TrimSpace(strings.ReplaceAll(string(all), "\x00", " ")); s != "" {
+			out = append(out, s)
 		}
 	}
 	return out

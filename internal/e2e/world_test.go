@@ -164,25 +164,44 @@ func ensureDockerd(dir string) (*client.Client, error) {
 // startRegistry runs docker-registry with token auth on a loopback port and
 // the front on another; clients only ever see the front.
 func (e *Env) startRegistry() error {
-	frontL, err := net.Listen("tcp", "127.0.0.1:0")
+	front, host, stop, err := startTokenRegistry(filepath.Join(e.dir, "registry"))
 	if err != nil {
 		return err
+	}
+	stoppers = append(stoppers, stop)
+	e.Front, e.Host = front, host
+	e.Front.AddUser(e.AdminUser, e.AdminPassword, true, "*")
+	return nil
+}
+
+// startTokenRegistry runs a docker-registry with token auth whose only
+// door is a ghcrsim front on a loopback port (host), keeping its files in
+// dir; stop ends both.
+func startTokenRegistry(dir string) (front *ghcrsim.Server, host string, stop func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", nil, err
+	}
+	frontL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
 	}
 	regPort, err := freePort()
 	if err != nil {
-		return err
+		frontL.Close()
+		return nil, "", nil, err
 	}
 	backend, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", regPort))
-	e.Front, err = ghcrsim.New(ghcrsim.Options{Backend: backend})
+	front, err = ghcrsim.New(ghcrsim.Options{Backend: backend})
 	if err != nil {
-		return err
+		frontL.Close()
+		return nil, "", nil, err
 	}
-	e.Host = frontL.Addr().String()
-	e.Front.AddUser(e.AdminUser, e.AdminPassword, true, "*")
+	host = frontL.Addr().String()
 
-	certPath := filepath.Join(e.dir, "token.crt")
-	if err := os.WriteFile(certPath, e.Front.RootCertPEM(), 0o644); err != nil {
-		return err
+	certPath := filepath.Join(dir, "token.crt")
+	if err := os.WriteFile(certPath, front.RootCertPEM(), 0o644); err != nil {
+		frontL.Close()
+		return nil, "", nil, err
 	}
 	config := fmt.Sprintf(`version: 0.1
 log:
@@ -200,27 +219,35 @@ auth:
     service: %s
     issuer: %s
     rootcertbundle: %s
-`, filepath.Join(e.dir, "registry"), regPort, e.Host, e.Front.Service(), e.Front.Issuer(), certPath)
-	cfgPath := filepath.Join(e.dir, "registry.yml")
+`, filepath.Join(dir, "data"), regPort, host, front.Service(), front.Issuer(), certPath)
+	cfgPath := filepath.Join(dir, "registry.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
-		return err
+		frontL.Close()
+		return nil, "", nil, err
 	}
-	logf, err := os.Create(filepath.Join(e.dir, "registry.log"))
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
 	if err != nil {
-		return err
+		frontL.Close()
+		return nil, "", nil, err
 	}
 	cmd := exec.Command("docker-registry", "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting docker-registry: %w", err)
+		frontL.Close()
+		logf.Close()
+		return nil, "", nil, fmt.Errorf("starting docker-registry: %w", err)
 	}
-	stoppers = append(stoppers, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	srv := &http.Server{Handler: e.Front}
+	srv := &http.Server{Handler: front}
 	go func() { _ = srv.Serve(frontL) }()
-	stoppers = append(stoppers, func() { _ = srv.Close() })
+	stop = func() {
+		_ = srv.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		logf.Close()
+	}
 
 	up := waitUntil(20*time.Second, 100*time.Millisecond, func() (bool, error) {
-		resp, err := http.Get("http://" + e.Host + "/v2/")
+		resp, err := http.Get("http://" + host + "/v2/")
 		if err != nil {
 			return false, nil
 		}
@@ -228,10 +255,11 @@ auth:
 		return resp.StatusCode == http.StatusUnauthorized, nil
 	})
 	if up == nil {
-		return nil
+		return front, host, stop, nil
 	}
+	stop()
 	log, _ := os.ReadFile(logf.Name())
-	return fmt.Errorf("docker-registry did not come up:\n%s", lastLinesOf(string(log), 20))
+	return nil, "", nil, fmt.Errorf("docker-registry did not come up:\n%s", lastLinesOf(string(log), 20))
 }
 
 func freePort() (int, error) {

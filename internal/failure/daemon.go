@@ -31,11 +31,11 @@ var daemonPhrases = []struct {
 	{"name unknown", "notfound"},
 	{"not found: manifest", "notfound"},
 	{"manifest for", "notfound"}, // "manifest for x:y not found"
-	{"toomanyrequests", "transient"},
-	{"too many requests", "transient"},
-	{"rate limit", "transient"},
-	{"429 too many requests", "transient"},
-	{"status 429", "transient"},
+	{"toomanyrequests", "toomany"},
+	{"too many requests", "toomany"},
+	{"rate limit", "toomany"},
+	{"429 too many requests", "toomany"},
+	{"status 429", "toomany"},
 	{"500 internal server error", "transient"},
 	{"502 bad gateway", "transient"},
 	{"503 service unavailable", "transient"},
@@ -71,6 +71,8 @@ func FromDaemon(status int, message string, anonymous bool) error {
 			return &BadInput{Input: "platform", Problem: resp.Message, Fix: "pick a platform the image provides, or leave platform empty"}
 		case "transient":
 			return &Transient{Response: resp}
+		case "toomany":
+			return &Transient{Response: resp, TooMany: true}
 		}
 	}
 	switch {

@@ -47,6 +47,13 @@ func TestClassifyDaemonMessages(t *testing.T) {
 			if c := ClassOf(got); c != tt.want {
 				t.Errorf("class = %s, want %s (%v)", c, tt.want, got)
 			}
+			// A 429 in the daemon's words is known as one (the pull
+			// quota reads it).
+			tr, ok := got.(*Transient)
+			want429 := strings.Contains(tt.msg, "toomanyrequests") || strings.Contains(tt.msg, "429 Too Many")
+			if ok && tr.TooManyRequests() != want429 {
+				t.Errorf("TooManyRequests() = %v, want %v", tr.TooManyRequests(), want429)
+			}
 		})
 	}
 }

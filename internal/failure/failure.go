@@ -101,7 +101,17 @@ type Transient struct {
 	Response
 	// RetryAfter is the peer's Retry-After, zero when it sent none.
 	RetryAfter time.Duration
-	Err        error
+	// TooMany is set when a daemon's words say the registry answered
+	// 429 (toomanyrequests, rate limit): the status itself is lost in
+	// the daemon's text.
+	TooMany bool
+	Err     error
+}
+
+// TooManyRequests says whether the peer answered 429, by status or, from
+// a daemon, by its words.
+func (e *Transient) TooManyRequests() bool {
+	return e.Status == http.StatusTooManyRequests || e.TooMany
 }
 
 func (e *Transient) Error() string {

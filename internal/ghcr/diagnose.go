@@ -50,9 +50,9 @@ func describeMode(m AuthMode) string {
 
 func fixesFor(registry string, attempts []Attempt) []string {
 	var (
-		rejected, forbidden, anonDenied, notFound, transient bool
-		bad                                                  *failure.BadInput
-		disagree                                             []string
+		rejected, forbidden, anonDenied, notFound, transient, quota bool
+		bad                                                         *failure.BadInput
+		disagree                                                    []string
 	)
 	probed := map[AuthMode]bool{} // modes the runner's probe succeeded with
 	for _, a := range attempts {
@@ -65,6 +65,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 			rej *failure.Rejected
 			nf  *failure.NotFound
 			tr  *failure.Transient
+			qe  *QuotaExceeded
 		)
 		if errors.As(a.Err, &rej) && a.Target != "" && probed[a.Mode] {
 			// The runner was let in, the daemon was not, the same way:
@@ -80,6 +81,8 @@ func fixesFor(registry string, attempts []Attempt) []string {
 			forbidden = forbidden || rej.Forbidden()
 		case errors.As(a.Err, &nf):
 			notFound = true
+		case errors.As(a.Err, &qe):
+			quota = true
 		case errors.As(a.Err, &tr):
 			transient = true
 		case errors.As(a.Err, &bad):
@@ -111,6 +114,9 @@ func fixesFor(registry string, attempts []Attempt) []string {
 	}
 	if notFound {
 		fixes = append(fixes, "check that the repository, tag or digest exists and is spelled as pushed")
+	}
+	if quota {
+		fixes = append(fixes, "the registry's pull quota is spent or short: sign in (authenticated accounts get a higher limit), list a mirror that serves the image in `mirrors`, or run when the window has freed pulls")
 	}
 	if transient {
 		fixes = append(fixes, "the registry was unavailable or rate-limiting: raise `retries` or `timeout`, or try again later")

@@ -44,7 +44,7 @@ func Classify(err error, anonymous bool) error {
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
-		return &failure.BadInput{Input: "image", Problem: "registry host " + dns.Name + " does not resolve", Fix: "check the registry part of the image reference"}
+		return &NoSuchHost{BadInput: &failure.BadInput{Input: "image", Problem: "registry host " + dns.Name + " does not resolve", Fix: "check the registry part of the image reference"}, Host: dns.Name}
 	}
 	var netErr net.Error
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
@@ -97,3 +97,14 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 	}
 	return te
 }
+
+// NoSuchHost: the registry's name does not resolve. It is bad input (a
+// typo in the image) unless a mirror serves the registry: a runner
+// without a route to the registry (air-gapped, no DNS for it) is what
+// mirrors are for, so pull may ask them.
+type NoSuchHost struct {
+	*failure.BadInput
+	Host string
+}
+
+func (e *NoSuchHost) Unwrap() error { return e.BadInput }

@@ -40,6 +40,9 @@ type ProbeResult struct {
 	// Requests is how many HTTP round trips the probe took (ping, token,
 	// manifest HEAD: 3 against a token-auth registry).
 	Requests int
+	// Quota is the pull quota the registry reported on the manifest
+	// answer (Docker Hub), nil when it reported none.
+	Quota *Quota
 }
 
 // Option configures Probe.
@@ -117,10 +120,10 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}
-		return cerr
+		return OverQuota(cerr, obs.quotaOf(ref.Context().RegistryStr()))
 	}
 	if err != nil {
-		return ProbeResult{Requests: int(obs.requests.Load())}, classify(err)
+		return ProbeResult{Requests: int(obs.requests.Load()), Quota: obs.quotaOf(ref.Context().RegistryStr())}, classify(err)
 	}
 	res := ProbeResult{Digest: desc.Digest.String(), MediaType: string(desc.MediaType)}
 	if o.platform != nil {
@@ -137,6 +140,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		res.PlatformDigest = pd
 	}
 	res.Requests = int(obs.requests.Load())
+	res.Quota = obs.quotaOf(ref.Context().RegistryStr())
 	if !creds.IsAnonymous() {
 		obs.mu.Lock()
 		res.Token = obs.token
@@ -214,6 +218,7 @@ type observer struct {
 	mu    sync.Mutex
 	after time.Duration
 	token string // from a token answer to a request that sent credentials
+	quota *Quota // the last quota a registry answer reported
 }
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -232,10 +237,28 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		o.after = ra
 		o.mu.Unlock()
 	}
+	if q := ParseQuota(resp.Header); q != nil && strings.HasPrefix(req.URL.Path, "/v2/") {
+		o.mu.Lock()
+		o.quota = q
+		o.mu.Unlock()
+	}
 	if resp.StatusCode == http.StatusOK && !strings.HasPrefix(req.URL.Path, "/v2/") {
 		o.readTokens(resp, req.Header.Get("Authorization") != "" || req.Method == http.MethodPost)
 	}
 	return resp, nil
+}
+
+// quotaOf is a copy of the last quota seen, named for registry; nil when
+// no answer carried one.
+func (o *observer) quotaOf(registry string) *Quota {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.quota == nil {
+		return nil
+	}
+	q := *o.quota
+	q.Registry = registry
+	return &q
 }
 
 func (o *observer) retryAfter() time.Duration {

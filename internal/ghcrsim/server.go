@@ -59,6 +59,8 @@ type Server struct {
 	oauthStatus   int // answers every OAuth2 POST when set
 	faults        []fault
 	log           []Request
+	extraMatch    string
+	extraHeader   http.Header
 }
 
 type user struct {
@@ -76,6 +78,9 @@ type Fault struct {
 	// of serving the request.
 	Status     int
 	RetryAfter string
+	// Header is added to the injected answer (Docker Hub's quota
+	// headers on a 429, say).
+	Header http.Header
 	// Reset serves the request but closes the connection after half the
 	// body: a connection reset in the middle of a blob.
 	Reset bool
@@ -157,6 +162,14 @@ func (s *Server) SetOAuthStatus(status int) {
 	s.oauthStatus = status
 }
 
+// SetHeaders adds h to every answer whose path contains match, as Docker
+// Hub adds its quota headers to manifest answers; nil stops it.
+func (s *Server) SetHeaders(match string, h http.Header) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extraMatch, s.extraHeader = match, h.Clone()
+}
+
 // FailNext makes the next n requests whose path contains match (e.g.
 // "/manifests/" or "/token") answer status, with Retry-After when set.
 func (s *Server) FailNext(n, status int, retryAfter, match string) {
@@ -228,12 +241,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 	}()
 
+	s.mu.Lock()
+	if s.extraHeader != nil && strings.Contains(r.URL.Path, s.extraMatch) {
+		for k, v := range s.extraHeader {
+			rec.Header()[k] = v
+		}
+	}
+	s.mu.Unlock()
 	var w2 http.ResponseWriter = rec
 	var afterServe func()
 	if f, ok := s.takeFault(r.URL.Path); ok {
 		afterServe = f.After
 		switch {
 		case f.Status != 0:
+			for k, v := range f.Header {
+				rec.Header()[k] = v
+			}
 			if f.RetryAfter != "" {
 				rec.Header().Set("Retry-After", f.RetryAfter)
 			}

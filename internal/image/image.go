@@ -18,6 +18,10 @@ type Info struct {
 	RepoDigests []string
 	// Platform is os/arch[/variant], as the runtime reports it.
 	Platform string
+	// Ref, when set, is the reference a deploy step uses on this runtime
+	// in place of <repository>@<digest>, which the runtime cannot resolve
+	// locally (a Docker host fed by the relay: the image ID).
+	Ref string
 }
 
 // ParsePlatform reads os/arch[/variant]; the error names the platform input.

@@ -24,6 +24,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -93,6 +94,15 @@ type Options struct {
 	// Fleet, when set, takes every probed image onto its members (one
 	// result each) in place of targets.
 	Fleet Fleet
+	// QuotaGuard probes every image before any target pulls, and fails
+	// the images of a registry whose reported pull quota (Docker Hub's)
+	// has fewer pulls left than the step needs (quota.go).
+	QuotaGuard bool
+	// Mirrors may serve images in place of their registry (mirror.go);
+	// MirrorCredentials go to the mirrors the user listed, and to no
+	// other host.
+	Mirrors           mirror.Set
+	MirrorCredentials ghcr.Credentials
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -151,6 +161,17 @@ type Result struct {
 	Duration time.Duration
 	// Verification is set when a signature was verified.
 	Verification *Verification
+	// Quota is the registry's pull quota as the probe read it, before
+	// this step's pulls; nil when the registry reports none.
+	Quota *ghcr.Quota
+	// ServedBy names the mirror the target pulled from ("" for the
+	// image's own registry); ResolvedBy the mirror that resolved the
+	// digest because upstream could not (down, over quota).
+	ServedBy   string
+	ResolvedBy string
+	// MirrorNotes say what was decided about mirrors and why (one that
+	// answered another digest, one that was down).
+	MirrorNotes []string
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -197,11 +218,34 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	perImage := make([][]Result, len(images))
 	var g errgroup.Group
 	g.SetLimit(opts.ImageConcurrency)
-	for i, img := range images {
-		g.Go(func() error {
-			perImage[i] = pullImage(ctx, img, opened, opts)
-			return nil
-		})
+	if opts.QuotaGuard {
+		// Every probe first: the guard needs every image's registry and
+		// quota before the first pull spends any of it.
+		probes := make([]probeOutcome, len(images))
+		starts := make([]time.Time, len(images))
+		for i, img := range images {
+			g.Go(func() error {
+				starts[i] = time.Now()
+				probes[i] = probeImage(ctx, img, opts)
+				return nil
+			})
+		}
+		_ = g.Wait()
+		guardQuota(ctx, images, probes, opened, opts.Fleet != nil)
+		for i, img := range images {
+			g.Go(func() error {
+				perImage[i] = deliver(ctx, img, probes[i], opened, opts, starts[i])
+				return nil
+			})
+		}
+	} else {
+		for i, img := range images {
+			g.Go(func() error {
+				start := time.Now()
+				perImage[i] = deliver(ctx, img, probeImage(ctx, img, opts), opened, opts, start)
+				return nil
+			})
+		}
 	}
 	_ = g.Wait()
 	var results []Result
@@ -211,14 +255,37 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 	return results
 }
 
-// pullImage probes once on the runner, then pulls onto every target as
-// soon as it is reached.
-func pullImage(ctx context.Context, img Image, targets []*openOnce, opts Options) []Result {
-	start := time.Now()
-	p := probeWithFallback(ctx, img, opts)
+// probeImage probes once on the runner, decides which mirror serves, and
+// verifies, when asked.
+func probeImage(ctx context.Context, img Image, opts Options) probeOutcome {
+	if len(mirrorsOf(img, opts)) == 0 {
+		p := probeWithFallback(ctx, img, opts)
+		if p.err == nil && opts.Verify != nil {
+			p.verify(ctx, img, opts)
+		}
+		return p
+	}
+	// With mirrors, an upstream that is down or over quota is asked
+	// once: a mirror answers sooner than a wait. Only when none does is
+	// upstream asked again with the retry policy (Retry-After honoured).
+	once := opts
+	once.Retry = retry.Policy{}
+	p := probeWithFallback(ctx, img, once)
+	p.chooseMirror(ctx, img, opts)
+	if p.err != nil && upstreamDown(p.err) && opts.Retry.Retries > 0 {
+		notes := p.mirrorNotes
+		p = probeWithFallback(ctx, img, opts)
+		p.mirrorNotes = notes
+	}
 	if p.err == nil && opts.Verify != nil {
 		p.verify(ctx, img, opts)
 	}
+	return p
+}
+
+// deliver pulls a probed image onto every target as soon as it is
+// reached (or reports the probe's failure for each).
+func deliver(ctx context.Context, img Image, p probeOutcome, targets []*openOnce, opts Options, start time.Time) []Result {
 	if opts.Fleet != nil {
 		if p.err == nil {
 			return pullFleet(ctx, img, p, opts)
@@ -263,6 +330,10 @@ type probeOutcome struct {
 	digest       string
 	platform     string // the platform's manifest digest, with a platform
 	verification *Verification
+	quota        *ghcr.Quota
+	source       *source // nil: targets pull from upstream
+	resolvedBy   string
+	mirrorNotes  []string
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -300,6 +371,7 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 		creds.RegistryToken = res.Token
 	}
 	out.creds = creds
+	out.quota = res.Quota
 	out.digest = res.Digest
 	out.platform = res.PlatformDigest
 	out.err = err
@@ -338,7 +410,13 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 		FallbackUsed: p.fallbackUsed,
 		Digest:       p.digest,
 		Duration:     d,
+		Quota:        p.quota,
+		ResolvedBy:   p.resolvedBy,
+		MirrorNotes:  p.mirrorNotes,
 		Err:          p.err,
+	}
+	if p.resolvedBy != "" && p.source != nil {
+		r.AuthMode, r.Provider = p.source.creds.Mode, ""
 	}
 	if p.rejection != nil {
 		r.CredentialError = rejectionText(p.rejection)
@@ -389,6 +467,20 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	if byDigest {
 		ref = Pinned(img.Input, p.digest)
 	}
+	// A mirror serves only targets that can tag: they pull
+	// <mirror>/<repo>@<digest> and get the user's tag. A CRI target
+	// pulls the user's reference (containerd's own hosts.toml mirrors
+	// apply there).
+	src := p.source
+	if !byDigest {
+		src = nil
+	}
+	creds := p.creds
+	if src != nil {
+		ref, creds = src.ref.String(), src.creds
+		res.ServedBy = src.mirror.String()
+		res.AuthMode, res.Provider = creds.Mode, ""
+	}
 	pullWith := func(creds ghcr.Credentials) (bool, error) {
 		var downloaded bool
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtTarget, t.target.Name), func(ctx context.Context) error {
@@ -396,19 +488,23 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 			downloaded, err = d.Pull(ctx, ref, opts.Platform, creds, func(done, total int64) {
 				opts.Events.Progress(img, t.target.Name, done, total)
 			})
+			if src == nil {
+				// The registry's quota ran out during the step: name
+				// it, and wait only for a Retry-After.
+				err = ghcr.OverQuota(err, p.quota)
+			}
 			return err
 		})
 		attempts = append(attempts, ghcr.Attempt{Mode: creds.Mode, Err: err, Target: t.target.Name})
 		return downloaded, err
 	}
 
-	creds := p.creds
 	downloaded, err := pullWith(creds)
 	var rej *failure.Rejected
 	// credential-error reports the daemon's answer to the credentials
 	// themselves, not to a token retry.
 	rejection := err
-	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" {
+	if err != nil && errors.As(err, &rej) && creds.RegistryToken != "" && src == nil {
 		// Registry tokens live about 300 s: one that expired before or
 		// during the pull is replaced by a fresh one, never by the
 		// password.
@@ -429,6 +525,14 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		creds = ghcr.Anonymous
 		downloaded, err = pullWith(creds)
 		opts.Events.Fallback(img, AtTarget, t.target.Name, rejection, err)
+	}
+	// A mirror that served the probe but fails this target leaves it to
+	// upstream, when upstream resolved the digest itself.
+	if err != nil && src != nil && p.resolvedBy == "" {
+		res.MirrorNotes = append(res.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err))
+		ref, creds, src = Pinned(img.Input, p.digest), p.creds, nil
+		res.ServedBy, res.AuthMode, res.Provider = "", creds.Mode, p.creds.Provider
+		downloaded, err = pullWith(creds)
 	}
 	res.AuthMode = creds.Mode
 	if creds.IsAnonymous() {
@@ -458,7 +562,11 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
-	got := RepoDigest(info.RepoDigests, img.Input, p.digest)
+	pulledAs := img.Input
+	if src != nil {
+		pulledAs = ref // RepoDigests name the mirror's repository
+	}
+	got := RepoDigest(info.RepoDigests, pulledAs, p.digest)
 	if p.digest != "" && got != p.digest {
 		err := &DriftError{Image: img.Input, Target: t.target.Name, Expected: p.digest, Got: got}
 		return res.failed(err, err.Error())
@@ -467,6 +575,9 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		res.Digest = got
 	}
 	res.ImageRef = Pinned(img.Input, res.Digest)
+	if info.Ref != "" {
+		res.ImageRef = info.Ref
+	}
 	return res
 }
 

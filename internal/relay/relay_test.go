@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
 // upstream is an in-process registry holding one random image; blobGets
@@ -312,5 +315,42 @@ func TestParsePath(t *testing.T) {
 		if path != tc.path || kind != tc.kind || ref != tc.ref || ok != tc.ok {
 			t.Errorf("parsePath(%q) = %q %q %q %v", tc.in, path, kind, ref, ok)
 		}
+	}
+}
+
+// The seam sshdeploy defines is satisfied without either package
+// importing the other's types beyond the interface.
+var _ sshdeploy.Relay = (*Server)(nil)
+
+func TestRelayServeCountsPerHostAndEndsWithTheListener(t *testing.T) {
+	u := newUpstream(t, 1)
+	s := newServer(t, 0)
+	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l, "h1") }()
+	resp, err := http.Get("http://" + l.Addr().String() + "/v2/" + path + "/manifests/" + u.digest.DigestStr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || s.Served("h1", path) != int64(len(body)) || s.Served("h2", path) != 0 {
+		t.Errorf("status %d, served h1 %d (body %d), h2 %d", resp.StatusCode, s.Served("h1", path), len(body), s.Served("h2", path))
+	}
+	l.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve after the listener closed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not end with its listener")
 	}
 }

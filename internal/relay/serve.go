@@ -3,6 +3,8 @@ package relay
 import (
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -40,6 +42,17 @@ func (s *Server) Handler(host string) http.Handler {
 			s.serveBlob(cw, r, path, ref)
 		}
 	})
+}
+
+// Serve answers host's runtime on l (an SSH remote forward on the host's
+// loopback) until l is closed.
+func (s *Server) Serve(l net.Listener, host string) error {
+	srv := &http.Server{Handler: s.Handler(host), ReadHeaderTimeout: time.Minute}
+	err := srv.Serve(l)
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
 }
 
 // parsePath splits /v2/<path>/(manifests|blobs)/<ref>.

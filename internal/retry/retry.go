@@ -36,8 +36,9 @@ func Default(retries int) Policy {
 	return Policy{Retries: retries, Base: time.Second, Max: 30 * time.Second}
 }
 
-// maxRetryAfter caps what a server can make us wait: a registry that sends
-// Retry-After: 86400 should fail the step, not hang it.
+// maxRetryAfter bounds what a server can make us wait: a registry that
+// sends Retry-After: 86400 fails the step at once, rather than hang it or
+// retry early into the same refusal.
 const maxRetryAfter = 2 * time.Minute
 
 // Do runs op until it succeeds, fails with a non-retryable error, runs out of
@@ -54,7 +55,12 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error) error
 		}
 		wait := p.backoff(attempt)
 		if ra := r.RetryDelay(); ra > 0 {
-			wait = min(ra, maxRetryAfter)
+			if ra > maxRetryAfter {
+				// Retrying before the peer said to would only be
+				// refused again (a spent pull quota): report it now.
+				return err
+			}
+			wait = ra
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			// Waiting would outlive the step: report the real fault now

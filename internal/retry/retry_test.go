@@ -60,6 +60,23 @@ func TestDo(t *testing.T) {
 	}
 }
 
+// A Retry-After beyond what we wait ends the retries at once: retrying
+// sooner than the peer said is refused again (a spent pull quota).
+func TestDoGivesUpOnLongRetryAfter(t *testing.T) {
+	calls := 0
+	start := time.Now()
+	err := Do(context.Background(), Policy{Retries: 3, Base: time.Millisecond}, func(context.Context) error {
+		calls++
+		return transientErr{after: maxRetryAfter + time.Second}
+	})
+	if err == nil || calls != 1 {
+		t.Fatalf("err=%v calls=%d: want the first error, no retry", err, calls)
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("waited %v", time.Since(start))
+	}
+}
+
 func TestDoStopsAtDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

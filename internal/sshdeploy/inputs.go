@@ -35,6 +35,9 @@ type Settings struct {
 	// Runtime says what to pull into (set from ParseRuntime).
 	Runtime RuntimeChoice
 	Config  Config
+	// Relay, when set, is where the hosts pull from (ssh-transfer: relay):
+	// through a remote forward on their loopback, never the registry.
+	Relay Relay
 }
 
 // ParseInputs checks every SSH input at once. The error joins one

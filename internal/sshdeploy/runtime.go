@@ -66,6 +66,15 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		conn.Close()
 		return nil, err
 	}
+	if s.Relay != nil {
+		e, ok := rt.(*docker.Engine)
+		if !ok {
+			rt.Close()
+			conn.Close()
+			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs containerd; use ssh-transfer: direct for it", host.Addr())
+		}
+		rt = newRelayedDocker(e, s.Relay, conn)
+	}
 	r := &remote{rt: rt, conn: conn}
 	if t, ok := rt.(tagger); ok {
 		return &taggingRemote{remote: r, tag: t}, nil

@@ -34,11 +34,13 @@ type testServer struct {
 	streamLocal bool // allow direct-streamlocal@openssh.com
 	dockerCLI   bool // emulate the docker CLI for exec; else "command not found"
 	stall       bool // accept TCP and never speak
+	tcpForward  bool // grant tcpip-forward (remote forwards), as AllowTcpForwarding yes
 
 	authAttempts atomic.Int32 // public key callbacks: credentials offered
 	channels     atomic.Int32 // channels opened, of any type
 	mu           sync.Mutex
 	commands     []string
+	forwards     []string // addresses of the remote forwards granted
 }
 
 var (
@@ -99,6 +101,7 @@ func withHostKeys(kinds ...string) serverOption {
 func withoutStreamLocal() serverOption { return func(s *testServer) { s.streamLocal = false } }
 func withoutDockerCLI() serverOption   { return func(s *testServer) { s.dockerCLI = false } }
 func stalling() serverOption           { return func(s *testServer) { s.stall = true } }
+func withTCPForward() serverOption     { return func(s *testServer) { s.tcpForward = true } }
 
 // startServer listens on loopback and accepts the client key.
 func startServer(t *testing.T, client ssh.PublicKey, opts ...serverOption) *testServer {
@@ -161,7 +164,12 @@ func (s *testServer) handle(c net.Conn) {
 		return
 	}
 	defer sc.Close()
-	go ssh.DiscardRequests(reqs)
+	if s.tcpForward {
+		go s.globalRequests(sc, reqs)
+	} else {
+		// Refused as OpenSSH refuses with AllowTcpForwarding no.
+		go ssh.DiscardRequests(reqs)
+	}
 	for nc := range chans {
 		s.channels.Add(1)
 		switch nc.ChannelType() {
@@ -219,6 +227,76 @@ func (s *testServer) handle(c net.Conn) {
 			go s.session(ch, creqs)
 		default:
 			nc.Reject(ssh.UnknownChannelType, "no")
+		}
+	}
+}
+
+// globalRequests grants tcpip-forward as sshd does: it listens on the
+// address asked for (port 0: one it picks), answers with the port, and
+// opens a forwarded-tcpip channel per connection; cancel-tcpip-forward and
+// the connection's end close the listener.
+func (s *testServer) globalRequests(sc *ssh.ServerConn, reqs <-chan *ssh.Request) {
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for req := range reqs {
+		var fwd struct {
+			Addr string
+			Port uint32
+		}
+		switch req.Type {
+		case "tcpip-forward":
+			if err := ssh.Unmarshal(req.Payload, &fwd); err != nil {
+				req.Reply(false, nil)
+				continue
+			}
+			l, err := net.Listen("tcp", net.JoinHostPort(fwd.Addr, fmt.Sprint(fwd.Port)))
+			if err != nil {
+				req.Reply(false, nil)
+				continue
+			}
+			s.mu.Lock()
+			s.forwards = append(s.forwards, l.Addr().String())
+			s.mu.Unlock()
+			listeners = append(listeners, l)
+			port := uint32(l.Addr().(*net.TCPAddr).Port)
+			req.Reply(true, binary.BigEndian.AppendUint32(nil, port))
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					origin := c.RemoteAddr().(*net.TCPAddr)
+					ch, creqs, err := sc.OpenChannel("forwarded-tcpip", ssh.Marshal(struct {
+						Addr       string
+						Port       uint32
+						OriginAddr string
+						OriginPort uint32
+					}{fwd.Addr, port, origin.IP.String(), uint32(origin.Port)}))
+					if err != nil {
+						c.Close()
+						continue
+					}
+					go ssh.DiscardRequests(creqs)
+					go pipe(ch, c)
+				}
+			}()
+		case "cancel-tcpip-forward":
+			ssh.Unmarshal(req.Payload, &fwd)
+			for _, l := range listeners {
+				if l.Addr().(*net.TCPAddr).Port == int(fwd.Port) {
+					l.Close()
+				}
+			}
+			req.Reply(true, nil)
+		default:
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
 		}
 	}
 }

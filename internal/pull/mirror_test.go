@@ -1,0 +1,290 @@
+package pull
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/retry"
+)
+
+// simRegistry is an in-process registry with token auth behind the GHCR
+// front, which logs every request with the credentials sent.
+type simRegistry struct {
+	front *ghcrsim.Server
+	host  string
+	srv   *httptest.Server
+}
+
+func startSim(t *testing.T) *simRegistry {
+	t.Helper()
+	front, err := ghcrsim.New(ghcrsim.Options{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front.AddUser("admin", "adminpw", true, "*")
+	srv := httptest.NewServer(front)
+	t.Cleanup(srv.Close)
+	return &simRegistry{front: front, host: strings.TrimPrefix(srv.URL, "http://"), srv: srv}
+}
+
+func (s *simRegistry) push(t *testing.T, repo string, img v1.Image) {
+	t.Helper()
+	ref, _ := name.ParseReference(s.host + "/" + repo)
+	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "admin", Password: "adminpw"})); err != nil {
+		t.Fatal(err)
+	}
+	s.front.ResetLog()
+}
+
+// tagDaemon is a Docker-like target: it records what it was asked to
+// pull with which credentials, tags, and reports the digests it pulled.
+type tagDaemon struct {
+	mu    sync.Mutex
+	refs  []string
+	creds []ghcr.Credentials
+	fail  map[string]error // by host prefix
+}
+
+func (d *tagDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.refs, d.creds = append(d.refs, ref), append(d.creds, creds)
+	for host, err := range d.fail {
+		if strings.HasPrefix(ref, host) {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+func (d *tagDaemon) Tag(context.Context, string, string) error { return nil }
+
+func (d *tagDaemon) Inspect(context.Context, string) (image.Info, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var rds []string
+	for _, r := range d.refs {
+		if strings.Contains(r, "@") {
+			rds = append(rds, r)
+		}
+	}
+	return image.Info{RepoDigests: rds}, nil
+}
+
+// The mirror decision, on real registries: a mirror that serves the
+// upstream digest serves the targets, by digest, with its own
+// credentials or none; one that answers another digest, or is down, is
+// passed over and the results say why; when upstream is over quota, the
+// first mirror that answers resolves the image; credentials only ever
+// reach the host they belong to.
+func TestMirrorChoice(t *testing.T) {
+	const repo = "library/app"
+	upCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}
+	mirrorCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"}
+	hubQuota := http.Header{"Ratelimit-Limit": {"100;w=21600"}, "Ratelimit-Remaining": {"0;w=21600"}}
+	tests := []struct {
+		name string
+		// mirrors: "same" (serves the upstream image), "other" (another
+		// image under the tag), "down", "private" (needs mirrorCreds)
+		mirrors      []string
+		mirrorCreds  bool
+		upstream429  bool
+		wantServedBy int // index into mirrors, -1 for upstream
+		wantResolved bool
+		wantNotes    []string
+		wantErr      string
+	}{
+		{name: "mirror serves the digest", mirrors: []string{"same"}, wantServedBy: 0},
+		{name: "different digest never trusted", mirrors: []string{"other", "same"}, wantServedBy: 1, wantNotes: []string{"not trusted"}},
+		{name: "only a distrusted mirror: upstream", mirrors: []string{"other"}, wantServedBy: -1, wantNotes: []string{"not trusted"}},
+		{name: "mirror down", mirrors: []string{"down", "same"}, wantServedBy: 1, wantNotes: []string{"did not serve"}},
+		{name: "mirror with its own credentials", mirrors: []string{"private"}, mirrorCreds: true, wantServedBy: 0},
+		{name: "private mirror without credentials is passed over", mirrors: []string{"private"}, wantServedBy: -1, wantNotes: []string{"did not serve"}},
+		{name: "upstream over quota: the mirror resolves", mirrors: []string{"same"}, upstream429: true, wantServedBy: 0, wantResolved: true, wantNotes: []string{"quota", "unchecked against upstream"}},
+		{name: "upstream over quota, mirror down: fails naming the quota", mirrors: []string{"down"}, upstream429: true, wantServedBy: -1, wantErr: "quota"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			img, _ := random.Image(64, 1)
+			other, _ := random.Image(64, 1)
+			want, _ := img.Digest()
+			up := startSim(t)
+			up.front.AddUser("upuser", "up-secret", false, "*")
+			up.push(t, repo+":1", img)
+			set := mirror.Set{}
+			var sims []*simRegistry
+			for _, kind := range tt.mirrors {
+				m := startSim(t)
+				sims = append(sims, m)
+				switch kind {
+				case "same", "private":
+					m.push(t, repo+":1", img)
+				case "other":
+					m.push(t, repo+":1", other)
+				case "down":
+					m.srv.Close()
+				}
+				if kind != "private" {
+					m.front.SetPublic(repo)
+				}
+				m.front.AddUser("mirroruser", "mirror-secret", false, "*")
+				set.Add(up.host, mirror.Mirror{Host: m.host})
+			}
+			if tt.upstream429 {
+				up.front.Inject(ghcrsim.Fault{Match: "/manifests/", Status: 429, Header: hubQuota},
+					ghcrsim.Fault{Match: "/manifests/", Status: 429, Header: hubQuota})
+			}
+			images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
+			d := &tagDaemon{}
+			opts := Options{Credentials: upCreds, Mirrors: set, Retry: retry.Policy{Retries: 1, Base: time.Millisecond}}
+			if tt.mirrorCreds {
+				opts.MirrorCredentials = mirrorCreds
+			}
+			res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}}, opts)
+			r := res[0]
+			if tt.wantErr != "" {
+				if failure.ClassOf(r.Err) != tt.wantErr {
+					t.Fatalf("err %v (class %q), want class %q", r.Err, failure.ClassOf(r.Err), tt.wantErr)
+				}
+			} else if r.Err != nil {
+				t.Fatalf("err %v\n%s", r.Err, r.Diagnosis)
+			}
+			notes := strings.Join(r.MirrorNotes, "\n")
+			for _, w := range tt.wantNotes {
+				if !strings.Contains(notes, w) {
+					t.Errorf("notes lack %q:\n%s", w, notes)
+				}
+			}
+			if tt.wantErr != "" {
+				if len(d.refs) != 0 {
+					t.Errorf("the daemon was asked to pull %v", d.refs)
+				}
+				return
+			}
+			wantHost := up.host
+			if tt.wantServedBy >= 0 {
+				wantHost = sims[tt.wantServedBy].host
+				if r.ServedBy != wantHost {
+					t.Errorf("served by %q, want %q", r.ServedBy, wantHost)
+				}
+			} else if r.ServedBy != "" {
+				t.Errorf("served by %q, want upstream", r.ServedBy)
+			}
+			if (r.ResolvedBy != "") != tt.wantResolved {
+				t.Errorf("resolved by %q", r.ResolvedBy)
+			}
+			if len(d.refs) != 1 || d.refs[0] != wantHost+"/"+repo+"@"+want.String() {
+				t.Errorf("daemon pulled %v, want %s/%s@%s", d.refs, wantHost, repo, want)
+			}
+			if r.Digest != want.String() || r.ImageRef != up.host+"/"+repo+"@"+want.String() {
+				t.Errorf("digest %s image-ref %s", r.Digest, r.ImageRef)
+			}
+			// Credentials go only where they belong: the daemon gets the
+			// mirror's own (or none) for a mirror, never the upstream's
+			// password or token; each server saw only its own user.
+			if tt.wantServedBy >= 0 {
+				c := d.creds[0]
+				if c.Password == upCreds.Password || (c.RegistryToken != "" && !tt.mirrorCreds) {
+					t.Errorf("the daemon got %v (token %v) for the mirror", c, c.RegistryToken != "")
+				}
+				if tt.mirrorCreds && c.Username != "mirroruser" {
+					t.Errorf("the mirror's pull lacks its credentials: %v", c)
+				}
+			}
+			for _, req := range up.front.Requests() {
+				if req.BasicUser != "" && req.BasicUser != "upuser" {
+					t.Errorf("upstream received %s's credentials", req.BasicUser)
+				}
+			}
+			for i, m := range sims {
+				for _, req := range m.front.Requests() {
+					if req.BasicUser == "upuser" || req.BasicPassword == upCreds.Password {
+						t.Errorf("mirror %d received the upstream credentials", i)
+					}
+					if req.BasicUser != "" && !tt.mirrorCreds {
+						t.Errorf("mirror %d received credentials %q it was not given", i, req.BasicUser)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A mirror that served the probe but fails on a target leaves that
+// target to upstream, with the upstream credentials.
+func TestMirrorFailsOnTarget(t *testing.T) {
+	const repo = "library/app"
+	img, _ := random.Image(64, 1)
+	up, m := startSim(t), startSim(t)
+	up.push(t, repo+":1", img)
+	m.push(t, repo+":1", img)
+	up.front.SetPublic(repo)
+	m.front.SetPublic(repo)
+	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
+	d := &tagDaemon{fail: map[string]error{m.host: failure.FromDaemon(500, "connection refused", true)}}
+	set := mirror.Set{}
+	set.Add(up.host, mirror.Mirror{Host: m.host})
+	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+		Options{Credentials: ghcr.Anonymous, Mirrors: set})
+	r := res[0]
+	if r.Err != nil || r.ServedBy != "" {
+		t.Fatalf("err %v served by %q", r.Err, r.ServedBy)
+	}
+	if len(d.refs) != 2 || !strings.HasPrefix(d.refs[1], up.host+"/") {
+		t.Errorf("pulls %v: want the mirror, then upstream", d.refs)
+	}
+	if !strings.Contains(strings.Join(r.MirrorNotes, " "), "pulled from upstream") {
+		t.Errorf("notes %q", r.MirrorNotes)
+	}
+}
+
+// A registry whose name does not resolve (a runner with no route to it)
+// is left to its mirror; without a mirror it stays bad input.
+func TestMirrorForUnresolvableRegistry(t *testing.T) {
+	const repo = "library/app"
+	img, _ := random.Image(64, 1)
+	want, _ := img.Digest()
+	m := startSim(t)
+	m.push(t, repo+":1", img)
+	m.front.SetPublic(repo)
+	images, _ := ParseImages([]string{"registry.invalid/" + repo + ":1"})
+	for _, withMirror := range []bool{true, false} {
+		set := mirror.Set{}
+		if withMirror {
+			set.Add("registry.invalid", mirror.Mirror{Host: m.host})
+		}
+		d := &tagDaemon{}
+		res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+			Options{Credentials: ghcr.Anonymous, Mirrors: set})
+		r := res[0]
+		if !withMirror {
+			if failure.ClassOf(r.Err) != "bad-input:image" {
+				t.Errorf("without a mirror: %v", r.Err)
+			}
+			continue
+		}
+		if r.Err != nil || r.ResolvedBy != m.host || r.ServedBy != m.host || r.Digest != want.String() {
+			t.Errorf("err %v resolved %q served %q digest %s", r.Err, r.ResolvedBy, r.ServedBy, r.Digest)
+		}
+	}
+}

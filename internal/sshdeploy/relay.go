@@ -1,0 +1,269 @@
+package sshdeploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+)
+
+// Relay is a registry on the runner that a host's runtime pulls from
+// through a remote forward on the host's loopback, in place of reaching
+// the registry itself (ssh-transfer: relay). internal/relay's Server
+// satisfies it; sshdeploy holds the connection, the relay the bytes.
+type Relay interface {
+	// Allow makes ref (repository@digest) available, fetched with creds,
+	// and returns the repository path hosts pull it under. An upstream
+	// refusal is classified as a direct pull's is (failure.Rejected,
+	// NotFound, Transient), so the pull policy's fallback applies.
+	Allow(ctx context.Context, ref name.Digest, creds ghcr.Credentials) (path string, err error)
+	// Serve answers the runtime of host on l until l is closed.
+	Serve(l net.Listener, host string) error
+	// Err is the upstream failure met while serving path, if any: the
+	// host's runtime reports it only in its own words.
+	Err(path string) error
+}
+
+// ForwardError: sshd refused the remote forward the relay needs.
+type ForwardError struct {
+	Host string
+	Err  error
+}
+
+// Class names the failure for the results' error_class.
+func (e *ForwardError) Class() string { return "ssh-forwarding-refused" }
+
+func (e *ForwardError) Error() string {
+	return fmt.Sprintf("ssh %s: the remote forward for ssh-transfer: relay was refused (%v); set AllowTcpForwarding yes (or remote) in the host's sshd_config, "+
+		"or use ssh-transfer: direct where the host reaches the registry", e.Host, e.Err)
+}
+
+func (e *ForwardError) Unwrap() error { return e.Err }
+
+// listenLoopback opens a remote forward on the host's 127.0.0.1 with a port
+// sshd picks. OpenSSH answers "denied" for AllowTcpForwarding no or local,
+// and x/crypto reports every refusal in these words.
+func (c *Conn) listenLoopback() (net.Listener, error) {
+	l, err := c.client.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		if strings.Contains(err.Error(), "tcpip-forward request denied") {
+			return nil, &ForwardError{Host: c.host.String(), Err: err}
+		}
+		return nil, fmt.Errorf("ssh %s: opening a remote forward: %w", c.host, err)
+	}
+	return l, nil
+}
+
+// dockerEngine is what the relayed route needs of a Docker Engine
+// (*docker.Engine).
+type dockerEngine interface {
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Tag(ctx context.Context, source, target string) error
+	Inspect(ctx context.Context, ref string) (image.Info, error)
+	Remove(ctx context.Context, ref string) error
+	ImageIDs(ctx context.Context) (map[string]bool, error)
+	Runtime() (name, namespace string)
+	Close() error
+}
+
+// relayedDocker is a Docker host that pulls from the relay: Pull(repo@digest)
+// has the relay allow the digest, then the host's dockerd pulls
+// 127.0.0.1:<port>/<path>@<digest> (127.0.0.0/8 is a plain-HTTP registry
+// to dockerd by default) with no X-Registry-Auth, and the loopback name is
+// replaced by a name in the user's repository.
+//
+// Docker's graphdriver store cannot hold <repository>@<digest> without a
+// registry pull, and removing an image's last name deletes it, so the image
+// is held by the digest tag <repository>:sha256-<hex> until Tag points the
+// user's tag at it; a digest input keeps that tag. Inspect reports the
+// relayed digest and the image ID as the reference that works on the host.
+type relayedDocker struct {
+	engine dockerEngine
+	relay  Relay
+	conn   *Conn
+	host   string
+
+	fwdOnce sync.Once
+	fwd     net.Listener
+	fwdErr  error
+
+	mu      sync.Mutex
+	relayed map[string]*relayedImage // by the ref pulled: repository@digest
+	made    map[string]bool          // digest tags this connection made
+}
+
+type relayedImage struct {
+	repo, digest string // the user's repository, the digest relayed
+	id           string // the image ID on the host
+	hold         string // the digest tag, "" once the user's tag holds the image
+	held         bool   // the digest tag was there before this pull: leave it
+}
+
+func newRelayedDocker(e dockerEngine, r Relay, c *Conn) *relayedDocker {
+	return &relayedDocker{engine: e, relay: r, conn: c, host: c.host.Addr(), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+}
+
+// forward opens the remote forward once per connection and serves the
+// relay on it.
+func (d *relayedDocker) forward() (int, error) {
+	d.fwdOnce.Do(func() {
+		d.fwd, d.fwdErr = d.conn.listenLoopback()
+		if d.fwdErr == nil {
+			go d.relay.Serve(d.fwd, d.host)
+		}
+	})
+	if d.fwdErr != nil {
+		return 0, d.fwdErr
+	}
+	return d.fwd.Addr().(*net.TCPAddr).Port, nil
+}
+
+// refKey is ref in one spelling: pull pulls a familiar name
+// (busybox@sha256:...) and inspects what the user wrote
+// (docker.io/library/busybox@sha256:...).
+func refKey(ref string) string {
+	if r, err := name.ParseReference(ref); err == nil {
+		return r.Name()
+	}
+	return ref
+}
+
+// digestTag is the tag that holds a relayed image: <repository>:sha256-<hex>.
+func digestTag(repo, digest string) string {
+	return repo + ":" + strings.Replace(digest, ":", "-", 1)
+}
+
+func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	repo, dgst, ok := strings.Cut(ref, "@")
+	if !ok {
+		return false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
+	}
+	digest, err := name.NewDigest(ref)
+	if err != nil {
+		return false, err
+	}
+	path, err := d.relay.Allow(ctx, digest, creds)
+	if err != nil {
+		return false, err
+	}
+	port, err := d.forward()
+	if err != nil {
+		return false, err
+	}
+	local := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
+	// dockerd reports a pull by a digest reference it does not hold as
+	// "Downloaded newer image" even when it had the image: the loopback
+	// name is new every time. Whether the image is new is what counts.
+	had, err := d.engine.ImageIDs(ctx)
+	if err != nil {
+		return false, err
+	}
+	// No credential of any kind: the relay holds them on the runner.
+	_, err = d.engine.Pull(ctx, local, platform, ghcr.Anonymous, progress)
+	if err != nil {
+		if upstream := d.relay.Err(path); upstream != nil {
+			return false, upstream
+		}
+		return false, err
+	}
+	info, err := d.engine.Inspect(ctx, local)
+	if err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", local, err)
+	}
+	hold := digestTag(repo, dgst)
+	before, err := d.engine.Inspect(ctx, hold)
+	d.mu.Lock()
+	// A digest tag this connection made for another image of the step
+	// (two tags of one digest) is ours to remove, not the host's.
+	held := err == nil && before.ID == info.ID && !d.made[hold]
+	if !held {
+		d.made[hold] = true
+	}
+	d.mu.Unlock()
+	if err := d.engine.Tag(ctx, local, hold); err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, hold, err)
+	}
+	// The digest tag holds the image now: removing the loopback name
+	// only untags it.
+	if err := d.engine.Remove(ctx, local); err != nil {
+		return false, fmt.Errorf("removing the relay's name %s: %w", local, err)
+	}
+	d.mu.Lock()
+	d.relayed[refKey(ref)] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
+	d.mu.Unlock()
+	return !had[info.ID], nil
+}
+
+// Tag points target at a relayed image and drops the digest tag that held
+// it (unless it was there before).
+func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
+	d.mu.Lock()
+	ri := d.relayed[refKey(source)]
+	d.mu.Unlock()
+	if ri == nil {
+		return d.engine.Tag(ctx, source, target)
+	}
+	if err := d.engine.Tag(ctx, ri.id, target); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	hold, held := ri.hold, ri.held
+	ri.hold = ""
+	d.mu.Unlock()
+	if hold != "" && !held && hold != target {
+		if err := d.engine.Remove(ctx, hold); err != nil {
+			return fmt.Errorf("removing %s after tagging %s: %w", hold, target, err)
+		}
+	}
+	return nil
+}
+
+// Inspect describes ref; for an image this connection relayed it reports
+// the relayed digest (the host pulled exactly it, by digest) and the image
+// ID as the reference to run it by.
+func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, error) {
+	d.mu.Lock()
+	ri := d.relayed[refKey(ref)]
+	d.mu.Unlock()
+	if ri != nil {
+		ref = ri.id // a digest input: the host has no <repository>@<digest> name
+	}
+	info, err := d.engine.Inspect(ctx, ref)
+	if err != nil {
+		return info, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.relayed {
+		if r.id == info.ID {
+			info.RepoDigests = append(info.RepoDigests, r.repo+"@"+r.digest)
+			info.Ref = info.ID
+			break
+		}
+	}
+	return info, nil
+}
+
+func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Runtime() }
+
+// Close closes the forward, then the engine.
+func (d *relayedDocker) Close() error {
+	// Do makes the forward opened by a Pull visible here, or closes the
+	// door on one opening later.
+	d.fwdOnce.Do(func() { d.fwdErr = net.ErrClosed })
+	var errs []error
+	if d.fwd != nil {
+		if err := d.fwd.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(append(errs, d.engine.Close())...)
+}

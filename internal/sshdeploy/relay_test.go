@@ -1,0 +1,313 @@
+package sshdeploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+)
+
+// fakeRelay answers every forwarded request with the path asked for.
+type fakeRelay struct {
+	allowErr error
+	mu       sync.Mutex
+	allowed  []string
+	creds    []ghcr.Credentials
+	hosts    []string
+}
+
+func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.allowed = append(r.allowed, ref.String())
+	r.creds = append(r.creds, creds)
+	if r.allowErr != nil {
+		return "", r.allowErr
+	}
+	return ref.Context().RepositoryStr(), nil
+}
+
+func (r *fakeRelay) Serve(l net.Listener, host string) error {
+	r.mu.Lock()
+	r.hosts = append(r.hosts, host)
+	r.mu.Unlock()
+	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, "relayed "+req.URL.Path)
+	}))
+}
+
+func (r *fakeRelay) Err(string) error { return nil }
+
+// fakeDockerd keeps names → image IDs and deletes an image with its last
+// name, as dockerd does. Its Pull fetches the reference's manifest path
+// over HTTP from the reference's host, as dockerd would from the forward.
+type fakeDockerd struct {
+	mu    sync.Mutex
+	names map[string]string
+	ops   []string
+	creds []ghcr.Credentials
+	got   string // what the forward answered
+}
+
+func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+	hostPort, rest, _ := strings.Cut(ref, "/")
+	repo, dgst, _ := strings.Cut(rest, "@")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = string(b)
+	d.creds = append(d.creds, creds)
+	d.ops = append(d.ops, "pull "+ref)
+	d.names[ref] = "sha256:imageid"
+	return true, nil
+}
+
+func (d *fakeDockerd) Tag(_ context.Context, source, target string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ops = append(d.ops, "tag "+source+" "+target)
+	id, ok := d.names[source]
+	if !ok && strings.HasPrefix(source, "sha256:") {
+		id, ok = source, true
+	}
+	if !ok {
+		return fmt.Errorf("no such image: %s", source)
+	}
+	d.names[target] = id
+	return nil
+}
+
+func (d *fakeDockerd) Inspect(_ context.Context, ref string) (image.Info, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id, ok := d.names[ref]
+	if !ok && strings.HasPrefix(ref, "sha256:") && slices.Contains(mapsValues(d.names), ref) {
+		id, ok = ref, true
+	}
+	if !ok {
+		return image.Info{}, fmt.Errorf("no such image: %s", ref)
+	}
+	return image.Info{ID: id, Platform: "linux/amd64"}, nil
+}
+
+func mapsValues(m map[string]string) []string {
+	var out []string
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+func (d *fakeDockerd) Remove(_ context.Context, ref string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ops = append(d.ops, "rmi "+ref)
+	if _, ok := d.names[ref]; !ok {
+		return fmt.Errorf("no such image: %s", ref)
+	}
+	delete(d.names, ref)
+	return nil
+}
+
+func (d *fakeDockerd) ImageIDs(context.Context) (map[string]bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ids := map[string]bool{}
+	for _, id := range d.names {
+		ids[id] = true
+	}
+	return ids, nil
+}
+
+func (d *fakeDockerd) Runtime() (string, string) { return "docker", "" }
+func (d *fakeDockerd) Close() error              { return nil }
+
+func (d *fakeDockerd) namesOf(id string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for n, i := range d.names {
+		if i == id {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+const relayDigest = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899"
+
+func dialTest(t *testing.T, opts ...serverOption) (*testServer, *Conn) {
+	t.Helper()
+	client := newSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey(), opts...)
+	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return srv, conn
+}
+
+func TestRelayedDocker(t *testing.T) {
+	ctx := context.Background()
+	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
+
+	t.Run("a tag: pulled from the forward with no credentials, then only the user's tag names it", func(t *testing.T) {
+		srv, conn := dialTest(t, withTCPForward())
+		rl, engine := &fakeRelay{}, &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, rl, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
+			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
+		}
+		if len(rl.creds) != 1 || rl.creds[0] != creds {
+			t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
+		}
+		if len(engine.creds) != 1 || engine.creds[0] != ghcr.Anonymous {
+			t.Errorf("the host's daemon was given %v, want nothing", engine.creds)
+		}
+		if want := "relayed /v2/acme/app/manifests/" + relayDigest; engine.got != want {
+			t.Errorf("through the forward: %q, want %q", engine.got, want)
+		}
+		if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
+			t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
+			t.Errorf("names on the host %v, want only the user's tag (ops %q)", got, engine.ops)
+		}
+		info, err := d.Inspect(ctx, "ghcr.io/acme/app:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Ref != "sha256:imageid" || !slices.Contains(info.RepoDigests, ref) {
+			t.Errorf("Inspect = %+v, want the image ID as Ref and %s in RepoDigests", info, ref)
+		}
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {
+			t.Errorf("Pull again = %v, %v; want the image reported as there already", pulled, err)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
+			t.Errorf("after a second pull, names %v (ops %q)", got, engine.ops)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
+			c.Close()
+			t.Errorf("the forward %s still listens after Close", srv.forwards[0])
+		}
+	})
+
+	t.Run("a digest: held by the digest tag, no loopback name", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		// pull pulls the familiar name and inspects the input as written.
+		ref := "busybox@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"busybox:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, want) {
+			t.Errorf("names %v, want %v (ops %q)", got, want, engine.ops)
+		}
+		for _, spelled := range []string{ref, "docker.io/library/busybox@" + relayDigest} {
+			info, err := d.Inspect(ctx, spelled)
+			if err != nil || info.Ref != "sha256:imageid" {
+				t.Errorf("Inspect(%s) = %+v, %v", spelled, info, err)
+			}
+		}
+	})
+
+	t.Run("two tags of one digest: only the user's tags are left", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		// pull's order for two images on one host, interleaved.
+		for _, step := range []func() error{
+			func() error { _, err := d.Pull(ctx, ref, nil, creds, nil); return err },
+			func() error { _, err := d.Pull(ctx, ref, nil, creds, nil); return err },
+			func() error { return d.Tag(ctx, ref, "ghcr.io/acme/app:1") },
+			func() error { return d.Tag(ctx, ref, "ghcr.io/acme/app:latest") },
+		} {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
+			t.Errorf("names %v (ops %q)", got, engine.ops)
+		}
+	})
+
+	t.Run("a digest tag the host had stays", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
+		engine := &fakeDockerd{names: map[string]string{hold: "sha256:imageid"}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", hold}) {
+			t.Errorf("names %v (ops %q)", got, engine.ops)
+		}
+	})
+
+	t.Run("sshd refusing the forward names AllowTcpForwarding", func(t *testing.T) {
+		_, conn := dialTest(t)
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
+		var fe *ForwardError
+		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "AllowTcpForwarding") || failure.ClassOf(err) != "ssh-forwarding-refused" {
+			t.Fatalf("err = %v (class %q), want a ForwardError naming AllowTcpForwarding", err, failure.ClassOf(err))
+		}
+		if len(engine.ops) != 0 {
+			t.Errorf("the daemon was asked %q", engine.ops)
+		}
+	})
+
+	t.Run("an upstream refusal comes back classified, before the host is asked", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
+		d := newRelayedDocker(engine, &fakeRelay{allowErr: rej}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
+		if !errors.As(err, &rej) {
+			t.Fatalf("err = %v, want the relay's Rejected", err)
+		}
+		if len(engine.ops) != 0 {
+			t.Errorf("the daemon was asked %q", engine.ops)
+		}
+	})
+}
