@@ -35,7 +35,11 @@ func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "the key in ssh-key is encrypted and no passphrase is set", Fix: "pass its passphrase in ssh-key-passphrase from a secret"}
 		}
 		signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(pemText), []byte(passphrase))
-		if errors.Is(err, x509.IncorrectPasswordError) {
+		// Legacy PEM encryption (Proc-Type: 4,ENCRYPTED) has no integrity
+		// check but its CBC padding: about one wrong passphrase in 256
+		// yields valid padding and garbage DER, which then fails as ASN.1.
+		// Either way the passphrase is what is wrong.
+		if errors.Is(err, x509.IncorrectPasswordError) || (err != nil && strings.Contains(pemText, "Proc-Type: 4,ENCRYPTED")) {
 			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "does not decrypt the key in ssh-key (wrong passphrase)", Fix: "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right"}
 		}
 		if err != nil {
