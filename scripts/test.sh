@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in dockerd:docker.io docker-registry:docker-registry sshd:openssh-server ip:iproute2 \
             containerd:containerd busybox:busybox-static ctr:containerd shellcheck:shellcheck git:git \
-            runc:runc iptables:iptables nsenter:util-linux; do
+            runc:runc iptables:iptables nsenter:util-linux podman:podman newuidmap:uidmap \
+            rootlesskit:rootlesskit slirp4netns:slirp4netns; do
   cmd=${pair%%:*} pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/bin/$cmd" ]; then
     need+=("$pkg")
@@ -84,6 +85,10 @@ for pkg in $(go list ./internal/...); do
     rm -f "$log"
   done
 done
+
+# The hand mutants of the security code: each must make its package's unit
+# tests fail (about 3 minutes; docs/reliability.md).
+./scripts/mutants.sh
 
 # Unit and end-to-end tests last, so their summary closes the run.
 go test -count=1 -timeout 45m ./... "$@" 2>&1 | tee "${TMPDIR:-/tmp}/ghcr-pull-test.log"

@@ -1,6 +1,7 @@
 package action
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -21,18 +22,26 @@ type secret struct{ user, value string }
 // forms are the shapes a secret must never leave the process in.
 func (s secret) forms() map[string]string {
 	j, _ := json.Marshal(s.value)
+	// a JSON-escaped echo inside a JSON output (results) is escaped again
+	jj, _ := json.Marshal(string(j[1 : len(j)-1]))
 	f := map[string]string{
-		"plain":        s.value,
-		"JSON-escaped": string(j[1 : len(j)-1]),
-		"URL-encoded":  url.QueryEscape(s.value),
-		"path-escaped": url.PathEscape(s.value),
-		"base64":       base64.StdEncoding.EncodeToString([]byte(s.value)),
-		"HTML-escaped": html.EscapeString(s.value),
+		"plain":              s.value,
+		"JSON-escaped":       string(j[1 : len(j)-1]),
+		"JSON-escaped twice": string(jj[1 : len(jj)-1]),
+		"URL-encoded":        url.QueryEscape(s.value),
+		"path-escaped":       url.PathEscape(s.value),
+		"base64":             base64.StdEncoding.EncodeToString([]byte(s.value)),
+		"base64url":          base64.URLEncoding.EncodeToString([]byte(s.value)),
+		// JWTs and many token formats drop the padding
+		"unpadded base64":    base64.RawStdEncoding.EncodeToString([]byte(s.value)),
+		"unpadded base64url": base64.RawURLEncoding.EncodeToString([]byte(s.value)),
+		"HTML-escaped":       html.EscapeString(s.value),
 		// as a summary table cell shows it
 		"table cell": strings.ReplaceAll(html.EscapeString(s.value), "|", `\|`),
 	}
 	if s.user != "" {
 		f["base64(user:password)"] = base64.StdEncoding.EncodeToString([]byte(s.user + ":" + s.value))
+		f["unpadded base64(user:password)"] = base64.RawStdEncoding.EncodeToString([]byte(s.user + ":" + s.value))
 	}
 	return f
 }
@@ -221,5 +230,127 @@ func TestEchoedSecretsNeverLeave(t *testing.T) {
 				t.Errorf("the summary shows no ***:\n%s", s.summary)
 			}
 		})
+	}
+}
+
+// cliArgs turns a scenario's inputs into the command line: a flag per
+// input, the password in GHCR_PULL_PASSWORD (it is never a flag).
+func cliArgs(t *testing.T, inputs, env map[string]string) ([]string, map[string]string) {
+	t.Helper()
+	e := map[string]string{}
+	for k, v := range env {
+		e[k] = v
+	}
+	var args []string
+	for k, v := range inputs {
+		switch {
+		case k == "password":
+			e["GHCR_PULL_PASSWORD"] = v
+		case secretInputs[k]:
+			t.Fatalf("input %s cannot be given on the command line", k)
+		default:
+			args = append(args, "--"+k+"="+v)
+		}
+	}
+	return args, e
+}
+
+// Guarantee: on the command line (no GITHUB_ACTIONS) too, a secret that a
+// peer echoes never reaches the terminal in any form: not in a warning's or
+// an error's message, nor in an output line. The terminal has no runner
+// masking behind it: the redactor is all there is.
+func TestCLIRedactsEchoedSecrets(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T) (inputs, env map[string]string, secrets []secret, code int)
+	}{
+		{"token endpoint repeats the password (warning and outputs)", func(t *testing.T) (map[string]string, map[string]string, []secret, int) {
+			reg := startRegistry(t)
+			const wrong = `ghp_exp1red/t+k"n&<|>x`
+			reg.front.SetReject(http.StatusUnauthorized, "bad credentials: "+echo(testUser, wrong))
+			return map[string]string{"image": reg.host + "/acme/public:1", "username": testUser, "password": wrong, "destination": "none"},
+				nil, []secret{{testUser, wrong}}, ExitOK
+		}},
+		{"daemon error repeats the password (error)", func(t *testing.T) (map[string]string, map[string]string, []secret, int) {
+			reg := startRegistry(t)
+			eng := startEngine(t, func(w http.ResponseWriter, r *http.Request, call int) {
+				if call == 1 {
+					callError(w, http.StatusInternalServerError, "unauthorized: manifest access denied, "+echo(testUser, testPassword))
+					return
+				}
+				callError(w, http.StatusNotFound, "pull access denied for acme/private, repository does not exist: "+echo(testUser, testPassword))
+			})
+			return map[string]string{"image": reg.host + "/acme/private:1", "username": testUser, "password": testPassword,
+				"docker-host": eng.host, "retries": "0"}, nil, []secret{{testUser, testPassword}}, ExitFailed
+		}},
+		{"OIDC exchange error repeats the ID token (error)", func(t *testing.T) (map[string]string, map[string]string, []secret, int) {
+			jwt := fakeJWT(t)
+			env, _ := idTokenEndpoint(t, jwt, 0)
+			exchange := provider(t, func(w http.ResponseWriter, r *http.Request) {
+				_ = r.ParseForm()
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant",
+					"error_description": "subject not allowed: " + echo("", r.PostForm.Get("subject_token"))})
+			})
+			return map[string]string{"image": "ghcr.io/acme/app:1", "auth": "oidc", "oidc-provider": "token-exchange",
+				"token-exchange-url": exchange + "/token", "retries": "0"}, env, []secret{{"", jwt}}, ExitFailed
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inputs, env, secrets, code := tt.setup(t)
+			args, e := cliArgs(t, inputs, env)
+			s := runCLI(t, args, e, "")
+			if s.code != code {
+				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", s.code, code, s.stdout, s.stderr)
+			}
+			for where, text := range map[string]string{"stdout": s.stdout, "stderr": s.stderr} {
+				for _, sec := range secrets {
+					for form, f := range sec.forms() {
+						if strings.Contains(text, f) {
+							t.Errorf("%s holds a secret %s: %q\n%s", where, form, f, text)
+						}
+					}
+				}
+			}
+			if !strings.Contains(s.stderr, "secret=***") {
+				t.Errorf("stderr shows no secret=***: the peer's echo never reached a message, and the test proves nothing:\n%s", s.stderr)
+			}
+		})
+	}
+}
+
+// Guarantee: every method of the writer redacts what the terminal prints:
+// a log line, each annotation's title and message, an output's value.
+func TestTerminalWriterRedacts(t *testing.T) {
+	const user, pw, token = "octocat", `pw"with/odd+chars<é>`, "registry-token-0001"
+	var out, errOut bytes.Buffer
+	r := newTerminalWriter(&out, &errOut)
+	r.MaskCredentials(user, pw)
+	r.Mask(token)
+	said := echo(user, pw) + " " + echo("", token) + " raw=" + base64.RawStdEncoding.EncodeToString([]byte(user+":"+pw)) +
+		" rawurl=" + base64.RawURLEncoding.EncodeToString([]byte(pw))
+	r.Info("info %s", said)
+	r.Notice("notice "+said, "notice msg "+said)
+	r.Warning("warning "+said, "warning msg\n"+said)
+	r.Error("error "+said, "error msg "+said)
+	if err := r.Output("credential-error", "out "+said); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Output("results", "multi\n"+said); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String() + errOut.String()
+	for _, sec := range []secret{{user, pw}, {"", token}} {
+		for form, f := range sec.forms() {
+			if strings.Contains(text, f) {
+				t.Errorf("the terminal shows the secret %s: %q\n%s", form, f, text)
+			}
+		}
+	}
+	// 7 texts carry the echo, with 6 forms of the password and 4 of the token each.
+	if n := strings.Count(text, "***"); n < 7*10 {
+		t.Errorf("%d *** for 70 redactions:\n%s", n, text)
 	}
 }

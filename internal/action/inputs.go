@@ -9,6 +9,8 @@ package action
 import (
 	"cmp"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/kube"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
@@ -46,6 +49,10 @@ const (
 	DestinationNone   Destination = "none"
 	// DestinationKubernetes pre-pulls onto a cluster's nodes.
 	DestinationKubernetes Destination = "kubernetes"
+	// DestinationLayout and DestinationTar write files at Path instead of
+	// pulling into a daemon.
+	DestinationLayout Destination = Destination(imagefile.Layout)
+	DestinationTar    Destination = Destination(imagefile.Tarball)
 )
 
 // Config is every input, validated. The rest of the program takes this,
@@ -90,11 +97,36 @@ type Config struct {
 	RemoteRuntime sshdeploy.RuntimeChoice
 	// Kube is set with destination kubernetes.
 	Kube *kube.Config
+	// Path is where destination oci-layout or tar writes, absolute;
+	// PathShown is how results name it (relative to the workspace in
+	// GitHub Actions).
+	Path, PathShown string
+}
+
+// ParseOption says where ParseConfig resolves relative paths.
+type ParseOption func(*parseOptions)
+
+type parseOptions struct {
+	base    string
+	bounded bool
+}
+
+// InWorkspace resolves relative paths in dir, the job's workspace, and
+// refuses paths outside it: the action's container shares only the
+// workspace with later steps.
+func InWorkspace(dir string) ParseOption {
+	return func(o *parseOptions) { o.base, o.bounded = dir, true }
+}
+
+// InDir resolves relative paths in dir (the command line's working
+// directory) and takes any absolute path.
+func InDir(dir string) ParseOption {
+	return func(o *parseOptions) { o.base, o.bounded = dir, false }
 }
 
 // ParseConfig validates every input and names the first bad one. Unset
 // inputs take their defaults from md.
-func ParseConfig(get Getter, md Metadata) (Config, error) {
+func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	var in Getter = func(name string) string {
 		if v := strings.TrimSpace(get(name)); v != "" {
 			return v
@@ -150,10 +182,13 @@ func ParseConfig(get Getter, md Metadata) (Config, error) {
 		}
 	}
 	switch d := Destination(strings.ToLower(in("destination"))); d {
-	case DestinationDocker, DestinationNone, DestinationKubernetes:
+	case DestinationDocker, DestinationNone, DestinationKubernetes, DestinationLayout, DestinationTar:
 		c.Destination = d
 	default:
-		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker, kubernetes or none")
+		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker, kubernetes, oci-layout, tar or none")
+	}
+	if err := parsePath(&c, get, opts); err != nil {
+		return c, err
 	}
 	if c.Verify, err = verify.ParsePolicy(in); err != nil {
 		return c, err
@@ -256,6 +291,45 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// parsePath reads the file destinations' path: set exactly with them,
+// one image per tar, no SSH hosts.
+func parsePath(c *Config, get Getter, opts []ParseOption) error {
+	raw := strings.TrimSpace(get("path"))
+	files := c.Destination == DestinationLayout || c.Destination == DestinationTar
+	switch {
+	case !files && raw != "":
+		return bad("path", "is set, but destination is "+string(c.Destination), "set destination: oci-layout or tar to write the image as files, or drop path")
+	case !files:
+		return nil
+	case raw == "":
+		return bad("path", "is empty, and destination "+string(c.Destination)+" needs it", "e.g. path: images/app.tar (tar) or path: images/layout (oci-layout)")
+	case strings.TrimSpace(get("ssh-host")) != "":
+		return bad("ssh-host", "is set with destination "+string(c.Destination), "use one destination per step: drop ssh-host, or set destination: docker")
+	case c.Destination == DestinationTar && len(c.Images) > 1:
+		return bad("image", fmt.Sprintf("destination tar holds one image, and %d are given", len(c.Images)), "use one step per image, or destination: oci-layout, which holds several")
+	}
+	o := parseOptions{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.base == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return bad("path", "the working directory is unknown: "+err.Error(), "give an absolute path")
+		}
+		o.base = wd
+	}
+	p, err := imagefile.ResolvePath(imagefile.Format(c.Destination), raw, o.base, o.bounded)
+	if err != nil {
+		return err
+	}
+	c.Path, c.PathShown = p, p
+	if rel, err := filepath.Rel(o.base, p); o.bounded && err == nil {
+		c.PathShown = rel
+	}
+	return nil
 }
 
 // parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.

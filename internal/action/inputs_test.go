@@ -213,3 +213,46 @@ func TestParseConfigSSH(t *testing.T) {
 		})
 	}
 }
+
+func TestParseConfigPath(t *testing.T) {
+	ws := t.TempDir()
+	elsewhere := t.TempDir()
+	tests := []struct {
+		name      string
+		in        map[string]string
+		opt       ParseOption
+		wantInput string // input the error names; "" for success
+		wantPath  string
+		wantShown string
+	}{
+		{"oci-layout, relative: in the workspace", map[string]string{"destination": "oci-layout", "path": "images/layout"}, InWorkspace(ws), "", ws + "/images/layout", "images/layout"},
+		{"tar, relative", map[string]string{"destination": "tar", "path": "app.tar"}, InWorkspace(ws), "", ws + "/app.tar", "app.tar"},
+		{"destination is case-insensitive", map[string]string{"destination": "TAR", "path": "app.tar"}, InWorkspace(ws), "", ws + "/app.tar", "app.tar"},
+		{"outside the workspace", map[string]string{"destination": "tar", "path": elsewhere + "/app.tar"}, InWorkspace(ws), "path", "", ""},
+		{"command line: anywhere", map[string]string{"destination": "tar", "path": elsewhere + "/app.tar"}, InDir(ws), "", elsewhere + "/app.tar", elsewhere + "/app.tar"},
+		{"path without a file destination", map[string]string{"path": "app.tar"}, InWorkspace(ws), "path", "", ""},
+		{"file destination without path", map[string]string{"destination": "oci-layout"}, InWorkspace(ws), "path", "", ""},
+		{"ssh-host with a file destination", map[string]string{"destination": "tar", "path": "app.tar", "ssh-host": "10.0.0.5"}, InWorkspace(ws), "ssh-host", "", ""},
+		{"tar with two images", map[string]string{"destination": "tar", "path": "app.tar", "image": "ghcr.io/a/b:1,ghcr.io/a/c:1"}, InWorkspace(ws), "image", "", ""},
+		{"oci-layout with two images", map[string]string{"destination": "oci-layout", "path": "l", "image": "ghcr.io/a/b:1,ghcr.io/a/c:1"}, InWorkspace(ws), "", ws + "/l", "l"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[string]string{"image": "ghcr.io/a/b:1"}
+			for k, v := range tt.in {
+				m[k] = v
+			}
+			c, err := ParseConfig(getter(m), testMetadata(t), tt.opt)
+			if tt.wantInput == "" {
+				if err != nil || c.Path != tt.wantPath || c.PathShown != tt.wantShown {
+					t.Fatalf("got %q shown %q, %v; want %q shown %q", c.Path, c.PathShown, err, tt.wantPath, tt.wantShown)
+				}
+				return
+			}
+			var bad *failure.BadInput
+			if !errors.As(err, &bad) || bad.Input != tt.wantInput || bad.Fix == "" {
+				t.Fatalf("error %v does not name input %q with a fix", err, tt.wantInput)
+			}
+		})
+	}
+}

@@ -43,7 +43,7 @@ func TestDaemonMirrors(t *testing.T) {
 			if tt.ssh {
 				cfg.SSH = &sshdeploy.Settings{}
 			}
-			addDaemonMirrors(context.Background(), &cfg, &terminalReporter{out: discard{}, errOut: discard{}})
+			addDaemonMirrors(context.Background(), &cfg, newTerminalWriter(discard{}, discard{}))
 			got := cfg.Mirrors.For(images[0].Ref.Context().RegistryStr())
 			if len(got) != len(tt.want) {
 				t.Fatalf("mirrors %+v, want %+v", got, tt.want)

@@ -42,7 +42,7 @@ func TestOutputsCannotBeInjected(t *testing.T) {
 	outFile := filepath.Join(dir, "out")
 	env := map[string]string{"GITHUB_OUTPUT": outFile}
 	var log bytes.Buffer
-	r := newActionsReporter(&log, func(k string) string { return env[k] })
+	r := newActionsWriter(&log, func(k string) string { return env[k] })
 	hostile := "denied\n_GitHubActionsFileCommandDelimeter_\ninjected=1\nghadelimiter_x\nauth-mode=token"
 	if err := r.Output("credential-error", hostile); err != nil {
 		t.Fatal(err)
@@ -62,7 +62,7 @@ func TestOutputsCannotBeInjected(t *testing.T) {
 
 func TestLogLinesCannotIssueCommands(t *testing.T) {
 	var log bytes.Buffer
-	r := newActionsReporter(&log, func(string) string { return "" })
+	r := newActionsWriter(&log, func(string) string { return "" })
 	r.Info("registry said: %s", "nope\n::error::pwned\n::add-mask::x")
 	r.Warning("t", "a\n::set-output name=x::y")
 	for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
@@ -75,9 +75,36 @@ func TestLogLinesCannotIssueCommands(t *testing.T) {
 	}
 }
 
+// The command-line tool may run in a workflow's run: step, whose output
+// the runner reads for workflow commands too: no line it prints opens one,
+// whatever a registry said.
+func TestTerminalLinesCannotIssueCommands(t *testing.T) {
+	var out, errOut bytes.Buffer
+	r := newTerminalWriter(&out, &errOut)
+	r.Info("registry said: %s", "nope\n::error::pwned\n::add-mask::x")
+	r.Warning("::warning::t", "a\n::set-output name=x::y\n  ::error::indented")
+	if err := r.Output("credential-error", "denied\n::error::pwned"); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(out.String()+errOut.String(), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "::") {
+			t.Errorf("a line opens a workflow command: %q", line)
+		}
+	}
+	if err := r.Output("image-ref", "[::1]:5000/acme/app@sha256:1"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "image-ref: [::1]:5000/acme/app@sha256:1\n") {
+		t.Errorf("an IPv6 host in a value was changed:\n%s", out.String())
+	}
+	if !strings.Contains(errOut.String(), "warning: :\u200b:warning:\u200b:t\n  a\n") {
+		t.Errorf("the annotation lost its lines:\n%s", errOut.String())
+	}
+}
+
 func TestMaskComesPerLine(t *testing.T) {
 	var log bytes.Buffer
-	r := newActionsReporter(&log, func(string) string { return "" })
+	r := newActionsWriter(&log, func(string) string { return "" })
 	r.Mask("line1\nline2")
 	before := log.Len()
 	r.Mask("")
@@ -105,7 +132,7 @@ func TestOutputDelimitersAreRandom(t *testing.T) {
 	outFile := filepath.Join(t.TempDir(), "out")
 	env := map[string]string{"GITHUB_OUTPUT": outFile}
 	var log bytes.Buffer
-	r := newActionsReporter(&log, func(k string) string { return env[k] })
+	r := newActionsWriter(&log, func(k string) string { return env[k] })
 	delimiters := func() []string {
 		data, _ := os.ReadFile(outFile)
 		// As the runner reads the file: a heredoc's body is not searched
@@ -160,11 +187,11 @@ func TestOutputDelimitersAreRandom(t *testing.T) {
 func TestSummaryRedactsBeforeEscaping(t *testing.T) {
 	const pw = `tok"en&<|>`
 	sumFile := filepath.Join(t.TempDir(), "summary")
-	r := newActionsReporter(io.Discard, func(k string) string { return map[string]string{"GITHUB_STEP_SUMMARY": sumFile}[k] })
+	r := newActionsWriter(io.Discard, func(k string) string { return map[string]string{"GITHUB_STEP_SUMMARY": sumFile}[k] })
 	r.MaskCredentials("octocat", pw)
 	results := []pull.Result{{Image: "ghcr.io/a/b:1", Host: "local", FallbackUsed: true, CredentialError: "denied: " + pw,
 		Err: errors.New("denied: " + pw), Diagnosis: "anonymously: denied: " + pw}}
-	if err := r.Summary(summaryMarkdown(results, r.Redact)); err != nil {
+	if err := r.Summary(results); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(sumFile)

@@ -9,6 +9,7 @@ import (
 	"html"
 	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
@@ -57,13 +59,13 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 		fmt.Fprintf(env.Stderr, "ghcr-pull: %v\n", err)
 		return ExitFailed
 	}
-	var rep reporter
+	var rep *writer
 	var get Getter
-	if len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true" {
-		ar := newActionsReporter(env.Stdout, env.Getenv)
-		rep, get = ar, EnvGetter(env.Getenv)
+	inActions := len(args) == 0 && env.Getenv("GITHUB_ACTIONS") == "true"
+	if inActions {
+		rep, get = newActionsWriter(env.Stdout, env.Getenv), EnvGetter(env.Getenv)
 	} else {
-		tr := &terminalReporter{out: env.Stdout, errOut: env.Stderr}
+		tr := newTerminalWriter(env.Stdout, env.Stderr)
 		g, err := flagGetter(args, env, md)
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -90,7 +92,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 
 	rep.MaskCredentials(strings.TrimSpace(get("username")), get("password"))
 
-	cfg, err := ParseConfig(get, md)
+	cfg, err := ParseConfig(get, md, pathBase(env, inActions))
 	if err != nil {
 		rep.Error("ghcr-pull: bad input", err.Error())
 		return ExitBadInput
@@ -105,7 +107,7 @@ func Run(ctx context.Context, args []string, env Env) (code int) {
 	return execute(ctx, cfg, rep, env)
 }
 
-func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
+func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.AnonymousNotice != "" {
 		rep.Notice("ghcr-pull: anonymous pull", cfg.AnonymousNotice)
 	}
@@ -146,24 +148,12 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		}
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
-	targets := targetsFor(cfg, rep)
+	targets := targetsFor(cfg, rep, probeOpts)
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	var verifier func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error)
-	if cfg.Verify != nil {
-		transport := ghcr.Transport(probeOpts...)
-		verifier = func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
-			var auth authn.Authenticator
-			if !creds.IsAnonymous() {
-				auth = creds.Authenticator()
-			}
-			v, err := verify.Verify(ctx, cfg.Verify, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
-			return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, err
-		}
-	}
 	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
-		Verify:            verifier,
+		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
 		Platform:          cfg.Platform,
@@ -210,7 +200,7 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 		return ExitFailed
 	}
 	if cfg.Summary {
-		if err := rep.Summary(summaryMarkdown(results, rep.Redact)); err != nil {
+		if err := rep.Summary(results); err != nil {
 			rep.Warning("ghcr-pull: could not write the job summary", err.Error())
 		}
 	}
@@ -220,11 +210,38 @@ func execute(ctx context.Context, cfg Config, rep reporter, env Env) int {
 	return ExitOK
 }
 
+// verifierFor is pull's verification hook for policy p (nil: none): it
+// checks a probed digest with the credentials the probe succeeded with,
+// through the probe's transport (plain HTTP refused, tokens masked). Every
+// policy failure (no signature, an invalid one, another signer) comes back
+// as the error, so pull fails the image and pulls nothing; only a
+// signature that verified yields a Verification.
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+	if p == nil {
+		return nil
+	}
+	transport := ghcr.Transport(probeOpts...)
+	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+		var auth authn.Authenticator
+		if !creds.IsAnonymous() {
+			auth = creds.Authenticator()
+		}
+		v, err := verify.Verify(ctx, p, digest, auth, remote.WithTransport(transport), remote.WithUserAgent("ghcr-pull"))
+		if err != nil {
+			return pull.Verification{}, err
+		}
+		return pull.Verification{Method: string(v.Method), Identity: v.Identity, SignatureDigest: v.SignatureDigest}, nil
+	}
+}
+
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep reporter) []pull.Target {
-	if cfg.Destination == DestinationNone || cfg.Destination == DestinationKubernetes {
+func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target {
+	switch cfg.Destination {
+	case DestinationNone, DestinationKubernetes:
 		return nil
+	case DestinationLayout, DestinationTar:
+		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
 	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
 	if cfg.SSH == nil {
@@ -242,6 +259,33 @@ func targetsFor(cfg Config, rep reporter) []pull.Target {
 		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
 	}
 	return targets
+}
+
+// fileTarget writes images at cfg.Path; its registry requests go through
+// the probe's transport (tokens masked, plain HTTP refused off loopback).
+func fileTarget(cfg Config, probeOpts []ghcr.Option) pull.Target {
+	opts := imagefile.Options{Transport: ghcr.Transport(probeOpts...)}
+	return pull.Target{Name: cfg.PathShown, Open: func(ctx context.Context) (pull.Daemon, error) {
+		if cfg.Destination == DestinationTar {
+			return imagefile.NewTar(cfg.Path, cfg.Images[0].Input, opts)
+		}
+		return imagefile.NewLayout(cfg.Path, opts), nil
+	}}
+}
+
+// pathBase is where relative paths resolve: in GitHub Actions the job's
+// workspace (GITHUB_WORKSPACE, /github/workspace in the action's
+// container; the working directory the runner sets, when unset), else the
+// working directory.
+func pathBase(env Env, inActions bool) ParseOption {
+	wd, _ := os.Getwd()
+	if inActions {
+		if ws := env.Getenv("GITHUB_WORKSPACE"); ws != "" {
+			return InWorkspace(ws)
+		}
+		return InWorkspace(wd)
+	}
+	return InDir(wd)
 }
 
 // ResultJSON is one element of the results output.
@@ -271,14 +315,20 @@ type ResultJSON struct {
 	ErrorClass      string   `json:"error_class,omitempty"`
 }
 
-func toJSON(results []pull.Result, relayed func(image, host string) int64) []ResultJSON {
+// toJSON redacts the peers' words (credential_error, error) before they are
+// encoded: a secret echoed in its JSON-escaped form, escaped once more by
+// the encoding, would match no form the redactor knows afterwards.
+func toJSON(results []pull.Result, redact func(string) string, relayed func(image, host string) int64) []ResultJSON {
 	out := make([]ResultJSON, 0, len(results))
 	for _, r := range results {
 		j := ResultJSON{
 			Image: r.Image, Host: r.Host, Runtime: r.Runtime, Namespace: r.Namespace, AuthMode: string(r.AuthMode), OIDCProvider: r.Provider,
-			FallbackUsed: r.FallbackUsed, CredentialError: r.CredentialError, Digest: r.Digest,
+			FallbackUsed: r.FallbackUsed, CredentialError: redact(r.CredentialError), Digest: r.Digest,
 			ImageRef: r.ImageRef, Platform: r.Platform, PlatformDigest: r.PlatformDigest, DurationMS: r.Duration.Milliseconds(),
-			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy, MirrorNotes: r.MirrorNotes,
+			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy,
+		}
+		for _, n := range r.MirrorNotes {
+			j.MirrorNotes = append(j.MirrorNotes, redact(n))
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -292,7 +342,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 			j.VerifyMethod, j.VerifyIdentity, j.SignatureDigest = v.Method, v.Identity, v.SignatureDigest
 		}
 		if r.Err != nil {
-			j.Error, j.ErrorClass = r.Err.Error(), failure.ClassOf(r.Err)
+			j.Error, j.ErrorClass = redact(r.Err.Error()), failure.ClassOf(r.Err)
 		}
 		out = append(out, j)
 	}
@@ -301,7 +351,7 @@ func toJSON(results []pull.Result, relayed func(image, host string) int64) []Res
 
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
-func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host string) int64) error {
+func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
 	modes := map[ghcr.AuthMode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
@@ -347,7 +397,7 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 	if !unverified {
 		verifiedBy = strings.Join(slices.Sorted(maps.Keys(verified)), "\n")
 	}
-	js, err := json.Marshal(toJSON(results, relayed))
+	js, err := json.Marshal(toJSON(results, rep.Redact, relayed))
 	if err != nil {
 		return err
 	}
@@ -374,11 +424,11 @@ func writeOutputs(rep reporter, results []pull.Result, relayed func(image, host 
 }
 
 // summaryMarkdown renders the job summary. Every cell is escaped: registry
-// text reaches it. Secrets are redacted before escaping: escaped, a secret
+// text reaches it. Secrets are redacted (by w's redactor) before escaping: escaped, a secret
 // with <, &, " or | in it would no longer match any form the redactor
 // knows.
-func summaryMarkdown(results []pull.Result, redact func(string) string) string {
-	cell := func(s string) string { return cell(redact(s)) }
+func (w *writer) summaryMarkdown(results []pull.Result) string {
+	cell := func(s string) string { return cell(w.red.Redact(s)) }
 	var b strings.Builder
 	b.WriteString("### ghcr-pull\n\n| Image | Host | Auth mode | Fallback | Digest | Duration |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
@@ -421,7 +471,7 @@ func summaryMarkdown(results []pull.Result, redact func(string) string) string {
 		if diag == "" {
 			diag = r.Err.Error()
 		}
-		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(redact(diag)))
+		fmt.Fprintf(&b, "\n**%s on %s failed**\n\n<pre>%s</pre>\n", cell(r.Image), cell(r.Host), html.EscapeString(w.red.Redact(diag)))
 	}
 	return b.String()
 }
@@ -441,7 +491,7 @@ func orDash(s string) string {
 // events turns pull's events into log lines and annotations. Progress is
 // printed as one line per image and host every interval, not per layer.
 type events struct {
-	rep      reporter
+	rep      *writer
 	mu       sync.Mutex
 	progress map[string][2]int64
 	printed  map[string][2]int64
@@ -449,7 +499,7 @@ type events struct {
 	once     sync.Once
 }
 
-func newEvents(rep reporter, every time.Duration) *events {
+func newEvents(rep *writer, every time.Duration) *events {
 	e := &events{rep: rep, progress: map[string][2]int64{}, printed: map[string][2]int64{}, done: make(chan struct{})}
 	go func() {
 		t := time.NewTicker(every)
@@ -566,7 +616,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep reporter, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
@@ -640,7 +690,7 @@ func quotasJSON(results []pull.Result) []QuotaJSON {
 // only, as dockerd uses them) after the mirrors input, when the runner's
 // daemon is a destination and an image is on Docker Hub. Not reading them
 // only loses a fallback: the step goes on.
-func addDaemonMirrors(ctx context.Context, cfg *Config, rep reporter) {
+func addDaemonMirrors(ctx context.Context, cfg *Config, rep *writer) {
 	if cfg.Destination != DestinationDocker || (cfg.SSH != nil && !cfg.PullLocal) {
 		return
 	}

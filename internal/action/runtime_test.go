@@ -22,7 +22,8 @@ func TestParseConfigRemoteRuntime(t *testing.T) {
 			sshdeploy.RuntimeChoice{Kind: sshdeploy.Auto, ContainerdSocket: "/run/containerd/containerd.sock"}},
 		{"docker", map[string]string{"remote-runtime": "docker"}, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Docker, ContainerdSocket: "/run/containerd/containerd.sock"}},
 		{"explicit k8s.io", map[string]string{"containerd-namespace": "k8s.io"}, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Auto, ContainerdSocket: "/run/containerd/containerd.sock"}},
-		{"unknown runtime", map[string]string{"remote-runtime": "podman"}, "remote-runtime", sshdeploy.RuntimeChoice{}},
+		{"podman", map[string]string{"remote-runtime": "Podman"}, "", sshdeploy.RuntimeChoice{Kind: sshdeploy.Podman, ContainerdSocket: "/run/containerd/containerd.sock"}},
+		{"unknown runtime", map[string]string{"remote-runtime": "cri-o"}, "remote-runtime", sshdeploy.RuntimeChoice{}},
 		{"relative socket", map[string]string{"remote-containerd-socket": "run/containerd.sock"}, "remote-containerd-socket", sshdeploy.RuntimeChoice{}},
 		{"socket with control characters", map[string]string{"remote-containerd-socket": "/run/c.sock\x00x"}, "remote-containerd-socket", sshdeploy.RuntimeChoice{}},
 		// CRI pulls land in k8s.io whatever is asked: another namespace

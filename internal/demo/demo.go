@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -37,7 +38,7 @@ type scenario struct {
 
 // Run starts the embedded registry, runs the scenarios and prints what a
 // workflow would see. It returns the process exit code.
-func Run(ctx context.Context, metadata []byte, out io.Writer) int {
+func Run(ctx context.Context, metadata []byte, out io.Writer) (code int) {
 	front, err := ghcrsim.New(ghcrsim.Options{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))})
 	if err != nil {
 		fmt.Fprintln(out, "demo:", err)
@@ -82,7 +83,16 @@ func Run(ctx context.Context, metadata []byte, out io.Writer) int {
 		{title: "A rejected token on a private package: a clear failure", wantExit: action.ExitFailed, inputs: map[string]string{
 			"image": host + "/acme/private-app:1.2.3", "username": "octocat", "password": "ghp_expired_token"}},
 	}
-	code := 0
+	// What the demo puts into a Docker daemon is removed at the end: the
+	// images are named after the registry's random port, so they would
+	// pile up run after run.
+	var pulled []string
+	defer func() {
+		if err := removeImages(context.WithoutCancel(ctx), pulled, out); err != nil {
+			fmt.Fprintln(out, "demo:", err)
+			code = 1
+		}
+	}()
 	for i, sc := range scenarios {
 		sc.inputs["destination"] = destination
 		sc.inputs["timeout"] = "2m"
@@ -92,12 +102,47 @@ func Run(ctx context.Context, metadata []byte, out io.Writer) int {
 			fmt.Fprintln(out, "demo:", err)
 			return 1
 		}
+		if destination == "docker" && got == action.ExitOK {
+			pulled = append(pulled, sc.inputs["image"])
+		}
 		if got != sc.wantExit {
 			fmt.Fprintf(out, "demo: step exited %d, expected %d\n", got, sc.wantExit)
 			code = 1
 		}
 	}
 	return code
+}
+
+// removeImages removes from the Docker daemon the images refs name (and so
+// every other reference to them: the pinned repo@digest, the tag).
+func removeImages(ctx context.Context, refs []string, out io.Writer) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	cli, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var ids []string
+	for _, ref := range refs {
+		res, err := cli.ImageInspect(ctx, ref)
+		if err != nil {
+			return fmt.Errorf("removing the demo's images: %s: %w", ref, err)
+		}
+		if !slices.Contains(ids, res.ID) {
+			ids = append(ids, res.ID)
+		}
+	}
+	for _, id := range ids {
+		if _, err := cli.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil {
+			return fmt.Errorf("removing the demo's image %s: %w", id, err)
+		}
+	}
+	fmt.Fprintf(out, "\nRemoved the %d images the demo pulled from the Docker daemon.\n", len(ids))
+	return nil
 }
 
 func push(ref, user, password string) error {
@@ -150,7 +195,7 @@ func runStep(ctx context.Context, metadata []byte, inputs map[string]string, out
 		Stderr:   &log,
 		Metadata: metadata,
 	})
-	fmt.Fprintf(out, "--- log (exit %d)\n%s", code, log.String())
+	fmt.Fprintf(out, "--- log (exit %d)\n%s", code, asShown(log.String()))
 	data, _ := os.ReadFile(env["GITHUB_OUTPUT"])
 	outputs := parseOutputs(string(data))
 	names := make([]string, 0, len(outputs))
@@ -165,6 +210,32 @@ func runStep(ctx context.Context, metadata []byte, inputs map[string]string, out
 	summary, _ := os.ReadFile(env["GITHUB_STEP_SUMMARY"])
 	fmt.Fprintf(out, "--- job summary\n%s", summary)
 	return code, nil
+}
+
+// asShown is the log as the runner displays it: the ::add-mask:: commands
+// are not shown (one line says how many values they masked), and a masked
+// value, should one appear, is shown as ***.
+func asShown(log string) string {
+	var masks, kept []string
+	for _, l := range strings.SplitAfter(log, "\n") {
+		if v, ok := strings.CutPrefix(l, "::add-mask::"); ok {
+			masks = append(masks, strings.TrimRight(v, "\r\n"))
+			continue
+		}
+		kept = append(kept, l)
+	}
+	// Longest first: a value may hold a shorter one.
+	sort.Slice(masks, func(i, j int) bool { return len(masks[i]) > len(masks[j]) })
+	shown := strings.Join(kept, "")
+	for _, m := range masks {
+		if m != "" {
+			shown = strings.ReplaceAll(shown, m, "***")
+		}
+	}
+	if len(masks) == 0 {
+		return shown
+	}
+	return fmt.Sprintf("(%d values masked by ::add-mask::, hidden here as the runner hides them)\n%s", len(masks), shown)
 }
 
 // parseOutputs reads the heredoc form the action writes.

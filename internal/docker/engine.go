@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/registry"
@@ -24,15 +25,56 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
-// Engine is a Docker Engine reached through the moby client.
+// Engine is a Docker Engine, or Podman's Docker-compatible service,
+// reached through the moby client.
 type Engine struct {
 	client *client.Client
+	server *pingServer
+}
+
+// Names of the engines behind the Docker Engine API.
+const (
+	Docker = "docker"
+	Podman = "podman"
+)
+
+// pingServer keeps what the daemon said of itself in its ping answer.
+type pingServer struct {
+	mu     sync.Mutex
+	header http.Header
+}
+
+// hook records the headers of /_ping answers (the moby client's ping
+// result keeps only the API version and OS type).
+func (p *pingServer) hook(resp *http.Response) {
+	if resp == nil || resp.Request == nil || !strings.HasSuffix(resp.Request.URL.Path, "/_ping") {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.header = resp.Header.Clone()
+}
+
+// name is the engine the ping answer came from. Podman's service names
+// itself in every answer ("Server: Libpod/4.3.1 (linux)", and
+// Libpod-Api-Version); dockerd says "Server: Docker/28.2.2 (linux)". The
+// socket path proves nothing: rootless Docker and Podman both serve
+// /run/user/<uid>/..., and a Podman socket is often linked to
+// /var/run/docker.sock.
+func (p *pingServer) name() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.header.Get("Libpod-Api-Version") != "" || strings.HasPrefix(p.header.Get("Server"), "Libpod/") {
+		return Podman
+	}
+	return Docker
 }
 
 // Open reaches the daemon at host (empty: DOCKER_HOST, else the default
 // socket) and checks that it answers.
 func Open(ctx context.Context, host string) (*Engine, error) {
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	server := &pingServer{}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation(), client.WithHTTPResponseHook(server.hook)}
 	if host != "" {
 		opts = append(opts, client.WithHost(host))
 	}
@@ -44,17 +86,19 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 		cli.Close()
 		return nil, fmt.Errorf("the Docker daemon at %s does not answer (%v); start it, set docker-host, or use destination: none", cli.DaemonHost(), err)
 	}
-	return &Engine{client: cli}, nil
+	return &Engine{client: cli, server: server}, nil
 }
 
 // Over speaks the Engine API over connections from dial (each one reaches
 // the daemon's socket; the network and address the client asks for do not
 // matter) and checks that the daemon answers.
 func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*Engine, error) {
+	server := &pingServer{}
 	cli, err := client.New(
 		client.WithHost("http://docker"),
 		client.WithDialContext(func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) }),
 		client.WithAPIVersionNegotiation(),
+		client.WithHTTPResponseHook(server.hook),
 	)
 	if err != nil {
 		return nil, err
@@ -63,14 +107,15 @@ func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error))
 		cli.Close()
 		return nil, err
 	}
-	return &Engine{client: cli}, nil
+	return &Engine{client: cli, server: server}, nil
 }
 
 // Close releases the client's connections.
 func (e *Engine) Close() error { return e.client.Close() }
 
-// Runtime names the runtime; Docker has no namespaces to report.
-func (e *Engine) Runtime() (name, namespace string) { return "docker", "" }
+// Runtime names the runtime (docker or podman, from its ping answer);
+// neither has namespaces to report.
+func (e *Engine) Runtime() (name, namespace string) { return e.server.name(), "" }
 
 // RegistryAuth encodes credentials for the pull call's X-Registry-Auth
 // header: base64url JSON, as the Engine API defines it. Nothing is written
@@ -90,6 +135,25 @@ func RegistryAuth(creds ghcr.Credentials) (string, error) {
 	default:
 		auth = registry.AuthConfig{Username: creds.Username, Password: creds.Password}
 	}
+	return encodeAuth(auth)
+}
+
+// PodmanRegistryAuth encodes credentials for Podman's compat API, which
+// keeps only username, password and identitytoken of X-Registry-Auth
+// (podman 4.3's auth.GetCredentials) and drops registrytoken: a scoped
+// token alone pulls anonymously there, and a private image is refused
+// ("Requesting bearer token: invalid status code from registry 403").
+// So Podman gets the username and password, as containerd's CRI does,
+// for this one call: Podman writes them to no auth file. Anonymous sends
+// nothing; Podman fetches its own anonymous token.
+func PodmanRegistryAuth(creds ghcr.Credentials) (string, error) {
+	if creds.IsAnonymous() {
+		return "", nil
+	}
+	return encodeAuth(registry.AuthConfig{Username: creds.Username, Password: creds.Password})
+}
+
+func encodeAuth(auth registry.AuthConfig) (string, error) {
 	b, err := json.Marshal(auth)
 	if err != nil {
 		return "", err
@@ -100,10 +164,27 @@ func RegistryAuth(creds ghcr.Credentials) (string, error) {
 // Pull pulls ref (platform nil: the daemon's own) with creds and reports
 // whether anything new was downloaded, and progress as the daemon reports
 // it. Its error is classified.
+//
+// Downloaded: dockerd ends its stream with "Status: Downloaded newer
+// image for <ref>" when ref was not there before, "Image is up to date"
+// when it was. Podman's stream ends with "Download complete" either way,
+// so for Podman ref (pinned by digest) is inspected first: downloaded
+// means it was not there.
 func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
-	auth, err := RegistryAuth(creds)
+	podman := e.server.name() == Podman
+	encode := RegistryAuth
+	if podman {
+		encode = PodmanRegistryAuth
+	}
+	auth, err := encode(creds)
 	if err != nil {
 		return false, err
+	}
+	var present bool
+	if podman {
+		if present, err = e.has(ctx, ref); err != nil {
+			return false, classifyCall(ctx, err, creds)
+		}
 	}
 	opts := client.ImagePullOptions{RegistryAuth: auth}
 	if platform != nil {
@@ -144,7 +225,22 @@ func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platfor
 	if err := ctx.Err(); err != nil {
 		return false, ghcr.Classify(err, creds.IsAnonymous())
 	}
+	if podman {
+		return !present, nil
+	}
 	return downloaded, nil
+}
+
+// has reports whether the engine holds ref.
+func (e *Engine) has(ctx context.Context, ref string) (bool, error) {
+	_, err := e.client.ImageInspect(ctx, ref)
+	switch {
+	case err == nil:
+		return true, nil
+	case cerrdefs.IsNotFound(err):
+		return false, nil
+	}
+	return false, err
 }
 
 // classifyCall places an error of the pull call itself (before any

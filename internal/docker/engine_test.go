@@ -24,6 +24,8 @@ import (
 // answers POST /images/create.
 type fakeEngine struct {
 	create func(w http.ResponseWriter, r *http.Request)
+	// ping are extra headers of every answer (Podman's Libpod ones).
+	ping http.Header
 	// info answers GET /info.
 	info string
 
@@ -37,6 +39,9 @@ var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
 func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := versionPrefix.ReplaceAllString(r.URL.Path, "")
 	w.Header().Set("Api-Version", "1.47")
+	for k, v := range f.ping {
+		w.Header()[k] = v
+	}
 	switch {
 	case p == "/_ping":
 		io.WriteString(w, "OK")
@@ -62,7 +67,12 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func openFake(t *testing.T, create func(w http.ResponseWriter, r *http.Request)) (*Engine, *fakeEngine) {
 	t.Helper()
-	f := &fakeEngine{create: create}
+	return openFakeAs(t, nil, create)
+}
+
+func openFakeAs(t *testing.T, ping http.Header, create func(w http.ResponseWriter, r *http.Request)) (*Engine, *fakeEngine) {
+	t.Helper()
+	f := &fakeEngine{create: create, ping: ping}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	e, err := Open(context.Background(), "tcp://"+strings.TrimPrefix(srv.URL, "http://"))

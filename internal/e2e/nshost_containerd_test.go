@@ -46,9 +46,10 @@ const ContainerdSnapshotter = "overlayfs"
 // plain HTTP, and the containerd hosts running.
 var plainHTTP = struct {
 	sync.Mutex
-	addrs []string
-	hosts map[*RemoteHost]bool
-}{hosts: map[*RemoteHost]bool{}}
+	addrs  []string
+	hosts  map[*RemoteHost]bool
+	podman map[*RemoteHost]bool // Podman hosts (nshost_podman_test.go)
+}{hosts: map[*RemoteHost]bool{}, podman: map[*RemoteHost]bool{}}
 
 func containerdUnsupported() string {
 	for _, tool := range []string{"containerd", "ctr"} {
@@ -182,7 +183,7 @@ func (h *RemoteHost) stopContainerd() {
 	cmd.stop(15 * time.Second)
 }
 
-// AllowPlainHTTP lets every containerd host, now and later, pull from the
+// AllowPlainHTTP lets every containerd and Podman host, now and later, pull from the
 // registry at addr (host:port) over plain HTTP. ExposeOnHost calls it.
 func AllowPlainHTTP(addr string) error {
 	plainHTTP.Lock()
@@ -190,6 +191,11 @@ func AllowPlainHTTP(addr string) error {
 	plainHTTP.addrs = append(plainHTTP.addrs, addr)
 	for h := range plainHTTP.hosts {
 		if err := h.writeHostsTOML(addr); err != nil {
+			return err
+		}
+	}
+	for h := range plainHTTP.podman {
+		if err := h.restartPodman(plainHTTP.addrs); err != nil {
 			return err
 		}
 	}

@@ -132,6 +132,12 @@ type RemoteHost struct {
 	docker    *client.Client
 
 	containerd *hostProcess // with RemoteHostOptions.Containerd, under mu
+	podman     *hostProcess // WithPodman's service, under mu
+	// sessionEnv is exported in SSH sessions (a Podman host's CONTAINERS_*).
+	sessionEnv []string
+	// rootless is the login user of a rootless host (set before start),
+	// nil for root.
+	rootless *rootlessUser
 }
 
 const (
@@ -428,6 +434,11 @@ func (h *RemoteHost) sessionScript() string {
 	if h.opts.SessionPath != "" {
 		path = "PATH=" + quoteForShell(h.opts.SessionPath) + "; export PATH\n"
 	}
+	h.mu.Lock()
+	for _, kv := range h.sessionEnv {
+		path += "export " + quoteForShell(kv) + "\n"
+	}
+	h.mu.Unlock()
 	return "#!/bin/sh\nprintf '%s\\n' \"$SSH_ORIGINAL_COMMAND\" >> " + quoteForShell(filepath.Join(h.Dir, "commands.log")) + "\n" +
 		path + "exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n"
 }
@@ -440,7 +451,21 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(h.Dir, "session.sh"), []byte(h.sessionScript()), 0o700); err != nil {
+	mode := os.FileMode(0o700)
+	if h.rootless != nil {
+		// Run by the login user, who also appends to commands.log.
+		mode = 0o755
+		if err := os.WriteFile(filepath.Join(h.Dir, "commands.log"), nil, 0o666); err != nil {
+			return err
+		}
+		if err := os.Chmod(filepath.Join(h.Dir, "commands.log"), 0o666); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(h.Dir, "session.sh"), []byte(h.sessionScript()), mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(h.Dir, "session.sh"), mode); err != nil {
 		return err
 	}
 	cfg := filepath.Join(h.Dir, "sshd_config")
@@ -565,10 +590,15 @@ func (h *RemoteHost) Port() int { return 22 }
 func (h *RemoteHost) Addr() string { return net.JoinHostPort(h.sshIP, "22") }
 
 // User is the SSH user, with the client key in its authorized keys.
-func (h *RemoteHost) User() string { return remoteUser }
+func (h *RemoteHost) User() string {
+	if h.rootless != nil {
+		return h.rootless.name
+	}
+	return remoteUser
+}
 
 // SSHHost is the ssh-host input for this host: user@ip:port.
-func (h *RemoteHost) SSHHost() string { return remoteUser + "@" + h.Addr() }
+func (h *RemoteHost) SSHHost() string { return h.User() + "@" + h.Addr() }
 
 // HostAddr is the machine's address on this host's veth pair, reachable
 // from every remote host's namespace (see the file comment).
@@ -796,6 +826,23 @@ func (h *RemoteHost) processes() []string { return h.procFiles("cmdline") }
 // procFiles reads the named /proc/<pid>/ files of the processes in the
 // host's network namespace, NULs as spaces, one string per process.
 func (h *RemoteHost) procFiles(files ...string) []string {
+	var out []string
+	for _, pid := range h.pidsInNamespace() {
+		var all []byte
+		for _, f := range files {
+			if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/" + f); err == nil {
+				all = append(append(all, b...), 0)
+			}
+		}
+		if s := strings.TrimSpace(strings.ReplaceAll(string(all), "\x00", " ")); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// pidsInNamespace lists the processes in the host's network namespace.
+func (h *RemoteHost) pidsInNamespace() []int {
 	nsInode := func(pid string) string {
 		l, err := os.Readlink("/proc/" + pid + "/ns/net")
 		if err != nil {
@@ -809,20 +856,13 @@ func (h *RemoteHost) procFiles(files ...string) []string {
 	}
 	want := fmt.Sprintf("net:[%d]", fi.Sys().(*syscall.Stat_t).Ino)
 	entries, _ := os.ReadDir("/proc")
-	var out []string
+	var out []int
 	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil || nsInode(e.Name()) != want {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || nsInode(e.Name()) != want {
 			continue
 		}
-		var all []byte
-		for _, f := range files {
-			if b, err := os.ReadFile("/proc/" + e.Name() + "/" + f); err == nil {
-				all = append(append(all, b...), 0)
-			}
-		}
-		if s := strings.TrimSpace(strings.ReplaceAll(string(all), "\x00", " ")); s != "" {
-			out = append(out, s)
-		}
+		out = append(out, pid)
 	}
 	return out
 }
@@ -851,7 +891,12 @@ func (h *RemoteHost) Stop() {
 		h.dockerd = nil
 		h.mu.Unlock()
 		dockerd.stop(15 * time.Second)
+		h.killUserProcesses()
 		h.stopContainerd()
+		plainHTTP.Lock()
+		delete(plainHTTP.podman, h)
+		plainHTTP.Unlock()
+		h.stopPodman()
 		if h.Dir != "" {
 			// dockerd stops its containerd; should it have been killed, the
 			// containerd it started is ended here, by its recorded pid.

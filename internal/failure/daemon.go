@@ -6,7 +6,9 @@ import (
 	"strings"
 )
 
-// daemonPhrases maps what Docker daemons (and containerd, through CRI)
+// daemonPhrases maps what Docker daemons (and containerd, through CRI;
+// and Podman, whose containers/image words the token answer "Requesting
+// bearer token: invalid status code from registry 403 (Forbidden)")
 // print in pull errors to a class.
 // Order matters: a message naming both "denied" and "not exist" (docker's
 // "pull access denied ... repository does not exist or may require 'docker
@@ -25,6 +27,11 @@ var daemonPhrases = []struct {
 	{"failed to fetch anonymous token", "rejected"},
 	{"access token is expired", "rejected"},
 	{"no basic auth credentials", "rejected"},
+	{"invalid status code from registry 401", "rejected"}, // Podman: the token endpoint's answer
+	{"invalid status code from registry 403", "rejected"},
+	{"invalid status code from registry 404", "notfound"},
+	{"invalid status code from registry 429", "transient"},
+	{"invalid status code from registry 5", "transient"}, // 500 to 599
 	{"no matching manifest", "platform"},
 	{"no match for platform", "platform"}, // containerd's words for it
 	{"manifest unknown", "notfound"},

@@ -37,6 +37,14 @@ func TestClassifyDaemonMessages(t *testing.T) {
 		{404, `failed to pull and unpack image "10.231.1.1:41293/acme/app:nope": failed to resolve reference "10.231.1.1:41293/acme/app:nope": 10.231.1.1:41293/acme/app:nope: not found`, false, "not-found"},
 		{404, `failed to pull and unpack image "10.231.1.1:46801/acme/app:arm": no match for platform in manifest: not found`, false, "bad-input:platform"},
 		{0, `failed to pull and unpack image "10.231.1.1:41293/acme/app:1": failed to resolve reference "10.231.1.1:41293/acme/app:1": pulling from host 10.231.1.1:41293 failed with status code [manifests 1]: 429 Too Many Requests`, false, "transient"},
+		// Podman 4.3.1's compat API (containers/image), errors in the stream.
+		{0, "initializing source docker://10.231.1.1:41293/acme/private/app@sha256:" + strings.Repeat("a", 64) + ": Requesting bearer token: invalid status code from registry 403 (Forbidden)", false, "rejected"},
+		{0, "initializing source docker://10.231.1.1:41293/acme/private:1: Requesting bearer token: invalid status code from registry 401 (Unauthorized)", true, "anonymous-denied"},
+		{0, "initializing source docker://10.231.1.1:41293/acme/app:1: Requesting bearer token: invalid status code from registry 503 (Service Unavailable)", false, "transient"},
+		{0, "initializing source docker://10.231.1.1:41293/acme/app:1: Requesting bearer token: invalid status code from registry 429 (Too Many Requests)", false, "transient"},
+		{0, "initializing source docker://127.0.0.1:5999/x/nope:1: reading manifest 1 in 127.0.0.1:5999/x/nope: manifest unknown: manifest unknown", false, "not-found"},
+		{0, "initializing source docker://10.231.1.1:41293/acme/private:1: reading manifest 1 in 10.231.1.1:41293/acme/private: unauthorized: authentication required", true, "anonymous-denied"},
+		{0, `initializing source docker://10.231.1.1:41293/acme/app:1: pinging container registry 10.231.1.1:41293: Get "http://10.231.1.1:41293/v2/": dial tcp 10.231.1.1:41293: connect: connection refused`, false, "transient"},
 		{500, "some daemon bug", false, "other"},
 		// A digest that happens to contain 429 is not a rate limit.
 		{404, "manifest for x@sha256:4290aa not found: manifest unknown", false, "not-found"},

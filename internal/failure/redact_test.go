@@ -84,3 +84,26 @@ func TestRedactorClippedSecret(t *testing.T) {
 		t.Errorf("an ordinary clipped text changed: %q", got)
 	}
 }
+
+// Guarantee: the unpadded base64 forms (RFC 4648 §3.2: JWTs, many token
+// formats and some registries drop the "=") of a secret and of
+// user:password are redacted, not only the padded ones. The secret's
+// length is not a multiple of 3, so every padded form ends in "=" and the
+// unpadded one is not merely the same text.
+func TestRedactorUnpaddedBase64(t *testing.T) {
+	const user, secret = "deploy-bot", "ghp_unpadded?>~secret12" // 23 bytes; user:secret 34
+	if len(secret)%3 == 0 || len(user+":"+secret)%3 == 0 {
+		t.Fatal("lengths that need no padding prove nothing here")
+	}
+	var r Redactor
+	r.AddCredentials(user, secret)
+	for name, enc := range map[string]*base64.Encoding{"raw std": base64.RawStdEncoding, "raw url": base64.RawURLEncoding} {
+		for what, plain := range map[string]string{"secret": secret, "user:secret": user + ":" + secret} {
+			form := enc.EncodeToString([]byte(plain))
+			got := r.Redact("the peer said " + form + ".")
+			if got != "the peer said "+Redacted+"." {
+				t.Errorf("%s base64 of %s: %q left in %q", name, what, form, got)
+			}
+		}
+	}
+}

@@ -31,8 +31,11 @@ type ProbeResult struct {
 	Digest    string
 	MediaType string
 	// Token is the bearer token the registry issued for the pull scope
-	// in exchange for the credentials sent; empty when anonymous or when
-	// the registry issued none (Basic-only registries).
+	// in exchange for the credentials sent, or to nobody in particular
+	// for an anonymous probe (a public repository's pull token: no secret
+	// of the user's, handed to Docker daemons so that each skips its own
+	// token request); empty when the registry issued none (Basic-only
+	// registries).
 	Token string
 	// PlatformDigest is the manifest digest of the platform asked for
 	// (WithPlatform), resolved from the index; empty without a platform.
@@ -103,7 +106,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 	for _, opt := range opts {
 		opt(&o)
 	}
-	obs := &observer{inner: o.transport, mask: o.mask, insecure: o.insecure}
+	obs := &observer{inner: o.transport, mask: o.mask, insecure: o.insecure, keepAnyToken: creds.IsAnonymous()}
 	desc, err := remote.Head(ref,
 		remote.WithContext(ctx),
 		remote.WithAuth(creds.Authenticator()),
@@ -141,11 +144,9 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 	}
 	res.Requests = int(obs.requests.Load())
 	res.Quota = obs.quotaOf(ref.Context().RegistryStr())
-	if !creds.IsAnonymous() {
-		obs.mu.Lock()
-		res.Token = obs.token
-		obs.mu.Unlock()
-	}
+	obs.mu.Lock()
+	res.Token = obs.token
+	obs.mu.Unlock()
 	return res, nil
 }
 
@@ -214,10 +215,13 @@ type observer struct {
 	mask     func(string)
 	insecure map[string]bool
 	requests atomic.Int64
+	// keepAnyToken keeps the token of an answer to a request without
+	// credentials too: an anonymous probe's own pull token.
+	keepAnyToken bool
 
 	mu    sync.Mutex
 	after time.Duration
-	token string // from a token answer to a request that sent credentials
+	token string // from a token answer to a request that sent credentials (any, with keepAnyToken)
 	quota *Quota // the last quota a registry answer reported
 }
 
@@ -243,7 +247,7 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		o.mu.Unlock()
 	}
 	if resp.StatusCode == http.StatusOK && !strings.HasPrefix(req.URL.Path, "/v2/") {
-		o.readTokens(resp, req.Header.Get("Authorization") != "" || req.Method == http.MethodPost)
+		o.readTokens(resp, o.keepAnyToken || req.Header.Get("Authorization") != "" || req.Method == http.MethodPost)
 	}
 	return resp, nil
 }

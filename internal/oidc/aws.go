@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
 // exchangeAWS: STS AssumeRoleWithWebIdentity (unsigned), then ECR
@@ -115,5 +117,11 @@ func classifyAWS(err error, step, fix string) error {
 	if status >= 400 && status < 500 && status != http.StatusTooManyRequests {
 		return &ExchangeError{Provider: AWSECR, Step: step, Status: status, Message: msg, Fix: fix}
 	}
-	return &failure.Transient{Response: failure.Response{Status: status, Message: msg, Where: AWSECR + " " + step}}
+	// The SDK's own retries are off, so its throttling delay is too: the
+	// answer's Retry-After, when AWS sends one, is what internal/retry waits.
+	var after time.Duration
+	if re != nil && re.Response != nil && re.Response.Response != nil {
+		after = ghcr.ParseRetryAfter(re.Response.Header.Get("Retry-After"), time.Now())
+	}
+	return &failure.Transient{Response: failure.Response{Status: status, Message: msg, Where: AWSECR + " " + step}, RetryAfter: after}
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -281,6 +282,11 @@ func TestValidate(t *testing.T) {
 		{Config{Provider: AzureACR, AzureClientID: "11111111-2222-3333-4444-555555555555"}, "azure-tenant-id"},
 		{Config{Provider: DockerHub, Username: "u"}, "dockerhub-connection-id"},
 		{Config{Provider: TokenExchange, TokenExchangeURL: "http://exchange.example"}, "token-exchange-url"},
+		// Loopback is parsed, not matched by prefix: these are remote hosts.
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://127.example.net/token"}, "token-exchange-url"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://localhost.example.net/token"}, "token-exchange-url"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://127.0.0.1:8080/token"}, ""},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://localhost:8080/token"}, ""},
 		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "123456789012.dkr.ecr.us-east-2.amazonaws.com"}, ""},
 	}
 	for _, tt := range tests {
@@ -295,5 +301,63 @@ func TestValidate(t *testing.T) {
 		if !errors.As(err, &bad) || bad.Input != tt.input {
 			t.Errorf("%+v: error %v does not name %s", tt.cfg, err, tt.input)
 		}
+	}
+}
+
+// Guarantee: a provider's Retry-After on a 429 (or a 5xx) travels in the
+// Transient error, in both RFC 9110 forms, so internal/retry waits as long
+// as the provider asked and no less.
+func TestProviderRetryAfter(t *testing.T) {
+	date := time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)
+	for _, tc := range []struct {
+		status   int
+		header   string
+		min, max time.Duration
+	}{
+		{http.StatusTooManyRequests, "7", 7 * time.Second, 7 * time.Second},
+		{http.StatusTooManyRequests, date, 80 * time.Second, 90 * time.Second},
+		{http.StatusServiceUnavailable, "3", 3 * time.Second, 3 * time.Second},
+		{http.StatusTooManyRequests, "", 0, 0},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tc.header != "" {
+				w.Header().Set("Retry-After", tc.header)
+			}
+			w.WriteHeader(tc.status)
+			_, _ = io.WriteString(w, `{"error":"slow_down"}`)
+		}))
+		cfg := Config{Provider: TokenExchange, TokenExchangeURL: srv.URL + "/token", Audience: "aud"}
+		_, err := Exchange(context.Background(), cfg, func(context.Context, string) (string, error) { return fakeJWT("aud"), nil }, func(string) {})
+		srv.Close()
+		var te *failure.Transient
+		if !errors.As(err, &te) {
+			t.Fatalf("%d Retry-After %q: err = %v, want Transient", tc.status, tc.header, err)
+		}
+		if te.RetryAfter < tc.min || te.RetryAfter > tc.max || te.RetryDelay() != te.RetryAfter {
+			t.Errorf("%d Retry-After %q: RetryAfter = %v, want %v..%v", tc.status, tc.header, te.RetryAfter, tc.min, tc.max)
+		}
+	}
+}
+
+// Guarantee: AWS's throttling answer (429 with Retry-After) is waited for
+// too: the SDK's own retries, which would have read it, are off.
+func TestAWSRetryAfter(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/xml")
+		w.Header().Set("Retry-After", "5")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = io.WriteString(w, `<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>x</RequestId></ErrorResponse>`)
+	}))
+	defer srv.Close()
+	env := map[string]string{"AWS_ENDPOINT_URL_STS": srv.URL, "AWS_ENDPOINT_URL_ECR": srv.URL}
+	cfg := Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+		Getenv: func(k string) string { return env[k] }}
+	_, err := Exchange(context.Background(), cfg, func(context.Context, string) (string, error) { return fakeJWT("sts.amazonaws.com"), nil }, func(string) {})
+	var te *failure.Transient
+	if !errors.As(err, &te) || te.Status != http.StatusTooManyRequests {
+		t.Fatalf("err = %v, want a 429 Transient", err)
+	}
+	if te.RetryAfter != 5*time.Second {
+		t.Errorf("RetryAfter = %v, want 5s", te.RetryAfter)
 	}
 }

@@ -85,7 +85,9 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 				r.CredentialError = rejectionText(rejected[m.Name])
 			}
 		}
-		if m.Err == nil && m.Digest != p.digest && m.Digest != p.platform {
+		// The platform's manifest digest counts as the probed one; no
+		// digest at all does not (without a platform, p.platform is "").
+		if m.Err == nil && m.Digest != p.digest && (m.Digest == "" || m.Digest != p.platform) {
 			m.Err = &DriftError{Image: img.Input, Target: m.Name, Expected: p.digest, Got: m.Digest}
 		}
 		if m.Err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ type fakeFleet struct {
 	refuseCreds   map[string]bool // these members refuse the credentials
 	refuseAll     map[string]error
 	digest        string
+	holds         map[string]string // members that report another digest than digest
 	calls         [][]string
 	anonymousRefs int
 	sawPassword   []string
@@ -44,7 +46,11 @@ func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *ghcr.Credentia
 		case creds != nil && f.refuseCreds[m]:
 			out = append(out, Member{Name: m, Err: &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}}})
 		default:
-			out = append(out, Member{Name: m, Digest: f.digest, Duration: time.Millisecond})
+			d, ok := f.holds[m]
+			if !ok {
+				d = f.digest
+			}
+			out = append(out, Member{Name: m, Digest: d, Duration: time.Millisecond})
 		}
 	}
 	return out, nil
@@ -108,5 +114,56 @@ func TestFleetFallsBackPerMember(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Guarantee: a member that reports another digest than the probe resolved,
+// or none, fails with a DriftError (error_class drift): one digest is never
+// reported for a split fleet. The member that holds the right one passes.
+func TestFleetMemberDriftFails(t *testing.T) {
+	ref, digest := openRegistry(t)
+	images, err := ParseImages([]string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "sha256:" + strings.Repeat("d", 64)
+	for _, holds := range []string{other, ""} {
+		f := &fakeFleet{members: []string{"a", "b"}, digest: digest, holds: map[string]string{"b": holds}}
+		res := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous, Fleet: f,
+			Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
+		if len(res) != 2 {
+			t.Fatalf("results %+v", res)
+		}
+		if a := res[0]; a.Host != "a" || a.Err != nil || a.Digest != digest || a.ImageRef == "" {
+			t.Errorf("member a holds the probed digest: %+v", a)
+		}
+		b := res[1]
+		var drift *DriftError
+		if b.Host != "b" || !errors.As(b.Err, &drift) || failure.ClassOf(b.Err) != "drift" {
+			t.Fatalf("member b holds %q: err %v, want a DriftError", holds, b.Err)
+		}
+		if drift.Expected != digest || drift.Got != holds || b.Digest != "" || b.ImageRef != "" || b.Pulled {
+			t.Errorf("member b holds %q: drift %+v, result digest %q ref %q pulled %v", holds, drift, b.Digest, b.ImageRef, b.Pulled)
+		}
+	}
+}
+
+// Guarantee: a fleet gets the username and password (kubelets take no
+// bearer token), never the scoped token the probe bought: that token would
+// sit in a pull Secret in the cluster for nothing.
+func TestFleetGetsNoRegistryToken(t *testing.T) {
+	reg := startScripted(t)
+	images, err := ParseImages([]string{reg.ref()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeFleet{members: []string{"a"}, digest: testDigest}
+	res := Run(context.Background(), images, nil, Options{Credentials: testToken, Fleet: f,
+		Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
+	if len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("results %+v", res)
+	}
+	if strings.Join(f.sawPassword, ",") != "pw|" {
+		t.Errorf("the fleet got password|token %q, want the password and no token", f.sawPassword)
 	}
 }

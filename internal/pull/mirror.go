@@ -81,7 +81,12 @@ func (p *probeOutcome) chooseMirror(ctx context.Context, img Image, opts Options
 			p.resolvedBy = m.String()
 			p.digest, p.platform, p.err = digest, res.PlatformDigest, nil
 		}
-		creds.RegistryToken = res.Token
+		// An anonymous probe returns the mirror's anonymous pull token too
+		// (ghcr.Probe); it stays here: a daemon mirror (FromDaemon) may send
+		// the daemon's pull to upstream, which did not issue it.
+		if !creds.IsAnonymous() {
+			creds.RegistryToken = res.Token
+		}
 		p.source = &source{mirror: m, ref: ref, creds: creds}
 		return
 	}

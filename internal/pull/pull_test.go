@@ -80,6 +80,7 @@ func TestRunDaemonSideFallback(t *testing.T) {
 	rejected := failure.FromDaemon(500, "unauthorized: authentication required", false)
 	notFound := failure.FromDaemon(404, "manifest unknown", false)
 	transient := failure.FromDaemon(500, "503 Service Unavailable", false)
+	tooMany := failure.FromDaemon(500, "toomanyrequests: You have reached your pull rate limit", false)
 
 	tests := []struct {
 		name         string
@@ -95,6 +96,12 @@ func TestRunDaemonSideFallback(t *testing.T) {
 		{"daemon rejects, fallback off", []error{rejected}, false, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
 		{"not found never falls back", []error{notFound}, true, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
 		{"transient retried with the same credentials", []error{transient, transient}, true, false, ghcr.AuthToken, false, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+		// README: "never on 404/429/5xx": a fault that outlasts the
+		// retries fails with the credentials, it never turns anonymous.
+		{"transient outlasting the retries never falls back", []error{transient, transient, transient, transient}, true, true, "", false,
+			[]ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+		{"too many requests never falls back", []error{tooMany, tooMany, tooMany, tooMany}, true, true, "", false,
+			[]ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -130,6 +137,9 @@ func TestRunDaemonSideFallback(t *testing.T) {
 			}
 			if tt.wantFallback && !strings.Contains(r.CredentialError, "unauthorized") {
 				t.Errorf("credential error %q lacks the daemon's words", r.CredentialError)
+			}
+			if !tt.wantFallback && r.CredentialError != "" {
+				t.Errorf("credential error %q without a fallback", r.CredentialError)
 			}
 		})
 	}
@@ -352,5 +362,79 @@ func TestRunGivesDaemonsAFreshScopedToken(t *testing.T) {
 	first, second := fd.calls[0].RegistryToken, fd.calls[1].RegistryToken
 	if first == "" || second == "" || first == second {
 		t.Errorf("tokens given to the daemon: %.12q then %.12q, want two different ones", first, second)
+	}
+}
+
+// onPullDaemon is a fakeDaemon that runs before each pull (call counts
+// from 1), to change the world between the probe and the daemon.
+type onPullDaemon struct {
+	*fakeDaemon
+	before func(call int)
+}
+
+func (d onPullDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	d.mu.Lock()
+	call := len(d.calls) + 1
+	d.mu.Unlock()
+	d.before(call)
+	return d.fakeDaemon.Pull(ctx, ref, p, creds, progress)
+}
+
+// Guarantee (README: "never by the password"): when the daemon refuses the
+// probe's scoped token and no fresh one can be had (the token endpoint is
+// down, or now refuses the credentials), the daemon is never handed the
+// username and password instead: it falls back to anonymous when allowed,
+// else the pull fails.
+func TestDaemonNeverGetsThePasswordWithoutAFreshToken(t *testing.T) {
+	expired := failure.FromDaemon(500, "unauthorized: authentication required", false)
+	for _, tc := range []struct {
+		name        string
+		tokenStatus int // the token endpoint's answer once the daemon refused
+		fallback    bool
+		wantModes   []ghcr.AuthMode
+	}{
+		{"token endpoint down, fallback", http.StatusServiceUnavailable, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
+		{"token endpoint down, no fallback", http.StatusServiceUnavailable, false, []ghcr.AuthMode{ghcr.AuthToken}},
+		{"credentials revoked, fallback", http.StatusForbidden, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
+		{"credentials revoked, no fallback", http.StatusForbidden, false, []ghcr.AuthMode{ghcr.AuthToken}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := startScripted(t)
+			images, err := ParseImages([]string{reg.ref()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fd := onPullDaemon{fakeDaemon: &fakeDaemon{answers: []error{expired}, digest: testDigest}, before: func(call int) {
+				if call == 1 {
+					reg.mu.Lock()
+					reg.tokenStatus = tc.tokenStatus
+					reg.mu.Unlock()
+				}
+			}}
+			res := Run(context.Background(), images, []Target{{Name: "h", Open: func(context.Context) (Daemon, error) { return fd, nil }}}, Options{
+				Credentials: testToken, Fallback: tc.fallback,
+				Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
+			})
+			var modes []ghcr.AuthMode
+			for i, c := range fd.calls {
+				modes = append(modes, c.Mode)
+				if !c.IsAnonymous() && c.RegistryToken == "" {
+					t.Errorf("pull %d was handed the username and password (%s), not a scoped token", i+1, c)
+				}
+				if c.IsAnonymous() && (c.Password != "" || c.RegistryToken == "user-token") {
+					t.Errorf("anonymous pull %d carries the user's secret or token: %s", i+1, c)
+				}
+			}
+			if strings.Join(toStrings(modes), ",") != strings.Join(toStrings(tc.wantModes), ",") {
+				t.Errorf("daemon calls %v, want %v", modes, tc.wantModes)
+			}
+			r := res[0]
+			if tc.fallback != (r.Err == nil) || r.FallbackUsed != tc.fallback {
+				t.Errorf("result: err %v, fallback %v", r.Err, r.FallbackUsed)
+			}
+			if r.Err != nil && failure.ClassOf(r.Err) != "rejected" {
+				t.Errorf("class %q, want rejected: %v", failure.ClassOf(r.Err), r.Err)
+			}
+		})
 	}
 }

@@ -2,7 +2,8 @@
 // the SSH settings (hosts, private key, known hosts, fingerprints, a
 // bastion), verifies host keys by default, dials hosts directly or through
 // ProxyJump bastions, decides once per connection the route to a runtime's
-// socket, finds the runtime on the host (Docker, then containerd), and
+// socket, finds the runtime on the host (Docker, Podman, the SSH user's
+// rootless engines, then containerd: docs/runtimes.md), and
 // opens it over the connection with the runtime adapters (internal/docker,
 // internal/cri). Open is the one entry point of a pull.
 //
@@ -15,10 +16,11 @@
 // gRPC has only the first.
 //
 // Nothing secret crosses to the remote host through this package: the only
-// remote command is `docker -H unix://<socket> system dial-stdio`, and
-// registry credentials travel later inside Engine API or CRI requests on the
-// tunnelled connection, never on a command line, in an environment variable
-// or in a file.
+// remote commands are `docker -H unix://<socket> system dial-stdio` and,
+// looking for a non-root user's rootless engine, one that prints `id -u`
+// and $XDG_RUNTIME_DIR, and registry credentials travel later inside
+// Engine API or CRI requests on the tunnelled connection, never on a
+// command line, in an environment variable or in a file.
 //
 // With Settings.Relay (ssh-transfer: relay), a Docker host pulls from the
 // runner instead of the registry: a remote forward on the host's loopback

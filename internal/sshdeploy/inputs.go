@@ -166,9 +166,9 @@ func ParseRuntime(kind, socket, namespace string) (RuntimeChoice, error) {
 	switch k {
 	case "":
 		k = Auto
-	case Auto, Docker, Containerd:
+	case Auto, Docker, Podman, Containerd:
 	default:
-		return RuntimeChoice{}, &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker or containerd"}
+		return RuntimeChoice{}, &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker, podman or containerd"}
 	}
 	sock := strings.TrimPrefix(strings.TrimSpace(socket), "unix://")
 	switch {

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path"
+	"strconv"
+	"strings"
 	"sync"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
@@ -19,9 +23,12 @@ import (
 type RuntimeKind string
 
 const (
-	// Auto uses whichever socket a host has, Docker's first.
+	// Auto uses whichever socket a host has, in the order
+	// docs/runtimes.md gives: rootful Docker, rootful Podman, the SSH
+	// user's rootless Docker and Podman, containerd, Docker's dial-stdio.
 	Auto       RuntimeKind = "auto"
 	Docker     RuntimeKind = "docker"
+	Podman     RuntimeKind = "podman"
 	Containerd RuntimeKind = "containerd"
 )
 
@@ -50,12 +57,18 @@ func (r *remote) Runtime() (name, namespace string) { return r.rt.Runtime() }
 func (r *remote) Close() error                      { return errors.Join(r.rt.Close(), r.conn.Close()) }
 
 // Open dials host, verifying its key, and opens the runtime settings name
-// on it. The route is decided once, here: with Auto, Docker's socket by a
-// stream-local channel, then containerd's, and only when sshd refuses both
-// Docker's dial-stdio route (which works where stream-local forwarding is
-// forbidden); with Docker, stream-local then dial-stdio; with Containerd,
-// its socket by stream-local alone (no command carries gRPC). Nothing runs
-// on the host but, on the last route, `docker system dial-stdio`.
+// on it. The route is decided once, here: with Auto, the Engine API
+// sockets by stream-local channels (rootful Docker, rootful Podman, then,
+// for an SSH user other than root, the user's rootless Docker and Podman
+// under $XDG_RUNTIME_DIR or /run/user/<uid>), then containerd's, and only
+// when sshd refuses them all Docker's dial-stdio route (which works where
+// stream-local forwarding is forbidden); with Podman, its rootful then the
+// user's socket; with Docker, stream-local then dial-stdio; with
+// Containerd, its socket by stream-local alone (no command carries gRPC).
+// Whether an Engine API socket is Docker or Podman is read from its ping
+// answer. Nothing runs on the host but `id -u` (for a non-root user whose
+// host has no rootful engine) and, on the last route, `docker system
+// dial-stdio`.
 func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 	conn, err := Dial(ctx, host, s.Config)
 	if err != nil {
@@ -67,11 +80,13 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		return nil, err
 	}
 	if s.Relay != nil {
+		// Podman answers on the same Engine API, but the relay route is
+		// proven against dockerd only.
 		e, ok := rt.(*docker.Engine)
-		if !ok {
+		if name, _ := rt.Runtime(); !ok || name != docker.Docker {
 			rt.Close()
 			conn.Close()
-			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs containerd; use ssh-transfer: direct for it", host.Addr())
+			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
 		}
 		rt = newRelayedDocker(e, s.Relay, conn)
 	}
@@ -97,6 +112,41 @@ func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
 	return r.tag.Tag(ctx, source, target)
 }
 
+// PodmanSocket is where rootful Podman serves its Docker-compatible API
+// (the podman.socket unit).
+const PodmanSocket = "/run/podman/podman.sock"
+
+// Tried is one socket runtime discovery tried on a host, and why it was
+// passed over.
+type Tried struct {
+	Runtime string // "Docker", "Podman", "the user's Docker", ...
+	Socket  string
+	Err     error
+}
+
+func (t Tried) String() string { return fmt.Sprintf("%s at %s (%v)", t.Runtime, t.Socket, t.Err) }
+
+// engineSocket is a socket that speaks the Docker Engine API (dockerd or
+// Podman's service), named for the error when nothing answers.
+type engineSocket struct{ runtime, path string }
+
+// engineSockets are the Engine API sockets kind tries before anything
+// else, in order. A remote-docker-socket other than the default is the
+// one socket the user meant; otherwise rootful Docker, then rootful
+// Podman (auto), and the SSH user's own sockets come later.
+func engineSockets(kind RuntimeKind, socket string) []engineSocket {
+	if socket != "" && socket != defaultDockerSocket {
+		return []engineSocket{{"the Engine API", socket}}
+	}
+	switch kind {
+	case Podman:
+		return []engineSocket{{"Podman", PodmanSocket}}
+	case Auto:
+		return []engineSocket{{"Docker", defaultDockerSocket}, {"Podman", PodmanSocket}}
+	}
+	return []engineSocket{{"Docker", defaultDockerSocket}}
+}
+
 func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	dockerSock, ctrdSock := s.Socket, s.Runtime.ContainerdSocket
 	if dockerSock == "" {
@@ -119,13 +169,46 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 		return c.openDocker(ctx, dockerSock, nil)
 	}
 
-	first, dockerErr := c.DialUnix(ctx, dockerSock)
-	if dockerErr == nil {
-		c.setRoute(dockerSock, RouteStreamLocal)
-		return c.openDocker(ctx, dockerSock, first)
+	// Auto and Podman: the rootful sockets, then the SSH user's own
+	// (rootless Docker and Podman), then (auto) containerd's, and last
+	// Docker's dial-stdio route, for hosts whose sshd refuses stream-local
+	// channels.
+	var tried []Tried
+	try := func(es engineSocket) (Runtime, bool, error) {
+		first, err := c.DialUnix(ctx, es.path)
+		if err == nil {
+			c.setRoute(es.path, RouteStreamLocal)
+			rt, err := c.openDocker(ctx, es.path, first)
+			return rt, true, err
+		}
+		if !isChannelRejected(err) {
+			return nil, true, err
+		}
+		tried = append(tried, Tried{Runtime: es.runtime, Socket: es.path, Err: err})
+		return nil, false, nil
 	}
-	if !isChannelRejected(dockerErr) {
-		return nil, dockerErr
+	sockets := engineSockets(s.Runtime.Kind, dockerSock)
+	for _, es := range sockets {
+		if rt, done, err := try(es); done {
+			return rt, err
+		}
+	}
+	if len(sockets) > 1 || s.Runtime.Kind == Podman {
+		user, err := c.userSockets(ctx, s.Runtime.Kind)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			tried = append(tried, Tried{Runtime: "the SSH user's runtime directory", Socket: "/run/user/<uid>", Err: err})
+		}
+		for _, es := range user {
+			if rt, done, err := try(es); done {
+				return rt, err
+			}
+		}
+	}
+	if s.Runtime.Kind == Podman {
+		return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
 	}
 	first, ctrdErr := c.DialUnix(ctx, ctrdSock)
 	if ctrdErr == nil {
@@ -134,6 +217,7 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	if !isChannelRejected(ctrdErr) {
 		return nil, ctrdErr
 	}
+	tried = append(tried, Tried{Runtime: "containerd", Socket: ctrdSock, Err: ctrdErr})
 	first, stdioErr := c.probeDialStdio(ctx, dockerSock)
 	if stdioErr == nil {
 		c.setRoute(dockerSock, RouteDialStdio)
@@ -142,9 +226,77 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	return nil, &NoRuntimeError{Host: c.host.Addr(),
-		DockerSocket: dockerSock, Docker: &RouteError{Host: c.host.String(), Socket: dockerSock, StreamLocal: dockerErr, DialStdio: stdioErr},
-		ContainerdSocket: ctrdSock, Containerd: ctrdErr}
+	tried = append(tried, Tried{Runtime: "Docker by `docker system dial-stdio`", Socket: dockerSock, Err: stdioErr})
+	return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried,
+		Hint: "point remote-docker-socket or remote-containerd-socket at the host's runtime, or set remote-runtime"}
+}
+
+// userRuntimeCommand prints the SSH user's uid and XDG_RUNTIME_DIR, where
+// rootless Docker (docker.sock) and rootless Podman (podman/podman.sock)
+// listen. It reads nothing secret and is sent no input.
+const userRuntimeCommand = `printf '%s %s\n' "$(id -u)" "$XDG_RUNTIME_DIR"`
+
+// userSockets are the SSH user's own Engine API sockets: in
+// $XDG_RUNTIME_DIR when the login sets it (pam_systemd does), and in
+// /run/user/<uid>, in that order. root has none: rootless engines are
+// other users' (nothing is run on the host for root).
+func (c *Conn) userSockets(ctx context.Context, kind RuntimeKind) ([]engineSocket, error) {
+	if c.host.User == "root" {
+		return nil, nil
+	}
+	out, err := c.output(ctx, userRuntimeCommand)
+	if err != nil {
+		return nil, fmt.Errorf("`id -u` on the host: %w", err)
+	}
+	uid, xdg, _ := strings.Cut(strings.TrimSpace(out), " ")
+	if _, err := strconv.ParseUint(uid, 10, 32); err != nil {
+		return nil, fmt.Errorf("`id -u` on the host printed %q, not a uid", failure.Clip(out))
+	}
+	var dirs []string
+	if xdg = strings.TrimSpace(xdg); strings.HasPrefix(xdg, "/") && !strings.ContainsFunc(xdg, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		dirs = append(dirs, path.Clean(xdg))
+	}
+	if d := "/run/user/" + uid; len(dirs) == 0 || dirs[0] != d {
+		dirs = append(dirs, d)
+	}
+	var out2 []engineSocket
+	for _, d := range dirs {
+		if kind != Podman {
+			out2 = append(out2, engineSocket{"the user's Docker", d + "/docker.sock"})
+		}
+		out2 = append(out2, engineSocket{"the user's Podman", d + "/podman/podman.sock"})
+	}
+	return out2, nil
+}
+
+// output runs cmd in a session on the host and returns its standard
+// output; ctx bounds it.
+func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	session, err := c.client.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer session.Close()
+	var stderr tailBuffer
+	session.Stderr = &stderr
+	go func() {
+		out, err := session.Output(cmd)
+		done <- result{out, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil && stderr.String() != "" {
+			return "", fmt.Errorf("%w: %s", r.err, failure.Clip(stderr.String()))
+		}
+		return string(r.out), r.err
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
 }
 
 // openDocker speaks the Engine API to socket; first, when set, is a
@@ -197,20 +349,31 @@ func firstThen(first net.Conn, dial func(ctx context.Context) (net.Conn, error))
 		}
 }
 
-// NoRuntimeError says a host offered neither a Docker nor a containerd
-// socket at the paths tried.
+// NoRuntimeError says a host offered no runtime at any path tried; it
+// names every socket, in the order tried, and why each was passed over.
 type NoRuntimeError struct {
-	Host             string
-	DockerSocket     string
-	Docker           error
-	ContainerdSocket string
-	Containerd       error
+	Host  string
+	Tried []Tried
+	Hint  string
 }
 
 func (e *NoRuntimeError) Error() string {
-	return fmt.Sprintf("found no container runtime on %s: tried Docker at %s (%v) and containerd at %s (%v); "+
-		"point remote-docker-socket or remote-containerd-socket at the host's runtime, or set remote-runtime",
-		e.Host, e.DockerSocket, e.Docker, e.ContainerdSocket, e.Containerd)
+	var b strings.Builder
+	fmt.Fprintf(&b, "found no container runtime on %s: tried ", e.Host)
+	for i, t := range e.Tried {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(t.String())
+	}
+	b.WriteString("; " + e.Hint)
+	return b.String()
 }
 
-func (e *NoRuntimeError) Unwrap() []error { return []error{e.Docker, e.Containerd} }
+func (e *NoRuntimeError) Unwrap() []error {
+	var errs []error
+	for _, t := range e.Tried {
+		errs = append(errs, t.Err)
+	}
+	return errs
+}

@@ -140,3 +140,102 @@ func TestOpenThroughSettings(t *testing.T) {
 		t.Errorf("err = %v, want the k3s hint", err)
 	}
 }
+
+// Auto discovery on hosts with rootful and rootless engines: which socket
+// wins, what runs on the host, and that the error names every socket
+// tried when none answers.
+func TestAutoDiscoveryOrder(t *testing.T) {
+	client := newSigner(t, "ed25519")
+	docker, podman, ctrd := startFakeDocker(t), startFakePodman(t), startFakeContainerd(t)
+	const xdg = "/run/user/1000"
+	// Every path discovery may try, mapped to a test socket or to nothing:
+	// the machine's own /var/run/docker.sock is never reached.
+	hostWith := func(present map[string]string, opts ...serverOption) []serverOption {
+		for _, p := range []string{defaultDockerSocket, PodmanSocket, xdg + "/docker.sock", xdg + "/podman/podman.sock",
+			"/tmp/xdg/docker.sock", "/tmp/xdg/podman/podman.sock", "/run/containerd/containerd.sock"} {
+			real := "/nonexistent" + p
+			if r, ok := present[p]; ok {
+				real = r
+			}
+			opts = append(opts, withSocket(p, real))
+		}
+		return opts
+	}
+	tests := []struct {
+		name        string
+		user        string
+		kind        RuntimeKind
+		opts        []serverOption
+		wantRuntime string
+		wantCmds    int
+		wantErr     []string
+	}{
+		{name: "rootful Docker before rootful Podman", user: "root", kind: Auto,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, PodmanSocket: podman}), wantRuntime: "docker"},
+		{name: "rootful Podman alone", user: "root", kind: Auto,
+			opts: hostWith(map[string]string{PodmanSocket: podman}), wantRuntime: "podman"},
+		{name: "rootful Podman before containerd", user: "root", kind: Auto,
+			opts: hostWith(map[string]string{PodmanSocket: podman, "/run/containerd/containerd.sock": ctrd}), wantRuntime: "podman"},
+		{name: "podman asked, Docker there too", user: "root", kind: Podman,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, PodmanSocket: podman}), wantRuntime: "podman"},
+		{name: "rootless Podman in XDG_RUNTIME_DIR", user: "alice", kind: Auto,
+			opts: hostWith(map[string]string{"/tmp/xdg/podman/podman.sock": podman}, withUserRuntime("1000 /tmp/xdg")), wantRuntime: "podman", wantCmds: 1},
+		{name: "rootless Docker in /run/user/<uid>, no XDG_RUNTIME_DIR", user: "alice", kind: Auto,
+			opts: hostWith(map[string]string{xdg + "/docker.sock": docker}, withUserRuntime("1000 ")), wantRuntime: "docker", wantCmds: 1},
+		{name: "rootless before containerd", user: "alice", kind: Auto,
+			opts: hostWith(map[string]string{xdg + "/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, withUserRuntime("1000 "+xdg)), wantRuntime: "podman", wantCmds: 1},
+		{name: "rootful first: no command for the user's sockets", user: "alice", kind: Auto,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/podman/podman.sock": podman}, withUserRuntime("1000 "+xdg)), wantRuntime: "docker"},
+		{name: "root has no user sockets", user: "root", kind: Auto,
+			opts: hostWith(map[string]string{"/run/user/0/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, withUserRuntime("0 /run/user/0")), wantRuntime: "containerd"},
+		{name: "nothing anywhere: every socket named", user: "alice", kind: Auto,
+			opts: hostWith(nil, withUserRuntime("1000 /tmp/xdg"), withoutDockerCLI()), wantCmds: 2,
+			wantErr: []string{defaultDockerSocket, PodmanSocket, "/tmp/xdg/docker.sock", "/tmp/xdg/podman/podman.sock", xdg + "/docker.sock", xdg + "/podman/podman.sock",
+				"/run/containerd/containerd.sock", "dial-stdio", "docker: command not found", "remote-runtime"}},
+		{name: "nothing, and id fails: said so", user: "alice", kind: Auto,
+			opts: hostWith(nil, withoutDockerCLI()), wantCmds: 2,
+			wantErr: []string{defaultDockerSocket, PodmanSocket, "id -u", "id: not found", "/run/containerd/containerd.sock"}},
+		{name: "podman asked, none: its sockets and the hint", user: "alice", kind: Podman,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/docker.sock": docker}, withUserRuntime("1000 "+xdg)), wantCmds: 1,
+			wantErr: []string{PodmanSocket, xdg + "/podman/podman.sock", "podman.socket"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t, client.PublicKey(), tt.opts...)
+			conn, err := Dial(context.Background(), srv.host(tt.user), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			rt, err := conn.openRuntime(ctx, &Settings{Socket: defaultDockerSocket, Runtime: RuntimeChoice{Kind: tt.kind, ContainerdSocket: "/run/containerd/containerd.sock"}})
+			if cmds := srv.execCommands(); len(cmds) != tt.wantCmds {
+				t.Errorf("ran %q on the host, want %d commands", cmds, tt.wantCmds)
+			}
+			if tt.wantErr != nil {
+				if err == nil {
+					rt.Close()
+					t.Fatal("a runtime was opened")
+				}
+				var nrt *NoRuntimeError
+				if !errors.As(err, &nrt) {
+					t.Errorf("err = %T %v, want *NoRuntimeError", err, err)
+				}
+				for _, want := range tt.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error lacks %q: %v", want, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("no runtime: %v", err)
+			}
+			defer rt.Close()
+			if name, _ := rt.Runtime(); name != tt.wantRuntime {
+				t.Errorf("runtime %q, want %q", name, tt.wantRuntime)
+			}
+		})
+	}
+}

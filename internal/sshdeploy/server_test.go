@@ -35,6 +35,12 @@ type testServer struct {
 	dockerCLI   bool // emulate the docker CLI for exec; else "command not found"
 	stall       bool // accept TCP and never speak
 	tcpForward  bool // grant tcpip-forward (remote forwards), as AllowTcpForwarding yes
+	// sockets maps socket paths as the host names them (/run/podman/...)
+	// to real sockets of the test; others are dialled as they are.
+	sockets map[string]string
+	// userRuntime is what the host prints for userRuntimeCommand
+	// ("1000 /run/user/1000"); empty: the command fails.
+	userRuntime string
 
 	authAttempts atomic.Int32 // public key callbacks: credentials offered
 	channels     atomic.Int32 // channels opened, of any type
@@ -102,6 +108,19 @@ func withoutStreamLocal() serverOption { return func(s *testServer) { s.streamLo
 func withoutDockerCLI() serverOption   { return func(s *testServer) { s.dockerCLI = false } }
 func stalling() serverOption           { return func(s *testServer) { s.stall = true } }
 func withTCPForward() serverOption     { return func(s *testServer) { s.tcpForward = true } }
+
+// withSocket makes the host's socket at hostPath the test's socket real.
+func withSocket(hostPath, real string) serverOption {
+	return func(s *testServer) {
+		if s.sockets == nil {
+			s.sockets = map[string]string{}
+		}
+		s.sockets[hostPath] = real
+	}
+}
+
+// withUserRuntime is the uid and XDG_RUNTIME_DIR the host prints.
+func withUserRuntime(out string) serverOption { return func(s *testServer) { s.userRuntime = out } }
 
 // startServer listens on loopback and accepts the client key.
 func startServer(t *testing.T, client ssh.PublicKey, opts ...serverOption) *testServer {
@@ -184,7 +203,11 @@ func (s *testServer) handle(c net.Conn) {
 				nc.Reject(ssh.ConnectionFailed, "open failed")
 				continue
 			}
-			u, err := net.Dial("unix", req.SocketPath)
+			path := req.SocketPath
+			if real, ok := s.sockets[path]; ok {
+				path = real
+			}
+			u, err := net.Dial("unix", path)
 			if err != nil {
 				nc.Reject(ssh.ConnectionFailed, "open failed")
 				continue
@@ -326,6 +349,12 @@ func (s *testServer) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 func (s *testServer) exec(cmd string, ch ssh.Channel) uint32 {
 	m := dialStdioRE.FindStringSubmatch(cmd)
 	switch {
+	case cmd == userRuntimeCommand && s.userRuntime != "":
+		fmt.Fprintln(ch, s.userRuntime)
+		return 0
+	case cmd == userRuntimeCommand:
+		fmt.Fprintln(ch.Stderr(), "sh: 1: id: not found")
+		return 127
 	case !s.dockerCLI:
 		fmt.Fprintln(ch.Stderr(), "bash: line 1: docker: command not found")
 		return 127
@@ -372,6 +401,17 @@ func pipe(ch ssh.Channel, c net.Conn) {
 // startFakeDocker serves a Docker-like /_ping on a unix socket.
 func startFakeDocker(t *testing.T) string {
 	t.Helper()
+	return startFakeEngine(t, nil)
+}
+
+// startFakePodman serves Podman 4.3.1's /_ping on a unix socket.
+func startFakePodman(t *testing.T) string {
+	t.Helper()
+	return startFakeEngine(t, http.Header{"Server": {"Libpod/4.3.1 (linux)"}, "Libpod-Api-Version": {"4.3.1"}})
+}
+
+func startFakeEngine(t *testing.T, ping http.Header) string {
+	t.Helper()
 	// Unix socket paths are short; t.TempDir can be long.
 	dir, err := filepath.Abs(t.TempDir())
 	if err != nil {
@@ -385,6 +425,9 @@ func startFakeDocker(t *testing.T) string {
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Api-Version", "1.41")
+			for k, v := range ping {
+				w.Header()[k] = v
+			}
 			if r.URL.Path == "/_ping" {
 				io.WriteString(w, "OK")
 				return
