@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"strings"
 
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,6 +45,7 @@ const Namespace = "k8s.io"
 type ImageService struct {
 	cc     *grpc.ClientConn
 	images runtimeapi.ImageServiceClient
+	names  imagesapi.ImagesClient // containerd's own images service (names.go)
 	// Version is what the runtime says of itself, e.g. "containerd 1.6.20~ds1".
 	Version string
 }
@@ -77,6 +79,7 @@ func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) 
 	return &ImageService{
 		cc:      cc,
 		images:  runtimeapi.NewImageServiceClient(cc),
+		names:   imagesapi.NewImagesClient(cc),
 		Version: strings.TrimSpace(v.RuntimeName + " " + v.RuntimeVersion),
 	}, nil
 }

@@ -871,6 +871,36 @@ func (h *RemoteHost) pidsInNamespace() []int {
 // namespace (sshd, dockerd, containerd, sessions).
 func (h *RemoteHost) Processes() []string { return h.processes() }
 
+// DropSSHConnections kills the sshd processes that serve connections (not
+// the listener), as a host that goes away mid-transfer: the runner sees
+// its connection end. It returns how many it killed.
+func (h *RemoteHost) DropSSHConnections() int {
+	fi, err := os.Stat("/var/run/netns/" + h.Namespace)
+	if err != nil {
+		return 0
+	}
+	want := fmt.Sprintf("net:[%d]", fi.Sys().(*syscall.Stat_t).Ino)
+	entries, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/net"); err != nil || l != want {
+			continue
+		}
+		// OpenSSH names a connection's processes "sshd: <user> [priv]"
+		// and "sshd: <user>@notty"; the listener keeps its command line.
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.HasPrefix(string(b), "sshd: ") {
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Stop kills the host's processes and removes its namespace, links and
 // directory. It is registered with tb.Cleanup and safe to call again.
 func (h *RemoteHost) Stop() {

@@ -169,15 +169,24 @@ func assertHostClean(t *testing.T, h *RemoteHost) {
 			t.Errorf("%s: the relay's name %s is left", h.Name, n)
 		}
 	}
+	assertNoForward(t, h)
+}
+
+// assertNoForward: nothing listens on the host's loopback once the step
+// has ended (the relay's remote forward closed with the connection) but
+// containerd's CRI streaming server (exec and attach), which a node runs
+// on 127.0.0.1 with a port of its own.
+func assertNoForward(t *testing.T, h *RemoteHost) {
+	t.Helper()
 	var listening string
 	err := waitUntil(10*time.Second, 100*time.Millisecond, func() (bool, error) {
-		out, err := exec.Command("nsenter", "--net=/var/run/netns/"+h.Namespace, "ss", "-Hltn").CombinedOutput()
+		out, err := exec.Command("nsenter", "--net=/var/run/netns/"+h.Namespace, "ss", "-Hltnp").CombinedOutput()
 		if err != nil {
 			return false, fmt.Errorf("ss: %v: %s", err, out)
 		}
 		listening = ""
 		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, "127.0.0.1:") {
+			if strings.Contains(l, "127.0.0.1:") && !strings.Contains(l, `users:(("containerd",`) {
 				listening += l + "\n"
 			}
 		}

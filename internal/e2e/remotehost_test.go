@@ -99,6 +99,11 @@ func runKeyscan(t *testing.T, args ...string) string {
 }
 
 func TestRemoteHost(t *testing.T) {
+	// The machine's dockerd, as on a runner: its /var/run/docker.sock is
+	// what the host's sshd must hide behind the remote's own (the default
+	// socket path subtest), and run alone this test would otherwise have
+	// none.
+	Start(t)
 	h := StartRemoteHost(t, "infra", RemoteHostOptions{HostKeyTypes: []string{"ed25519", "ecdsa", "rsa"}})
 	signer := h.ClientSigner()
 

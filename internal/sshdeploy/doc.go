@@ -22,11 +22,11 @@
 // Engine API or CRI requests on the tunnelled connection, never on a
 // command line, in an environment variable or in a file.
 //
-// With Settings.Relay (ssh-transfer: relay), a Docker host pulls from the
-// runner instead of the registry: a remote forward on the host's loopback
-// (tcpip-forward, sshd's AllowTcpForwarding) carries its dockerd's
-// registry requests to the relay, which holds the credentials; the host
-// gets none (relay.go).
+// With Settings.Relay (ssh-transfer: relay), a host pulls from the runner
+// instead of the registry: a remote forward on the host's loopback
+// (tcpip-forward, sshd's AllowTcpForwarding) carries its dockerd's or
+// containerd's registry requests to the relay, which holds the
+// credentials; the host gets none (relay.go, relay_containerd.go).
 //
 // The package knows nothing about GitHub Actions: inputs arrive as values,
 // and errors about them are *failure.BadInput values naming the input.

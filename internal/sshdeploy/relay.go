@@ -88,12 +88,7 @@ type dockerEngine interface {
 type relayedDocker struct {
 	engine dockerEngine
 	relay  Relay
-	conn   *Conn
-	host   string
-
-	fwdOnce sync.Once
-	fwd     net.Listener
-	fwdErr  error
+	fwd    *forward
 
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
@@ -108,22 +103,51 @@ type relayedImage struct {
 }
 
 func newRelayedDocker(e dockerEngine, r Relay, c *Conn) *relayedDocker {
-	return &relayedDocker{engine: e, relay: r, conn: c, host: c.host.Addr(), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
 }
 
-// forward opens the remote forward once per connection and serves the
-// relay on it.
-func (d *relayedDocker) forward() (int, error) {
-	d.fwdOnce.Do(func() {
-		d.fwd, d.fwdErr = d.conn.listenLoopback()
-		if d.fwdErr == nil {
-			go d.relay.Serve(d.fwd, d.host)
+// forward is the relay's remote forward on one connection: opened at the
+// first pull, one for every image of the step, closed with the runtime.
+type forward struct {
+	relay Relay
+	conn  *Conn
+	host  string
+
+	once sync.Once
+	l    net.Listener
+	err  error
+}
+
+func newForward(r Relay, c *Conn) *forward {
+	return &forward{relay: r, conn: c, host: c.host.Addr()}
+}
+
+// port opens the remote forward once per connection, serves the relay on
+// it, and returns the port sshd picked on the host's loopback.
+func (f *forward) port() (int, error) {
+	f.once.Do(func() {
+		f.l, f.err = f.conn.listenLoopback()
+		if f.err == nil {
+			go f.relay.Serve(f.l, f.host)
 		}
 	})
-	if d.fwdErr != nil {
-		return 0, d.fwdErr
+	if f.err != nil {
+		return 0, f.err
 	}
-	return d.fwd.Addr().(*net.TCPAddr).Port, nil
+	return f.l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// close closes the forward; no pull opens one afterwards.
+func (f *forward) close() error {
+	// Do makes the forward opened by a pull visible here, or closes the
+	// door on one opening later.
+	f.once.Do(func() { f.err = net.ErrClosed })
+	if f.l != nil {
+		if err := f.l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+	}
+	return nil
 }
 
 // refKey is ref in one spelling: pull pulls a familiar name
@@ -154,7 +178,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 	if err != nil {
 		return false, err
 	}
-	port, err := d.forward()
+	port, err := d.fwd.port()
 	if err != nil {
 		return false, err
 	}
@@ -256,14 +280,5 @@ func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Run
 
 // Close closes the forward, then the engine.
 func (d *relayedDocker) Close() error {
-	// Do makes the forward opened by a Pull visible here, or closes the
-	// door on one opening later.
-	d.fwdOnce.Do(func() { d.fwdErr = net.ErrClosed })
-	var errs []error
-	if d.fwd != nil {
-		if err := d.fwd.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(append(errs, d.engine.Close())...)
+	return errors.Join(d.fwd.close(), d.engine.Close())
 }

@@ -80,15 +80,19 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		return nil, err
 	}
 	if s.Relay != nil {
-		// Podman answers on the same Engine API, but the relay route is
-		// proven against dockerd only.
-		e, ok := rt.(*docker.Engine)
-		if name, _ := rt.Runtime(); !ok || name != docker.Docker {
-			rt.Close()
-			conn.Close()
-			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
+		switch e := rt.(type) {
+		case *cri.ImageService:
+			rt = newRelayedContainerd(e, s.Relay, conn)
+		case *docker.Engine:
+			// Podman answers on the same Engine API, but the relay route is
+			// proven against dockerd only.
+			if name, _ := rt.Runtime(); name != docker.Docker {
+				rt.Close()
+				conn.Close()
+				return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
+			}
+			rt = newRelayedDocker(e, s.Relay, conn)
 		}
-		rt = newRelayedDocker(e, s.Relay, conn)
 	}
 	r := &remote{rt: rt, conn: conn}
 	if t, ok := rt.(tagger); ok {

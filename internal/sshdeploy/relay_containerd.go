@@ -1,0 +1,150 @@
+package sshdeploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/name"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+)
+
+// criImages is what the relayed route needs of containerd
+// (*cri.ImageService): CRI to pull and inspect, containerd's images
+// service to add and remove single names in the k8s.io namespace.
+type criImages interface {
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Inspect(ctx context.Context, ref string) (image.Info, error)
+	ImageIDs(ctx context.Context) (map[string]bool, error)
+	Name(ctx context.Context, ref, name string) error
+	Unname(ctx context.Context, name string) error
+	Runtime() (name, namespace string)
+	Close() error
+}
+
+// relayedContainerd is a containerd host that pulls from the relay:
+// Pull(repo@digest) has the relay allow the digest, then the CRI image
+// service pulls 127.0.0.1:<port>/<path>@<digest> (containerd's CRI
+// resolver speaks plain HTTP to localhost with no configuration) with no
+// auth, the image is named <repository>@<digest> in k8s.io, and the
+// loopback name is deleted.
+//
+// Unlike Docker's store, containerd holds <repository>@<digest> names of
+// its own: after the pull the image has the names a direct CRI pull
+// leaves (its ID record, repository@digest and, through Tag, the user's
+// tag), so the kubelet finds it by the user's reference and image_ref is
+// the pinned reference, as for a direct pull.
+type relayedContainerd struct {
+	rt    criImages
+	relay Relay
+	fwd   *forward
+
+	mu      sync.Mutex
+	relayed map[string]string // the ref pulled (one spelling) → its name in k8s.io
+}
+
+func newRelayedContainerd(rt criImages, r Relay, c *Conn) *relayedContainerd {
+	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
+}
+
+// containerdName is ref as containerd's CRI plugin names images:
+// normalized (docker.io/library/busybox), a bare repository tagged latest.
+func containerdName(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", err
+	}
+	return reference.TagNameOnly(named).String(), nil
+}
+
+func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (pulled bool, err error) {
+	_, dgst, ok := strings.Cut(ref, "@")
+	if !ok {
+		return false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
+	}
+	digest, err := name.NewDigest(ref)
+	if err != nil {
+		return false, err
+	}
+	pinned, err := containerdName(ref)
+	if err != nil {
+		return false, err
+	}
+	path, err := d.relay.Allow(ctx, digest, creds)
+	if err != nil {
+		return false, err
+	}
+	port, err := d.fwd.port()
+	if err != nil {
+		return false, err
+	}
+	local := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
+	had, err := d.rt.ImageIDs(ctx)
+	if err != nil {
+		return false, err
+	}
+	// No credential of any kind: the relay holds them on the runner.
+	if _, err := d.rt.Pull(ctx, local, platform, ghcr.Anonymous, progress); err != nil {
+		if upstream := d.relay.Err(path); upstream != nil {
+			return false, upstream
+		}
+		return false, err
+	}
+	// The loopback name goes whatever happens next; the image stays held
+	// by its ID record (the CRI plugin's) and the names given below.
+	defer func() {
+		// Even when the step is cancelled: nothing of ours stays.
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if uerr := d.rt.Unname(cleanup, local); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("removing the relay's name %s: %w", local, uerr))
+		}
+	}()
+	info, err := d.rt.Inspect(ctx, local)
+	if err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", local, err)
+	}
+	if err := d.rt.Name(ctx, local, pinned); err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, pinned, err)
+	}
+	d.mu.Lock()
+	d.relayed[refKey(ref)] = pinned
+	d.mu.Unlock()
+	return !had[info.ID], nil
+}
+
+// Tag gives a relayed image the user's tag (moving it if it named another
+// image), as a direct CRI pull of that tag would.
+func (d *relayedContainerd) Tag(ctx context.Context, source, target string) error {
+	d.mu.Lock()
+	pinned, ok := d.relayed[refKey(source)]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", source)
+	}
+	tag, err := containerdName(target)
+	if err != nil {
+		return err
+	}
+	return d.rt.Name(ctx, pinned, tag)
+}
+
+// Inspect describes ref as the CRI image service (the kubelet's view)
+// reports it: the names given by Pull and Tag are there.
+func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info, error) {
+	return d.rt.Inspect(ctx, ref)
+}
+
+func (d *relayedContainerd) Runtime() (name, namespace string) { return d.rt.Runtime() }
+
+// Close closes the forward, then the connection to containerd.
+func (d *relayedContainerd) Close() error {
+	return errors.Join(d.fwd.close(), d.rt.Close())
+}

@@ -1,0 +1,272 @@
+package sshdeploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+)
+
+// fakeK8sIO is containerd's k8s.io namespace as the relayed route sees
+// it: names → image IDs, where a CRI pull adds the name pulled and the
+// image ID record (as containerd's CRI plugin does) and fetches the
+// manifest path over HTTP from the reference's host, as containerd would
+// from the forward.
+type fakeK8sIO struct {
+	mu      sync.Mutex
+	names   map[string]string
+	ops     []string
+	creds   []ghcr.Credentials
+	got     string // what the forward answered
+	nameErr error
+}
+
+func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+	hostPort, rest, _ := strings.Cut(ref, "/")
+	repo, dgst, _ := strings.Cut(rest, "@")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.got = string(b)
+	c.creds = append(c.creds, creds)
+	c.ops = append(c.ops, "pull "+ref)
+	_, had := c.names["sha256:imageid"]
+	c.names[ref] = "sha256:imageid"
+	c.names["sha256:imageid"] = "sha256:imageid"
+	return !had, nil
+}
+
+func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := containerdName(ref)
+	if err != nil {
+		return image.Info{}, err
+	}
+	id, ok := c.names[n]
+	if !ok {
+		id, ok = c.names[ref]
+	}
+	if !ok {
+		return image.Info{}, fmt.Errorf("containerd has no image %s", ref)
+	}
+	info := image.Info{ID: id, Platform: "linux/amd64"}
+	for name, i := range c.names {
+		if i == id && strings.Contains(name, "@") {
+			info.RepoDigests = append(info.RepoDigests, name)
+		}
+	}
+	return info, nil
+}
+
+func (c *fakeK8sIO) ImageIDs(context.Context) (map[string]bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := map[string]bool{}
+	for _, id := range c.names {
+		ids[id] = true
+	}
+	return ids, nil
+}
+
+func (c *fakeK8sIO) Name(_ context.Context, ref, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ops = append(c.ops, "name "+ref+" "+name)
+	if c.nameErr != nil {
+		return c.nameErr
+	}
+	id, ok := c.names[ref]
+	if !ok {
+		return fmt.Errorf("not found: %s", ref)
+	}
+	c.names[name] = id
+	return nil
+}
+
+func (c *fakeK8sIO) Unname(_ context.Context, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ops = append(c.ops, "unname "+name)
+	delete(c.names, name)
+	return nil
+}
+
+func (c *fakeK8sIO) Runtime() (string, string) { return "containerd", "k8s.io" }
+func (c *fakeK8sIO) Close() error              { return nil }
+
+func (c *fakeK8sIO) all() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for n := range c.names {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRelayedContainerd(t *testing.T) {
+	ctx := context.Background()
+	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
+
+	t.Run("a tag: pulled from the forward with no auth, named as a direct CRI pull names it, no loopback name", func(t *testing.T) {
+		srv, conn := dialTest(t, withTCPForward())
+		rl, ctrd := &fakeRelay{}, &fakeK8sIO{names: map[string]string{}}
+		d := newRelayedContainerd(ctrd, rl, conn)
+		ref := "ghcr.io/acme/app@" + relayDigest
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
+			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
+		}
+		if len(rl.creds) != 1 || rl.creds[0] != creds {
+			t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
+		}
+		if len(ctrd.creds) != 1 || ctrd.creds[0] != ghcr.Anonymous {
+			t.Errorf("containerd was given %v, want nothing", ctrd.creds)
+		}
+		if want := "relayed /v2/acme/app/manifests/" + relayDigest; ctrd.got != want {
+			t.Errorf("through the forward: %q, want %q", ctrd.got, want)
+		}
+		if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
+			t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
+		}
+		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app@" + relayDigest, "sha256:imageid"}
+		if got := ctrd.all(); !slices.Equal(got, want) {
+			t.Errorf("names in k8s.io %q, want %q (ops %q)", got, want, ctrd.ops)
+		}
+		info, err := d.Inspect(ctx, "ghcr.io/acme/app:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pull's image_ref stays <repository>@<digest>: the name exists.
+		if info.Ref != "" || !slices.Equal(info.RepoDigests, []string{ref}) {
+			t.Errorf("Inspect = %+v, want no Ref and %s in RepoDigests", info, ref)
+		}
+		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {
+			t.Errorf("Pull again = %v, %v; want the image reported as there already", pulled, err)
+		}
+		if got := ctrd.all(); !slices.Equal(got, want) {
+			t.Errorf("after a second pull, names %q (ops %q)", got, ctrd.ops)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
+			c.Close()
+			t.Errorf("the forward %s still listens after Close", srv.forwards[0])
+		}
+	})
+
+	t.Run("a digest of a familiar name: named as containerd names it", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		ctrd := &fakeK8sIO{names: map[string]string{}}
+		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		ref := "busybox@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"docker.io/library/busybox@" + relayDigest, "sha256:imageid"}
+		if got := ctrd.all(); !slices.Equal(got, want) {
+			t.Errorf("names %q, want %q (ops %q)", got, want, ctrd.ops)
+		}
+		if err := d.Tag(ctx, ref, "busybox"); err != nil {
+			t.Fatal(err)
+		}
+		if got := ctrd.all(); !slices.Contains(got, "docker.io/library/busybox:latest") {
+			t.Errorf("a bare repository is not tagged latest: %q", got)
+		}
+	})
+
+	t.Run("naming fails: the loopback name goes all the same", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		ctrd := &fakeK8sIO{names: map[string]string{}, nameErr: errors.New("images service down")}
+		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
+		if err == nil || !strings.Contains(err.Error(), "images service down") {
+			t.Fatalf("err = %v", err)
+		}
+		for _, n := range ctrd.all() {
+			if strings.HasPrefix(n, "127.0.0.1:") {
+				t.Errorf("the relay's name %s is left (ops %q)", n, ctrd.ops)
+			}
+		}
+	})
+
+	t.Run("Tag of an image not relayed is refused", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		d := newRelayedContainerd(&fakeK8sIO{names: map[string]string{}}, &fakeRelay{}, conn)
+		if err := d.Tag(ctx, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1"); err == nil {
+			t.Fatal("tagged an image the route did not relay")
+		}
+	})
+
+	t.Run("sshd refusing the forward names AllowTcpForwarding", func(t *testing.T) {
+		_, conn := dialTest(t)
+		ctrd := &fakeK8sIO{names: map[string]string{}}
+		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
+		var fe *ForwardError
+		if !errors.As(err, &fe) || failure.ClassOf(err) != "ssh-forwarding-refused" {
+			t.Fatalf("err = %v (class %q), want a ForwardError", err, failure.ClassOf(err))
+		}
+		if len(ctrd.ops) != 0 {
+			t.Errorf("containerd was asked %q", ctrd.ops)
+		}
+	})
+
+	t.Run("an upstream refusal comes back classified, before the host is asked", func(t *testing.T) {
+		_, conn := dialTest(t, withTCPForward())
+		ctrd := &fakeK8sIO{names: map[string]string{}}
+		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
+		d := newRelayedContainerd(ctrd, &fakeRelay{allowErr: rej}, conn)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
+		if !errors.As(err, &rej) {
+			t.Fatalf("err = %v, want the relay's Rejected", err)
+		}
+		if len(ctrd.ops) != 0 {
+			t.Errorf("containerd was asked %q", ctrd.ops)
+		}
+	})
+}
+
+// Open with a relay gives a containerd host the relayed route, which can
+// tag: pull then pulls the probed digest and names it.
+func TestOpenRelayedContainerd(t *testing.T) {
+	client := newSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey(), withTCPForward())
+	s := &Settings{Runtime: RuntimeChoice{Kind: Containerd, ContainerdSocket: startFakeContainerd(t)},
+		Config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
+	rt, err := Open(context.Background(), srv.host("root"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if _, ok := rt.(tagger); !ok {
+		t.Errorf("%T cannot tag: pull would pull the user's tag through the relay", rt)
+	}
+	if name, ns := rt.Runtime(); name != "containerd" || ns != "k8s.io" {
+		t.Errorf("runtime %s %s", name, ns)
+	}
+}
