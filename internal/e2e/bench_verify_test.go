@@ -139,32 +139,8 @@ func TestVerifyBinarySize(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	build := func(out string, extra ...string) (raw, gz int64) {
-		args := append([]string{"build", "-p", "2", "-trimpath", "-ldflags=-s -w", "-o", out}, extra...)
-		cmd := exec.Command("go", append(args, ".")...)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %v: %v\n%s", extra, err, o)
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The image layer is gzipped: what a runner downloads.
-		var z bytes.Buffer
-		w := gzip.NewWriter(&z)
-		_, _ = w.Write(b)
-		_ = w.Close()
-		return int64(len(b)), int64(z.Len())
-	}
-	modules := func(bin string) string {
-		o, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
-		if err != nil {
-			t.Fatalf("go version -m %s: %v\n%s", bin, err, o)
-		}
-		return string(o)
-	}
+	build := func(out string, extra ...string) (raw, gz int64) { return buildRelease(t, root, out, extra...) }
+	modules := func(bin string) string { return binaryModules(t, bin) }
 	with, withGz := build(filepath.Join(dir, "with"))
 	off, offGz := build(filepath.Join(dir, "noverify"), "-tags", "noverify")
 	mb := func(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
@@ -181,5 +157,85 @@ func TestVerifyBinarySize(t *testing.T) {
 	}
 	if with <= off {
 		t.Errorf("-tags noverify saved nothing: %d <= %d bytes", with, off)
+	}
+}
+
+// buildRelease builds the release binary as the Dockerfile does
+// (CGO_ENABLED=0 -trimpath -ldflags='-s -w') into out, with extra build
+// flags, and returns its size raw and gzipped (the image layer is gzipped:
+// what a runner downloads).
+func buildRelease(t *testing.T, root, out string, extra ...string) (raw, gz int64) {
+	t.Helper()
+	args := append([]string{"build", "-p", "2", "-trimpath", "-ldflags=-s -w", "-o", out}, extra...)
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %v: %v\n%s", extra, err, o)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var z bytes.Buffer
+	w := gzip.NewWriter(&z)
+	_, _ = w.Write(b)
+	_ = w.Close()
+	return int64(len(b)), int64(z.Len())
+}
+
+// binaryModules is go version -m of a binary: the modules linked into it.
+func binaryModules(t *testing.T, bin string) string {
+	t.Helper()
+	o, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go version -m %s: %v\n%s", bin, err, o)
+	}
+	return string(o)
+}
+
+// releaseBound is the stripped release binary's ceiling (issue 24): the
+// Kubernetes destination, with client-go's typed clientset, had taken it
+// from 23.8 to 55.2 MiB.
+const releaseBound = 28 << 20
+
+// TestReleaseBinarySize builds the release binary and fails above
+// releaseBound, and when it links a package that registers every API group
+// of Kubernetes (the cause of the 55 MiB) or client-go's REST machinery.
+func TestReleaseBinarySize(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "ghcr-pull")
+	raw, gz := buildRelease(t, root, bin)
+	t.Logf("release binary: %d bytes (%.2f MiB), gzipped %d bytes (%.2f MiB); bound %.0f MiB",
+		raw, float64(raw)/(1<<20), gz, float64(gz)/(1<<20), float64(releaseBound)/(1<<20))
+	if raw > releaseBound {
+		t.Errorf("the release binary is %.2f MiB, above the %.0f MiB bound", float64(raw)/(1<<20), float64(releaseBound)/(1<<20))
+	}
+	// go version -m names modules (client-go is one, for its transport);
+	// the packages are go list's, with the release build's settings.
+	cmd := exec.Command("go", "list", "-deps", ".")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var linked []string
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, banned := range []string{"k8s.io/client-go/kubernetes", "k8s.io/client-go/rest", "k8s.io/client-go/dynamic", "k8s.io/api/"} {
+			if pkg == banned || strings.HasPrefix(pkg, banned+"/") || (strings.HasSuffix(banned, "/") && strings.HasPrefix(pkg, banned)) {
+				linked = append(linked, pkg)
+			}
+		}
+	}
+	if len(linked) > 0 {
+		t.Errorf("the release binary links %d banned packages (client-go's clientsets, REST client or k8s.io/api types; see docs/kubernetes.md), among them %s",
+			len(linked), strings.Join(linked[:min(len(linked), 5)], ", "))
+	}
+	if !strings.Contains(binaryModules(t, bin), "k8s.io/client-go") {
+		t.Errorf("the release binary does not link k8s.io/client-go: is the Kubernetes destination wired in?")
 	}
 }

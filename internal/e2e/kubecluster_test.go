@@ -43,6 +43,9 @@ type Cluster struct {
 	Dir        string
 	Server     string
 	AdminToken string
+	// DeployerToken authenticates DeployerUser, who belongs to no group
+	// and is granted nothing: tests bind it to the role they mean.
+	DeployerToken string
 	// Node is the real node's name.
 	Node    string
 	Client  kubernetes.Interface
@@ -53,6 +56,9 @@ type Cluster struct {
 	sock       string
 	before     hostState
 }
+
+// DeployerUser is the name DeployerToken authenticates.
+const DeployerUser = "ghcr-pull-deployer"
 
 var (
 	clusterOnce sync.Once
@@ -127,7 +133,7 @@ func startCluster(e *Env, bin string) (*Cluster, error) {
 		return nil, err
 	}
 	ownPath(dir)
-	c := &Cluster{Dir: dir, AdminToken: randomHex(16), Node: "e2e-node", before: saveHostState()}
+	c := &Cluster{Dir: dir, AdminToken: randomHex(16), DeployerToken: randomHex(16), Node: "e2e-node", before: saveHostState()}
 	ports := make([]int, 6)
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
@@ -151,7 +157,7 @@ func startCluster(e *Env, bin string) (*Cluster, error) {
 	kcfg := filepath.Join(dir, "admin.kubeconfig")
 	for f, data := range map[string]string{
 		saKey:  string(keyPEM),
-		tokens: fmt.Sprintf("%s,admin,admin,system:masters\n", c.AdminToken),
+		tokens: fmt.Sprintf("%s,admin,admin,system:masters\n%s,%s,deployer\n", c.AdminToken, c.DeployerToken, DeployerUser),
 		kcfg:   c.Kubeconfig(c.AdminToken),
 	} {
 		if err := os.WriteFile(f, []byte(data), 0o600); err != nil {

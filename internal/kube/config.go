@@ -7,24 +7,27 @@
 package kube
 
 import (
+	"encoding/base64"
 	"fmt"
-	"maps"
+	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/transport"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // Config is a parsed, validated cluster destination.
 type Config struct {
-	rest      *rest.Config
+	// transport is client-go's TLS and authentication, without its REST
+	// machinery (see client.go).
+	transport *transport.Config
 	secrets   []string
 	Namespace string
 	// Selector picks the nodes; empty selects all.
@@ -43,14 +46,62 @@ func bad(input, problem, fix string) error {
 	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
+// kubeconfig is the part of a kubeconfig document (clientcmd's v1 Config)
+// that ghcr-pull reads. Fields it refuses are decoded to be named.
+type kubeconfig struct {
+	CurrentContext string `yaml:"current-context"`
+	Clusters       []struct {
+		Name    string
+		Cluster kubeCluster
+	}
+	Users []struct {
+		Name string
+		User kubeUser
+	}
+	Contexts []struct {
+		Name    string
+		Context kubeContext
+	}
+}
+
+type kubeContext struct{ Cluster, User, Namespace string }
+
+type kubeCluster struct {
+	Server        string `yaml:"server"`
+	CAData        string `yaml:"certificate-authority-data"`
+	CAFile        string `yaml:"certificate-authority"`
+	Insecure      bool   `yaml:"insecure-skip-tls-verify"`
+	TLSServerName string `yaml:"tls-server-name"`
+	ProxyURL      string `yaml:"proxy-url"`
+}
+
+type kubeUser struct {
+	Token        string              `yaml:"token"`
+	TokenFile    string              `yaml:"tokenFile"`
+	CertData     string              `yaml:"client-certificate-data"`
+	CertFile     string              `yaml:"client-certificate"`
+	KeyData      string              `yaml:"client-key-data"`
+	KeyFile      string              `yaml:"client-key"`
+	Username     string              `yaml:"username"`
+	Password     string              `yaml:"password"`
+	As           string              `yaml:"as"`
+	AsUID        string              `yaml:"as-uid"`
+	AsGroups     []string            `yaml:"as-groups"`
+	AsUserExtra  map[string][]string `yaml:"as-user-extra"`
+	Exec         *yaml.Node          `yaml:"exec"`
+	AuthProvider *yaml.Node          `yaml:"auth-provider"`
+}
+
 // ParseConfig parses a kubeconfig given as text (it is never written to
 // disk) and picks a context (empty: the kubeconfig's current one). Exec and
 // auth-provider plugins are refused: they would run programs or reach cloud
-// identity services the action does not manage.
-func ParseConfig(kubeconfig, context, namespace, nodeSelector string, timeout time.Duration) (Config, error) {
-	raw, err := clientcmd.Load([]byte(kubeconfig))
-	if err != nil {
-		// The loader's error may quote the document; name the input only.
+// identity services the action does not manage. The document is read as
+// clientcmd reads it, with the same checks; clientcmd itself is not used,
+// as it links client-go's REST machinery (4 MiB of the binary).
+func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeout time.Duration) (Config, error) {
+	var raw kubeconfig
+	if err := yaml.Unmarshal([]byte(kubeconfigText), &raw); err != nil {
+		// The parser's error may quote the document; name the input only.
 		return Config{}, bad("kubeconfig", "is not a kubeconfig document (YAML or JSON)", "pass the whole kubeconfig file's text, e.g. from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
 	}
 	secrets := secretsOf(raw)
@@ -58,27 +109,88 @@ func ParseConfig(kubeconfig, context, namespace, nodeSelector string, timeout ti
 	if name == "" {
 		name = raw.CurrentContext
 	}
-	kctx, ok := raw.Contexts[name]
-	if name == "" || !ok {
+	var kctx *kubeContext
+	for _, c := range raw.Contexts {
+		if c.Name == name {
+			kctx = &c.Context
+			break
+		}
+	}
+	if name == "" || kctx == nil {
 		return Config{}, bad("kube-context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
 			"set kube-context to one of the kubeconfig's contexts, or set current-context in it")
 	}
-	user := raw.AuthInfos[kctx.AuthInfo]
-	if user != nil && (user.Exec != nil || user.AuthProvider != nil) {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.AuthInfo),
+	var user kubeUser
+	for _, u := range raw.Users {
+		if u.Name == kctx.User {
+			user = u.User
+			break
+		}
+	}
+	if user.Exec != nil || user.AuthProvider != nil {
+		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
 			"give a kubeconfig whose user has a token, a client certificate and key, or a username and password (for example a ServiceAccount token)")
 	}
-	if user != nil && (user.TokenFile != "" || user.ClientCertificate != "" || user.ClientKey != "") {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.AuthInfo),
+	if user.TokenFile != "" || user.CertFile != "" || user.KeyFile != "" {
+		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
 			"embed them: token, client-certificate-data, client-key-data")
 	}
-	if c := raw.Clusters[kctx.Cluster]; c != nil && c.CertificateAuthority != "" {
+	var cluster *kubeCluster
+	for _, c := range raw.Clusters {
+		if c.Name == kctx.Cluster {
+			cluster = &c.Cluster
+			break
+		}
+	}
+	if cluster == nil {
+		return Config{}, bad("kubeconfig", fmt.Sprintf("context %s names cluster %q, which the kubeconfig does not have", name, kctx.Cluster), "check its cluster and context entries")
+	}
+	if cluster.CAFile != "" {
 		return Config{}, bad("kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
 			"embed it as certificate-authority-data")
 	}
-	rc, err := clientcmd.NewNonInteractiveClientConfig(*raw, name, &clientcmd.ConfigOverrides{}, nil).ClientConfig()
-	if err != nil {
-		return Config{}, bad("kubeconfig", "context "+name+" is incomplete: "+redactAll(err.Error(), secrets), "check its cluster server and user entries")
+	incomplete := func(problem string) error {
+		return bad("kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")
+	}
+	server, err := url.Parse(cluster.Server)
+	if cluster.Server == "" || err != nil || (server.Scheme != "https" && server.Scheme != "http") || server.Host == "" {
+		return Config{}, incomplete(fmt.Sprintf("cluster %q has no server URL (https://host:port)", kctx.Cluster))
+	}
+	tc := &transport.Config{
+		UserAgent:   "ghcr-pull",
+		BearerToken: user.Token, Username: user.Username, Password: user.Password,
+		Impersonate: transport.ImpersonationConfig{UserName: user.As, UID: user.AsUID, Groups: user.AsGroups, Extra: user.AsUserExtra},
+		TLS:         transport.TLSConfig{Insecure: cluster.Insecure, ServerName: cluster.TLSServerName},
+	}
+	for _, f := range []struct {
+		field, value string
+		into         *[]byte
+	}{
+		{"certificate-authority-data", cluster.CAData, &tc.TLS.CAData},
+		{"client-certificate-data", user.CertData, &tc.TLS.CertData},
+		{"client-key-data", user.KeyData, &tc.TLS.KeyData},
+	} {
+		if f.value == "" {
+			continue
+		}
+		if *f.into, err = base64.StdEncoding.DecodeString(strings.TrimSpace(f.value)); err != nil {
+			return Config{}, incomplete(f.field + " is not base64")
+		}
+	}
+	switch {
+	case (len(tc.TLS.CertData) > 0) != (len(tc.TLS.KeyData) > 0):
+		return Config{}, incomplete(fmt.Sprintf("user %q has a client certificate without its key, or a key without its certificate", kctx.User))
+	case tc.BearerToken != "" && (tc.Username != "" || tc.Password != ""):
+		return Config{}, incomplete(fmt.Sprintf("user %q has both a token and a username/password; keep one", kctx.User))
+	case cluster.Insecure && len(tc.TLS.CAData) > 0:
+		return Config{}, incomplete(fmt.Sprintf("cluster %q has both certificate-authority-data and insecure-skip-tls-verify; keep one", kctx.Cluster))
+	}
+	if cluster.ProxyURL != "" {
+		proxy, err := url.Parse(cluster.ProxyURL)
+		if err != nil || proxy.Host == "" {
+			return Config{}, incomplete(fmt.Sprintf("cluster %q has a proxy-url that is not a URL", kctx.Cluster))
+		}
+		tc.Proxy = http.ProxyURL(proxy)
 	}
 	if namespace == "" {
 		namespace = kctx.Namespace
@@ -96,14 +208,18 @@ func ParseConfig(kubeconfig, context, namespace, nodeSelector string, timeout ti
 	if timeout <= 0 {
 		return Config{}, bad("kube-timeout", "must be positive", "e.g. 5m")
 	}
-	rc.UserAgent = "ghcr-pull"
-	return Config{rest: rc, secrets: secrets, Namespace: namespace, Selector: sel, Timeout: timeout, Server: rc.Host}, nil
+	host := strings.TrimSuffix(server.String(), "/")
+	return Config{transport: tc, secrets: secrets, Namespace: namespace, Selector: sel, Timeout: timeout, Server: host}, nil
 }
 
-func secretsOf(raw *clientcmdapi.Config) []string {
+func secretsOf(raw kubeconfig) []string {
 	var out []string
-	for _, u := range raw.AuthInfos {
-		for _, s := range []string{u.Token, u.Password, string(u.ClientKeyData)} {
+	for _, u := range raw.Users {
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(u.User.KeyData))
+		if err != nil {
+			key = []byte(u.User.KeyData)
+		}
+		for _, s := range []string{u.User.Token, u.User.Password, string(key)} {
 			if strings.TrimSpace(s) != "" {
 				out = append(out, s)
 			}
@@ -119,8 +235,12 @@ func redactAll(s string, secrets []string) string {
 	return s
 }
 
-func contextNames(raw *clientcmdapi.Config) string {
-	names := slices.Sorted(maps.Keys(raw.Contexts))
+func contextNames(raw kubeconfig) string {
+	var names []string
+	for _, c := range raw.Contexts {
+		names = append(names, c.Name)
+	}
+	slices.Sort(names)
 	if len(names) == 0 {
 		return "none"
 	}

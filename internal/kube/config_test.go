@@ -2,6 +2,7 @@ package kube
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,10 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad namespace", user: "    token: t", namespace: "Not_A_Name", badInput: "kube-namespace"},
 		{name: "bad selector", user: "    token: t", selector: "a in (", badInput: "kube-node-selector"},
 		{name: "zero timeout", user: "    token: t", timeout: -1, badInput: "kube-timeout"},
+		{name: "token and password", user: "    token: t\n    username: a\n    password: p", badInput: "kubeconfig"},
+		{name: "certificate without key", user: "    client-certificate-data: Y2VydA==", badInput: "kubeconfig"},
+		{name: "key data not base64", user: "    client-certificate-data: Y2VydA==\n    client-key-data: '%%secret'", badInput: "kubeconfig"},
+		{name: "impersonation", user: "    token: tok-secret-2\n    as: deployer\n    as-groups: [ci]", secret: "tok-secret-2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			timeout := tc.timeout
@@ -74,5 +79,29 @@ func TestParseConfig(t *testing.T) {
 	}
 	if _, err := ParseConfig("{not yaml: [", "", "", "", time.Minute); err == nil {
 		t.Error("garbage parsed")
+	}
+}
+
+// The kubeconfig checks clientcmd makes on the cluster entry, and JSON.
+func TestParseConfigCluster(t *testing.T) {
+	user := "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\ncurrent-context: c\n"
+	for _, tc := range []struct{ name, cluster, want string }{
+		{"no server", "clusters: [{name: k, cluster: {}}]\n", "no server URL"},
+		{"server without scheme", "clusters: [{name: k, cluster: {server: 'example.com:6443'}}]\n", "no server URL"},
+		{"CA and insecure", "clusters: [{name: k, cluster: {server: 'https://k:6443', insecure-skip-tls-verify: true, certificate-authority-data: Y2E=}}]\n", "keep one"},
+		{"CA file", "clusters: [{name: k, cluster: {server: 'https://k:6443', certificate-authority: /etc/ca.crt}}]\n", "certificate-authority file"},
+		{"missing cluster", "clusters: [{name: other, cluster: {server: 'https://k:6443'}}]\n", "does not have"},
+		{"bad proxy", "clusters: [{name: k, cluster: {server: 'https://k:6443', proxy-url: '::'}}]\n", "proxy-url"},
+	} {
+		_, err := ParseConfig(tc.cluster+user, "", "", "", time.Minute)
+		var bi *failure.BadInput
+		if !errors.As(err, &bi) || bi.Input != "kubeconfig" || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want bad input kubeconfig saying %q", tc.name, err, tc.want)
+		}
+	}
+	cfg, err := ParseConfig(`{"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "k", "cluster": {"server": "https://k:6443/", "proxy-url": "http://proxy:3128"}}],
+		"users": [{"name": "u", "user": {"token": "json-token"}}], "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}], "current-context": "c"}`, "", "", "", time.Minute)
+	if err != nil || cfg.Server != "https://k:6443" || cfg.Namespace != "default" || !slices.Equal(cfg.Secrets(), []string{"json-token"}) || cfg.transport.Proxy == nil {
+		t.Errorf("JSON kubeconfig: %+v, %v", cfg, err)
 	}
 }

@@ -14,14 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
@@ -92,30 +84,30 @@ func (e *NodeError) Unwrap() error {
 // selected, something left), node failures are in Result.
 func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, only []string) (res Result, err error) {
 	var calls atomic.Int64
-	rc := rest.CopyConfig(cfg.rest)
-	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+	tc := *cfg.transport
+	tc.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(r *http.Request) (*http.Response, error) { calls.Add(1); return rt.RoundTrip(r) })
 	})
 	defer func() { res.APICalls = int(calls.Load()) }()
-	cs, err := kubernetes.NewForConfig(rc)
+	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
 		return res, bad("kubeconfig", "no client for "+cfg.Server+": "+redactAll(err.Error(), cfg.secrets), "check the cluster entry")
 	}
 	start := time.Now()
-	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: cfg.Selector.String()})
-	if err != nil {
+	var nodes nodeList
+	if err := c.list(ctx, "nodes", cfg.Selector.String(), &nodes); err != nil {
 		return res, apiError(cfg, "listing nodes", err)
 	}
 	var targets []string
 	for _, n := range nodes.Items {
-		if len(only) > 0 && !slices.Contains(only, n.Name) {
+		if len(only) > 0 && !slices.Contains(only, n.Metadata.Name) {
 			continue
 		}
 		if e := unfit(n); e != nil {
-			res.Nodes = append(res.Nodes, NodeResult{Node: n.Name, Err: e})
+			res.Nodes = append(res.Nodes, NodeResult{Node: n.Metadata.Name, Err: e})
 			continue
 		}
-		targets = append(targets, n.Name)
+		targets = append(targets, n.Metadata.Name)
 	}
 	if len(nodes.Items) == 0 {
 		sel := cfg.Selector.String()
@@ -126,9 +118,12 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 			"check the labels with kubectl get nodes --show-labels, or leave kube-node-selector empty for every node")
 	}
 	if len(targets) > 0 {
-		id := runID()
-		defer func() { err = errors.Join(err, cleanUp(ctx, cs, cfg, id)) }()
-		got, werr := run(ctx, cs, cfg, id, imageRef, auth, targets, start)
+		// The clean-up is registered before anything is created: whatever
+		// step fails, what exists is deleted (the Secret holds the
+		// registry password). run records each object before creating it.
+		r := &runObjects{id: runID()}
+		defer func() { err = errors.Join(err, cleanUp(ctx, c, cfg, r)) }()
+		got, werr := run(ctx, c, cfg, r, imageRef, auth, targets, start)
 		if werr != nil {
 			return res, werr
 		}
@@ -159,13 +154,13 @@ var tolerated = []string{
 
 // unfit says why a node cannot run the pre-pull pod, before anything is
 // created for it: it is not Ready, or a taint keeps the pod off.
-func unfit(n corev1.Node) error {
+func unfit(n node) error {
 	ready := "the node has no Ready condition (its kubelet never reported)"
 	for _, c := range n.Status.Conditions {
-		if c.Type != corev1.NodeReady {
+		if c.Type != "Ready" {
 			continue
 		}
-		if c.Status == corev1.ConditionTrue {
+		if c.Status == "True" {
 			ready = ""
 			break
 		}
@@ -175,20 +170,20 @@ func unfit(n corev1.Node) error {
 		}
 	}
 	if ready != "" {
-		return &NodeError{Node: n.Name, Kind: NotReady, Reason: ready}
+		return &NodeError{Node: n.Metadata.Name, Kind: NotReady, Reason: ready}
 	}
 	for _, t := range n.Spec.Taints {
-		if t.Effect == corev1.TaintEffectPreferNoSchedule || slices.Contains(tolerated, t.Key) {
+		if t.Effect == "PreferNoSchedule" || slices.Contains(tolerated, t.Key) {
 			continue
 		}
-		return &NodeError{Node: n.Name, Kind: Unschedulable, Reason: fmt.Sprintf("taint %s=%s:%s keeps the pre-pull pod off (choose other nodes with kube-node-selector)", t.Key, t.Value, t.Effect)}
+		return &NodeError{Node: n.Metadata.Name, Kind: Unschedulable, Reason: fmt.Sprintf("taint %s=%s:%s keeps the pre-pull pod off (choose other nodes with kube-node-selector)", t.Key, t.Value, t.Effect)}
 	}
 	return nil
 }
 
-func objectMeta(id string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: "ghcr-pull-" + id, Labels: map[string]string{ManagedByLabel: ManagedBy, RunLabel: id}}
-}
+func objectName(id string) string { return "ghcr-pull-" + id }
+
+func labelsOf(id string) obj { return obj{ManagedByLabel: ManagedBy, RunLabel: id} }
 
 // dockerConfigJSON is the kubernetes.io/dockerconfigjson payload for one
 // registry: what the kubelet hands the runtime as username and password.
@@ -204,66 +199,77 @@ func dockerConfigJSON(a PullAuth) ([]byte, error) {
 	}}})
 }
 
-func daemonSet(id, ns, imageRef string, secret string, nodes []string) *appsv1.DaemonSet {
-	meta := objectMeta(id)
-	meta.Namespace = ns
-	zero, no, yes, nobody := int64(0), false, true, int64(65534)
-	ctr := func(name string) corev1.Container {
-		return corev1.Container{
-			Name: name, Image: imageRef, Command: []string{noop},
+// daemonSet is the pre-pull DaemonSet (apps/v1), pinned to nodes.
+func daemonSet(id, imageRef, secret string, nodes []string) obj {
+	ctr := func(name string) obj {
+		return obj{
+			"name": name, "image": imageRef, "command": []string{noop},
 			// Always: the node proves it can pull now, with these
 			// credentials, even when it holds the image already.
-			ImagePullPolicy: corev1.PullAlways,
-			SecurityContext: &corev1.SecurityContext{
-				AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &yes, RunAsNonRoot: &yes, RunAsUser: &nobody,
-				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			"imagePullPolicy": "Always",
+			"securityContext": obj{
+				"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true, "runAsUser": 65534,
+				"capabilities":   obj{"drop": []string{"ALL"}},
+				"seccompProfile": obj{"type": "RuntimeDefault"},
 			},
 		}
 	}
-	spec := corev1.PodSpec{
+	spec := obj{
 		// hostNetwork: the pod serves nothing, and a node whose network
 		// plugin is not up yet can still pre-pull.
-		HostNetwork:                   true,
-		TerminationGracePeriodSeconds: &zero,
-		AutomountServiceAccountToken:  &no,
-		EnableServiceLinks:            &no,
-		InitContainers:                []corev1.Container{ctr("pull")},
-		Containers:                    []corev1.Container{ctr("done")},
-		Affinity: &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
-			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchFields: []corev1.NodeSelectorRequirement{{
-				Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: nodes,
-			}}}},
+		"hostNetwork":                   true,
+		"terminationGracePeriodSeconds": 0,
+		"automountServiceAccountToken":  false,
+		"enableServiceLinks":            false,
+		"initContainers":                []obj{ctr("pull")},
+		"containers":                    []obj{ctr("done")},
+		"affinity": obj{"nodeAffinity": obj{"requiredDuringSchedulingIgnoredDuringExecution": obj{
+			"nodeSelectorTerms": []obj{{"matchFields": []obj{{"key": "metadata.name", "operator": "In", "values": nodes}}}},
 		}}},
 	}
 	if secret != "" {
-		spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: secret}}
+		spec["imagePullSecrets"] = []obj{{"name": secret}}
 	}
-	return &appsv1.DaemonSet{
-		ObjectMeta: meta,
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{RunLabel: id}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: meta.Labels}, Spec: spec},
+	return obj{
+		"apiVersion": "apps/v1", "kind": "DaemonSet",
+		"metadata": obj{"name": objectName(id), "labels": labelsOf(id)},
+		"spec": obj{
+			"selector": obj{"matchLabels": obj{RunLabel: id}},
+			"template": obj{"metadata": obj{"labels": labelsOf(id)}, "spec": spec},
 		},
 	}
 }
 
+// runObjects are the objects of one run: its id (their name and label),
+// and the resources it asked the API server to create, in order.
+type runObjects struct {
+	id      string
+	created []string
+}
+
+func (r *runObjects) name() string { return objectName(r.id) }
+
 // run creates the Secret and the DaemonSet and waits for the nodes.
-func run(ctx context.Context, cs kubernetes.Interface, cfg Config, id, imageRef string, auth *PullAuth, targets []string, start time.Time) ([]NodeResult, error) {
+func run(ctx context.Context, c *client, cfg Config, r *runObjects, imageRef string, auth *PullAuth, targets []string, start time.Time) ([]NodeResult, error) {
 	secret := ""
 	if auth != nil {
 		data, err := dockerConfigJSON(*auth)
 		if err != nil {
 			return nil, err
 		}
-		s := &corev1.Secret{ObjectMeta: objectMeta(id), Type: corev1.SecretTypeDockerConfigJson,
-			Data: map[string][]byte{corev1.DockerConfigJsonKey: data}}
-		if _, err := cs.CoreV1().Secrets(cfg.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+		s := obj{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+			"metadata": obj{"name": r.name(), "labels": labelsOf(r.id)},
+			"data":     obj{".dockerconfigjson": data}} // []byte: base64 in JSON, as the API wants
+		// Recorded before the request: a create whose answer is lost may
+		// still have made the object.
+		r.created = append(r.created, "secrets")
+		if err := c.create(ctx, "secrets", s); err != nil {
 			return nil, apiError(cfg, "creating the pull Secret", err)
 		}
-		secret = s.Name
+		secret = r.name()
 	}
-	if _, err := cs.AppsV1().DaemonSets(cfg.Namespace).Create(ctx, daemonSet(id, cfg.Namespace, imageRef, secret, targets), metav1.CreateOptions{}); err != nil {
+	r.created = append(r.created, "daemonsets")
+	if err := c.create(ctx, "daemonsets", daemonSet(r.id, imageRef, secret, targets)); err != nil {
 		return nil, apiError(cfg, "creating the pre-pull DaemonSet", err)
 	}
 	w := &waiter{anonymous: auth == nil, start: start, open: map[string]*nodeState{}}
@@ -272,7 +278,7 @@ func run(ctx context.Context, cs kubernetes.Interface, cfg Config, id, imageRef 
 	}
 	wctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	err := w.wait(wctx, cs, cfg.Namespace, id)
+	err := w.wait(wctx, c, r.id)
 	out := w.done
 	for _, n := range targets {
 		st, ok := w.open[n]
@@ -307,62 +313,75 @@ type waiter struct {
 
 // wait lists the pods, then watches from that version; a watch the server
 // ends is resumed from the last version seen.
-func (w *waiter) wait(ctx context.Context, cs kubernetes.Interface, ns, id string) error {
-	sel := metav1.ListOptions{LabelSelector: RunLabel + "=" + id}
-	pods, err := cs.CoreV1().Pods(ns).List(ctx, sel)
-	if err != nil {
+func (w *waiter) wait(ctx context.Context, c *client, id string) error {
+	sel := RunLabel + "=" + id
+	var pods podList
+	if err := c.list(ctx, "pods", sel, &pods); err != nil {
 		return err
 	}
 	for i := range pods.Items {
 		w.see(&pods.Items[i])
 	}
-	rv := pods.ResourceVersion
+	rv := pods.Metadata.ResourceVersion
 	for len(w.open) > 0 {
-		opts := sel
-		opts.ResourceVersion, opts.AllowWatchBookmarks = rv, true
-		wi, err := cs.CoreV1().Pods(ns).Watch(ctx, opts)
+		wi, err := c.watchPods(ctx, sel, rv)
 		if err != nil {
 			return err
 		}
-		for ev := range wi.ResultChan() {
-			if ev.Type == watch.Error {
-				wi.Stop()
-				return apierrors.FromObject(ev.Object)
+		events := 0
+		for len(w.open) > 0 {
+			typ, p, err := wi.next()
+			var se *StatusError
+			if err != nil && !errors.As(err, &se) && !isJSONError(err) {
+				break // the server or the network ended the watch: resume it
 			}
-			pod, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
+			if err != nil {
+				wi.Close()
+				return err
 			}
-			rv = pod.ResourceVersion
-			if ev.Type != watch.Deleted && ev.Type != watch.Bookmark {
-				w.see(pod)
-			}
-			if len(w.open) == 0 {
-				break
+			events++
+			rv = p.Metadata.ResourceVersion
+			if typ != "DELETED" && typ != "BOOKMARK" {
+				w.see(p)
 			}
 		}
-		wi.Stop()
-		if ctx.Err() != nil {
+		wi.Close()
+		if len(w.open) == 0 {
+			return nil
+		}
+		pause := time.Duration(0)
+		if events == 0 {
+			pause = 250 * time.Millisecond // a server that ends every watch at once is not hammered
+		}
+		select {
+		case <-ctx.Done():
 			return ctx.Err()
+		case <-time.After(pause):
 		}
 	}
 	return nil
 }
 
+func isJSONError(err error) bool {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	return errors.As(err, &syn) || errors.As(err, &typ)
+}
+
 // see reads one pod's status: the imageID of its pull container decides
 // success; a pull error that waiting cannot fix decides failure.
-func (w *waiter) see(pod *corev1.Pod) {
-	node := podNode(pod)
+func (w *waiter) see(p *pod) {
+	node := podNode(p)
 	st, ok := w.open[node]
 	if !ok {
 		return
 	}
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+	for _, c := range p.Status.Conditions {
+		if c.Type == "PodScheduled" && c.Status == "False" {
 			st.last = fmt.Sprintf("not scheduled (%s: %s)", c.Reason, c.Message)
 		}
 	}
-	for _, cs := range pod.Status.InitContainerStatuses {
+	for _, cs := range p.Status.InitContainerStatuses {
 		if cs.Name != "pull" {
 			continue
 		}
@@ -388,16 +407,14 @@ func (w *waiter) finish(node string, r NodeResult) {
 
 // podNode is the node a DaemonSet pod is for: spec.nodeName once bound,
 // before that the name in the node affinity the controller sets.
-func podNode(pod *corev1.Pod) string {
-	if pod.Spec.NodeName != "" {
-		return pod.Spec.NodeName
+func podNode(p *pod) string {
+	if p.Spec.NodeName != "" {
+		return p.Spec.NodeName
 	}
-	if a := pod.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
-		for _, t := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
-			for _, f := range t.MatchFields {
-				if f.Key == "metadata.name" && len(f.Values) == 1 {
-					return f.Values[0]
-				}
+	for _, t := range p.Spec.Affinity.NodeAffinity.Required.Terms {
+		for _, f := range t.MatchFields {
+			if f.Key == "metadata.name" && len(f.Values) == 1 {
+				return f.Values[0]
 			}
 		}
 	}
@@ -456,66 +473,95 @@ func final(err error) bool {
 func apiError(cfg Config, doing string, err error) error {
 	msg := failure.Clip(redactAll(err.Error(), cfg.secrets))
 	switch {
-	case apierrors.IsUnauthorized(err):
+	case statusCode(err) == http.StatusUnauthorized:
 		return bad("kubeconfig", fmt.Sprintf("the API server at %s refused the kubeconfig's credentials while %s: %s", cfg.Server, doing, msg), "renew the token or certificate in the kubeconfig")
-	case apierrors.IsForbidden(err):
+	case statusCode(err) == http.StatusForbidden:
 		return bad("kubeconfig", fmt.Sprintf("the kubeconfig's user may not do this while %s: %s", doing, msg),
-			"grant it list/watch on nodes, list/watch/delete on pods, and create/list/delete on daemonsets and secrets in namespace "+cfg.Namespace)
-	case apierrors.IsNotFound(err) && strings.Contains(doing, "creating"):
+			"grant it exactly this role (docs/kubernetes.md): "+role(cfg.Namespace))
+	case statusCode(err) == http.StatusNotFound && strings.Contains(doing, "creating"):
 		return bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
 	}
 	return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg}}
 }
 
-// cleanUp deletes the run's DaemonSet, pods and Secret (pods at once, with
-// no grace: they never ran anything) and checks, within a minute, that
-// nothing labelled with the run is left. It runs on a context of its own,
-// so a cancelled or timed-out run still cleans up.
-func cleanUp(parent context.Context, cs kubernetes.Interface, cfg Config, id string) error {
+// CleanupError is one request of the clean-up that failed: Verb and
+// Resource name what the API server refused (a rule the role lacks) or
+// could not do, Name the object when there is one. Err is the API's answer,
+// classified as any API error.
+type CleanupError struct {
+	Verb, Resource, Name, Namespace string
+	Err                             error
+}
+
+func (e *CleanupError) Error() string {
+	what := e.Resource
+	if e.Name != "" {
+		what += " " + e.Name
+	}
+	return fmt.Sprintf("clean-up: %s %s in namespace %s failed: %v", e.Verb, what, e.Namespace, e.Err)
+}
+
+func (e *CleanupError) Unwrap() error { return e.Err }
+
+// cleanUp deletes what the run created, the DaemonSet first so it makes no
+// new pod (its pods go with it: the garbage collector deletes them, and
+// their grace period is 0), then the Secret, and checks, within a minute,
+// that nothing labelled with the run is left. It runs on a context of its
+// own, so a cancelled or timed-out run still cleans up. Every request that
+// fails is an error naming its verb and resource: a failed clean-up is
+// never ignored (the Secret holds the registry password).
+func cleanUp(parent context.Context, c *client, cfg Config, r *runObjects) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), time.Minute)
 	defer cancel()
-	zero := int64(0)
-	bg := metav1.DeletePropagationBackground
-	del := metav1.DeleteOptions{GracePeriodSeconds: &zero, PropagationPolicy: &bg}
-	sel := metav1.ListOptions{LabelSelector: RunLabel + "=" + id}
-	name := objectMeta(id).Name
 	var errs []error
-	ignore := func(err error) {
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, err)
+	failed := func(verb, resource, name string, err error) {
+		errs = append(errs, &CleanupError{Verb: verb, Resource: resource, Name: name, Namespace: c.ns,
+			Err: apiError(cfg, verb+" "+resource, err)})
+	}
+	var check []string // what to list until it is empty
+	for _, res := range slices.Backward(r.created) {
+		// Not found: the create failed, or someone deleted it already.
+		if err := c.delete(ctx, res, r.name()); err != nil && statusCode(err) != http.StatusNotFound {
+			failed("delete", res, r.name(), err)
+			continue
+		}
+		check = append(check, res)
+		if res == "daemonsets" {
+			check = append(check, "pods")
 		}
 	}
-	ignore(cs.AppsV1().DaemonSets(cfg.Namespace).Delete(ctx, name, del))
-	ignore(cs.CoreV1().Pods(cfg.Namespace).DeleteCollection(ctx, del, sel))
-	ignore(cs.CoreV1().Secrets(cfg.Namespace).Delete(ctx, name, del))
+	sel := RunLabel + "=" + r.id
 	var left []string
-	for {
+	for len(check) > 0 {
 		left = left[:0]
-		if l, err := cs.AppsV1().DaemonSets(cfg.Namespace).List(ctx, sel); err == nil {
-			for _, o := range l.Items {
-				left = append(left, "daemonset/"+o.Name)
+		for _, res := range slices.Clone(check) {
+			names, err := c.names(ctx, res, sel)
+			if err != nil {
+				failed("list", res, "", err)
+				check = slices.DeleteFunc(check, func(s string) bool { return s == res })
+				continue
 			}
-		}
-		if l, err := cs.CoreV1().Pods(cfg.Namespace).List(ctx, sel); err == nil {
-			for _, o := range l.Items {
-				left = append(left, "pod/"+o.Name)
+			if len(names) == 0 {
+				// Gone, and nothing of the run makes one again.
+				check = slices.DeleteFunc(check, func(s string) bool { return s == res })
 			}
-		}
-		if l, err := cs.CoreV1().Secrets(cfg.Namespace).List(ctx, sel); err == nil {
-			for _, o := range l.Items {
-				left = append(left, "secret/"+o.Name)
+			for _, n := range names {
+				left = append(left, strings.TrimSuffix(res, "s")+"/"+n)
 			}
 		}
 		if len(left) == 0 {
-			return nil
+			break
 		}
 		select {
 		case <-ctx.Done():
-			return errors.Join(append(errs, fmt.Errorf("clean-up of run %s left %s in namespace %s (delete them with kubectl delete -n %s daemonset,pod,secret -l %s=%s)",
-				id, strings.Join(left, ", "), cfg.Namespace, cfg.Namespace, RunLabel, id))...)
+			errs = append(errs, fmt.Errorf("clean-up: %s still there after a minute", strings.Join(left, ", ")))
+			check = nil
 		case <-time.After(250 * time.Millisecond):
 		}
-		// Pods the garbage collector or a late controller sync made.
-		ignore(cs.CoreV1().Pods(cfg.Namespace).DeleteCollection(ctx, del, sel))
 	}
+	if len(errs) == 0 {
+		return nil
+	}
+	errs = append(errs, fmt.Errorf("delete what run %s left with: kubectl delete -n %s daemonset,pod,secret -l %s=%s", r.id, c.ns, RunLabel, r.id))
+	return errors.Join(errs...)
 }
