@@ -206,43 +206,62 @@ func digestTag(repo, digest string) string {
 	return repo + ":" + strings.Replace(digest, ":", "-", 1)
 }
 
-func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
-	repo, dgst, ok := strings.Cut(ref, "@")
+// relayRuntime is what a host's runtime does for the relayed route
+// (*docker.Engine, *cri.ImageService).
+type relayRuntime interface {
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Inspect(ctx context.Context, ref string) (image.Info, error)
+	ImageIDs(ctx context.Context) (map[string]bool, error)
+}
+
+// pull has the relay allow ref (repository@digest) with creds and rt pull
+// it from the relay through this forward, with no credential of any kind.
+// It returns the loopback name rt now holds (set as soon as the pull
+// succeeded, so the caller can remove it even on a later error), the
+// image, and whether its ID was new to the host: a runtime reports a pull
+// by a loopback name it never saw as a download even when it had the
+// image, so the ID is what counts.
+func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
+	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
-		return false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
+		return "", info, false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
 	}
 	digest, err := name.NewDigest(ref)
 	if err != nil {
-		return false, err
+		return "", info, false, err
 	}
-	path, err := d.relay.Allow(ctx, digest, creds)
+	path, err := f.relay.Allow(ctx, digest, creds)
 	if err != nil {
-		return false, err
+		return "", info, false, err
 	}
-	port, err := d.fwd.port()
+	port, err := f.port()
 	if err != nil {
-		return false, err
+		return "", info, false, err
 	}
-	local := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	// dockerd reports a pull by a digest reference it does not hold as
-	// "Downloaded newer image" even when it had the image: the loopback
-	// name is new every time. Whether the image is new is what counts.
-	had, err := d.engine.ImageIDs(ctx)
+	had, err := rt.ImageIDs(ctx)
 	if err != nil {
-		return false, err
+		return "", info, false, err
 	}
-	// No credential of any kind: the relay holds them on the runner.
-	_, err = d.engine.Pull(ctx, local, platform, ghcr.Anonymous, progress)
-	if err != nil {
-		if upstream := d.relay.Err(path); upstream != nil {
-			return false, upstream
+	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
+	if _, err := rt.Pull(ctx, loopback, platform, ghcr.Anonymous, progress); err != nil {
+		if upstream := f.relay.Err(path); upstream != nil {
+			return "", info, false, upstream
 		}
-		return false, d.fwd.conn.lost(err)
+		return "", info, false, f.conn.lost(err)
 	}
-	info, err := d.engine.Inspect(ctx, local)
+	info, err = rt.Inspect(ctx, loopback)
 	if err != nil {
-		return false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", local, err)
+		return loopback, info, false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", loopback, err)
 	}
+	return loopback, info, !had[info.ID], nil
+}
+
+func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
+	if err != nil {
+		return false, err
+	}
+	repo, dgst, _ := strings.Cut(ref, "@")
 	hold := digestTag(repo, dgst)
 	before, err := d.engine.Inspect(ctx, hold)
 	d.mu.Lock()
@@ -264,7 +283,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 	d.mu.Lock()
 	d.relayed[refKey(ref)] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
 	d.mu.Unlock()
-	return !had[info.ID], nil
+	return isNew, nil
 }
 
 // Tag points target at a relayed image and drops the digest tag that held

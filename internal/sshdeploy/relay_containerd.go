@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/distribution/reference"
-	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -65,51 +63,26 @@ func containerdName(ref string) (string, error) {
 }
 
 func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (pulled bool, err error) {
-	_, dgst, ok := strings.Cut(ref, "@")
-	if !ok {
-		return false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
-	}
-	digest, err := name.NewDigest(ref)
-	if err != nil {
-		return false, err
-	}
 	pinned, err := containerdName(ref)
 	if err != nil {
 		return false, err
 	}
-	path, err := d.relay.Allow(ctx, digest, creds)
+	local, _, isNew, err := d.fwd.pull(ctx, d.rt, ref, platform, creds, progress)
+	if local != "" {
+		// The loopback name goes whatever happens next; the image stays
+		// held by its ID record (the CRI plugin's) and the names given
+		// below.
+		defer func() {
+			// Even when the step is cancelled: nothing of ours stays.
+			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if uerr := d.rt.Unname(cleanup, local); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing the relay's name %s: %w", local, uerr))
+			}
+		}()
+	}
 	if err != nil {
 		return false, err
-	}
-	port, err := d.fwd.port()
-	if err != nil {
-		return false, err
-	}
-	local := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	had, err := d.rt.ImageIDs(ctx)
-	if err != nil {
-		return false, err
-	}
-	// No credential of any kind: the relay holds them on the runner.
-	if _, err := d.rt.Pull(ctx, local, platform, ghcr.Anonymous, progress); err != nil {
-		if upstream := d.relay.Err(path); upstream != nil {
-			return false, upstream
-		}
-		return false, d.fwd.conn.lost(err)
-	}
-	// The loopback name goes whatever happens next; the image stays held
-	// by its ID record (the CRI plugin's) and the names given below.
-	defer func() {
-		// Even when the step is cancelled: nothing of ours stays.
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if uerr := d.rt.Unname(cleanup, local); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("removing the relay's name %s: %w", local, uerr))
-		}
-	}()
-	info, err := d.rt.Inspect(ctx, local)
-	if err != nil {
-		return false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", local, err)
 	}
 	if err := d.rt.Name(ctx, local, pinned); err != nil {
 		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, pinned, err)
@@ -117,7 +90,7 @@ func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocis
 	d.mu.Lock()
 	d.relayed[refKey(ref)] = pinned
 	d.mu.Unlock()
-	return !had[info.ID], nil
+	return isNew, nil
 }
 
 // Tag gives a relayed image the user's tag (moving it if it named another
