@@ -7,6 +7,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 )
 
@@ -36,7 +37,7 @@ func TestOutputValues(t *testing.T) {
 		d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 	)
 	ok := func(img, host string, mode ghcr.AuthMode, digest string, fallback bool) pull.Result {
-		r := pull.Result{Image: img, Host: host, AuthMode: mode, Digest: digest, ImageRef: pull.Pinned(img, digest), FallbackUsed: fallback}
+		r := pull.Result{Image: img, Host: host, AuthMode: mode, Digest: digest, ImageRef: image.Pinned(img, digest), FallbackUsed: fallback}
 		if fallback {
 			r.CredentialError = "403 Forbidden from the token endpoint"
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -66,4 +67,18 @@ func SamePlatform(want ocispec.Platform, got string) bool {
 		g.Variant = ""
 	}
 	return norm(want) == norm(g)
+}
+
+// Pinned turns a user's reference into <repository>@<digest>, the name a
+// runtime reports in RepoDigests; "" when either is unusable. The pull
+// policy pins targets with it and the file adapters name what they wrote.
+func Pinned(input, digest string) string {
+	if digest == "" {
+		return ""
+	}
+	named, err := reference.ParseNormalizedNamed(input)
+	if err != nil {
+		return ""
+	}
+	return reference.FamiliarName(named) + "@" + digest
 }

@@ -145,22 +145,12 @@ func fullName(ref string) (string, error) {
 	return n.String(), nil
 }
 
-// repoDigest is what Inspect reports in RepoDigests: the familiar
-// repository at the digest the registry serves for the reference.
-func repoDigest(ref, digest string) string {
-	n, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return ""
-	}
-	return reference.FamiliarName(n) + "@" + digest
-}
-
 // repoDigests names digest in each reference's repository: the user's,
 // and the one pulled from when that differs (a mirror).
 func repoDigests(digest string, refs ...string) []string {
 	var out []string
 	for _, r := range refs {
-		if rd := repoDigest(r, digest); rd != "" && !slices.Contains(out, rd) {
+		if rd := image.Pinned(r, digest); rd != "" && !slices.Contains(out, rd) {
 			out = append(out, rd)
 		}
 	}

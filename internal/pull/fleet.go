@@ -1,6 +1,8 @@
 package pull
 
 import (
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +38,7 @@ type Member struct {
 // target: the cluster may reach the registry differently from the runner.
 func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []Result {
 	fleet := opts.Fleet
-	ref := Pinned(img.Input, p.digest)
+	ref := image.Pinned(img.Input, p.digest)
 	var creds *ghcr.Credentials
 	if !p.creds.IsAnonymous() {
 		c := p.creds

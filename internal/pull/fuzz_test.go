@@ -1,6 +1,8 @@
 package pull
 
 import (
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+
 	"errors"
 	"strings"
 	"testing"
@@ -28,7 +30,7 @@ func FuzzParseImages(f *testing.F) {
 				t.Fatalf("empty image from %q", in)
 			}
 			// Whatever parses must pin: the daemon and the pinned ref agree.
-			if Pinned(img.Input, "sha256:"+"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef") == "" {
+			if image.Pinned(img.Input, "sha256:"+"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef") == "" {
 				t.Fatalf("%q parsed but cannot be pinned", img.Input)
 			}
 		}

@@ -422,7 +422,7 @@ func (p probeOutcome) result(img Image, host string, d time.Duration) Result {
 		r.CredentialError = rejectionText(p.rejection)
 	}
 	if p.err == nil && p.digest != "" {
-		r.ImageRef = Pinned(img.Input, p.digest)
+		r.ImageRef = image.Pinned(img.Input, p.digest)
 		r.PlatformDigest = p.platform
 		r.Verification = p.verification
 	}
@@ -463,9 +463,9 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// it; the user's tag is then pointed at that digest.
 	ref := img.Input
 	tg, canTag := d.(tagger)
-	byDigest := canTag && p.digest != "" && Pinned(img.Input, p.digest) != ""
+	byDigest := canTag && p.digest != "" && image.Pinned(img.Input, p.digest) != ""
 	if byDigest {
-		ref = Pinned(img.Input, p.digest)
+		ref = image.Pinned(img.Input, p.digest)
 	}
 	// A mirror serves only targets that can tag: they pull
 	// <mirror>/<repo>@<digest> and get the user's tag. A CRI target
@@ -530,7 +530,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// upstream, when upstream resolved the digest itself.
 	if err != nil && src != nil && p.resolvedBy == "" {
 		res.MirrorNotes = append(res.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err))
-		ref, creds, src = Pinned(img.Input, p.digest), p.creds, nil
+		ref, creds, src = image.Pinned(img.Input, p.digest), p.creds, nil
 		res.ServedBy, res.AuthMode, res.Provider = "", creds.Mode, p.creds.Provider
 		downloaded, err = pullWith(creds)
 	}
@@ -574,7 +574,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	if got != "" {
 		res.Digest = got
 	}
-	res.ImageRef = Pinned(img.Input, res.Digest)
+	res.ImageRef = image.Pinned(img.Input, res.Digest)
 	if info.Ref != "" {
 		res.ImageRef = info.Ref
 	}
@@ -622,18 +622,6 @@ func rejectionText(err error) string {
 		return rej.Response.String()
 	}
 	return err.Error()
-}
-
-// Pinned turns a user's reference into <repository>@<digest>.
-func Pinned(input, digest string) string {
-	if digest == "" {
-		return ""
-	}
-	named, err := reference.ParseNormalizedNamed(input)
-	if err != nil {
-		return ""
-	}
-	return reference.FamiliarName(named) + "@" + digest
 }
 
 // RepoDigest picks, from a daemon's RepoDigests, the digest of input's

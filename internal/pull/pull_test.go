@@ -187,10 +187,10 @@ func TestRepoDigestAndPinned(t *testing.T) {
 	if got := RepoDigest(rds, "docker.io/library/nginx:latest", ""); got != a {
 		t.Errorf("docker hub normalisation: %s", got)
 	}
-	if got := Pinned("ghcr.io/acme/app:1.2.3", a); got != "ghcr.io/acme/app@"+a {
+	if got := image.Pinned("ghcr.io/acme/app:1.2.3", a); got != "ghcr.io/acme/app@"+a {
 		t.Errorf("Pinned = %s", got)
 	}
-	if got := Pinned("ghcr.io/acme/app@"+b, a); got != "ghcr.io/acme/app@"+a {
+	if got := image.Pinned("ghcr.io/acme/app@"+b, a); got != "ghcr.io/acme/app@"+a {
 		t.Errorf("Pinned of a digest ref = %s", got)
 	}
 }

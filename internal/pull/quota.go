@@ -1,6 +1,8 @@
 package pull
 
 import (
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
+
 	"context"
 	"fmt"
 
@@ -86,7 +88,7 @@ func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) boo
 	if err != nil {
 		return false
 	}
-	pinned := Pinned(img.Input, p.digest)
+	pinned := image.Pinned(img.Input, p.digest)
 	if _, ok := d.(tagger); !ok || pinned == "" {
 		return true // pulled by the user's reference, from the registry
 	}
