@@ -41,19 +41,19 @@ func (m Mirror) String() string {
 // Ref is repo's image on the mirror, by digest:
 // <mirror>[/<prefix>]/<repository>@<digest>.
 func (m Mirror) Ref(repo name.Repository, digest string) (name.Digest, error) {
-	path := repo.RepositoryStr()
-	if m.Prefix != "" {
-		path = m.Prefix + "/" + path
-	}
-	var opts []name.Option
-	if m.PlainHTTP {
-		opts = append(opts, name.Insecure)
-	}
-	return name.NewDigest(m.Host+"/"+path+"@"+digest, opts...)
+	path, opts := m.repository(repo)
+	return name.NewDigest(path+"@"+digest, opts...)
 }
 
 // Tagged is repo's tag on the mirror, to ask which digest it serves.
 func (m Mirror) Tagged(repo name.Repository, tag string) (name.Tag, error) {
+	path, opts := m.repository(repo)
+	return name.NewTag(path+":"+tag, opts...)
+}
+
+// repository is repo on the mirror, <mirror>[/<prefix>]/<repository>, and
+// the options that name it (plain HTTP when the mirror was written so).
+func (m Mirror) repository(repo name.Repository) (string, []name.Option) {
 	path := repo.RepositoryStr()
 	if m.Prefix != "" {
 		path = m.Prefix + "/" + path
@@ -62,7 +62,7 @@ func (m Mirror) Tagged(repo name.Repository, tag string) (name.Tag, error) {
 	if m.PlainHTTP {
 		opts = append(opts, name.Insecure)
 	}
-	return name.NewTag(m.Host+"/"+path+":"+tag, opts...)
+	return m.Host + "/" + path, opts
 }
 
 // Set is the mirrors of each registry (as go-containerregistry names it:
