@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -137,18 +135,7 @@ func TestRelayedContainerd(t *testing.T) {
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
 			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
 		}
-		if len(rl.creds) != 1 || rl.creds[0] != creds {
-			t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
-		}
-		if len(ctrd.creds) != 1 || ctrd.creds[0] != ghcr.Anonymous {
-			t.Errorf("containerd was given %v, want nothing", ctrd.creds)
-		}
-		if want := "relayed /v2/acme/app/manifests/" + relayDigest; ctrd.got != want {
-			t.Errorf("through the forward: %q, want %q", ctrd.got, want)
-		}
-		if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
-			t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
-		}
+		checkRelayedPull(t, srv, rl, creds, ctrd.creds, ctrd.got)
 		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
@@ -173,10 +160,7 @@ func TestRelayedContainerd(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
-			c.Close()
-			t.Errorf("the forward %s still listens after Close", srv.forwards[0])
-		}
+		checkForwardClosed(t, srv)
 	})
 
 	t.Run("a digest of a familiar name: named as containerd names it", func(t *testing.T) {

@@ -169,6 +169,36 @@ func dialTest(t *testing.T, opts ...serverOption) (*testServer, *Conn) {
 	return srv, conn
 }
 
+// checkRelayedPull holds what forward.pull promises every relayed runtime:
+// the relay got the probe's credentials, the host's runtime none (given is
+// what it was handed), its request came through the forward, and that
+// forward is one on the host's loopback.
+func checkRelayedPull(t *testing.T, srv *testServer, rl *fakeRelay, creds ghcr.Credentials, given []ghcr.Credentials, got string) {
+	t.Helper()
+	if len(rl.creds) != 1 || rl.creds[0] != creds {
+		t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
+	}
+	if len(given) != 1 || given[0] != ghcr.Anonymous {
+		t.Errorf("the host's runtime was given %v, want nothing", given)
+	}
+	if want := "relayed /v2/acme/app/manifests/" + relayDigest; got != want {
+		t.Errorf("through the forward: %q, want %q", got, want)
+	}
+	if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
+		t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
+	}
+}
+
+// checkForwardClosed: after the runtime's Close nothing listens on the
+// host's loopback for the relay.
+func checkForwardClosed(t *testing.T, srv *testServer) {
+	t.Helper()
+	if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
+		c.Close()
+		t.Errorf("the forward %s still listens after Close", srv.forwards[0])
+	}
+}
+
 func TestRelayedDocker(t *testing.T) {
 	ctx := context.Background()
 	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
@@ -181,18 +211,7 @@ func TestRelayedDocker(t *testing.T) {
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
 			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
 		}
-		if len(rl.creds) != 1 || rl.creds[0] != creds {
-			t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
-		}
-		if len(engine.creds) != 1 || engine.creds[0] != ghcr.Anonymous {
-			t.Errorf("the host's daemon was given %v, want nothing", engine.creds)
-		}
-		if want := "relayed /v2/acme/app/manifests/" + relayDigest; engine.got != want {
-			t.Errorf("through the forward: %q, want %q", engine.got, want)
-		}
-		if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
-			t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
-		}
+		checkRelayedPull(t, srv, rl, creds, engine.creds, engine.got)
 		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
@@ -218,10 +237,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
-			c.Close()
-			t.Errorf("the forward %s still listens after Close", srv.forwards[0])
-		}
+		checkForwardClosed(t, srv)
 	})
 
 	t.Run("a digest: held by the digest tag, no loopback name", func(t *testing.T) {
