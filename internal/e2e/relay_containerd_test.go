@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os/exec"
 	"runtime"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
@@ -267,72 +267,26 @@ func TestRelayContainerd(t *testing.T) {
 	})
 
 	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
-		img, _ := relayImage(t, 2<<20)
-		r.push(t, "acme/rc-fleet", "big", img)
-		in := r.inputs(r.regAddr+"/acme/rc-fleet:big", b)
-		in["relay-cache-max"] = "1MiB"
-		in["retries"] = "0"
-		res := e.RunAction(t, in)
-		if res.ExitCode != 1 {
-			t.Fatalf("exit %d, want 1\n%s", res.ExitCode, res.Stdout)
-		}
-		rs := results(t, res)
-		if rs[0]["error_class"] != "relay-cache" || rs[0]["digest"] != "" {
-			t.Errorf("results = %v, want error_class relay-cache and no digest", rs)
-		}
-		if msg, _ := rs[0]["error"].(string); !strings.Contains(msg, "raise relay-cache-max") {
-			t.Errorf("the error %q does not say what to raise", msg)
-		}
-		if _, ok := ctrImages(t, b)[r.regAddr+"/acme/rc-fleet:big"]; ok {
-			t.Errorf("k8s.io on %s names the image", b.Name)
-		}
-		assertNoRelayCache(t, res)
-		assertCtrdHostClean(t, b)
+		r.cacheBound(t, containerdRelayed, "acme/rc-fleet", b)
 	})
 
-	// Last: it kills a's SSH connections. The app layer is held upstream
-	// for a while, so both hosts are mid-pull when a goes away.
 	t.Run("a host that drops mid-transfer fails, the other finishes", func(t *testing.T) {
-		img, app := relayImage(t, 2<<20)
-		digest := r.push(t, "acme/rc-fleet", "2", img)
-		appDigest, _ := app.Digest()
-		e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
-		// The fault matches this blob alone: left unconsumed, it harms no
-		// other test.
-		dropped := make(chan int, 1)
-		go func() {
-			waitUntil(time.Minute, 50*time.Millisecond, func() (bool, error) { return e.Front.Pending() == 0, nil })
-			time.Sleep(500 * time.Millisecond)
-			dropped <- a.DropSSHConnections()
-		}()
-		in := r.inputs(r.regAddr+"/acme/rc-fleet:2", a, b)
-		in["retries"] = "0"
-		res := e.RunAction(t, in)
-		if n := <-dropped; n == 0 {
-			t.Fatalf("no SSH connection of %s to drop", a.Name)
-		}
-		if res.ExitCode != 1 {
-			t.Fatalf("exit %d, want 1 (one host failed)\n%s", res.ExitCode, res.Stdout)
-		}
-		by := map[any]map[string]any{}
-		for _, rr := range results(t, res) {
-			by[rr["host"]] = rr
-		}
-		ra := by[a.Addr()]
-		if ra == nil || ra["digest"] != "" || ra["error_class"] != "transient" {
-			t.Errorf("the dropped host's result %v, want a transient error and no digest", ra)
-		} else if msg, _ := ra["error"].(string); !strings.Contains(msg, "the SSH connection to the host ended") || !strings.Contains(msg, a.Addr()) {
-			t.Errorf("the dropped host's error %q, want it to name the host %s and the SSH connection ending", msg, a.Addr())
-		}
-		if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
-			t.Errorf("the other host's result %v, want %s", rb, digest)
-		}
-		if got := ctrImages(t, b)[r.regAddr+"/acme/rc-fleet:2"]; got != digest {
-			t.Errorf("k8s.io on %s has the tag at %q, want %s", b.Name, got, digest)
-		}
-		assertNoRelayCache(t, res)
-		for _, h := range []*RemoteHost{a, b} {
-			assertCtrdHostClean(t, h)
-		}
+		r.dropMidTransfer(t, containerdRelayed, "acme/rc-fleet", a, b)
 	})
+}
+
+// containerdRelayed: a containerd host; k8s.io records the digest each
+// name points at.
+var containerdRelayed = relayedKind{
+	holds: func(t *testing.T, h *RemoteHost, ref, digest string) error {
+		got, ok := ctrImages(t, h)[ref]
+		if !ok {
+			return fmt.Errorf("k8s.io on %s has no %s", h.Name, ref)
+		}
+		if digest != "" && got != digest {
+			return fmt.Errorf("k8s.io on %s has %s at %q, want %s", h.Name, ref, got, digest)
+		}
+		return nil
+	},
+	clean: assertCtrdHostClean,
 }

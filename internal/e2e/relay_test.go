@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,73 +401,105 @@ func TestRelay(t *testing.T) {
 	})
 
 	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
-		img, _ := relayImage(t, 2<<20)
-		r.push(t, "acme/relay-fleet", "big", img)
-		in := r.inputs(r.regAddr+"/acme/relay-fleet:big", c)
-		in["relay-cache-max"] = "1MiB"
-		in["retries"] = "0"
-		res := e.RunAction(t, in)
-		if res.ExitCode != 1 {
-			t.Fatalf("exit %d, want 1\n%s", res.ExitCode, res.Stdout)
-		}
-		rs := results(t, res)
-		if rs[0]["error_class"] != "relay-cache" || rs[0]["digest"] != "" {
-			t.Errorf("results = %v, want error_class relay-cache and no digest", rs)
-		}
-		if msg, _ := rs[0]["error"].(string); !strings.Contains(msg, "raise relay-cache-max") {
-			t.Errorf("the error %q does not say what to raise", msg)
-		}
-		if names := hostNames(t, c); slices.Contains(names, r.regAddr+"/acme/relay-fleet:big") {
-			t.Errorf("the host holds the image: %v", names)
-		}
-		assertNoRelayCache(t, res)
-		assertHostClean(t, c)
+		r.cacheBound(t, dockerRelayed, "acme/relay-fleet", c)
 	})
 
-	// Last: it kills a's SSH connections. The app layer is held upstream
-	// for a while, so both hosts are mid-pull when a goes away.
 	t.Run("a host that drops mid-transfer fails, the other finishes", func(t *testing.T) {
-		img, app := relayImage(t, 2<<20)
-		digest := r.push(t, "acme/relay-fleet", "2", img)
-		appDigest, _ := app.Digest()
-		e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
-		// The fault matches this blob alone: left unconsumed, it harms no
-		// other test.
-		dropped := make(chan int, 1)
-		go func() {
-			waitUntil(time.Minute, 50*time.Millisecond, func() (bool, error) { return e.Front.Pending() == 0, nil })
-			time.Sleep(500 * time.Millisecond)
-			dropped <- a.DropSSHConnections()
-		}()
-		in := r.inputs(r.regAddr+"/acme/relay-fleet:2", a, b)
-		in["retries"] = "0"
-		res := e.RunAction(t, in)
-		if n := <-dropped; n == 0 {
-			t.Fatalf("no SSH connection of %s to drop", a.Name)
-		}
-		if res.ExitCode != 1 {
-			t.Fatalf("exit %d, want 1 (one host failed)\n%s", res.ExitCode, res.Stdout)
-		}
-		by := map[any]map[string]any{}
-		for _, rr := range results(t, res) {
-			by[rr["host"]] = rr
-		}
-		ra := by[a.Addr()]
-		if ra == nil || ra["digest"] != "" || ra["error_class"] != "transient" {
-			t.Errorf("the dropped host's result %v, want a transient error and no digest", ra)
-		} else if msg, _ := ra["error"].(string); !strings.Contains(msg, "the SSH connection to the host ended") || !strings.Contains(msg, a.Addr()) {
-			t.Errorf("the dropped host's error %q, want it to name the host %s and the SSH connection ending", msg, a.Addr())
-		}
-		if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
-			t.Errorf("the other host's result %v, want %s", rb, digest)
-		}
-		if _, err := b.Docker().ImageInspect(context.Background(), r.regAddr+"/acme/relay-fleet:2"); err != nil {
-			t.Errorf("the other host lacks the image: %v", err)
-		}
-		assertNoRelayCache(t, res)
-		for _, h := range []*RemoteHost{a, b} {
-			assertHostClean(t, h)
-		}
+		r.dropMidTransfer(t, dockerRelayed, "acme/relay-fleet", a, b)
 	})
+}
 
+// relayedKind is how the relay scenarios that Docker and containerd hosts
+// share read a host of that kind.
+type relayedKind struct {
+	// holds is nil when ref names an image on h, at digest when digest is
+	// set and the runtime records one per name.
+	holds func(t *testing.T, h *RemoteHost, ref, digest string) error
+	clean func(t *testing.T, h *RemoteHost)
+}
+
+// dockerRelayed: a dockerd host; a relayed name carries no registry
+// metadata, so only its presence is checked.
+var dockerRelayed = relayedKind{
+	holds: func(t *testing.T, h *RemoteHost, ref, _ string) error {
+		_, err := h.Docker().ImageInspect(context.Background(), ref)
+		return err
+	},
+	clean: assertHostClean,
+}
+
+// cacheBound: a layer larger than relay-cache-max fails the host, named
+// and classified; nothing is named on it and the cache is gone.
+func (r relayRun) cacheBound(t *testing.T, k relayedKind, repo string, h *RemoteHost) {
+	img, _ := relayImage(t, 2<<20)
+	r.push(t, repo, "big", img)
+	ref := r.regAddr + "/" + repo + ":big"
+	in := r.inputs(ref, h)
+	in["relay-cache-max"] = "1MiB"
+	in["retries"] = "0"
+	res := r.e.RunAction(t, in)
+	if res.ExitCode != 1 {
+		t.Fatalf("exit %d, want 1\n%s", res.ExitCode, res.Stdout)
+	}
+	rs := results(t, res)
+	if rs[0]["error_class"] != "relay-cache" || rs[0]["digest"] != "" {
+		t.Errorf("results = %v, want error_class relay-cache and no digest", rs)
+	}
+	if msg, _ := rs[0]["error"].(string); !strings.Contains(msg, "raise relay-cache-max") {
+		t.Errorf("the error %q does not say what to raise", msg)
+	}
+	if k.holds(t, h, ref, "") == nil {
+		t.Errorf("%s holds the image %s", h.Name, ref)
+	}
+	assertNoRelayCache(t, res)
+	k.clean(t, h)
+}
+
+// dropMidTransfer kills a's SSH connections while both hosts pull (the
+// app layer is held upstream for a while, so both are mid-pull when a goes
+// away): a fails as transient, naming the host and the connection; b
+// finishes. Run it last: a's connections are gone.
+func (r relayRun) dropMidTransfer(t *testing.T, k relayedKind, repo string, a, b *RemoteHost) {
+	img, app := relayImage(t, 2<<20)
+	digest := r.push(t, repo, "2", img)
+	appDigest, _ := app.Digest()
+	r.e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
+	// The fault matches this blob alone: left unconsumed, it harms no
+	// other test.
+	dropped := make(chan int, 1)
+	go func() {
+		waitUntil(time.Minute, 50*time.Millisecond, func() (bool, error) { return r.e.Front.Pending() == 0, nil })
+		time.Sleep(500 * time.Millisecond)
+		dropped <- a.DropSSHConnections()
+	}()
+	ref := r.regAddr + "/" + repo + ":2"
+	in := r.inputs(ref, a, b)
+	in["retries"] = "0"
+	res := r.e.RunAction(t, in)
+	if n := <-dropped; n == 0 {
+		t.Fatalf("no SSH connection of %s to drop", a.Name)
+	}
+	if res.ExitCode != 1 {
+		t.Fatalf("exit %d, want 1 (one host failed)\n%s", res.ExitCode, res.Stdout)
+	}
+	by := map[any]map[string]any{}
+	for _, rr := range results(t, res) {
+		by[rr["host"]] = rr
+	}
+	ra := by[a.Addr()]
+	if ra == nil || ra["digest"] != "" || ra["error_class"] != "transient" {
+		t.Errorf("the dropped host's result %v, want a transient error and no digest", ra)
+	} else if msg, _ := ra["error"].(string); !strings.Contains(msg, "the SSH connection to the host ended") || !strings.Contains(msg, a.Addr()) {
+		t.Errorf("the dropped host's error %q, want it to name the host %s and the SSH connection ending", msg, a.Addr())
+	}
+	if rb := by[b.Addr()]; rb == nil || rb["error"] != nil || rb["digest"] != digest {
+		t.Errorf("the other host's result %v, want %s", rb, digest)
+	}
+	if err := k.holds(t, b, ref, digest); err != nil {
+		t.Errorf("the other host lacks the image: %v", err)
+	}
+	assertNoRelayCache(t, res)
+	for _, h := range []*RemoteHost{a, b} {
+		k.clean(t, h)
+	}
 }
