@@ -361,7 +361,6 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	return nil
 }
 
-// parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
 // parseKube reads the cluster destination; the kubeconfig is a secret and
 // taken as given.
 func parseKube(c *Config, get, in Getter) error {
@@ -390,6 +389,7 @@ func parseKube(c *Config, get, in Getter) error {
 	return nil
 }
 
+// parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
 func parseSSH(c *Config, get, in Getter) error {
 	var err error
 	if c.PullLocal, err = parseBool("pull-local", in("pull-local")); err != nil {

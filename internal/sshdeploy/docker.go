@@ -127,7 +127,8 @@ func (c *Conn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn
 	return c.client.DialContext(ctx, "unix", socketPath)
 }
 
-// dialStdioCommand is the only command sshdeploy runs on a host. The socket
+// dialStdioCommand is the command of the dial-stdio route, one of the two
+// sshdeploy runs on a host (userRuntimeCommand is the other). The socket
 // path is not secret; it is quoted for the remote shell.
 func dialStdioCommand(socketPath string) string {
 	return "docker -H " + shellQuote("unix://"+socketPath) + " system dial-stdio"
