@@ -70,7 +70,7 @@ func (r *remote) Close() error                      { return errors.Join(r.rt.Cl
 // host has no rootful engine) and, on the last route, `docker system
 // dial-stdio`.
 func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
-	conn, err := Dial(ctx, host, s.Config)
+	conn, err := Dial(ctx, host, s.config)
 	if err != nil {
 		return nil, err
 	}
@@ -152,14 +152,8 @@ func engineSockets(kind RuntimeKind, socket string) []engineSocket {
 }
 
 func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
-	dockerSock, ctrdSock := s.Socket, s.Runtime.ContainerdSocket
-	if dockerSock == "" {
-		dockerSock = defaultDockerSocket
-	}
-	if ctrdSock == "" {
-		ctrdSock = cri.DefaultSocket
-	}
-	switch s.Runtime.Kind {
+	dockerSock, ctrdSock := s.dockerSocket, s.containerdSocket
+	switch s.runtime {
 	case Containerd:
 		first, err := c.DialUnix(ctx, ctrdSock)
 		if err != nil {
@@ -191,14 +185,14 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 		tried = append(tried, Tried{Runtime: es.runtime, Socket: es.path, Err: err})
 		return nil, false, nil
 	}
-	sockets := engineSockets(s.Runtime.Kind, dockerSock)
+	sockets := engineSockets(s.runtime, dockerSock)
 	for _, es := range sockets {
 		if rt, done, err := try(es); done {
 			return rt, err
 		}
 	}
-	if len(sockets) > 1 || s.Runtime.Kind == Podman {
-		user, err := c.userSockets(ctx, s.Runtime.Kind)
+	if len(sockets) > 1 || s.runtime == Podman {
+		user, err := c.userSockets(ctx, s.runtime)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -211,7 +205,7 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 			}
 		}
 	}
-	if s.Runtime.Kind == Podman {
+	if s.runtime == Podman {
 		return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
 	}
 	first, ctrdErr := c.DialUnix(ctx, ctrdSock)
