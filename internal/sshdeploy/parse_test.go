@@ -318,12 +318,12 @@ func TestParse(t *testing.T) {
 	key := keyForms(t)["openssh ed25519"].pem
 	k := newSigner(t, "ed25519").PublicKey()
 	good := Inputs{
-		Hosts:      "a.example\nu@b.example:2200",
-		User:       "deploy",
-		Port:       "2022",
-		Key:        key,
-		KnownHosts: knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
-		ProxyJump:  "bastion",
+		Hosts:        "a.example\nu@b.example:2200",
+		User:         "deploy",
+		Port:         "2022",
+		Key:          key,
+		KnownHosts:   knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
+		ProxyJump:    "bastion",
 		DockerSocket: "unix:///run/user/1000/docker.sock",
 		Timeout:      "45",
 	}
