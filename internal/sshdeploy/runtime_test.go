@@ -108,8 +108,8 @@ func TestOpenRuntime(t *testing.T) {
 			if name, _ := rt.Runtime(); name != tt.wantRuntime {
 				t.Fatalf("runtime %q, want %q", name, tt.wantRuntime)
 			}
-			if tt.wantRuntime == "docker" && conn.Route() != tt.wantRoute {
-				t.Errorf("route %q, want %q", conn.Route(), tt.wantRoute)
+			if r := conn.route(tt.docker); tt.wantRuntime == "docker" && r != tt.wantRoute {
+				t.Errorf("route %q, want %q", r, tt.wantRoute)
 			}
 			if cmds := srv.execCommands(); tt.wantRoute != RouteDialStdio && len(cmds) != 0 {
 				t.Errorf("ran %q on the host", cmds)
