@@ -338,7 +338,7 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 
 func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Runtime() }
 
-// Close closes the forward, then the engine.
+// Close closes the forward, then the engine (and with it the connection).
 func (d *relayedDocker) Close() error {
 	return errors.Join(d.fwd.close(), d.engine.Close())
 }

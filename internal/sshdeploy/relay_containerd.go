@@ -117,7 +117,8 @@ func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info
 
 func (d *relayedContainerd) Runtime() (name, namespace string) { return d.rt.Runtime() }
 
-// Close closes the forward, then the connection to containerd.
+// Close closes the forward, then the connection to containerd (and with it
+// the SSH connection).
 func (d *relayedContainerd) Close() error {
 	return errors.Join(d.fwd.close(), d.rt.Close())
 }

@@ -236,7 +236,8 @@ func TestRelayedContainerd(t *testing.T) {
 }
 
 // Open with a relay gives a containerd host the relayed route, which can
-// tag: pull then pulls the probed digest and names it.
+// tag: pull then pulls the probed digest and names it. Closing it closes
+// the connection.
 func TestOpenRelayedContainerd(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), withTCPForward())
@@ -247,10 +248,17 @@ func TestOpenRelayedContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	if _, ok := rt.(tagger); !ok {
+	if _, ok := rt.(interface {
+		Tag(ctx context.Context, source, target string) error
+	}); !ok {
 		t.Errorf("%T cannot tag: pull would pull the user's tag through the relay", rt)
 	}
-	if name, ns := rt.Runtime(); name != "containerd" || ns != "k8s.io" {
+	if name, ns := runtimeOf(rt); name != "containerd" || ns != "k8s.io" {
 		t.Errorf("runtime %s %s", name, ns)
 	}
+	// Closing the runtime closes the connection: containerd's adapter owns it.
+	if err := rt.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	waitUntil(t, "the server sees the connection closed", func() bool { return srv.open.Load() == 0 })
 }

@@ -2,7 +2,6 @@ package sshdeploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path"
@@ -32,29 +31,17 @@ const (
 	Containerd RuntimeKind = "containerd"
 )
 
-// Runtime is a container runtime on a host (a *docker.Engine or a
-// *cri.ImageService) reached over one SSH connection; closing it closes
-// both.
+// Runtime is what Open returns: the runtime adapter itself (a
+// *docker.Engine or a *cri.ImageService, or its relayed form), which owns
+// the SSH connection: closing it closes the connection. Pull and Inspect
+// are what pull.Daemon asks; Tag (Docker, and every relayed runtime) and
+// Runtime() (name, namespace) are there to find by type assertion, as pull
+// finds them.
 type Runtime interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
-	Runtime() (name, namespace string)
 	Close() error
 }
-
-type remote struct {
-	rt   Runtime
-	conn *Conn
-}
-
-func (r *remote) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
-	return r.rt.Pull(ctx, ref, platform, creds, progress)
-}
-func (r *remote) Inspect(ctx context.Context, ref string) (image.Info, error) {
-	return r.rt.Inspect(ctx, ref)
-}
-func (r *remote) Runtime() (name, namespace string) { return r.rt.Runtime() }
-func (r *remote) Close() error                      { return errors.Join(r.rt.Close(), r.conn.Close()) }
 
 // Open dials host, verifying its key, and opens the runtime settings name
 // on it. The route is decided once, here: with Auto, the Engine API
@@ -68,7 +55,7 @@ func (r *remote) Close() error                      { return errors.Join(r.rt.Cl
 // Whether an Engine API socket is Docker or Podman is read from its ping
 // answer. Nothing runs on the host but `id -u` (for a non-root user whose
 // host has no rootful engine) and, on the last route, `docker system
-// dial-stdio`.
+// dial-stdio`. With s.Relay the runtime pulls from the relay (relay.go).
 func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 	conn, err := Dial(ctx, host, s.config)
 	if err != nil {
@@ -79,41 +66,22 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		conn.Close()
 		return nil, err
 	}
-	if s.Relay != nil {
-		switch e := rt.(type) {
-		case *cri.ImageService:
-			rt = newRelayedContainerd(e, s.Relay, conn)
-		case *docker.Engine:
-			// Podman answers on the same Engine API, but the relay route is
-			// proven against dockerd only.
-			if name, _ := rt.Runtime(); name != docker.Docker {
-				rt.Close()
-				conn.Close()
-				return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
-			}
-			rt = newRelayedDocker(e, s.Relay, conn)
+	if s.Relay == nil {
+		return rt, nil
+	}
+	switch e := rt.(type) {
+	case *cri.ImageService:
+		return newRelayedContainerd(e, s.Relay, conn), nil
+	case *docker.Engine:
+		// Podman answers on the same Engine API, but the relay route is
+		// proven against dockerd only.
+		if name, _ := e.Runtime(); name != docker.Docker {
+			rt.Close()
+			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
 		}
+		return newRelayedDocker(e, s.Relay, conn), nil
 	}
-	r := &remote{rt: rt, conn: conn}
-	if t, ok := rt.(tagger); ok {
-		return &taggingRemote{remote: r, tag: t}, nil
-	}
-	return r, nil
-}
-
-// tagger is a runtime that can point a tag at an image (Docker); the pull
-// policy finds the ability by type assertion, so the wrapper keeps it.
-type tagger interface {
-	Tag(ctx context.Context, source, target string) error
-}
-
-type taggingRemote struct {
-	*remote
-	tag tagger
-}
-
-func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
-	return r.tag.Tag(ctx, source, target)
+	return rt, nil
 }
 
 // PodmanSocket is where rootful Podman serves its Docker-compatible API
@@ -308,7 +276,7 @@ func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
 // first is the connection that found it.
 func (c *Conn) openDocker(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
 	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.dialRoute(ctx, socket) })
-	e, err := docker.Over(ctx, dial)
+	e, err := docker.Over(ctx, dial, c)
 	release()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -323,7 +291,7 @@ func (c *Conn) openDocker(ctx context.Context, socket string, first net.Conn) (R
 // channels; first is the channel that found the socket.
 func (c *Conn) openContainerd(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
 	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.DialUnix(ctx, socket) })
-	d, err := cri.New(ctx, dial)
+	d, err := cri.New(ctx, dial, c)
 	release()
 	if err != nil {
 		return nil, fmt.Errorf("reached containerd's socket %s on %s over SSH, but: %w", socket, c.host.Addr(), err)

@@ -105,7 +105,7 @@ func TestOpenRuntime(t *testing.T) {
 				t.Fatalf("no runtime: %v", err)
 			}
 			defer rt.Close()
-			if name, _ := rt.Runtime(); name != tt.wantRuntime {
+			if name, _ := runtimeOf(rt); name != tt.wantRuntime {
 				t.Fatalf("runtime %q, want %q", name, tt.wantRuntime)
 			}
 			if r := conn.route(tt.docker); tt.wantRuntime == "docker" && r != tt.wantRoute {
@@ -116,6 +116,24 @@ func TestOpenRuntime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitUntil polls cond for up to 5 seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+	}
+}
+
+// runtimeOf is the name and namespace rt gives itself, as pull reads them.
+func runtimeOf(rt Runtime) (name, namespace string) {
+	if n, ok := rt.(interface{ Runtime() (string, string) }); ok {
+		return n.Runtime()
+	}
+	return "", ""
 }
 
 // Open dials with the host key policy, then discovers the runtime; the
@@ -129,12 +147,13 @@ func TestOpenThroughSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if name, _ := rt.Runtime(); name != "docker" {
+	if name, _ := runtimeOf(rt); name != "docker" {
 		t.Errorf("runtime %q", name)
 	}
 	if err := rt.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
+	waitUntil(t, "the server sees the connection closed", func() bool { return srv.open.Load() == 0 })
 	s.runtime, s.dockerSocket = Containerd, "/nonexistent/d.sock"
 	if _, err := Open(context.Background(), srv.host("root"), s); err == nil || !strings.Contains(err.Error(), "k3s") {
 		t.Errorf("err = %v, want the k3s hint", err)
@@ -233,7 +252,7 @@ func TestAutoDiscoveryOrder(t *testing.T) {
 				t.Fatalf("no runtime: %v", err)
 			}
 			defer rt.Close()
-			if name, _ := rt.Runtime(); name != tt.wantRuntime {
+			if name, _ := runtimeOf(rt); name != tt.wantRuntime {
 				t.Errorf("runtime %q, want %q", name, tt.wantRuntime)
 			}
 		})

@@ -44,6 +44,7 @@ type testServer struct {
 
 	authAttempts atomic.Int32 // public key callbacks: credentials offered
 	channels     atomic.Int32 // channels opened, of any type
+	open         atomic.Int32 // SSH connections not yet ended
 	mu           sync.Mutex
 	commands     []string
 	forwards     []string // addresses of the remote forwards granted
@@ -183,6 +184,8 @@ func (s *testServer) handle(c net.Conn) {
 		return
 	}
 	defer sc.Close()
+	s.open.Add(1)
+	defer s.open.Add(-1)
 	if s.tcpForward {
 		go s.globalRequests(sc, reqs)
 	} else {
