@@ -23,9 +23,9 @@ func knownLine(name string, port int, k ssh.PublicKey) string {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-func policy(t *testing.T, known, fps string) *HostKeyPolicy {
+func policy(t *testing.T, known, fps string) *hostKeyPolicy {
 	t.Helper()
-	p, err := ParseHostKeyPolicy(known, fps, false)
+	p, err := parseHostKeyPolicy(known, fps, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestDialHostKeys(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		policy  *HostKeyPolicy
+		policy  *hostKeyPolicy
 		wantKey ssh.PublicKey // the key the connection ends up verified with
 		refused int           // keys seen before refusal; 0 means success
 	}{
@@ -65,14 +65,14 @@ func TestDialHostKeys(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			authBefore, chansBefore := srv.authAttempts.Load(), srv.channels.Load()
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: tt.policy, Timeout: 5 * time.Second})
+			conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: tt.policy, Timeout: 5 * time.Second})
 			if tt.refused == 0 {
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer conn.Close()
-				if got := ssh.FingerprintSHA256(conn.HostKey()); got != ssh.FingerprintSHA256(tt.wantKey) {
-					t.Fatalf("verified with %s, want %s", conn.HostKeyFingerprint(), describeKey(tt.wantKey))
+				if got := ssh.FingerprintSHA256(conn.hostKey); got != ssh.FingerprintSHA256(tt.wantKey) {
+					t.Fatalf("verified with %s, want %s", describeKey(conn.hostKey), describeKey(tt.wantKey))
 				}
 				return
 			}
@@ -106,7 +106,7 @@ func TestDialHostKeys(t *testing.T) {
 
 func TestDialMissingHostKeysFailsBeforeConnecting(t *testing.T) {
 	var dials atomic.Int32
-	cfg := Config{
+	cfg := dialConfig{
 		Signer:   newSigner(t, "ed25519"),
 		HostKeys: policy(t, "", ""),
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -114,10 +114,10 @@ func TestDialMissingHostKeysFailsBeforeConnecting(t *testing.T) {
 			return nil, errors.New("must not dial")
 		},
 	}
-	_, err := Dial(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
+	_, err := dialHost(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
 	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2222 203.0.113.7")
 	cfg.HostKeys = policy(t, knownLine("other", 22, newSigner(t, "ed25519").PublicKey()), "")
-	_, err = Dial(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
+	_, err = dialHost(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
 	wantInput(t, err, "ssh-known-hosts", "no entry for [203.0.113.7]:2222")
 	if dials.Load() != 0 {
 		t.Fatalf("dialled %d times", dials.Load())
@@ -126,7 +126,7 @@ func TestDialMissingHostKeysFailsBeforeConnecting(t *testing.T) {
 
 func TestDialAuthFailure(t *testing.T) {
 	srv := startServer(t, newSigner(t, "ed25519").PublicKey())
-	_, err := Dial(context.Background(), srv.host("deploy"), Config{
+	_, err := dialHost(context.Background(), srv.host("deploy"), dialConfig{
 		Signer:   newSigner(t, "ed25519"), // not the authorised one
 		HostKeys: policy(t, srv.knownHostsLine("[127.0.0.1]:"+itoa(srv.port)), ""),
 	})
@@ -139,10 +139,10 @@ func TestDialAuthFailure(t *testing.T) {
 func TestDialTimeoutAndContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), stalling())
-	cfg := Config{Signer: client, HostKeys: insecureIgnoreHostKey(), Timeout: 300 * time.Millisecond}
+	cfg := dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey(), Timeout: 300 * time.Millisecond}
 
 	start := time.Now()
-	_, err := Dial(context.Background(), srv.host("root"), cfg)
+	_, err := dialHost(context.Background(), srv.host("root"), cfg)
 	var de *DialError
 	if !errors.As(err, &de) || de.Stage != StageHandshake || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "ssh-timeout") {
 		t.Fatalf("err = %v, want a handshake timeout", err)
@@ -155,7 +155,7 @@ func TestDialTimeoutAndContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start = time.Now()
-	_, err = Dial(ctx, srv.host("root"), cfg)
+	_, err = dialHost(ctx, srv.host("root"), cfg)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
 		t.Fatalf("err = %v after %s, want the context's deadline", err, time.Since(start))
 	}
@@ -164,7 +164,7 @@ func TestDialTimeoutAndContext(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	_, err = Dial(context.Background(), Host{"root", "127.0.0.1", port}, cfg)
+	_, err = dialHost(context.Background(), Host{"root", "127.0.0.1", port}, cfg)
 	if !errors.As(err, &de) || de.Stage != StageConnect {
 		t.Fatalf("err = %v, want a connect DialError", err)
 	}
@@ -177,9 +177,9 @@ func TestDialThroughProxyJump(t *testing.T) {
 	sock := startFakeDocker(t)
 	known := knownLine("127.0.0.1", bastion.port, bastion.hostKeys[0].PublicKey()) + "\n" +
 		knownLine("127.0.0.1", target.port, target.hostKeys[0].PublicKey())
-	cfg := Config{Signer: client, HostKeys: policy(t, known, ""), ProxyJump: []Host{bastion.host("jump")}}
+	cfg := dialConfig{Signer: client, HostKeys: policy(t, known, ""), ProxyJump: []Host{bastion.host("jump")}}
 
-	conn, err := Dial(context.Background(), target.host("root"), cfg)
+	conn, err := dialHost(context.Background(), target.host("root"), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestDialThroughProxyJump(t *testing.T) {
 	cfg.HostKeys = policy(t, knownLine("127.0.0.1", bastion.port, bastion.hostKeys[0].PublicKey())+"\n"+
 		knownLine("127.0.0.1", target.port, newSigner(t, "ed25519").PublicKey()), "")
 	authBefore := target.authAttempts.Load()
-	_, err = Dial(context.Background(), target.host("root"), cfg)
+	_, err = dialHost(context.Background(), target.host("root"), cfg)
 	var de *DialError
 	var hk *HostKeyError
 	if !errors.As(err, &de) || de.Via != bastion.host("jump").String() || !errors.As(err, &hk) {
@@ -206,13 +206,13 @@ func TestDialThroughProxyJump(t *testing.T) {
 	// So is the bastion.
 	cfg.HostKeys = policy(t, knownLine("127.0.0.1", bastion.port, newSigner(t, "ecdsa").PublicKey())+"\n"+
 		knownLine("127.0.0.1", target.port, target.hostKeys[0].PublicKey()), "")
-	_, err = Dial(context.Background(), target.host("root"), cfg)
+	_, err = dialHost(context.Background(), target.host("root"), cfg)
 	if !errors.As(err, &de) || de.Via != "" || de.Host != bastion.host("jump").String() || !errors.As(err, &hk) {
 		t.Fatalf("err = %v, want the bastion's HostKeyError", err)
 	}
 }
 
-func pingDocker(t *testing.T, conn *Conn, sock string) {
+func pingDocker(t *testing.T, conn *sshConn, sock string) {
 	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return conn.dialRoute(ctx, sock) }}}
 	defer hc.CloseIdleConnections()
@@ -236,11 +236,11 @@ func TestDockerRoutes(t *testing.T) {
 		name      string
 		opts      []serverOption
 		socket    string
-		wantRoute Route
+		wantRoute routeKind
 		wantErr   []string
 	}{
-		{name: "stream-local", wantRoute: RouteStreamLocal},
-		{name: "stream-local refused: dial-stdio", opts: []serverOption{withoutStreamLocal()}, wantRoute: RouteDialStdio},
+		{name: "stream-local", wantRoute: routeStreamLocal},
+		{name: "stream-local refused: dial-stdio", opts: []serverOption{withoutStreamLocal()}, wantRoute: routeDialStdio},
 		{name: "both refused: no docker CLI", opts: []serverOption{withoutStreamLocal(), withoutDockerCLI()},
 			wantErr: []string{"by either route", "AllowStreamLocalForwarding", "open failed", "exit status 127", "docker: command not found on the remote PATH"}},
 		{name: "missing socket", socket: "/nonexistent/docker.sock",
@@ -249,7 +249,7 @@ func TestDockerRoutes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -258,9 +258,9 @@ func TestDockerRoutes(t *testing.T) {
 			if tt.socket != "" {
 				socket = tt.socket
 			}
-			rt, err := conn.openRuntime(context.Background(), &Settings{runtime: Docker, dockerSocket: socket, containerdSocket: "/nonexistent/c.sock"})
+			rt, err := conn.openRuntime(context.Background(), &Settings{runtime: kindDocker, dockerSocket: socket, containerdSocket: "/nonexistent/c.sock"})
 			if tt.wantErr != nil {
-				var re *RouteError
+				var re *routeError
 				if !errors.As(err, &re) {
 					t.Fatalf("err = %v, want *RouteError", err)
 				}
@@ -288,12 +288,12 @@ func TestDockerRoutes(t *testing.T) {
 					t.Fatalf("ran %q on the host; the only command should be %q", c, want)
 				}
 			}
-			if tt.wantRoute == RouteStreamLocal && len(cmds) != 0 {
+			if tt.wantRoute == routeStreamLocal && len(cmds) != 0 {
 				t.Fatalf("stream-local ran commands: %q", cmds)
 			}
 			// One per connection (each ping has its own HTTP client): the
 			// probe's connection serves the runtime's own ping.
-			if tt.wantRoute == RouteDialStdio && len(cmds) != 3 {
+			if tt.wantRoute == routeDialStdio && len(cmds) != 3 {
 				t.Fatalf("ran %d dial-stdio commands, want 3", len(cmds))
 			}
 		})
@@ -303,14 +303,14 @@ func TestDockerRoutes(t *testing.T) {
 func TestDockerRouteContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := conn.openRuntime(ctx, &Settings{runtime: Docker, dockerSocket: "/x.sock"}); !errors.Is(err, context.Canceled) {
+	if _, err := conn.openRuntime(ctx, &Settings{runtime: kindDocker, dockerSocket: "/x.sock"}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -356,14 +356,14 @@ func TestKeepAliveClosesDeadConnection(t *testing.T) {
 		fwd(c, u)
 	}()
 	port := l.Addr().(*net.TCPAddr).Port
-	conn, err := Dial(context.Background(), Host{"root", "127.0.0.1", port}, Config{Signer: client, HostKeys: insecureIgnoreHostKey(), KeepAlive: 50 * time.Millisecond})
+	conn, err := dialHost(context.Background(), Host{"root", "127.0.0.1", port}, dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey(), KeepAlive: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	frozen.Store(true)
 	done := make(chan error, 1)
-	go func() { done <- conn.Client().Wait() }()
+	go func() { done <- conn.client.Wait() }()
 	select {
 	case <-done:
 	case <-time.After(3 * time.Second):

@@ -145,27 +145,27 @@ func keyForms(t *testing.T) map[string]struct {
 func TestParsePrivateKey(t *testing.T) {
 	for name, k := range keyForms(t) {
 		t.Run(name, func(t *testing.T) {
-			if _, err := ParsePrivateKey(k.pem, k.passphrase); err != nil {
+			if _, err := parsePrivateKey(k.pem, k.passphrase); err != nil {
 				t.Fatal(err)
 			}
 			// Secrets pasted with CRLF, with surrounding blanks, or with
 			// line breaks written as \n still work.
-			if _, err := ParsePrivateKey("\n  "+strings.ReplaceAll(k.pem, "\n", "\r\n"), k.passphrase); err != nil {
+			if _, err := parsePrivateKey("\n  "+strings.ReplaceAll(k.pem, "\n", "\r\n"), k.passphrase); err != nil {
 				t.Fatalf("CRLF: %v", err)
 			}
-			if _, err := ParsePrivateKey(strings.ReplaceAll(strings.TrimSpace(k.pem), "\n", `\n`), k.passphrase); err != nil {
+			if _, err := parsePrivateKey(strings.ReplaceAll(strings.TrimSpace(k.pem), "\n", `\n`), k.passphrase); err != nil {
 				t.Fatalf(`literal \n: %v`, err)
 			}
 			if k.passphrase == "" {
 				// A passphrase for a plain key is harmless.
-				if _, err := ParsePrivateKey(k.pem, "unneeded"); err != nil {
+				if _, err := parsePrivateKey(k.pem, "unneeded"); err != nil {
 					t.Fatal(err)
 				}
 				return
 			}
-			_, err := ParsePrivateKey(k.pem, "")
+			_, err := parsePrivateKey(k.pem, "")
 			wantInput(t, err, "ssh-key-passphrase", "encrypted and no passphrase")
-			_, err = ParsePrivateKey(k.pem, "wrong "+k.passphrase)
+			_, err = parsePrivateKey(k.pem, "wrong "+k.passphrase)
 			wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
 			if strings.Contains(err.Error(), k.passphrase) {
 				t.Fatalf("error quotes the passphrase: %v", err)
@@ -185,7 +185,7 @@ func TestParsePrivateKeyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParsePrivateKey(tt.key, "")
+			_, err := parsePrivateKey(tt.key, "")
 			wantInput(t, err, "ssh-key", tt.problem)
 		})
 	}
@@ -257,7 +257,7 @@ func TestParseHostKeyPolicyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseHostKeyPolicy(tt.known, tt.fps, tt.insecure)
+			_, err := parseHostKeyPolicy(tt.known, tt.fps, tt.insecure)
 			wantInput(t, err, tt.input, tt.problem)
 		})
 	}
@@ -269,7 +269,7 @@ func TestCheckHosts(t *testing.T) {
 	b := Host{"root", "b.example", 2222}
 	bastion := Host{"jump", "bastion.example", 22}
 
-	empty, err := ParseHostKeyPolicy("", "", false)
+	empty, err := parseHostKeyPolicy("", "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestCheckHosts(t *testing.T) {
 	}
 
 	known := knownhosts.Line([]string{"a.example"}, k) + "\n" + knownhosts.Line([]string{knownhosts.HashHostname("[b.example]:2222")}, k)
-	p, err := ParseHostKeyPolicy(known, "", false)
+	p, err := parseHostKeyPolicy(known, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestCheckHosts(t *testing.T) {
 	err = p.CheckHosts([]Host{{"root", "b.example", 22}}, nil)
 	wantInput(t, err, "ssh-known-hosts", "no entry for b.example")
 
-	fp, _ := ParseHostKeyPolicy("", ssh.FingerprintSHA256(k), false)
+	fp, _ := parseHostKeyPolicy("", ssh.FingerprintSHA256(k), false)
 	if err := fp.CheckHosts([]Host{a, c}, nil); err != nil {
 		t.Fatalf("fingerprints cover every host: %v", err)
 	}
@@ -334,7 +334,7 @@ func TestParse(t *testing.T) {
 	if !reflect.DeepEqual(s.Hosts, []Host{{"deploy", "a.example", 2022}, {"u", "b.example", 2200}}) ||
 		!reflect.DeepEqual(s.config.ProxyJump, []Host{{"deploy", "bastion", 2022}}) ||
 		s.dockerSocket != "/run/user/1000/docker.sock" || s.config.Timeout.Seconds() != 45 || s.config.Signer == nil ||
-		s.runtime != Auto || s.containerdSocket != "/run/containerd/containerd.sock" {
+		s.runtime != kindAuto || s.containerdSocket != "/run/containerd/containerd.sock" {
 		t.Fatalf("settings %+v", s)
 	}
 
@@ -396,7 +396,7 @@ func TestLegacyPEMWrongPassphrase(t *testing.T) {
 			continue
 		}
 		syntaxSeen++
-		_, err := ParsePrivateKey(text, pass)
+		_, err := parsePrivateKey(text, pass)
 		wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
 	}
 }
@@ -409,17 +409,17 @@ func TestParseRemoteRuntime(t *testing.T) {
 		name             string
 		in               Inputs
 		wantInput        string // "" for success
-		runtime          RuntimeKind
+		runtime          runtimeKind
 		docker, ctrdSock string
 	}{
-		{"defaults", Inputs{}, "", Auto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"defaults", Inputs{}, "", kindAuto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
 		{"containerd on k3s", Inputs{Runtime: "Containerd", ContainerdSocket: "/run/k3s/containerd/containerd.sock"}, "",
-			Containerd, "/var/run/docker.sock", "/run/k3s/containerd/containerd.sock"},
+			kindContainerd, "/var/run/docker.sock", "/run/k3s/containerd/containerd.sock"},
 		{"sockets as unix URLs", Inputs{DockerSocket: "unix:///run/user/1000/docker.sock", ContainerdSocket: "unix:///run/containerd/containerd.sock"}, "",
-			Auto, "/run/user/1000/docker.sock", "/run/containerd/containerd.sock"},
-		{"docker", Inputs{Runtime: "docker"}, "", Docker, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
-		{"podman", Inputs{Runtime: " Podman "}, "", Podman, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
-		{"explicit k8s.io", Inputs{ContainerdNamespace: "k8s.io"}, "", Auto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+			kindAuto, "/run/user/1000/docker.sock", "/run/containerd/containerd.sock"},
+		{"docker", Inputs{Runtime: "docker"}, "", kindDocker, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"podman", Inputs{Runtime: " Podman "}, "", kindPodman, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"explicit k8s.io", Inputs{ContainerdNamespace: "k8s.io"}, "", kindAuto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
 		{"unknown runtime", Inputs{Runtime: "cri-o"}, "remote-runtime", "", "", ""},
 		{"relative containerd socket", Inputs{ContainerdSocket: "run/containerd.sock"}, "remote-containerd-socket", "", "", ""},
 		{"containerd socket with control characters", Inputs{ContainerdSocket: "/run/c.sock\x00x"}, "remote-containerd-socket", "", "", ""},

@@ -48,7 +48,7 @@ type relayedContainerd struct {
 	relayed map[string]string // the ref pulled (one spelling) → its name in k8s.io
 }
 
-func newRelayedContainerd(rt criImages, r Relay, c *Conn) *relayedContainerd {
+func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd {
 	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
 }
 

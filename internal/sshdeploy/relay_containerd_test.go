@@ -211,7 +211,7 @@ func TestRelayedContainerd(t *testing.T) {
 		ctrd := &fakeK8sIO{names: map[string]string{}}
 		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
-		var fe *ForwardError
+		var fe *forwardError
 		if !errors.As(err, &fe) || failure.ClassOf(err) != "ssh-forwarding-refused" {
 			t.Fatalf("err = %v (class %q), want a ForwardError", err, failure.ClassOf(err))
 		}
@@ -241,8 +241,8 @@ func TestRelayedContainerd(t *testing.T) {
 func TestOpenRelayedContainerd(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), withTCPForward())
-	s := &Settings{runtime: Containerd, containerdSocket: startFakeContainerd(t),
-		config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
+	s := &Settings{runtime: kindContainerd, containerdSocket: startFakeContainerd(t),
+		config: dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
 	rt, err := Open(context.Background(), srv.host("root"), s)
 	if err != nil {
 		t.Fatal(err)

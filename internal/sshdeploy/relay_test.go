@@ -157,11 +157,11 @@ func (d *fakeDockerd) namesOf(id string) []string {
 
 const relayDigest = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899"
 
-func dialTest(t *testing.T, opts ...serverOption) (*testServer, *Conn) {
+func dialTest(t *testing.T, opts ...serverOption) (*testServer, *sshConn) {
 	t.Helper()
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), opts...)
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestRelayedDocker(t *testing.T) {
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
-		var fe *ForwardError
+		var fe *forwardError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "AllowTcpForwarding") || failure.ClassOf(err) != "ssh-forwarding-refused" {
 			t.Fatalf("err = %v (class %q), want a ForwardError naming AllowTcpForwarding", err, failure.ClassOf(err))
 		}
@@ -345,7 +345,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), withTCPForward())
 	var raw net.Conn
-	conn, err := Dial(ctx, srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey(),
+	conn, err := dialHost(ctx, srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey(),
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			raw = c
@@ -360,7 +360,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
-		var lost *ConnectionLostError
+		var lost *connectionLostError
 		if !errors.As(err, &lost) {
 			t.Fatalf("Pull = %v, want a *ConnectionLostError", err)
 		}
@@ -380,7 +380,7 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
 	d := newRelayedDocker(engine, &fakeRelay{}, conn)
 	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
-	var lost *ConnectionLostError
+	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {
 		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)
 	}

@@ -51,18 +51,18 @@ func TestDialUnix(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			c, err := conn.DialUnix(context.Background(), tt.socket)
+			c, err := conn.dialUnix(context.Background(), tt.socket)
 			if tt.rejected {
 				if err == nil || !isChannelRejected(err) || !strings.Contains(err.Error(), tt.socket) {
 					t.Fatalf("err = %v, want a channel rejection naming %s", err, tt.socket)
 				}
 				if cmds := srv.execCommands(); len(cmds) != 0 {
-					t.Fatalf("ran %q on the host; DialUnix runs nothing", cmds)
+					t.Fatalf("ran %q on the host; dialUnix runs nothing", cmds)
 				}
 				return
 			}
@@ -84,14 +84,14 @@ func TestDialUnix(t *testing.T) {
 func TestDialUnixContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := conn.DialUnix(ctx, startEcho(t)); err != context.Canceled {
+	if _, err := conn.dialUnix(ctx, startEcho(t)); err != context.Canceled {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 }
