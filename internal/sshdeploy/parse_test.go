@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -104,7 +105,7 @@ func keyForms(t *testing.T) map[string]struct {
 	t.Helper()
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	rsaKey := testRSAKey(t)
+	rsaKey := sshtest.RSAKey()
 	openssh := func(k any) string {
 		b, err := ssh.MarshalPrivateKey(k, "c")
 		if err != nil {
@@ -175,7 +176,7 @@ func TestParsePrivateKey(t *testing.T) {
 }
 
 func TestParsePrivateKeyErrors(t *testing.T) {
-	pub := string(ssh.MarshalAuthorizedKey(newSigner(t, "ed25519").PublicKey()))
+	pub := string(ssh.MarshalAuthorizedKey(sshtest.NewSigner(t, "ed25519").PublicKey()))
 	tests := []struct{ name, key, problem string }{
 		{"empty", "  \n", "is empty"},
 		{"public key", pub, "public key"},
@@ -203,10 +204,10 @@ func wantInput(t *testing.T, err error, input, problem string) {
 }
 
 func TestParseFingerprints(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	fp := ssh.FingerprintSHA256(k)
 	raw := strings.TrimPrefix(fp, "SHA256:")
-	k2 := newSigner(t, "ecdsa").PublicKey()
+	k2 := sshtest.NewSigner(t, "ecdsa").PublicKey()
 	fp2 := ssh.FingerprintSHA256(k2)
 	tests := []struct {
 		name, in string
@@ -241,7 +242,7 @@ func TestParseFingerprints(t *testing.T) {
 }
 
 func TestParseHostKeyPolicyErrors(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	line := "h " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
 	tests := []struct {
 		name, known, fps string
@@ -264,7 +265,7 @@ func TestParseHostKeyPolicyErrors(t *testing.T) {
 }
 
 func TestCheckHosts(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	a := Host{"root", "a.example", 22}
 	b := Host{"root", "b.example", 2222}
 	bastion := Host{"jump", "bastion.example", 22}
@@ -316,7 +317,7 @@ func TestCheckHosts(t *testing.T) {
 
 func TestParse(t *testing.T) {
 	key := keyForms(t)["openssh ed25519"].pem
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	good := Inputs{
 		Hosts:        "a.example\nu@b.example:2200",
 		User:         "deploy",
@@ -373,7 +374,7 @@ func TestParse(t *testing.T) {
 // an unreadable key and made TestParsePrivateKey flaky. The loop runs until
 // it has met such a passphrase, so the case is always exercised.
 func TestLegacyPEMWrongPassphrase(t *testing.T) {
-	key := testRSAKey(t)
+	key := sshtest.RSAKey()
 	//lint:ignore SA1019 legacy encrypted PEM keys are what old ssh-keygen wrote, and users still hold them.
 	block, err := x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key), []byte("old secret"), x509.PEMCipherAES128) //nolint:staticcheck
 	if err != nil {
