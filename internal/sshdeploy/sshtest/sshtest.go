@@ -246,13 +246,7 @@ func (s *Server) handle(c net.Conn) {
 				nc.Reject(ssh.ConnectionFailed, "open failed")
 				continue
 			}
-			ch, creqs, err := nc.Accept()
-			if err != nil {
-				u.Close()
-				continue
-			}
-			go ssh.DiscardRequests(creqs)
-			go pipe(ch, u)
+			join(nc, u)
 		case "direct-tcpip":
 			var req struct {
 				Host     string
@@ -269,13 +263,7 @@ func (s *Server) handle(c net.Conn) {
 				nc.Reject(ssh.ConnectionFailed, err.Error())
 				continue
 			}
-			ch, creqs, err := nc.Accept()
-			if err != nil {
-				u.Close()
-				continue
-			}
-			go ssh.DiscardRequests(creqs)
-			go pipe(ch, u)
+			join(nc, u)
 		case "session":
 			ch, creqs, err := nc.Accept()
 			if err != nil {
@@ -423,6 +411,17 @@ func (s *Server) Forwards() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.forwards...)
+}
+
+// join accepts nc and pipes it to u; u is closed if nc cannot be accepted.
+func join(nc ssh.NewChannel, u net.Conn) {
+	ch, creqs, err := nc.Accept()
+	if err != nil {
+		u.Close()
+		return
+	}
+	go ssh.DiscardRequests(creqs)
+	go pipe(ch, u)
 }
 
 func pipe(ch ssh.Channel, c net.Conn) {
