@@ -175,11 +175,25 @@ func Clip(s string) string {
 	return s[:cut] + "…"
 }
 
+// The classes of an image a verify policy refused, named by the errors of
+// internal/verify (through Class) where the signature is read, and read by
+// the diagnosis that advises on them.
+const (
+	// Unsigned: nothing the policy could accept is attached to the digest.
+	Unsigned = "unsigned"
+	// InvalidSignature: a signature is attached but does not verify.
+	InvalidSignature = "invalid-signature"
+	// SignerMismatch: a signature verifies, by another signer than the
+	// policy names.
+	SignerMismatch = "signer-mismatch"
+)
+
 // ClassOf names err's class, as the results output reports it for deploy
 // jobs to branch on: "rejected", "anonymous-denied", "not-found",
 // "transient", "bad-input:<input>", "" for nil and "other" for an error
 // no class fits. An error of a package above this one names its own class
-// with a Class() string method (pull's drift), so the vocabulary stays here
+// with a Class() string method (pull's drift, verify's Unsigned,
+// InvalidSignature and SignerMismatch), so the vocabulary stays here
 // without this package importing its callers.
 func ClassOf(err error) string {
 	var (
