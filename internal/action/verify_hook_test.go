@@ -68,6 +68,21 @@ func signImage(t *testing.T, d name.Digest, sv signature.Signer, opts ...remote.
 	return m
 }
 
+// pushRandom pushes a random image as tag and returns its digest.
+func pushRandom(t *testing.T, tag string, opts ...remote.Option) name.Digest {
+	t.Helper()
+	img, _ := random.Image(128, 1)
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
+		t.Fatal(err)
+	}
+	dg, _ := img.Digest()
+	return ref.Context().Digest(dg.String())
+}
+
 // Guarantee: the action's verification hook fails an image the policy does
 // not accept (no signature at all, or a signature by another key) and only
 // reports a verification for a signature that verified. pull fails an
@@ -77,15 +92,7 @@ func TestVerifierHook(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
-	push := func(repo string) name.Digest {
-		img, _ := random.Image(128, 1)
-		tag, _ := name.NewTag(host + "/" + repo + ":1")
-		if err := remote.Write(tag, img); err != nil {
-			t.Fatal(err)
-		}
-		dg, _ := img.Digest()
-		return tag.Context().Digest(dg.String())
-	}
+	push := func(repo string) name.Digest { return pushRandom(t, host+"/"+repo+":1") }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
 	policy, err := verify.ParsePolicy(func(n string) string {
@@ -170,15 +177,7 @@ func TestStepVerifiesBeforeResolving(t *testing.T) {
 func TestResultsNameVerificationClasses(t *testing.T) {
 	reg := startRegistry(t)
 	admin := remote.WithAuth(&authn.Basic{Username: "admin", Password: "adminpw"})
-	push := func(repo string) name.Digest {
-		img, _ := random.Image(128, 1)
-		tag, _ := name.NewTag(reg.host + "/" + repo + ":1")
-		if err := remote.Write(tag, img, admin); err != nil {
-			t.Fatal(err)
-		}
-		dg, _ := img.Digest()
-		return tag.Context().Digest(dg.String())
-	}
+	push := func(repo string) name.Digest { return pushRandom(t, reg.host+"/"+repo+":1", admin) }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
 	ss, err := verifytest.New()
