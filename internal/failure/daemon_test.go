@@ -94,3 +94,24 @@ func TestClipKeepsUTF8Whole(t *testing.T) {
 		t.Errorf("Clip(short) = %q", got)
 	}
 }
+
+// ClipTail keeps the end whole too: a command's last words, starting at a
+// rune, whichever byte of a multi-byte rune the limit falls on.
+func TestClipTailKeepsUTF8Whole(t *testing.T) {
+	for _, pad := range []int{0, 1, 2, 3} {
+		s := strings.Repeat("é€😀", 50) + strings.Repeat("a", MaxMessage-pad)
+		got := ClipTail(s)
+		if !utf8.ValidString(got) {
+			t.Fatalf("pad %d: clip split a character: %q", pad, got[:8])
+		}
+		if !strings.HasPrefix(got, "…") || !strings.HasSuffix(s, strings.TrimPrefix(got, "…")) || len(got) > MaxMessage+len("…") {
+			t.Fatalf("pad %d: %d bytes %q…, want the end of the text after an ellipsis, at most %d bytes", pad, len(got), got[:12], MaxMessage+len("…"))
+		}
+	}
+	if got := ClipTail(strings.Repeat("\xa9", 2*MaxMessage)); len(got) != MaxMessage+len("…") {
+		t.Errorf("ClipTail of stray bytes kept %d bytes, want %d", len(got), MaxMessage+len("…"))
+	}
+	if got := ClipTail("  short  "); got != "short" {
+		t.Errorf("ClipTail(short) = %q", got)
+	}
+}

@@ -1,12 +1,27 @@
 // Package failure is ghcr-pull's failure vocabulary: what a peer said
 // (Response), the few classes every failure falls into (Rejected, NotFound,
-// Transient, BadInput), a UTF-8-safe clip for untrusted text, and the one
+// Transient, BadInput), a UTF-8-safe clip for untrusted text (Clip, and
+// ClipTail for the end of a command's stderr), and the one
 // place secrets are redacted from text that leaves the process (Redactor).
 // Every other package imports it; it imports none of them.
 //
-// A class is decided once, where a peer's answer is read: ghcr for registry
-// answers, FromDaemon for the text Docker and containerd relay, the oidc
-// client for identity providers. Callers only ask errors.As.
+// A class is decided once, where a peer's answer is read:
+//
+//   - ghcr.Classify: registry answers (status and distribution-spec code)
+//     and network or context errors on the way to a registry;
+//   - FromDaemon: the text Docker, Podman and containerd relay of a
+//     registry's answer, matched against daemonPhrases, the one table of
+//     daemon words;
+//   - cri's classifyCRI: containerd's CRI errors by gRPC code, and
+//     kube.PullError: the kubelet's text of them;
+//   - kube's apiError: the Kubernetes API server's answers;
+//   - the oidc client (oidc.Config.do, classifyAWS): identity providers;
+//   - docker's classifyCall: the Engine API's call errors.
+//
+// An error of a package above names its own class with a Class() method:
+// pull.DriftError, ghcr.QuotaExceeded, relay.CacheError,
+// sshdeploy.ForwardError and verify's three policy errors. Callers only
+// ask errors.As, or ClassOf for the results' error_class.
 package failure
 
 import (
@@ -162,17 +177,32 @@ func Clip(s string) string {
 	if len(s) <= MaxMessage {
 		return s
 	}
-	// Back off to the start of the rune the limit falls in: at most
-	// utf8.UTFMax-1 continuation bytes. A longer run is not UTF-8 at all
-	// (stray bytes), and is cut at the limit rather than emptied.
-	cut := MaxMessage
-	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(s[cut]); back++ {
-		cut--
+	return s[:runeCut(s, MaxMessage, -1)] + "…"
+}
+
+// ClipTail is Clip keeping the end of s, for a command's stderr, whose last
+// lines say what went wrong; a clipped text starts with "…".
+func ClipTail(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= MaxMessage {
+		return s
 	}
-	if !utf8.RuneStart(s[cut]) {
-		cut = MaxMessage
+	return "…" + s[runeCut(s, len(s)-MaxMessage, +1):]
+}
+
+// runeCut moves the cut at byte i of s to the start of the rune it falls
+// in (dir -1, keeping less before it) or of the next one (dir +1, keeping
+// less after it): at most utf8.UTFMax-1 continuation bytes. A longer run
+// is not UTF-8 at all (stray bytes), and is cut at i rather than emptied.
+func runeCut(s string, i, dir int) int {
+	cut := i
+	for step := 0; step < utf8.UTFMax-1 && cut < len(s) && !utf8.RuneStart(s[cut]); step++ {
+		cut += dir
 	}
-	return s[:cut] + "…"
+	if cut >= len(s) || !utf8.RuneStart(s[cut]) {
+		return i
+	}
+	return cut
 }
 
 // The classes of an image a verify policy refused, named by the errors of
