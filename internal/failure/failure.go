@@ -12,8 +12,9 @@
 //   - FromDaemon: the text Docker, Podman and containerd relay of a
 //     registry's answer, matched against daemonPhrases, the one table of
 //     daemon words;
-//   - cri's classifyCRI: containerd's CRI errors by gRPC code, and
-//     kube.PullError: the kubelet's text of them;
+//   - FromGRPC: containerd's CRI errors by gRPC code, the one code
+//     mapping, called by cri with the status and by kube.PullError with
+//     the kubelet's text of it;
 //   - kube's apiError: the Kubernetes API server's answers;
 //   - the oidc client (oidc.Config.do, classifyAWS): identity providers;
 //   - docker's classifyCall: the Engine API's call errors.
