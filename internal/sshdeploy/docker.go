@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // routeKind is how a connection reaches the Docker daemon's socket.
@@ -232,13 +234,16 @@ func (s *stdioConn) SetReadDeadline(time.Time) error  { return nil }
 func (s *stdioConn) SetWriteDeadline(time.Time) error { return nil }
 
 // tailBuffer keeps the last bytes written to it: a remote command's stderr
-// is shown to users, and must not grow without bound.
+// is shown to users, and must not grow without bound. What it keeps is
+// cut anywhere; String cuts it again on a rune boundary, through
+// failure.ClipTail.
 type tailBuffer struct {
 	mu  sync.Mutex
 	buf []byte
 }
 
-const tailMax = 1024
+// tailMax leaves ClipTail room to find a rune start past the byte cut.
+const tailMax = 2 * failure.MaxMessage
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
@@ -253,5 +258,5 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
+	return failure.ClipTail(string(t.buf))
 }

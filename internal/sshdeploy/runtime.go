@@ -264,7 +264,7 @@ func (c *sshConn) output(ctx context.Context, cmd string) (string, error) {
 	select {
 	case r := <-done:
 		if r.err != nil && stderr.String() != "" {
-			return "", fmt.Errorf("%w: %s", r.err, failure.Clip(stderr.String()))
+			return "", fmt.Errorf("%w: %s", r.err, stderr.String())
 		}
 		return string(r.out), r.err
 	case <-ctx.Done():
