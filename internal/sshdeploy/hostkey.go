@@ -268,7 +268,7 @@ type verifier struct {
 	host      Host
 	called    bool
 	presented ssh.PublicKey
-	refused   *HostKeyError
+	refused   *hostKeyError
 }
 
 func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey) error {
@@ -278,7 +278,7 @@ func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey)
 	if p.insecure {
 		return nil
 	}
-	refuse := &HostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
+	refuse := &hostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
 	if p.knownHosts != nil {
 		err := p.knownHosts(hostname, remote, key)
 		if err == nil {
