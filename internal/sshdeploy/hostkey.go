@@ -73,7 +73,7 @@ func parseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*ho
 }
 
 // insecureIgnoreHostKey is the explicit opt-out: any host key is accepted
-// (and still reported: sshConn.hostKey).
+// (the one presented is kept in sshConn.hostKey), and action warns.
 func insecureIgnoreHostKey() *hostKeyPolicy { return &hostKeyPolicy{insecure: true} }
 
 // Insecure tells whether host keys go unchecked.
