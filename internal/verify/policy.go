@@ -108,20 +108,20 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 	case "", "false", "none", "off":
 		for _, n := range all {
 			if in(n) != "" {
-				return nil, bad(n, "is set but verification is off", "set verify to cosign-key, cosign-keyless or github-attestation")
+				return nil, failure.Bad(n, "is set but verification is off", "set verify to cosign-key, cosign-keyless or github-attestation")
 			}
 		}
 		return nil, nil
 	case CosignKey, CosignKeyless, GitHubAttestation:
 		if !compiledIn {
-			return nil, bad(InputMethod, "this ghcr-pull was built without verification (-tags noverify)", "use the released image, or build without -tags noverify")
+			return nil, failure.Bad(InputMethod, "this ghcr-pull was built without verification (-tags noverify)", "use the released image, or build without -tags noverify")
 		}
 	default:
-		return nil, bad(InputMethod, fmt.Sprintf("%q is not a verification method", method), "use cosign-key, cosign-keyless or github-attestation, or leave it empty")
+		return nil, failure.Bad(InputMethod, fmt.Sprintf("%q is not a verification method", method), "use cosign-key, cosign-keyless or github-attestation, or leave it empty")
 	}
 	for _, n := range all {
 		if in(n) != "" && !contains(allowed[method], n) {
-			return nil, bad(n, "does not apply to verify: "+string(method), "remove it, or pick the method it belongs to")
+			return nil, failure.Bad(n, "does not apply to verify: "+string(method), "remove it, or pick the method it belongs to")
 		}
 	}
 
@@ -130,29 +130,29 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 	case CosignKey:
 		raw, err := readInline(in(InputKey), "-----BEGIN")
 		if err != nil {
-			return nil, bad(InputKey, err.Error(), "give the PEM public key (cosign.pub) inline or as a file path")
+			return nil, failure.Bad(InputKey, err.Error(), "give the PEM public key (cosign.pub) inline or as a file path")
 		}
 		if raw == nil {
-			return nil, bad(InputKey, "is required for verify: cosign-key", "give the PEM public key (cosign.pub) inline or as a file path")
+			return nil, failure.Bad(InputKey, "is required for verify: cosign-key", "give the PEM public key (cosign.pub) inline or as a file path")
 		}
 		if err := p.setKey(raw); err != nil {
-			return nil, bad(InputKey, err.Error(), "give the PEM public key (cosign.pub), not the private key")
+			return nil, failure.Bad(InputKey, err.Error(), "give the PEM public key (cosign.pub), not the private key")
 		}
 		return p, nil
 	case CosignKeyless:
 		p.Identity, p.IdentityRegexp, p.Issuer = in(InputIdentity), in(InputIdentityRegexp), in(InputIssuer)
 		switch {
 		case p.Identity == "" && p.IdentityRegexp == "":
-			return nil, bad(InputIdentity, "verify: cosign-keyless needs the signer's identity", "set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp")
+			return nil, failure.Bad(InputIdentity, "verify: cosign-keyless needs the signer's identity", "set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp")
 		case p.Identity != "" && p.IdentityRegexp != "":
-			return nil, bad(InputIdentityRegexp, "is set together with verify-identity", "set only one of them")
+			return nil, failure.Bad(InputIdentityRegexp, "is set together with verify-identity", "set only one of them")
 		case p.Issuer == "":
-			return nil, bad(InputIssuer, "verify: cosign-keyless needs the OIDC issuer", "e.g. "+GitHubIssuer)
+			return nil, failure.Bad(InputIssuer, "verify: cosign-keyless needs the OIDC issuer", "e.g. "+GitHubIssuer)
 		}
 		if p.IdentityRegexp != "" {
 			re, err := regexp.Compile(p.IdentityRegexp)
 			if err != nil {
-				return nil, bad(InputIdentityRegexp, "is not a regular expression: "+err.Error(), "use RE2 syntax; anchor it with ^ and $")
+				return nil, failure.Bad(InputIdentityRegexp, "is not a regular expression: "+err.Error(), "use RE2 syntax; anchor it with ^ and $")
 			}
 			p.sanRE = re
 		}
@@ -161,10 +161,10 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 		p.Repository, p.SignerWorkflow = in(InputRepository), in(InputSignerWorkflow)
 		p.Issuer, p.PredicateType = in(InputIssuer), in(InputPredicateType)
 		if !repoRE.MatchString(p.Repository) {
-			return nil, bad(InputRepository, fmt.Sprintf("%q is not owner/name", p.Repository), "name the repository whose workflow built the image, e.g. octo-org/app")
+			return nil, failure.Bad(InputRepository, fmt.Sprintf("%q is not owner/name", p.Repository), "name the repository whose workflow built the image, e.g. octo-org/app")
 		}
 		if p.SignerWorkflow != "" && !workflowRE.MatchString(p.SignerWorkflow) {
-			return nil, bad(InputSignerWorkflow, fmt.Sprintf("%q is not owner/name/.github/workflows/<file>.yml", p.SignerWorkflow), "e.g. octo-org/app/.github/workflows/release.yml, without @ref")
+			return nil, failure.Bad(InputSignerWorkflow, fmt.Sprintf("%q is not owner/name/.github/workflows/<file>.yml", p.SignerWorkflow), "e.g. octo-org/app/.github/workflows/release.yml, without @ref")
 		}
 		if p.Issuer == "" {
 			p.Issuer = GitHubIssuer
@@ -186,11 +186,11 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 
 	raw, err := readInline(in(InputTrustedRoot), "{")
 	if err != nil {
-		return nil, bad(InputTrustedRoot, err.Error(), "give a trusted_root.json inline or as a file path")
+		return nil, failure.Bad(InputTrustedRoot, err.Error(), "give a trusted_root.json inline or as a file path")
 	}
 	p.TrustedRoot = raw
 	if p.trust, err = loadTrustedRoot(raw); err != nil {
-		return nil, bad(InputTrustedRoot, "is not a Sigstore trusted root: "+err.Error(), "use the output of `gh attestation trusted-root` or your Sigstore instance's trusted_root.json")
+		return nil, failure.Bad(InputTrustedRoot, "is not a Sigstore trusted root: "+err.Error(), "use the output of `gh attestation trusted-root` or your Sigstore instance's trusted_root.json")
 	}
 	return p, nil
 }
@@ -226,10 +226,6 @@ func readInline(v, marker string) ([]byte, error) {
 		return nil, fmt.Errorf("cannot read %s: %v", v, err)
 	}
 	return b, nil
-}
-
-func bad(input, problem, fix string) error {
-	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
 func contains(list []string, s string) bool {
