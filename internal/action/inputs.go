@@ -8,6 +8,7 @@ package action
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -194,8 +195,8 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	if err := parsePath(&c, get, opts); err != nil {
 		return c, err
 	}
-	if c.Verify, err = verify.ParsePolicy(in); err != nil {
-		return c, err
+	if c.Verify, err = verify.ParsePolicy(func(s verify.Setting) string { return in(verifyInputs[s]) }); err != nil {
+		return c, named(err, verifyInputs)
 	}
 	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
 		return c, err
@@ -428,4 +429,36 @@ func parseSSH(c *Config, get, in Getter) error {
 	}
 	c.SSH.Runtime = c.RemoteRuntime
 	return nil
+}
+
+// verifyInputs names the verify policy's settings as the action's inputs.
+var verifyInputs = map[verify.Setting]string{
+	verify.SettingMethod:         "verify",
+	verify.SettingKey:            "verify-key",
+	verify.SettingIdentity:       "verify-identity",
+	verify.SettingIdentityRegexp: "verify-identity-regexp",
+	verify.SettingIssuer:         "verify-issuer",
+	verify.SettingRepository:     "verify-repository",
+	verify.SettingSignerWorkflow: "verify-signer-workflow",
+	verify.SettingPredicateType:  "verify-predicate-type",
+	verify.SettingTrustedRoot:    "verify-trusted-root",
+}
+
+// named is the one boundary where a package's settings get the input
+// names users know them by: the *failure.BadInput in err, naming a setting
+// of names, is renamed to its input, and each {setting} in its problem and
+// fix too. Packages below action name only their own parameters.
+func named[S ~string](err error, names map[S]string) error {
+	var bad *failure.BadInput
+	if !errors.As(err, &bad) {
+		return err
+	}
+	if n, ok := names[S(bad.Input)]; ok {
+		bad.Input = n
+	}
+	for s, n := range names {
+		bad.Problem = strings.ReplaceAll(bad.Problem, "{"+string(s)+"}", n)
+		bad.Fix = strings.ReplaceAll(bad.Fix, "{"+string(s)+"}", n)
+	}
+	return err
 }

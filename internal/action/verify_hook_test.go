@@ -95,8 +95,8 @@ func TestVerifierHook(t *testing.T) {
 	push := func(repo string) name.Digest { return pushRandom(t, host+"/"+repo+":1") }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
-	policy, err := verify.ParsePolicy(func(n string) string {
-		return map[string]string{"verify": "cosign-key", "verify-key": keyPEM}[n]
+	policy, err := verify.ParsePolicy(func(n verify.Setting) string {
+		return map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: keyPEM}[n]
 	})
 	if err != nil || policy == nil {
 		t.Fatalf("policy: %v", err)
@@ -254,5 +254,45 @@ func TestResultsNameVerificationClasses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The verify policy's errors name the action's inputs, as users knew them
+// before the policy's settings got names of their own: action names them
+// at its one boundary (named), every setting has an input of action.yml.
+func TestVerifyErrorsNameInputs(t *testing.T) {
+	md := testMetadata(t)
+	declared := map[string]bool{}
+	for _, in := range md.Inputs {
+		declared[in.Name] = true
+	}
+	for _, s := range verify.Settings {
+		if !declared[verifyInputs[s]] {
+			t.Errorf("setting %s: %q is no input of action.yml", s, verifyInputs[s])
+		}
+	}
+	_, pub := cosignKey(t)
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"verify-key": pub},
+			`input "verify-key": is set but verification is off (set verify to cosign-key, cosign-keyless or github-attestation)`},
+		{map[string]string{"verify": "cosign-key", "verify-key": pub, "verify-identity": "x"},
+			`input "verify-identity": does not apply to verify: cosign-key (remove it, or pick the method it belongs to)`},
+		{map[string]string{"verify": "cosign-key"},
+			`input "verify-key": is required for verify: cosign-key (give the PEM public key (cosign.pub) inline or as a file path)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity": verify: cosign-keyless needs the signer's identity (set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-identity": "a", "verify-identity-regexp": "^a$", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity-regexp": is set together with verify-identity (set only one of them)`},
+		{map[string]string{"verify": "github-attestation", "verify-repository": "octo"},
+			`input "verify-repository": "octo" is not owner/name (name the repository whose workflow built the image, e.g. octo-org/app)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
 	}
 }

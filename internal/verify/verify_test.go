@@ -119,9 +119,9 @@ func keySig(t *testing.T, sv signature.Signer, payload []byte) verifytest.Legacy
 	}}
 }
 
-func policy(t *testing.T, in map[string]string) *verify.Policy {
+func policy(t *testing.T, in map[verify.Setting]string) *verify.Policy {
 	t.Helper()
-	p, err := verify.ParsePolicy(func(n string) string { return in[n] })
+	p, err := verify.ParsePolicy(func(n verify.Setting) string { return in[n] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +140,14 @@ const (
 
 func TestVerify(t *testing.T) {
 	w := newWorld(t)
-	keyPolicy := map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM}
-	keyless := func(id string) map[string]string {
-		return map[string]string{"verify": "cosign-keyless", "verify-identity": id, "verify-issuer": issuer, "verify-trusted-root": w.trustedRoot}
+	keyPolicy := map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM}
+	keyless := func(id string) map[verify.Setting]string {
+		return map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentity: id, verify.SettingIssuer: issuer, verify.SettingTrustedRoot: w.trustedRoot}
 	}
-	attest := func(extra ...string) map[string]string {
-		m := map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": w.trustedRoot}
+	attest := func(extra ...string) map[verify.Setting]string {
+		m := map[verify.Setting]string{verify.SettingMethod: "github-attestation", verify.SettingRepository: "octo/app", verify.SettingTrustedRoot: w.trustedRoot}
 		for i := 0; i+1 < len(extra); i += 2 {
-			m[extra[i]] = extra[i+1]
+			m[verify.Setting(extra[i])] = extra[i+1]
 		}
 		return m
 	}
@@ -185,7 +185,7 @@ func TestVerify(t *testing.T) {
 
 	cases := []struct {
 		name   string
-		policy map[string]string
+		policy map[verify.Setting]string
 		sign   signer
 		faults []ghcrsim.Fault
 		want   string
@@ -252,19 +252,19 @@ func TestVerify(t *testing.T) {
 			return []verifytest.Legacy{keySig(t, w.key, payload(d))}
 		}), nil, noSignature},
 		{"keyless (bundle referrer): right identity", keyless(workflow), bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, pass},
-		{"keyless (bundle referrer): identity regexp", map[string]string{"verify": "cosign-keyless", "verify-identity-regexp": `^https://github\.com/octo/`, "verify-issuer": issuer, "verify-trusted-root": w.trustedRoot},
+		{"keyless (bundle referrer): identity regexp", map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentityRegexp: `^https://github\.com/octo/`, verify.SettingIssuer: issuer, verify.SettingTrustedRoot: w.trustedRoot},
 			bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, pass},
 		{"keyless (bundle referrer): another identity", keyless("https://github.com/octo/app/.github/workflows/other.yml@refs/heads/main"),
 			bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, mismatch},
 		{"keyless (bundle referrer): subject is another digest", keyless(workflow), bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, otherDigest, nil), nil, invalid},
 
 		{"attestation: workflow of the repository", attest(), bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, pass},
-		{"attestation: the named signer workflow", attest("verify-signer-workflow", "octo/app/.github/workflows/release.yml"),
+		{"attestation: the named signer workflow", attest(string(verify.SettingSignerWorkflow), "octo/app/.github/workflows/release.yml"),
 			bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, pass},
-		{"attestation: another signer workflow", attest("verify-signer-workflow", "octo/app/.github/workflows/nightly.yml"),
+		{"attestation: another signer workflow", attest(string(verify.SettingSignerWorkflow), "octo/app/.github/workflows/nightly.yml"),
 			bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, mismatch},
 		{"attestation: another repository", attest(), bundleOf(w.ss, "https://github.com/octo/app-fork/.github/workflows/release.yml@refs/heads/main", verify.SLSAProvenanceV1, self, nil), nil, mismatch},
-		{"attestation: a reusable workflow elsewhere, no source-repository extension", attest("verify-signer-workflow", "octo/shared/.github/workflows/build.yml"),
+		{"attestation: a reusable workflow elsewhere, no source-repository extension", attest(string(verify.SettingSignerWorkflow), "octo/shared/.github/workflows/build.yml"),
 			bundleOf(w.ss, "https://github.com/octo/shared/.github/workflows/build.yml@refs/heads/main", verify.SLSAProvenanceV1, self, nil), nil, mismatch},
 		{"attestation: only another predicate type", attest(), bundleOf(w.ss, workflow, "https://spdx.dev/Document/v2.3", self, nil), nil, noSignature},
 		{"attestation: unsigned", attest(), nil, nil, noSignature},
@@ -313,7 +313,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyAnonymousDenied(t *testing.T) {
 	w := newWorld(t)
 	d := w.push(t, "private/app")
-	p := policy(t, map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM})
+	p := policy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM})
 	_, err := verify.Verify(context.Background(), p, d, nil)
 	var rej *failure.Rejected
 	if !errors.As(err, &rej) || !rej.Anonymous {
@@ -330,7 +330,7 @@ func TestVerifyRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.front.ResetLog()
-	if _, err := verify.Verify(context.Background(), policy(t, map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM}), d, w.auth); err != nil {
+	if _, err := verify.Verify(context.Background(), policy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM}), d, w.auth); err != nil {
 		t.Fatal(err)
 	}
 	// ping, token, .sig manifest, payload blob
