@@ -61,8 +61,8 @@ var daemonPhrases = []struct {
 // FromDaemon places a pull error reported by a Docker daemon (or by
 // containerd's CRI service, its gRPC code given as a status), from the
 // HTTP status of the call (0 when the error came inside the JSON stream)
-// and its message. Daemons relay registry answers only as text, so this is
-// the one place ghcr-pull matches on words.
+// and its message. Daemons relay registry answers only as text, so the
+// registry's answer is read from their words here, through daemonPhrases.
 func FromDaemon(status int, message string, anonymous bool) error {
 	resp := Response{Status: status, Message: Clip(message), Where: "daemon"}
 	lower := strings.ToLower(message)
