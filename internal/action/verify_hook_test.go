@@ -3,13 +3,7 @@
 package action
 
 import (
-	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -23,7 +17,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -36,32 +29,22 @@ import (
 // verify-key input takes it.
 func cosignKey(t *testing.T) (signature.Signer, string) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sv, pub, err := verifytest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, string(pub)
+	return sv, pub
 }
 
 // signImage attaches a cosign key signature of d, made with sv, under d's
 // .sig tag, and returns the digest of the signature manifest.
 func signImage(t *testing.T, d name.Digest, sv signature.Signer, opts ...remote.Option) string {
 	t.Helper()
-	payload := verifytest.SimpleSigning(d.Context().String(), d.DigestStr())
-	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	l, err := verifytest.KeySignature(sv, verifytest.SimpleSigning(d.Context().String(), d.DigestStr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{{Payload: payload, Annotations: map[string]string{
-		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig)}}}, opts...)
+	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{l}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,10 +5,6 @@ package verify_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -78,19 +73,11 @@ func newWorld(t *testing.T) *world {
 
 func newKey(t *testing.T) (signature.SignerVerifier, string) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sv, pub, err := verifytest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, string(pub)
+	return sv, pub
 }
 
 func (w *world) push(t *testing.T, repo string) name.Digest {
@@ -110,13 +97,11 @@ func (w *world) push(t *testing.T, repo string) name.Digest {
 // keySig is a cosign key signature of payload.
 func keySig(t *testing.T, sv signature.Signer, payload []byte) verifytest.Legacy {
 	t.Helper()
-	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	l, err := verifytest.KeySignature(sv, payload)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return verifytest.Legacy{Payload: payload, Annotations: map[string]string{
-		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig),
-	}}
+	return l
 }
 
 func policy(t *testing.T, in map[verify.Setting]string) *verify.Policy {
