@@ -18,7 +18,8 @@ import (
 // digest makes no registry request at all for a pull by digest (seen with
 // dockerd 20.10: TestPullQuota), so it costs nothing; one that lacks it
 // costs one. A target that cannot tag (containerd) pulls by tag and is
-// counted whatever it holds; an unreachable one pulls nothing. A cluster
+// counted whatever it holds, unless a mirror serves it (it renames);
+// an unreachable one pulls nothing. A cluster
 // (fleet) counts as one target: its nodes are known only once the
 // pre-pull runs, so the guard under-counts there. The probe's own HEAD
 // costs nothing. Images whose probe failed, or that a mirror serves, do
@@ -81,19 +82,20 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 
 // lacks says whether pulling img onto target will ask the registry for
 // its manifest: false for a Docker target that holds the digest already
-// (it is pulled by digest) or that a mirror serves, and for one that
-// cannot be reached (it pulls nothing).
+// (it is pulled by digest), for a target a mirror serves, and for one
+// that cannot be reached (it pulls nothing).
 func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) bool {
 	d, err := target.open(ctx)
 	if err != nil {
 		return false
 	}
 	pinned := image.Pinned(img.Input, p.digest)
-	if _, ok := d.(tagger); !ok || pinned == "" {
-		return true // pulled by the user's reference, from the registry
+	_, canTag := d.(tagger)
+	if _, canRename := d.(renamer); p.source != nil && pinned != "" && (canTag || canRename) {
+		return false // pulled from the mirror
 	}
-	if p.source != nil {
-		return false
+	if !canTag || pinned == "" {
+		return true // pulled by the user's reference, from the registry
 	}
 	info, err := d.Inspect(ctx, pinned)
 	return err != nil || RepoDigest(info.RepoDigests, img.Input, p.digest) != p.digest

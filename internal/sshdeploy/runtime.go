@@ -98,7 +98,22 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 	if t, ok := rt.(tagger); ok {
 		return &taggingRemote{remote: r, tag: t}, nil
 	}
+	if n, ok := rt.(renamer); ok {
+		return &renamingRemote{remote: r, renamer: n}, nil
+	}
 	return r, nil
+}
+
+// renamer is a runtime that gives an image pulled under another name the
+// user's names in its place (containerd, for a mirror's pull); the pull
+// policy finds the ability by type assertion, so the wrapper keeps it.
+type renamer interface {
+	Rename(ctx context.Context, from string, names ...string) error
+}
+
+type renamingRemote struct {
+	*remote
+	renamer
 }
 
 // tagger is a runtime that can point a tag at an image (Docker); the pull
