@@ -372,7 +372,7 @@ func TestMirrorServesRenamingTarget(t *testing.T) {
 	images, _ := ParseImages([]string{input})
 
 	for _, tt := range []struct {
-		name, kind string
+		name, kind   string
 		failOnTarget bool
 		wantPulls    []string // "mirror" stands for the mirror's host
 		wantServed   bool
