@@ -21,7 +21,8 @@ import (
 // counted whatever it holds, unless a mirror serves it (it renames);
 // an unreachable one pulls nothing. A cluster
 // (fleet) counts as one target: its nodes are known only once the
-// pre-pull runs, so the guard under-counts there. The probe's own HEAD
+// pre-pull runs, so the guard under-counts there; one a mirror serves
+// costs nothing. The probe's own HEAD
 // costs nothing. Images whose probe failed, or that a mirror serves, do
 // not spend upstream's quota.
 func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targets []*openOnce, fleet bool) {
@@ -49,7 +50,11 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 		t.images++
 		if fleet {
 			t.pairs++
-			t.pulls++ // a fleet pulls the user's reference from the registry
+			if p.source != nil {
+				t.holding++ // the nodes pull from the mirror
+			} else {
+				t.pulls++
+			}
 			continue
 		}
 		for _, target := range targets {
