@@ -36,7 +36,7 @@ type simRegistry struct {
 	srv   *httptest.Server
 }
 
-func startSim(t *testing.T) *simRegistry {
+func startSim(t testing.TB) *simRegistry {
 	t.Helper()
 	front, err := ghcrsim.New(ghcrsim.Options{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))})
 	if err != nil {
@@ -48,7 +48,7 @@ func startSim(t *testing.T) *simRegistry {
 	return &simRegistry{front: front, host: strings.TrimPrefix(srv.URL, "http://"), srv: srv}
 }
 
-func (s *simRegistry) push(t *testing.T, repo string, img v1.Image) {
+func (s *simRegistry) push(t testing.TB, repo string, img v1.Image) {
 	t.Helper()
 	ref, _ := name.ParseReference(s.host + "/" + repo)
 	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "admin", Password: "adminpw"})); err != nil {

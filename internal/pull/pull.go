@@ -240,7 +240,7 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 			})
 		}
 		_ = g.Wait()
-		guardQuota(ctx, images, probes, opened, opts.Fleet != nil)
+		guardQuota(ctx, images, probes, opened, opts.Fleet != nil, opts.ImageConcurrency*opts.TargetConcurrency)
 		for i, img := range images {
 			g.Go(func() error {
 				perImage[i] = deliver(ctx, img, probes[i], opened, opts, starts[i])

@@ -1,12 +1,13 @@
 package pull
 
 import (
-	"github.com/ghcr-pull/ghcr-pull/internal/image"
-
 	"context"
 	"fmt"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
 // guardQuota fails, before any target pulls, the images of every registry
@@ -25,13 +26,33 @@ import (
 // costs nothing. The probe's own HEAD
 // costs nothing. Images whose probe failed, or that a mirror serves, do
 // not spend upstream's quota.
-func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targets []*openOnce, fleet bool) {
+func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targets []*openOnce, fleet bool, concurrency int) {
 	type tally struct {
 		quota          ghcr.Quota
 		images, pulls  int
 		pairs, holding int
 	}
 	spends := func(p probeOutcome) bool { return p.err == nil && p.quota != nil }
+	// Whether each target lacks each image, asked concurrently within the
+	// pulls' own bound: an inspection is a round trip to the host, and
+	// asked one after another they made the guard's cost grow with images
+	// × targets (docs/benchmarks.md).
+	lacking := make([][]bool, len(probes))
+	var g errgroup.Group
+	g.SetLimit(concurrency)
+	for i, p := range probes {
+		if !spends(p) || fleet {
+			continue
+		}
+		lacking[i] = make([]bool, len(targets))
+		for j, target := range targets {
+			g.Go(func() error {
+				lacking[i][j] = lacks(ctx, images[i], p, target)
+				return nil
+			})
+		}
+	}
+	_ = g.Wait()
 	per := map[string]*tally{}
 	for i, p := range probes {
 		if !spends(p) {
@@ -57,9 +78,9 @@ func guardQuota(ctx context.Context, images []Image, probes []probeOutcome, targ
 			}
 			continue
 		}
-		for _, target := range targets {
+		for j := range targets {
 			t.pairs++
-			if lacks(ctx, images[i], p, target) {
+			if lacking[i][j] {
 				t.pulls++
 			} else {
 				t.holding++
