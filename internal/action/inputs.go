@@ -97,8 +97,6 @@ type Config struct {
 	RelayCacheMax int64
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
-	// RemoteRuntime says what to pull into on the SSH hosts.
-	RemoteRuntime sshdeploy.RuntimeChoice
 	// Kube is set with destination kubernetes.
 	Kube *kube.Config
 	// Path is where destination oci-layout or tar writes, absolute;
@@ -195,9 +193,6 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 		return c, err
 	}
 	if c.Verify, err = verify.ParsePolicy(in); err != nil {
-		return c, err
-	}
-	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
 		return c, err
 	}
 	if err := parseKube(&c, get, in); err != nil {
@@ -361,7 +356,6 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	return nil
 }
 
-// parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
 // parseKube reads the cluster destination; the kubeconfig is a secret and
 // taken as given.
 func parseKube(c *Config, get, in Getter) error {
@@ -390,6 +384,9 @@ func parseKube(c *Config, get, in Getter) error {
 	return nil
 }
 
+// parseSSH reads the ssh-* and remote runtime inputs; sshdeploy.Parse
+// checks and defaults its own all at once (with no ssh-host, only the
+// remote runtime ones, and c.SSH stays nil).
 func parseSSH(c *Config, get, in Getter) error {
 	var err error
 	if c.PullLocal, err = parseBool("pull-local", in("pull-local")); err != nil {
@@ -408,13 +405,7 @@ func parseSSH(c *Config, get, in Getter) error {
 	if c.RelayCacheMax, err = parseSize("relay-cache-max", in("relay-cache-max")); err != nil {
 		return err
 	}
-	if strings.TrimSpace(get("ssh-host")) == "" {
-		if c.Relay {
-			return bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
-		}
-		return nil
-	}
-	c.SSH, err = sshdeploy.ParseInputs(sshdeploy.Inputs{
+	c.SSH, err = sshdeploy.Parse(sshdeploy.Inputs{
 		Hosts:                 get("ssh-host"),
 		User:                  in("ssh-user"),
 		Port:                  in("ssh-port"),
@@ -424,12 +415,17 @@ func parseSSH(c *Config, get, in Getter) error {
 		Fingerprints:          get("ssh-fingerprint"),
 		InsecureIgnoreHostKey: in("ssh-insecure-ignore-host-key"),
 		ProxyJump:             in("ssh-proxy-jump"),
-		Socket:                in("remote-docker-socket"),
 		Timeout:               in("ssh-timeout"),
+		Runtime:               in("remote-runtime"),
+		DockerSocket:          in("remote-docker-socket"),
+		ContainerdSocket:      in("remote-containerd-socket"),
+		ContainerdNamespace:   in("containerd-namespace"),
 	})
 	if err != nil {
 		return err
 	}
-	c.SSH.Runtime = c.RemoteRuntime
+	if c.SSH == nil && c.Relay {
+		return bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
+	}
 	return nil
 }

@@ -247,7 +247,7 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target 
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
-	if cfg.SSH.Config.HostKeys.Insecure() {
+	if cfg.SSH.Insecure() {
 		rep.Warning("ghcr-pull: SSH host keys are not verified",
 			"ssh-insecure-ignore-host-key is true: anyone on the path to the hosts can impersonate them and receive the registry credentials. Set ssh-known-hosts or ssh-fingerprint instead.")
 	}

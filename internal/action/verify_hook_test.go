@@ -10,6 +10,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -67,6 +68,21 @@ func signImage(t *testing.T, d name.Digest, sv signature.Signer, opts ...remote.
 	return m
 }
 
+// pushRandom pushes a random image as tag and returns its digest.
+func pushRandom(t *testing.T, tag string, opts ...remote.Option) name.Digest {
+	t.Helper()
+	img, _ := random.Image(128, 1)
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
+		t.Fatal(err)
+	}
+	dg, _ := img.Digest()
+	return ref.Context().Digest(dg.String())
+}
+
 // Guarantee: the action's verification hook fails an image the policy does
 // not accept (no signature at all, or a signature by another key) and only
 // reports a verification for a signature that verified. pull fails an
@@ -76,15 +92,7 @@ func TestVerifierHook(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
-	push := func(repo string) name.Digest {
-		img, _ := random.Image(128, 1)
-		tag, _ := name.NewTag(host + "/" + repo + ":1")
-		if err := remote.Write(tag, img); err != nil {
-			t.Fatal(err)
-		}
-		dg, _ := img.Digest()
-		return tag.Context().Digest(dg.String())
-	}
+	push := func(repo string) name.Digest { return pushRandom(t, host+"/"+repo+":1") }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
 	policy, err := verify.ParsePolicy(func(n string) string {
@@ -158,5 +166,93 @@ func TestStepVerifiesBeforeResolving(t *testing.T) {
 	}
 	if s.outputs["digest"] != d.DigestStr() || s.outputs["signature-digest"] != sig || !strings.HasPrefix(s.outputs["verified"], "cosign-key: ") {
 		t.Errorf("signed image: outputs %v", s.outputs)
+	}
+}
+
+// results names each verification failure's class (unsigned,
+// invalid-signature, signer-mismatch) for a deploy job to branch on, and
+// the "What to do" lines under it speak of the signature: also after the
+// credentials were refused and the anonymous fallback read a public image,
+// where the rejection is not why the image failed.
+func TestResultsNameVerificationClasses(t *testing.T) {
+	reg := startRegistry(t)
+	admin := remote.WithAuth(&authn.Basic{Username: "admin", Password: "adminpw"})
+	push := func(repo string) name.Digest { return pushRandom(t, reg.host+"/"+repo+":1", admin) }
+	key, keyPEM := cosignKey(t)
+	other, _ := cosignKey(t)
+	ss, err := verifytest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	trustedRoot, err := ss.TrustedRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		workflow = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"
+		fork     = "https://github.com/evil/app/.github/workflows/release.yml@refs/heads/main"
+	)
+	keyPolicy := map[string]string{"verify": "cosign-key", "verify-key": keyPEM}
+	keylessPolicy := map[string]string{"verify": "cosign-keyless", "verify-identity": workflow,
+		"verify-issuer": verify.GitHubIssuer, "verify-trusted-root": string(trustedRoot)}
+
+	forged := push("acme/forged")
+	signImage(t, forged, other, admin)
+	byFork := push("acme/fork-signed")
+	l, err := ss.LegacyKeyless(fork, verify.GitHubIssuer, verifytest.SimpleSigning(byFork.Context().String(), byFork.DigestStr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifytest.WriteLegacy(byFork, []verifytest.Legacy{l}, admin); err != nil {
+		t.Fatal(err)
+	}
+	signed := push("acme/signed")
+	signImage(t, signed, key, admin)
+
+	for _, tt := range []struct {
+		name, repo, password string
+		policy               map[string]string
+		want, advice         string
+	}{
+		{"unsigned", "acme/private", testPassword, keyPolicy, "unsigned", "no signature the verify policy accepts"},
+		{"unsigned, after the credentials were refused", "acme/public", "wrong-password", keyPolicy, "unsigned", "no signature the verify policy accepts"},
+		{"signed by another key", "acme/forged", testPassword, keyPolicy, "invalid-signature", "verify-key is the public half"},
+		{"signed by another workflow", "acme/fork-signed", testPassword, keylessPolicy, "signer-mismatch", "not by the signer the policy names"},
+		{"signed", "acme/signed", testPassword, keyPolicy, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := map[string]string{"image": reg.host + "/" + tt.repo + ":1", "username": testUser, "password": tt.password,
+				"destination": "none", "retries": "0"}
+			for k, v := range tt.policy {
+				in[k] = v
+			}
+			s := runStep(t, in, nil)
+			var results []ResultJSON
+			if err := json.Unmarshal([]byte(s.outputs["results"]), &results); err != nil || len(results) != 1 {
+				t.Fatalf("results %q: %v\n%s", s.outputs["results"], err, s.stdout)
+			}
+			r := results[0]
+			if r.ErrorClass != tt.want {
+				t.Errorf("error_class %q, want %q (error %q)", r.ErrorClass, tt.want, r.Error)
+			}
+			if tt.want == "" {
+				if s.code != ExitOK || r.VerifyMethod != "cosign-key" {
+					t.Errorf("signed image: exit %d, result %+v", s.code, r)
+				}
+				return
+			}
+			if s.code != ExitFailed {
+				t.Errorf("exit %d, want %d", s.code, ExitFailed)
+			}
+			_, advice, found := strings.Cut(s.summary, "What to do")
+			if !found || !strings.Contains(advice, tt.advice) {
+				t.Errorf("the summary does not advise on the signature (%q):\n%s", tt.advice, s.summary)
+			}
+			for _, wrong := range []string{"read access", "username and password", "private"} {
+				if strings.Contains(advice, wrong) {
+					t.Errorf("the advice speaks of access (%q), not of the signature:\n%s", wrong, advice)
+				}
+			}
+		})
 	}
 }

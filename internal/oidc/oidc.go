@@ -51,8 +51,9 @@ type Config struct {
 	// Registry is the host of the image pulled: the ECR region comes from
 	// it, and ACR's exchange endpoint lives on it.
 	Registry string
-	// Getenv reads endpoint overrides (see endpoints.go); nil is os.Getenv
-	// semantics of "nothing set".
+	// Getenv reads the endpoint overrides (the Env* names in http.go, and
+	// AWS_ENDPOINT_URL_STS and _ECR in aws.go); nil reads none: the
+	// providers' public endpoints.
 	Getenv func(string) string
 	// HTTPClient is used for every exchange; nil means a client with a
 	// 30 s timeout.

@@ -57,10 +57,8 @@ type Conn struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	discoverMu sync.Mutex
-	routeMu    sync.Mutex
-	routes     map[string]Route
-	lastRoute  Route
+	routeMu sync.Mutex
+	routes  map[string]Route // by socket path, as discovery found them
 }
 
 // Dial connects and authenticates to host, through cfg.ProxyJump when set.

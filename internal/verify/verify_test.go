@@ -128,41 +128,15 @@ func policy(t *testing.T, in map[string]string) *verify.Policy {
 	return p
 }
 
-type want int
-
+// The outcomes a case expects, in failure.ClassOf's words: the class
+// results' error_class reports ("" passes).
 const (
-	pass want = iota
-	noSignature
-	invalid
-	mismatch
-	denied
+	pass        = ""
+	noSignature = failure.Unsigned
+	invalid     = failure.InvalidSignature
+	mismatch    = failure.SignerMismatch
+	denied      = "rejected"
 )
-
-func classOf(err error) want {
-	var (
-		ns  *verify.NoSignatureError
-		inv *verify.InvalidSignatureError
-		mm  *verify.IdentityMismatchError
-		rej *failure.Rejected
-	)
-	switch {
-	case err == nil:
-		return pass
-	case errors.As(err, &ns):
-		return noSignature
-	case errors.As(err, &inv):
-		return invalid
-	case errors.As(err, &mm):
-		return mismatch
-	case errors.As(err, &rej):
-		return denied
-	}
-	return -1
-}
-
-func (c want) String() string {
-	return [...]string{"pass", "no signature", "invalid", "identity mismatch", "access denied"}[c]
-}
 
 func TestVerify(t *testing.T) {
 	w := newWorld(t)
@@ -214,7 +188,7 @@ func TestVerify(t *testing.T) {
 		policy map[string]string
 		sign   signer
 		faults []ghcrsim.Fault
-		want   want
+		want   string
 	}{
 		{"key: signed with the key", keyPolicy, legacy(func(t *testing.T, d name.Digest) []verifytest.Legacy {
 			return []verifytest.Legacy{keySig(t, w.key, payload(d))}
@@ -311,8 +285,8 @@ func TestVerify(t *testing.T) {
 			w.front.ResetLog()
 			w.front.Inject(tc.faults...)
 			res, err := verify.Verify(context.Background(), p, d, w.auth)
-			if got := classOf(err); got != tc.want {
-				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			if got := failure.ClassOf(err); got != tc.want {
+				t.Fatalf("got %q (%v), want %q", got, err, tc.want)
 			}
 			if n := w.front.Pending(); n != 0 {
 				t.Errorf("%d injected faults were never hit", n)
