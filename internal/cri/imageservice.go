@@ -100,9 +100,10 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 		return false, classifyCRI(ctx, err, creds)
 	}
 	had := map[string]bool{before: true}
-	if before == "" {
-		// A name the node does not hold (a mirror's <mirror>/<repo>@<digest>)
-		// says nothing of the content: the image ID among those it lists does.
+	if before == "" && strings.Contains(ref, "@") {
+		// A name by digest the node does not hold (a mirror's
+		// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of
+		// the content: the image ID among those it lists does.
 		if had, err = d.ImageIDs(ctx); err != nil {
 			return false, classifyCRI(ctx, err, creds)
 		}
