@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -193,11 +192,8 @@ func TestFleetGetsNoRegistryToken(t *testing.T) {
 // quota guard counts nothing for the mirror's pulls.
 func TestFleetPulledFromMirror(t *testing.T) {
 	const repo = "library/app"
-	img, _ := random.Image(64, 1)
-	want, _ := img.Digest()
-	up, m := startSim(t), startSim(t)
-	up.front.AddUser("upuser", "up-secret", false, "*")
-	up.push(t, repo+":1", img)
+	up, img, _, want := upstreamWithImage(t, repo)
+	m := startSim(t)
 	m.push(t, repo+":1", img)
 	m.front.AddUser("mirroruser", "mirror-secret", false, repo)
 	set := mirror.Set{}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"iter"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,25 +60,35 @@ func (s *simRegistry) push(t testing.TB, repo string, img v1.Image) {
 	s.front.ResetLog()
 }
 
-// tagDaemon is a Docker-like target: it records what it was asked to
-// pull with which credentials, tags, and reports the digests it pulled.
-type tagDaemon struct {
+// pullLog records what a target was asked to pull with which
+// credentials, and fails the pulls from the hosts in fail.
+type pullLog struct {
 	mu    sync.Mutex
 	refs  []string
 	creds []ghcr.Credentials
 	fail  map[string]error // by host prefix
 }
 
+// record logs a pull (mu held) and returns its host's failure, if any.
+func (l *pullLog) record(ref string, creds ghcr.Credentials) error {
+	l.refs, l.creds = append(l.refs, ref), append(l.creds, creds)
+	for host, err := range l.fail {
+		if strings.HasPrefix(ref, host) {
+			return err
+		}
+	}
+	return nil
+}
+
+// tagDaemon is a Docker-like target: it records what it was asked to
+// pull with which credentials, tags, and reports the digests it pulled.
+type tagDaemon struct{ pullLog }
+
 func (d *tagDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.refs, d.creds = append(d.refs, ref), append(d.creds, creds)
-	for host, err := range d.fail {
-		if strings.HasPrefix(ref, host) {
-			return false, err
-		}
-	}
-	return true, nil
+	err := d.record(ref, creds)
+	return err == nil, err
 }
 
 func (d *tagDaemon) Tag(context.Context, string, string) error { return nil }
@@ -83,13 +96,32 @@ func (d *tagDaemon) Tag(context.Context, string, string) error { return nil }
 func (d *tagDaemon) Inspect(context.Context, string) (image.Info, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return image.Info{RepoDigests: byDigest(slices.Values(d.refs))}, nil
+}
+
+// byDigest keeps the names by digest: what a daemon's RepoDigests list.
+func byDigest(names iter.Seq[string]) []string {
 	var rds []string
-	for _, r := range d.refs {
-		if strings.Contains(r, "@") {
-			rds = append(rds, r)
+	for n := range names {
+		if strings.Contains(n, "@") {
+			rds = append(rds, n)
 		}
 	}
-	return image.Info{RepoDigests: rds}, nil
+	return rds
+}
+
+// upstreamWithImage is an upstream registry (user upuser, password
+// up-secret) holding img under repo:1, and other, an image a mirror may
+// serve under the same tag.
+func upstreamWithImage(t testing.TB, repo string) (up *simRegistry, img, other v1.Image, digest v1.Hash) {
+	t.Helper()
+	img, _ = random.Image(64, 1)
+	other, _ = random.Image(64, 1)
+	digest, _ = img.Digest()
+	up = startSim(t)
+	up.front.AddUser("upuser", "up-secret", false, "*")
+	up.push(t, repo+":1", img)
+	return up, img, other, digest
 }
 
 // The mirror decision, on real registries: a mirror that serves the
@@ -126,12 +158,7 @@ func TestMirrorChoice(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			img, _ := random.Image(64, 1)
-			other, _ := random.Image(64, 1)
-			want, _ := img.Digest()
-			up := startSim(t)
-			up.front.AddUser("upuser", "up-secret", false, "*")
-			up.push(t, repo+":1", img)
+			up, img, other, want := upstreamWithImage(t, repo)
 			set := mirror.Set{}
 			var sims []*simRegistry
 			for _, kind := range tt.mirrors {
@@ -242,7 +269,7 @@ func TestMirrorFailsOnTarget(t *testing.T) {
 	up.front.SetPublic(repo)
 	m.front.SetPublic(repo)
 	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
-	d := &tagDaemon{fail: map[string]error{m.host: failure.FromDaemon(500, "connection refused", true)}}
+	d := &tagDaemon{pullLog{fail: map[string]error{m.host: failure.FromDaemon(500, "connection refused", true)}}}
 	set := mirror.Set{}
 	set.Add(up.host, mirror.Mirror{Host: m.host})
 	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
@@ -295,23 +322,17 @@ func TestMirrorForUnresolvableRegistry(t *testing.T) {
 // Inspect answers by name, as CRI's ImageStatus does; a pull by tag also
 // names <repository>@<digest>, as the CRI plugin does.
 type renameDaemon struct {
+	pullLog
 	digest  string
-	mu      sync.Mutex
-	refs    []string
-	creds   []ghcr.Credentials
 	names   map[string]bool // names held, all of one image
 	renames []string
-	fail    map[string]error // pulls by host prefix
 }
 
 func (d *renameDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.refs, d.creds = append(d.refs, ref), append(d.creds, creds)
-	for host, err := range d.fail {
-		if strings.HasPrefix(ref, host) {
-			return false, err
-		}
+	if err := d.record(ref, creds); err != nil {
+		return false, err
 	}
 	if d.names == nil {
 		d.names = map[string]bool{}
@@ -340,13 +361,7 @@ func (d *renameDaemon) Inspect(_ context.Context, ref string) (image.Info, error
 	if !d.names[ref] {
 		return image.Info{}, fmt.Errorf("no image %s", ref)
 	}
-	var rds []string
-	for n := range d.names {
-		if strings.Contains(n, "@") {
-			rds = append(rds, n)
-		}
-	}
-	return image.Info{RepoDigests: rds}, nil
+	return image.Info{RepoDigests: byDigest(maps.Keys(d.names))}, nil
 }
 
 // A containerd target (no tag call, renames) is pointed at the mirror
@@ -361,12 +376,7 @@ func TestMirrorServesRenamingTarget(t *testing.T) {
 	const repo = "library/app"
 	upCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}
 	mirrorCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"}
-	img, _ := random.Image(64, 1)
-	other, _ := random.Image(64, 1)
-	want, _ := img.Digest()
-	up := startSim(t)
-	up.front.AddUser("upuser", "up-secret", false, "*")
-	up.push(t, repo+":1", img)
+	up, img, other, want := upstreamWithImage(t, repo)
 	input := up.host + "/" + repo + ":1"
 	pinned := up.host + "/" + repo + "@" + want.String()
 	images, _ := ParseImages([]string{input})

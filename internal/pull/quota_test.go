@@ -137,7 +137,7 @@ func TestDaemonHitsQuota(t *testing.T) {
 func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
 	host, digest := quotaRegistry(t, "1")
 	images, _ := ParseImages([]string{host + "/library/app:1", host + "/library/app:2"})
-	holding := &tagDaemon{refs: []string{host + "/library/app@" + digest}}
+	holding := &tagDaemon{pullLog{refs: []string{host + "/library/app@" + digest}}}
 	lacking := &tagDaemon{}
 	for _, tt := range []struct {
 		name      string
