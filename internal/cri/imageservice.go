@@ -101,13 +101,23 @@ func (d *ImageService) Close() error {
 func (d *ImageService) Runtime() (name, namespace string) { return "containerd", Namespace }
 
 // Pull pulls ref with creds in the request, as the kubelet sends an
-// imagePullSecret, and reports whether the image ID changed. CRI reports no progress, and it pulls the node's
-// own platform (PullImageRequest has no platform): a platform asked for
-// that the node does not run is an error after the fact.
+// imagePullSecret, and reports whether the node got an image it lacked.
+// CRI reports no progress, and it pulls the node's own platform
+// (PullImageRequest has no platform): a platform asked for that the node
+// does not run is an error after the fact.
 func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, _ func(done, total int64)) (bool, error) {
 	before, err := d.imageID(ctx, ref)
 	if err != nil {
 		return false, classifyCRI(ctx, err, creds)
+	}
+	had := map[string]bool{before: true}
+	if before == "" && strings.Contains(ref, "@") {
+		// A name by digest the node does not hold (a mirror's
+		// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of
+		// the content: the image ID among those it lists does.
+		if had, err = d.ImageIDs(ctx); err != nil {
+			return false, classifyCRI(ctx, err, creds)
+		}
 	}
 	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
 	if !creds.IsAnonymous() {
@@ -125,12 +135,13 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 			return false, classifyCRI(ctx, err, creds)
 		}
 		if !image.SamePlatform(*platform, info.Platform) {
-			return false, &failure.BadInput{Input: "platform",
-				Problem: fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
-				Fix:     "leave platform empty for containerd hosts"}
+			return false, failure.Bad("platform",
+				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
+				"leave platform empty for containerd hosts")
+
 		}
 	}
-	return resp.ImageRef != before, nil
+	return !had[resp.ImageRef], nil
 }
 
 // imageID is the image ID ref names on the node, "" when it has none.

@@ -31,7 +31,8 @@ import (
 )
 
 // fakeCRI is containerd's CRI service as far as ghcr-pull uses it: Version,
-// PullImage (answers from a script, then success) and ImageStatus.
+// PullImage (answers from a script, then success), ImageStatus and
+// ListImages.
 type fakeCRI struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	runtimeapi.UnimplementedImageServiceServer
@@ -64,6 +65,16 @@ func (f *fakeCRI) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (
 	id := "sha256:" + strings.Repeat("c", 64)
 	f.images[ref] = &runtimeapi.Image{Id: id, RepoTags: []string{ref}, RepoDigests: []string{repo + "@" + f.digest}}
 	return &runtimeapi.PullImageResponse{ImageRef: id}, nil
+}
+
+func (f *fakeCRI) ListImages(context.Context, *runtimeapi.ListImagesRequest) (*runtimeapi.ListImagesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &runtimeapi.ListImagesResponse{}
+	for _, img := range f.images {
+		resp.Images = append(resp.Images, img)
+	}
+	return resp, nil
 }
 
 func (f *fakeCRI) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
@@ -121,6 +132,12 @@ func TestContainerdPullAndInspect(t *testing.T) {
 	downloaded, err = d.Pull(context.Background(), ref, nil, ghcr.Anonymous, nil)
 	if err != nil || downloaded {
 		t.Fatalf("second pull of the same image: downloaded=%v err=%v", downloaded, err)
+	}
+	// The same image under a name the node never held (a mirror's, by
+	// digest): its ID is known, nothing new.
+	downloaded, err = d.Pull(context.Background(), "mirror.example:5000/acme/app@"+digest, nil, ghcr.Anonymous, nil)
+	if err != nil || downloaded {
+		t.Fatalf("the same image under a mirror's name: downloaded=%v err=%v", downloaded, err)
 	}
 	if a := f.auths[0]; a == nil || a.Username != "u" || a.Password != "p" || a.ServerAddress != "" {
 		t.Errorf("credentials sent as %+v", a)

@@ -247,6 +247,27 @@ func TestNames(t *testing.T) {
 		}
 	})
 
+	t.Run("Rename: the user's names, spelled as CRI does, in place of the pulled one, which goes even when naming fails", func(t *testing.T) {
+		f := newFakeContainerd()
+		d := startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, pinnedName, "ghcr.io/acme/app"); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ghcr.io/acme/app:latest", "ghcr.io/acme/app:1", pinnedName, "sha256:imageid"}
+		slices.Sort(want)
+		if got := f.names(); !slices.Equal(got, want) {
+			t.Errorf("names %q, want %q", got, want)
+		}
+		f = newFakeContainerd()
+		d = startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, "NOT A NAME"); err == nil {
+			t.Error("a bad name was given")
+		}
+		if slices.Contains(f.names(), loopbackName) {
+			t.Errorf("the pulled name stayed: %q", f.names())
+		}
+	})
+
 	t.Run("ImageIDs", func(t *testing.T) {
 		d := startFakeContainerd(t, newFakeContainerd())
 		ids, err := d.ImageIDs(ctx)

@@ -69,7 +69,7 @@ type sshConn struct {
 // dialled) or *dialError (which wraps *hostKeyError on a refused key).
 func dialHost(ctx context.Context, host Host, cfg dialConfig) (*sshConn, error) {
 	if cfg.Signer == nil {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
+		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host")
 	}
 	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
 		return nil, err

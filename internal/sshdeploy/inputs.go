@@ -73,8 +73,8 @@ func Parse(in Inputs) (*Settings, error) {
 	// whatever namespace the caller names: accepting another value would
 	// report a namespace the image is not in.
 	if ns := strings.TrimSpace(in.ContainerdNamespace); ns != "" && ns != cri.Namespace {
-		bad(&failure.BadInput{Input: InputContainerdNamespace, Problem: fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
-			Fix: "leave containerd-namespace at k8s.io (see docs/containerd.md)"})
+		bad(failure.Bad(InputContainerdNamespace, fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
+			"leave containerd-namespace at k8s.io (see docs/containerd.md)"))
 	}
 	if strings.TrimSpace(in.Hosts) == "" {
 		return nil, errors.Join(errs...)
@@ -84,14 +84,14 @@ func Parse(in Inputs) (*Settings, error) {
 	if user == "" {
 		user = defaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
-		bad(&failure.BadInput{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
+		bad(failure.Bad(InputUser, fmt.Sprintf("%q is not a valid user name", user), ""))
 		user = defaultUser
 	}
 	port := defaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := parsePort(in.Port)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputPort, Problem: err.Error()})
+			bad(failure.Bad(InputPort, err.Error(), ""))
 		} else {
 			port = p
 		}
@@ -115,7 +115,7 @@ func Parse(in Inputs) (*Settings, error) {
 	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
+			bad(failure.Bad(InputInsecure, fmt.Sprintf("%q is not true or false", v), ""))
 		}
 		insecure = b
 	}
@@ -152,11 +152,11 @@ func parseSocket(input, s, def, example string) (string, error) {
 	path := strings.TrimPrefix(s, "unix://")
 	switch {
 	case strings.Contains(path, "://"):
-		return "", &failure.BadInput{Input: input, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. " + example}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not a unix socket", s), "give the socket's path on the hosts, e.g. "+example)
 	case !strings.HasPrefix(path, "/"):
-		return "", &failure.BadInput{Input: input, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. " + example}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not an absolute path", s), "e.g. "+example)
 	case strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "", &failure.BadInput{Input: input, Problem: "contains control characters"}
+		return "", failure.Bad(input, "contains control characters", "")
 	}
 	return path, nil
 }
@@ -173,7 +173,7 @@ func parseTimeout(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, &failure.BadInput{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
+		return 0, failure.Bad(InputTimeout, fmt.Sprintf("%q is not a positive duration", s), "e.g. 30s or 2m")
 	}
 	return d, nil
 }
@@ -187,5 +187,5 @@ func parseRuntime(kind string) (runtimeKind, error) {
 	case kindAuto, kindDocker, kindPodman, kindContainerd:
 		return k, nil
 	}
-	return "", &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker, podman or containerd"}
+	return "", failure.Bad(InputRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")
 }

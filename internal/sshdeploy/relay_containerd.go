@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
-	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
@@ -21,8 +20,7 @@ type criImages interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	ImageIDs(ctx context.Context) (map[string]bool, error)
-	Name(ctx context.Context, ref, name string) error
-	Unname(ctx context.Context, name string) error
+	cri.Namer
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -52,40 +50,23 @@ func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd 
 	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
 }
 
-// containerdName is ref as containerd's CRI plugin names images:
-// normalized (docker.io/library/busybox), a bare repository tagged latest.
-func containerdName(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return "", err
-	}
-	return reference.TagNameOnly(named).String(), nil
-}
-
-func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (pulled bool, err error) {
-	pinned, err := containerdName(ref)
+func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	pinned, err := cri.CanonicalName(ref)
 	if err != nil {
 		return false, err
 	}
 	local, _, isNew, err := d.fwd.pull(ctx, d.rt, ref, platform, creds, progress)
-	if local != "" {
-		// The loopback name goes whatever happens next; the image stays
-		// held by its ID record (the CRI plugin's) and the names given
-		// below.
-		defer func() {
-			// Even when the step is cancelled: nothing of ours stays.
-			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			if uerr := d.rt.Unname(cleanup, local); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("removing the relay's name %s: %w", local, uerr))
-			}
-		}()
-	}
 	if err != nil {
+		if local != "" {
+			// Even when the step is cancelled: nothing of ours stays.
+			err = errors.Join(err, cri.Rename(ctx, d.rt, local))
+		}
 		return false, err
 	}
-	if err := d.rt.Name(ctx, local, pinned); err != nil {
-		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, pinned, err)
+	// The loopback name goes whatever happens; the image stays held by
+	// its ID record (the CRI plugin's) and the name given.
+	if err := cri.Rename(ctx, d.rt, local, pinned); err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but: %w", local, err)
 	}
 	d.mu.Lock()
 	d.relayed[refKey(ref)] = pinned
@@ -102,7 +83,7 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	if !ok {
 		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", source)
 	}
-	tag, err := containerdName(target)
+	tag, err := cri.CanonicalName(target)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
@@ -57,7 +58,7 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n, err := containerdName(ref)
+	n, err := cri.CanonicalName(ref)
 	if err != nil {
 		return image.Info{}, err
 	}
