@@ -95,40 +95,40 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		}
 	}
 	r := &remote{rt: rt, conn: conn}
-	if t, ok := rt.(tagger); ok {
-		return &taggingRemote{remote: r, tag: t}, nil
-	}
-	if n, ok := rt.(renamer); ok {
-		return &renamingRemote{remote: r, renamer: n}, nil
+	t, canTag := rt.(tagger)
+	n, canRename := rt.(renamer)
+	switch {
+	case canTag && canRename: // relayed containerd
+		return &struct {
+			*remote
+			tagger
+			renamer
+		}{r, t, n}, nil
+	case canTag:
+		return &struct {
+			*remote
+			tagger
+		}{r, t}, nil
+	case canRename:
+		return &struct {
+			*remote
+			renamer
+		}{r, n}, nil
 	}
 	return r, nil
 }
 
-// renamer is a runtime that gives an image pulled under another name the
-// user's names in its place (containerd, for a mirror's pull); the pull
-// policy finds the ability by type assertion, so the wrapper keeps it.
-type renamer interface {
-	Rename(ctx context.Context, from string, names ...string) error
-}
-
-type renamingRemote struct {
-	*remote
-	renamer
-}
-
-// tagger is a runtime that can point a tag at an image (Docker); the pull
-// policy finds the ability by type assertion, so the wrapper keeps it.
+// tagger is a runtime that can point a tag at an image (Docker, relayed
+// containerd), and renamer one that gives an image pulled under another
+// name (a mirror's) the user's names in its place (containerd). The pull
+// policy finds the abilities by type assertion, so Open's wrapper keeps
+// them.
 type tagger interface {
 	Tag(ctx context.Context, source, target string) error
 }
 
-type taggingRemote struct {
-	*remote
-	tag tagger
-}
-
-func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
-	return r.tag.Tag(ctx, source, target)
+type renamer interface {
+	Rename(ctx context.Context, from string, names ...string) error
 }
 
 // PodmanSocket is where rootful Podman serves its Docker-compatible API
