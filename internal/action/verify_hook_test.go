@@ -3,13 +3,7 @@
 package action
 
 import (
-	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -23,7 +17,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -36,32 +29,22 @@ import (
 // verify-key input takes it.
 func cosignKey(t *testing.T) (signature.Signer, string) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sv, pub, err := verifytest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, string(pub)
+	return sv, pub
 }
 
 // signImage attaches a cosign key signature of d, made with sv, under d's
 // .sig tag, and returns the digest of the signature manifest.
 func signImage(t *testing.T, d name.Digest, sv signature.Signer, opts ...remote.Option) string {
 	t.Helper()
-	payload := verifytest.SimpleSigning(d.Context().String(), d.DigestStr())
-	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	l, err := verifytest.KeySignature(sv, verifytest.SimpleSigning(d.Context().String(), d.DigestStr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{{Payload: payload, Annotations: map[string]string{
-		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig)}}}, opts...)
+	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{l}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +78,8 @@ func TestVerifierHook(t *testing.T) {
 	push := func(repo string) name.Digest { return pushRandom(t, host+"/"+repo+":1") }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
-	policy, err := verify.ParsePolicy(func(n string) string {
-		return map[string]string{"verify": "cosign-key", "verify-key": keyPEM}[n]
+	policy, err := verify.ParsePolicy(func(n verify.Setting) string {
+		return map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: keyPEM}[n]
 	})
 	if err != nil || policy == nil {
 		t.Fatalf("policy: %v", err)
@@ -254,5 +237,45 @@ func TestResultsNameVerificationClasses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The verify policy's errors name the action's inputs, as users knew them
+// before the policy's settings got names of their own: action names them
+// at its one boundary (named), every setting has an input of action.yml.
+func TestVerifyErrorsNameInputs(t *testing.T) {
+	md := testMetadata(t)
+	declared := map[string]bool{}
+	for _, in := range md.Inputs {
+		declared[in.Name] = true
+	}
+	for _, s := range verify.Settings {
+		if !declared[verifyInputs[s]] {
+			t.Errorf("setting %s: %q is no input of action.yml", s, verifyInputs[s])
+		}
+	}
+	_, pub := cosignKey(t)
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"verify-key": pub},
+			`input "verify-key": is set but verification is off (set verify to cosign-key, cosign-keyless or github-attestation)`},
+		{map[string]string{"verify": "cosign-key", "verify-key": pub, "verify-identity": "x"},
+			`input "verify-identity": does not apply to verify: cosign-key (remove it, or pick the method it belongs to)`},
+		{map[string]string{"verify": "cosign-key"},
+			`input "verify-key": is required for verify: cosign-key (give the PEM public key (cosign.pub) inline or as a file path)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity": verify: cosign-keyless needs the signer's identity (set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-identity": "a", "verify-identity-regexp": "^a$", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity-regexp": is set together with verify-identity (set only one of them)`},
+		{map[string]string{"verify": "github-attestation", "verify-repository": "octo"},
+			`input "verify-repository": "octo" is not owner/name (name the repository whose workflow built the image, e.g. octo-org/app)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
 	}
 }

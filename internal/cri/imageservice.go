@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 
@@ -40,9 +41,10 @@ const DefaultSocket = "/run/containerd/containerd.sock"
 const Namespace = "k8s.io"
 
 // ImageService is containerd's CRI image service, reached over any
-// connection to its socket. It satisfies Daemon.
+// connection to its socket. It satisfies pull.Daemon.
 type ImageService struct {
 	cc     *grpc.ClientConn
+	conn   io.Closer // what New's connections travel in, if anything
 	images runtimeapi.ImageServiceClient
 	names  imagesapi.ImagesClient // containerd's own images service (names.go)
 	// Version is what the runtime says of itself, e.g. "containerd 1.6.20~ds1".
@@ -55,8 +57,10 @@ var ErrNoCRI = errors.New("containerd answers, but serves no CRI v1 API: its CRI
 	"or it is older than 1.6; enable the plugin and restart containerd, or pull through Docker (remote-runtime: docker)")
 
 // New connects to containerd's CRI services through dial (called
-// for each connection gRPC opens) and checks that they answer.
-func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*ImageService, error) {
+// for each connection gRPC opens) and checks that they answer. conn, when
+// not nil, is what those connections travel in (an SSH connection): the
+// ImageService owns it, and Close closes it after the gRPC connection.
+func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error), conn io.Closer) (*ImageService, error) {
 	cc, err := grpc.NewClient("passthrough:///containerd",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }),
@@ -77,14 +81,21 @@ func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) 
 	}
 	return &ImageService{
 		cc:      cc,
+		conn:    conn,
 		images:  runtimeapi.NewImageServiceClient(cc),
 		names:   imagesapi.NewImagesClient(cc),
 		Version: strings.TrimSpace(v.RuntimeName + " " + v.RuntimeVersion),
 	}, nil
 }
 
-// Close ends the gRPC connection.
-func (d *ImageService) Close() error { return d.cc.Close() }
+// Close ends the gRPC connection, then what it travels in.
+func (d *ImageService) Close() error {
+	err := d.cc.Close()
+	if d.conn != nil {
+		err = errors.Join(err, d.conn.Close())
+	}
+	return err
+}
 
 // Runtime names the runtime and the namespace images land in.
 func (d *ImageService) Runtime() (name, namespace string) { return "containerd", Namespace }
@@ -124,9 +135,10 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 			return false, classifyCRI(ctx, err, creds)
 		}
 		if !image.SamePlatform(*platform, info.Platform) {
-			return false, &failure.BadInput{Input: "platform",
-				Problem: fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
-				Fix:     "leave platform empty for containerd hosts"}
+			return false, failure.Bad("platform",
+				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
+				"leave platform empty for containerd hosts")
+
 		}
 	}
 	return !had[resp.ImageRef], nil

@@ -115,7 +115,7 @@ func startFakeCRI(t *testing.T, f *fakeCRI, withRuntime bool) func(context.Conte
 func TestContainerdPullAndInspect(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("d", 64)
 	f := &fakeCRI{digest: digest}
-	d, err := New(context.Background(), startFakeCRI(t, f, true))
+	d, err := New(context.Background(), startFakeCRI(t, f, true), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func isBadInput(err error, input string) bool {
 }
 
 func TestContainerdWithoutCRI(t *testing.T) {
-	_, err := New(context.Background(), startFakeCRI(t, &fakeCRI{}, false))
+	_, err := New(context.Background(), startFakeCRI(t, &fakeCRI{}, false), nil)
 	if !errors.Is(err, ErrNoCRI) || !strings.Contains(err.Error(), `disabled_plugins = ["cri"]`) {
 		t.Fatalf("err = %v, want ErrNoCRI", err)
 	}
@@ -236,7 +236,7 @@ func TestRunContainerdFallback(t *testing.T) {
 	f := &fakeCRI{digest: digest, answers: []error{status.Error(codes.Unknown,
 		`failed to pull and unpack image "`+ref+`": failed to resolve reference "`+ref+`": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`)}}
 	dial := startFakeCRI(t, f, true)
-	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial) }}}
+	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial, nil) }}}
 	res := pull.Run(context.Background(), images, targets, pull.Options{
 		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}, Fallback: true,
 		Retry: retry.Policy{Retries: 1, Base: time.Millisecond, Max: time.Millisecond},

@@ -146,7 +146,7 @@ func startFakeContainerd(t *testing.T, f *fakeContainerd) *ImageService {
 	imagesapi.RegisterImagesServer(srv, f)
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
-	d, err := New(context.Background(), func(ctx context.Context) (net.Conn, error) { return l.DialContext(ctx) })
+	d, err := New(context.Background(), func(ctx context.Context) (net.Conn, error) { return l.DialContext(ctx) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

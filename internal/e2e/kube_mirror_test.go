@@ -46,7 +46,7 @@ func (c *Cluster) nodeNames(t *testing.T, ref string) []string {
 	d, err := cri.New(ctx, func(ctx context.Context) (net.Conn, error) {
 		var dl net.Dialer
 		return dl.DialContext(ctx, "unix", c.sock)
-	})
+	}, nil)
 	if err != nil {
 		t.Fatalf("the node's CRI: %v", err)
 	}

@@ -138,9 +138,9 @@ func (e *Env) sigManifest(t *testing.T, d name.Digest) string {
 	return desc.Digest.String()
 }
 
-func parsePolicy(t *testing.T, in map[string]string) *verify.Policy {
+func parsePolicy(t *testing.T, in map[verify.Setting]string) *verify.Policy {
 	t.Helper()
-	p, err := verify.ParsePolicy(func(n string) string { return in[n] })
+	p, err := verify.ParsePolicy(func(n verify.Setting) string { return in[n] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestVerifyCosignKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := parsePolicy(t, map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)})
+	p := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: string(pubPEM)})
 
 	cases := []struct {
 		name string
@@ -257,9 +257,9 @@ func TestVerifyKeylessAndAttestations(t *testing.T) {
 	if err := os.WriteFile(trFile, tr, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	keyless := parsePolicy(t, map[string]string{"verify": "cosign-keyless", "verify-identity": testWorkflow,
-		"verify-issuer": verify.GitHubIssuer, "verify-trusted-root": trFile})
-	attest := parsePolicy(t, map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": trFile})
+	keyless := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentity: testWorkflow,
+		verify.SettingIssuer: verify.GitHubIssuer, verify.SettingTrustedRoot: trFile})
+	attest := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "github-attestation", verify.SettingRepository: "octo/app", verify.SettingTrustedRoot: trFile})
 	admin := remote.WithAuth(e.admin())
 
 	legacy := func(id string) func(t *testing.T, d name.Digest) string {
@@ -369,7 +369,7 @@ func TestVerifyAnonymousFallback(t *testing.T) {
 	c := newCosign(t, e)
 	key, pub := c.keyPair(t, "team")
 	pubPEM, _ := os.ReadFile(pub)
-	p := parsePolicy(t, map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)})
+	p := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: string(pubPEM)})
 	d := e.pushDigest(t, "verify/public", "1")
 	c.sign(t, key, d)
 	e.Front.SetPublic("verify/public")

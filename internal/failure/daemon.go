@@ -76,7 +76,7 @@ func FromDaemon(status int, message string, anonymous bool) error {
 		case "notfound":
 			return &NotFound{Response: resp}
 		case "platform":
-			return &BadInput{Input: "platform", Problem: resp.Message, Fix: "pick a platform the image provides, or leave platform empty"}
+			return Bad("platform", resp.Message, "pick a platform the image provides, or leave platform empty")
 		case "transient":
 			return &Transient{Response: resp}
 		case "toomany":
@@ -125,7 +125,7 @@ func FromGRPC(code, message string, anonymous bool) error {
 		// registry: worth another try either way.
 		return &Transient{Response: Response{Where: "daemon", Message: Clip(message)}}
 	case "InvalidArgument":
-		return &BadInput{Input: "image", Problem: "containerd refused the reference: " + Clip(message)}
+		return Bad("image", "containerd refused the reference: "+Clip(message), "")
 	}
 	return FromDaemon(status, message, anonymous)
 }

@@ -159,6 +159,13 @@ type BadInput struct {
 	Fix     string
 }
 
+// Bad is the one constructor of a BadInput: input names what to change,
+// problem what is wrong with it (never quoting a secret), fix how to put
+// it right ("" when the problem says it).
+func Bad(input, problem, fix string) *BadInput {
+	return &BadInput{Input: input, Problem: problem, Fix: fix}
+}
+
 func (e *BadInput) Error() string {
 	s := fmt.Sprintf("input %q: %s", e.Input, e.Problem)
 	if e.Fix != "" {

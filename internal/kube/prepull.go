@@ -91,7 +91,7 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 	defer func() { res.APICalls = int(calls.Load()) }()
 	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
-		return res, bad("kubeconfig", "no client for "+cfg.Server+": "+redactAll(err.Error(), cfg.secrets), "check the cluster entry")
+		return res, failure.Bad("kubeconfig", "no client for "+cfg.Server+": "+redactAll(err.Error(), cfg.secrets), "check the cluster entry")
 	}
 	start := time.Now()
 	var nodes nodeList
@@ -114,8 +114,9 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 		if sel == "" {
 			return res, fmt.Errorf("the cluster at %s has no nodes", cfg.Server)
 		}
-		return res, bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
+		return res, failure.Bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
 			"check the labels with kubectl get nodes --show-labels, or leave kube-node-selector empty for every node")
+
 	}
 	if len(targets) > 0 {
 		// The clean-up is registered before anything is created: whatever
@@ -439,7 +440,7 @@ func PullError(reason, message string, anonymous bool) error {
 	switch reason {
 	case "ErrImagePull", "ImagePullBackOff":
 	case "InvalidImageName":
-		return &failure.BadInput{Input: "image", Problem: "the kubelet refused the reference: " + failure.Clip(message), Fix: "use a reference the kubelet accepts"}
+		return failure.Bad("image", "the kubelet refused the reference: "+failure.Clip(message), "use a reference the kubelet accepts")
 	default:
 		return nil
 	}
@@ -486,12 +487,13 @@ func apiError(cfg Config, st stage, err error) error {
 	msg := failure.Clip(redactAll(err.Error(), cfg.secrets))
 	switch {
 	case statusCode(err) == http.StatusUnauthorized:
-		return bad("kubeconfig", fmt.Sprintf("the API server at %s refused the kubeconfig's credentials while %s: %s", cfg.Server, doing, msg), "renew the token or certificate in the kubeconfig")
+		return failure.Bad("kubeconfig", fmt.Sprintf("the API server at %s refused the kubeconfig's credentials while %s: %s", cfg.Server, doing, msg), "renew the token or certificate in the kubeconfig")
 	case statusCode(err) == http.StatusForbidden:
-		return bad("kubeconfig", fmt.Sprintf("the kubeconfig's user may not do this while %s: %s", doing, msg),
+		return failure.Bad("kubeconfig", fmt.Sprintf("the kubeconfig's user may not do this while %s: %s", doing, msg),
 			"grant it exactly this role (docs/kubernetes.md): "+role(cfg.Namespace))
+
 	case statusCode(err) == http.StatusNotFound && st.verb == creating:
-		return bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
+		return failure.Bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
 	}
 	return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg}}
 }

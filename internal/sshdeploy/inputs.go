@@ -38,10 +38,10 @@ type Settings struct {
 	// through a remote forward on their loopback, never the registry.
 	Relay Relay
 
-	runtime          RuntimeKind
+	runtime          runtimeKind
 	dockerSocket     string // the Docker Engine API socket on the hosts
 	containerdSocket string
-	config           Config
+	config           dialConfig
 }
 
 // Insecure tells whether host keys go unchecked
@@ -51,7 +51,7 @@ func (s *Settings) Insecure() bool { return s.config.HostKeys.Insecure() }
 // Parse checks every input at once and applies every default, here and
 // nowhere else. The error joins one *failure.BadInput per bad input;
 // nothing is dialled. Host key coverage is checked too
-// (HostKeyPolicy.CheckHosts), so a missing ssh-known-hosts fails here with
+// (hostKeyPolicy.CheckHosts), so a missing ssh-known-hosts fails here with
 // the ssh-keyscan command that gives it. With no host named Parse returns
 // nil Settings, having checked only the remote runtime inputs: a misspelt
 // remote-runtime fails wherever it is set.
@@ -73,8 +73,8 @@ func Parse(in Inputs) (*Settings, error) {
 	// whatever namespace the caller names: accepting another value would
 	// report a namespace the image is not in.
 	if ns := strings.TrimSpace(in.ContainerdNamespace); ns != "" && ns != cri.Namespace {
-		bad(&failure.BadInput{Input: InputContainerdNamespace, Problem: fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
-			Fix: "leave containerd-namespace at k8s.io (see docs/containerd.md)"})
+		bad(failure.Bad(InputContainerdNamespace, fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
+			"leave containerd-namespace at k8s.io (see docs/containerd.md)"))
 	}
 	if strings.TrimSpace(in.Hosts) == "" {
 		return nil, errors.Join(errs...)
@@ -82,16 +82,16 @@ func Parse(in Inputs) (*Settings, error) {
 
 	user := strings.TrimSpace(in.User)
 	if user == "" {
-		user = DefaultUser
+		user = defaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
-		bad(&failure.BadInput{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
-		user = DefaultUser
+		bad(failure.Bad(InputUser, fmt.Sprintf("%q is not a valid user name", user), ""))
+		user = defaultUser
 	}
-	port := DefaultPort
+	port := defaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := parsePort(in.Port)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputPort, Problem: err.Error()})
+			bad(failure.Bad(InputPort, err.Error(), ""))
 		} else {
 			port = p
 		}
@@ -106,7 +106,7 @@ func Parse(in Inputs) (*Settings, error) {
 		bad(err)
 	}
 
-	signer, err := ParsePrivateKey(in.Key, in.KeyPassphrase)
+	signer, err := parsePrivateKey(in.Key, in.KeyPassphrase)
 	if err != nil {
 		bad(err)
 	}
@@ -115,11 +115,11 @@ func Parse(in Inputs) (*Settings, error) {
 	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
+			bad(failure.Bad(InputInsecure, fmt.Sprintf("%q is not true or false", v), ""))
 		}
 		insecure = b
 	}
-	policy, err := ParseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
+	policy, err := parseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
 	if err != nil {
 		bad(err)
 	} else if hosts != nil {
@@ -137,7 +137,7 @@ func Parse(in Inputs) (*Settings, error) {
 		return nil, errors.Join(errs...)
 	}
 	s.Hosts = hosts
-	s.config = Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout}
+	s.config = dialConfig{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout}
 	return s, nil
 }
 
@@ -152,40 +152,40 @@ func parseSocket(input, s, def, example string) (string, error) {
 	path := strings.TrimPrefix(s, "unix://")
 	switch {
 	case strings.Contains(path, "://"):
-		return "", &failure.BadInput{Input: input, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. " + example}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not a unix socket", s), "give the socket's path on the hosts, e.g. "+example)
 	case !strings.HasPrefix(path, "/"):
-		return "", &failure.BadInput{Input: input, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. " + example}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not an absolute path", s), "e.g. "+example)
 	case strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "", &failure.BadInput{Input: input, Problem: "contains control characters"}
+		return "", failure.Bad(input, "contains control characters", "")
 	}
 	return path, nil
 }
 
 // parseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
-// seconds. Empty means DefaultTimeout.
+// seconds. Empty means defaultTimeout.
 func parseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return DefaultTimeout, nil
+		return defaultTimeout, nil
 	}
 	if _, err := strconv.Atoi(s); err == nil {
 		s += "s"
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, &failure.BadInput{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
+		return 0, failure.Bad(InputTimeout, fmt.Sprintf("%q is not a positive duration", s), "e.g. 30s or 2m")
 	}
 	return d, nil
 }
 
 // parseRuntime reads remote-runtime; empty is auto.
-func parseRuntime(kind string) (RuntimeKind, error) {
-	k := RuntimeKind(strings.ToLower(strings.TrimSpace(kind)))
+func parseRuntime(kind string) (runtimeKind, error) {
+	k := runtimeKind(strings.ToLower(strings.TrimSpace(kind)))
 	switch k {
 	case "":
-		return Auto, nil
-	case Auto, Docker, Podman, Containerd:
+		return kindAuto, nil
+	case kindAuto, kindDocker, kindPodman, kindContainerd:
 		return k, nil
 	}
-	return "", &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker, podman or containerd"}
+	return "", failure.Bad(InputRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")
 }

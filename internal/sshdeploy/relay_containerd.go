@@ -46,7 +46,7 @@ type relayedContainerd struct {
 	relayed map[string]string // the ref pulled (one spelling) → its name in k8s.io
 }
 
-func newRelayedContainerd(rt criImages, r Relay, c *Conn) *relayedContainerd {
+func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd {
 	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
 }
 
@@ -111,7 +111,8 @@ func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info
 
 func (d *relayedContainerd) Runtime() (name, namespace string) { return d.rt.Runtime() }
 
-// Close closes the forward, then the connection to containerd.
+// Close closes the forward, then the connection to containerd (and with it
+// the SSH connection).
 func (d *relayedContainerd) Close() error {
 	return errors.Join(d.fwd.close(), d.rt.Close())
 }
