@@ -121,7 +121,11 @@ type Namer interface {
 // The image stays, held by its ID record and the names given. With no
 // names, Rename only removes from.
 func Rename(ctx context.Context, n Namer, from string, names ...string) (err error) {
+	keep := false // from is one of names: it stays
 	defer func() {
+		if keep {
+			return
+		}
 		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if uerr := n.Unname(cleanup, from); uerr != nil {
@@ -132,6 +136,10 @@ func Rename(ctx context.Context, n Namer, from string, names ...string) (err err
 		canon, err := CanonicalName(name)
 		if err != nil {
 			return err
+		}
+		if canon == from {
+			keep = true
+			continue
 		}
 		if err := n.Name(ctx, from, canon); err != nil {
 			return err

@@ -258,6 +258,15 @@ func TestNames(t *testing.T) {
 		if got := f.names(); !slices.Equal(got, want) {
 			t.Errorf("names %q, want %q", got, want)
 		}
+		// A name among the names asked for stays.
+		f = newFakeContainerd()
+		d = startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, loopbackName, pinnedName); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.names(); !slices.Contains(got, loopbackName) || !slices.Contains(got, pinnedName) {
+			t.Errorf("names %q, want %s kept and %s added", got, loopbackName, pinnedName)
+		}
 		f = newFakeContainerd()
 		d = startFakeContainerd(t, f)
 		if err := d.Rename(ctx, loopbackName, "NOT A NAME"); err == nil {

@@ -26,6 +26,16 @@ func fromRuntime(reqs []ghcrsim.Request) (all, blobs int) {
 	return all, blobs
 }
 
+// renamedAgent is reqs with every user agent counted as a runtime's.
+func renamedAgent(reqs []ghcrsim.Request) []ghcrsim.Request {
+	out := make([]ghcrsim.Request, len(reqs))
+	for i, r := range reqs {
+		r.UserAgent = "any"
+		out[i] = r
+	}
+	return out
+}
+
 // TestMirrorsContainerd: a containerd host (CRI, over SSH) is pointed at
 // the mirror that serves the digest, as Docker hosts are: it pulls
 // <mirror>/<repo>@<digest> with the mirror's own credentials or none, and
@@ -35,7 +45,9 @@ func fromRuntime(reqs []ghcrsim.Request) (all, blobs int) {
 // request (no blob) from containerd when the mirror serves; a mirror
 // that answers another digest for the tag gets none; a mirror that needs
 // its own credentials gets only those, and the upstream password reaches
-// neither the mirror nor any file or process of the host.
+// neither the mirror nor any file or process of the host. With
+// ssh-transfer: relay the runner's relay fetches from the mirror, and the
+// host ends with the same names (neither the mirror's nor the relay's).
 func TestMirrorsContainerd(t *testing.T) {
 	e := Start(t)
 	t.Cleanup(e.Front.ResetLog)
@@ -48,10 +60,12 @@ func TestMirrorsContainerd(t *testing.T) {
 	for i, tc := range []struct {
 		name, kind string // kind: "same", "other" (another image under the tag), "private" (needs its own credentials)
 		served     bool
+		relay      bool
 	}{
 		{name: "a mirror that serves the digest serves the host", kind: "same", served: true},
 		{name: "a mirror with another digest for the tag is never used", kind: "other"},
 		{name: "a mirror with its own credentials gets only those", kind: "private", served: true},
+		{name: "relayed: the relay fetches from the mirror, the host gets the user's names", kind: "private", served: true, relay: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			repo := "mirrors/ctrd" + string(rune('a'+i))
@@ -81,6 +95,9 @@ func TestMirrorsContainerd(t *testing.T) {
 			if tc.kind == "private" {
 				in["mirror-username"], in["mirror-password"] = "mirror-user", mirrorSecret
 			}
+			if tc.relay {
+				in["ssh-transfer"] = "relay"
+			}
 			res := e.RunAction(t, in)
 			if res.ExitCode != 0 {
 				t.Fatalf("exit %d\n%s\n%s", res.ExitCode, res.Stdout, lastLinesOf(n.ContainerdLog(), 10))
@@ -96,8 +113,8 @@ func TestMirrorsContainerd(t *testing.T) {
 				t.Errorf("k8s.io lacks %s and %s at %s: %v", user, pinned, digest, names)
 			}
 			for name := range names {
-				if strings.HasPrefix(name, mirrorAddr+"/") {
-					t.Errorf("the mirror's name %s stayed in k8s.io", name)
+				if strings.HasPrefix(name, mirrorAddr+"/") || strings.HasPrefix(name, "127.0.0.1:") {
+					t.Errorf("the name %s stayed in k8s.io", name)
 				}
 			}
 			if info, err := criInspect(t, n, user); err != nil || !contains(info.RepoDigests, pinned) {
@@ -107,11 +124,17 @@ func TestMirrorsContainerd(t *testing.T) {
 			mAll, mBlobs := fromRuntime(m.front.Requests())
 			t.Logf("upstream: %d requests (%d from containerd, %d blobs); mirror: %d from containerd (%d blobs)",
 				len(e.Front.Requests()), upAll, upBlobs, mAll, mBlobs)
+			if tc.relay {
+				// The relay's fetches are the runner's: count every blob.
+				_, upBlobs = fromRuntime(renamedAgent(e.Front.Requests()))
+				_, mBlobs = fromRuntime(renamedAgent(m.front.Requests()))
+				t.Logf("relayed: upstream %d blob requests, mirror %d", upBlobs, mBlobs)
+			}
 			if tc.served {
 				if r["served_by"] != mirrorAddr {
 					t.Errorf("served_by %v, want %s", r["served_by"], mirrorAddr)
 				}
-				if upAll != 0 || mBlobs == 0 {
+				if upAll != 0 || upBlobs != 0 || mBlobs == 0 {
 					t.Errorf("containerd asked upstream %d times (%d blobs) and the mirror for %d blobs; want none upstream", upAll, upBlobs, mBlobs)
 				}
 			} else {

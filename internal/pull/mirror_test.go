@@ -460,3 +460,45 @@ func TestMirrorServesRenamingTarget(t *testing.T) {
 		})
 	}
 }
+
+// tagRenameDaemon is a relayed containerd host: it tags (the relay's own
+// pulls by digest) and renames.
+type tagRenameDaemon struct {
+	renameDaemon
+	tags []string
+}
+
+func (d *tagRenameDaemon) Tag(_ context.Context, source, target string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tags = append(d.tags, source+" → "+target)
+	d.names[target] = true
+	return nil
+}
+
+// A target that tags and renames (relayed containerd) is renamed after a
+// mirror's pull, not tagged: the mirror's name goes.
+func TestMirrorRenamesRatherThanTags(t *testing.T) {
+	const repo = "library/app"
+	up, img, _, want := upstreamWithImage(t, repo)
+	m := startSim(t)
+	m.push(t, repo+":1", img)
+	m.front.SetPublic(repo)
+	set := mirror.Set{}
+	set.Add(up.host, mirror.Mirror{Host: m.host})
+	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
+	d := &tagRenameDaemon{renameDaemon: renameDaemon{digest: want.String()}}
+	r := Run(context.Background(), images, []Target{{Name: "node", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+		Options{Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}, Mirrors: set})[0]
+	if r.Err != nil || r.ServedBy != m.host {
+		t.Fatalf("err %v, served by %q", r.Err, r.ServedBy)
+	}
+	if len(d.tags) != 0 || len(d.renames) != 1 {
+		t.Errorf("tags %q, renames %q: want one rename and no tag", d.tags, d.renames)
+	}
+	for n := range d.names {
+		if strings.HasPrefix(n, m.host) {
+			t.Errorf("the mirror's name %s stayed", n)
+		}
+	}
+}

@@ -558,7 +558,11 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts))
 	}
 	res.Pulled = downloaded
-	if src != nil && !canTag {
+	// A mirror's pull is renamed where the target can (containerd): the
+	// user's names in place of the mirror's. Docker keeps the mirror's
+	// repository in RepoDigests and is tagged.
+	renamed := src != nil && canRename
+	if renamed {
 		names := []string{pinned}
 		if _, isTag := img.Ref.(name.Tag); isTag {
 			names = append(names, img.Input)
@@ -568,7 +572,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 			return res.failed(err, err.Error())
 		}
 	}
-	if byDigest && ref != img.Input {
+	if byDigest && ref != img.Input && !renamed {
 		if _, isTag := img.Ref.(name.Tag); isTag {
 			if err := tg.Tag(ctx, ref, img.Input); err != nil {
 				err = fmt.Errorf("pulled %s, but pointing %s at it failed: %w", ref, img.Input, err)
@@ -590,7 +594,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	}
 	res.Platform = info.Platform
 	pulledAs := img.Input
-	if src != nil && canTag {
+	if src != nil && !renamed {
 		pulledAs = ref // Docker's RepoDigests name the mirror's repository
 	}
 	got := RepoDigest(info.RepoDigests, pulledAs, p.digest)

@@ -90,6 +90,19 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	return d.rt.Name(ctx, pinned, tag)
 }
 
+// Rename gives a relayed image, pulled as from (a mirror's
+// <mirror>/<repo>@<digest>), names in place of the one Pull gave it, as a
+// direct containerd host's pull from a mirror gets (cri.Rename).
+func (d *relayedContainerd) Rename(ctx context.Context, from string, names ...string) error {
+	d.mu.Lock()
+	held, ok := d.relayed[refKey(from)]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", from)
+	}
+	return cri.Rename(ctx, d.rt, held, names...)
+}
+
 // Inspect describes ref as the CRI image service (the kubelet's view)
 // reports it: the names given by Pull and Tag are there.
 func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info, error) {

@@ -185,6 +185,26 @@ func TestRelayedContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("a mirror's reference: renamed to the user's names, no mirror name left", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		ctrd := &fakeK8sIO{names: map[string]string{}}
+		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		ref := "mirror.example/acme/app@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Rename(ctx, ref, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app@" + relayDigest, "sha256:imageid"}
+		if got := ctrd.all(); !slices.Equal(got, want) {
+			t.Errorf("names %q, want %q (ops %q)", got, want, ctrd.ops)
+		}
+		if err := d.Rename(ctx, "ghcr.io/acme/other@"+relayDigest, "x"); err == nil {
+			t.Error("renamed an image it did not relay")
+		}
+	})
+
 	t.Run("naming fails: the loopback name goes all the same", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}, nameErr: errors.New("images service down")}

@@ -34,9 +34,10 @@ const (
 // Runtime is what Open returns: the runtime adapter itself (a
 // *docker.Engine or a *cri.ImageService, or its relayed form), which owns
 // the SSH connection: closing it closes the connection. Pull and Inspect
-// are what pull.Daemon asks; Tag (Docker, and every relayed runtime) and
-// Runtime() (name, namespace) are there to find by type assertion, as pull
-// finds them.
+// are what pull.Daemon asks; Tag (Docker, and every relayed runtime),
+// Rename (containerd, direct and relayed: a mirror's pull given the user's
+// names) and Runtime() (name, namespace) are there to find by type
+// assertion, as pull finds them.
 type Runtime interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
