@@ -627,7 +627,6 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Cre
 			return "", failure.Bad("permissions",
 				"the job cannot request an OIDC ID token ("+missing.Name+" is unset)",
 				"add `permissions: id-token: write` to the job")
-
 		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
 			return "", &failure.Transient{Response: failure.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
 		case errors.As(err, &failed):

@@ -559,7 +559,6 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		err := failure.Bad("platform",
 			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
 			"pick a platform the image provides, or leave platform empty")
-
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
@@ -694,12 +693,10 @@ func ParseImages(entries []string) ([]Image, error) {
 		if err != nil {
 			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference: %v", f, err),
 				"write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>")
-
 		}
 		if _, err := reference.ParseNormalizedNamed(f); err != nil {
 			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
 				"use lower-case repository names")
-
 		}
 		out = append(out, Image{Input: f, Ref: ref})
 	}
