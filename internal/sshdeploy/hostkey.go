@@ -97,7 +97,6 @@ func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 			"put the output of "+keyscanPlan(hosts, proxyJump, nil)+
 				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;"+
 				" ssh-insecure-ignore-host-key: true skips the check")
-
 	}
 	if p.insecure || len(p.fingerprints) > 0 || p.authorities {
 		return nil
@@ -118,7 +117,6 @@ func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 		"has no entry for "+strings.Join(names, ", "),
 		"add the output of "+keyscanPlan(hosts, proxyJump, unknown)+
 			" (run from a network you trust); hosts on a port other than 22 are written [host]:port")
-
 }
 
 // knownHostsName is how a host appears in known_hosts.
