@@ -328,7 +328,7 @@ func TestRelayedDocker(t *testing.T) {
 	})
 
 	t.Run("Allow runs while the forward opens", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{serving: make(chan struct{})}, conn)
 		if _, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil); err != nil {
