@@ -5,9 +5,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/kube"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // fleetFor is the cluster destination as pull sees it, nil without one.
@@ -25,7 +25,7 @@ type kubeFleet struct{ cfg kube.Config }
 func (k kubeFleet) Name() string    { return k.cfg.Server }
 func (k kubeFleet) Runtime() string { return "kubernetes" }
 
-func (k kubeFleet) PullAll(ctx context.Context, ref string, creds *ghcr.Credentials, only []string) ([]pull.Member, error) {
+func (k kubeFleet) PullAll(ctx context.Context, ref string, creds *registryauth.Credentials, only []string) ([]pull.Member, error) {
 	var auth *kube.PullAuth
 	if creds != nil {
 		r, err := name.ParseReference(ref)

@@ -27,6 +27,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/relay"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -216,12 +217,12 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 // policy failure (no signature, an invalid one, another signer) comes back
 // as the error, so pull fails the image and pulls nothing; only a
 // signature that verified yields a Verification.
-func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, registryauth.Credentials) (pull.Verification, error) {
 	if p == nil {
 		return nil
 	}
 	transport := ghcr.Transport(probeOpts...)
-	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+	return func(ctx context.Context, digest name.Digest, creds registryauth.Credentials) (pull.Verification, error) {
 		var auth authn.Authenticator
 		if !creds.IsAnonymous() {
 			auth = creds.Authenticator()
@@ -352,7 +353,7 @@ func toJSON(results []pull.Result, redact func(string) string, relayed func(imag
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
 func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
-	modes := map[ghcr.AuthMode]bool{}
+	modes := map[registryauth.Mode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
 	verified := map[string]bool{} // "method: identity" of every success
@@ -616,7 +617,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registryauth.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
@@ -637,7 +638,7 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Cre
 	}
 	o := *cfg.OIDC
 	o.Getenv = env.Getenv
-	var creds ghcr.Credentials
+	var creds registryauth.Credentials
 	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
 		var err error
 		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)

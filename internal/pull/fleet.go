@@ -2,6 +2,7 @@ package pull
 
 import (
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 
 	"context"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
 // Fleet is a destination of many members reached in one call: a
@@ -20,7 +20,7 @@ import (
 type Fleet interface {
 	Name() string
 	Runtime() string
-	PullAll(ctx context.Context, ref string, creds *ghcr.Credentials, only []string) ([]Member, error)
+	PullAll(ctx context.Context, ref string, creds *registryauth.Credentials, only []string) ([]Member, error)
 }
 
 // Member is one member's outcome of a Fleet's PullAll.
@@ -93,7 +93,7 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 // fleetCreds is what a fleet is given of creds: nil for none, and no
 // registry token (kubelets take only a username and password; the token
 // would sit in a pull Secret for nothing).
-func fleetCreds(creds ghcr.Credentials) *ghcr.Credentials {
+func fleetCreds(creds registryauth.Credentials) *registryauth.Credentials {
 	if creds.IsAnonymous() {
 		return nil
 	}
@@ -146,7 +146,7 @@ func fleetFromUpstream(ctx context.Context, img Image, p probeOutcome, opts Opti
 			r := memberResult(img, p, fleet, m)
 			r.FallbackUsed = true
 			if r.Err == nil {
-				r.AuthMode = ghcr.AuthAnonymous
+				r.AuthMode = registryauth.ModeAnonymous
 			}
 			if r.CredentialError == "" {
 				r.CredentialError = rejectionText(rejected[m.Name])

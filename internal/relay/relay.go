@@ -30,7 +30,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // DefaultMaxBytes bounds the blob cache when Options.MaxBytes is zero.
@@ -73,7 +74,7 @@ type Server struct {
 
 type repo struct {
 	upstream name.Repository
-	creds    ghcr.Credentials
+	creds    registryauth.Credentials
 	// manifests fetched, by digest; allowed lists the digests that may
 	// be asked for (the relayed digest and, for an index, its entries).
 	manifests map[string]manifest
@@ -143,7 +144,7 @@ func (s *Server) Close() error {
 // (failure.Rejected, NotFound, Transient) rather than as a host runtime's
 // words. It returns the repository path hosts pull under:
 // <forward address>/<path>@<digest>.
-func (s *Server) Allow(ctx context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
 	path := ref.Context().RepositoryStr()
 	s.mu.Lock()
 	r, ok := s.repos[path]
@@ -248,7 +249,7 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-func (s *Server) remoteOptions(ctx context.Context, creds ghcr.Credentials) []remote.Option {
+func (s *Server) remoteOptions(ctx context.Context, creds registryauth.Credentials) []remote.Option {
 	return []remote.Option{
 		remote.WithContext(ctx),
 		remote.WithAuth(creds.Authenticator()),
@@ -283,7 +284,7 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 		s.mu.Unlock()
 		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
 		if err != nil {
-			return nil, ghcr.Classify(err, creds.IsAnonymous())
+			return nil, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		m := manifest{body: desc.Manifest, mediaType: desc.MediaType}
 		s.mu.Lock()
@@ -412,7 +413,7 @@ func (s *Server) startFetch(r *repo, dgst string, size int64) (*blob, error) {
 // that asked first (s.ctx): a host that goes away does not cancel it. A
 // blob that fails (upstream error, wrong size or digest) leaves the cache,
 // and its readers' responses are cut.
-func (s *Server) fetch(b *blob, f *os.File, upstream name.Repository, creds ghcr.Credentials, dgst string) {
+func (s *Server) fetch(b *blob, f *os.File, upstream name.Repository, creds registryauth.Credentials, dgst string) {
 	err := s.copyUpstream(b, f, upstream, creds, dgst)
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -441,14 +442,14 @@ func (s *Server) fetch(b *blob, f *os.File, upstream name.Repository, creds ghcr
 // copyUpstream copies the blob into f. ggcr's reader checks the digest at
 // EOF, returning the last bytes with the error; readers are never given a
 // blob's last byte before that check passed (blobReader).
-func (s *Server) copyUpstream(b *blob, f *os.File, upstream name.Repository, creds ghcr.Credentials, dgst string) error {
+func (s *Server) copyUpstream(b *blob, f *os.File, upstream name.Repository, creds registryauth.Credentials, dgst string) error {
 	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(s.ctx, creds)...)
 	if err != nil {
-		return ghcr.Classify(err, creds.IsAnonymous())
+		return failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	rc, err := l.Compressed()
 	if err != nil {
-		return ghcr.Classify(err, creds.IsAnonymous())
+		return failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	defer rc.Close()
 	s.mu.Lock()
@@ -477,7 +478,7 @@ func (s *Server) copyUpstream(b *blob, f *os.File, upstream name.Repository, cre
 			break
 		}
 		if rerr != nil {
-			return ghcr.Classify(rerr, creds.IsAnonymous())
+			return failure.FromRegistry(rerr, creds.IsAnonymous())
 		}
 	}
 	if n != b.size {
