@@ -153,7 +153,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
+	opts := pull.Options{
 		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
@@ -162,11 +162,14 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		TargetConcurrency: cfg.SSHConcurrency,
 		ProbeOptions:      probeOpts,
 		Events:            ev,
-		Fleet:             fleetFor(cfg),
 		QuotaGuard:        cfg.QuotaGuard,
 		Mirrors:           cfg.Mirrors,
 		MirrorCredentials: cfg.MirrorCredentials,
-	})
+	}
+	if cfg.Kube != nil {
+		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
+	}
+	results := pull.Run(ctx, cfg.Images, targets, opts)
 	ev.stop()
 
 	failed := 0

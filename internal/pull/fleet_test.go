@@ -36,17 +36,16 @@ type fakeFleet struct {
 
 func (f *fakeFleet) Name() string    { return "cluster" }
 func (f *fakeFleet) Runtime() string { return "kubernetes" }
-func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *registryauth.Credentials, only []string) ([]Member, error) {
+func (f *fakeFleet) PullAll(_ context.Context, ref string, creds registryauth.Credentials, only []string, report func(member, digest string, took time.Duration, err error)) error {
 	f.calls = append(f.calls, only)
 	f.refs = append(f.refs, ref)
-	if creds == nil {
+	if creds.IsAnonymous() {
 		f.anonymousRefs++
 		f.users = append(f.users, "")
 	} else {
 		f.sawPassword = append(f.sawPassword, creds.Password+"|"+creds.RegistryToken)
 		f.users = append(f.users, creds.Username)
 	}
-	var out []Member
 	for _, m := range f.members {
 		if len(only) > 0 && !slices.Contains(only, m) {
 			continue
@@ -57,20 +56,20 @@ func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *registryauth.C
 		}
 		switch {
 		case failing:
-			out = append(out, Member{Name: m, Err: &failure.Transient{Response: failure.Response{Status: 502, Message: "bad gateway"}}})
+			report(m, "", 0, &failure.Transient{Response: failure.Response{Status: 502, Message: "bad gateway"}})
 		case f.refuseAll[m] != nil:
-			out = append(out, Member{Name: m, Err: f.refuseAll[m]})
-		case creds != nil && f.refuseCreds[m]:
-			out = append(out, Member{Name: m, Err: &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}}})
+			report(m, "", 0, f.refuseAll[m])
+		case !creds.IsAnonymous() && f.refuseCreds[m]:
+			report(m, "", 0, &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}})
 		default:
 			d, ok := f.holds[m]
 			if !ok {
 				d = f.digest
 			}
-			out = append(out, Member{Name: m, Digest: d, Duration: time.Millisecond})
+			report(m, d, time.Millisecond, nil)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func TestFleetFallsBackPerMember(t *testing.T) {
