@@ -1,25 +1,19 @@
 package ghcr
 
 import (
-	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-func tErr(status int, path string, diags ...transport.Diagnostic) error {
-	u, _ := url.Parse("https://ghcr.io" + path)
-	return fmt.Errorf("HEAD: %w", &transport.Error{StatusCode: status, Errors: diags, Request: &http.Request{URL: u}})
-}
-
-func diag(code, msg string) transport.Diagnostic {
-	return transport.Diagnostic{Code: transport.ErrorCode(code), Message: msg}
+// rejected is what failure.FromRegistry makes of a 401 or 403 (its own
+// tests cover that reading).
+func rejected(status int, where, code, msg string, anonymous bool) error {
+	return &failure.Rejected{Response: failure.Response{Status: status, Code: code, Message: msg, Where: where}, Anonymous: anonymous}
 }
 
 func TestParseRetryAfter(t *testing.T) {
@@ -44,8 +38,8 @@ func TestParseRetryAfter(t *testing.T) {
 }
 
 func TestDiagnoseGHCR(t *testing.T) {
-	rej := failure.FromRegistry(tErr(403, "/token", diag("DENIED", "requested access to the resource is denied")), false)
-	anon := failure.FromRegistry(tErr(401, "/v2/acme/app/manifests/1"), true)
+	rej := rejected(403, "token endpoint", "DENIED", "requested access to the resource is denied", false)
+	anon := rejected(401, "registry", "", "Unauthorized", true)
 	got := Diagnose("ghcr.io", []Attempt{{Mode: registryauth.ModeToken, Err: rej}, {Mode: registryauth.ModeAnonymous, Err: anon}})
 	for _, want := range []string{"with credentials: credentials rejected", "anonymously: anonymous access denied",
 		"packages: read", "Manage Actions access", "read:packages", "private by default"} {
@@ -60,8 +54,8 @@ func TestDiagnoseGHCR(t *testing.T) {
 }
 
 func TestDiagnoseTellsWhatHappened(t *testing.T) {
-	wrongPassword := failure.FromRegistry(tErr(401, "/token", diag("UNAUTHORIZED", "authentication required")), false)
-	noAccess := failure.FromRegistry(tErr(403, "/token", diag("DENIED", "requested access to the resource is denied")), false)
+	wrongPassword := rejected(401, "token endpoint", "UNAUTHORIZED", "authentication required", false)
+	noAccess := rejected(403, "token endpoint", "DENIED", "requested access to the resource is denied", false)
 	daemonNoAccess := failure.FromDaemon(500, `Get "https://r.example/token": failed to fetch oauth token: unexpected status: 403 Forbidden`, false)
 	daemonAnonDenied := failure.FromDaemon(404, "pull access denied for r.example/acme/app, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", true)
 	tests := []struct {
@@ -93,7 +87,7 @@ func TestDiagnoseTellsWhatHappened(t *testing.T) {
 			[]Attempt{{Mode: registryauth.ModeToken}, {Mode: registryauth.ModeToken, Err: signatureErr(failure.SignerMismatch)}},
 			[]string{"not by the signer the policy names"}, []string{"packages: read"}},
 		{"both refused: private", "r.example",
-			[]Attempt{{Mode: registryauth.ModeAnonymous, Err: failure.FromRegistry(tErr(401, "/v2/acme/app/manifests/1"), true)}, {Mode: registryauth.ModeAnonymous, Target: "h:22", Err: daemonAnonDenied}},
+			[]Attempt{{Mode: registryauth.ModeAnonymous, Err: rejected(401, "registry", "", "Unauthorized", true)}, {Mode: registryauth.ModeAnonymous, Target: "h:22", Err: daemonAnonDenied}},
 			[]string{"private or does not exist"}, []string{"runner's probe could read"}},
 	}
 	for _, tt := range tests {
