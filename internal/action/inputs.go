@@ -8,7 +8,6 @@ package action
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -419,7 +418,7 @@ func parseSSH(c *Config, get, in Getter) error {
 		ContainerdNamespace:   in("containerd-namespace"),
 	})
 	if err != nil {
-		return err
+		return named(err, sshInputs)
 	}
 	if c.SSH == nil && c.Relay {
 		return failure.Bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
@@ -440,21 +439,76 @@ var verifyInputs = map[verify.Setting]string{
 	verify.SettingTrustedRoot:    "verify-trusted-root",
 }
 
+// sshInputs names sshdeploy's settings, the fields of sshdeploy.Inputs,
+// as the action's inputs: its errors name them, in Parse and in Open.
+var sshInputs = map[string]string{
+	"Hosts":                 "ssh-host",
+	"User":                  "ssh-user",
+	"Port":                  "ssh-port",
+	"Key":                   "ssh-key",
+	"KeyPassphrase":         "ssh-key-passphrase",
+	"KnownHosts":            "ssh-known-hosts",
+	"Fingerprints":          "ssh-fingerprint",
+	"InsecureIgnoreHostKey": "ssh-insecure-ignore-host-key",
+	"ProxyJump":             "ssh-proxy-jump",
+	"Timeout":               "ssh-timeout",
+	"Runtime":               "remote-runtime",
+	"DockerSocket":          "remote-docker-socket",
+	"ContainerdSocket":      "remote-containerd-socket",
+	"ContainerdNamespace":   "containerd-namespace",
+}
+
 // named is the one boundary where a package's settings get the input
-// names users know them by: the *failure.BadInput in err, naming a setting
-// of names, is renamed to its input, and each {setting} in its problem and
-// fix too. Packages below action name only their own parameters.
+// names users know them by: every *failure.BadInput in err's tree naming a
+// setting of names is renamed to its input, and each {setting} in any
+// error's text too (an error whose text names no setting is returned as
+// it is). Packages below action name only their own parameters.
 func named[S ~string](err error, names map[S]string) error {
-	var bad *failure.BadInput
-	if !errors.As(err, &bad) {
-		return err
+	if err == nil {
+		return nil
 	}
-	if n, ok := names[S(bad.Input)]; ok {
-		bad.Input = n
-	}
+	braced := make([]string, 0, 2*len(names))
 	for s, n := range names {
-		bad.Problem = strings.ReplaceAll(bad.Problem, "{"+string(s)+"}", n)
-		bad.Fix = strings.ReplaceAll(bad.Fix, "{"+string(s)+"}", n)
+		braced = append(braced, "{"+string(s)+"}", n)
+	}
+	rename := strings.NewReplacer(braced...)
+	for _, e := range tree(err) {
+		if bad, ok := e.(*failure.BadInput); ok {
+			if n, ok := names[S(bad.Input)]; ok {
+				bad.Input = n
+			}
+			bad.Problem, bad.Fix = rename.Replace(bad.Problem), rename.Replace(bad.Fix)
+		}
+	}
+	if text := rename.Replace(err.Error()); text != err.Error() {
+		return &renamedError{error: err, text: text}
 	}
 	return err
 }
+
+// tree is err and every error it wraps.
+func tree(err error) []error {
+	out := []error{err}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		if w := u.Unwrap(); w != nil {
+			out = append(out, tree(w)...)
+		}
+	case interface{ Unwrap() []error }:
+		for _, w := range u.Unwrap() {
+			out = append(out, tree(w)...)
+		}
+	}
+	return out
+}
+
+// renamedError is an error whose text named settings in a form made before
+// named saw it (fmt.Errorf makes its text at once); errors.As and
+// errors.Is still see what it wraps.
+type renamedError struct {
+	error
+	text string
+}
+
+func (e *renamedError) Error() string { return e.text }
+func (e *renamedError) Unwrap() error { return e.error }

@@ -260,7 +260,13 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target 
 		targets = append(targets, local)
 	}
 	for _, h := range cfg.SSH.Hosts {
-		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
+		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) {
+			rt, err := sshdeploy.Open(ctx, h, cfg.SSH)
+			if err != nil {
+				return nil, named(err, sshInputs)
+			}
+			return rt, nil
+		}})
 	}
 	return targets
 }
