@@ -164,7 +164,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 		c.InsecureRegistries = append(c.InsecureRegistries, h)
 	}
 	if c.Mirrors, err = mirror.Parse(get("mirrors")); err != nil {
-		return c, err
+		return c, named(err, mirrorInputs)
 	}
 	mirrorUser, mirrorPassword := strings.TrimSpace(get("mirror-username")), get("mirror-password")
 	switch {
@@ -343,7 +343,7 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	}
 	p, err := imagefile.ResolvePath(imagefile.Format(c.Destination), raw, o.base, o.bounded)
 	if err != nil {
-		return err
+		return named(err, fileInputs)
 	}
 	c.Path, c.PathShown = p, p
 	if rel, err := filepath.Rel(o.base, p); o.bounded && err == nil {
@@ -458,6 +458,36 @@ var sshInputs = map[string]string{
 	"ContainerdNamespace":   "containerd-namespace",
 }
 
+// The settings of the packages below sshdeploy's, as those packages name
+// them, as the action's inputs: mirror.Parse's, imagefile.ResolvePath's,
+// and those that errors and advice met while pulling name (docker.Open's
+// host, ghcr's options and the action's own that its advice suggests).
+var (
+	mirrorInputs = map[string]string{"Mirrors": "mirrors"}
+	fileInputs   = map[string]string{"Path": "path", "Format": "destination"}
+	runInputs    = merged(sshInputs, map[string]string{
+		"Host":               "docker-host",
+		"InsecureRegistries": "insecure-registry",
+		"Mirrors":            "mirrors",
+		"QuotaGuard":         "quota-guard",
+		"PullLocal":          "pull-local",
+	})
+)
+
+// merged is the settings of every table, each named once.
+func merged(tables ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, t := range tables {
+		for s, n := range t {
+			if m, ok := out[s]; ok && m != n {
+				panic("setting " + s + " names both " + m + " and " + n)
+			}
+			out[s] = n
+		}
+	}
+	return out
+}
+
 // named is the one boundary where a package's settings get the input
 // names users know them by: every *failure.BadInput in err's tree naming a
 // setting of names is renamed to its input, and each {setting} in any
@@ -467,11 +497,7 @@ func named[S ~string](err error, names map[S]string) error {
 	if err == nil {
 		return nil
 	}
-	braced := make([]string, 0, 2*len(names))
-	for s, n := range names {
-		braced = append(braced, "{"+string(s)+"}", n)
-	}
-	rename := strings.NewReplacer(braced...)
+	rename := renamer(names)
 	for _, e := range tree(err) {
 		if bad, ok := e.(*failure.BadInput); ok {
 			if n, ok := names[S(bad.Input)]; ok {
@@ -484,6 +510,19 @@ func named[S ~string](err error, names map[S]string) error {
 		return &renamedError{error: err, text: text}
 	}
 	return err
+}
+
+// namedText is text with each {setting} of names renamed to its input.
+func namedText[S ~string](text string, names map[S]string) string {
+	return renamer(names).Replace(text)
+}
+
+func renamer[S ~string](names map[S]string) *strings.Replacer {
+	braced := make([]string, 0, 2*len(names))
+	for s, n := range names {
+		braced = append(braced, "{"+string(s)+"}", n)
+	}
+	return strings.NewReplacer(braced...)
 }
 
 // tree is err and every error it wraps.

@@ -2,6 +2,8 @@ package action
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
@@ -35,6 +37,13 @@ func TestSSHErrorsNameInputs(t *testing.T) {
 	}
 	if len(sshInputs) != fields.NumField() {
 		t.Errorf("sshInputs names %d settings, sshdeploy.Inputs has %d", len(sshInputs), fields.NumField())
+	}
+	for _, table := range []map[string]string{mirrorInputs, fileInputs, runInputs} {
+		for s, in := range table {
+			if !declared[in] {
+				t.Errorf("setting %s: %q is no input of action.yml", s, in)
+			}
+		}
 	}
 
 	key, signer := sshKey(t, "")
@@ -92,6 +101,39 @@ func TestSSHErrorsNameInputs(t *testing.T) {
 			if p := placeholder.FindString(out); p != "" {
 				t.Errorf("a setting's own name %s reached the user:\n%s", p, out)
 			}
+		}
+	}
+}
+
+// mirror, imagefile, docker and ghcr name their settings too; the user
+// reads the inputs, in the message and in error_class.
+func TestSettingsNameInputs(t *testing.T) {
+	md := testMetadata(t)
+	ws := t.TempDir()
+	if err := os.Mkdir(filepath.Join(ws, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"mirrors": "mirror.gcr.io"},
+			`input "mirrors": "mirror.gcr.io" is not <registry>=<mirror> (write one <registry>=<mirror> per line, e.g. docker.io=mirror.gcr.io)`},
+		{map[string]string{"destination": "tar", "path": "dir"},
+			`input "path": "dir" is a directory, and destination tar writes a file (name a file, e.g. images/app.tar)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md, InWorkspace(ws))
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+
+	reg := startRegistry(t)
+	s := runStep(t, map[string]string{"image": reg.host + "/acme/public:1", "auth": "anonymous", "retries": "0", "docker-host": "nowhere"}, nil)
+	for _, want := range []string{`input \"docker-host\": unable to parse docker host`, `"error_class":"bad-input:docker-host"`} {
+		if !strings.Contains(s.outputs["results"], want) {
+			t.Errorf("results lack %s: %s\n%d %s %s", want, s.outputs["results"], s.code, s.stdout, s.stderr)
 		}
 	}
 }

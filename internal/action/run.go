@@ -170,6 +170,12 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
 	}
 	results := pull.Run(ctx, cfg.Images, targets, opts)
+	for i, r := range results {
+		// The one boundary for what went wrong while pulling: the
+		// packages below name their settings, the user reads inputs.
+		results[i].Err = named(r.Err, runInputs)
+		results[i].Diagnosis = namedText(r.Diagnosis, runInputs)
+	}
 	ev.stop()
 
 	failed := 0
@@ -247,7 +253,13 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target 
 	case DestinationLayout, DestinationTar:
 		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
-	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
+	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) {
+		e, err := docker.Open(ctx, cfg.DockerHost)
+		if err != nil {
+			return nil, err // not a nil *docker.Engine in a non-nil pull.Daemon, which pull would Close
+		}
+		return e, nil
+	}}
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
@@ -260,13 +272,7 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target 
 		targets = append(targets, local)
 	}
 	for _, h := range cfg.SSH.Hosts {
-		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) {
-			rt, err := sshdeploy.Open(ctx, h, cfg.SSH)
-			if err != nil {
-				return nil, named(err, sshInputs)
-			}
-			return rt, nil
-		}})
+		targets = append(targets, pull.Target{Name: h.Addr(), Open: func(ctx context.Context) (pull.Daemon, error) { return sshdeploy.Open(ctx, h, cfg.SSH) }})
 	}
 	return targets
 }

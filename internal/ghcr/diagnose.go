@@ -71,7 +71,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		if errors.As(a.Err, &rej) && a.Target != "" && probed[a.Mode] {
 			// The runner was let in, the daemon was not, the same way:
 			// neither "wrong password" nor "private" is the answer.
-			disagree = append(disagree, fmt.Sprintf("the runner's probe could read the repository %s, but the daemon on %s was refused %s: the daemon reaches the registry differently (registry mirrors or a proxy in its configuration, another address, or a registry that treats its user agent differently); check that daemon's registry settings, or pull on the runner (pull-local)", describeMode(a.Mode), a.Target, describeMode(a.Mode)))
+			disagree = append(disagree, fmt.Sprintf("the runner's probe could read the repository %s, but the daemon on %s was refused %s: the daemon reaches the registry differently (registry mirrors or a proxy in its configuration, another address, or a registry that treats its user agent differently); check that daemon's registry settings, or pull on the runner ({PullLocal})", describeMode(a.Mode), a.Target, describeMode(a.Mode)))
 			continue
 		}
 		switch {
@@ -120,7 +120,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		fixes = append(fixes, "check that the repository, tag or digest exists and is spelled as pushed")
 	}
 	if quota {
-		fixes = append(fixes, "the registry's pull quota is spent or short: sign in (authenticated accounts get a higher limit), list a mirror that serves the image in `mirrors`, or run when the window has freed pulls")
+		fixes = append(fixes, "the registry's pull quota is spent or short: sign in (authenticated accounts get a higher limit), list a mirror that serves the image in `{Mirrors}`, or run when the window has freed pulls")
 	}
 	if transient {
 		fixes = append(fixes, "the registry was unavailable or rate-limiting: raise `retries` or `timeout`, or try again later")

@@ -161,6 +161,11 @@ func repoDigests(digest string, refs ...string) []string {
 // killed (not cancelled) may leave one behind, never a half-written path.
 func tempPrefix(path string) string { return "." + filepath.Base(path) + ".ghcr-pull-" }
 
+// settingPath is how ResolvePath's errors name the path; {Format} in their
+// text is the setting that chose the format. The caller names both as its
+// users know them.
+const settingPath = "Path"
+
 // ResolvePath turns the path input into an absolute path. Relative paths
 // resolve against base; with bounded (GitHub Actions: base is the job's
 // workspace, the only directory the action's container shares with later
@@ -174,14 +179,14 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	}
 	p = filepath.Clean(p)
 	if bounded {
-		outside := failure.Bad("path",
+		outside := failure.Bad(settingPath,
 			fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
 			"use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)")
 		if !within(base, p) {
 			return "", outside
 		}
 		if p == filepath.Clean(base) {
-			return "", failure.Bad("path", "names the workspace itself", "name a file or directory inside it, e.g. images/app.tar or images/layout")
+			return "", failure.Bad(settingPath, "names the workspace itself", "name a file or directory inside it, e.g. images/app.tar or images/layout")
 		}
 		// A symlink inside the workspace may point out of it.
 		realBase, err1 := filepath.EvalSymlinks(base)
@@ -195,19 +200,19 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	case errors.Is(err, os.ErrNotExist):
 		return p, nil
 	case err != nil:
-		return "", failure.Bad("path", err.Error(), "name a path the action can write")
+		return "", failure.Bad(settingPath, err.Error(), "name a path the action can write")
 	}
 	switch format {
 	case Tarball:
 		if fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
+			return "", failure.Bad(settingPath, fmt.Sprintf("%q is a directory, and {Format} tar writes a file", raw), "name a file, e.g. images/app.tar")
 		}
 	case Layout:
 		if !fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a file, and destination oci-layout writes a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(settingPath, fmt.Sprintf("%q is a file, and {Format} oci-layout writes a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 		if !isLayout(p) && !isEmptyDir(p) {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(settingPath, fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 	}
 	return p, nil
