@@ -148,7 +148,15 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		}
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
-	targets := targetsFor(cfg, rep, probeOpts)
+	var cache *imageCache
+	if cfg.CachePath != "" {
+		var err error
+		if cache, err = openCache(cfg, probeOpts); err != nil {
+			rep.Error("ghcr-pull: the image cache could not be opened", err.Error())
+			return ExitFailed
+		}
+	}
+	targets := targetsFor(cfg, rep, probeOpts, cache)
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
@@ -167,6 +175,9 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		MirrorCredentials: cfg.MirrorCredentials,
 	})
 	ev.stop()
+	if cache != nil {
+		cache.close(ctx, rep, cfg.Images, results)
+	}
 
 	failed := 0
 	noted := map[string]bool{}
@@ -236,14 +247,20 @@ func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context
 
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target {
+func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option, cache *imageCache) []pull.Target {
 	switch cfg.Destination {
 	case DestinationNone, DestinationKubernetes:
 		return nil
 	case DestinationLayout, DestinationTar:
 		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
-	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
+	local := pull.Target{Name: sshdeploy.LocalHost, Open: func(ctx context.Context) (pull.Daemon, error) {
+		e, err := docker.Open(ctx, cfg.DockerHost)
+		if err != nil || cache == nil {
+			return e, err
+		}
+		return cache.daemon(ctx, e)
+	}}
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
