@@ -2,8 +2,13 @@ package action
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -29,13 +34,95 @@ func openCache(cfg Config, probeOpts []ghcr.Option) (*imageCache, error) {
 
 // daemon is the runner's Docker daemon pulling from the cache: the relayed
 // Docker host's route (sshdeploy.Local), with the relay listening where
-// the daemon reaches it on its own 127.0.0.1.
+// the daemon reaches it on its own 127.0.0.1. When this process runs in a
+// container of that daemon with a network of its own (a container action
+// on the runner's job network), our 127.0.0.1 is not the daemon's: a
+// forwarder on the host's network carries the daemon's requests to the
+// relay (listenThroughHost).
 func (c *imageCache) daemon(ctx context.Context, e *docker.Engine) (pull.Daemon, error) {
 	if name, _ := e.Runtime(); name != docker.Docker {
 		e.Close()
 		return nil, fmt.Errorf("cache-path feeds Docker only so far, and the daemon is %s; drop cache-path", name)
 	}
-	return sshdeploy.Local(e, c.srv, listenLoopback), nil
+	self, inContainer, err := e.Self(ctx)
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("cache-path: finding the action's own container: %w", err)
+	}
+	listen := listenLoopback
+	if inContainer && !self.HostNetwork {
+		listen = func() (net.Listener, error) { return listenThroughHost(e, self) }
+	}
+	return sshdeploy.Local(e, c.srv, listen), nil
+}
+
+// listenThroughHost listens on our address on the container's network and
+// starts a forwarder from our own image on the host's network (`ghcr-pull
+// relay-forward <our address>`: no secret, two addresses), whose port on
+// the host's 127.0.0.1 the returned listener reports as its address.
+// Only connections from the network's gateway (the host: the forwarder)
+// are served, not other containers on the job network. Closing the
+// listener removes the forwarder, which also ends by itself seconds after
+// our listener is gone.
+func listenThroughHost(e *docker.Engine, self docker.Container) (net.Listener, error) {
+	l, err := net.Listen("tcp", netip.AddrPortFrom(self.IP, 0).String())
+	if err != nil {
+		return nil, fmt.Errorf("cache-path: listening on the container's network: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id, line, err := e.RunOnHost(ctx, self.Image, self.Entrypoint, []string{"relay-forward", l.Addr().String()})
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("cache-path: starting the relay's forwarder on the host's network from the action's image: %w", err)
+	}
+	remove := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return e.RemoveContainer(ctx, id)
+	}
+	addr, ok := strings.CutPrefix(line, relay.ForwardPrefix)
+	ap, perr := netip.ParseAddrPort(addr)
+	if !ok || perr != nil || !ap.Addr().IsLoopback() {
+		l.Close()
+		_ = remove()
+		return nil, fmt.Errorf("cache-path: the relay's forwarder said %q, not the address it listens on", line)
+	}
+	return &hostListener{Listener: l, from: self.Gateway, addr: net.TCPAddrFromAddrPort(ap), remove: remove}, nil
+}
+
+// hostListener is the relay's listener on the container's network, known
+// to the daemon by the forwarder's address on the host's loopback.
+type hostListener struct {
+	net.Listener
+	from   netip.Addr
+	addr   net.Addr
+	remove func() error
+	once   sync.Once
+}
+
+func (h *hostListener) Addr() net.Addr { return h.addr }
+
+// Accept serves only the gateway's connections (the host's, hence the
+// forwarder's).
+func (h *hostListener) Accept() (net.Conn, error) {
+	for {
+		c, err := h.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ap, perr := netip.ParseAddrPort(c.RemoteAddr().String())
+		if !h.from.IsValid() || perr == nil && ap.Addr().Unmap() == h.from {
+			return c, nil
+		}
+		c.Close()
+	}
+}
+
+func (h *hostListener) Close() error {
+	err := h.Listener.Close()
+	h.once.Do(func() { err = errors.Join(err, h.remove()) })
+	return err
 }
 
 // listenLoopback is the relay's listener when the daemon shares our

@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/moby/client"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 )
 
@@ -225,7 +228,8 @@ func checkDaemonImage(t *testing.T, e *Env, ref string, img v1.Image, word strin
 		for _, n := range append(im.RepoTags, im.RepoDigests...) {
 			// The machine's daemon is shared: only names of ref's
 			// repository are ours.
-			if strings.Contains(n, "/"+repo+"@") || strings.Contains(n, "/"+repo+":") && !strings.HasPrefix(n, e.Host+"/") {
+			ours := strings.Contains(n, "/"+repo+"@") || strings.Contains(n, "/"+repo+":")
+			if ours && !strings.HasPrefix(n, r.Context().RegistryStr()+"/") {
 				t.Errorf("a loopback name is left in the daemon: %s", n)
 			}
 		}
@@ -282,4 +286,107 @@ func checkCacheLayout(t *testing.T, store, ref string, img v1.Image) {
 		}
 		return nil
 	})
+}
+
+// TestCacheActionImage runs the built action image as the runner runs a
+// container action: on a job network of its own (not the host's), with
+// the daemon's socket mounted. Its 127.0.0.1 is not the daemon's, so the
+// daemon reaches the relay through the forwarder the action starts from
+// its own image on the host's network. Two runs: the image lands in the
+// daemon under the user's tag and runs, the warm run fetches no blob
+// upstream, and no forwarder container is left.
+func TestCacheActionImage(t *testing.T) {
+	e := Start(t)
+	if _, err := exec.LookPath("docker"); err != nil {
+		skipOrFatal(t, "the docker CLI is not installed: %v", err)
+	}
+	e.BuildActionImage(t, e.ActionContext(t), actionImageTag, false)
+	ctx := context.Background()
+
+	// The job network, and the registry on its gateway: the test's
+	// registry listens on the host's 127.0.0.1, which the job network
+	// cannot reach, so a proxy on the gateway stands in for the
+	// registry's public address.
+	netName := "ghcr-pull-job-" + randomHex(4)
+	created, err := e.Docker.NetworkCreate(ctx, netName, client.NetworkCreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = e.Docker.NetworkRemove(context.Background(), created.ID, client.NetworkRemoveOptions{}) })
+	in, err := e.Docker.NetworkInspect(ctx, created.ID, client.NetworkInspectOptions{})
+	if err != nil || len(in.Network.IPAM.Config) == 0 {
+		t.Fatalf("inspecting %s: %v", netName, err)
+	}
+	gw := in.Network.IPAM.Config[0].Gateway
+	registry := proxyTo(t, net.JoinHostPort(gw.String(), "0"), e.Host)
+
+	const repo = "cache/ctr"
+	e.Front.AddUser("cacher", canary, false, repo)
+	ref, err := name.ParseReference(registry + "/" + repo + ":1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	word := "contained-" + randomHex(4)
+	img := echoWithLayer(t, word)
+	pushed, _ := name.ParseReference(e.Host + "/" + repo + ":1")
+	e.pushImageAs(t, pushed, img)
+	t.Cleanup(func() { e.RemoveLocalImage(t, ref.String()) })
+	ws := t.TempDir()
+
+	for _, run := range []string{"cold", "warm"} {
+		t.Run(run, func(t *testing.T) {
+			e.RemoveLocalImage(t, ref.String())
+			e.Front.ResetLog()
+			res := e.RunActionImageOn(t, actionImageTag, map[string]string{"image": ref.String(), "username": "cacher", "password": canary,
+				"cache-path": ".cache/ghcr-pull", "insecure-registry": registry, "retries": "0"}, netName, ws)
+			assertNoSecretLeak(t, res, canary)
+			if res.ExitCode != 0 {
+				t.Fatalf("exit %d\n%s\n%s", res.ExitCode, res.Stdout, res.Stderr)
+			}
+			checkDaemonImage(t, e, ref.String(), img, word)
+			checkCacheLayout(t, filepath.Join(ws, ".cache", "ghcr-pull"), ref.String(), img)
+			blobs, manifests := upstreamGets(e, repo)
+			if run == "warm" && len(blobs) != 0 {
+				t.Errorf("the warm run fetched blobs upstream: %v", blobs)
+			}
+			t.Logf("%s run: %s, upstream blob GETs %v, manifests %v", run, res.Wall, blobs, manifests)
+			list, err := e.Docker.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", docker.ForwarderLabel)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list.Items) != 0 {
+				t.Errorf("forwarder containers left: %v", list.Items)
+			}
+		})
+	}
+}
+
+// proxyTo listens on addr and carries each connection to target, until
+// the test ends; it returns the address it listens on.
+func proxyTo(t *testing.T, addr, target string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { _, _ = io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				_, _ = io.Copy(c, up)
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
