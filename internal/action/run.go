@@ -264,7 +264,7 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option, cache *imageCa
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
-	if cfg.SSH.Config.HostKeys.Insecure() {
+	if cfg.SSH.Insecure() {
 		rep.Warning("ghcr-pull: SSH host keys are not verified",
 			"ssh-insecure-ignore-host-key is true: anyone on the path to the hosts can impersonate them and receive the registry credentials. Set ssh-known-hosts or ssh-fingerprint instead.")
 	}
@@ -641,9 +641,10 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Cre
 		var failed *githubactions.RequestFailedError
 		switch {
 		case errors.As(err, &missing):
-			return "", &failure.BadInput{Input: "permissions",
-				Problem: "the job cannot request an OIDC ID token (" + missing.Name + " is unset)",
-				Fix:     "add `permissions: id-token: write` to the job"}
+			return "", failure.Bad("permissions",
+				"the job cannot request an OIDC ID token ("+missing.Name+" is unset)",
+				"add `permissions: id-token: write` to the job")
+
 		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
 			return "", &failure.Transient{Response: failure.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
 		case errors.As(err, &failed):

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"strings"
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -115,9 +114,10 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 			return false, classifyCRI(ctx, err, creds)
 		}
 		if !image.SamePlatform(*platform, info.Platform) {
-			return false, &failure.BadInput{Input: "platform",
-				Problem: fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
-				Fix:     "leave platform empty for containerd hosts"}
+			return false, failure.Bad("platform",
+				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
+				"leave platform empty for containerd hosts")
+
 		}
 	}
 	return resp.ImageRef != before, nil
@@ -162,12 +162,10 @@ func (d *ImageService) Inspect(ctx context.Context, ref string) (image.Info, err
 	return info, nil
 }
 
-// classifyCRI places an error of a CRI call. containerd maps its error
-// kinds onto gRPC codes (errdefs.ToGRPC), but registry answers reach it as
-// text ("failed to fetch oauth token: unexpected status: 403 Forbidden",
-// "pull access denied, repository does not exist or may require
-// authorization"), so the code gives a status and failure.FromDaemon
-// reads both.
+// classifyCRI places an error of a CRI call: the step's own deadline and
+// errors that are no gRPC status as any network error, a CRI service that
+// is not there as ErrNoCRI, and the rest by failure.FromGRPC, the one
+// gRPC-code mapping (kube's kubelet errors go through it too).
 func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	anonymous := creds.IsAnonymous()
 	if ctx.Err() != nil {
@@ -177,24 +175,8 @@ func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	if !ok {
 		return ghcr.Classify(err, anonymous)
 	}
-	httpStatus := 0
-	switch st.Code() {
-	case codes.Unauthenticated:
-		httpStatus = http.StatusUnauthorized
-	case codes.PermissionDenied:
-		httpStatus = http.StatusForbidden
-	case codes.NotFound:
-		httpStatus = http.StatusNotFound
-	case codes.ResourceExhausted:
-		httpStatus = http.StatusTooManyRequests
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
-		// The channel to containerd broke, or containerd gave up on the
-		// registry: worth another try either way.
-		return &failure.Transient{Response: failure.Response{Where: "daemon", Message: failure.Clip(st.Message())}}
-	case codes.Unimplemented:
+	if st.Code() == codes.Unimplemented {
 		return ErrNoCRI
-	case codes.InvalidArgument:
-		return &failure.BadInput{Input: "image", Problem: "containerd refused the reference: " + st.Message()}
 	}
-	return failure.FromDaemon(httpStatus, st.Message(), anonymous)
+	return failure.FromGRPC(st.Code().String(), st.Message(), anonymous)
 }

@@ -80,7 +80,7 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 	}
 	cli, err := client.New(opts...)
 	if err != nil {
-		return nil, &failure.BadInput{Input: "docker-host", Problem: err.Error(), Fix: "use unix:///path/to/docker.sock or tcp://host:port"}
+		return nil, failure.Bad("docker-host", err.Error(), "use unix:///path/to/docker.sock or tcp://host:port")
 	}
 	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		cli.Close()
@@ -262,7 +262,7 @@ func classifyCall(ctx context.Context, err error, creds ghcr.Credentials) error 
 	case cerrdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
 	case cerrdefs.IsInvalidArgument(err):
-		return &failure.BadInput{Input: "image", Problem: err.Error()}
+		return failure.Bad("image", err.Error(), "")
 	}
 	if !cerrdefs.IsUnknown(err) && status == http.StatusInternalServerError && client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("the Docker daemon is unreachable: %w", err)

@@ -556,9 +556,10 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, err.Error())
 	}
 	if opts.Platform != nil && info.Platform != "" && !image.SamePlatform(*opts.Platform, info.Platform) {
-		err := &failure.BadInput{Input: "platform",
-			Problem: fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
-			Fix:     "pick a platform the image provides, or leave platform empty"}
+		err := failure.Bad("platform",
+			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
+			"pick a platform the image provides, or leave platform empty")
+
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
@@ -691,17 +692,19 @@ func ParseImages(entries []string) ([]Image, error) {
 		seen[f] = true
 		ref, err := name.ParseReference(f)
 		if err != nil {
-			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference: %v", f, err),
-				Fix: "write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>"}
+			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference: %v", f, err),
+				"write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>")
+
 		}
 		if _, err := reference.ParseNormalizedNamed(f); err != nil {
-			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
-				Fix: "use lower-case repository names"}
+			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
+				"use lower-case repository names")
+
 		}
 		out = append(out, Image{Input: f, Ref: ref})
 	}
 	if len(out) == 0 {
-		return nil, &failure.BadInput{Input: "image", Problem: "no image given", Fix: "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3"}
+		return nil, failure.Bad("image", "no image given", "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3")
 	}
 	return out, nil
 }

@@ -33,17 +33,25 @@ type upstream struct {
 	digest   name.Digest
 	mu       sync.Mutex
 	blobGets map[string]int
+	// answer, by blob digest, replaces the registry's answer to a GET.
+	answer map[string]http.HandlerFunc
 }
 
 func newUpstream(t *testing.T, layers int64) *upstream {
 	t.Helper()
-	u := &upstream{blobGets: map[string]int{}}
+	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 			u.mu.Lock()
-			u.blobGets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+			u.blobGets[d]++
+			answer := u.answer[d]
 			u.mu.Unlock()
+			if answer != nil {
+				answer(w, r)
+				return
+			}
 		}
 		reg.ServeHTTP(w, r)
 	}))
@@ -259,7 +267,7 @@ func TestRelayCacheBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		d, _ := layers[0].Digest()
-		_, _, err = s.openBlob(path, d.String())
+		_, err = s.openBlob(context.Background(), path, d.String())
 		var ce *CacheError
 		if !errors.As(err, &ce) {
 			t.Fatalf("err = %v, want a CacheError", err)

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -58,38 +60,53 @@ func openStore(dir string) (string, error) {
 	return blobs, nil
 }
 
-// adopt takes blob dgst from the store when it is there and intact,
-// counting it against the bound; a damaged one is removed. It reports
-// whether the blob is now cached.
-func (s *Server) adopt(dgst string, size int64) (bool, error) {
+// adopt takes blob dgst of path from the store when it is there and
+// intact, counting it against the bound, so that openBlob serves it as a
+// complete cached blob; a damaged one is removed, and openBlob fetches it.
+// The check reads the whole blob, so it runs outside s.mu, once per blob
+// (singleflight).
+func (s *Server) adopt(path, dgst string) error {
 	if s.opts.Store == "" {
-		return false, nil
-	}
-	p := s.blobPath(dgst)
-	if _, err := os.Lstat(p); err != nil {
-		return false, nil
-	}
-	h, err := v1.NewHash(dgst)
-	if err != nil || !imagefile.Intact(p, h, size) {
-		os.Remove(p)
-		s.mu.Lock()
-		s.discarded[dgst]++
-		s.mu.Unlock()
-		return false, nil
-	}
-	if err := s.reserve(dgst, size); err != nil {
-		return false, err
+		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		s.used -= size
-		return false, errors.New("relay: closed")
+	_, cached := s.blobs[dgst]
+	r, ok := s.repos[path]
+	var size int64
+	if ok {
+		size, ok = r.sizes[dgst]
 	}
-	s.tick++
-	s.blobs[dgst] = &blob{path: p, size: size, lastUse: s.tick}
-	s.reused[dgst]++
-	return true, nil
+	s.mu.Unlock()
+	if cached || !ok {
+		return nil
+	}
+	_, err, _ := s.sf.Do("adopt "+dgst, func() (any, error) {
+		p := s.blobPath(dgst)
+		if _, err := os.Lstat(p); err != nil {
+			return nil, nil
+		}
+		h, err := v1.NewHash(dgst)
+		if err != nil || !imagefile.Intact(p, h, size) {
+			os.Remove(p)
+			s.mu.Lock()
+			s.discarded[dgst]++
+			s.mu.Unlock()
+			return nil, nil
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, ok := s.blobs[dgst]; ok || s.closed {
+			return nil, nil
+		}
+		if err := s.reserve(dgst, size); err != nil {
+			return nil, err
+		}
+		s.tick++
+		s.blobs[dgst] = &blob{path: p, size: size, lastUse: s.tick, started: true, written: size, done: true, cond: sync.NewCond(&s.mu)}
+		s.reused[dgst]++
+		return nil, nil
+	})
+	return err
 }
 
 // storedManifest reads manifest dgst from the store when it is there and
@@ -257,12 +274,13 @@ func (s *Server) Complete(ctx context.Context) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			_, release, err := s.openBlob(w.path, w.dgst)
+			// Read to the end: the fetch is then complete and checked.
+			rd, err := s.openBlob(ctx, w.path, w.dgst)
 			if err != nil {
 				return err
 			}
-			release()
-			return nil
+			_, err = io.Copy(io.Discard, rd)
+			return errors.Join(err, rd.Close())
 		})
 	}
 	return g.Wait()

@@ -57,10 +57,8 @@ type Conn struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	discoverMu sync.Mutex
-	routeMu    sync.Mutex
-	routes     map[string]Route
-	lastRoute  Route
+	routeMu sync.Mutex
+	routes  map[string]Route // by socket path, as discovery found them
 }
 
 // Dial connects and authenticates to host, through cfg.ProxyJump when set.
@@ -71,7 +69,7 @@ type Conn struct {
 // dialled) or *DialError (which wraps *HostKeyError on a refused key).
 func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
 	if cfg.Signer == nil {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
+		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host")
 	}
 	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
 		return nil, err

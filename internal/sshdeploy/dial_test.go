@@ -214,7 +214,7 @@ func TestDialThroughProxyJump(t *testing.T) {
 
 func pingDocker(t *testing.T, conn *Conn, sock string) {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: conn.DockerDialer(sock)}}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return conn.dialRoute(ctx, sock) }}}
 	defer hc.CloseIdleConnections()
 	resp, err := hc.Get("http://docker/_ping")
 	if err != nil {
@@ -227,7 +227,9 @@ func pingDocker(t *testing.T, conn *Conn, sock string) {
 	}
 }
 
-func TestDialDockerRoutes(t *testing.T) {
+// Docker's socket is reached by stream-local, else dial-stdio, found once
+// by openRuntime; the runtime's later connections take the same route.
+func TestDockerRoutes(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	sock := startFakeDocker(t)
 	tests := []struct {
@@ -256,8 +258,8 @@ func TestDialDockerRoutes(t *testing.T) {
 			if tt.socket != "" {
 				socket = tt.socket
 			}
+			rt, err := conn.openRuntime(context.Background(), &Settings{runtime: Docker, dockerSocket: socket, containerdSocket: "/nonexistent/c.sock"})
 			if tt.wantErr != nil {
-				_, err := conn.DialDocker(context.Background(), socket)
 				var re *RouteError
 				if !errors.As(err, &re) {
 					t.Fatalf("err = %v, want *RouteError", err)
@@ -269,11 +271,15 @@ func TestDialDockerRoutes(t *testing.T) {
 				}
 				return
 			}
-			for i := 0; i < 3; i++ {
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rt.Close()
+			for i := 0; i < 2; i++ {
 				pingDocker(t, conn, socket)
 			}
-			if conn.Route() != tt.wantRoute {
-				t.Fatalf("route %q, want %q", conn.Route(), tt.wantRoute)
+			if r := conn.route(socket); r != tt.wantRoute {
+				t.Fatalf("route %q, want %q", r, tt.wantRoute)
 			}
 			cmds := srv.execCommands()
 			want := "docker -H 'unix://" + socket + "' system dial-stdio"
@@ -286,7 +292,7 @@ func TestDialDockerRoutes(t *testing.T) {
 				t.Fatalf("stream-local ran commands: %q", cmds)
 			}
 			// One per connection (each ping has its own HTTP client): the
-			// probe's connection serves the first.
+			// probe's connection serves the runtime's own ping.
 			if tt.wantRoute == RouteDialStdio && len(cmds) != 3 {
 				t.Fatalf("ran %d dial-stdio commands, want 3", len(cmds))
 			}
@@ -294,7 +300,7 @@ func TestDialDockerRoutes(t *testing.T) {
 	}
 }
 
-func TestDialDockerContext(t *testing.T) {
+func TestDockerRouteContext(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
 	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
@@ -304,7 +310,7 @@ func TestDialDockerContext(t *testing.T) {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := conn.DialDocker(ctx, "/x.sock"); !errors.Is(err, context.Canceled) {
+	if _, err := conn.openRuntime(ctx, &Settings{runtime: Docker, dockerSocket: "/x.sock"}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -144,6 +144,11 @@ func (e *DialStdioError) Error() string {
 }
 
 // CommandNotFound tells whether the shell could not find the docker CLI.
+// 127 is the shell's status for it; its words are matched too because a
+// wrapper around the command (a ForceCommand, a login script) may exit
+// with a status of its own and leave only the shell's message. These are
+// a shell's words, not a registry's relayed by a daemon, so they are not
+// failure's phrase table's to know.
 func (e *DialStdioError) CommandNotFound() bool {
 	return e.ExitStatus == 127 || strings.Contains(e.Stderr, "command not found") || strings.Contains(e.Stderr, "docker: not found")
 }

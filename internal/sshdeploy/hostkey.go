@@ -48,7 +48,7 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 	p := &HostKeyPolicy{insecure: insecure}
 	if insecure {
 		if strings.TrimSpace(knownHostsText) != "" || strings.TrimSpace(fingerprints) != "" {
-			return nil, &failure.BadInput{Input: InputInsecure, Problem: "is true while ssh-known-hosts or ssh-fingerprint is set", Fix: "drop ssh-insecure-ignore-host-key to verify host keys with the values given"}
+			return nil, failure.Bad(InputInsecure, "is true while ssh-known-hosts or ssh-fingerprint is set", "drop ssh-insecure-ignore-host-key to verify host keys with the values given")
 		}
 		return p, nil
 	}
@@ -91,13 +91,13 @@ func (p *HostKeyPolicy) empty() bool {
 // too, and the hint for a host behind a bastion runs ssh-keyscan there.
 func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if p.empty() {
-		return &failure.BadInput{
-			Input:   InputKnownHosts,
-			Problem: "host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
-			Fix: "put the output of " + keyscanPlan(hosts, proxyJump, nil) +
-				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;" +
-				" ssh-insecure-ignore-host-key: true skips the check",
-		}
+		return failure.Bad(
+			InputKnownHosts,
+			"host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
+			"put the output of "+keyscanPlan(hosts, proxyJump, nil)+
+				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;"+
+				" ssh-insecure-ignore-host-key: true skips the check")
+
 	}
 	if p.insecure || len(p.fingerprints) > 0 || p.authorities {
 		return nil
@@ -113,12 +113,12 @@ func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if len(unknown) == 0 {
 		return nil
 	}
-	return &failure.BadInput{
-		Input:   InputKnownHosts,
-		Problem: "has no entry for " + strings.Join(names, ", "),
-		Fix: "add the output of " + keyscanPlan(hosts, proxyJump, unknown) +
-			" (run from a network you trust); hosts on a port other than 22 are written [host]:port",
-	}
+	return failure.Bad(
+		InputKnownHosts,
+		"has no entry for "+strings.Join(names, ", "),
+		"add the output of "+keyscanPlan(hosts, proxyJump, unknown)+
+			" (run from a network you trust); hosts on a port other than 22 are written [host]:port")
+
 }
 
 // knownHostsName is how a host appears in known_hosts.
@@ -338,7 +338,7 @@ func parseFingerprints(s string) ([]string, error) {
 				b64 := strings.TrimRight(tok[len("SHA256:"):], "=")
 				raw, err := base64.RawStdEncoding.DecodeString(b64)
 				if err != nil || len(raw) != 32 {
-					return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+					return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 				}
 				b64 = base64.RawStdEncoding.EncodeToString(raw)
 				if !set[b64] {
@@ -347,15 +347,15 @@ func parseFingerprints(s string) ([]string, error) {
 				}
 				found = true
 			case strings.HasPrefix(upper, "MD5:") || isHexColons(tok):
-				return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+				return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 			}
 		}
 		if !found {
-			return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+			return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 		}
 	}
 	if len(set) == 0 {
-		return nil, &failure.BadInput{Input: InputFingerprint, Problem: "holds no fingerprint"}
+		return nil, failure.Bad(InputFingerprint, "holds no fingerprint", "")
 	}
 	return text, nil
 }
@@ -394,7 +394,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 			continue
 		}
 		bad := func(problem, fix string) error {
-			return &failure.BadInput{Input: InputKnownHosts, Problem: fmt.Sprintf("line %d: %s", n+1, problem), Fix: fix}
+			return failure.Bad(InputKnownHosts, fmt.Sprintf("line %d: %s", n+1, problem), fix)
 		}
 		fields := strings.Fields(line)
 		if slices.Contains(keyTypes, fields[0]) {
@@ -409,7 +409,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 		entries++
 	}
 	if entries == 0 {
-		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: "holds only comments or blank lines"}
+		return nil, false, failure.Bad(InputKnownHosts, "holds only comments or blank lines", "")
 	}
 
 	f, err := os.CreateTemp("", "ghcr-pull-known-hosts-*")
@@ -429,7 +429,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 	cb, err := knownhosts.New(name)
 	if err != nil {
 		msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), name+":", "line "), "knownhosts: ")
-		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: msg, Fix: "paste lines as ssh-keyscan prints them: `host keytype base64-key`"}
+		return nil, false, failure.Bad(InputKnownHosts, msg, "paste lines as ssh-keyscan prints them: `host keytype base64-key`")
 	}
 	return cb, authorities, nil
 }

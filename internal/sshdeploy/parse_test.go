@@ -314,26 +314,27 @@ func TestCheckHosts(t *testing.T) {
 	}
 }
 
-func TestParseInputs(t *testing.T) {
+func TestParse(t *testing.T) {
 	key := keyForms(t)["openssh ed25519"].pem
 	k := newSigner(t, "ed25519").PublicKey()
 	good := Inputs{
-		Hosts:      "a.example\nu@b.example:2200",
-		User:       "deploy",
-		Port:       "2022",
-		Key:        key,
-		KnownHosts: knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
-		ProxyJump:  "bastion",
-		Socket:     "unix:///run/user/1000/docker.sock",
-		Timeout:    "45",
+		Hosts:        "a.example\nu@b.example:2200",
+		User:         "deploy",
+		Port:         "2022",
+		Key:          key,
+		KnownHosts:   knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
+		ProxyJump:    "bastion",
+		DockerSocket: "unix:///run/user/1000/docker.sock",
+		Timeout:      "45",
 	}
-	s, err := ParseInputs(good)
+	s, err := Parse(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(s.Hosts, []Host{{"deploy", "a.example", 2022}, {"u", "b.example", 2200}}) ||
-		!reflect.DeepEqual(s.Config.ProxyJump, []Host{{"deploy", "bastion", 2022}}) ||
-		s.Socket != "/run/user/1000/docker.sock" || s.Config.Timeout.Seconds() != 45 || s.Config.Signer == nil {
+		!reflect.DeepEqual(s.config.ProxyJump, []Host{{"deploy", "bastion", 2022}}) ||
+		s.dockerSocket != "/run/user/1000/docker.sock" || s.config.Timeout.Seconds() != 45 || s.config.Signer == nil ||
+		s.runtime != Auto || s.containerdSocket != "/run/containerd/containerd.sock" {
 		t.Fatalf("settings %+v", s)
 	}
 
@@ -342,14 +343,18 @@ func TestParseInputs(t *testing.T) {
 		Port:                  "0",
 		Key:                   "nope",
 		InsecureIgnoreHostKey: "yes please",
-		Socket:                "tcp://1.2.3.4:2375",
+		DockerSocket:          "tcp://1.2.3.4:2375",
 		Timeout:               "-1s",
+		Runtime:               "cri-o",
+		ContainerdSocket:      "run/containerd.sock",
+		ContainerdNamespace:   "default",
 	}
-	_, err = ParseInputs(bad)
+	_, err = Parse(bad)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, input := range []string{"ssh-host", "ssh-port", "ssh-key", "ssh-insecure-ignore-host-key", "remote-docker-socket", "ssh-timeout"} {
+	for _, input := range []string{"ssh-host", "ssh-port", "ssh-key", "ssh-insecure-ignore-host-key", "remote-docker-socket", "ssh-timeout",
+		"remote-runtime", "remote-containerd-socket", "containerd-namespace"} {
 		if !strings.Contains(err.Error(), `input "`+input+`"`) {
 			t.Errorf("error does not name %s: %v", input, err)
 		}
@@ -357,7 +362,7 @@ func TestParseInputs(t *testing.T) {
 
 	missing := good
 	missing.KnownHosts = ""
-	_, err = ParseInputs(missing)
+	_, err = Parse(missing)
 	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2022 bastion")
 }
 
@@ -393,5 +398,54 @@ func TestLegacyPEMWrongPassphrase(t *testing.T) {
 		syntaxSeen++
 		_, err := ParsePrivateKey(text, pass)
 		wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
+	}
+}
+
+// The remote runtime inputs, parsed and defaulted once; with no host they
+// are still checked, and no Settings come back.
+func TestParseRemoteRuntime(t *testing.T) {
+	key := keyForms(t)["openssh ed25519"].pem
+	tests := []struct {
+		name             string
+		in               Inputs
+		wantInput        string // "" for success
+		runtime          RuntimeKind
+		docker, ctrdSock string
+	}{
+		{"defaults", Inputs{}, "", Auto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"containerd on k3s", Inputs{Runtime: "Containerd", ContainerdSocket: "/run/k3s/containerd/containerd.sock"}, "",
+			Containerd, "/var/run/docker.sock", "/run/k3s/containerd/containerd.sock"},
+		{"sockets as unix URLs", Inputs{DockerSocket: "unix:///run/user/1000/docker.sock", ContainerdSocket: "unix:///run/containerd/containerd.sock"}, "",
+			Auto, "/run/user/1000/docker.sock", "/run/containerd/containerd.sock"},
+		{"docker", Inputs{Runtime: "docker"}, "", Docker, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"podman", Inputs{Runtime: " Podman "}, "", Podman, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"explicit k8s.io", Inputs{ContainerdNamespace: "k8s.io"}, "", Auto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"unknown runtime", Inputs{Runtime: "cri-o"}, "remote-runtime", "", "", ""},
+		{"relative containerd socket", Inputs{ContainerdSocket: "run/containerd.sock"}, "remote-containerd-socket", "", "", ""},
+		{"containerd socket with control characters", Inputs{ContainerdSocket: "/run/c.sock\x00x"}, "remote-containerd-socket", "", "", ""},
+		{"docker socket over TCP", Inputs{DockerSocket: "tcp://1.2.3.4:2375"}, "remote-docker-socket", "", "", ""},
+		{"another namespace", Inputs{ContainerdNamespace: "default"}, "containerd-namespace", "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if s, err := Parse(tt.in); s != nil || (err == nil) != (tt.wantInput == "") {
+				t.Fatalf("no host: settings %+v, err %v", s, err)
+			} else if err != nil {
+				wantInput(t, err, tt.wantInput, "")
+			}
+			in := tt.in
+			in.Hosts, in.Key, in.InsecureIgnoreHostKey = "a.example", key, "true"
+			s, err := Parse(in)
+			if tt.wantInput != "" {
+				wantInput(t, err, tt.wantInput, "")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.runtime != tt.runtime || s.dockerSocket != tt.docker || s.containerdSocket != tt.ctrdSock {
+				t.Errorf("runtime %q, sockets %q %q; want %q, %q %q", s.runtime, s.dockerSocket, s.containerdSocket, tt.runtime, tt.docker, tt.ctrdSock)
+			}
+		})
 	}
 }

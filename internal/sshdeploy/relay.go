@@ -91,7 +91,8 @@ func (c *Conn) lost(err error) error {
 
 // listenLoopback opens a remote forward on the host's 127.0.0.1 with a port
 // sshd picks. OpenSSH answers "denied" for AllowTcpForwarding no or local,
-// and x/crypto reports every refusal in these words.
+// and x/crypto reports every refusal in these words, as an untyped error
+// (ssh.Client.Listen): no daemon text, so not failure's phrase table's.
 func (c *Conn) listenLoopback() (net.Listener, error) {
 	l, err := c.client.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

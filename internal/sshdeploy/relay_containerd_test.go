@@ -240,8 +240,8 @@ func TestRelayedContainerd(t *testing.T) {
 func TestOpenRelayedContainerd(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), withTCPForward())
-	s := &Settings{Runtime: RuntimeChoice{Kind: Containerd, ContainerdSocket: startFakeContainerd(t)},
-		Config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
+	s := &Settings{runtime: Containerd, containerdSocket: startFakeContainerd(t),
+		config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
 	rt, err := Open(context.Background(), srv.host("root"), s)
 	if err != nil {
 		t.Fatal(err)

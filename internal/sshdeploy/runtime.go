@@ -70,7 +70,7 @@ func (r *remote) Close() error                      { return errors.Join(r.rt.Cl
 // host has no rootful engine) and, on the last route, `docker system
 // dial-stdio`.
 func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
-	conn, err := Dial(ctx, host, s.Config)
+	conn, err := Dial(ctx, host, s.config)
 	if err != nil {
 		return nil, err
 	}
@@ -151,16 +151,14 @@ func engineSockets(kind RuntimeKind, socket string) []engineSocket {
 	return []engineSocket{{"Docker", defaultDockerSocket}}
 }
 
+// openRuntime finds the runtime s names on the host and opens it. This is
+// the one route discovery: every socket is tried first by a stream-local
+// channel (which runs nothing on the host), and Docker's socket last by
+// dial-stdio; the route that reached a socket is kept for the runtime's
+// later connections (dialRoute).
 func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
-	dockerSock, ctrdSock := s.Socket, s.Runtime.ContainerdSocket
-	if dockerSock == "" {
-		dockerSock = defaultDockerSocket
-	}
-	if ctrdSock == "" {
-		ctrdSock = cri.DefaultSocket
-	}
-	switch s.Runtime.Kind {
-	case Containerd:
+	dockerSock, ctrdSock := s.dockerSocket, s.containerdSocket
+	if s.runtime == Containerd {
 		first, err := c.DialUnix(ctx, ctrdSock)
 		if err != nil {
 			if isChannelRejected(err) {
@@ -169,14 +167,12 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 			return nil, err
 		}
 		return c.openContainerd(ctx, ctrdSock, first)
-	case Docker:
-		return c.openDocker(ctx, dockerSock, nil)
 	}
 
-	// Auto and Podman: the rootful sockets, then the SSH user's own
-	// (rootless Docker and Podman), then (auto) containerd's, and last
-	// Docker's dial-stdio route, for hosts whose sshd refuses stream-local
-	// channels.
+	// Auto, Docker and Podman: the rootful sockets, then (auto, Podman)
+	// the SSH user's own (rootless Docker and Podman), then (auto)
+	// containerd's, and last (auto, Docker) Docker's dial-stdio route, for
+	// hosts whose sshd refuses stream-local channels.
 	var tried []Tried
 	try := func(es engineSocket) (Runtime, bool, error) {
 		first, err := c.DialUnix(ctx, es.path)
@@ -191,14 +187,14 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 		tried = append(tried, Tried{Runtime: es.runtime, Socket: es.path, Err: err})
 		return nil, false, nil
 	}
-	sockets := engineSockets(s.Runtime.Kind, dockerSock)
+	sockets := engineSockets(s.runtime, dockerSock)
 	for _, es := range sockets {
 		if rt, done, err := try(es); done {
 			return rt, err
 		}
 	}
-	if len(sockets) > 1 || s.Runtime.Kind == Podman {
-		user, err := c.userSockets(ctx, s.Runtime.Kind)
+	if len(sockets) > 1 || s.runtime == Podman {
+		user, err := c.userSockets(ctx, s.runtime)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -211,17 +207,19 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 			}
 		}
 	}
-	if s.Runtime.Kind == Podman {
+	if s.runtime == Podman {
 		return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
 	}
-	first, ctrdErr := c.DialUnix(ctx, ctrdSock)
-	if ctrdErr == nil {
-		return c.openContainerd(ctx, ctrdSock, first)
+	if s.runtime == Auto {
+		first, err := c.DialUnix(ctx, ctrdSock)
+		if err == nil {
+			return c.openContainerd(ctx, ctrdSock, first)
+		}
+		if !isChannelRejected(err) {
+			return nil, err
+		}
+		tried = append(tried, Tried{Runtime: "containerd", Socket: ctrdSock, Err: err})
 	}
-	if !isChannelRejected(ctrdErr) {
-		return nil, ctrdErr
-	}
-	tried = append(tried, Tried{Runtime: "containerd", Socket: ctrdSock, Err: ctrdErr})
 	first, stdioErr := c.probeDialStdio(ctx, dockerSock)
 	if stdioErr == nil {
 		c.setRoute(dockerSock, RouteDialStdio)
@@ -229,6 +227,9 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	if s.runtime == Docker {
+		return nil, &RouteError{Host: c.host.String(), Socket: dockerSock, StreamLocal: tried[0].Err, DialStdio: stdioErr}
 	}
 	tried = append(tried, Tried{Runtime: "Docker by `docker system dial-stdio`", Socket: dockerSock, Err: stdioErr})
 	return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried,
@@ -295,7 +296,7 @@ func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
 	select {
 	case r := <-done:
 		if r.err != nil && stderr.String() != "" {
-			return "", fmt.Errorf("%w: %s", r.err, failure.Clip(stderr.String()))
+			return "", fmt.Errorf("%w: %s", r.err, stderr.String())
 		}
 		return string(r.out), r.err
 	case <-ctx.Done():
@@ -303,10 +304,10 @@ func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
 	}
 }
 
-// openDocker speaks the Engine API to socket; first, when set, is a
-// connection the route discovery already opened.
+// openDocker speaks the Engine API to socket by the route discovery found;
+// first is the connection that found it.
 func (c *Conn) openDocker(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
-	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.DialDocker(ctx, socket) })
+	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.dialRoute(ctx, socket) })
 	e, err := docker.Over(ctx, dial)
 	release()
 	if err != nil {

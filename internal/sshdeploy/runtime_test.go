@@ -84,7 +84,7 @@ func TestOpenRuntime(t *testing.T) {
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			rt, err := conn.openRuntime(ctx, &Settings{Socket: tt.docker, Runtime: RuntimeChoice{Kind: tt.kind, ContainerdSocket: tt.containerd}})
+			rt, err := conn.openRuntime(ctx, &Settings{dockerSocket: tt.docker, runtime: tt.kind, containerdSocket: tt.containerd})
 			if tt.wantErr != nil {
 				if err == nil {
 					rt.Close()
@@ -108,8 +108,8 @@ func TestOpenRuntime(t *testing.T) {
 			if name, _ := rt.Runtime(); name != tt.wantRuntime {
 				t.Fatalf("runtime %q, want %q", name, tt.wantRuntime)
 			}
-			if tt.wantRuntime == "docker" && conn.Route() != tt.wantRoute {
-				t.Errorf("route %q, want %q", conn.Route(), tt.wantRoute)
+			if r := conn.route(tt.docker); tt.wantRuntime == "docker" && r != tt.wantRoute {
+				t.Errorf("route %q, want %q", r, tt.wantRoute)
 			}
 			if cmds := srv.execCommands(); tt.wantRoute != RouteDialStdio && len(cmds) != 0 {
 				t.Errorf("ran %q on the host", cmds)
@@ -123,8 +123,8 @@ func TestOpenRuntime(t *testing.T) {
 func TestOpenThroughSettings(t *testing.T) {
 	client := newSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	s := &Settings{Socket: startFakeDocker(t), Runtime: RuntimeChoice{Kind: Auto, ContainerdSocket: "/nonexistent/c.sock"},
-		Config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}}
+	s := &Settings{dockerSocket: startFakeDocker(t), runtime: Auto, containerdSocket: "/nonexistent/c.sock",
+		config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}}
 	rt, err := Open(context.Background(), srv.host("root"), s)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestOpenThroughSettings(t *testing.T) {
 	if err := rt.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
-	s.Runtime.Kind, s.Socket = Containerd, "/nonexistent/d.sock"
+	s.runtime, s.dockerSocket = Containerd, "/nonexistent/d.sock"
 	if _, err := Open(context.Background(), srv.host("root"), s); err == nil || !strings.Contains(err.Error(), "k3s") {
 		t.Errorf("err = %v, want the k3s hint", err)
 	}
@@ -209,7 +209,7 @@ func TestAutoDiscoveryOrder(t *testing.T) {
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			rt, err := conn.openRuntime(ctx, &Settings{Socket: defaultDockerSocket, Runtime: RuntimeChoice{Kind: tt.kind, ContainerdSocket: "/run/containerd/containerd.sock"}})
+			rt, err := conn.openRuntime(ctx, &Settings{dockerSocket: defaultDockerSocket, runtime: tt.kind, containerdSocket: "/run/containerd/containerd.sock"})
 			if cmds := srv.execCommands(); len(cmds) != tt.wantCmds {
 				t.Errorf("ran %q on the host, want %d commands", cmds, tt.wantCmds)
 			}

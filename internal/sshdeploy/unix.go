@@ -15,7 +15,7 @@ import (
 // protocol over a session. It runs nothing on the host.
 //
 // When sshd rejects the channel the error wraps the *ssh.OpenChannelError
-// (see IsChannelRejected): OpenSSH 9.2 gives the same "open failed" for a
+// (see isChannelRejected): OpenSSH 9.2 gives the same "open failed" for a
 // missing socket, one the user may not open, and AllowStreamLocalForwarding
 // no, so a caller probing for a socket treats any rejection as "not here".
 func (c *Conn) DialUnix(ctx context.Context, path string) (net.Conn, error) {
