@@ -246,23 +246,30 @@ func TestParseConfigPath(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := map[string]string{"image": "ghcr.io/a/b:1"}
-			for k, v := range tt.in {
-				m[k] = v
-			}
-			c, err := ParseConfig(getter(m), testMetadata(t), tt.opt)
-			if tt.wantInput == "" {
-				if err != nil || c.Path != tt.wantPath || c.PathShown != tt.wantShown {
-					t.Fatalf("got %q shown %q, %v; want %q shown %q", c.Path, c.PathShown, err, tt.wantPath, tt.wantShown)
-				}
-				return
-			}
-			var bad *failure.BadInput
-			if !errors.As(err, &bad) || bad.Input != tt.wantInput || bad.Fix == "" {
-				t.Fatalf("error %v does not name input %q with a fix", err, tt.wantInput)
+			c, err := parseWith(t, tt.in, tt.opt, tt.wantInput)
+			if tt.wantInput == "" && (err != nil || c.Path != tt.wantPath || c.PathShown != tt.wantShown) {
+				t.Fatalf("got %q shown %q, %v; want %q shown %q", c.Path, c.PathShown, err, tt.wantPath, tt.wantShown)
 			}
 		})
 	}
+}
+
+// parseWith parses in (over image: ghcr.io/a/b:1); with wantInput set, the
+// error must be a bad input naming it, with a fix.
+func parseWith(t *testing.T, in map[string]string, opt ParseOption, wantInput string) (Config, error) {
+	t.Helper()
+	m := map[string]string{"image": "ghcr.io/a/b:1"}
+	for k, v := range in {
+		m[k] = v
+	}
+	c, err := ParseConfig(getter(m), testMetadata(t), opt)
+	if wantInput != "" {
+		var bad *failure.BadInput
+		if !errors.As(err, &bad) || bad.Input != wantInput || bad.Fix == "" {
+			t.Fatalf("error %v does not name input %q with a fix", err, wantInput)
+		}
+	}
+	return c, err
 }
 
 func TestParseConfigCachePath(t *testing.T) {
@@ -293,20 +300,9 @@ func TestParseConfigCachePath(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := map[string]string{"image": "ghcr.io/a/b:1"}
-			for k, v := range tt.in {
-				m[k] = v
-			}
-			c, err := ParseConfig(getter(m), testMetadata(t), tt.opt)
-			if tt.wantInput == "" {
-				if err != nil || c.CachePath != tt.wantPath {
-					t.Fatalf("got %q, %v; want %q", c.CachePath, err, tt.wantPath)
-				}
-				return
-			}
-			var bad *failure.BadInput
-			if !errors.As(err, &bad) || bad.Input != tt.wantInput || bad.Fix == "" {
-				t.Fatalf("error %v does not name input %q with a fix", err, tt.wantInput)
+			c, err := parseWith(t, tt.in, tt.opt, tt.wantInput)
+			if tt.wantInput == "" && (err != nil || c.CachePath != tt.wantPath) {
+				t.Fatalf("got %q, %v; want %q", c.CachePath, err, tt.wantPath)
 			}
 		})
 	}
