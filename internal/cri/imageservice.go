@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 
@@ -40,9 +41,10 @@ const DefaultSocket = "/run/containerd/containerd.sock"
 const Namespace = "k8s.io"
 
 // ImageService is containerd's CRI image service, reached over any
-// connection to its socket. It satisfies Daemon.
+// connection to its socket. It satisfies pull.Daemon.
 type ImageService struct {
 	cc     *grpc.ClientConn
+	conn   io.Closer // what New's connections travel in, if anything
 	images runtimeapi.ImageServiceClient
 	names  imagesapi.ImagesClient // containerd's own images service (names.go)
 	// Version is what the runtime says of itself, e.g. "containerd 1.6.20~ds1".
@@ -55,8 +57,10 @@ var ErrNoCRI = errors.New("containerd answers, but serves no CRI v1 API: its CRI
 	"or it is older than 1.6; enable the plugin and restart containerd, or pull through Docker (remote-runtime: docker)")
 
 // New connects to containerd's CRI services through dial (called
-// for each connection gRPC opens) and checks that they answer.
-func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*ImageService, error) {
+// for each connection gRPC opens) and checks that they answer. conn, when
+// not nil, is what those connections travel in (an SSH connection): the
+// ImageService owns it, and Close closes it after the gRPC connection.
+func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error), conn io.Closer) (*ImageService, error) {
 	cc, err := grpc.NewClient("passthrough:///containerd",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }),
@@ -77,26 +81,43 @@ func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) 
 	}
 	return &ImageService{
 		cc:      cc,
+		conn:    conn,
 		images:  runtimeapi.NewImageServiceClient(cc),
 		names:   imagesapi.NewImagesClient(cc),
 		Version: strings.TrimSpace(v.RuntimeName + " " + v.RuntimeVersion),
 	}, nil
 }
 
-// Close ends the gRPC connection.
-func (d *ImageService) Close() error { return d.cc.Close() }
+// Close ends the gRPC connection, then what it travels in.
+func (d *ImageService) Close() error {
+	err := d.cc.Close()
+	if d.conn != nil {
+		err = errors.Join(err, d.conn.Close())
+	}
+	return err
+}
 
 // Runtime names the runtime and the namespace images land in.
 func (d *ImageService) Runtime() (name, namespace string) { return "containerd", Namespace }
 
 // Pull pulls ref with creds in the request, as the kubelet sends an
-// imagePullSecret, and reports whether the image ID changed. CRI reports no progress, and it pulls the node's
-// own platform (PullImageRequest has no platform): a platform asked for
-// that the node does not run is an error after the fact.
+// imagePullSecret, and reports whether the node got an image it lacked.
+// CRI reports no progress, and it pulls the node's own platform
+// (PullImageRequest has no platform): a platform asked for that the node
+// does not run is an error after the fact.
 func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, _ func(done, total int64)) (bool, error) {
 	before, err := d.imageID(ctx, ref)
 	if err != nil {
 		return false, classifyCRI(ctx, err, creds)
+	}
+	had := map[string]bool{before: true}
+	if before == "" && strings.Contains(ref, "@") {
+		// A name by digest the node does not hold (a mirror's
+		// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of
+		// the content: the image ID among those it lists does.
+		if had, err = d.ImageIDs(ctx); err != nil {
+			return false, classifyCRI(ctx, err, creds)
+		}
 	}
 	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
 	if !creds.IsAnonymous() {
@@ -120,7 +141,7 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 
 		}
 	}
-	return resp.ImageRef != before, nil
+	return !had[resp.ImageRef], nil
 }
 
 // imageID is the image ID ref names on the node, "" when it has none.

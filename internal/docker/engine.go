@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -30,6 +32,7 @@ import (
 type Engine struct {
 	client *client.Client
 	server *pingServer
+	conn   io.Closer // what Over's connections travel in; nil for Open
 }
 
 // Names of the engines behind the Docker Engine API.
@@ -91,8 +94,10 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 
 // Over speaks the Engine API over connections from dial (each one reaches
 // the daemon's socket; the network and address the client asks for do not
-// matter) and checks that the daemon answers.
-func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*Engine, error) {
+// matter) and checks that the daemon answers. conn, when not nil, is what
+// those connections travel in (an SSH connection): the Engine owns it, and
+// Close closes it after the client.
+func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error), conn io.Closer) (*Engine, error) {
 	server := &pingServer{}
 	cli, err := client.New(
 		client.WithHost("http://docker"),
@@ -107,11 +112,17 @@ func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error))
 		cli.Close()
 		return nil, err
 	}
-	return &Engine{client: cli, server: server}, nil
+	return &Engine{client: cli, server: server, conn: conn}, nil
 }
 
-// Close releases the client's connections.
-func (e *Engine) Close() error { return e.client.Close() }
+// Close releases the client's connections, then what they travel in.
+func (e *Engine) Close() error {
+	err := e.client.Close()
+	if e.conn != nil {
+		err = errors.Join(err, e.conn.Close())
+	}
+	return err
+}
 
 // Runtime names the runtime (docker or podman, from its ping answer);
 // neither has namespaces to report.

@@ -17,28 +17,28 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
-// Route is how a connection reaches the Docker daemon's socket.
-type Route string
+// routeKind is how a connection reaches the Docker daemon's socket.
+type routeKind string
 
 const (
-	// RouteStreamLocal is a direct-streamlocal@openssh.com channel to the
+	// routeStreamLocal is a direct-streamlocal@openssh.com channel to the
 	// socket, opened by sshd itself.
-	RouteStreamLocal Route = "stream-local"
-	// RouteDialStdio is an exec of `docker system dial-stdio` on the host.
-	RouteDialStdio Route = "dial-stdio"
+	routeStreamLocal routeKind = "stream-local"
+	// routeDialStdio is an exec of `docker system dial-stdio` on the host.
+	routeDialStdio routeKind = "dial-stdio"
 )
 
 // defaultDockerSocket is where Docker listens unless told otherwise.
 const defaultDockerSocket = "/var/run/docker.sock"
 
 // route is the route discovery found to socketPath, "" when none yet.
-func (c *Conn) route(socketPath string) Route {
+func (c *sshConn) route(socketPath string) routeKind {
 	c.routeMu.Lock()
 	defer c.routeMu.Unlock()
 	return c.routes[socketPath]
 }
 
-func (c *Conn) setRoute(socketPath string, r Route) {
+func (c *sshConn) setRoute(socketPath string, r routeKind) {
 	c.routeMu.Lock()
 	defer c.routeMu.Unlock()
 	c.routes[socketPath] = r
@@ -46,14 +46,14 @@ func (c *Conn) setRoute(socketPath string, r Route) {
 
 // dialRoute opens a connection to socketPath by the route discovery found
 // for it (openRuntime): a runtime's every connection after the first.
-func (c *Conn) dialRoute(ctx context.Context, socketPath string) (net.Conn, error) {
-	if c.route(socketPath) == RouteDialStdio {
+func (c *sshConn) dialRoute(ctx context.Context, socketPath string) (net.Conn, error) {
+	if c.route(socketPath) == routeDialStdio {
 		return c.dialStdio(ctx, socketPath)
 	}
-	return c.DialUnix(ctx, socketPath)
+	return c.dialUnix(ctx, socketPath)
 }
 
-func (c *Conn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn, error) {
+func (c *sshConn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn, error) {
 	return c.client.DialContext(ctx, "unix", socketPath)
 }
 
@@ -74,7 +74,7 @@ func shellQuote(s string) string {
 // exits. The connection, still open (HTTP keep-alive), is returned for use:
 // each dial-stdio connection starts the docker CLI on the host, which
 // costs more than the ping.
-func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
+func (c *sshConn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
 	conn, err := c.dialStdio(ctx, socketPath)
 	if err != nil {
 		return nil, err
@@ -89,7 +89,7 @@ func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn,
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
 	if err != nil {
 		conn.Close()
-		var ds *DialStdioError
+		var ds *dialStdioError
 		if errors.As(err, &ds) {
 			return nil, ds
 		}
@@ -105,7 +105,7 @@ func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn,
 	return conn, nil
 }
 
-func (c *Conn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
+func (c *sshConn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -186,11 +186,11 @@ func (s *stdioConn) exitError(err error) error {
 	var exit *ssh.ExitError
 	switch {
 	case errors.As(s.waitErr, &exit):
-		return &DialStdioError{ExitStatus: exit.ExitStatus(), Stderr: s.stderr.String()}
+		return &dialStdioError{ExitStatus: exit.ExitStatus(), Stderr: s.stderr.String()}
 	case s.waitErr != nil:
 		var missing *ssh.ExitMissingError
 		if errors.As(s.waitErr, &missing) {
-			return &DialStdioError{ExitStatus: -1, Stderr: s.stderr.String()}
+			return &dialStdioError{ExitStatus: -1, Stderr: s.stderr.String()}
 		}
 	}
 	return err

@@ -96,24 +96,24 @@ func (e *DialError) Error() string {
 
 func (e *DialError) Unwrap() error { return e.Err }
 
-// RouteError says neither route reached the Docker daemon socket.
-type RouteError struct {
+// routeError says neither route reached the Docker daemon socket.
+type routeError struct {
 	Host   string
 	Socket string
 	// StreamLocal is the rejection of the direct-streamlocal channel.
 	StreamLocal error
 	// DialStdio is the failure of `docker system dial-stdio`, usually a
-	// *DialStdioError.
+	// *dialStdioError.
 	DialStdio error
 }
 
-func (e *RouteError) Error() string {
+func (e *routeError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cannot reach the Docker daemon at %s on %s by either route: ", e.Socket, e.Host)
 	fmt.Fprintf(&b, "(1) stream-local forwarding (direct-streamlocal@openssh.com) was rejected: %v"+
 		" — sshd answers so when AllowStreamLocalForwarding is no in its sshd_config, or when the socket is missing or not accessible to the user; ", e.StreamLocal)
 	fmt.Fprintf(&b, "(2) `docker system dial-stdio` failed: %v", e.DialStdio)
-	var ds *DialStdioError
+	var ds *dialStdioError
 	if errors.As(e.DialStdio, &ds) && ds.CommandNotFound() {
 		b.WriteString(" — docker: command not found on the remote PATH (non-interactive SSH sessions do not read ~/.profile or ~/.bashrc)")
 	}
@@ -121,18 +121,18 @@ func (e *RouteError) Error() string {
 	return b.String()
 }
 
-func (e *RouteError) Unwrap() []error { return []error{e.StreamLocal, e.DialStdio} }
+func (e *routeError) Unwrap() []error { return []error{e.StreamLocal, e.DialStdio} }
 
-// DialStdioError is how `docker system dial-stdio` ended on the remote host
+// dialStdioError is how `docker system dial-stdio` ended on the remote host
 // when it did not carry a connection to the daemon.
-type DialStdioError struct {
+type dialStdioError struct {
 	// ExitStatus is the remote command's exit status (-1 when unknown).
 	ExitStatus int
 	// Stderr is the end of what the command wrote to stderr, clipped.
 	Stderr string
 }
 
-func (e *DialStdioError) Error() string {
+func (e *dialStdioError) Error() string {
 	msg := strings.TrimSpace(e.Stderr)
 	if msg == "" {
 		msg = "no message"
@@ -149,6 +149,6 @@ func (e *DialStdioError) Error() string {
 // with a status of its own and leave only the shell's message. These are
 // a shell's words, not a registry's relayed by a daemon, so they are not
 // failure's phrase table's to know.
-func (e *DialStdioError) CommandNotFound() bool {
+func (e *dialStdioError) CommandNotFound() bool {
 	return e.ExitStatus == 127 || strings.Contains(e.Stderr, "command not found") || strings.Contains(e.Stderr, "docker: not found")
 }

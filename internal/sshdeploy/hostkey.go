@@ -19,14 +19,14 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// HostKeyPolicy decides which host keys are accepted. The zero value and a
-// nil policy accept nothing; build one with ParseHostKeyPolicy.
+// hostKeyPolicy decides which host keys are accepted. The zero value and a
+// nil policy accept nothing; build one with parseHostKeyPolicy.
 //
 // A key is accepted when it matches an ssh-known-hosts entry for the host
 // dialled or any of the ssh-fingerprint values; a key marked @revoked is
 // refused even then. Verification happens inside the key exchange, so a
 // refused host never sees an authentication attempt or a channel.
-type HostKeyPolicy struct {
+type hostKeyPolicy struct {
 	insecure bool
 	// knownHosts checks a key for host:port; nil when no known hosts.
 	knownHosts ssh.HostKeyCallback
@@ -40,12 +40,12 @@ type HostKeyPolicy struct {
 	fingerprintText []string
 }
 
-// ParseHostKeyPolicy builds the policy from the ssh-known-hosts,
+// parseHostKeyPolicy builds the policy from the ssh-known-hosts,
 // ssh-fingerprint and ssh-insecure-ignore-host-key inputs. With neither known
 // hosts nor fingerprints nor insecure, the policy is valid but CheckHosts
 // fails, naming the ssh-keyscan command that gives the missing value.
-func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*HostKeyPolicy, error) {
-	p := &HostKeyPolicy{insecure: insecure}
+func parseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*hostKeyPolicy, error) {
+	p := &hostKeyPolicy{insecure: insecure}
 	if insecure {
 		if strings.TrimSpace(knownHostsText) != "" || strings.TrimSpace(fingerprints) != "" {
 			return nil, failure.Bad(InputInsecure, "is true while ssh-known-hosts or ssh-fingerprint is set", "drop ssh-insecure-ignore-host-key to verify host keys with the values given")
@@ -73,13 +73,13 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 }
 
 // insecureIgnoreHostKey is the explicit opt-out: any host key is accepted
-// (and still reported, see Conn.HostKey).
-func insecureIgnoreHostKey() *HostKeyPolicy { return &HostKeyPolicy{insecure: true} }
+// (and still reported: sshConn.hostKey).
+func insecureIgnoreHostKey() *hostKeyPolicy { return &hostKeyPolicy{insecure: true} }
 
 // Insecure tells whether host keys go unchecked.
-func (p *HostKeyPolicy) Insecure() bool { return p != nil && p.insecure }
+func (p *hostKeyPolicy) Insecure() bool { return p != nil && p.insecure }
 
-func (p *HostKeyPolicy) empty() bool {
+func (p *hostKeyPolicy) empty() bool {
 	return p == nil || (!p.insecure && p.knownHosts == nil && len(p.fingerprints) == 0)
 }
 
@@ -89,7 +89,7 @@ func (p *HostKeyPolicy) empty() bool {
 // error names the ssh-keyscan commands that produce the missing lines.
 // proxyJump are the bastions hosts are reached through; they are checked
 // too, and the hint for a host behind a bastion runs ssh-keyscan there.
-func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
+func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if p.empty() {
 		return failure.Bad(
 			InputKnownHosts,
@@ -186,7 +186,7 @@ var dummyKey = sync.OnceValue(func() ssh.PublicKey {
 })
 
 // knownKeys lists the known_hosts keys (not authorities) for h.
-func (p *HostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
+func (p *hostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
 	if p == nil || p.knownHosts == nil {
 		return nil
 	}
@@ -231,7 +231,7 @@ func familyOf(keyType string) int {
 // the families already tried. nil means x/crypto's defaults. retry reports
 // whether another attempt with other families makes sense after a refusal:
 // only fingerprints, which do not say their key type, need that.
-func (p *HostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []string, retry bool) {
+func (p *hostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []string, retry bool) {
 	if p.authorities {
 		// Hosts known through certificates present certificate algorithms.
 		return nil, false
@@ -264,7 +264,7 @@ func (p *HostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []s
 
 // verifier checks one handshake's host key and remembers what it saw.
 type verifier struct {
-	policy    *HostKeyPolicy
+	policy    *hostKeyPolicy
 	host      Host
 	called    bool
 	presented ssh.PublicKey

@@ -11,8 +11,8 @@ import (
 
 // Defaults for hosts that name no user or port.
 const (
-	DefaultUser = "root"
-	DefaultPort = 22
+	defaultUser = "root"
+	defaultPort = 22
 )
 
 // Host is one SSH destination.
@@ -49,10 +49,10 @@ func parseProxyJump(s, user string, port int) ([]Host, error) {
 
 func parseHostList(input, s, user string, port int, chain bool) ([]Host, error) {
 	if user == "" {
-		user = DefaultUser
+		user = defaultUser
 	}
 	if port == 0 {
-		port = DefaultPort
+		port = defaultPort
 	}
 	var hosts []Host
 	seen := map[string]bool{}

@@ -38,10 +38,10 @@ type Settings struct {
 	// through a remote forward on their loopback, never the registry.
 	Relay Relay
 
-	runtime          RuntimeKind
+	runtime          runtimeKind
 	dockerSocket     string // the Docker Engine API socket on the hosts
 	containerdSocket string
-	config           Config
+	config           dialConfig
 }
 
 // Insecure tells whether host keys go unchecked
@@ -51,7 +51,7 @@ func (s *Settings) Insecure() bool { return s.config.HostKeys.Insecure() }
 // Parse checks every input at once and applies every default, here and
 // nowhere else. The error joins one *failure.BadInput per bad input;
 // nothing is dialled. Host key coverage is checked too
-// (HostKeyPolicy.CheckHosts), so a missing ssh-known-hosts fails here with
+// (hostKeyPolicy.CheckHosts), so a missing ssh-known-hosts fails here with
 // the ssh-keyscan command that gives it. With no host named Parse returns
 // nil Settings, having checked only the remote runtime inputs: a misspelt
 // remote-runtime fails wherever it is set.
@@ -82,12 +82,12 @@ func Parse(in Inputs) (*Settings, error) {
 
 	user := strings.TrimSpace(in.User)
 	if user == "" {
-		user = DefaultUser
+		user = defaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
 		bad(failure.Bad(InputUser, fmt.Sprintf("%q is not a valid user name", user), ""))
-		user = DefaultUser
+		user = defaultUser
 	}
-	port := DefaultPort
+	port := defaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := parsePort(in.Port)
 		if err != nil {
@@ -106,7 +106,7 @@ func Parse(in Inputs) (*Settings, error) {
 		bad(err)
 	}
 
-	signer, err := ParsePrivateKey(in.Key, in.KeyPassphrase)
+	signer, err := parsePrivateKey(in.Key, in.KeyPassphrase)
 	if err != nil {
 		bad(err)
 	}
@@ -119,7 +119,7 @@ func Parse(in Inputs) (*Settings, error) {
 		}
 		insecure = b
 	}
-	policy, err := ParseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
+	policy, err := parseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
 	if err != nil {
 		bad(err)
 	} else if hosts != nil {
@@ -137,7 +137,7 @@ func Parse(in Inputs) (*Settings, error) {
 		return nil, errors.Join(errs...)
 	}
 	s.Hosts = hosts
-	s.config = Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout}
+	s.config = dialConfig{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout}
 	return s, nil
 }
 
@@ -162,11 +162,11 @@ func parseSocket(input, s, def, example string) (string, error) {
 }
 
 // parseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
-// seconds. Empty means DefaultTimeout.
+// seconds. Empty means defaultTimeout.
 func parseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return DefaultTimeout, nil
+		return defaultTimeout, nil
 	}
 	if _, err := strconv.Atoi(s); err == nil {
 		s += "s"
@@ -179,12 +179,12 @@ func parseTimeout(s string) (time.Duration, error) {
 }
 
 // parseRuntime reads remote-runtime; empty is auto.
-func parseRuntime(kind string) (RuntimeKind, error) {
-	k := RuntimeKind(strings.ToLower(strings.TrimSpace(kind)))
+func parseRuntime(kind string) (runtimeKind, error) {
+	k := runtimeKind(strings.ToLower(strings.TrimSpace(kind)))
 	switch k {
 	case "":
-		return Auto, nil
-	case Auto, Docker, Podman, Containerd:
+		return kindAuto, nil
+	case kindAuto, kindDocker, kindPodman, kindContainerd:
 		return k, nil
 	}
 	return "", failure.Bad(InputRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")

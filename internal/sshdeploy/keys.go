@@ -9,11 +9,11 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// ParsePrivateKey reads the ssh-key input: an OpenSSH ("BEGIN OPENSSH
+// parsePrivateKey reads the ssh-key input: an OpenSSH ("BEGIN OPENSSH
 // PRIVATE KEY") or PEM (PKCS#1, PKCS#8, SEC 1) private key, RSA, ECDSA or
 // Ed25519, optionally encrypted with passphrase. Errors name ssh-key or
 // ssh-key-passphrase and never quote either.
-func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
+func parsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 	pemText := normalizeKey(key)
 	if strings.TrimSpace(pemText) == "" {
 		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}")
