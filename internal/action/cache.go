@@ -18,7 +18,8 @@ import (
 )
 
 // imageCache is cache-path: the relay over a persistent OCI layout, from
-// which the runner's daemon pulls through a listener on its loopback.
+// which the runner's daemon pulls through a listener on its loopback and,
+// with ssh-transfer: relay, the hosts through their SSH remote forwards.
 type imageCache struct {
 	srv  *relay.Server
 	path string
@@ -139,7 +140,9 @@ func (c *imageCache) close(ctx context.Context, rep *writer, images []pull.Image
 		refs[img.Input] = img
 	}
 	for _, r := range results {
-		if img, ok := refs[r.Image]; ok && r.Err == nil && r.Host == sshdeploy.LocalHost {
+		// Every target pulled through the cache's relay: the runner's
+		// daemon and, with ssh-transfer: relay, the hosts.
+		if img, ok := refs[r.Image]; ok && r.Err == nil {
 			c.srv.Name(img.Ref, r.Digest)
 		}
 	}

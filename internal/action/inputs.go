@@ -359,8 +359,8 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	return nil
 }
 
-// parseCachePath reads cache-path: the runner's daemon only, so far (the
-// relay to SSH hosts is issue 26's step 3).
+// parseCachePath reads cache-path: for the runner's daemon, and for SSH
+// hosts only through the relay (ssh-transfer: relay).
 func parseCachePath(c *Config, get Getter, o parseOptions) error {
 	raw := strings.TrimSpace(get("cache-path"))
 	switch {
@@ -368,8 +368,8 @@ func parseCachePath(c *Config, get Getter, o parseOptions) error {
 		return nil
 	case c.Destination != DestinationDocker:
 		return failure.Bad("cache-path", "is set, but destination is "+string(c.Destination), "use cache-path with destination: docker (the runner's daemon), or drop it")
-	case strings.TrimSpace(get("ssh-host")) != "":
-		return failure.Bad("cache-path", "is set with ssh-host, and the cache feeds only the runner's daemon so far", "drop ssh-host, or drop cache-path")
+	case strings.TrimSpace(get("ssh-host")) != "" && !strings.EqualFold(strings.TrimSpace(get("ssh-transfer")), "relay"):
+		return failure.Bad("cache-path", "is set with ssh-host, and the hosts pull from the registry themselves (ssh-transfer: direct)", "set ssh-transfer: relay, so that the hosts pull through the runner's cache, or drop cache-path")
 	}
 	p, err := imagefile.ResolveCachePath(raw, o.base, o.bounded)
 	if err != nil {

@@ -162,13 +162,19 @@ func testMetadata(t *testing.T) Metadata {
 	return md
 }
 
-func TestParseConfigSSH(t *testing.T) {
+// newKeyPEM is a fresh ed25519 private key as ssh-key takes it.
+func newKeyPEM(t *testing.T) string {
+	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	block, err := ssh.MarshalPrivateKey(priv, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := string(pem.EncodeToMemory(block))
+	return string(pem.EncodeToMemory(block))
+}
+
+func TestParseConfigSSH(t *testing.T) {
+	key := newKeyPEM(t)
 	tests := []struct {
 		name    string
 		in      map[string]string
@@ -295,7 +301,8 @@ func TestParseConfigCachePath(t *testing.T) {
 		{"a directory that is not a layout", map[string]string{"cache-path": "notes"}, InWorkspace(ws), "cache-path", ""},
 		{"with a file destination", map[string]string{"cache-path": "c", "destination": "oci-layout", "path": "l"}, InWorkspace(ws), "cache-path", ""},
 		{"with destination none", map[string]string{"cache-path": "c", "destination": "none"}, InWorkspace(ws), "cache-path", ""},
-		{"with ssh-host (step 3)", map[string]string{"cache-path": "c", "ssh-host": "10.0.0.5"}, InWorkspace(ws), "cache-path", ""},
+		{"with ssh-host, direct", map[string]string{"cache-path": "c", "ssh-host": "10.0.0.5"}, InWorkspace(ws), "cache-path", ""},
+		{"with ssh-host and ssh-transfer relay", map[string]string{"cache-path": "c", "ssh-host": "10.0.0.5", "ssh-transfer": "relay", "ssh-key": newKeyPEM(t), "ssh-insecure-ignore-host-key": "true"}, InWorkspace(ws), "", ws + "/c"},
 		{"unset", map[string]string{}, InWorkspace(ws), "", ""},
 	}
 	for _, tt := range tests {

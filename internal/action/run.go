@@ -130,15 +130,30 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var relayed func(image, host string) int64
-	if cfg.Relay && cfg.SSH != nil {
-		// The relay lives as long as the step: deferred, its cache goes on
-		// success, failure and cancel (the context ends, Run returns).
-		srv, err := relay.New(relay.Options{MaxBytes: cfg.RelayCacheMax, Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
-		if err != nil {
-			rep.Error("ghcr-pull: the relay could not start", err.Error())
+	var cache *imageCache
+	if cfg.CachePath != "" {
+		var err error
+		if cache, err = openCache(cfg, probeOpts); err != nil {
+			rep.Error("ghcr-pull: the image cache could not be opened", err.Error())
 			return ExitFailed
 		}
-		defer srv.Close()
+	}
+	if cfg.Relay && cfg.SSH != nil {
+		// With cache-path the relay is the cache's (closed, and its
+		// layout pruned, once the results are in); otherwise it lives as
+		// long as the step: deferred, its cache goes on success, failure
+		// and cancel (the context ends, Run returns).
+		var srv *relay.Server
+		if cache != nil {
+			srv = cache.srv
+		} else {
+			var err error
+			if srv, err = relay.New(relay.Options{MaxBytes: cfg.RelayCacheMax, Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"}); err != nil {
+				rep.Error("ghcr-pull: the relay could not start", err.Error())
+				return ExitFailed
+			}
+			defer srv.Close()
+		}
 		settings := *cfg.SSH
 		settings.Relay = srv
 		cfg.SSH = &settings
@@ -147,14 +162,6 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 			paths[img.Input] = img.Ref.Context().RepositoryStr()
 		}
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
-	}
-	var cache *imageCache
-	if cfg.CachePath != "" {
-		var err error
-		if cache, err = openCache(cfg, probeOpts); err != nil {
-			rep.Error("ghcr-pull: the image cache could not be opened", err.Error())
-			return ExitFailed
-		}
 	}
 	targets := targetsFor(cfg, rep, probeOpts, cache)
 	addDaemonMirrors(ctx, &cfg, rep)

@@ -372,3 +372,45 @@ func proxyTo(t *testing.T, addr, target string) string {
 	go proxy(l, target)
 	return l.Addr().String()
 }
+
+// TestCacheRelay is cache-path with ssh-transfer: relay (issue 26, step 3):
+// a host with no route to the registry pulls through the runner's cache.
+// The warm run (the host's image removed, the layout restored) fetches no
+// blob upstream; the host runs the image, the layout names it, and the host
+// is left clean.
+func TestCacheRelay(t *testing.T) {
+	e := Start(t)
+	const repo = "acme/cache-relay"
+	e.Front.AddUser("deployer", canary, false, repo)
+	gw := StartJumpHost(t, "cgw")
+	r := relayRun{e: e, regAddr: gw.ExposeOnHost(t, e.Host)}
+	a := StartRemoteHost(t, "ca", RemoteHostOptions{Isolated: true})
+	img, _ := relayImage(t, 256<<10)
+	r.push(t, repo, "1", img)
+	ref := r.regAddr + "/" + repo + ":1"
+	ws := t.TempDir()
+	for _, run := range []string{"cold", "warm"} {
+		t.Run(run, func(t *testing.T) {
+			_, _ = a.Docker().ImageRemove(context.Background(), ref, client.ImageRemoveOptions{Force: true})
+			e.Front.ResetLog()
+			in := r.inputs(ref, a)
+			in["cache-path"] = ".cache/ghcr-pull"
+			res := e.RunAction(t, in, "GITHUB_WORKSPACE="+ws)
+			assertNoSecretLeak(t, res, canary)
+			if res.ExitCode != 0 {
+				t.Fatalf("exit %d\n%s\n%s", res.ExitCode, res.Stdout, lastLinesOf(a.DockerdLog(), 8))
+			}
+			if out := runOnHost(t, a, ref); !strings.Contains(out, "relayed-ok") {
+				t.Errorf("the image on %s printed %q", a.Name, out)
+			}
+			checkCacheLayout(t, filepath.Join(ws, ".cache", "ghcr-pull"), ref, img)
+			blobs, manifests := upstreamGets(e, repo)
+			if run == "warm" && len(blobs) != 0 {
+				t.Errorf("the warm run fetched blobs upstream: %v", blobs)
+			}
+			t.Logf("%s run: upstream blob GETs %v, manifests %v", run, blobs, manifests)
+			assertHostClean(t, a)
+		})
+	}
+	_, _ = a.Docker().ImageRemove(context.Background(), ref, client.ImageRemoveOptions{Force: true})
+}
