@@ -27,6 +27,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/relay"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -167,7 +168,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
+	opts := pull.Options{
 		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
@@ -176,11 +177,14 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		TargetConcurrency: cfg.SSHConcurrency,
 		ProbeOptions:      probeOpts,
 		Events:            ev,
-		Fleet:             fleetFor(cfg),
 		QuotaGuard:        cfg.QuotaGuard,
 		Mirrors:           cfg.Mirrors,
 		MirrorCredentials: cfg.MirrorCredentials,
-	})
+	}
+	if cfg.Kube != nil {
+		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
+	}
+	results := pull.Run(ctx, cfg.Images, targets, opts)
 	ev.stop()
 	if cache != nil {
 		cache.close(ctx, rep, cfg.Images, results)
@@ -190,9 +194,9 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	noted := map[string]bool{}
 	for _, r := range results {
 		for _, n := range r.MirrorNotes {
-			if !noted[n] {
-				noted[n] = true
-				rep.Info("%s", n)
+			if !noted[n.Text] {
+				noted[n.Text] = true
+				rep.Info("%s", n.Text)
 			}
 		}
 		if r.Err == nil {
@@ -234,12 +238,12 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 // policy failure (no signature, an invalid one, another signer) comes back
 // as the error, so pull fails the image and pulls nothing; only a
 // signature that verified yields a Verification.
-func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, registryauth.Credentials) (pull.Verification, error) {
 	if p == nil {
 		return nil
 	}
 	transport := ghcr.Transport(probeOpts...)
-	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+	return func(ctx context.Context, digest name.Digest, creds registryauth.Credentials) (pull.Verification, error) {
 		var auth authn.Authenticator
 		if !creds.IsAnonymous() {
 			auth = creds.Authenticator()
@@ -352,7 +356,7 @@ func toJSON(results []pull.Result, redact func(string) string, relayed func(imag
 			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy,
 		}
 		for _, n := range r.MirrorNotes {
-			j.MirrorNotes = append(j.MirrorNotes, redact(n))
+			j.MirrorNotes = append(j.MirrorNotes, redact(n.Text))
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -376,7 +380,7 @@ func toJSON(results []pull.Result, redact func(string) string, relayed func(imag
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
 func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
-	modes := map[ghcr.AuthMode]bool{}
+	modes := map[registryauth.Mode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
 	verified := map[string]bool{} // "method: identity" of every success
@@ -640,7 +644,7 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registryauth.Credentials, error) {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
 	idToken := func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
@@ -651,7 +655,6 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Cre
 			return "", failure.Bad("permissions",
 				"the job cannot request an OIDC ID token ("+missing.Name+" is unset)",
 				"add `permissions: id-token: write` to the job")
-
 		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
 			return "", &failure.Transient{Response: failure.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
 		case errors.As(err, &failed):
@@ -661,7 +664,7 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Cre
 	}
 	o := *cfg.OIDC
 	o.Getenv = env.Getenv
-	var creds ghcr.Credentials
+	var creds registryauth.Credentials
 	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
 		var err error
 		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
@@ -758,13 +761,13 @@ func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) 
 			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
 		}
 		for _, n := range r.MirrorNotes {
-			if !seen[n] {
-				seen[n] = true
+			if !seen[n.Text] {
+				seen[n.Text] = true
 				icon := "ℹ️"
-				if strings.Contains(n, "not trusted") {
+				if n.Distrusted {
 					icon = "⚠️"
 				}
-				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n.Text))
 			}
 		}
 	}

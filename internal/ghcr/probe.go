@@ -1,3 +1,10 @@
+// Package ghcr is the registry dialect: it probes a registry with the
+// credentials before anything is pulled (digest, platform, a scoped pull
+// token, Docker Hub's quota), and explains a failure in terms a workflow
+// author can act on. GHCR's quirks get special care, but nothing here is
+// specific to ghcr.io beyond the diagnosis text. What is sent to a
+// registry (registryauth) and what its answers mean (failure.FromRegistry)
+// live below it, so the runtime adapters never import it.
 package ghcr
 
 import (
@@ -18,6 +25,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -101,7 +109,7 @@ func WithUserAgent(ua string) Option {
 // Probe checks, without pulling anything, that creds can read ref: ping,
 // token for the exact pull scope, manifest HEAD. One attempt, no retries
 // (the caller owns the retry policy); its error is already classified.
-func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...Option) (ProbeResult, error) {
+func Probe(ctx context.Context, ref name.Reference, creds registryauth.Credentials, opts ...Option) (ProbeResult, error) {
 	o := probeOptions{transport: remote.DefaultTransport, userAgent: "ghcr-pull"}
 	for _, opt := range opts {
 		opt(&o)
@@ -119,7 +127,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		remote.WithRetryPredicate(func(error) bool { return false }),
 	)
 	classify := func(err error) error {
-		cerr := Classify(err, creds.IsAnonymous())
+		cerr := failure.FromRegistry(err, creds.IsAnonymous())
 		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}
@@ -159,7 +167,6 @@ func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform,
 		return failure.Bad("platform",
 			fmt.Sprintf("no matching manifest for %s in %s: it has %s", image.FormatPlatform(want), ref.Context(), strings.Join(have, ", ")),
 			"pick a platform the image provides, or leave platform empty")
-
 	}
 	if mt.IsIndex() {
 		idx, err := remote.Index(ref, opts...)
@@ -231,7 +238,6 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, failure.Bad("insecure-registry",
 			"refusing plain HTTP to "+req.URL.Host+" (only loopback registries are reached without TLS by default)",
 			"serve the registry over TLS, or list "+req.URL.Host+" in insecure-registry")
-
 	}
 	resp, err := o.inner.RoundTrip(req)
 	if err != nil {

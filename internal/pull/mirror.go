@@ -10,7 +10,18 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
+
+// MirrorNote is one thing decided about a mirror for an image, and why.
+type MirrorNote struct {
+	Text string
+	// Distrusted: the mirror answered another digest than upstream's and
+	// was not used, a warning rather than news.
+	Distrusted bool
+}
+
+func (n MirrorNote) String() string { return n.Text }
 
 // source is the mirror an image's targets pull from, decided once per
 // image after the probe; a nil *source is the upstream registry.
@@ -19,7 +30,7 @@ type source struct {
 	// ref is the image on the mirror by the digest the targets must get.
 	ref name.Digest
 	// creds are the mirror's own (or none), never the upstream's.
-	creds ghcr.Credentials
+	creds registryauth.Credentials
 }
 
 // mirrorsOf lists the mirrors that may serve img.
@@ -29,9 +40,9 @@ func mirrorsOf(img Image, opts Options) []mirror.Mirror {
 
 // credsFor is what a mirror is sent: the mirror credentials for the
 // mirrors the user listed, nothing for the daemon's own.
-func credsFor(m mirror.Mirror, opts Options) ghcr.Credentials {
+func credsFor(m mirror.Mirror, opts Options) registryauth.Credentials {
 	if m.FromDaemon || opts.MirrorCredentials.IsAnonymous() {
-		return ghcr.Anonymous
+		return registryauth.Anonymous
 	}
 	return opts.MirrorCredentials
 }
@@ -44,7 +55,7 @@ func upstreamDown(err error) bool {
 	var (
 		qe *ghcr.QuotaExceeded
 		tr *failure.Transient
-		nh *ghcr.NoSuchHost
+		nh *failure.NoSuchHost
 	)
 	return errors.As(err, &qe) || errors.As(err, &tr) || errors.As(err, &nh)
 }
@@ -64,20 +75,20 @@ func (p *probeOutcome) chooseMirror(ctx context.Context, img Image, opts Options
 		creds := credsFor(m, opts)
 		digest, res, err := p.askMirror(ctx, img, m, creds, opts)
 		if err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s did not serve %s: %v", m, img.Input, err))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s did not serve %s: %v", m, img.Input, err)})
 			continue
 		}
 		if p.err == nil && digest != p.digest {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s answers %s for %s, but upstream resolved %s: not trusted, not used", m, digest, img.Input, p.digest))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s answers %s for %s, but upstream resolved %s: not trusted, not used", m, digest, img.Input, p.digest), Distrusted: true})
 			continue
 		}
 		ref, err := m.Ref(repo, digest)
 		if err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s: %v", m, err))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s: %v", m, err)})
 			continue
 		}
 		if p.err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("upstream could not resolve %s (%v); mirror %s resolved it to %s, unchecked against upstream", img.Input, p.err, m, digest))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("upstream could not resolve %s (%v); mirror %s resolved it to %s, unchecked against upstream", img.Input, p.err, m, digest)})
 			p.resolvedBy = m.String()
 			p.digest, p.platform, p.err = digest, res.PlatformDigest, nil
 		}
@@ -96,7 +107,7 @@ func (p *probeOutcome) chooseMirror(ctx context.Context, img Image, opts Options
 // mirror lacks the tag (a pull-through cache that has not seen it), by
 // the upstream digest. One attempt each: a mirror is optional, and
 // upstream remains.
-func (p *probeOutcome) askMirror(ctx context.Context, img Image, m mirror.Mirror, creds ghcr.Credentials, opts Options) (string, ghcr.ProbeResult, error) {
+func (p *probeOutcome) askMirror(ctx context.Context, img Image, m mirror.Mirror, creds registryauth.Credentials, opts Options) (string, ghcr.ProbeResult, error) {
 	probeOpts := append(append([]ghcr.Option(nil), opts.ProbeOptions...), ghcr.WithPlatform(opts.Platform))
 	if m.PlainHTTP {
 		probeOpts = append(probeOpts, ghcr.WithInsecureRegistries(m.Host))

@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
@@ -33,6 +33,7 @@ type upstream struct {
 	digest   name.Digest
 	mu       sync.Mutex
 	blobGets map[string]int
+	pings    int // GET /v2/: ggcr's handshake, before a token exchange
 	// answer, by blob digest, replaces the registry's answer to a GET.
 	answer map[string]http.HandlerFunc
 }
@@ -42,6 +43,11 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			u.mu.Lock()
+			u.pings++
+			u.mu.Unlock()
+		}
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 			u.mu.Lock()
@@ -67,6 +73,7 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	}
 	d, _ := img.Digest()
 	u.img, u.digest = img, ref.Context().Digest(d.String())
+	u.pings = 0 // the push's
 	return u
 }
 
@@ -112,7 +119,7 @@ func pullThrough(t *testing.T, s *Server, host, path string, d name.Digest) erro
 func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 	u := newUpstream(t, 3)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,6 +169,11 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 	if st.Bytes != want-size {
 		t.Errorf("upstream bytes %d, want %d", st.Bytes, want-size)
 	}
+	// One handshake (ping, and token where the registry asks for one) for
+	// the repository, not one before each manifest and blob.
+	if u.pings != 1 {
+		t.Errorf("upstream pinged %d times for one repository, want 1", u.pings)
+	}
 	cfg, _ := u.img.ConfigName()
 	if ids := s.ImageIDs(path, u.digest.DigestStr()); len(ids) != 1 || ids[0] != cfg.String() {
 		t.Errorf("ImageIDs = %v, want [%s]", ids, cfg)
@@ -171,7 +183,7 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 func TestRelayRefuses(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err != nil {
+	if _, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous); err != nil {
 		t.Fatal(err)
 	}
 	layers, _ := u.img.Layers()
@@ -216,7 +228,7 @@ func TestRelayAllowClassifiesUpstreamRefusal(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
 	missing := u.digest.Context().Digest("sha256:" + strings.Repeat("cd", 32))
-	_, err := s.Allow(context.Background(), missing, ghcr.Anonymous)
+	_, err := s.Allow(context.Background(), missing, registryauth.Anonymous)
 	if err == nil {
 		t.Fatal("Allow of a digest upstream lacks succeeded")
 	}
@@ -235,7 +247,7 @@ func TestRelayCacheBound(t *testing.T) {
 	}
 	t.Run("evicts what nobody reads, fetching again", func(t *testing.T) {
 		s := newServer(t, biggest+1)
-		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +274,7 @@ func TestRelayCacheBound(t *testing.T) {
 	})
 	t.Run("a blob larger than the bound is a CacheError", func(t *testing.T) {
 		s := newServer(t, 10)
-		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,7 +311,7 @@ func TestRelayCacheBound(t *testing.T) {
 func TestRelayCloseRemovesTheCache(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +331,7 @@ func TestRelayCloseRemovesTheCache(t *testing.T) {
 	if err := pullThrough(t, s, "a", path, u.digest); err == nil {
 		t.Errorf("a closed relay still serves")
 	}
-	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err == nil {
+	if _, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous); err == nil {
 		t.Errorf("a closed relay still allows")
 	}
 }
@@ -351,7 +363,7 @@ var _ sshdeploy.Relay = (*Server)(nil)
 func TestRelayServeCountsPerHostAndEndsWithTheListener(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}

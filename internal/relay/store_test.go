@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // storeRun is one step with a store: allow u's image, pull it through the
@@ -28,7 +28,7 @@ func storeRun(t *testing.T, u *upstream, store string, max int64) (Stats, error)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err == nil {
 		err = pullThrough(t, s, "local", path, u.digest)
 	}

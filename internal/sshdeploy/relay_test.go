@@ -17,21 +17,31 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // fakeRelay answers every forwarded request with the path asked for.
 type fakeRelay struct {
 	allowErr error
-	mu       sync.Mutex
-	allowed  []string
-	creds    []ghcr.Credentials
-	hosts    []string
+	// serving, when set, is closed by Serve; Allow waits for it (so a
+	// pull that opened the forward only after Allow would stall).
+	serving chan struct{}
+	mu      sync.Mutex
+	allowed []string
+	creds   []registryauth.Credentials
+	hosts   []string
 }
 
-func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
+	if r.serving != nil {
+		select {
+		case <-r.serving:
+		case <-time.After(5 * time.Second):
+			return "", errors.New("Allow ran alone: the forward was not opened meanwhile")
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.allowed = append(r.allowed, ref.String())
@@ -45,6 +55,9 @@ func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credent
 func (r *fakeRelay) Serve(l net.Listener, host string) error {
 	r.mu.Lock()
 	r.hosts = append(r.hosts, host)
+	if r.serving != nil {
+		close(r.serving)
+	}
 	r.mu.Unlock()
 	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		io.WriteString(w, "relayed "+req.URL.Path)
@@ -60,11 +73,11 @@ type fakeDockerd struct {
 	mu    sync.Mutex
 	names map[string]string
 	ops   []string
-	creds []ghcr.Credentials
+	creds []registryauth.Credentials
 	got   string // what the forward answered
 }
 
-func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	hostPort, rest, _ := strings.Cut(ref, "/")
 	repo, dgst, _ := strings.Cut(rest, "@")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
@@ -174,12 +187,12 @@ func dialTest(t *testing.T, opts ...sshtest.Option) (testServer, *sshConn) {
 // the relay got the probe's credentials, the host's runtime none (given is
 // what it was handed), its request came through the forward, and that
 // forward is one on the host's loopback.
-func checkRelayedPull(t *testing.T, srv testServer, rl *fakeRelay, creds ghcr.Credentials, given []ghcr.Credentials, got string) {
+func checkRelayedPull(t *testing.T, srv testServer, rl *fakeRelay, creds registryauth.Credentials, given []registryauth.Credentials, got string) {
 	t.Helper()
 	if len(rl.creds) != 1 || rl.creds[0] != creds {
 		t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
 	}
-	if len(given) != 1 || given[0] != ghcr.Anonymous {
+	if len(given) != 1 || given[0] != registryauth.Anonymous {
 		t.Errorf("the host's runtime was given %v, want nothing", given)
 	}
 	if want := "relayed /v2/acme/app/manifests/" + relayDigest; got != want {
@@ -202,7 +215,7 @@ func checkForwardClosed(t *testing.T, srv testServer) {
 
 func TestRelayedDocker(t *testing.T) {
 	ctx := context.Background()
-	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret", RegistryToken: "tok"}
 
 	t.Run("a tag: pulled from the forward with no credentials, then only the user's tag names it", func(t *testing.T) {
 		srv, conn := dialTest(t, sshtest.WithTCPForward())
@@ -314,6 +327,15 @@ func TestRelayedDocker(t *testing.T) {
 		}
 	})
 
+	t.Run("Allow runs while the forward opens", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{serving: make(chan struct{})}, conn)
+		if _, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("an upstream refusal comes back classified, before the host is asked", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
@@ -336,7 +358,7 @@ type droppingDockerd struct {
 	drop func()
 }
 
-func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error) {
+func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, registryauth.Credentials, func(int64, int64)) (bool, error) {
 	d.drop()
 	return false, errors.New("from the daemon: error reading from server: EOF")
 }
@@ -360,7 +382,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 	t.Run("the connection ends mid-pull: transient, naming the host and the connection", func(t *testing.T) {
 		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
-		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 		var lost *connectionLostError
 		if !errors.As(err, &lost) {
 			t.Fatalf("Pull = %v, want a *ConnectionLostError", err)
@@ -380,7 +402,7 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	_, conn := dialTest(t, sshtest.WithTCPForward())
 	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
 	d := newRelayedDocker(engine, &fakeRelay{}, conn)
-	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {
 		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)
@@ -393,7 +415,7 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 // the listener closed with the runtime.
 func TestLocal(t *testing.T) {
 	ctx := context.Background()
-	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret"}
 	var opened []net.Listener
 	listen := func() (net.Listener, error) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -418,7 +440,7 @@ func TestLocal(t *testing.T) {
 	if len(opened) != 1 || !slices.Equal(rl.hosts, []string{LocalHost}) {
 		t.Fatalf("listeners %v served to %v, want one, served as %s", opened, rl.hosts, LocalHost)
 	}
-	if want := "relayed /v2/acme/app/manifests/" + relayDigest; engine.got != want || engine.creds[0] != ghcr.Anonymous {
+	if want := "relayed /v2/acme/app/manifests/" + relayDigest; engine.got != want || engine.creds[0] != registryauth.Anonymous {
 		t.Errorf("the daemon got %q with %v, want %q with no credentials", engine.got, engine.creds, want)
 	}
 	if !strings.HasPrefix(engine.ops[0], "pull "+opened[0].Addr().String()+"/") {
