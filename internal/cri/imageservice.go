@@ -138,7 +138,6 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 			return false, failure.Bad("platform",
 				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.PlatformString(), image.FormatPlatform(*platform)),
 				"leave platform empty for containerd hosts")
-
 		}
 	}
 	return !had[resp.ImageRef], nil

@@ -23,9 +23,9 @@
 //   - docker's classifyCall: the Engine API's call errors.
 //
 // An error of a package above names its own class with a Class() method:
-// pull.DriftError, ghcr.QuotaExceeded, relay.CacheError,
-// sshdeploy.ForwardError and verify's three policy errors. Callers only
-// ask errors.As, or ClassOf for the results' error_class.
+// pull's drift, ghcr's quota, relay's cache limit, sshdeploy's refused
+// forward and verify's three policy errors. Callers only ask errors.As, or
+// ClassOf for the results' error_class.
 package failure
 
 import (

@@ -167,7 +167,6 @@ func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform,
 		return failure.Bad("platform",
 			fmt.Sprintf("no matching manifest for %s in %s: it has %s", image.FormatPlatform(want), ref.Context(), strings.Join(have, ", ")),
 			"pick a platform the image provides, or leave platform empty")
-
 	}
 	if mt.IsIndex() {
 		idx, err := remote.Index(ref, opts...)
@@ -239,7 +238,6 @@ func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, failure.Bad("insecure-registry",
 			"refusing plain HTTP to "+req.URL.Host+" (only loopback registries are reached without TLS by default)",
 			"serve the registry over TLS, or list "+req.URL.Host+" in insecure-registry")
-
 	}
 	resp, err := o.inner.RoundTrip(req)
 	if err != nil {

@@ -119,7 +119,6 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 	return nil, v1.Descriptor{}, failure.Bad("platform",
 		fmt.Sprintf("%s has no manifest for %s; it has %s", ref.Context(), image.FormatPlatform(want), strings.Join(have, ", ")),
 		"set platform to one the image provides")
-
 }
 
 // platformOf is an image's os/arch[/variant], from its config.
@@ -184,7 +183,6 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 		outside := failure.Bad("path",
 			fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
 			"use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)")
-
 		if !within(base, p) {
 			return "", outside
 		}

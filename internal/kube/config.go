@@ -116,7 +116,6 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	if name == "" || kctx == nil {
 		return Config{}, failure.Bad("kube-context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
 			"set kube-context to one of the kubeconfig's contexts, or set current-context in it")
-
 	}
 	var user kubeUser
 	for _, u := range raw.Users {
@@ -128,12 +127,10 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	if user.Exec != nil || user.AuthProvider != nil {
 		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
 			"give a kubeconfig whose user has a token, a client certificate and key, or a username and password (for example a ServiceAccount token)")
-
 	}
 	if user.TokenFile != "" || user.CertFile != "" || user.KeyFile != "" {
 		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
 			"embed them: token, client-certificate-data, client-key-data")
-
 	}
 	var cluster *kubeCluster
 	for _, c := range raw.Clusters {
@@ -148,7 +145,6 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	if cluster.CAFile != "" {
 		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
 			"embed it as certificate-authority-data")
-
 	}
 	incomplete := func(problem string) error {
 		return failure.Bad("kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")

@@ -116,7 +116,6 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 		}
 		return res, failure.Bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
 			"check the labels with kubectl get nodes --show-labels, or leave kube-node-selector empty for every node")
-
 	}
 	if len(targets) > 0 {
 		// The clean-up is registered before anything is created: whatever

@@ -109,7 +109,6 @@ func (c Config) Validate() error {
 		if !gcpProviderRE.MatchString(c.GCPWorkloadIdentityProvider) {
 			return failure.Bad("gcp-workload-identity-provider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
 				"use projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>")
-
 		}
 		if sa := c.GCPServiceAccount; sa != "" && !strings.Contains(sa, "@") {
 			return failure.Bad("gcp-service-account", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")

@@ -79,7 +79,7 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	upstream := map[string]Result{}
 	if len(again) > 0 {
 		for _, r := range fleetFromUpstream(ctx, img, p, opts, again) {
-			r.MirrorNotes = append(r.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, r.Host, failed[r.Host]))
+			r.MirrorNotes = append(r.MirrorNotes, MirrorNote{Text: fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, r.Host, failed[r.Host])})
 			upstream[r.Host] = r
 		}
 	}

@@ -3,6 +3,7 @@ package pull
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -211,7 +212,7 @@ func TestFleetPulledFromMirror(t *testing.T) {
 	if a.Err != nil || a.ServedBy != m.host || a.Digest != want.String() || a.ImageRef != up.host+"/"+repo+"@"+want.String() {
 		t.Errorf("node a: %+v", a)
 	}
-	if b.Err != nil || b.ServedBy != "" || !strings.Contains(strings.Join(b.MirrorNotes, " "), "pulled from upstream") {
+	if b.Err != nil || b.ServedBy != "" || !strings.Contains(fmt.Sprint(b.MirrorNotes), "pulled from upstream") {
 		t.Errorf("node b: %+v", b)
 	}
 	wantRefs := []string{m.host + "/" + repo + "@" + want.String(), up.host + "/" + repo + "@" + want.String()}

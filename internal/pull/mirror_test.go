@@ -197,10 +197,17 @@ func TestMirrorChoice(t *testing.T) {
 			} else if r.Err != nil {
 				t.Fatalf("err %v\n%s", r.Err, r.Diagnosis)
 			}
-			notes := strings.Join(r.MirrorNotes, "\n")
+			notes := fmt.Sprint(r.MirrorNotes)
 			for _, w := range tt.wantNotes {
 				if !strings.Contains(notes, w) {
 					t.Errorf("notes lack %q:\n%s", w, notes)
+				}
+			}
+			// A mirror that answered another digest is flagged so, for
+			// the summary's warning: the flag, never the words, says it.
+			for _, n := range r.MirrorNotes {
+				if n.Distrusted != strings.Contains(n.Text, "not trusted") {
+					t.Errorf("note %q: distrusted %v", n.Text, n.Distrusted)
 				}
 			}
 			if tt.wantErr != "" {
@@ -281,7 +288,7 @@ func TestMirrorFailsOnTarget(t *testing.T) {
 	if len(d.refs) != 2 || !strings.HasPrefix(d.refs[1], up.host+"/") {
 		t.Errorf("pulls %v: want the mirror, then upstream", d.refs)
 	}
-	if !strings.Contains(strings.Join(r.MirrorNotes, " "), "pulled from upstream") {
+	if !strings.Contains(fmt.Sprint(r.MirrorNotes), "pulled from upstream") {
 		t.Errorf("notes %q", r.MirrorNotes)
 	}
 }

@@ -181,7 +181,7 @@ type Result struct {
 	ResolvedBy string
 	// MirrorNotes say what was decided about mirrors and why (one that
 	// answered another digest, one that was down).
-	MirrorNotes []string
+	MirrorNotes []MirrorNote
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -343,7 +343,7 @@ type probeOutcome struct {
 	quota        *ghcr.Quota
 	source       *source // nil: targets pull from upstream
 	resolvedBy   string
-	mirrorNotes  []string
+	mirrorNotes  []MirrorNote
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -546,7 +546,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// A mirror that served the probe but fails this target leaves it to
 	// upstream, when upstream resolved the digest itself.
 	if err != nil && src != nil && p.resolvedBy == "" {
-		res.MirrorNotes = append(res.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err))
+		res.MirrorNotes = append(res.MirrorNotes, MirrorNote{Text: fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err)})
 		ref, creds, src = upstreamRef, p.creds, nil
 		res.ServedBy, res.AuthMode, res.Provider = "", creds.Mode, p.creds.Provider
 		downloaded, err = pullWith(creds)
@@ -590,7 +590,6 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		err := failure.Bad("platform",
 			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.PlatformString(), image.FormatPlatform(*opts.Platform)),
 			"pick a platform the image provides, or leave platform empty")
-
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.PlatformString()
@@ -696,12 +695,10 @@ func ParseImages(entries []string) ([]Image, error) {
 		if err != nil {
 			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference: %v", f, err),
 				"write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>")
-
 		}
 		if _, err := reference.ParseNormalizedNamed(f); err != nil {
 			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
 				"use lower-case repository names")
-
 		}
 		out = append(out, Image{Input: f, Ref: ref})
 	}

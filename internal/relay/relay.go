@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
 
@@ -75,6 +76,12 @@ type Server struct {
 type repo struct {
 	upstream name.Repository
 	creds    registryauth.Credentials
+	// tr reaches upstream with creds: the registry's ping and token
+	// exchange happen once per repository and credentials, not before each
+	// manifest and blob (ggcr's remote does them per call, 2 round trips
+	// on each blob's critical path). gen counts credential changes.
+	tr  http.RoundTripper
+	gen int
 	// manifests fetched, by digest; allowed lists the digests that may
 	// be asked for (the relayed digest and, for an index, its entries).
 	manifests map[string]manifest
@@ -159,7 +166,10 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.
 		s.mu.Unlock()
 		return "", fmt.Errorf("relay: %s and %s share the path %s; relay them in separate steps", r.upstream, ref.Context(), path)
 	}
-	r.creds = creds
+	if r.creds != creds {
+		r.creds, r.tr = creds, nil
+		r.gen++
+	}
 	r.allowed[ref.DigestStr()] = true
 	r.err = nil
 	s.mu.Unlock()
@@ -249,18 +259,44 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-func (s *Server) remoteOptions(ctx context.Context, creds registryauth.Credentials) []remote.Option {
-	return []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuth(creds.Authenticator()),
-		remote.WithTransport(s.opts.Transport),
-		remote.WithUserAgent(s.opts.UserAgent),
-		// As in the probe: no hidden retries; the pull policy retries in
-		// the open.
-		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
-		remote.WithRetryStatusCodes(),
-		remote.WithRetryPredicate(func(error) bool { return false }),
+// remoteOptions reach upstream through tr (s.transport). As in the probe:
+// no hidden retries (ggcr adds none to a transport.Wrapper); the pull
+// policy retries in the open.
+func (s *Server) remoteOptions(ctx context.Context, tr http.RoundTripper) []remote.Option {
+	return []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr)}
+}
+
+// transport returns path's authenticated upstream transport, made once
+// per repository and credentials (the registry's ping and token exchange).
+func (s *Server) transport(ctx context.Context, path string) (http.RoundTripper, registryauth.Credentials, error) {
+	s.mu.Lock()
+	r, ok := s.repos[path]
+	if !ok {
+		s.mu.Unlock()
+		return nil, registryauth.Credentials{}, errNotRelayed
 	}
+	upstream, creds, tr, gen := r.upstream, r.creds, r.tr, r.gen
+	s.mu.Unlock()
+	if tr != nil {
+		return tr, creds, nil
+	}
+	v, err, _ := s.sf.Do(fmt.Sprintf("transport %s %d", path, gen), func() (any, error) {
+		tr, err := transport.NewWithContext(ctx, upstream.Registry, creds.Authenticator(),
+			transport.NewUserAgent(s.opts.Transport, s.opts.UserAgent), []string{upstream.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, failure.FromRegistry(err, creds.IsAnonymous())
+		}
+		s.mu.Lock()
+		if r.gen == gen {
+			r.tr = tr
+		}
+		s.mu.Unlock()
+		return tr, nil
+	})
+	if err != nil {
+		return nil, creds, err
+	}
+	return v.(http.RoundTripper), creds, nil
 }
 
 // manifestOf returns an allowed manifest, fetching it upstream once.
@@ -275,14 +311,18 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 		s.mu.Unlock()
 		return m, nil
 	}
-	upstream, creds := r.upstream, r.creds
+	upstream := r.upstream
 	s.mu.Unlock()
 
 	v, err, _ := s.sf.Do("manifest "+path+"@"+dgst, func() (any, error) {
+		tr, creds, err := s.transport(ctx, path)
+		if err != nil {
+			return nil, err
+		}
 		s.mu.Lock()
 		s.manifest[dgst]++
 		s.mu.Unlock()
-		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
+		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
 		if err != nil {
 			return nil, failure.FromRegistry(err, creds.IsAnonymous())
 		}
@@ -355,7 +395,7 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 	b, ok := s.blobs[dgst]
 	if !ok {
 		var err error
-		if b, err = s.startFetch(r, dgst, size); err != nil {
+		if b, err = s.startFetch(path, r, dgst, size); err != nil {
 			r.err = err
 			return nil, err
 		}
@@ -392,7 +432,7 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 
 // startFetch reserves room for a blob, enters it in the cache as being
 // written and starts its upstream fetch; called with s.mu held.
-func (s *Server) startFetch(r *repo, dgst string, size int64) (*blob, error) {
+func (s *Server) startFetch(path string, r *repo, dgst string, size int64) (*blob, error) {
 	if err := s.reserve(dgst, size); err != nil {
 		return nil, err
 	}
@@ -404,7 +444,7 @@ func (s *Server) startFetch(r *repo, dgst string, size int64) (*blob, error) {
 	b := &blob{path: f.Name(), size: size, cond: sync.NewCond(&s.mu)}
 	s.blobs[dgst] = b
 	s.fetches[dgst]++
-	go s.fetch(b, f, r.upstream, r.creds, dgst)
+	go s.fetch(b, f, path, r.upstream, dgst)
 	return b, nil
 }
 
@@ -413,8 +453,8 @@ func (s *Server) startFetch(r *repo, dgst string, size int64) (*blob, error) {
 // that asked first (s.ctx): a host that goes away does not cancel it. A
 // blob that fails (upstream error, wrong size or digest) leaves the cache,
 // and its readers' responses are cut.
-func (s *Server) fetch(b *blob, f *os.File, upstream name.Repository, creds registryauth.Credentials, dgst string) {
-	err := s.copyUpstream(b, f, upstream, creds, dgst)
+func (s *Server) fetch(b *blob, f *os.File, path string, upstream name.Repository, dgst string) {
+	err := s.copyUpstream(b, f, path, upstream, dgst)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -442,8 +482,12 @@ func (s *Server) fetch(b *blob, f *os.File, upstream name.Repository, creds regi
 // copyUpstream copies the blob into f. ggcr's reader checks the digest at
 // EOF, returning the last bytes with the error; readers are never given a
 // blob's last byte before that check passed (blobReader).
-func (s *Server) copyUpstream(b *blob, f *os.File, upstream name.Repository, creds registryauth.Credentials, dgst string) error {
-	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(s.ctx, creds)...)
+func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Repository, dgst string) error {
+	tr, creds, err := s.transport(s.ctx, path)
+	if err != nil {
+		return err
+	}
+	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(s.ctx, tr)...)
 	if err != nil {
 		return failure.FromRegistry(err, creds.IsAnonymous())
 	}

@@ -33,6 +33,7 @@ type upstream struct {
 	digest   name.Digest
 	mu       sync.Mutex
 	blobGets map[string]int
+	pings    int // GET /v2/: ggcr's handshake, before a token exchange
 	// answer, by blob digest, replaces the registry's answer to a GET.
 	answer map[string]http.HandlerFunc
 }
@@ -42,6 +43,11 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			u.mu.Lock()
+			u.pings++
+			u.mu.Unlock()
+		}
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 			u.mu.Lock()
@@ -67,6 +73,7 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	}
 	d, _ := img.Digest()
 	u.img, u.digest = img, ref.Context().Digest(d.String())
+	u.pings = 0 // the push's
 	return u
 }
 
@@ -161,6 +168,11 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 	}
 	if st.Bytes != want-size {
 		t.Errorf("upstream bytes %d, want %d", st.Bytes, want-size)
+	}
+	// One handshake (ping, and token where the registry asks for one) for
+	// the repository, not one before each manifest and blob.
+	if u.pings != 1 {
+		t.Errorf("upstream pinged %d times for one repository, want 1", u.pings)
 	}
 	cfg, _ := u.img.ConfigName()
 	if ids := s.ImageIDs(path, u.digest.DigestStr()); len(ids) != 1 || ids[0] != cfg.String() {

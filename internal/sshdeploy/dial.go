@@ -66,7 +66,7 @@ type sshConn struct {
 // hostKeyPolicy.CheckHosts) and verified in each hop's key exchange, before
 // the client authenticates. ctx bounds the whole dial; cfg.Timeout bounds
 // each hop's connect and handshake. Errors are *failure.BadInput (nothing was
-// dialled) or *DialError (which wraps *HostKeyError on a refused key).
+// dialled) or *dialError (which wraps *hostKeyError on a refused key).
 func dialHost(ctx context.Context, host Host, cfg dialConfig) (*sshConn, error) {
 	if cfg.Signer == nil {
 		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host")
@@ -122,7 +122,7 @@ func dialHost(ctx context.Context, host Host, cfg dialConfig) (*sshConn, error) 
 // key is retried with the other key types the host may hold.
 func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg dialConfig) (*ssh.Client, ssh.PublicKey, error) {
 	tried := map[int]bool{}
-	var refused *HostKeyError
+	var refused *hostKeyError
 	var presented []string
 	for {
 		algos, retry := cfg.HostKeys.hostKeyAlgorithms(hop, tried)
@@ -146,7 +146,7 @@ func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg di
 		}
 		// Either the key was refused with nothing left to try, or a retry
 		// found no other key type on the host: report the keys seen.
-		return nil, nil, &DialError{Host: hop.String(), Via: via, Stage: StageHandshake, Err: refused}
+		return nil, nil, &dialError{Host: hop.String(), Via: via, Stage: stageHandshake, Err: refused}
 	}
 }
 
@@ -154,8 +154,8 @@ func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg di
 func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg dialConfig, algos []string) (*ssh.Client, *verifier, error) {
 	hctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	fail := func(stage Stage, err error) error {
-		de := &DialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
+	fail := func(stage dialStage, err error) error {
+		de := &dialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
 		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
 			de.Err = fmt.Errorf("no answer within %s: %w", cfg.Timeout, os.ErrDeadlineExceeded)
 			de.Fix = "check that the host is up and its SSH port open to the runner, or raise ssh-timeout"
@@ -179,7 +179,7 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 		}
 	}
 	if err != nil {
-		return nil, nil, fail(StageConnect, err)
+		return nil, nil, fail(stageConnect, err)
 	}
 	// The handshake has no context of its own: closing the connection is
 	// how ctx and the timeout interrupt it (a forwarded channel has no
@@ -207,13 +207,13 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 	case v.refused != nil:
 		return nil, v, v.refused
 	case v.called:
-		de := fail(StageAuth, err).(*DialError)
+		de := fail(stageAuth, err).(*dialError)
 		if de.Fix == "" {
 			de.Fix = fmt.Sprintf("the public half of ssh-key must be in the authorized_keys of %q on the host (ssh-user, or user@ in ssh-host)", hop.User)
 		}
 		return nil, v, de
 	default:
-		return nil, v, fail(StageHandshake, err)
+		return nil, v, fail(stageHandshake, err)
 	}
 }
 

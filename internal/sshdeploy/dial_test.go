@@ -78,9 +78,9 @@ func TestDialHostKeys(t *testing.T) {
 				}
 				return
 			}
-			var de *DialError
-			var hk *HostKeyError
-			if !errors.As(err, &de) || de.Stage != StageHandshake || !errors.As(err, &hk) {
+			var de *dialError
+			var hk *hostKeyError
+			if !errors.As(err, &de) || de.Stage != stageHandshake || !errors.As(err, &hk) {
 				t.Fatalf("err = %v, want a handshake DialError wrapping HostKeyError", err)
 			}
 			if len(hk.Presented) != tt.refused {
@@ -132,8 +132,8 @@ func TestDialAuthFailure(t *testing.T) {
 		Signer:   sshtest.NewSigner(t, "ed25519"), // not the authorised one
 		HostKeys: policy(t, srv.KnownHosts("[127.0.0.1]:"+itoa(srv.Port)), ""),
 	})
-	var de *DialError
-	if !errors.As(err, &de) || de.Stage != StageAuth || !strings.Contains(err.Error(), `authorized_keys of "deploy"`) {
+	var de *dialError
+	if !errors.As(err, &de) || de.Stage != stageAuth || !strings.Contains(err.Error(), `authorized_keys of "deploy"`) {
 		t.Fatalf("err = %v, want an auth DialError", err)
 	}
 }
@@ -145,8 +145,8 @@ func TestDialTimeoutAndContext(t *testing.T) {
 
 	start := time.Now()
 	_, err := dialHost(context.Background(), srv.host("root"), cfg)
-	var de *DialError
-	if !errors.As(err, &de) || de.Stage != StageHandshake || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "ssh-timeout") {
+	var de *dialError
+	if !errors.As(err, &de) || de.Stage != stageHandshake || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "ssh-timeout") {
 		t.Fatalf("err = %v, want a handshake timeout", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -167,7 +167,7 @@ func TestDialTimeoutAndContext(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	_, err = dialHost(context.Background(), Host{"root", "127.0.0.1", port}, cfg)
-	if !errors.As(err, &de) || de.Stage != StageConnect {
+	if !errors.As(err, &de) || de.Stage != stageConnect {
 		t.Fatalf("err = %v, want a connect DialError", err)
 	}
 }
@@ -196,8 +196,8 @@ func TestDialThroughProxyJump(t *testing.T) {
 		knownLine("127.0.0.1", target.Port, sshtest.NewSigner(t, "ed25519").PublicKey()), "")
 	authBefore := target.AuthAttempts.Load()
 	_, err = dialHost(context.Background(), target.host("root"), cfg)
-	var de *DialError
-	var hk *HostKeyError
+	var de *dialError
+	var hk *hostKeyError
 	if !errors.As(err, &de) || de.Via != bastion.host("jump").String() || !errors.As(err, &hk) {
 		t.Fatalf("err = %v, want a HostKeyError through the bastion", err)
 	}

@@ -25,10 +25,10 @@ const (
 	InputContainerdNamespace = "containerd-namespace"
 )
 
-// HostKeyError says a host presented a key the policy does not accept. It is
+// hostKeyError says a host presented a key the policy does not accept. It is
 // returned during the key exchange, before the client authenticates or opens
 // any channel, so nothing has been sent to the host.
-type HostKeyError struct {
+type hostKeyError struct {
 	// Host is the address dialled, host:port.
 	Host string
 	// Presented lists the keys the host presented ("ssh-ed25519 SHA256:..."),
@@ -45,7 +45,7 @@ type HostKeyError struct {
 	Name string
 }
 
-func (e *HostKeyError) Error() string {
+func (e *hostKeyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host key verification failed for %s: ", e.Host)
 	if e.Revoked {
@@ -62,27 +62,27 @@ func (e *HostKeyError) Error() string {
 	return b.String()
 }
 
-// Stage says how far a connection got before it failed.
-type Stage string
+// dialStage says how far a connection got before it failed.
+type dialStage string
 
 const (
-	StageConnect   Stage = "connect"   // TCP (or the bastion's forwarded channel)
-	StageHandshake Stage = "handshake" // key exchange, host key verification
-	StageAuth      Stage = "auth"      // user authentication with ssh-key
+	stageConnect   dialStage = "connect"   // TCP (or the bastion's forwarded channel)
+	stageHandshake dialStage = "handshake" // key exchange, host key verification
+	stageAuth      dialStage = "auth"      // user authentication with ssh-key
 )
 
-// DialError is a failure to reach a host. Via names the bastion the failing
-// hop was dialled through, if any. It wraps *HostKeyError when the host key
+// dialError is a failure to reach a host. Via names the bastion the failing
+// hop was dialled through, if any. It wraps *hostKeyError when the host key
 // was refused.
-type DialError struct {
+type dialError struct {
 	Host  string
 	Via   string
-	Stage Stage
+	Stage dialStage
 	Err   error
 	Fix   string
 }
 
-func (e *DialError) Error() string {
+func (e *dialError) Error() string {
 	s := fmt.Sprintf("ssh %s: %s failed", e.Host, e.Stage)
 	if e.Via != "" {
 		s += " (through " + e.Via + ")"
@@ -94,7 +94,7 @@ func (e *DialError) Error() string {
 	return s
 }
 
-func (e *DialError) Unwrap() error { return e.Err }
+func (e *dialError) Unwrap() error { return e.Err }
 
 // routeError says neither route reached the Docker daemon socket.
 type routeError struct {

@@ -73,7 +73,7 @@ func parseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*ho
 }
 
 // insecureIgnoreHostKey is the explicit opt-out: any host key is accepted
-// (and still reported: sshConn.hostKey).
+// (the one presented is kept in sshConn.hostKey), and action warns.
 func insecureIgnoreHostKey() *hostKeyPolicy { return &hostKeyPolicy{insecure: true} }
 
 // Insecure tells whether host keys go unchecked.
@@ -97,7 +97,6 @@ func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 			"put the output of "+keyscanPlan(hosts, proxyJump, nil)+
 				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;"+
 				" ssh-insecure-ignore-host-key: true skips the check")
-
 	}
 	if p.insecure || len(p.fingerprints) > 0 || p.authorities {
 		return nil
@@ -118,7 +117,6 @@ func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 		"has no entry for "+strings.Join(names, ", "),
 		"add the output of "+keyscanPlan(hosts, proxyJump, unknown)+
 			" (run from a network you trust); hosts on a port other than 22 are written [host]:port")
-
 }
 
 // knownHostsName is how a host appears in known_hosts.
@@ -268,7 +266,7 @@ type verifier struct {
 	host      Host
 	called    bool
 	presented ssh.PublicKey
-	refused   *HostKeyError
+	refused   *hostKeyError
 }
 
 func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey) error {
@@ -278,7 +276,7 @@ func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey)
 	if p.insecure {
 		return nil
 	}
-	refuse := &HostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
+	refuse := &hostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
 	if p.knownHosts != nil {
 		err := p.knownHosts(hostname, remote, key)
 		if err == nil {

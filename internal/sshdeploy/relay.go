@@ -232,15 +232,25 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 	if err != nil {
 		return "", info, false, err
 	}
-	path, err := f.relay.Allow(ctx, digest, creds)
-	if err != nil {
-		return "", info, false, err
-	}
+	// Allow (the upstream handshake and manifest: round trips to the
+	// registry) runs while the forward opens and the host's images are
+	// listed (round trips to the host); its classified refusal still comes
+	// first, before the host is asked to pull.
+	var path string
+	allowed := make(chan error, 1)
+	go func() {
+		var err error
+		path, err = f.relay.Allow(ctx, digest, creds)
+		allowed <- err
+	}()
 	port, err := f.port()
-	if err != nil {
-		return "", info, false, err
+	var had map[string]bool
+	if err == nil {
+		had, err = rt.ImageIDs(ctx)
 	}
-	had, err := rt.ImageIDs(ctx)
+	if aerr := <-allowed; aerr != nil {
+		return "", info, false, aerr
+	}
 	if err != nil {
 		return "", info, false, err
 	}
@@ -259,13 +269,25 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 }
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
+	repo, dgst, _ := strings.Cut(ref, "@")
+	hold := digestTag(repo, dgst)
+	// Whether the host held the digest tag already is asked while the
+	// image is pulled: one round trip fewer after it.
+	type inspected struct {
+		info image.Info
+		err  error
+	}
+	prior := make(chan inspected, 1)
+	go func() {
+		info, err := d.engine.Inspect(ctx, hold)
+		prior <- inspected{info, err}
+	}()
 	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
+	p := <-prior
 	if err != nil {
 		return false, err
 	}
-	repo, dgst, _ := strings.Cut(ref, "@")
-	hold := digestTag(repo, dgst)
-	before, err := d.engine.Inspect(ctx, hold)
+	before, err := p.info, p.err
 	d.mu.Lock()
 	// A digest tag this connection made for another image of the step
 	// (two tags of one digest) is ours to remove, not the host's.

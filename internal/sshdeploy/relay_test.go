@@ -26,13 +26,23 @@ import (
 // fakeRelay answers every forwarded request with the path asked for.
 type fakeRelay struct {
 	allowErr error
-	mu       sync.Mutex
-	allowed  []string
-	creds    []registryauth.Credentials
-	hosts    []string
+	// serving, when set, is closed by Serve; Allow waits for it (so a
+	// pull that opened the forward only after Allow would stall).
+	serving chan struct{}
+	mu      sync.Mutex
+	allowed []string
+	creds   []registryauth.Credentials
+	hosts   []string
 }
 
 func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
+	if r.serving != nil {
+		select {
+		case <-r.serving:
+		case <-time.After(5 * time.Second):
+			return "", errors.New("Allow ran alone: the forward was not opened meanwhile")
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.allowed = append(r.allowed, ref.String())
@@ -46,6 +56,9 @@ func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds registryauth
 func (r *fakeRelay) Serve(l net.Listener, host string) error {
 	r.mu.Lock()
 	r.hosts = append(r.hosts, host)
+	if r.serving != nil {
+		close(r.serving)
+	}
 	r.mu.Unlock()
 	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		io.WriteString(w, "relayed "+req.URL.Path)
@@ -312,6 +325,15 @@ func TestRelayedDocker(t *testing.T) {
 		}
 		if len(engine.ops) != 0 {
 			t.Errorf("the daemon was asked %q", engine.ops)
+		}
+	})
+
+	t.Run("Allow runs while the forward opens", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{serving: make(chan struct{})}, conn)
+		if _, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil); err != nil {
+			t.Fatal(err)
 		}
 	})
 
