@@ -18,10 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -42,6 +41,11 @@ const DefaultMaxBytes = 20 << 30
 type Options struct {
 	// Dir is where the cache directory is made ("" is os.TempDir()).
 	Dir string
+	// Store, when set, is a persistent OCI image layout that holds the
+	// blobs and manifests instead of a temporary directory (cache-path):
+	// blobs found there are verified on first use, and Close prunes it to
+	// what the step relayed instead of removing it (store.go).
+	Store string
 	// MaxBytes bounds the blobs kept on disk at once.
 	MaxBytes int64
 	// Transport reaches the registry (ghcr.Transport: plain HTTP refused
@@ -61,16 +65,22 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	repos    map[string]*repo // by the path served, the upstream repository path
-	blobs    map[string]*blob // by digest, across repositories
-	used     int64
-	tick     int64
-	closed   bool
-	fetches  map[string]int // upstream blob fetches by digest
-	upBytes  int64
-	served   map[[2]string]int64 // bytes sent by host and path
-	manifest map[string]int      // upstream manifest fetches by digest
+	mu         sync.Mutex
+	repos      map[string]*repo // by the path served, the upstream repository path
+	blobs      map[string]*blob // by digest, across repositories
+	used       int64
+	tick       int64
+	closed     bool
+	fetches    map[string]int // upstream blob fetches by digest
+	upBytes    int64
+	served     map[[2]string]int64 // bytes sent by host and path
+	manifest   map[string]int      // upstream manifest fetches by digest
+	readAheads int                 // blob fetches started by readAhead
+	// With a store: blobs taken from it intact, blobs and manifests found
+	// damaged there, and the index.json names (ref → path, digest).
+	reused    map[string]int
+	discarded map[string]int
+	names     map[string][2]string
 }
 
 type repo struct {
@@ -88,6 +98,10 @@ type repo struct {
 	allowed   map[string]bool
 	// sizes of the blobs the fetched manifests name; only these are served.
 	sizes map[string]int64
+	// after lists, for each layer, the layers that follow it in its
+	// image's manifest: what a host asking for that layer will ask for next
+	// (readAhead).
+	after map[string][]string
 	// err is the last upstream failure while serving a host.
 	err error
 }
@@ -124,25 +138,37 @@ func New(opts Options) (*Server, error) {
 	if opts.UserAgent == "" {
 		opts.UserAgent = "ghcr-pull"
 	}
-	dir, err := os.MkdirTemp(opts.Dir, "ghcr-pull-relay-")
+	var dir string
+	var err error
+	if opts.Store != "" {
+		dir, err = openStore(opts.Store)
+	} else {
+		dir, err = os.MkdirTemp(opts.Dir, "ghcr-pull-relay-")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: making the blob cache: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, dir: dir, ctx: ctx, cancel: cancel, repos: map[string]*repo{}, blobs: map[string]*blob{},
-		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{}}, nil
+		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{},
+		reused: map[string]int{}, discarded: map[string]int{}, names: map[string][2]string{}}, nil
 }
 
-// Dir is the cache directory (removed by Close).
+// Dir is the cache directory (removed by Close), or with a store the
+// store's blob directory (kept).
 func (s *Server) Dir() string { return s.dir }
 
-// Close removes the cache; the server refuses every request afterwards.
+// Close removes the cache, or prunes the store and writes its index.json;
+// the server refuses every request afterwards.
 func (s *Server) Close() error {
 	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	s.blobs, s.used = map[string]*blob{}, 0
 	s.mu.Unlock()
+	if s.opts.Store != "" {
+		return s.closeStore()
+	}
 	return os.RemoveAll(s.dir)
 }
 
@@ -160,7 +186,7 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.
 		s.mu.Unlock()
 		return "", errors.New("relay: closed")
 	case !ok:
-		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}}
+		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}, after: map[string][]string{}}
 		s.repos[path] = r
 	case r.upstream.RegistryStr() != ref.Context().RegistryStr():
 		s.mu.Unlock()
@@ -243,19 +269,20 @@ type Stats struct {
 	ManifestFetches map[string]int
 	// Bytes is the blob bytes fetched upstream.
 	Bytes int64
+	// With a store: blobs served from it (verified), and blobs or
+	// manifests found there damaged and discarded, by digest.
+	Reused, Discarded map[string]int
+	// ReadAheads counts the blob fetches started before any host asked
+	// (readAhead), included in BlobFetches.
+	ReadAheads int
 }
 
 // Stats reports what was fetched upstream so far.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{BlobFetches: map[string]int{}, ManifestFetches: map[string]int{}, Bytes: s.upBytes}
-	for k, v := range s.fetches {
-		st.BlobFetches[k] = v
-	}
-	for k, v := range s.manifest {
-		st.ManifestFetches[k] = v
-	}
+	st := Stats{BlobFetches: maps.Clone(s.fetches), ManifestFetches: maps.Clone(s.manifest), Bytes: s.upBytes,
+		Reused: maps.Clone(s.reused), Discarded: maps.Clone(s.discarded), ReadAheads: s.readAheads}
 	return st
 }
 
@@ -315,18 +342,25 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 	s.mu.Unlock()
 
 	v, err, _ := s.sf.Do("manifest "+path+"@"+dgst, func() (any, error) {
-		tr, creds, err := s.transport(ctx, path)
-		if err != nil {
-			return nil, err
+		// With a store, a manifest kept by an earlier step is used as it
+		// is (its digest checked): the probe has just resolved the digest
+		// with these credentials.
+		m, ok := s.storedManifest(dgst)
+		if !ok {
+			tr, creds, err := s.transport(ctx, path)
+			if err != nil {
+				return nil, err
+			}
+			s.mu.Lock()
+			s.manifest[dgst]++
+			s.mu.Unlock()
+			desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
+			if err != nil {
+				return nil, failure.FromRegistry(err, creds.IsAnonymous())
+			}
+			m = manifest{body: desc.Manifest, mediaType: desc.MediaType}
+			s.storeManifest(dgst, m.body)
 		}
-		s.mu.Lock()
-		s.manifest[dgst]++
-		s.mu.Unlock()
-		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
-		if err != nil {
-			return nil, failure.FromRegistry(err, creds.IsAnonymous())
-		}
-		m := manifest{body: desc.Manifest, mediaType: desc.MediaType}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		r.manifests[dgst] = m
@@ -345,8 +379,11 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 				return nil, fmt.Errorf("relay: %s@%s: %w", upstream, dgst, err)
 			}
 			r.sizes[im.Config.Digest.String()] = im.Config.Size
-			for _, l := range im.Layers {
+			for i, l := range im.Layers {
 				r.sizes[l.Digest.String()] = l.Size
+				for _, next := range im.Layers[i+1:] {
+					r.after[l.Digest.String()] = append(r.after[l.Digest.String()], next.Digest.String())
+				}
 			}
 		}
 		return m, nil
@@ -382,6 +419,9 @@ func (e *CacheError) Class() string { return "relay-cache" }
 // once the registry has answered, so that its refusal is a clean answer to
 // the host and kept for the caller (Err).
 func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, error) {
+	if err := s.adopt(path, dgst); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.repos[path]
@@ -398,6 +438,9 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 		if b, err = s.startFetch(path, r, dgst, size); err != nil {
 			r.err = err
 			return nil, err
+		}
+		if next := r.after[dgst]; len(next) > 0 {
+			go s.readAhead(path, next)
 		}
 	}
 	b.readers++
@@ -428,6 +471,39 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 		return nil, err
 	}
 	return rd, nil
+}
+
+// readAhead starts the upstream fetch of the layers that follow one a
+// host has just asked for and the cache lacks. containerd asks for an
+// image's layers one after another, each once the previous one has been
+// served, so without it every layer would wait for its own round trip to
+// the registry; dockerd asks for several at once and simply joins these
+// fetches. A host asks only for the layers it lacks, and an image's
+// missing layers are its top ones (an update adds layers on top of those
+// the host holds), so what is read ahead is almost always what the host
+// asks for next: the first missing layer triggers it, never the config,
+// which a host asks for even on an update. It is speculation, so it never
+// evicts anything: a layer that does not fit beside the cache's contents
+// is left for the host to ask for.
+func (s *Server) readAhead(path string, layers []string) {
+	for _, dgst := range layers {
+		if s.adopt(path, dgst) != nil {
+			return
+		}
+		s.mu.Lock()
+		r, ok := s.repos[path]
+		if s.closed || !ok {
+			s.mu.Unlock()
+			return
+		}
+		size := r.sizes[dgst]
+		if _, cached := s.blobs[dgst]; !cached && s.used+size <= s.opts.MaxBytes {
+			if _, err := s.startFetch(path, r, dgst, size); err == nil {
+				s.readAheads++
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // startFetch reserves room for a blob, enters it in the cache as being
@@ -465,7 +541,7 @@ func (s *Server) fetch(b *blob, f *os.File, path string, upstream name.Repositor
 		err = errors.New("relay: closed")
 	}
 	if err == nil {
-		final := filepath.Join(s.dir, strings.ReplaceAll(dgst, ":", "-"))
+		final := s.blobPath(dgst)
 		if err = os.Rename(b.path, final); err == nil {
 			b.path, b.done = final, true
 			return
