@@ -498,6 +498,15 @@ var (
 		"Mirrors":            "mirrors",
 		"QuotaGuard":         "quota-guard",
 		"PullLocal":          "pull-local",
+		"Transfer":           "ssh-transfer",
+		// ghcr's advice under a failed verification
+		"VerifyKey":            "verify-key",
+		"VerifyTrustedRoot":    "verify-trusted-root",
+		"VerifyIdentity":       "verify-identity",
+		"VerifyIdentityRegexp": "verify-identity-regexp",
+		"VerifyIssuer":         "verify-issuer",
+		"VerifyRepository":     "verify-repository",
+		"VerifySignerWorkflow": "verify-signer-workflow",
 	})
 )
 

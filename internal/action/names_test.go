@@ -2,6 +2,9 @@ package action
 
 import (
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -135,5 +138,36 @@ func TestSettingsNameInputs(t *testing.T) {
 		if !strings.Contains(s.outputs["results"], want) {
 			t.Errorf("results lack %s: %s\n%d %s %s", want, s.outputs["results"], s.code, s.stdout, s.stderr)
 		}
+	}
+}
+
+// Every {Setting} the packages below write in a message is one action
+// names: a misspelt one would reach the user as it is.
+func TestPlaceholdersAreNamed(t *testing.T) {
+	known := merged(runInputs, fileInputs, mirrorInputs)
+	found := 0
+	for _, dir := range []string{"sshdeploy", "ghcr", "docker", "imagefile", "mirror"} {
+		pkgs, err := parser.ParseDir(token.NewFileSet(), filepath.Join("..", dir), func(fi os.FileInfo) bool {
+			return !strings.HasSuffix(fi.Name(), "_test.go")
+		}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pkg := range pkgs {
+			ast.Inspect(pkg, func(n ast.Node) bool {
+				if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					for _, p := range placeholder.FindAllString(lit.Value, -1) {
+						found++
+						if _, ok := known[strings.Trim(p, "{}")]; !ok {
+							t.Errorf("%s: %s in %s is named by no table of action", dir, p, lit.Value)
+						}
+					}
+				}
+				return true
+			})
+		}
+	}
+	if found == 0 {
+		t.Fatal("no placeholder found: the scan is broken")
 	}
 }

@@ -146,9 +146,11 @@ func signatureFixes(attempts []Attempt) []string {
 		case failure.Unsigned:
 			fixes = append(fixes, "no signature the verify policy accepts is attached to this digest: sign the digest that was pushed last (cosign sign <image>@<digest>, or attest it for github-attestation) in the repository it is pulled from; a signature of an earlier push of the same tag does not count")
 		case failure.InvalidSignature:
-			fixes = append(fixes, "a signature is attached but does not verify: check that verify-key is the public half of the key that signed (keyless: that verify-trusted-root trusts the Sigstore instance that issued the certificate), and re-sign the digest if the signature was made for another one")
+			// {Verify...} name the policy's settings; the caller names them as
+			// its users know them.
+			fixes = append(fixes, "a signature is attached but does not verify: check that {VerifyKey} is the public half of the key that signed (keyless: that {VerifyTrustedRoot} trusts the Sigstore instance that issued the certificate), and re-sign the digest if the signature was made for another one")
 		case failure.SignerMismatch:
-			fixes = append(fixes, "the image is signed, but not by the signer the policy names: compare the signer above with verify-identity (or verify-identity-regexp), verify-issuer, verify-repository and verify-signer-workflow, then correct those inputs or sign from the expected workflow")
+			fixes = append(fixes, "the image is signed, but not by the signer the policy names: compare the signer above with {VerifyIdentity} (or {VerifyIdentityRegexp}), {VerifyIssuer}, {VerifyRepository} and {VerifySignerWorkflow}, then correct those inputs or sign from the expected workflow")
 		}
 	}
 	return fixes

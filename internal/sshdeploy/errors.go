@@ -9,7 +9,8 @@ import (
 // The settings errors name: each is the name of its field of Inputs. A
 // *failure.BadInput's Input is one, and any text may name one as
 // {Field}; the caller gives them the names its users know (the action: its
-// inputs, at one boundary).
+// inputs, at one boundary). {Transfer} is how the hosts reach images, the
+// caller's choice between pulling from the registry and Settings.Relay.
 const (
 	settingHosts                 = "Hosts"
 	settingUser                  = "User"
@@ -70,7 +71,7 @@ type dialStage string
 const (
 	stageConnect   dialStage = "connect"   // TCP (or the bastion's forwarded channel)
 	stageHandshake dialStage = "handshake" // key exchange, host key verification
-	stageAuth      dialStage = "auth"      // user authentication with ssh-key
+	stageAuth      dialStage = "auth"      // user authentication with Key
 )
 
 // dialError is a failure to reach a host. Via names the bastion the failing

@@ -14,20 +14,20 @@ import (
 // Inputs are the raw values of the SSH and remote runtime inputs, as the
 // action received them; empty means the default.
 type Inputs struct {
-	Hosts                 string // ssh-host
-	User                  string // ssh-user; root
-	Port                  string // ssh-port; 22
-	Key                   string // ssh-key
-	KeyPassphrase         string // ssh-key-passphrase
-	KnownHosts            string // ssh-known-hosts
-	Fingerprints          string // ssh-fingerprint
-	InsecureIgnoreHostKey string // ssh-insecure-ignore-host-key: true or false; false
-	ProxyJump             string // ssh-proxy-jump; no bastion
-	Timeout               string // ssh-timeout; 30s
-	Runtime               string // remote-runtime; auto
-	DockerSocket          string // remote-docker-socket; /var/run/docker.sock
-	ContainerdSocket      string // remote-containerd-socket; /run/containerd/containerd.sock
-	ContainerdNamespace   string // containerd-namespace; k8s.io, the only one
+	Hosts                 string // [user@]host[:port], by newlines or commas
+	User                  string // default root
+	Port                  string // default 22
+	Key                   string // the private key, OpenSSH or PEM
+	KeyPassphrase         string // the key's passphrase, when it is encrypted
+	KnownHosts            string // known_hosts lines
+	Fingerprints          string // SHA256:... host key fingerprints
+	InsecureIgnoreHostKey string // true or false; default false
+	ProxyJump             string // bastions, written as Hosts; default none
+	Timeout               string // default 30s
+	Runtime               string // auto, docker, podman or containerd; default auto
+	DockerSocket          string // default /var/run/docker.sock
+	ContainerdSocket      string // default /run/containerd/containerd.sock
+	ContainerdNamespace   string // k8s.io, the only one
 }
 
 // Settings are Inputs checked, parsed and defaulted: everything Open needs

@@ -78,7 +78,7 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		// proven against dockerd only.
 		if name, _ := e.Runtime(); name != docker.Docker {
 			rt.Close()
-			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
+			return nil, fmt.Errorf("{Transfer}: relay reaches Docker and containerd hosts only so far, and %s runs %s; use {Transfer}: direct for it", host.Addr(), name)
 		}
 		return newRelayedDocker(e, s.Relay, conn), nil
 	}
