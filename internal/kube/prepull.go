@@ -91,7 +91,7 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 	defer func() { res.APICalls = int(calls.Load()) }()
 	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
-		return res, bad("kubeconfig", "no client for "+cfg.Server+": "+redactAll(err.Error(), cfg.secrets), "check the cluster entry")
+		return res, bad("kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
 	}
 	start := time.Now()
 	var nodes nodeList
@@ -471,13 +471,19 @@ func final(err error) bool {
 // apiError names what the API server refused and the fix: a 401/403 or a
 // missing namespace is the user's to change, anything else may pass.
 func apiError(cfg Config, doing string, err error) error {
-	msg := failure.Clip(redactAll(err.Error(), cfg.secrets))
+	msg := failure.Clip(cfg.redact(err.Error()))
+	r := cfg.refusal.orKubeconfig()
+	var te *TokenError
 	switch {
+	case errors.As(err, &te):
+		return te // the source's own error, classified where it was made
 	case statusCode(err) == http.StatusUnauthorized:
-		return bad("kubeconfig", fmt.Sprintf("the API server at %s refused the kubeconfig's credentials while %s: %s", cfg.Server, doing, msg), "renew the token or certificate in the kubeconfig")
+		return bad(r.input, fmt.Sprintf("the API server at %s refused %s while %s: %s", cfg.Server, r.who, doing, msg), r.fix)
 	case statusCode(err) == http.StatusForbidden:
-		return bad("kubeconfig", fmt.Sprintf("the kubeconfig's user may not do this while %s: %s", doing, msg),
+		return bad(r.input, fmt.Sprintf("%s may not do this while %s: %s", r.who, doing, msg),
 			"grant it exactly this role (docs/kubernetes.md): "+role(cfg.Namespace))
+	case r.unreachable != "" && unreachable(err):
+		return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg + "; " + r.unreachable}}
 	case statusCode(err) == http.StatusNotFound && strings.Contains(doing, "creating"):
 		return bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
 	}
