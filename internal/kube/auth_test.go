@@ -76,7 +76,9 @@ func TestKeylessTokenRefreshesDuringTheWait(t *testing.T) {
 	f.accept = s.accept
 	f.endWatch = 1 << 20 // every watch ends at once: the wait keeps asking
 	cfg := keylessConfig(t, f, s.source, 5*time.Second)
-	f.status = func(string) obj { return obj{"name": "pull", "state": obj{"waiting": obj{"reason": "ContainerCreating"}}} }
+	f.status = func(string) obj {
+		return obj{"name": "pull", "state": obj{"waiting": obj{"reason": "ContainerCreating"}}}
+	}
 	res, err := Prepull(context.Background(), cfg, "reg.example/acme/app:1", nil, nil)
 	if err != nil {
 		t.Fatal(err)

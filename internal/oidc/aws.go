@@ -34,8 +34,8 @@ func exchangeAWS(ctx context.Context, c Config, jwt string, mask func(string)) (
 		return "", "", err
 	}
 	ecrClient := ecr.New(ecr.Options{
-		Region:       region,
-		BaseEndpoint: c.awsEndpoint("AWS_ENDPOINT_URL_ECR"),
+		Region:           region,
+		BaseEndpoint:     c.awsEndpoint("AWS_ENDPOINT_URL_ECR"),
 		Credentials:      credentials.StaticCredentialsProvider{Value: creds},
 		RetryMaxAttempts: 1,
 		HTTPClient:       c.client(),

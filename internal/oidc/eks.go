@@ -154,7 +154,7 @@ func (e *EKS) Describe(ctx context.Context) (Cluster, error) {
 	}
 	step := "eks:DescribeCluster " + e.cluster
 	err = e.c.do(ctx, call{provider: EKSProvider, step: step,
-		fix: fmt.Sprintf("give role %s eks:DescribeCluster on cluster %s in %s (or set kube-server and kube-ca)", e.c.AWSRoleARN, e.cluster, e.c.AWSRegion),
+		fix:    fmt.Sprintf("give role %s eks:DescribeCluster on cluster %s in %s (or set kube-server and kube-ca)", e.c.AWSRoleARN, e.cluster, e.c.AWSRegion),
 		method: http.MethodGet, url: base + "/clusters/" + url.PathEscape(e.cluster),
 		sign: func(r *http.Request) error {
 			return v4.NewSigner().SignHTTP(r.Context(), creds, r, emptySHA256, "eks", e.c.AWSRegion, time.Now())
