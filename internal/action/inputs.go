@@ -99,8 +99,10 @@ type Config struct {
 	Verify *verify.Policy
 	// RemoteRuntime says what to pull into on the SSH hosts.
 	RemoteRuntime sshdeploy.RuntimeChoice
-	// Kube is set with destination kubernetes.
-	Kube *kube.Config
+	// Kube is set with destination kubernetes; with KubeAuth (a keyless
+	// form), only once execute has reached the cluster.
+	Kube     *kube.Config
+	KubeAuth *KubeAuth
 	// Path is where destination oci-layout or tar writes, absolute;
 	// PathShown is how results name it (relative to the workspace in
 	// GitHub Actions).
@@ -372,15 +374,18 @@ func parseKube(c *Config, get, in Getter) error {
 		}
 		return nil
 	}
-	if strings.TrimSpace(kubeconfig) == "" {
-		return bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
-	}
 	if strings.TrimSpace(get("ssh-host")) != "" {
 		return bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
 	}
 	timeout, err := time.ParseDuration(in("kube-timeout"))
 	if err != nil || timeout <= 0 {
 		return bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
+	}
+	if c.KubeAuth, err = parseKubeAuth(get, in, timeout); err != nil || c.KubeAuth != nil {
+		return err
+	}
+	if strings.TrimSpace(kubeconfig) == "" {
+		return bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}, or reach the cluster with kube-auth: eks or oidc")
 	}
 	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
 	if err != nil {

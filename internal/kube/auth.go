@@ -45,11 +45,17 @@ type Keyless struct {
 	Unreachable string
 }
 
-// NewConfig is a cluster destination reached with a refreshing token
-// instead of a kubeconfig (kube-auth eks, oidc, ...): never a static
-// bearer token, the token source is asked per request through a wrapped
-// transport.
-func NewConfig(k Keyless, namespace, nodeSelector string, timeout time.Duration) (Config, error) {
+// Settings is a cluster destination before its cluster is known: the
+// namespace, node selector and timeout, validated. A keyless form learns
+// its cluster at run time (WithKeyless).
+func Settings(namespace, nodeSelector string, timeout time.Duration) (Config, error) {
+	return Config{}.settle(namespace, nodeSelector, timeout)
+}
+
+// WithKeyless is c reached with a refreshing token instead of a
+// kubeconfig (kube-auth eks, oidc, ...): never a static bearer token, the
+// token source is asked per request through a wrapped transport.
+func (c Config) WithKeyless(k Keyless) (Config, error) {
 	server, err := url.Parse(k.Server)
 	if err != nil || server.Scheme != "https" || server.Host == "" {
 		return Config{}, bad("kube-server", fmt.Sprintf("%q is not an https URL of an API server", k.Server), "e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com")
@@ -65,9 +71,9 @@ func NewConfig(k Keyless, namespace, nodeSelector string, timeout time.Duration)
 	tokens := &tokenCache{src: k.Tokens}
 	tc := &transport.Config{UserAgent: "ghcr-pull", TLS: transport.TLSConfig{CAData: k.CA}}
 	tc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &tokenTransport{base: rt, tokens: tokens} })
-	cfg := Config{transport: tc, tokens: tokens, Server: strings.TrimSuffix(server.String(), "/"),
-		refusal: refusal{input: k.Input, who: k.Who, fix: k.Refused, unreachable: k.Unreachable}}
-	return cfg.settle(namespace, nodeSelector, timeout)
+	c.transport, c.tokens, c.secrets, c.Server = tc, tokens, nil, strings.TrimSuffix(server.String(), "/")
+	c.refusal = refusal{input: k.Input, who: k.Who, fix: k.Refused, unreachable: k.Unreachable}
+	return c, nil
 }
 
 // ParseCA reads a CA given as PEM or as base64 of PEM (what EKS and
@@ -134,6 +140,17 @@ func (c *tokenCache) secrets() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.seen...)
+}
+
+// Prime mints the first token of a keyless cluster now, so a source that
+// cannot (no id-token permission, a role it may not assume) fails the step
+// before anything else is done; a kubeconfig's cluster has nothing to do.
+func (c Config) Prime(ctx context.Context) error {
+	if c.tokens == nil {
+		return nil
+	}
+	_, err := c.tokens.get(ctx, "")
+	return err
 }
 
 // Mints is how many tokens the source was asked for (for tests).

@@ -58,8 +58,12 @@ func (s *issuer) accept(tok, req string) bool {
 
 func keylessConfig(t *testing.T, f *fakeAPI, src TokenSource, timeout time.Duration) Config {
 	t.Helper()
-	cfg, err := NewConfig(Keyless{Server: strings.Replace(f.srv.URL, "http:", "https:", 1), Tokens: src,
-		Input: "kube-auth", Who: "role arn:aws:iam::123456789012:role/deploy", Refused: "add an access entry for the role"}, f.ns, "", timeout)
+	cfg, err := Settings(f.ns, "", timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = cfg.WithKeyless(Keyless{Server: strings.Replace(f.srv.URL, "http:", "https:", 1), Tokens: src,
+		Input: "kube-auth", Who: "role arn:aws:iam::123456789012:role/deploy", Refused: "add an access entry for the role"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +180,11 @@ func TestKeylessUnreachable(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	s := &issuer{life: time.Hour}
-	cfg, err := NewConfig(Keyless{Server: "https://" + addr, Tokens: s.source, Input: "kube-auth", Unreachable: "the endpoint may be private"}, "default", "", time.Minute)
+	cfg, err := Settings("default", "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = cfg.WithKeyless(Keyless{Server: "https://" + addr, Tokens: s.source, Input: "kube-auth", Unreachable: "the endpoint may be private"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +205,7 @@ func TestKeylessConfigInputs(t *testing.T) {
 		{Keyless{Server: "api.example:443", Tokens: src}, "kube-server"},
 		{Keyless{Server: "https://api.example", CA: []byte("not pem"), Tokens: src}, "kube-ca"},
 	} {
-		_, err := NewConfig(c.k, "default", "", time.Minute)
+		_, err := Config{}.WithKeyless(c.k)
 		var bi *failure.BadInput
 		if !errors.As(err, &bi) || bi.Input != c.input {
 			t.Errorf("%+v: err = %v, want %s named", c.k, err, c.input)

@@ -57,17 +57,25 @@ type EKS struct {
 // aws-region, kube-cluster). c's other fields are the AWS ones of Config
 // (Getenv and HTTPClient included).
 func NewEKS(c Config, cluster string, idToken IDTokenSource, mask func(string)) (*EKS, error) {
+	if err := ValidateEKS(c, cluster); err != nil {
+		return nil, err
+	}
 	c.Provider = EKSProvider
+	return &EKS{c: c, cluster: cluster, idToken: idToken, mask: mask}, nil
+}
+
+// ValidateEKS names the first missing or malformed input of kube-auth eks.
+func ValidateEKS(c Config, cluster string) error {
 	if !awsRoleRE.MatchString(c.AWSRoleARN) {
-		return nil, bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
+		return bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
 	}
 	if c.AWSRegion == "" {
-		return nil, bad("aws-region", "is required with kube-auth eks", "set it to the cluster's region, e.g. eu-west-1")
+		return bad("aws-region", "is required with kube-auth eks", "set it to the cluster's region, e.g. eu-west-1")
 	}
 	if !eksClusterRE.MatchString(cluster) {
-		return nil, bad("kube-cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
+		return bad("kube-cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
 	}
-	return &EKS{c: c, cluster: cluster, idToken: idToken, mask: mask}, nil
+	return nil
 }
 
 // Role is the IAM role, for messages.
