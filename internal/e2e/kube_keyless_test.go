@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
+	"github.com/ghcr-pull/ghcr-pull/internal/oidc/oidctest"
+)
+
+// TestKubeKeyless runs kube-auth eks and oidc through the binary against
+// the suite's cluster, whose API server verifies EKS tokens through a
+// webhook (as aws-iam-authenticator, against the SigV4-checking STS fake)
+// and the fake Actions issuer's ID tokens through structured JWT
+// authentication. The identities are bound to exactly the documented role.
+func TestKubeKeyless(t *testing.T) {
+	c := StartCluster(t)
+	e := Start(t)
+	k := c.Keyless
+	const ns = "prepull-keyless"
+	const role = "arn:aws:iam::123456789012:role/github-deploy"
+	eksUser, oidcUser := "eks:github-deploy", jwtUserPrefix+k.Issuer.Subject
+	documentedRole(t, c, ns,
+		rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: eksUser},
+		rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: oidcUser})
+	k.Grant(role, eksUser)
+	t.Cleanup(func() { k.Grant(role, "") })
+	ca, err := os.ReadFile(filepath.Join(c.Dir, "pki", "apiserver.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.AWS.Describers[role] = true
+	k.AWS.Clusters[EKSCluster] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
+	digest := pushNodeImage(t, e, "acme/kube-keyless", "1", 256<<10, 2)
+	e.Front.SetPublic("acme/kube-keyless")
+	awsEnv := append([]string{"AWS_ENDPOINT_URL_STS=" + k.AWS.Server.URL, "AWS_ENDPOINT_URL_EKS=" + k.AWS.Server.URL}, k.Issuer.Env()...)
+	inputs := func(image string, kv ...string) map[string]string {
+		m := map[string]string{"image": e.Host + "/" + image, "auth": "anonymous", "destination": "kubernetes",
+			"kube-namespace": ns, "kube-timeout": "60s", "kube-node-selector": "kubernetes.io/hostname=" + c.Node}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	eks := []string{"kube-auth", "eks", "kube-cluster", EKSCluster, "aws-role-arn", role, "aws-region", EKSRegion}
+	oidcForm := []string{"kube-auth", "oidc", "kube-server", c.Server, "kube-ca", string(ca), "kube-audience", KubeAudience}
+
+	// tokensSafe: every token of the run was masked, and none is in the
+	// outputs, the summary, the log (its ::add-mask:: lines aside), the
+	// run's files, any API object or node file.
+	tokensSafe := func(t *testing.T, res Result, tokens []string) {
+		t.Helper()
+		if len(tokens) == 0 {
+			t.Fatalf("no token was used")
+		}
+		for _, tok := range tokens {
+			if !strings.Contains(res.Stdout, "::add-mask::"+tok+"\n") {
+				t.Errorf("a token was not masked before use")
+			}
+			assertNoSecretLeak(t, res, tok)
+			scanForSecret(t, c, tok)
+		}
+		if left := kubeLeftovers(t, c); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	}
+	prepulled := func(t *testing.T, res Result, want string) {
+		t.Helper()
+		if res.ExitCode != 0 {
+			t.Fatalf("exit %d\n%s", res.ExitCode, res.Stdout)
+		}
+		rs := results(t, res)
+		if len(rs) != 1 || rs[0]["host"] != c.Node || rs[0]["digest"] != want || rs[0]["runtime"] != "kubernetes" {
+			t.Errorf("results %v, want %s on %s", rs, want, c.Node)
+		}
+	}
+	since := func(before []string, now []string) []string { return now[len(before):] }
+
+	t.Run("eks: endpoint and CA from DescribeCluster, the image on the node", func(t *testing.T) {
+		seen, issued := k.Seen(), k.Issuer.Issued()
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", eks...), awsEnv...)
+		prepulled(t, res, digest)
+		tokens := since(seen, k.Seen())
+		tokensSafe(t, res, append(tokens, since(issued, k.Issuer.Issued())...))
+		if !strings.Contains(strings.Join(k.AWS.Calls, ","), "eks:DescribeCluster") {
+			t.Errorf("AWS calls %v: no DescribeCluster", k.AWS.Calls)
+		}
+		t.Logf("%d EKS token reviews for one run", len(tokens))
+	})
+
+	t.Run("oidc: the ID token with the API server's audience", func(t *testing.T) {
+		issued := k.Issuer.Issued()
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", oidcForm...), k.Issuer.Env()...)
+		prepulled(t, res, digest)
+		tokens := since(issued, k.Issuer.Issued())
+		tokensSafe(t, res, tokens)
+		for _, tok := range tokens {
+			if !strings.Contains(jwtClaims(tok), `"aud":"`+KubeAudience+`"`) {
+				t.Errorf("an ID token for another audience: %s", jwtClaims(tok))
+			}
+		}
+	})
+
+	t.Run("oidc: tokens of 3 s renewed while the node pulls", func(t *testing.T) {
+		// A load balancer in front that ends every watch after a second
+		// (cloud load balancers cut long requests): the wait resumes its
+		// watch again and again, with tokens renewed as they near expiry.
+		proxy := watchCutter(t, c.Server, ca, time.Second)
+		slowDigest := pushNodeImage(t, e, "acme/kube-keyless-slow", "1", 256<<10, 1)
+		e.Front.SetPublic("acme/kube-keyless-slow")
+		ref, _ := name.ParseReference(e.Host + "/acme/kube-keyless-slow:1")
+		img, err := remote.Image(ref, remote.WithAuth(&authn.Basic{Username: e.AdminUser, Password: e.AdminPassword}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers, _ := img.Layers()
+		layer, _ := layers[0].Digest()
+		e.Front.Inject(ghcrsim.Fault{Match: layer.String(), Stall: 8 * time.Second})
+		defer k.Issuer.SetLife(3 * time.Second)()
+		issued := k.Issuer.Issued()
+		start := time.Now()
+		res := e.RunAction(t, inputs("acme/kube-keyless-slow:1", "kube-auth", "oidc", "kube-server", proxy.URL,
+			"kube-ca", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: proxy.Certificate().Raw})), "kube-audience", KubeAudience), k.Issuer.Env()...)
+		took := time.Since(start)
+		prepulled(t, res, slowDigest)
+		tokens := since(issued, k.Issuer.Issued())
+		tokensSafe(t, res, tokens)
+		if took < 8*time.Second || len(tokens) < 4 {
+			t.Errorf("%d tokens of 3 s for a run of %s: want the stalled pull (8 s) and at least 4", len(tokens), took.Round(time.Millisecond))
+		}
+		t.Logf("%d tokens of 3 s over %s", len(tokens), took.Round(time.Millisecond))
+	})
+
+	t.Run("an expired ID token is refused and named", func(t *testing.T) {
+		defer k.Issuer.SetLife(-time.Minute)()
+		issued := k.Issuer.Issued()
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", oidcForm...), k.Issuer.Env()...)
+		if res.ExitCode == 0 || !badKubeAuth(t, res) || !strings.Contains(res.Stdout, "refused the workflow") ||
+			!strings.Contains(res.Stdout, "structured JWT authentication") {
+			t.Errorf("exit %d, want a failure naming kube-auth and the JWT authenticator\n%s", res.ExitCode, res.Stdout)
+		}
+		// The first is expired when it arrives, so it is never used: one
+		// token for the request, one more on its 401, then the refusal.
+		if tokens := since(issued, k.Issuer.Issued()); len(tokens) != 3 {
+			t.Errorf("%d ID tokens, want 3 (the primed one expired at once, one for the request, one on its 401)", len(tokens))
+		} else {
+			tokensSafe(t, res, tokens)
+		}
+	})
+
+	t.Run("an EKS token for another cluster is refused and named", func(t *testing.T) {
+		seen := k.Seen()
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", "kube-auth", "eks", "kube-cluster", "other-cluster", "aws-role-arn", role,
+			"aws-region", EKSRegion, "kube-server", c.Server, "kube-ca", string(ca)), awsEnv...)
+		if res.ExitCode == 0 || !badKubeAuth(t, res) || !strings.Contains(res.Stdout, "access entry") || !strings.Contains(res.Stdout, role) {
+			t.Errorf("exit %d, want a failure naming kube-auth, the role and the access entry\n%s", res.ExitCode, res.Stdout)
+		}
+		tokens := since(seen, k.Seen())
+		tokensSafe(t, res, tokens)
+	})
+}
+
+// badKubeAuth: the run failed as bad input kube-auth, in its results.
+func badKubeAuth(t *testing.T, res Result) bool {
+	t.Helper()
+	rs := results(t, res)
+	return len(rs) == 1 && rs[0]["error_class"] == "bad-input:kube-auth" && strings.Contains(res.Stdout, `input "kube-auth"`)
+}
+
+// watchCutter is a TLS proxy in front of the API server that ends every
+// watch after cut, as a load balancer with a request timeout does.
+func watchCutter(t *testing.T, server string, ca []byte, cut time.Duration) *httptest.Server {
+	t.Helper()
+	u, err := url.Parse(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	rp.FlushInterval = -1
+	rp.ErrorLog = log.New(io.Discard, "", 0) // each cut watch is logged otherwise
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("watch") == "true" {
+			ctx, cancel := context.WithTimeout(r.Context(), cut)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
