@@ -210,4 +210,3 @@ func watchCutter(t *testing.T, server string, ca []byte, cut time.Duration) *htt
 	t.Cleanup(srv.Close)
 	return srv
 }
-
