@@ -170,7 +170,7 @@ func (g *Google) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // signature is the API server's business in these tests).
 type JWTClaims struct {
 	Iss, Sub, Aud, Jti string
-	Exp               int64
+	Exp                int64
 }
 
 // Claims reads a JWT's claims without verifying it.
