@@ -18,6 +18,8 @@ const (
 	KubeAuthKubeconfig = "kubeconfig"
 	KubeAuthEKS        = "eks"
 	KubeAuthOIDC       = "oidc"
+	KubeAuthGKE        = "gke"
+	KubeAuthAKS        = "aks"
 )
 
 // KubeAuth is a keyless cluster destination: the cluster is reached with
@@ -33,8 +35,10 @@ type KubeAuth struct {
 	CA     []byte
 	// Audience of the ID token (kube-audience), for oidc.
 	Audience string
-	// AWS is the role and region (aws-role-arn, aws-region), for eks.
-	AWS oidc.Config
+	// Cloud is the identity's provider inputs: aws-role-arn and aws-region
+	// (eks), gcp-workload-identity-provider and gcp-service-account (gke),
+	// azure-client-id and azure-tenant-id (aks).
+	Cloud oidc.Config
 	// Settings are the namespace, node selector and timeout.
 	Settings kube.Config
 }
@@ -52,11 +56,9 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 			}
 		}
 		return nil, nil
-	case "gke", "aks":
-		return nil, bad("kube-auth", form+" is not supported yet", "use kube-auth: eks or oidc, or a kubeconfig")
-	case KubeAuthEKS, KubeAuthOIDC:
+	case KubeAuthEKS, KubeAuthOIDC, KubeAuthGKE, KubeAuthAKS:
 	default:
-		return nil, bad("kube-auth", fmt.Sprintf("%q is not a kube-auth form", form), "use kubeconfig, eks or oidc")
+		return nil, bad("kube-auth", fmt.Sprintf("%q is not a kube-auth form", form), "use kubeconfig, eks, gke, aks or oidc")
 	}
 	if strings.TrimSpace(get("kubeconfig")) != "" {
 		return nil, bad("kubeconfig", "is set with kube-auth "+form, "drop kubeconfig: kube-auth "+form+" builds the cluster's credentials from the workflow's ID token")
@@ -90,16 +92,27 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 		if ka.Cluster != "" {
 			return nil, bad("kube-cluster", "is set with kube-auth oidc", "drop it: the API server is named by kube-server")
 		}
-	case KubeAuthEKS:
-		ka.AWS = oidc.Config{AWSRoleARN: in("aws-role-arn"), AWSRegion: in("aws-region")}
-		if err := oidc.ValidateEKS(ka.AWS, ka.Cluster); err != nil {
+	default:
+		var err error
+		switch form {
+		case KubeAuthEKS:
+			ka.Cloud = oidc.Config{AWSRoleARN: in("aws-role-arn"), AWSRegion: in("aws-region")}
+			err = oidc.ValidateEKS(ka.Cloud, ka.Cluster)
+		case KubeAuthGKE:
+			ka.Cloud = oidc.Config{GCPWorkloadIdentityProvider: in("gcp-workload-identity-provider"), GCPServiceAccount: in("gcp-service-account")}
+			err = oidc.ValidateGKE(ka.Cloud, ka.Cluster)
+		case KubeAuthAKS:
+			ka.Cloud = oidc.Config{AzureClientID: in("azure-client-id"), AzureTenantID: in("azure-tenant-id")}
+			err = oidc.ValidateAKS(ka.Cloud, ka.Cluster)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if (ka.Server == "") != (len(ka.CA) == 0) {
-			return nil, bad("kube-ca", "kube-server and kube-ca go together with kube-auth eks", "give both (aws eks describe-cluster: endpoint and certificateAuthority.data), or neither to have them from eks:DescribeCluster")
+			return nil, bad("kube-ca", "kube-server and kube-ca go together with kube-auth "+form, "give both (the cluster's endpoint and CA), or neither to have them from the cloud's API")
 		}
 		if ka.Audience != "" {
-			return nil, bad("kube-audience", "is set with kube-auth eks", "drop it: EKS tokens are presigned STS requests, the ID token's audience is sts.amazonaws.com")
+			return nil, bad("kube-audience", "is set with kube-auth "+form, "drop it: it is the audience of kube-auth oidc; the cloud's token exchange sets its own")
 		}
 	}
 	return ka, nil
@@ -124,26 +137,20 @@ func connectKube(ctx context.Context, cfg Config, rep *writer, env Env) (kube.Co
 			rep.Mask(jwt)
 			return kube.Token{Value: jwt, Expiry: jwtExpiry(jwt)}, nil
 		}
-	case KubeAuthEKS:
-		o := ka.AWS
-		o.Getenv = env.Getenv
-		eks, err := oidc.NewEKS(o, ka.Cluster, idToken, rep.Mask)
+	default:
+		id, err := cloudIdentity(ka, env, idToken, rep.Mask, &k)
 		if err != nil {
 			return kube.Config{}, err
 		}
-		k.Who = "role " + eks.Role()
-		k.Refused = fmt.Sprintf("give role %s an access entry on cluster %s (aws eks create-access-entry --cluster-name %s --principal-arn %s, with a Kubernetes group bound to the role in docs/kubernetes.md), and check that the cluster's authentication mode includes API",
-			eks.Role(), ka.Cluster, ka.Cluster, eks.Role())
-		k.Unreachable = fmt.Sprintf("the endpoint of cluster %s did not answer: if it is private, run the job on a runner inside the cluster's VPC, or enable its public endpoint for the runner's addresses", ka.Cluster)
 		k.Tokens = func(ctx context.Context) (kube.Token, error) {
-			tok, exp, err := eks.Token(ctx)
+			tok, exp, err := id.Token(ctx)
 			return kube.Token{Value: tok, Expiry: exp}, err
 		}
 		if k.Server == "" {
 			var cl oidc.Cluster
 			err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
 				var err error
-				cl, err = eks.Describe(ctx)
+				cl, err = id.Describe(ctx)
 				return err
 			})
 			if err != nil {
@@ -151,7 +158,7 @@ func connectKube(ctx context.Context, cfg Config, rep *writer, env Env) (kube.Co
 			}
 			k.Server, k.CA = cl.Endpoint, cl.CA
 			if cl.Private {
-				k.Unreachable = fmt.Sprintf("cluster %s has no public endpoint (endpointPublicAccess false): run the job on a runner inside its VPC, or enable the public endpoint for the runner's addresses", ka.Cluster)
+				k.Unreachable = fmt.Sprintf("cluster %s has no public endpoint: run the job on a runner inside its network, or enable the public endpoint for the runner's addresses", ka.Cluster)
 			}
 		}
 	}
@@ -160,6 +167,47 @@ func connectKube(ctx context.Context, cfg Config, rep *writer, env Env) (kube.Co
 		return kube.Config{}, err
 	}
 	return kc, kc.Prime(ctx)
+}
+
+// clusterIdentity mints a cloud cluster's tokens and describes it
+// (oidc.EKS, oidc.ClusterIdentity).
+type clusterIdentity interface {
+	Token(ctx context.Context) (string, time.Time, error)
+	Describe(ctx context.Context) (oidc.Cluster, error)
+}
+
+// cloudIdentity is the identity of eks, gke or aks, with the words of a
+// refusal and of an unreachable endpoint set in k.
+func cloudIdentity(ka *KubeAuth, env Env, idToken oidc.IDTokenSource, mask func(string), k *kube.Keyless) (clusterIdentity, error) {
+	o := ka.Cloud
+	o.Getenv = env.Getenv
+	k.Unreachable = fmt.Sprintf("the endpoint of cluster %s did not answer: if it is private, run the job on a runner inside the cluster's network, or enable its public endpoint for the runner's addresses", ka.Cluster)
+	switch ka.Form {
+	case KubeAuthEKS:
+		eks, err := oidc.NewEKS(o, ka.Cluster, idToken, mask)
+		if err != nil {
+			return nil, err
+		}
+		k.Who = "role " + eks.Role()
+		k.Refused = fmt.Sprintf("give role %s an access entry on cluster %s (aws eks create-access-entry --cluster-name %s --principal-arn %s, with a Kubernetes group bound to the role in docs/kubernetes.md), and check that the cluster's authentication mode includes API",
+			eks.Role(), ka.Cluster, ka.Cluster, eks.Role())
+		return eks, nil
+	case KubeAuthGKE:
+		gke, err := oidc.NewGKE(o, ka.Cluster, idToken, mask)
+		if err != nil {
+			return nil, err
+		}
+		k.Who = gke.Who()
+		k.Refused = fmt.Sprintf("check that %s may use the cluster (roles/container.clusterViewer on its project) and bind its Kubernetes user (the service account's email, or the workload identity's principal://... name) to the role in docs/kubernetes.md", gke.Who())
+		return gke, nil
+	}
+	aks, err := oidc.NewAKS(o, ka.Cluster, idToken, mask)
+	if err != nil {
+		return nil, err
+	}
+	k.Who = aks.Who()
+	k.Refused = fmt.Sprintf("the cluster must use Microsoft Entra ID authentication; bind %s (its service principal's object id) to the role in docs/kubernetes.md with Kubernetes RBAC, or give it an Azure Kubernetes Service RBAC role on the cluster", aks.Who())
+	return aks, nil
 }
 
 // jwtExpiry is a JWT's exp claim, read without verifying (the API server

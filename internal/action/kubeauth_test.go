@@ -16,6 +16,10 @@ const testRole = "arn:aws:iam::123456789012:role/deploy"
 func TestParseKubeAuth(t *testing.T) {
 	md := testMetadata(t)
 	eks := map[string]string{"kube-auth": "eks", "kube-cluster": "prod", "aws-role-arn": testRole, "aws-region": "eu-west-1"}
+	gke := map[string]string{"kube-auth": "gke", "kube-cluster": "projects/acme-prod/locations/europe-west1/clusters/web",
+		"gcp-workload-identity-provider": "projects/123456789/locations/global/workloadIdentityPools/github/providers/actions"}
+	aks := map[string]string{"kube-auth": "aks", "azure-client-id": "11111111-2222-3333-4444-555555555555", "azure-tenant-id": "contoso.onmicrosoft.com",
+		"kube-cluster": "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/web"}
 	oidcForm := map[string]string{"kube-auth": "oidc", "kube-server": "https://k8s.example:6443", "kube-audience": "k8s"}
 	with := func(base map[string]string, kv ...string) map[string]string {
 		m := map[string]string{"image": "ghcr.io/acme/app:1", "destination": "kubernetes"}
@@ -50,7 +54,15 @@ func TestParseKubeAuth(t *testing.T) {
 		{"oidc without an audience", with(oidcForm, "kube-audience", ""), "kube-audience"},
 		{"oidc with a bad CA", with(oidcForm, "kube-ca", "not a certificate"), "kube-ca"},
 		{"keyless input with kubeconfig", with(map[string]string{"kubeconfig": testKubeconfig("https://10.0.0.1:6443", "t0k"), "kube-cluster": "prod"}), "kube-cluster"},
-		{"gke not yet", with(map[string]string{"kube-auth": "gke"}), "kube-auth"},
+		{"gke", with(gke), ""},
+		{"gke impersonating", with(gke, "gcp-service-account", "deployer@acme-prod.iam.gserviceaccount.com"), ""},
+		{"gke without a provider", with(gke, "gcp-workload-identity-provider", ""), "gcp-workload-identity-provider"},
+		{"gke with a cluster name only", with(gke, "kube-cluster", "web"), "kube-cluster"},
+		{"aks", with(aks), ""},
+		{"aks without a tenant", with(aks, "azure-tenant-id", ""), "azure-tenant-id"},
+		{"aks without a client", with(aks, "azure-client-id", ""), "azure-client-id"},
+		{"aks with a cluster name only", with(aks, "kube-cluster", "web"), "kube-cluster"},
+		{"aks server without CA", with(aks, "kube-server", "https://web.hcp.westeurope.azmk8s.io:443"), "kube-ca"},
 		{"unknown form", with(map[string]string{"kube-auth": "exec"}), "kube-auth"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

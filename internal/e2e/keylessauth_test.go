@@ -33,6 +33,8 @@ import (
 type Keyless struct {
 	Issuer *IDIssuer
 	AWS    *oidctest.AWS
+	Google *oidctest.Google
+	Azure  *oidctest.Azure
 	// STSHost is the STS endpoint EKS tokens must be presigned for.
 	STSHost string
 	webhook *httptest.Server
@@ -47,6 +49,11 @@ type Keyless struct {
 // Keyless cluster names and audiences of the harness.
 const (
 	EKSCluster    = "e2e-eks"
+	GKEProvider   = "projects/123456789/locations/global/workloadIdentityPools/github/providers/actions"
+	GKECluster    = "projects/acme-e2e/locations/europe-west1/clusters/e2e"
+	AzureTenant   = "contoso-e2e"
+	AKSCluster    = "/subscriptions/00000000-0000-0000-0000-00000000e2e0/resourceGroups/e2e/providers/Microsoft.ContainerService/managedClusters/e2e"
+	aksServerApp  = "6dae42f8-4368-4678-94ff-3960e28e3630"
 	EKSRegion     = "eu-west-1"
 	KubeAudience  = "ghcr-pull-e2e"
 	jwtUserPrefix = "github:"
@@ -154,7 +161,8 @@ func startKeyless(dir string) (*Keyless, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	k := &Keyless{Issuer: iss, AWS: oidctest.NewAWS(EKSRegion), access: map[string]string{}}
+	k := &Keyless{Issuer: iss, AWS: oidctest.NewAWS(EKSRegion), Google: oidctest.NewGoogle(GKEProvider), Azure: oidctest.NewAzure(AzureTenant),
+		access: map[string]string{}}
 	k.STSHost = strings.TrimPrefix(k.AWS.Server.URL, "http://")
 	// AWS trusts the issuer's tokens for sts.amazonaws.com; the signature
 	// and the rest are the API server's business in this harness.
@@ -233,8 +241,9 @@ func (k *Keyless) Seen() []string {
 }
 
 // review is the token webhook: an EKS token verified for EKSCluster and
-// mapped through the access entries; anything else is not ours to
-// authenticate.
+// mapped through the access entries, a Google or Entra token looked up at
+// its fake issuer (as GKE and AKS ask theirs); anything else is not ours
+// to authenticate.
 func (k *Keyless) review(w http.ResponseWriter, r *http.Request) {
 	var tr struct {
 		APIVersion string `json:"apiVersion"`
@@ -242,28 +251,50 @@ func (k *Keyless) review(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = json.NewDecoder(r.Body).Decode(&tr)
 	status := map[string]any{"authenticated": false}
-	if strings.HasPrefix(tr.Spec.Token, "k8s-aws-v1.") {
+	cloud := func(who string, err error) {
 		k.mu.Lock()
 		k.seen = append(k.seen, tr.Spec.Token)
 		k.mu.Unlock()
+		if err != nil {
+			status["error"] = err.Error()
+			return
+		}
+		status = map[string]any{"authenticated": true, "user": map[string]any{"username": who, "groups": []string{"system:authenticated"}}}
+	}
+	switch {
+	case strings.HasPrefix(tr.Spec.Token, "ya29."):
+		// GKE: the token's identity, as Google's token info names it.
+		cloud(k.Google.Tokens.Lookup(tr.Spec.Token, "cloud-platform"))
+	case strings.HasPrefix(tr.Spec.Token, "entra-"):
+		// AKS with Entra ID: a token for the AKS server application.
+		cloud(k.Azure.Tokens.Lookup(tr.Spec.Token, aksServerApp))
+	case strings.HasPrefix(tr.Spec.Token, "k8s-aws-v1."):
+		// EKS: aws-iam-authenticator's verification, then the role's
+		// access entry.
 		role, err := oidctest.VerifyEKSToken(tr.Spec.Token, EKSCluster, []string{k.STSHost})
 		k.mu.Lock()
 		user, ok := k.access[role]
 		k.mu.Unlock()
-		switch {
-		case err != nil:
-			status["error"] = err.Error()
-		case !ok:
-			status["error"] = "no access entry for " + role
-		default:
-			status = map[string]any{"authenticated": true, "user": map[string]any{"username": user, "uid": "aws-iam-authenticator:" + role, "groups": []string{"system:authenticated"}}}
+		if err == nil && !ok {
+			err = fmt.Errorf("no access entry for %s", role)
 		}
+		cloud(user, err)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"apiVersion": tr.APIVersion, "kind": "TokenReview", "status": status})
 }
 
+// CloudEnv points the action at the fakes.
+func (k *Keyless) CloudEnv() []string {
+	return append([]string{"AWS_ENDPOINT_URL_STS=" + k.AWS.Server.URL, "AWS_ENDPOINT_URL_EKS=" + k.AWS.Server.URL,
+		"GHCR_PULL_GCP_STS_URL=" + k.Google.Server.URL + "/v1/token", "GHCR_PULL_GCP_IAMCREDENTIALS_URL=" + k.Google.Server.URL,
+		"GHCR_PULL_GCP_CONTAINER_URL=" + k.Google.Server.URL,
+		"GHCR_PULL_AZURE_AUTHORITY_URL=" + k.Azure.Server.URL, "GHCR_PULL_AZURE_ARM_URL=" + k.Azure.Server.URL}, k.Issuer.Env()...)
+}
+
 func (k *Keyless) Close() {
+	k.Google.Close()
+	k.Azure.Close()
 	k.webhook.Close()
 	k.AWS.Close()
 	k.Issuer.Close()

@@ -37,10 +37,13 @@ func TestKubeKeyless(t *testing.T) {
 	k := c.Keyless
 	const ns = "prepull-keyless"
 	const role = "arn:aws:iam::123456789012:role/github-deploy"
+	const gkeSA, aksClient = "deployer@acme-e2e.iam.gserviceaccount.com", "11111111-2222-3333-4444-55555555e2e0"
 	eksUser, oidcUser := "eks:github-deploy", jwtUserPrefix+k.Issuer.Subject
-	documentedRole(t, c, ns,
-		rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: eksUser},
-		rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: oidcUser})
+	var subjects []rbacv1.Subject
+	for _, u := range []string{eksUser, oidcUser, gkeSA, aksClient} {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: u})
+	}
+	documentedRole(t, c, ns, subjects...)
 	k.Grant(role, eksUser)
 	t.Cleanup(func() { k.Grant(role, "") })
 	ca, err := os.ReadFile(filepath.Join(c.Dir, "pki", "apiserver.crt"))
@@ -49,9 +52,16 @@ func TestKubeKeyless(t *testing.T) {
 	}
 	k.AWS.Describers[role] = true
 	k.AWS.Clusters[EKSCluster] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
+	// GKE: the service account may be impersonated by the workflow's
+	// principal and may get the cluster. AKS: the app's federated
+	// credential names the workflow, and it holds the Cluster User role.
+	k.Google.Impersonable[gkeSA], k.Google.Viewers[gkeSA] = true, true
+	k.Google.Clusters[GKECluster] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
+	k.Azure.Federated[aksClient], k.Azure.ClusterUsers[aksClient] = k.Issuer.Subject, true
+	k.Azure.Clusters[strings.ToLower(strings.TrimPrefix(AKSCluster, "/"))] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
 	digest := pushNodeImage(t, e, "acme/kube-keyless", "1", 256<<10, 2)
 	e.Front.SetPublic("acme/kube-keyless")
-	awsEnv := append([]string{"AWS_ENDPOINT_URL_STS=" + k.AWS.Server.URL, "AWS_ENDPOINT_URL_EKS=" + k.AWS.Server.URL}, k.Issuer.Env()...)
+	awsEnv := k.CloudEnv()
 	inputs := func(image string, kv ...string) map[string]string {
 		m := map[string]string{"image": e.Host + "/" + image, "auth": "anonymous", "destination": "kubernetes",
 			"kube-namespace": ns, "kube-timeout": "60s", "kube-node-selector": "kubernetes.io/hostname=" + c.Node}
@@ -105,6 +115,27 @@ func TestKubeKeyless(t *testing.T) {
 		}
 		t.Logf("%d EKS token reviews for one run", len(tokens))
 	})
+
+	for _, cloud := range []struct {
+		name   string
+		inputs []string
+	}{
+		{"gke: a Google token impersonating the service account, endpoint from the Container API", []string{"kube-auth", "gke", "kube-cluster", GKECluster,
+			"gcp-workload-identity-provider", GKEProvider, "gcp-service-account", gkeSA}},
+		{"aks: an Entra token by client assertion, endpoint from listClusterUserCredential", []string{"kube-auth", "aks", "kube-cluster", AKSCluster,
+			"azure-client-id", aksClient, "azure-tenant-id", AzureTenant}},
+	} {
+		t.Run(cloud.name, func(t *testing.T) {
+			seen, issued := k.Seen(), k.Issuer.Issued()
+			res := e.RunAction(t, inputs("acme/kube-keyless:1", cloud.inputs...), awsEnv...)
+			prepulled(t, res, digest)
+			tokens := since(seen, k.Seen())
+			tokensSafe(t, res, append(tokens, since(issued, k.Issuer.Issued())...))
+			if len(tokens) == 0 {
+				t.Errorf("the webhook reviewed no token of the cloud")
+			}
+		})
+	}
 
 	t.Run("oidc: the ID token with the API server's audience", func(t *testing.T) {
 		issued := k.Issuer.Issued()
