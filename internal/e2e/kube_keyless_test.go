@@ -20,7 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc/oidctest"
@@ -136,6 +138,39 @@ func TestKubeKeyless(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("aks without create on daemonsets: refused, the verb and resource named", func(t *testing.T) {
+		const ns2 = "prepull-keyless-nocreate"
+		ctx := context.Background()
+		name := documentedRole(t, c, ns2, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: aksClient})
+		r, err := c.Client.RbacV1().Roles(ns2).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range r.Rules {
+			if r.Rules[i].Resources[0] == "daemonsets" {
+				r.Rules[i].Verbs = []string{"list", "delete"}
+			}
+		}
+		if _, err := c.Client.RbacV1().Roles(ns2).Update(ctx, r, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitUntil(10*time.Second, 100*time.Millisecond, func() (bool, error) {
+			sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User: aksClient, ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns2, Verb: "list", Group: "apps", Resource: "daemonsets"}}}, metav1.CreateOptions{})
+			return err == nil && sar.Status.Allowed, err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		seen := k.Seen()
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", "kube-namespace", ns2, "kube-auth", "aks", "kube-cluster", AKSCluster,
+			"azure-client-id", aksClient, "azure-tenant-id", AzureTenant), awsEnv...)
+		if res.ExitCode == 0 || !badKubeAuth(t, res) || !strings.Contains(res.Stdout, "creating the pre-pull DaemonSet") ||
+			!strings.Contains(res.Stdout, `cannot create resource \"daemonsets\"`) && !strings.Contains(res.Stdout, `cannot create resource "daemonsets"`) {
+			t.Errorf("exit %d, want a failure naming create on daemonsets\n%s", res.ExitCode, res.Stdout)
+		}
+		tokensSafe(t, res, since(seen, k.Seen()))
+	})
 
 	t.Run("oidc: the ID token with the API server's audience", func(t *testing.T) {
 		issued := k.Issuer.Issued()
