@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,29 +39,12 @@ func TestKubeKeyless(t *testing.T) {
 	e := Start(t)
 	k := c.Keyless
 	const ns = "prepull-keyless"
-	const role = "arn:aws:iam::123456789012:role/github-deploy"
-	const gkeSA, aksClient = "deployer@acme-e2e.iam.gserviceaccount.com", "11111111-2222-3333-4444-55555555e2e0"
-	eksUser, oidcUser := "eks:github-deploy", jwtUserPrefix+k.Issuer.Subject
-	var subjects []rbacv1.Subject
-	for _, u := range []string{eksUser, oidcUser, gkeSA, aksClient} {
-		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: u})
-	}
-	documentedRole(t, c, ns, subjects...)
-	k.Grant(role, eksUser)
-	t.Cleanup(func() { k.Grant(role, "") })
+	const role = keylessRole
 	ca, err := os.ReadFile(filepath.Join(c.Dir, "pki", "apiserver.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.AWS.Describers[role] = true
-	k.AWS.Clusters[EKSCluster] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
-	// GKE: the service account may be impersonated by the workflow's
-	// principal and may get the cluster. AKS: the app's federated
-	// credential names the workflow, and it holds the Cluster User role.
-	k.Google.Impersonable[gkeSA], k.Google.Viewers[gkeSA] = true, true
-	k.Google.Clusters[GKECluster] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
-	k.Azure.Federated[aksClient], k.Azure.ClusterUsers[aksClient] = k.Issuer.Subject, true
-	k.Azure.Clusters[strings.ToLower(strings.TrimPrefix(AKSCluster, "/"))] = oidctest.Cluster{Endpoint: c.Server, CA: ca}
+	forms := keylessForms(t, c, ns, c.Server, ca)
 	digest := pushNodeImage(t, e, "acme/kube-keyless", "1", 256<<10, 2)
 	e.Front.SetPublic("acme/kube-keyless")
 	awsEnv := k.CloudEnv()
@@ -72,8 +56,7 @@ func TestKubeKeyless(t *testing.T) {
 		}
 		return m
 	}
-	eks := []string{"kube-auth", "eks", "kube-cluster", EKSCluster, "aws-role-arn", role, "aws-region", EKSRegion}
-	oidcForm := []string{"kube-auth", "oidc", "kube-server", c.Server, "kube-ca", string(ca), "kube-audience", KubeAudience}
+	eks, oidcForm := forms["eks"], forms["oidc"]
 
 	// tokensSafe: every token of the run was masked, and none is in the
 	// outputs, the summary, the log (its ::add-mask:: lines aside), the
@@ -122,10 +105,8 @@ func TestKubeKeyless(t *testing.T) {
 		name   string
 		inputs []string
 	}{
-		{"gke: a Google token impersonating the service account, endpoint from the Container API", []string{"kube-auth", "gke", "kube-cluster", GKECluster,
-			"gcp-workload-identity-provider", GKEProvider, "gcp-service-account", gkeSA}},
-		{"aks: an Entra token by client assertion, endpoint from listClusterUserCredential", []string{"kube-auth", "aks", "kube-cluster", AKSCluster,
-			"azure-client-id", aksClient, "azure-tenant-id", AzureTenant}},
+		{"gke: a Google token impersonating the service account, endpoint from the Container API", forms["gke"]},
+		{"aks: an Entra token by client assertion, endpoint from listClusterUserCredential", forms["aks"]},
 	} {
 		t.Run(cloud.name, func(t *testing.T) {
 			seen, issued := k.Seen(), k.Issuer.Issued()
@@ -142,7 +123,7 @@ func TestKubeKeyless(t *testing.T) {
 	t.Run("aks without create on daemonsets: refused, the verb and resource named", func(t *testing.T) {
 		const ns2 = "prepull-keyless-nocreate"
 		ctx := context.Background()
-		name := documentedRole(t, c, ns2, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: aksClient})
+		name := documentedRole(t, c, ns2, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: keylessAKSClient})
 		r, err := c.Client.RbacV1().Roles(ns2).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -157,14 +138,13 @@ func TestKubeKeyless(t *testing.T) {
 		}
 		if err := waitUntil(10*time.Second, 100*time.Millisecond, func() (bool, error) {
 			sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-				User: aksClient, ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns2, Verb: "list", Group: "apps", Resource: "daemonsets"}}}, metav1.CreateOptions{})
+				User: keylessAKSClient, ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns2, Verb: "list", Group: "apps", Resource: "daemonsets"}}}, metav1.CreateOptions{})
 			return err == nil && sar.Status.Allowed, err
 		}); err != nil {
 			t.Fatal(err)
 		}
 		seen := k.Seen()
-		res := e.RunAction(t, inputs("acme/kube-keyless:1", "kube-namespace", ns2, "kube-auth", "aks", "kube-cluster", AKSCluster,
-			"azure-client-id", aksClient, "azure-tenant-id", AzureTenant), awsEnv...)
+		res := e.RunAction(t, inputs("acme/kube-keyless:1", append([]string{"kube-namespace", ns2}, forms["aks"]...)...), awsEnv...)
 		if res.ExitCode == 0 || !badKubeAuth(t, res) || !strings.Contains(res.Stdout, "creating the pre-pull DaemonSet") ||
 			!strings.Contains(res.Stdout, `cannot create resource \"daemonsets\"`) && !strings.Contains(res.Stdout, `cannot create resource "daemonsets"`) {
 			t.Errorf("exit %d, want a failure naming create on daemonsets\n%s", res.ExitCode, res.Stdout)
@@ -189,7 +169,7 @@ func TestKubeKeyless(t *testing.T) {
 		// A load balancer in front that ends every watch after a second
 		// (cloud load balancers cut long requests): the wait resumes its
 		// watch again and again, with tokens renewed as they near expiry.
-		proxy := watchCutter(t, c.Server, ca, time.Second)
+		proxy := newAPIProxy(t, c.Server, ca, time.Second)
 		slowDigest := pushNodeImage(t, e, "acme/kube-keyless-slow", "1", 256<<10, 1)
 		e.Front.SetPublic("acme/kube-keyless-slow")
 		ref, _ := name.ParseReference(e.Host + "/acme/kube-keyless-slow:1")
@@ -204,7 +184,7 @@ func TestKubeKeyless(t *testing.T) {
 		issued := k.Issuer.Issued()
 		start := time.Now()
 		res := e.RunAction(t, inputs("acme/kube-keyless-slow:1", "kube-auth", "oidc", "kube-server", proxy.URL,
-			"kube-ca", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: proxy.Certificate().Raw})), "kube-audience", KubeAudience), k.Issuer.Env()...)
+			"kube-ca", proxy.caPEM(), "kube-audience", KubeAudience), k.Issuer.Env()...)
 		took := time.Since(start)
 		prepulled(t, res, slowDigest)
 		tokens := since(issued, k.Issuer.Issued())
@@ -244,6 +224,46 @@ func TestKubeKeyless(t *testing.T) {
 	})
 }
 
+// The keyless identities of the tests.
+const (
+	keylessRole      = "arn:aws:iam::123456789012:role/github-deploy"
+	keylessGKESA     = "deployer@acme-e2e.iam.gserviceaccount.com"
+	keylessAKSClient = "11111111-2222-3333-4444-55555555e2e0"
+)
+
+// keylessForms binds an identity of each keyless form (the EKS role's
+// access entry, the GKE service account, the AKS app, the ID token's
+// subject) to exactly the documented role in namespace ns, has the cloud
+// fakes describe the cluster at endpoint with ca, and returns each form's
+// inputs (eks, gke, aks, oidc).
+func keylessForms(tb testing.TB, c *Cluster, ns, endpoint string, ca []byte) map[string][]string {
+	tb.Helper()
+	k := c.Keyless
+	eksUser, oidcUser := "eks:github-deploy", jwtUserPrefix+k.Issuer.Subject
+	var subjects []rbacv1.Subject
+	for _, u := range []string{eksUser, oidcUser, keylessGKESA, keylessAKSClient} {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: u})
+	}
+	documentedRole(tb, c, ns, subjects...)
+	k.Grant(keylessRole, eksUser)
+	tb.Cleanup(func() { k.Grant(keylessRole, "") })
+	k.AWS.Describers[keylessRole] = true
+	k.AWS.Clusters[EKSCluster] = oidctest.Cluster{Endpoint: endpoint, CA: ca}
+	// GKE: the service account may be impersonated by the workflow's
+	// principal and may get the cluster. AKS: the app's federated
+	// credential names the workflow, and it holds the Cluster User role.
+	k.Google.Impersonable[keylessGKESA], k.Google.Viewers[keylessGKESA] = true, true
+	k.Google.Clusters[GKECluster] = oidctest.Cluster{Endpoint: endpoint, CA: ca}
+	k.Azure.Federated[keylessAKSClient], k.Azure.ClusterUsers[keylessAKSClient] = k.Issuer.Subject, true
+	k.Azure.Clusters[strings.ToLower(strings.TrimPrefix(AKSCluster, "/"))] = oidctest.Cluster{Endpoint: endpoint, CA: ca}
+	return map[string][]string{
+		"eks": {"kube-auth", "eks", "kube-cluster", EKSCluster, "aws-role-arn", keylessRole, "aws-region", EKSRegion},
+		"gke": {"kube-auth", "gke", "kube-cluster", GKECluster, "gcp-workload-identity-provider", GKEProvider, "gcp-service-account", keylessGKESA},
+		"aks": {"kube-auth", "aks", "kube-cluster", AKSCluster, "azure-client-id", keylessAKSClient, "azure-tenant-id", AzureTenant},
+		"oidc": {"kube-auth", "oidc", "kube-server", endpoint, "kube-ca", string(ca), "kube-audience", KubeAudience},
+	}
+}
+
 // badKubeAuth: the run failed as bad input kube-auth, in its results.
 func badKubeAuth(t *testing.T, res Result) bool {
 	t.Helper()
@@ -251,13 +271,20 @@ func badKubeAuth(t *testing.T, res Result) bool {
 	return len(rs) == 1 && rs[0]["error_class"] == "bad-input:kube-auth" && strings.Contains(res.Stdout, `input "kube-auth"`)
 }
 
-// watchCutter is a TLS proxy in front of the API server that ends every
-// watch after cut, as a load balancer with a request timeout does.
-func watchCutter(t *testing.T, server string, ca []byte, cut time.Duration) *httptest.Server {
-	t.Helper()
+// apiProxy is a TLS proxy in front of the API server. With cut, it ends
+// every watch after cut, as a load balancer with a request timeout does;
+// it records when the first request since the last reset arrived.
+type apiProxy struct {
+	*httptest.Server
+	mu    sync.Mutex
+	first time.Time
+}
+
+func newAPIProxy(tb testing.TB, server string, ca []byte, cut time.Duration) *apiProxy {
+	tb.Helper()
 	u, err := url.Parse(server)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
@@ -265,14 +292,34 @@ func watchCutter(t *testing.T, server string, ca []byte, cut time.Duration) *htt
 	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
 	rp.FlushInterval = -1
 	rp.ErrorLog = log.New(io.Discard, "", 0) // each cut watch is logged otherwise
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Get("watch") == "true" {
+	p := &apiProxy{}
+	p.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		if p.first.IsZero() {
+			p.first = time.Now()
+		}
+		p.mu.Unlock()
+		if cut > 0 && r.URL.Query().Get("watch") == "true" {
 			ctx, cancel := context.WithTimeout(r.Context(), cut)
 			defer cancel()
 			r = r.WithContext(ctx)
 		}
 		rp.ServeHTTP(w, r)
 	}))
-	t.Cleanup(srv.Close)
-	return srv
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// firstSince is when the first request arrived after since; reset.
+func (p *apiProxy) firstSince(since time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.first.Sub(since)
+	p.first = time.Time{}
+	return d
+}
+
+// caPEM is the proxy's certificate, for kube-ca.
+func (p *apiProxy) caPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.Certificate().Raw}))
 }

@@ -163,7 +163,7 @@ func TestKubeDocumentedRole(t *testing.T) {
 // documented role (kube.Permissions): a ClusterRole for the cluster-wide
 // lines, a Role in ns for the rest. It returns the Role's name; all goes
 // when the test ends.
-func documentedRole(t *testing.T, c *Cluster, ns string, subjects ...rbacv1.Subject) string {
+func documentedRole(t testing.TB, c *Cluster, ns string, subjects ...rbacv1.Subject) string {
 	t.Helper()
 	ctx := context.Background()
 	admin := c.Client
