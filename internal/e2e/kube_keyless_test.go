@@ -257,9 +257,9 @@ func keylessForms(tb testing.TB, c *Cluster, ns, endpoint string, ca []byte) map
 	k.Azure.Federated[keylessAKSClient], k.Azure.ClusterUsers[keylessAKSClient] = k.Issuer.Subject, true
 	k.Azure.Clusters[strings.ToLower(strings.TrimPrefix(AKSCluster, "/"))] = oidctest.Cluster{Endpoint: endpoint, CA: ca}
 	return map[string][]string{
-		"eks": {"kube-auth", "eks", "kube-cluster", EKSCluster, "aws-role-arn", keylessRole, "aws-region", EKSRegion},
-		"gke": {"kube-auth", "gke", "kube-cluster", GKECluster, "gcp-workload-identity-provider", GKEProvider, "gcp-service-account", keylessGKESA},
-		"aks": {"kube-auth", "aks", "kube-cluster", AKSCluster, "azure-client-id", keylessAKSClient, "azure-tenant-id", AzureTenant},
+		"eks":  {"kube-auth", "eks", "kube-cluster", EKSCluster, "aws-role-arn", keylessRole, "aws-region", EKSRegion},
+		"gke":  {"kube-auth", "gke", "kube-cluster", GKECluster, "gcp-workload-identity-provider", GKEProvider, "gcp-service-account", keylessGKESA},
+		"aks":  {"kube-auth", "aks", "kube-cluster", AKSCluster, "azure-client-id", keylessAKSClient, "azure-tenant-id", AzureTenant},
 		"oidc": {"kube-auth", "oidc", "kube-server", endpoint, "kube-ca", string(ca), "kube-audience", KubeAudience},
 	}
 }
