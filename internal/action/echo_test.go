@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // secret is one secret of a scenario; user is set for a password, whose
@@ -127,11 +129,11 @@ func TestEchoedSecretsNeverLeave(t *testing.T) {
 				return nil, criError("failed to pull and unpack image: failed to fetch anonymous token: unexpected status: 401 Unauthorized")
 			}})
 			key, signer := sshKey(t, "ssh-passphrase-77")
-			srv := startSSH(t, signer.PublicKey())
+			srv := sshtest.Start(t, signer.PublicKey())
 			return scenario{
 				inputs: map[string]string{"image": reg.host + "/acme/private:1", "username": testUser, "password": testPassword, "retries": "0",
-					"ssh-host": "127.0.0.1", "ssh-port": fmt.Sprint(srv.port), "ssh-user": "root", "ssh-key": key, "ssh-key-passphrase": "ssh-passphrase-77",
-					"ssh-known-hosts": srv.knownHosts, "remote-runtime": "containerd", "remote-containerd-socket": sock},
+					"ssh-host": "127.0.0.1", "ssh-port": fmt.Sprint(srv.Port), "ssh-user": "root", "ssh-key": key, "ssh-key-passphrase": "ssh-passphrase-77",
+					"ssh-known-hosts": srv.KnownHosts(""), "remote-runtime": "containerd", "remote-containerd-socket": sock},
 				secrets:  []secret{{testUser, testPassword}, {"", "ssh-passphrase-77"}},
 				wantCode: ExitFailed, wantCredErr: "failed to fetch oauth token: unexpected status: 401 Unauthorized: secret=***",
 			}

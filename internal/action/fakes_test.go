@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -161,78 +160,6 @@ func startCRI(t *testing.T, f *criFake) string {
 }
 
 func criError(msg string) error { return status.Error(codes.Unknown, msg) }
-
-// sshServer is an SSH server that accepts one client key and forwards
-// direct-streamlocal channels to local unix sockets, as sshd does.
-type sshServer struct {
-	port       int
-	knownHosts string
-}
-
-func startSSH(t *testing.T, client ssh.PublicKey) *sshServer {
-	t.Helper()
-	_, hostSigner := sshKey(t, "")
-	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-		if string(key.Marshal()) == string(client.Marshal()) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("unknown key")
-	}}
-	cfg.AddHostKey(hostSigner)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
-				if err != nil {
-					c.Close()
-					return
-				}
-				defer sc.Close()
-				go ssh.DiscardRequests(reqs)
-				for nc := range chans {
-					var req struct {
-						SocketPath string
-						Reserved0  string
-						Reserved1  uint32
-					}
-					if nc.ChannelType() != "direct-streamlocal@openssh.com" || ssh.Unmarshal(nc.ExtraData(), &req) != nil {
-						nc.Reject(ssh.UnknownChannelType, "no")
-						continue
-					}
-					u, err := net.Dial("unix", req.SocketPath)
-					if err != nil {
-						nc.Reject(ssh.ConnectionFailed, "open failed")
-						continue
-					}
-					ch, creqs, err := nc.Accept()
-					if err != nil {
-						u.Close()
-						continue
-					}
-					go ssh.DiscardRequests(creqs)
-					go func() {
-						go func() { io.Copy(u, ch); u.(*net.UnixConn).CloseWrite() }()
-						io.Copy(ch, u)
-						ch.CloseWrite()
-						ch.Close()
-						u.Close()
-					}()
-				}
-			}()
-		}
-	}()
-	port := l.Addr().(*net.TCPAddr).Port
-	return &sshServer{port: port, knownHosts: fmt.Sprintf("[127.0.0.1]:%d %s", port, ssh.MarshalAuthorizedKey(hostSigner.PublicKey()))}
-}
 
 // fakeJWT is an unsigned ID token, unique per test run.
 func fakeJWT(t *testing.T) string {

@@ -8,6 +8,7 @@ package action
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -97,8 +98,6 @@ type Config struct {
 	RelayCacheMax int64
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
-	// RemoteRuntime says what to pull into on the SSH hosts.
-	RemoteRuntime sshdeploy.RuntimeChoice
 	// Kube is set with destination kubernetes; with KubeAuth (a keyless
 	// form), only once execute has reached the cluster.
 	Kube     *kube.Config
@@ -163,7 +162,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	c.DockerHost = in("docker-host")
 	for _, h := range splitList(in("insecure-registry")) {
 		if strings.ContainsAny(h, "/@ ") {
-			return c, bad("insecure-registry", fmt.Sprintf("%q is not a host[:port]", h), "e.g. 10.0.0.5:5000")
+			return c, failure.Bad("insecure-registry", fmt.Sprintf("%q is not a host[:port]", h), "e.g. 10.0.0.5:5000")
 		}
 		c.InsecureRegistries = append(c.InsecureRegistries, h)
 	}
@@ -175,10 +174,10 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	case mirrorPassword != "":
 		c.MirrorCredentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: cmp.Or(mirrorUser, "ghcr-pull"), Password: mirrorPassword}
 	case mirrorUser != "":
-		return c, bad("mirror-password", "mirror-username is set but mirror-password is empty", "pass the mirror's password or token from a secret, or drop mirror-username")
+		return c, failure.Bad("mirror-password", "mirror-username is set but mirror-password is empty", "pass the mirror's password or token from a secret, or drop mirror-username")
 	}
 	if !c.MirrorCredentials.IsAnonymous() && len(c.Mirrors) == 0 {
-		return c, bad("mirror-password", "is set, but mirrors lists no mirror", "list the mirrors it belongs to in mirrors, or drop mirror-password")
+		return c, failure.Bad("mirror-password", "is set, but mirrors lists no mirror", "list the mirrors it belongs to in mirrors, or drop mirror-password")
 	}
 	for _, ms := range c.Mirrors {
 		for _, m := range ms {
@@ -191,16 +190,13 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	case DestinationDocker, DestinationNone, DestinationKubernetes, DestinationLayout, DestinationTar:
 		c.Destination = d
 	default:
-		return c, bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker, kubernetes, oci-layout, tar or none")
+		return c, failure.Bad("destination", fmt.Sprintf("%q is not a destination", d), "use docker, kubernetes, oci-layout, tar or none")
 	}
 	if err := parsePath(&c, get, opts); err != nil {
 		return c, err
 	}
-	if c.Verify, err = verify.ParsePolicy(in); err != nil {
-		return c, err
-	}
-	if c.RemoteRuntime, err = sshdeploy.ParseRuntime(in("remote-runtime"), in("remote-containerd-socket"), in("containerd-namespace")); err != nil {
-		return c, err
+	if c.Verify, err = verify.ParsePolicy(func(s verify.Setting) string { return in(verifyInputs[s]) }); err != nil {
+		return c, named(err, verifyInputs)
 	}
 	if err := parseKube(&c, get, in); err != nil {
 		return c, err
@@ -209,10 +205,10 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 		return c, err
 	}
 	if c.Retries, err = strconv.Atoi(in("retries")); err != nil || c.Retries < 0 || c.Retries > 20 {
-		return c, bad("retries", fmt.Sprintf("%q is not a whole number from 0 to 20", in("retries")), "e.g. retries: 3")
+		return c, failure.Bad("retries", fmt.Sprintf("%q is not a whole number from 0 to 20", in("retries")), "e.g. retries: 3")
 	}
 	if c.Timeout, err = time.ParseDuration(in("timeout")); err != nil || c.Timeout <= 0 {
-		return c, bad("timeout", fmt.Sprintf("%q is not a positive duration", in("timeout")), "e.g. 90s, 10m, 1h")
+		return c, failure.Bad("timeout", fmt.Sprintf("%q is not a positive duration", in("timeout")), "e.g. 90s, 10m, 1h")
 	}
 
 	// Secrets are taken as given: trimming a password would silently send
@@ -239,7 +235,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 			Registry:                    c.Images[0].Ref.Context().RegistryStr(),
 		}
 		if c.OIDC.Provider == "" {
-			return c, bad("oidc-provider", "auth is oidc but no provider is named", "set oidc-provider: aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
+			return c, failure.Bad("oidc-provider", "auth is oidc but no provider is named", "set oidc-provider: aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
 		}
 		if err := c.OIDC.Validate(); err != nil {
 			return c, err
@@ -256,14 +252,14 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 		}
 	case "token":
 		if password == "" {
-			return c, bad("password", "auth is token but the password is empty", "pass password: ${{ secrets.GITHUB_TOKEN }} or a PAT, or use auth: auto")
+			return c, failure.Bad("password", "auth is token but the password is empty", "pass password: ${{ secrets.GITHUB_TOKEN }} or a PAT, or use auth: auto")
 		}
 		c.Credentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: user, Password: password}
 	case "anonymous":
 		c.Credentials = ghcr.Anonymous
 		c.AnonymousNotice = "auth is anonymous: no credentials are sent"
 	default:
-		return c, bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token, anonymous or oidc")
+		return c, failure.Bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token, anonymous or oidc")
 	}
 	if !c.Credentials.IsAnonymous() && user == "" {
 		// GHCR ignores the user name for tokens, but other registries
@@ -293,13 +289,9 @@ func parseSize(input, v string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n <= 0 || n > math.MaxInt64/mult {
-		return 0, bad(input, fmt.Sprintf("%q is not a size", v), "a whole number of bytes with an optional unit, e.g. 20GiB or 512MiB")
+		return 0, failure.Bad(input, fmt.Sprintf("%q is not a size", v), "a whole number of bytes with an optional unit, e.g. 20GiB or 512MiB")
 	}
 	return n * mult, nil
-}
-
-func bad(input, problem, fix string) error {
-	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
 }
 
 // parseBool accepts YAML 1.2 core booleans, as the runner passes them.
@@ -310,7 +302,7 @@ func parseBool(input, v string) (bool, error) {
 	case "false", "no", "off", "0":
 		return false, nil
 	}
-	return false, bad(input, fmt.Sprintf("%q is not a boolean", v), "use true or false")
+	return false, failure.Bad(input, fmt.Sprintf("%q is not a boolean", v), "use true or false")
 }
 
 // splitList splits a list input on newlines and commas, dropping blanks.
@@ -331,15 +323,15 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	files := c.Destination == DestinationLayout || c.Destination == DestinationTar
 	switch {
 	case !files && raw != "":
-		return bad("path", "is set, but destination is "+string(c.Destination), "set destination: oci-layout or tar to write the image as files, or drop path")
+		return failure.Bad("path", "is set, but destination is "+string(c.Destination), "set destination: oci-layout or tar to write the image as files, or drop path")
 	case !files:
 		return nil
 	case raw == "":
-		return bad("path", "is empty, and destination "+string(c.Destination)+" needs it", "e.g. path: images/app.tar (tar) or path: images/layout (oci-layout)")
+		return failure.Bad("path", "is empty, and destination "+string(c.Destination)+" needs it", "e.g. path: images/app.tar (tar) or path: images/layout (oci-layout)")
 	case strings.TrimSpace(get("ssh-host")) != "":
-		return bad("ssh-host", "is set with destination "+string(c.Destination), "use one destination per step: drop ssh-host, or set destination: docker")
+		return failure.Bad("ssh-host", "is set with destination "+string(c.Destination), "use one destination per step: drop ssh-host, or set destination: docker")
 	case c.Destination == DestinationTar && len(c.Images) > 1:
-		return bad("image", fmt.Sprintf("destination tar holds one image, and %d are given", len(c.Images)), "use one step per image, or destination: oci-layout, which holds several")
+		return failure.Bad("image", fmt.Sprintf("destination tar holds one image, and %d are given", len(c.Images)), "use one step per image, or destination: oci-layout, which holds several")
 	}
 	o := parseOptions{}
 	for _, opt := range opts {
@@ -348,7 +340,7 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	if o.base == "" {
 		wd, err := os.Getwd()
 		if err != nil {
-			return bad("path", "the working directory is unknown: "+err.Error(), "give an absolute path")
+			return failure.Bad("path", "the working directory is unknown: "+err.Error(), "give an absolute path")
 		}
 		o.base = wd
 	}
@@ -363,29 +355,28 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	return nil
 }
 
-// parseSSH reads the ssh-* inputs; sshdeploy validates them all at once.
 // parseKube reads the cluster destination; the kubeconfig is a secret and
 // taken as given.
 func parseKube(c *Config, get, in Getter) error {
 	kubeconfig := get("kubeconfig")
 	if c.Destination != DestinationKubernetes {
 		if strings.TrimSpace(kubeconfig) != "" {
-			return bad("kubeconfig", "is set, but destination is "+string(c.Destination), "set destination: kubernetes to pre-pull onto the cluster, or drop kubeconfig")
+			return failure.Bad("kubeconfig", "is set, but destination is "+string(c.Destination), "set destination: kubernetes to pre-pull onto the cluster, or drop kubeconfig")
 		}
 		return nil
 	}
 	if strings.TrimSpace(get("ssh-host")) != "" {
-		return bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
+		return failure.Bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
 	}
 	timeout, err := time.ParseDuration(in("kube-timeout"))
 	if err != nil || timeout <= 0 {
-		return bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
+		return failure.Bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
 	}
 	if c.KubeAuth, err = parseKubeAuth(get, in, timeout); err != nil || c.KubeAuth != nil {
 		return err
 	}
 	if strings.TrimSpace(kubeconfig) == "" {
-		return bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}, or reach the cluster with kube-auth: eks or oidc")
+		return failure.Bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}, or reach the cluster with kube-auth: eks, gke, aks or oidc")
 	}
 	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
 	if err != nil {
@@ -395,31 +386,28 @@ func parseKube(c *Config, get, in Getter) error {
 	return nil
 }
 
+// parseSSH reads the ssh-* and remote runtime inputs; sshdeploy.Parse
+// checks and defaults its own all at once (with no ssh-host, only the
+// remote runtime ones, and c.SSH stays nil).
 func parseSSH(c *Config, get, in Getter) error {
 	var err error
 	if c.PullLocal, err = parseBool("pull-local", in("pull-local")); err != nil {
 		return err
 	}
 	if c.SSHConcurrency, err = strconv.Atoi(in("ssh-concurrency")); err != nil || c.SSHConcurrency < 1 || c.SSHConcurrency > 64 {
-		return bad("ssh-concurrency", fmt.Sprintf("%q is not a whole number from 1 to 64", in("ssh-concurrency")), "e.g. ssh-concurrency: 4")
+		return failure.Bad("ssh-concurrency", fmt.Sprintf("%q is not a whole number from 1 to 64", in("ssh-concurrency")), "e.g. ssh-concurrency: 4")
 	}
 	switch t := strings.ToLower(in("ssh-transfer")); t {
 	case "direct":
 	case "relay":
 		c.Relay = true
 	default:
-		return bad("ssh-transfer", fmt.Sprintf("%q is not a transfer", t), "use direct (each host pulls from the registry) or relay (the hosts pull through the runner)")
+		return failure.Bad("ssh-transfer", fmt.Sprintf("%q is not a transfer", t), "use direct (each host pulls from the registry) or relay (the hosts pull through the runner)")
 	}
 	if c.RelayCacheMax, err = parseSize("relay-cache-max", in("relay-cache-max")); err != nil {
 		return err
 	}
-	if strings.TrimSpace(get("ssh-host")) == "" {
-		if c.Relay {
-			return bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
-		}
-		return nil
-	}
-	c.SSH, err = sshdeploy.ParseInputs(sshdeploy.Inputs{
+	c.SSH, err = sshdeploy.Parse(sshdeploy.Inputs{
 		Hosts:                 get("ssh-host"),
 		User:                  in("ssh-user"),
 		Port:                  in("ssh-port"),
@@ -429,12 +417,49 @@ func parseSSH(c *Config, get, in Getter) error {
 		Fingerprints:          get("ssh-fingerprint"),
 		InsecureIgnoreHostKey: in("ssh-insecure-ignore-host-key"),
 		ProxyJump:             in("ssh-proxy-jump"),
-		Socket:                in("remote-docker-socket"),
 		Timeout:               in("ssh-timeout"),
+		Runtime:               in("remote-runtime"),
+		DockerSocket:          in("remote-docker-socket"),
+		ContainerdSocket:      in("remote-containerd-socket"),
+		ContainerdNamespace:   in("containerd-namespace"),
 	})
 	if err != nil {
 		return err
 	}
-	c.SSH.Runtime = c.RemoteRuntime
+	if c.SSH == nil && c.Relay {
+		return failure.Bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
+	}
 	return nil
+}
+
+// verifyInputs names the verify policy's settings as the action's inputs.
+var verifyInputs = map[verify.Setting]string{
+	verify.SettingMethod:         "verify",
+	verify.SettingKey:            "verify-key",
+	verify.SettingIdentity:       "verify-identity",
+	verify.SettingIdentityRegexp: "verify-identity-regexp",
+	verify.SettingIssuer:         "verify-issuer",
+	verify.SettingRepository:     "verify-repository",
+	verify.SettingSignerWorkflow: "verify-signer-workflow",
+	verify.SettingPredicateType:  "verify-predicate-type",
+	verify.SettingTrustedRoot:    "verify-trusted-root",
+}
+
+// named is the one boundary where a package's settings get the input
+// names users know them by: the *failure.BadInput in err, naming a setting
+// of names, is renamed to its input, and each {setting} in its problem and
+// fix too. Packages below action name only their own parameters.
+func named[S ~string](err error, names map[S]string) error {
+	var bad *failure.BadInput
+	if !errors.As(err, &bad) {
+		return err
+	}
+	if n, ok := names[S(bad.Input)]; ok {
+		bad.Input = n
+	}
+	for s, n := range names {
+		bad.Problem = strings.ReplaceAll(bad.Problem, "{"+string(s)+"}", n)
+		bad.Fix = strings.ReplaceAll(bad.Fix, "{"+string(s)+"}", n)
+	}
+	return err
 }

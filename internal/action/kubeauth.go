@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/kube"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
@@ -52,19 +53,19 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 	case "", KubeAuthKubeconfig:
 		for _, name := range keylessInputs {
 			if in(name) != "" {
-				return nil, bad(name, "is set, but kube-auth is kubeconfig", "set kube-auth: eks or oidc to reach the cluster with the workflow's ID token, or drop "+name)
+				return nil, failure.Bad(name, "is set, but kube-auth is kubeconfig", "set kube-auth: eks or oidc to reach the cluster with the workflow's ID token, or drop "+name)
 			}
 		}
 		return nil, nil
 	case KubeAuthEKS, KubeAuthOIDC, KubeAuthGKE, KubeAuthAKS:
 	default:
-		return nil, bad("kube-auth", fmt.Sprintf("%q is not a kube-auth form", form), "use kubeconfig, eks, gke, aks or oidc")
+		return nil, failure.Bad("kube-auth", fmt.Sprintf("%q is not a kube-auth form", form), "use kubeconfig, eks, gke, aks or oidc")
 	}
 	if strings.TrimSpace(get("kubeconfig")) != "" {
-		return nil, bad("kubeconfig", "is set with kube-auth "+form, "drop kubeconfig: kube-auth "+form+" builds the cluster's credentials from the workflow's ID token")
+		return nil, failure.Bad("kubeconfig", "is set with kube-auth "+form, "drop kubeconfig: kube-auth "+form+" builds the cluster's credentials from the workflow's ID token")
 	}
 	if in("kube-context") != "" {
-		return nil, bad("kube-context", "is set with kube-auth "+form, "drop it: there is no kubeconfig to pick a context from")
+		return nil, failure.Bad("kube-context", "is set with kube-auth "+form, "drop it: there is no kubeconfig to pick a context from")
 	}
 	ka := &KubeAuth{Form: form, Cluster: in("kube-cluster"), Server: in("kube-server"), Audience: in("kube-audience")}
 	var err error
@@ -84,13 +85,13 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 	switch form {
 	case KubeAuthOIDC:
 		if ka.Server == "" {
-			return nil, bad("kube-server", "is required with kube-auth oidc", "set it to the API server's URL, e.g. https://k8s.example.com:6443 (and kube-ca to its CA unless a public CA signed it)")
+			return nil, failure.Bad("kube-server", "is required with kube-auth oidc", "set it to the API server's URL, e.g. https://k8s.example.com:6443 (and kube-ca to its CA unless a public CA signed it)")
 		}
 		if ka.Audience == "" {
-			return nil, bad("kube-audience", "is required with kube-auth oidc", "set it to an audience the API server's JWT authenticator accepts (its jwt.issuer.audiences)")
+			return nil, failure.Bad("kube-audience", "is required with kube-auth oidc", "set it to an audience the API server's JWT authenticator accepts (its jwt.issuer.audiences)")
 		}
 		if ka.Cluster != "" {
-			return nil, bad("kube-cluster", "is set with kube-auth oidc", "drop it: the API server is named by kube-server")
+			return nil, failure.Bad("kube-cluster", "is set with kube-auth oidc", "drop it: the API server is named by kube-server")
 		}
 	default:
 		var err error
@@ -109,10 +110,10 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 			return nil, err
 		}
 		if (ka.Server == "") != (len(ka.CA) == 0) {
-			return nil, bad("kube-ca", "kube-server and kube-ca go together with kube-auth "+form, "give both (the cluster's endpoint and CA), or neither to have them from the cloud's API")
+			return nil, failure.Bad("kube-ca", "kube-server and kube-ca go together with kube-auth "+form, "give both (the cluster's endpoint and CA), or neither to have them from the cloud's API")
 		}
 		if ka.Audience != "" {
-			return nil, bad("kube-audience", "is set with kube-auth "+form, "drop it: it is the audience of kube-auth oidc; the cloud's token exchange sets its own")
+			return nil, failure.Bad("kube-audience", "is set with kube-auth "+form, "drop it: it is the audience of kube-auth oidc; the cloud's token exchange sets its own")
 		}
 	}
 	return ka, nil

@@ -2,6 +2,7 @@ package action
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
@@ -60,3 +61,18 @@ func TestDaemonMirrors(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// The summary warns of a mirror that answered another digest by the note's
+// flag, not by its words.
+func TestMirrorSummaryWarnsOfDistrustedMirrors(t *testing.T) {
+	results := []pull.Result{{Image: "docker.io/library/app:1", Host: "local", MirrorNotes: []pull.MirrorNote{
+		{Text: "mirror m1 answers sha256:b, upstream resolved sha256:a", Distrusted: true},
+		{Text: "mirror m2: not trusted by the proxy (503)"},
+	}}}
+	var b strings.Builder
+	mirrorSummary(&b, results, func(s string) string { return s })
+	got := b.String()
+	if !strings.Contains(got, "⚠️ mirror m1 answers") || !strings.Contains(got, "ℹ️ mirror m2: not trusted by the proxy") {
+		t.Errorf("summary:\n%s", got)
+	}
+}

@@ -185,9 +185,9 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	noted := map[string]bool{}
 	for _, r := range results {
 		for _, n := range r.MirrorNotes {
-			if !noted[n] {
-				noted[n] = true
-				rep.Info("%s", n)
+			if !noted[n.Text] {
+				noted[n.Text] = true
+				rep.Info("%s", n.Text)
 			}
 		}
 		if r.Err == nil {
@@ -260,7 +260,7 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target 
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}
-	if cfg.SSH.Config.HostKeys.Insecure() {
+	if cfg.SSH.Insecure() {
 		rep.Warning("ghcr-pull: SSH host keys are not verified",
 			"ssh-insecure-ignore-host-key is true: anyone on the path to the hosts can impersonate them and receive the registry credentials. Set ssh-known-hosts or ssh-fingerprint instead.")
 	}
@@ -341,7 +341,7 @@ func toJSON(results []pull.Result, redact func(string) string, relayed func(imag
 			ServedBy: r.ServedBy, ResolvedBy: r.ResolvedBy,
 		}
 		for _, n := range r.MirrorNotes {
-			j.MirrorNotes = append(j.MirrorNotes, redact(n))
+			j.MirrorNotes = append(j.MirrorNotes, redact(n.Text))
 		}
 		if r.Host != pull.HostNone && r.Err == nil {
 			pulled := r.Pulled
@@ -652,9 +652,9 @@ func idTokenSource(env Env) oidc.IDTokenSource {
 		var failed *githubactions.RequestFailedError
 		switch {
 		case errors.As(err, &missing):
-			return "", &failure.BadInput{Input: "permissions",
-				Problem: "the job cannot request an OIDC ID token (" + missing.Name + " is unset)",
-				Fix:     "add `permissions: id-token: write` to the job"}
+			return "", failure.Bad("permissions",
+				"the job cannot request an OIDC ID token ("+missing.Name+" is unset)",
+				"add `permissions: id-token: write` to the job")
 		case errors.As(err, &failed) && (failed.StatusCode >= 500 || failed.StatusCode == 429):
 			return "", &failure.Transient{Response: failure.Response{Status: failed.StatusCode, Where: "Actions ID token endpoint"}}
 		case errors.As(err, &failed):
@@ -752,13 +752,13 @@ func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) 
 			fmt.Fprintf(b, "\n🪞 **%s** on %s served by mirror %s (the digest upstream resolved)\n", cell(r.Image), cell(r.Host), cell(r.ServedBy))
 		}
 		for _, n := range r.MirrorNotes {
-			if !seen[n] {
-				seen[n] = true
+			if !seen[n.Text] {
+				seen[n.Text] = true
 				icon := "ℹ️"
-				if strings.Contains(n, "not trusted") {
+				if n.Distrusted {
 					icon = "⚠️"
 				}
-				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n))
+				fmt.Fprintf(b, "\n%s %s\n", icon, cell(n.Text))
 			}
 		}
 	}

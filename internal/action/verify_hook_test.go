@@ -3,13 +3,8 @@
 package action
 
 import (
-	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -22,7 +17,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
@@ -35,36 +29,41 @@ import (
 // verify-key input takes it.
 func cosignKey(t *testing.T) (signature.Signer, string) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sv, pub, err := verifytest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, string(pub)
+	return sv, pub
 }
 
 // signImage attaches a cosign key signature of d, made with sv, under d's
 // .sig tag, and returns the digest of the signature manifest.
 func signImage(t *testing.T, d name.Digest, sv signature.Signer, opts ...remote.Option) string {
 	t.Helper()
-	payload := verifytest.SimpleSigning(d.Context().String(), d.DigestStr())
-	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	l, err := verifytest.KeySignature(sv, verifytest.SimpleSigning(d.Context().String(), d.DigestStr()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{{Payload: payload, Annotations: map[string]string{
-		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig)}}}, opts...)
+	m, err := verifytest.WriteLegacy(d, []verifytest.Legacy{l}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// pushRandom pushes a random image as tag and returns its digest.
+func pushRandom(t *testing.T, tag string, opts ...remote.Option) name.Digest {
+	t.Helper()
+	img, _ := random.Image(128, 1)
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, opts...); err != nil {
+		t.Fatal(err)
+	}
+	dg, _ := img.Digest()
+	return ref.Context().Digest(dg.String())
 }
 
 // Guarantee: the action's verification hook fails an image the policy does
@@ -76,19 +75,11 @@ func TestVerifierHook(t *testing.T) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
-	push := func(repo string) name.Digest {
-		img, _ := random.Image(128, 1)
-		tag, _ := name.NewTag(host + "/" + repo + ":1")
-		if err := remote.Write(tag, img); err != nil {
-			t.Fatal(err)
-		}
-		dg, _ := img.Digest()
-		return tag.Context().Digest(dg.String())
-	}
+	push := func(repo string) name.Digest { return pushRandom(t, host+"/"+repo+":1") }
 	key, keyPEM := cosignKey(t)
 	other, _ := cosignKey(t)
-	policy, err := verify.ParsePolicy(func(n string) string {
-		return map[string]string{"verify": "cosign-key", "verify-key": keyPEM}[n]
+	policy, err := verify.ParsePolicy(func(n verify.Setting) string {
+		return map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: keyPEM}[n]
 	})
 	if err != nil || policy == nil {
 		t.Fatalf("policy: %v", err)
@@ -158,5 +149,133 @@ func TestStepVerifiesBeforeResolving(t *testing.T) {
 	}
 	if s.outputs["digest"] != d.DigestStr() || s.outputs["signature-digest"] != sig || !strings.HasPrefix(s.outputs["verified"], "cosign-key: ") {
 		t.Errorf("signed image: outputs %v", s.outputs)
+	}
+}
+
+// results names each verification failure's class (unsigned,
+// invalid-signature, signer-mismatch) for a deploy job to branch on, and
+// the "What to do" lines under it speak of the signature: also after the
+// credentials were refused and the anonymous fallback read a public image,
+// where the rejection is not why the image failed.
+func TestResultsNameVerificationClasses(t *testing.T) {
+	reg := startRegistry(t)
+	admin := remote.WithAuth(&authn.Basic{Username: "admin", Password: "adminpw"})
+	push := func(repo string) name.Digest { return pushRandom(t, reg.host+"/"+repo+":1", admin) }
+	key, keyPEM := cosignKey(t)
+	other, _ := cosignKey(t)
+	ss, err := verifytest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	trustedRoot, err := ss.TrustedRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		workflow = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"
+		fork     = "https://github.com/evil/app/.github/workflows/release.yml@refs/heads/main"
+	)
+	keyPolicy := map[string]string{"verify": "cosign-key", "verify-key": keyPEM}
+	keylessPolicy := map[string]string{"verify": "cosign-keyless", "verify-identity": workflow,
+		"verify-issuer": verify.GitHubIssuer, "verify-trusted-root": string(trustedRoot)}
+
+	forged := push("acme/forged")
+	signImage(t, forged, other, admin)
+	byFork := push("acme/fork-signed")
+	l, err := ss.LegacyKeyless(fork, verify.GitHubIssuer, verifytest.SimpleSigning(byFork.Context().String(), byFork.DigestStr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verifytest.WriteLegacy(byFork, []verifytest.Legacy{l}, admin); err != nil {
+		t.Fatal(err)
+	}
+	signed := push("acme/signed")
+	signImage(t, signed, key, admin)
+
+	for _, tt := range []struct {
+		name, repo, password string
+		policy               map[string]string
+		want, advice         string
+	}{
+		{"unsigned", "acme/private", testPassword, keyPolicy, "unsigned", "no signature the verify policy accepts"},
+		{"unsigned, after the credentials were refused", "acme/public", "wrong-password", keyPolicy, "unsigned", "no signature the verify policy accepts"},
+		{"signed by another key", "acme/forged", testPassword, keyPolicy, "invalid-signature", "verify-key is the public half"},
+		{"signed by another workflow", "acme/fork-signed", testPassword, keylessPolicy, "signer-mismatch", "not by the signer the policy names"},
+		{"signed", "acme/signed", testPassword, keyPolicy, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := map[string]string{"image": reg.host + "/" + tt.repo + ":1", "username": testUser, "password": tt.password,
+				"destination": "none", "retries": "0"}
+			for k, v := range tt.policy {
+				in[k] = v
+			}
+			s := runStep(t, in, nil)
+			var results []ResultJSON
+			if err := json.Unmarshal([]byte(s.outputs["results"]), &results); err != nil || len(results) != 1 {
+				t.Fatalf("results %q: %v\n%s", s.outputs["results"], err, s.stdout)
+			}
+			r := results[0]
+			if r.ErrorClass != tt.want {
+				t.Errorf("error_class %q, want %q (error %q)", r.ErrorClass, tt.want, r.Error)
+			}
+			if tt.want == "" {
+				if s.code != ExitOK || r.VerifyMethod != "cosign-key" {
+					t.Errorf("signed image: exit %d, result %+v", s.code, r)
+				}
+				return
+			}
+			if s.code != ExitFailed {
+				t.Errorf("exit %d, want %d", s.code, ExitFailed)
+			}
+			_, advice, found := strings.Cut(s.summary, "What to do")
+			if !found || !strings.Contains(advice, tt.advice) {
+				t.Errorf("the summary does not advise on the signature (%q):\n%s", tt.advice, s.summary)
+			}
+			for _, wrong := range []string{"read access", "username and password", "private"} {
+				if strings.Contains(advice, wrong) {
+					t.Errorf("the advice speaks of access (%q), not of the signature:\n%s", wrong, advice)
+				}
+			}
+		})
+	}
+}
+
+// The verify policy's errors name the action's inputs, as users knew them
+// before the policy's settings got names of their own: action names them
+// at its one boundary (named), every setting has an input of action.yml.
+func TestVerifyErrorsNameInputs(t *testing.T) {
+	md := testMetadata(t)
+	declared := map[string]bool{}
+	for _, in := range md.Inputs {
+		declared[in.Name] = true
+	}
+	for _, s := range verify.Settings {
+		if !declared[verifyInputs[s]] {
+			t.Errorf("setting %s: %q is no input of action.yml", s, verifyInputs[s])
+		}
+	}
+	_, pub := cosignKey(t)
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"verify-key": pub},
+			`input "verify-key": is set but verification is off (set verify to cosign-key, cosign-keyless or github-attestation)`},
+		{map[string]string{"verify": "cosign-key", "verify-key": pub, "verify-identity": "x"},
+			`input "verify-identity": does not apply to verify: cosign-key (remove it, or pick the method it belongs to)`},
+		{map[string]string{"verify": "cosign-key"},
+			`input "verify-key": is required for verify: cosign-key (give the PEM public key (cosign.pub) inline or as a file path)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity": verify: cosign-keyless needs the signer's identity (set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp)`},
+		{map[string]string{"verify": "cosign-keyless", "verify-identity": "a", "verify-identity-regexp": "^a$", "verify-issuer": verify.GitHubIssuer},
+			`input "verify-identity-regexp": is set together with verify-identity (set only one of them)`},
+		{map[string]string{"verify": "github-attestation", "verify-repository": "octo"},
+			`input "verify-repository": "octo" is not owner/name (name the repository whose workflow built the image, e.g. octo-org/app)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
 	}
 }

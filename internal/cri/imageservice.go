@@ -14,8 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
-	"net/http"
 	"strings"
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -41,9 +41,10 @@ const DefaultSocket = "/run/containerd/containerd.sock"
 const Namespace = "k8s.io"
 
 // ImageService is containerd's CRI image service, reached over any
-// connection to its socket. It satisfies Daemon.
+// connection to its socket. It satisfies pull.Daemon.
 type ImageService struct {
 	cc     *grpc.ClientConn
+	conn   io.Closer // what New's connections travel in, if anything
 	images runtimeapi.ImageServiceClient
 	names  imagesapi.ImagesClient // containerd's own images service (names.go)
 	// Version is what the runtime says of itself, e.g. "containerd 1.6.20~ds1".
@@ -56,8 +57,10 @@ var ErrNoCRI = errors.New("containerd answers, but serves no CRI v1 API: its CRI
 	"or it is older than 1.6; enable the plugin and restart containerd, or pull through Docker (remote-runtime: docker)")
 
 // New connects to containerd's CRI services through dial (called
-// for each connection gRPC opens) and checks that they answer.
-func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*ImageService, error) {
+// for each connection gRPC opens) and checks that they answer. conn, when
+// not nil, is what those connections travel in (an SSH connection): the
+// ImageService owns it, and Close closes it after the gRPC connection.
+func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error), conn io.Closer) (*ImageService, error) {
 	cc, err := grpc.NewClient("passthrough:///containerd",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }),
@@ -78,26 +81,43 @@ func New(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) 
 	}
 	return &ImageService{
 		cc:      cc,
+		conn:    conn,
 		images:  runtimeapi.NewImageServiceClient(cc),
 		names:   imagesapi.NewImagesClient(cc),
 		Version: strings.TrimSpace(v.RuntimeName + " " + v.RuntimeVersion),
 	}, nil
 }
 
-// Close ends the gRPC connection.
-func (d *ImageService) Close() error { return d.cc.Close() }
+// Close ends the gRPC connection, then what it travels in.
+func (d *ImageService) Close() error {
+	err := d.cc.Close()
+	if d.conn != nil {
+		err = errors.Join(err, d.conn.Close())
+	}
+	return err
+}
 
 // Runtime names the runtime and the namespace images land in.
 func (d *ImageService) Runtime() (name, namespace string) { return "containerd", Namespace }
 
 // Pull pulls ref with creds in the request, as the kubelet sends an
-// imagePullSecret, and reports whether the image ID changed. CRI reports no progress, and it pulls the node's
-// own platform (PullImageRequest has no platform): a platform asked for
-// that the node does not run is an error after the fact.
+// imagePullSecret, and reports whether the node got an image it lacked.
+// CRI reports no progress, and it pulls the node's own platform
+// (PullImageRequest has no platform): a platform asked for that the node
+// does not run is an error after the fact.
 func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, _ func(done, total int64)) (bool, error) {
 	before, err := d.imageID(ctx, ref)
 	if err != nil {
 		return false, classifyCRI(ctx, err, creds)
+	}
+	had := map[string]bool{before: true}
+	if before == "" && strings.Contains(ref, "@") {
+		// A name by digest the node does not hold (a mirror's
+		// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of
+		// the content: the image ID among those it lists does.
+		if had, err = d.ImageIDs(ctx); err != nil {
+			return false, classifyCRI(ctx, err, creds)
+		}
 	}
 	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
 	if !creds.IsAnonymous() {
@@ -115,12 +135,12 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 			return false, classifyCRI(ctx, err, creds)
 		}
 		if !image.SamePlatform(*platform, info.Platform) {
-			return false, &failure.BadInput{Input: "platform",
-				Problem: fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
-				Fix:     "leave platform empty for containerd hosts"}
+			return false, failure.Bad("platform",
+				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
+				"leave platform empty for containerd hosts")
 		}
 	}
-	return resp.ImageRef != before, nil
+	return !had[resp.ImageRef], nil
 }
 
 // imageID is the image ID ref names on the node, "" when it has none.
@@ -162,12 +182,10 @@ func (d *ImageService) Inspect(ctx context.Context, ref string) (image.Info, err
 	return info, nil
 }
 
-// classifyCRI places an error of a CRI call. containerd maps its error
-// kinds onto gRPC codes (errdefs.ToGRPC), but registry answers reach it as
-// text ("failed to fetch oauth token: unexpected status: 403 Forbidden",
-// "pull access denied, repository does not exist or may require
-// authorization"), so the code gives a status and failure.FromDaemon
-// reads both.
+// classifyCRI places an error of a CRI call: the step's own deadline and
+// errors that are no gRPC status as any network error, a CRI service that
+// is not there as ErrNoCRI, and the rest by failure.FromGRPC, the one
+// gRPC-code mapping (kube's kubelet errors go through it too).
 func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	anonymous := creds.IsAnonymous()
 	if ctx.Err() != nil {
@@ -177,24 +195,8 @@ func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
 	if !ok {
 		return ghcr.Classify(err, anonymous)
 	}
-	httpStatus := 0
-	switch st.Code() {
-	case codes.Unauthenticated:
-		httpStatus = http.StatusUnauthorized
-	case codes.PermissionDenied:
-		httpStatus = http.StatusForbidden
-	case codes.NotFound:
-		httpStatus = http.StatusNotFound
-	case codes.ResourceExhausted:
-		httpStatus = http.StatusTooManyRequests
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
-		// The channel to containerd broke, or containerd gave up on the
-		// registry: worth another try either way.
-		return &failure.Transient{Response: failure.Response{Where: "daemon", Message: failure.Clip(st.Message())}}
-	case codes.Unimplemented:
+	if st.Code() == codes.Unimplemented {
 		return ErrNoCRI
-	case codes.InvalidArgument:
-		return &failure.BadInput{Input: "image", Problem: "containerd refused the reference: " + st.Message()}
 	}
-	return failure.FromDaemon(httpStatus, st.Message(), anonymous)
+	return failure.FromGRPC(st.Code().String(), st.Message(), anonymous)
 }

@@ -31,7 +31,8 @@ import (
 )
 
 // fakeCRI is containerd's CRI service as far as ghcr-pull uses it: Version,
-// PullImage (answers from a script, then success) and ImageStatus.
+// PullImage (answers from a script, then success), ImageStatus and
+// ListImages.
 type fakeCRI struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	runtimeapi.UnimplementedImageServiceServer
@@ -64,6 +65,16 @@ func (f *fakeCRI) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (
 	id := "sha256:" + strings.Repeat("c", 64)
 	f.images[ref] = &runtimeapi.Image{Id: id, RepoTags: []string{ref}, RepoDigests: []string{repo + "@" + f.digest}}
 	return &runtimeapi.PullImageResponse{ImageRef: id}, nil
+}
+
+func (f *fakeCRI) ListImages(context.Context, *runtimeapi.ListImagesRequest) (*runtimeapi.ListImagesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &runtimeapi.ListImagesResponse{}
+	for _, img := range f.images {
+		resp.Images = append(resp.Images, img)
+	}
+	return resp, nil
 }
 
 func (f *fakeCRI) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
@@ -104,7 +115,7 @@ func startFakeCRI(t *testing.T, f *fakeCRI, withRuntime bool) func(context.Conte
 func TestContainerdPullAndInspect(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("d", 64)
 	f := &fakeCRI{digest: digest}
-	d, err := New(context.Background(), startFakeCRI(t, f, true))
+	d, err := New(context.Background(), startFakeCRI(t, f, true), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +132,12 @@ func TestContainerdPullAndInspect(t *testing.T) {
 	downloaded, err = d.Pull(context.Background(), ref, nil, ghcr.Anonymous, nil)
 	if err != nil || downloaded {
 		t.Fatalf("second pull of the same image: downloaded=%v err=%v", downloaded, err)
+	}
+	// The same image under a name the node never held (a mirror's, by
+	// digest): its ID is known, nothing new.
+	downloaded, err = d.Pull(context.Background(), "mirror.example:5000/acme/app@"+digest, nil, ghcr.Anonymous, nil)
+	if err != nil || downloaded {
+		t.Fatalf("the same image under a mirror's name: downloaded=%v err=%v", downloaded, err)
 	}
 	if a := f.auths[0]; a == nil || a.Username != "u" || a.Password != "p" || a.ServerAddress != "" {
 		t.Errorf("credentials sent as %+v", a)
@@ -159,7 +176,7 @@ func isBadInput(err error, input string) bool {
 }
 
 func TestContainerdWithoutCRI(t *testing.T) {
-	_, err := New(context.Background(), startFakeCRI(t, &fakeCRI{}, false))
+	_, err := New(context.Background(), startFakeCRI(t, &fakeCRI{}, false), nil)
 	if !errors.Is(err, ErrNoCRI) || !strings.Contains(err.Error(), `disabled_plugins = ["cri"]`) {
 		t.Fatalf("err = %v, want ErrNoCRI", err)
 	}
@@ -219,7 +236,7 @@ func TestRunContainerdFallback(t *testing.T) {
 	f := &fakeCRI{digest: digest, answers: []error{status.Error(codes.Unknown,
 		`failed to pull and unpack image "`+ref+`": failed to resolve reference "`+ref+`": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`)}}
 	dial := startFakeCRI(t, f, true)
-	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial) }}}
+	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial, nil) }}}
 	res := pull.Run(context.Background(), images, targets, pull.Options{
 		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}, Fallback: true,
 		Retry: retry.Policy{Retries: 1, Base: time.Millisecond, Max: time.Millisecond},

@@ -3,16 +3,19 @@ package cri
 // Image names through containerd's images service, beside CRI on the same
 // socket. CRI has no tag call, and its RemoveImage removes an image with
 // every name it has; containerd's images service (the metadata store the
-// CRI plugin itself writes) creates and deletes one name at a time. The
-// relayed route (ssh-transfer: relay) uses it to give an image pulled from
-// the host's loopback the user's names and to drop the loopback ones.
+// CRI plugin itself writes) creates and deletes one name at a time. An
+// image pulled by digest under a name that is not the user's (the relay's
+// loopback, ssh-transfer: relay; a mirror's, docs/mirrors.md) is given the
+// user's names and loses that one through Rename.
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	"github.com/distribution/reference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -103,4 +106,59 @@ func (d *ImageService) ImageIDs(ctx context.Context) (map[string]bool, error) {
 		ids[img.Id] = true
 	}
 	return ids, nil
+}
+
+// Namer adds and removes single image names in k8s.io (*ImageService).
+type Namer interface {
+	Name(ctx context.Context, ref, name string) error
+	Unname(ctx context.Context, name string) error
+}
+
+// Rename gives the image that from names (pulled by digest under a name
+// that is not the user's: the relay's loopback, a mirror's) each of names,
+// spelled as the CRI plugin spells them, and then removes the name from,
+// also when naming failed or ctx ended: that name never stays on the node.
+// The image stays, held by its ID record and the names given. With no
+// names, Rename only removes from.
+func Rename(ctx context.Context, n Namer, from string, names ...string) (err error) {
+	keep := false // from is one of names: it stays
+	defer func() {
+		if keep {
+			return
+		}
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if uerr := n.Unname(cleanup, from); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+	}()
+	for _, name := range names {
+		canon, err := CanonicalName(name)
+		if err != nil {
+			return err
+		}
+		if canon == from {
+			keep = true
+			continue
+		}
+		if err := n.Name(ctx, from, canon); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Rename is Rename on this image service.
+func (d *ImageService) Rename(ctx context.Context, from string, names ...string) error {
+	return Rename(ctx, d, from, names...)
+}
+
+// CanonicalName is ref as containerd's CRI plugin names images:
+// normalized (docker.io/library/busybox), a bare repository tagged latest.
+func CanonicalName(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", err
+	}
+	return reference.TagNameOnly(named).String(), nil
 }

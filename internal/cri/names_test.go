@@ -146,7 +146,7 @@ func startFakeContainerd(t *testing.T, f *fakeContainerd) *ImageService {
 	imagesapi.RegisterImagesServer(srv, f)
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
-	d, err := New(context.Background(), func(ctx context.Context) (net.Conn, error) { return l.DialContext(ctx) })
+	d, err := New(context.Background(), func(ctx context.Context) (net.Conn, error) { return l.DialContext(ctx) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,6 +244,36 @@ func TestNames(t *testing.T) {
 		want := []string{"ghcr.io/acme/app:1", pinnedName, "sha256:imageid"}
 		if got := f.names(); !slices.Equal(got, want) {
 			t.Errorf("names %q, want %q", got, want)
+		}
+	})
+
+	t.Run("Rename: the user's names, spelled as CRI does, in place of the pulled one, which goes even when naming fails", func(t *testing.T) {
+		f := newFakeContainerd()
+		d := startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, pinnedName, "ghcr.io/acme/app"); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ghcr.io/acme/app:latest", "ghcr.io/acme/app:1", pinnedName, "sha256:imageid"}
+		slices.Sort(want)
+		if got := f.names(); !slices.Equal(got, want) {
+			t.Errorf("names %q, want %q", got, want)
+		}
+		// A name among the names asked for stays.
+		f = newFakeContainerd()
+		d = startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, loopbackName, pinnedName); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.names(); !slices.Contains(got, loopbackName) || !slices.Contains(got, pinnedName) {
+			t.Errorf("names %q, want %s kept and %s added", got, loopbackName, pinnedName)
+		}
+		f = newFakeContainerd()
+		d = startFakeContainerd(t, f)
+		if err := d.Rename(ctx, loopbackName, "NOT A NAME"); err == nil {
+			t.Error("a bad name was given")
+		}
+		if slices.Contains(f.names(), loopbackName) {
+			t.Errorf("the pulled name stayed: %q", f.names())
 		}
 	})
 

@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -30,6 +32,7 @@ import (
 type Engine struct {
 	client *client.Client
 	server *pingServer
+	conn   io.Closer // what Over's connections travel in; nil for Open
 }
 
 // Names of the engines behind the Docker Engine API.
@@ -80,7 +83,7 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 	}
 	cli, err := client.New(opts...)
 	if err != nil {
-		return nil, &failure.BadInput{Input: "docker-host", Problem: err.Error(), Fix: "use unix:///path/to/docker.sock or tcp://host:port"}
+		return nil, failure.Bad("docker-host", err.Error(), "use unix:///path/to/docker.sock or tcp://host:port")
 	}
 	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		cli.Close()
@@ -91,8 +94,10 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 
 // Over speaks the Engine API over connections from dial (each one reaches
 // the daemon's socket; the network and address the client asks for do not
-// matter) and checks that the daemon answers.
-func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error)) (*Engine, error) {
+// matter) and checks that the daemon answers. conn, when not nil, is what
+// those connections travel in (an SSH connection): the Engine owns it, and
+// Close closes it after the client.
+func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error), conn io.Closer) (*Engine, error) {
 	server := &pingServer{}
 	cli, err := client.New(
 		client.WithHost("http://docker"),
@@ -107,11 +112,17 @@ func Over(ctx context.Context, dial func(ctx context.Context) (net.Conn, error))
 		cli.Close()
 		return nil, err
 	}
-	return &Engine{client: cli, server: server}, nil
+	return &Engine{client: cli, server: server, conn: conn}, nil
 }
 
-// Close releases the client's connections.
-func (e *Engine) Close() error { return e.client.Close() }
+// Close releases the client's connections, then what they travel in.
+func (e *Engine) Close() error {
+	err := e.client.Close()
+	if e.conn != nil {
+		err = errors.Join(err, e.conn.Close())
+	}
+	return err
+}
 
 // Runtime names the runtime (docker or podman, from its ping answer);
 // neither has namespaces to report.
@@ -262,7 +273,7 @@ func classifyCall(ctx context.Context, err error, creds ghcr.Credentials) error 
 	case cerrdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
 	case cerrdefs.IsInvalidArgument(err):
-		return &failure.BadInput{Input: "image", Problem: err.Error()}
+		return failure.Bad("image", err.Error(), "")
 	}
 	if !cerrdefs.IsUnknown(err) && status == http.StatusInternalServerError && client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("the Docker daemon is unreachable: %w", err)

@@ -52,7 +52,7 @@ func TestOverRecognisesPodman(t *testing.T) {
 	e, err := Over(context.Background(), func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", strings.TrimPrefix(srv.URL, "http://"))
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

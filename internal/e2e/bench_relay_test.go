@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -19,33 +20,106 @@ import (
 )
 
 // BenchmarkRelay puts ssh-transfer: relay beside the routes users have
-// (issue 23), side by side in one run:
+// (issue 23), on Docker hosts and on containerd hosts (the kind axis,
+// relayBenchKinds). Each op runs every route once, in an order rotating
+// from op to op (interleave), so relay and what it is compared with share
+// the machine's load; each route reports <route>-s/op and its figures.
 //
-//   - fresh: one host with no image, relay against a direct pull by the
-//     host (ssh-transfer: direct);
+//   - fresh/hosts=1: one host with no image, relay against a direct pull by
+//     the host (ssh-transfer: direct: dockerd's pull, CRI PullImage);
+//     relay/direct is the wall ratio;
 //
 //   - update: one layer of 1 MiB changed on top of 2 × 4 MiB, relay against
-//     `docker save | ssh host docker load` (the save from another host's
-//     daemon that has the new image); sent-bytes/op is what travelled to
-//     the host (the relay's relayed_bytes; the archive's size);
+//     the archive route (`docker save | ssh host docker load`, `ctr images
+//     export | ssh host ctr images import`, the archive made on another
+//     host that pulled the new image); <route>/relay is how many times
+//     faster relay is; sent-bytes/op is what travelled to the host (the
+//     relay's relayed_bytes; the archive's size), sent/changed over the
+//     changed layer;
 //
-//   - hosts=4: four fresh hosts at once, relay against direct pulls and
-//     against `ssh h docker pull` on the four at once (the hosts reach the
-//     registry); blob-gets/op counts the registry's blob GETs,
-//     upstream-bytes/op the blob bytes it answered (upstream/image: in
-//     images).
+//   - fresh/hosts=4 (Docker): four fresh hosts at once, relay against direct
+//     pulls and against `ssh h docker pull` on the four at once (the hosts
+//     reach the registry); blob-gets/op counts the registry's blob GETs,
+//     upstream/image the blob bytes it answered, in images.
 //
-//     go test ./internal/e2e -run '^$' -bench Relay -benchtime 3x
+// With GHCR_PULL_BENCH_BEFORE naming an earlier build, "relay-before"
+// runs it as one more route. The machine's load average is printed before
+// and after each kind. docs/benchmarks.md gives the command.
 func BenchmarkRelay(b *testing.B) {
 	e := Start(b)
-	for _, tool := range []string{"ssh", "docker"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFatal(b, "%s not installed: %v", tool, err)
+	if _, err := exec.LookPath("ssh"); err != nil {
+		skipOrFatal(b, "ssh not installed: %v", err)
+	}
+	for _, k := range relayBenchKinds {
+		b.Run(k.name, func(b *testing.B) {
+			logLoad(b, "before")
+			defer logLoad(b, "after")
+			benchRelayKind(b, e, k)
+		})
+	}
+}
+
+// relayBenchKind is one kind of host in BenchmarkRelay: how to start and
+// empty one, and the archive route a user runs today.
+type relayBenchKind struct {
+	name  string
+	opts  RemoteHostOptions
+	hosts int // 4 runs the fleet case
+	empty func(b *testing.B, h *RemoteHost)
+	// archive names the archive route; export writes ref's image from h's
+	// runtime to stdout (run here, against h's socket), load reads it on
+	// the target host (run there over ssh).
+	archive string
+	export  func(h *RemoteHost, ref string) *exec.Cmd
+	load    []string
+}
+
+var relayBenchKinds = []relayBenchKind{
+	{
+		name: "docker", hosts: 4, empty: emptyDockerd,
+		archive: "save-load",
+		export: func(h *RemoteHost, ref string) *exec.Cmd {
+			return exec.Command("docker", "-H", "unix://"+h.DockerSocket(), "save", ref)
+		},
+		load: []string{"docker", "load", "-q"},
+	},
+	{
+		name: "containerd", opts: RemoteHostOptions{Kind: WithContainerd}, hosts: 2, empty: emptyK8sIO,
+		archive: "export-import",
+		export: func(h *RemoteHost, ref string) *exec.Cmd {
+			return exec.Command("ctr", "--address", h.ContainerdSocket(), "-n", "k8s.io", "images", "export", "-", ref)
+		},
+		load: []string{"ctr", "-n", "k8s.io", "images", "import", "--snapshotter", ContainerdSnapshotter, "-"},
+	},
+}
+
+// logLoad prints the machine's load average beside the figures, which are
+// read against it (on stdout: a parent benchmark's log is not shown).
+func logLoad(b *testing.B, when string) {
+	load, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fmt.Printf("%s: load average %s: %s\n", b.Name(), when, strings.TrimSpace(string(load)))
+}
+
+// emptyDockerd removes every image of h's dockerd.
+func emptyDockerd(b *testing.B, h *RemoteHost) {
+	imgs, err := h.Docker().ImageList(context.Background(), client.ImageListOptions{All: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, img := range imgs.Items {
+		if _, err := h.Docker().ImageRemove(context.Background(), img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil {
+			b.Fatalf("rmi on %s: %v", h.Name, err)
 		}
 	}
-	hosts := make([]*RemoteHost, 4)
+}
+
+func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
+	hosts := make([]*RemoteHost, k.hosts)
 	for i := range hosts {
-		hosts[i] = StartRemoteHost(b, fmt.Sprintf("brl%d", i), RemoteHostOptions{})
+		hosts[i] = StartRemoteHost(b, fmt.Sprintf("brl%s%d", k.name[:1], i), k.opts)
 		if i > 0 {
 			hosts[i].AuthorizeKey(b, hosts[0].ClientSigner().PublicKey())
 		}
@@ -55,6 +129,7 @@ func BenchmarkRelay(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	freshImg = withPlatform(b, freshImg)
 	freshRef, _ := name.ParseReference(e.Host + "/bench/relay:1")
 	e.pushImageAs(b, freshRef, freshImg)
 	// sizes: the fresh image's blobs, to count the bytes fetched upstream.
@@ -71,12 +146,13 @@ func BenchmarkRelay(b *testing.B) {
 	for _, h := range hosts {
 		known = append(known, h.KnownHosts())
 	}
-	action := func(b *testing.B, ref, transfer string, hs ...*RemoteHost) Result {
+	before := e.previousBuild()
+	action := func(b *testing.B, env *Env, ref, transfer string, hs ...*RemoteHost) Result {
 		var names []string
 		for _, h := range hs {
 			names = append(names, h.SSHHost())
 		}
-		res := e.RunAction(b, map[string]string{
+		res := env.RunAction(b, map[string]string{
 			"image": ref, "auth": "anonymous", "summary": "false", "ssh-transfer": transfer,
 			"ssh-host": strings.Join(names, ","), "ssh-key": hosts[0].ClientKeyPEM(),
 			"ssh-known-hosts": strings.Join(known, "\n"), "insecure-registry": regAddr,
@@ -85,19 +161,6 @@ func BenchmarkRelay(b *testing.B) {
 			b.Fatalf("ghcr-pull (%s) exit %d\n%s", transfer, res.ExitCode, res.Stdout)
 		}
 		return res
-	}
-	wipe := func(b *testing.B, hs ...*RemoteHost) {
-		for _, h := range hs {
-			imgs, err := h.Docker().ImageList(context.Background(), client.ImageListOptions{All: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, img := range imgs.Items {
-				if _, err := h.Docker().ImageRemove(context.Background(), img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil {
-					b.Fatalf("rmi on %s: %v", h.Name, err)
-				}
-			}
-		}
 	}
 	blobGets := func() int {
 		n := 0
@@ -108,7 +171,6 @@ func BenchmarkRelay(b *testing.B) {
 		}
 		return n
 	}
-
 	// upstreamBytes: the fresh image's blob bytes the registry answered.
 	upstreamBytes := func() int64 {
 		var n int64
@@ -133,14 +195,17 @@ func BenchmarkRelay(b *testing.B) {
 	if err := os.WriteFile(khFile, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
 		b.Fatal(err)
 	}
+	ssh := func(h *RemoteHost, args ...string) *exec.Cmd {
+		return exec.Command("ssh", append([]string{"-i", keyFile, "-o", "UserKnownHostsFile=" + khFile, "-o", "StrictHostKeyChecking=yes",
+			"-o", "BatchMode=yes", h.User() + "@" + h.IP()}, args...)...)
+	}
 	// sshPulls is the baseline the issue names: `ssh h docker pull` on
 	// every host at once, each host's dockerd fetching from the registry.
 	sshPulls := func(b *testing.B, hs ...*RemoteHost) {
 		cmds := make([]*exec.Cmd, len(hs))
 		outs := make([]strings.Builder, len(hs))
 		for i, h := range hs {
-			cmds[i] = exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-				"-o", "BatchMode=yes", h.SSHHost()[:strings.LastIndex(h.SSHHost(), ":")], "docker", "pull", "-q", fresh)
+			cmds[i] = ssh(h, "docker", "pull", "-q", fresh)
 			cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
 			if err := cmds[i].Start(); err != nil {
 				b.Fatal(err)
@@ -152,34 +217,37 @@ func BenchmarkRelay(b *testing.B) {
 			}
 		}
 	}
+	// relayRoutes: this build's relay and, with GHCR_PULL_BENCH_BEFORE, the
+	// earlier build's.
+	relayRoutes := func(run func(b *testing.B, env *Env)) []benchRoute {
+		rs := []benchRoute{{name: "relay", run: func(b *testing.B) { run(b, e) }}}
+		if before != nil {
+			rs = append(rs, benchRoute{name: "relay-before", run: func(b *testing.B) { run(b, before) }})
+		}
+		return rs
+	}
 	for _, n := range []int{1, 4} {
-		routes := []string{"relay", "direct"}
+		if n > k.hosts {
+			continue
+		}
+		hs := hosts[:n]
+		routes := relayRoutes(func(b *testing.B, env *Env) { action(b, env, fresh, "relay", hs...) })
+		routes = append(routes, benchRoute{name: "direct", run: func(b *testing.B) { action(b, e, fresh, "direct", hs...) }})
 		if n > 1 {
-			routes = append(routes, "ssh-docker-pull")
+			routes = append(routes, benchRoute{name: "ssh-docker-pull", run: func(b *testing.B) { sshPulls(b, hs...) }})
 		}
-		for _, route := range routes {
-			b.Run(fmt.Sprintf("fresh/hosts=%d/%s", n, route), func(b *testing.B) {
-				gets := 0
-				var up int64
-				for i := 0; i < b.N; i++ {
-					b.StopTimer()
-					wipe(b, hosts[:n]...)
-					e.Front.ResetLog()
-					b.StartTimer()
-					if route == "ssh-docker-pull" {
-						sshPulls(b, hosts[:n]...)
-					} else {
-						action(b, fresh, route, hosts[:n]...)
-					}
-					b.StopTimer()
-					gets += blobGets()
-					up += upstreamBytes()
+		for i := range routes {
+			routes[i].prepare = func(b *testing.B) {
+				for _, h := range hs {
+					k.empty(b, h)
 				}
-				b.ReportMetric(float64(gets)/float64(b.N), "blob-gets/op")
-				b.ReportMetric(float64(up)/float64(b.N), "upstream-bytes/op")
-				b.ReportMetric(float64(up)/float64(b.N)/float64(imageBytes), "upstream/image")
-			})
+				e.Front.ResetLog()
+			}
+			routes[i].measure = func(b *testing.B) map[string]float64 {
+				return map[string]float64{"blob-gets/op": float64(blobGets()), "upstream/image": float64(upstreamBytes()) / float64(imageBytes)}
+			}
 		}
+		b.Run(fmt.Sprintf("fresh/hosts=%d", n), func(b *testing.B) { interleave(b, routes, false) })
 	}
 
 	// update: hosts[0] holds the previous version; hosts[1] pulls the new
@@ -188,8 +256,10 @@ func BenchmarkRelay(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	base = withPlatform(b, base)
 	update := regAddr + "/bench/relay-update:1"
-	next := func(b *testing.B) int64 {
+	var changed int64
+	next := func(b *testing.B) {
 		layer, err := random.Layer(1<<20, types.DockerLayer)
 		if err != nil {
 			b.Fatal(err)
@@ -200,72 +270,127 @@ func BenchmarkRelay(b *testing.B) {
 		}
 		ref, _ := name.ParseReference(e.Host + "/bench/relay-update:1")
 		e.pushImageAs(b, ref, img)
-		size, _ := layer.Size()
-		return size
+		changed, _ = layer.Size()
 	}
-	wipe(b, hosts[0], hosts[1])
+	k.empty(b, hosts[0])
+	k.empty(b, hosts[1])
 	next(b)
-	action(b, update, "relay", hosts[0])
-	saveLoad := func(b *testing.B) int64 {
-		save := exec.Command("docker", "-H", "unix://"+hosts[1].DockerSocket(), "save", update)
-		load := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", hosts[0].SSHHost()[:strings.LastIndex(hosts[0].SSHHost(), ":")], "docker", "load", "-q")
-		out, err := save.StdoutPipe()
+	action(b, e, update, "relay", hosts[0])
+	// archive: export on hosts[1] | ssh hosts[0] load, the bytes piped.
+	var sent int64
+	archive := func(b *testing.B) {
+		export := k.export(hosts[1], update)
+		load := ssh(hosts[0], k.load...)
+		out, err := export.StdoutPipe()
 		if err != nil {
 			b.Fatal(err)
 		}
+		var exportErr strings.Builder
+		export.Stderr = &exportErr
 		in, err := load.StdinPipe()
 		if err != nil {
 			b.Fatal(err)
 		}
 		var loadOut strings.Builder
 		load.Stdout, load.Stderr = &loadOut, &loadOut
-		if err := save.Start(); err != nil {
+		if err := export.Start(); err != nil {
 			b.Fatal(err)
 		}
 		if err := load.Start(); err != nil {
 			b.Fatal(err)
 		}
-		n, err := io.Copy(in, out)
+		sent, err = io.Copy(in, out)
 		in.Close()
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := save.Wait(); err != nil {
-			b.Fatalf("docker save: %v", err)
+		if err := export.Wait(); err != nil {
+			b.Fatalf("%s export: %v\n%s", k.name, err, exportErr.String())
 		}
 		if err := load.Wait(); err != nil {
-			b.Fatalf("ssh docker load: %v\n%s", err, loadOut.String())
+			b.Fatalf("ssh %s: %v\n%s", strings.Join(k.load, " "), err, loadOut.String())
 		}
-		return n
 	}
-	for _, route := range []string{"relay", "save-load"} {
-		b.Run("update/"+route, func(b *testing.B) {
-			var sent, changed int64
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				changed += next(b)
-				if route == "save-load" {
-					action(b, update, "direct", hosts[1])
-				}
-				b.StartTimer()
-				if route == "relay" {
-					res := action(b, update, "relay", hosts[0])
-					b.StopTimer()
-					var rs []struct {
-						RelayedBytes int64 `json:"relayed_bytes"`
-					}
-					if err := json.Unmarshal([]byte(res.Outputs["results"]), &rs); err != nil || len(rs) != 1 {
-						b.Fatalf("results %q: %v", res.Outputs["results"], err)
-					}
-					sent += rs[0].RelayedBytes
-				} else {
-					sent += saveLoad(b)
-					b.StopTimer()
+	routes := relayRoutes(func(b *testing.B, env *Env) {
+		res := action(b, env, update, "relay", hosts[0])
+		var rs []struct {
+			RelayedBytes int64 `json:"relayed_bytes"`
+		}
+		if err := json.Unmarshal([]byte(res.Outputs["results"]), &rs); err != nil || len(rs) != 1 {
+			b.Fatalf("results %q: %v", res.Outputs["results"], err)
+		}
+		sent = rs[0].RelayedBytes
+	})
+	for i := range routes {
+		routes[i].prepare = next
+	}
+	routes = append(routes, benchRoute{name: k.archive, run: archive, prepare: func(b *testing.B) {
+		next(b)
+		action(b, e, update, "direct", hosts[1])
+	}})
+	for i := range routes {
+		routes[i].measure = func(b *testing.B) map[string]float64 {
+			return map[string]float64{"sent-bytes/op": float64(sent), "sent/changed": float64(sent) / float64(changed)}
+		}
+	}
+	b.Run("update", func(b *testing.B) { interleave(b, routes, true) })
+}
+
+// benchRoute is one way of doing a benchmark's op.
+type benchRoute struct {
+	name    string
+	prepare func(b *testing.B) // untimed, before run
+	run     func(b *testing.B)
+	// measure, untimed after run, returns figures of the op to report
+	// per route (averaged over the ops).
+	measure func(b *testing.B) map[string]float64
+}
+
+// interleave runs every route once per op, in an order that rotates from
+// op to op, so that routes compared see the same machine (a shared
+// machine's load changes from minute to minute). It reports each route's
+// mean wall time (<route>-s/op) and figures, and the first route's time
+// against each other route's: relay/<route> (fresh), or <route>/relay,
+// how many times faster the first is (speedup). ns/op is the sum.
+func interleave(b *testing.B, routes []benchRoute, speedup bool) {
+	took := make([]time.Duration, len(routes))
+	sums := make([]map[string]float64, len(routes))
+	for i := range sums {
+		sums[i] = map[string]float64{}
+	}
+	b.StopTimer()
+	for op := range b.N {
+		for j := range routes {
+			k := (op + j) % len(routes)
+			r := routes[k]
+			if r.prepare != nil {
+				r.prepare(b)
+			}
+			start := time.Now()
+			b.StartTimer()
+			r.run(b)
+			b.StopTimer()
+			took[k] += time.Since(start)
+			if r.measure != nil {
+				for m, v := range r.measure(b) {
+					sums[k][m] += v
 				}
 			}
-			b.ReportMetric(float64(sent)/float64(b.N), "sent-bytes/op")
-			b.ReportMetric(float64(sent)/float64(changed), "sent/changed")
-		})
+		}
+	}
+	n := float64(b.N)
+	for k, r := range routes {
+		b.ReportMetric(took[k].Seconds()/n, r.name+"-s/op")
+		for m, v := range sums[k] {
+			b.ReportMetric(v/n, r.name+"-"+m)
+		}
+		if k == 0 {
+			continue
+		}
+		if speedup {
+			b.ReportMetric(float64(took[k])/float64(took[0]), r.name+"/"+routes[0].name)
+		} else {
+			b.ReportMetric(float64(took[0])/float64(took[k]), routes[0].name+"/"+r.name)
+		}
 	}
 }

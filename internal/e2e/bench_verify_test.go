@@ -65,15 +65,15 @@ func TestVerifyCost(t *testing.T) {
 	trust := []string{"--trusted-root", trFile, "--insecure-ignore-sct", "--allow-insecure-registry"}
 	cases := []struct {
 		name   string
-		policy map[string]string
+		policy map[verify.Setting]string
 		d      name.Digest
 		cosign []string
 	}{
-		{"cosign-key", map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)}, keyDigest,
+		{"cosign-key", map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: string(pubPEM)}, keyDigest,
 			[]string{"verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-insecure-registry", keyDigest.String()}},
-		{"cosign-keyless", map[string]string{"verify": "cosign-keyless", "verify-identity": testWorkflow, "verify-issuer": verify.GitHubIssuer, "verify-trusted-root": trFile}, keylessDigest,
+		{"cosign-keyless", map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentity: testWorkflow, verify.SettingIssuer: verify.GitHubIssuer, verify.SettingTrustedRoot: trFile}, keylessDigest,
 			append([]string{"verify", "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer}, append(trust, keylessDigest.String())...)},
-		{"github-attestation", map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": trFile}, attestDigest,
+		{"github-attestation", map[verify.Setting]string{verify.SettingMethod: "github-attestation", verify.SettingRepository: "octo/app", verify.SettingTrustedRoot: trFile}, attestDigest,
 			append([]string{"verify-attestation", "--new-bundle-format", "--type", verify.SLSAProvenanceV1, "--certificate-identity", testWorkflow, "--certificate-oidc-issuer", verify.GitHubIssuer}, append(trust, attestDigest.String())...)},
 	}
 	runs := 5

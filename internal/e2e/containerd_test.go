@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 )
@@ -20,6 +21,17 @@ func pushNodeImage(t testing.TB, e *Env, repo, tag string, layerSize, layers int
 	if err != nil {
 		t.Fatal(err)
 	}
+	ref, err := name.ParseReference(e.Host + "/" + repo + ":" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.pushImageAs(t, ref, withPlatform(t, img))
+}
+
+// withPlatform is img with this machine's platform in its config:
+// containerd matches an image's platform against the node's.
+func withPlatform(t testing.TB, img v1.Image) v1.Image {
+	t.Helper()
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
@@ -29,11 +41,7 @@ func pushNodeImage(t testing.TB, e *Env, repo, tag string, layerSize, layers int
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := name.ParseReference(e.Host + "/" + repo + ":" + tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e.pushImageAs(t, ref, img)
+	return img
 }
 
 // ctrImages lists the host's k8s.io images as "ref digest" pairs.

@@ -28,7 +28,7 @@ func criInspect(t *testing.T, h *RemoteHost, ref string) (image.Info, error) {
 	d, err := cri.New(ctx, func(ctx context.Context) (net.Conn, error) {
 		var dl net.Dialer
 		return dl.DialContext(ctx, "unix", h.ContainerdSocket())
-	})
+	}, nil)
 	if err != nil {
 		t.Fatalf("%s: CRI: %v", h.Name, err)
 	}

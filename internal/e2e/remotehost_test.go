@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -25,68 +24,52 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
-// These tests prove the remote host infrastructure with sshdeploy: real
-// sshd (OpenSSH), real dockerd, in a namespace of the test's own.
+// These tests prove the remote host infrastructure with sshdeploy's one
+// public path, the action's: Parse the inputs, Open a host, pull. Real sshd
+// (OpenSSH), real dockerd, in a namespace of the test's own. How a
+// connection picks its route is sshdeploy's own tests' business; here the
+// host's record of the commands it ran tells the routes apart (stream-local
+// runs none).
 
-func dialRemote(t *testing.T, h *RemoteHost, policy *sshdeploy.HostKeyPolicy, signer ssh.Signer, jumps ...sshdeploy.Host) (*sshdeploy.Conn, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	conn, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: h.User(), Name: h.IP(), Port: h.Port()},
-		sshdeploy.Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatalf("dial %s: %v", h.SSHHost(), err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn, time.Since(start)
+// remoteInputs reach h's dockerd with its client key and known hosts.
+func remoteInputs(h *RemoteHost) sshdeploy.Inputs {
+	return sshdeploy.Inputs{Hosts: h.SSHHost(), Key: h.ClientKeyPEM(), KnownHosts: h.KnownHosts(), Timeout: "10s",
+		Runtime: "docker", DockerSocket: h.DockerSocket()}
 }
 
-func hostKeyPolicy(t *testing.T, known, fingerprints string) *sshdeploy.HostKeyPolicy {
+// openRemote parses in and opens its first host, as the action does; the
+// runtime is closed when the test ends.
+func openRemote(t *testing.T, in sshdeploy.Inputs) (sshdeploy.Runtime, time.Duration, error) {
 	t.Helper()
-	p, err := sshdeploy.ParseHostKeyPolicy(known, fingerprints, false)
+	s, err := sshdeploy.Parse(in)
 	if err != nil {
-		t.Fatal(err)
+		return nil, 0, err
 	}
-	return p
-}
-
-// tunnelClient is a moby client whose every connection is dialled over SSH.
-func tunnelClient(t *testing.T, conn *sshdeploy.Conn, socket string) *client.Client {
-	t.Helper()
-	cli, err := client.New(client.WithHost("http://docker"), client.WithDialContext(conn.DockerDialer(socket)), client.WithAPIVersionNegotiation())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
-// pingOverSSH times a bare DialDocker (the route discovery on the first
-// call) and then a ping and a version call through the tunnel.
-func pingOverSSH(t *testing.T, conn *sshdeploy.Conn, socket string) (dial time.Duration) {
-	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	c, err := conn.DialDocker(ctx, socket)
+	rt, err := sshdeploy.Open(ctx, s.Hosts[0], s)
 	if err != nil {
-		t.Fatal(err)
+		return nil, 0, err
 	}
-	dial = time.Since(start)
-	c.Close()
-	cli := tunnelClient(t, conn, socket)
-	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-		t.Fatalf("ping over %s: %v", conn.Route(), err)
-	}
-	v, err := cli.ServerVersion(ctx, client.ServerVersionOptions{})
+	t.Cleanup(func() { rt.Close() })
+	return rt, time.Since(start), nil
+}
+
+// mustOpen is openRemote that fails the test on an error.
+func mustOpen(t *testing.T, in sshdeploy.Inputs) (sshdeploy.Runtime, time.Duration) {
+	t.Helper()
+	rt, d, err := openRemote(t, in)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("open %s: %v", in.Hosts, err)
 	}
-	t.Logf("remote dockerd %s (API %s) over %s", v.Version, v.APIVersion, conn.Route())
-	return dial
+	return rt, d
 }
 
 func runKeyscan(t *testing.T, args ...string) string {
@@ -105,48 +88,32 @@ func TestRemoteHost(t *testing.T) {
 	// none.
 	Start(t)
 	h := StartRemoteHost(t, "infra", RemoteHostOptions{HostKeyTypes: []string{"ed25519", "ecdsa", "rsa"}})
-	signer := h.ClientSigner()
 
 	t.Run("ssh-keyscan output verifies the host", func(t *testing.T) {
 		for _, args := range [][]string{{"-p", "22", h.IP()}, {"-H", "-p", "22", h.IP()}} {
-			out := runKeyscan(t, args...)
-			conn, d := dialRemote(t, h, hostKeyPolicy(t, out, ""), signer)
-			t.Logf("ssh-keyscan %v: verified %s in %s", args, conn.HostKeyFingerprint(), d)
+			in := remoteInputs(h)
+			in.KnownHosts = runKeyscan(t, args...)
+			_, d := mustOpen(t, in)
+			t.Logf("ssh-keyscan %v: verified and opened in %s", args, d)
 		}
 	})
 
 	t.Run("stream-local", func(t *testing.T) {
-		conn, connect := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), signer)
-		dial := pingOverSSH(t, conn, h.DockerSocket())
-		if conn.Route() != sshdeploy.RouteStreamLocal {
-			t.Fatalf("route %q", conn.Route())
+		rt, d := mustOpen(t, remoteInputs(h))
+		if name, _ := rt.(interface{ Runtime() (string, string) }).Runtime(); name != "docker" {
+			t.Fatalf("runtime %q", name)
 		}
+		if _, err := rt.Inspect(context.Background(), "e2e/absent:v1"); err == nil {
+			t.Fatal("inspected an image the host does not have")
+		}
+		// dial-stdio would have run a command for each connection.
 		if cmds := h.Commands(); len(cmds) != 0 {
 			t.Fatalf("stream-local ran commands on the host: %q", cmds)
 		}
-		start := time.Now()
-		c, err := conn.DialDocker(context.Background(), h.DockerSocket())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		t.Logf("timing: connect+handshake+auth %s, first DialDocker (stream-local) %s, later DialDocker %s", connect, dial, time.Since(start))
+		t.Logf("timing: connect+handshake+auth+route+ping (stream-local) %s", d)
 	})
 
-	t.Run("the default socket path over SSH is the remote dockerd", func(t *testing.T) {
-		conn, _ := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), signer)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		info, err := tunnelClient(t, conn, "/var/run/docker.sock").Info(ctx, client.InfoOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := filepath.Join(h.Dir, "data"); info.Info.DockerRootDir != want {
-			t.Fatalf("/var/run/docker.sock over SSH is the daemon with data-root %s, want the remote's %s", info.Info.DockerRootDir, want)
-		}
-	})
-
-	t.Run("remote dockerd pulls from a registry exposed on HostAddr", func(t *testing.T) {
+	t.Run("remote dockerd pulls from a registry exposed on HostAddr, by the default socket path", func(t *testing.T) {
 		reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 		defer reg.Close()
 		regAddr := strings.TrimPrefix(reg.URL, "http://")
@@ -162,22 +129,24 @@ func TestRemoteHost(t *testing.T) {
 		if !strings.HasPrefix(exposed, h.HostAddr()+":") {
 			t.Fatalf("exposed on %s", exposed)
 		}
-		conn, _ := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), signer)
-		cli := tunnelClient(t, conn, h.DockerSocket())
+		// /var/run/docker.sock over SSH is the remote's dockerd, not the
+		// runner's: the image lands there and only there.
+		in := remoteInputs(h)
+		in.DockerSocket = ""
+		rt, _ := mustOpen(t, in)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		remoteRef := exposed + "/e2e/remotehost:v1"
 		// Credentials travel only in the pull call's X-Registry-Auth (this
 		// registry ignores them); afterwards the host holds no copy.
 		const secret = "e2e-registry-secret-51c3"
-		authJSON, _ := json.Marshal(map[string]string{"username": "e2e", "password": secret})
-		auth := base64.URLEncoding.EncodeToString(authJSON)
-		start := time.Now()
-		resp, err := cli.ImagePull(ctx, remoteRef, client.ImagePullOptions{RegistryAuth: auth})
+		creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "e2e", Password: secret}
+		auth, err := docker.RegistryAuth(creds)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := resp.Wait(ctx); err != nil {
+		start := time.Now()
+		if _, err := rt.Pull(ctx, remoteRef, nil, creds, nil); err != nil {
 			t.Fatalf("pull: %v", err)
 		}
 		t.Logf("pulled %s on the remote over SSH in %s", remoteRef, time.Since(start))
@@ -206,22 +175,20 @@ func TestRemoteHost(t *testing.T) {
 	})
 
 	t.Run("fingerprint", func(t *testing.T) {
-		conn, _ := dialRemote(t, h, hostKeyPolicy(t, "", h.Fingerprint()), signer)
-		if got := ssh.FingerprintSHA256(conn.HostKey()); got != h.Fingerprint() {
-			t.Fatalf("verified %s", got)
-		}
+		in := remoteInputs(h)
+		in.KnownHosts, in.Fingerprints = "", h.Fingerprint()
+		mustOpen(t, in)
 	})
 
 	t.Run("wrong host key is refused before authentication", func(t *testing.T) {
 		other, _ := ssh.NewSignerFromKey(newEd25519Key(t))
-		known := knownhosts.Line([]string{h.IP()}, other.PublicKey())
+		in := remoteInputs(h)
+		in.KnownHosts = knownhosts.Line([]string{h.IP()}, other.PublicKey())
 		acceptedBefore := strings.Count(h.SSHDLog(), "Accepted publickey")
 		commandsBefore := len(h.Commands())
-		_, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: h.User(), Name: h.IP(), Port: 22},
-			sshdeploy.Config{Signer: signer, HostKeys: hostKeyPolicy(t, known, "")})
-		var hk *sshdeploy.HostKeyError
-		if !errors.As(err, &hk) {
-			t.Fatalf("err = %v, want *HostKeyError", err)
+		_, _, err := openRemote(t, in)
+		if err == nil || !strings.Contains(err.Error(), "host key verification failed for "+h.Addr()) {
+			t.Fatalf("err = %v, want the host key refused", err)
 		}
 		t.Logf("refused: %v", err)
 		time.Sleep(200 * time.Millisecond) // let sshd log the disconnect
@@ -235,8 +202,9 @@ func TestRemoteHost(t *testing.T) {
 	})
 
 	t.Run("missing known hosts names ssh-keyscan", func(t *testing.T) {
-		_, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: h.User(), Name: h.IP(), Port: 22},
-			sshdeploy.Config{Signer: signer, HostKeys: hostKeyPolicy(t, "", "")})
+		in := remoteInputs(h)
+		in.KnownHosts = ""
+		_, err := sshdeploy.Parse(in)
 		var ie *failure.BadInput
 		if !errors.As(err, &ie) || !strings.Contains(err.Error(), "ssh-keyscan -p 22 "+h.IP()) {
 			t.Fatalf("err = %v", err)
@@ -245,27 +213,21 @@ func TestRemoteHost(t *testing.T) {
 
 	t.Run("encrypted key", func(t *testing.T) {
 		const passphrase = "e2e passphrase 7"
-		pemText := h.EncryptedClientKeyPEM(passphrase)
-		if _, err := sshdeploy.ParsePrivateKey(pemText, "wrong"); err == nil {
+		in := remoteInputs(h)
+		in.Key, in.KeyPassphrase, in.KnownHosts = h.EncryptedClientKeyPEM(passphrase), "wrong", h.HashedKnownHosts()
+		if _, err := sshdeploy.Parse(in); err == nil {
 			t.Fatal("wrong passphrase accepted")
 		}
-		s, err := sshdeploy.ParsePrivateKey(pemText, passphrase)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dialRemote(t, h, hostKeyPolicy(t, h.HashedKnownHosts(), ""), s)
-		// The plain form is the same key.
-		if _, err := sshdeploy.ParsePrivateKey(h.ClientKeyPEM(), ""); err != nil {
-			t.Fatal(err)
-		}
+		in.KeyPassphrase = passphrase
+		mustOpen(t, in)
 	})
 
 	t.Run("AllowStreamLocalForwarding no: dial-stdio", func(t *testing.T) {
 		h.RestartSSHD(t, false)
-		conn, connect := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), signer)
-		dial := pingOverSSH(t, conn, h.DockerSocket())
-		if conn.Route() != sshdeploy.RouteDialStdio {
-			t.Fatalf("route %q", conn.Route())
+		rt, d := mustOpen(t, remoteInputs(h))
+		start := time.Now()
+		if _, err := rt.Inspect(context.Background(), "e2e/absent:v1"); err == nil {
+			t.Fatal("inspected an image the host does not have")
 		}
 		want := "docker -H 'unix://" + h.DockerSocket() + "' system dial-stdio"
 		cmds := h.Commands()
@@ -277,17 +239,10 @@ func TestRemoteHost(t *testing.T) {
 				t.Fatalf("ran %q; the only command should be %q", c, want)
 			}
 		}
-		t.Logf("timing: connect %s, first DialDocker (stream-local refused, dial-stdio probed) %s; %d dial-stdio commands for a bare dial plus a client's ping and version", connect, dial, len(cmds))
-		start := time.Now()
-		c, err := conn.DialDocker(context.Background(), h.DockerSocket())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("timing: later DialDocker (dial-stdio) %s", time.Since(start))
-		c.Close()
+		t.Logf("timing: open (stream-local refused, dial-stdio probed, ping) %s, an inspect %s; %d dial-stdio commands", d, time.Since(start), len(cmds))
 
-		// Closing the client leaves no dial-stdio behind on the host.
-		conn.Close()
+		// Closing the runtime leaves no dial-stdio behind on the host.
+		rt.Close()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			var left []string
@@ -330,14 +285,13 @@ func newEd25519Key(t *testing.T) any {
 func TestRemoteHostBehindJumpHost(t *testing.T) {
 	jump := StartJumpHost(t, "jump")
 	target := StartRemoteHost(t, "behind", RemoteHostOptions{Behind: jump})
-	signer := target.ClientSigner()
-	jump.AuthorizeKey(t, signer.PublicKey())
+	jump.AuthorizeKey(t, target.ClientSigner().PublicKey())
 
-	bastion := sshdeploy.Host{User: jump.User(), Name: jump.IP(), Port: jump.Port()}
-	policy := hostKeyPolicy(t, jump.KnownHosts()+target.KnownHosts(), "")
-	conn, connect := dialRemote(t, target, policy, signer, bastion)
-	dial := pingOverSSH(t, conn, target.DockerSocket())
-	t.Logf("timing through the bastion: connect %s, first DialDocker (%s) %s", connect, conn.Route(), dial)
+	bastion := jump.User() + "@" + jump.Addr()
+	in := remoteInputs(target)
+	in.ProxyJump, in.KnownHosts = bastion, jump.KnownHosts()+target.KnownHosts()
+	_, d := mustOpen(t, in)
+	t.Logf("timing through the bastion: connect, route and ping %s", d)
 
 	if !strings.Contains(jump.SSHDLog(), "Accepted publickey") {
 		t.Fatal("the bastion authenticated no one")
@@ -351,13 +305,10 @@ func TestRemoteHostBehindJumpHost(t *testing.T) {
 
 	// A wrong key for the target is refused through the bastion too.
 	other, _ := ssh.NewSignerFromKey(newEd25519Key(t))
-	bad := hostKeyPolicy(t, jump.KnownHosts()+knownhosts.Line([]string{target.IP()}, other.PublicKey()), "")
-	_, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: "root", Name: target.IP(), Port: 22},
-		sshdeploy.Config{Signer: signer, HostKeys: bad, ProxyJump: []sshdeploy.Host{bastion}})
-	var hk *sshdeploy.HostKeyError
-	var de *sshdeploy.DialError
-	if !errors.As(err, &hk) || !errors.As(err, &de) || de.Via == "" {
-		t.Fatalf("err = %v, want a HostKeyError through the bastion", err)
+	in.KnownHosts = jump.KnownHosts() + knownhosts.Line([]string{target.IP()}, other.PublicKey())
+	_, _, err := openRemote(t, in)
+	if err == nil || !strings.Contains(err.Error(), "host key verification failed for "+target.Addr()) || !strings.Contains(err.Error(), "(through "+bastion+")") {
+		t.Fatalf("err = %v, want the target's key refused through the bastion", err)
 	}
 }
 
@@ -365,13 +316,13 @@ func TestRemoteHostNoRoute(t *testing.T) {
 	// No stream-local forwarding and no docker on the session PATH: the
 	// error names both routes and the sshd setting.
 	h := StartRemoteHost(t, "noroute", RemoteHostOptions{Kind: NoRuntime, DisallowStreamLocal: true, SessionPath: "/nonexistent"})
-	conn, _ := dialRemote(t, h, hostKeyPolicy(t, h.KnownHosts(), ""), h.ClientSigner())
-	_, err := conn.DialDocker(context.Background(), "/var/run/docker.sock")
-	var re *sshdeploy.RouteError
-	if !errors.As(err, &re) {
-		t.Fatalf("err = %v, want *RouteError", err)
+	in := remoteInputs(h)
+	in.DockerSocket = "/var/run/docker.sock"
+	_, _, err := openRemote(t, in)
+	if err == nil {
+		t.Fatal("a runtime was opened")
 	}
-	for _, want := range []string{"AllowStreamLocalForwarding", "open failed", "exit status 127", "not found", "command not found on the remote PATH"} {
+	for _, want := range []string{"by either route", "AllowStreamLocalForwarding", "open failed", "exit status 127", "not found", "command not found on the remote PATH"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
@@ -403,26 +354,14 @@ func TestRemoteHostTwoHostsAndOneDown(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := sshdeploy.Dial(context.Background(), sshdeploy.Host{User: h.User(), Name: h.IP(), Port: 22},
-				sshdeploy.Config{Signer: h.ClientSigner(), HostKeys: hostKeyPolicy(t, h.KnownHosts(), "")})
+			rt, _, err := openRemote(t, remoteInputs(h))
 			if err != nil {
 				t.Errorf("%s: %v", h.Name, err)
 				return
 			}
-			defer conn.Close()
-			cli, err := client.New(client.WithHost("http://docker"), client.WithDialContext(conn.DockerDialer(h.DockerSocket())), client.WithAPIVersionNegotiation())
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer cli.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			resp, err := cli.ImagePull(ctx, exposed, client.ImagePullOptions{})
-			if err == nil {
-				err = resp.Wait(ctx)
-			}
-			if err != nil {
+			if _, err := rt.Pull(ctx, exposed, nil, ghcr.Anonymous, nil); err != nil {
 				t.Errorf("%s: pull: %v", h.Name, err)
 			}
 		}()
@@ -438,12 +377,12 @@ func TestRemoteHostTwoHostsAndOneDown(t *testing.T) {
 	// A host that is down: refused at once, named in the error.
 	b.StopSSHD()
 	start = time.Now()
-	_, err = sshdeploy.Dial(context.Background(), sshdeploy.Host{User: "root", Name: b.IP(), Port: 22},
-		sshdeploy.Config{Signer: b.ClientSigner(), HostKeys: hostKeyPolicy(t, b.KnownHosts(), ""), Timeout: 5 * time.Second})
-	var de *sshdeploy.DialError
+	in := remoteInputs(b)
+	in.Timeout = "5s"
+	_, _, err = openRemote(t, in)
 	var oe *net.OpError
-	if !errors.As(err, &de) || de.Stage != sshdeploy.StageConnect || !errors.As(err, &oe) || !strings.Contains(err.Error(), b.IP()) {
-		t.Fatalf("err = %v, want a connect DialError naming %s", err, b.IP())
+	if err == nil || !strings.Contains(err.Error(), "connect failed") || !errors.As(err, &oe) || !strings.Contains(err.Error(), b.IP()) {
+		t.Fatalf("err = %v, want a connect failure naming %s", err, b.IP())
 	}
 	t.Logf("down host: %v (after %s)", err, time.Since(start))
 }

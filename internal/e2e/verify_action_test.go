@@ -59,8 +59,12 @@ func TestVerifyThroughTheAction(t *testing.T) {
 		if got := e.LocalImageDigests(t, ref); len(got) != 0 {
 			t.Errorf("an unsigned image was pulled: %v", got)
 		}
-		if r := results(t, res)[0]; r["digest"] != "" || r["signature_digest"] != nil {
+		r := results(t, res)[0]
+		if r["digest"] != "" || r["signature_digest"] != nil {
 			t.Errorf("the failed result claims %v", r)
+		}
+		if r["error_class"] != "unsigned" || !strings.Contains(res.Summary, "no signature the verify policy accepts") {
+			t.Errorf("error_class %v, want unsigned, and the summary's advice on the signature:\n%s", r["error_class"], res.Summary)
 		}
 	})
 

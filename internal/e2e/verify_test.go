@@ -106,27 +106,13 @@ func (c *cosignCLI) verifyKey(t *testing.T, pub, ref string) (string, error) {
 	return c.run(t, "verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-insecure-registry", ref)
 }
 
-// class names a Verify outcome for the scenario table.
+// class names a Verify outcome for the scenario table: results'
+// error_class (failure.ClassOf), "verified" when it passed.
 func class(err error) string {
-	var (
-		ns  *verify.NoSignatureError
-		inv *verify.InvalidSignatureError
-		mm  *verify.IdentityMismatchError
-		rej *failure.Rejected
-	)
-	switch {
-	case err == nil:
+	if err == nil {
 		return "verified"
-	case errors.As(err, &ns):
-		return "no signature"
-	case errors.As(err, &inv):
-		return "invalid"
-	case errors.As(err, &mm):
-		return "identity mismatch"
-	case errors.As(err, &rej):
-		return "access denied"
 	}
-	return "other: " + err.Error()
+	return failure.ClassOf(err)
 }
 
 func (e *Env) admin() authn.Authenticator {
@@ -152,9 +138,9 @@ func (e *Env) sigManifest(t *testing.T, d name.Digest) string {
 	return desc.Digest.String()
 }
 
-func parsePolicy(t *testing.T, in map[string]string) *verify.Policy {
+func parsePolicy(t *testing.T, in map[verify.Setting]string) *verify.Policy {
 	t.Helper()
-	p, err := verify.ParsePolicy(func(n string) string { return in[n] })
+	p, err := verify.ParsePolicy(func(n verify.Setting) string { return in[n] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +159,7 @@ func TestVerifyCosignKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := parsePolicy(t, map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)})
+	p := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: string(pubPEM)})
 
 	cases := []struct {
 		name string
@@ -189,16 +175,16 @@ func TestVerifyCosignKey(t *testing.T) {
 			c.sign(t, key, d)
 			return d.String(), d
 		}},
-		{name: "unsigned", want: "no signature", setup: func(t *testing.T, repo string) (string, name.Digest) {
+		{name: "unsigned", want: failure.Unsigned, setup: func(t *testing.T, repo string) (string, name.Digest) {
 			d := e.pushDigest(t, repo, "1")
 			return d.String(), d
 		}},
-		{name: "signed by another key", want: "invalid", setup: func(t *testing.T, repo string) (string, name.Digest) {
+		{name: "signed by another key", want: failure.InvalidSignature, setup: func(t *testing.T, repo string) (string, name.Digest) {
 			d := e.pushDigest(t, repo, "1")
 			c.sign(t, otherKey, d)
 			return d.String(), d
 		}},
-		{name: "tag moved to an unsigned digest after signing", want: "no signature", setup: func(t *testing.T, repo string) (string, name.Digest) {
+		{name: "tag moved to an unsigned digest after signing", want: failure.Unsigned, setup: func(t *testing.T, repo string) (string, name.Digest) {
 			signed := e.pushDigest(t, repo, "v1")
 			c.sign(t, key, signed)
 			moved := e.pushDigest(t, repo, "v1")
@@ -209,7 +195,7 @@ func TestVerifyCosignKey(t *testing.T) {
 			}
 			return signed.Context().Tag("v1").String(), moved
 		}},
-		{name: "signature present, access to it denied", want: "access denied", wantCosign: true,
+		{name: "signature present, access to it denied", want: "rejected", wantCosign: true,
 			setup: func(t *testing.T, repo string) (string, name.Digest) {
 				d := e.pushDigest(t, repo, "1")
 				c.sign(t, key, d)
@@ -271,9 +257,9 @@ func TestVerifyKeylessAndAttestations(t *testing.T) {
 	if err := os.WriteFile(trFile, tr, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	keyless := parsePolicy(t, map[string]string{"verify": "cosign-keyless", "verify-identity": testWorkflow,
-		"verify-issuer": verify.GitHubIssuer, "verify-trusted-root": trFile})
-	attest := parsePolicy(t, map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": trFile})
+	keyless := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentity: testWorkflow,
+		verify.SettingIssuer: verify.GitHubIssuer, verify.SettingTrustedRoot: trFile})
+	attest := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "github-attestation", verify.SettingRepository: "octo/app", verify.SettingTrustedRoot: trFile})
 	admin := remote.WithAuth(e.admin())
 
 	legacy := func(id string) func(t *testing.T, d name.Digest) string {
@@ -320,17 +306,17 @@ func TestVerifyKeylessAndAttestations(t *testing.T) {
 		cosignSays string
 	}{
 		{name: "keyless .sig: right identity", policy: keyless, sign: legacy(testWorkflow), want: "verified", cosign: keylessArgs, cosignSays: "verified"},
-		{name: "keyless .sig: another identity", policy: keyless, sign: legacy(fork), want: "identity mismatch", cosign: keylessArgs, cosignSays: "fails"},
-		{name: "keyless .sig: unsigned", policy: keyless, want: "no signature", cosign: keylessArgs, cosignSays: "fails"},
-		{name: "keyless .sig: tag moved after signing", policy: keyless, sign: legacy(testWorkflow), moveTag: true, want: "no signature", cosign: keylessArgs, cosignSays: "fails"},
-		{name: "keyless .sig: access denied", policy: keyless, sign: legacy(testWorkflow), fault: true, want: "access denied"},
+		{name: "keyless .sig: another identity", policy: keyless, sign: legacy(fork), want: failure.SignerMismatch, cosign: keylessArgs, cosignSays: "fails"},
+		{name: "keyless .sig: unsigned", policy: keyless, want: failure.Unsigned, cosign: keylessArgs, cosignSays: "fails"},
+		{name: "keyless .sig: tag moved after signing", policy: keyless, sign: legacy(testWorkflow), moveTag: true, want: failure.Unsigned, cosign: keylessArgs, cosignSays: "fails"},
+		{name: "keyless .sig: access denied", policy: keyless, sign: legacy(testWorkflow), fault: true, want: "rejected"},
 		{name: "keyless bundle referrer: right identity", policy: keyless, sign: attach(testWorkflow, verifytest.CosignSignPredicate), want: "verified", cosign: bundleArgs, cosignSays: "verified"},
-		{name: "keyless bundle referrer: another identity", policy: keyless, sign: attach(fork, verifytest.CosignSignPredicate), want: "identity mismatch", cosign: bundleArgs, cosignSays: "fails"},
+		{name: "keyless bundle referrer: another identity", policy: keyless, sign: attach(fork, verifytest.CosignSignPredicate), want: failure.SignerMismatch, cosign: bundleArgs, cosignSays: "fails"},
 		{name: "attestation: workflow of octo/app", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), want: "verified", cosign: attestArgs, cosignSays: "verified"},
-		{name: "attestation: workflow of another repository", policy: attest, sign: attach(fork, verify.SLSAProvenanceV1), want: "identity mismatch", cosign: attestArgs, cosignSays: "fails"},
-		{name: "attestation: none", policy: attest, want: "no signature", cosign: attestArgs, cosignSays: "fails"},
-		{name: "attestation: tag moved after attesting", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), moveTag: true, want: "no signature", cosign: attestArgs, cosignSays: "fails"},
-		{name: "attestation: access to the referrers denied", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), fault: true, want: "access denied"},
+		{name: "attestation: workflow of another repository", policy: attest, sign: attach(fork, verify.SLSAProvenanceV1), want: failure.SignerMismatch, cosign: attestArgs, cosignSays: "fails"},
+		{name: "attestation: none", policy: attest, want: failure.Unsigned, cosign: attestArgs, cosignSays: "fails"},
+		{name: "attestation: tag moved after attesting", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), moveTag: true, want: failure.Unsigned, cosign: attestArgs, cosignSays: "fails"},
+		{name: "attestation: access to the referrers denied", policy: attest, sign: attach(testWorkflow, verify.SLSAProvenanceV1), fault: true, want: "rejected"},
 	}
 	var table []string
 	for i, tc := range cases {
@@ -383,7 +369,7 @@ func TestVerifyAnonymousFallback(t *testing.T) {
 	c := newCosign(t, e)
 	key, pub := c.keyPair(t, "team")
 	pubPEM, _ := os.ReadFile(pub)
-	p := parsePolicy(t, map[string]string{"verify": "cosign-key", "verify-key": string(pubPEM)})
+	p := parsePolicy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: string(pubPEM)})
 	d := e.pushDigest(t, "verify/public", "1")
 	c.sign(t, key, d)
 	e.Front.SetPublic("verify/public")

@@ -21,7 +21,7 @@ func TestClassOf(t *testing.T) {
 		{&Rejected{Response: Response{Status: 401}, Anonymous: true}, "anonymous-denied"},
 		{fmt.Errorf("pulling: %w", &NotFound{}), "not-found"},
 		{&Transient{}, "transient"},
-		{&BadInput{Input: "platform"}, "bad-input:platform"},
+		{Bad("platform", "", ""), "bad-input:platform"},
 		{fmt.Errorf("on host-a: %w", selfNamed{}), "drift"},
 		{errors.New("disk full"), "other"},
 	} {

@@ -3,6 +3,7 @@ package failure
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 )
 
@@ -60,8 +61,8 @@ var daemonPhrases = []struct {
 // FromDaemon places a pull error reported by a Docker daemon (or by
 // containerd's CRI service, its gRPC code given as a status), from the
 // HTTP status of the call (0 when the error came inside the JSON stream)
-// and its message. Daemons relay registry answers only as text, so this is
-// the one place ghcr-pull matches on words.
+// and its message. Daemons relay registry answers only as text, so the
+// registry's answer is read from their words here, through daemonPhrases.
 func FromDaemon(status int, message string, anonymous bool) error {
 	resp := Response{Status: status, Message: Clip(message), Where: "daemon"}
 	lower := strings.ToLower(message)
@@ -75,7 +76,7 @@ func FromDaemon(status int, message string, anonymous bool) error {
 		case "notfound":
 			return &NotFound{Response: resp}
 		case "platform":
-			return &BadInput{Input: "platform", Problem: resp.Message, Fix: "pick a platform the image provides, or leave platform empty"}
+			return Bad("platform", resp.Message, "pick a platform the image provides, or leave platform empty")
 		case "transient":
 			return &Transient{Response: resp}
 		case "toomany":
@@ -91,4 +92,40 @@ func FromDaemon(status int, message string, anonymous bool) error {
 		return &Transient{Response: resp}
 	}
 	return fmt.Errorf("daemon: %s", resp.Message)
+}
+
+// grpcCodeText finds a gRPC status in its text form, as the kubelet keeps
+// it in a pull error: "rpc error: code = NotFound desc = ...".
+var grpcCodeText = regexp.MustCompile(`\bcode = ([A-Za-z]+) desc = `)
+
+// FromGRPC places a pull error of containerd's CRI image service by its
+// gRPC code, the one code-to-class mapping: cri passes the status's code
+// (codes.Code's String), kube the kubelet's text of it with code "" (it is
+// then read from the text). containerd maps its error kinds onto codes
+// (errdefs.ToGRPC), but relays a registry's answer only as text, so a code
+// gives FromDaemon a status and the words decide first.
+func FromGRPC(code, message string, anonymous bool) error {
+	if code == "" {
+		if m := grpcCodeText.FindStringSubmatch(message); m != nil {
+			code = m[1]
+		}
+	}
+	status := 0
+	switch code {
+	case "Unauthenticated":
+		status = http.StatusUnauthorized
+	case "PermissionDenied":
+		status = http.StatusForbidden
+	case "NotFound":
+		status = http.StatusNotFound
+	case "ResourceExhausted":
+		status = http.StatusTooManyRequests
+	case "Unavailable", "DeadlineExceeded", "Aborted":
+		// The channel to containerd broke, or containerd gave up on the
+		// registry: worth another try either way.
+		return &Transient{Response: Response{Where: "daemon", Message: Clip(message)}}
+	case "InvalidArgument":
+		return Bad("image", "containerd refused the reference: "+Clip(message), "")
+	}
+	return FromDaemon(status, message, anonymous)
 }

@@ -94,3 +94,52 @@ func TestClipKeepsUTF8Whole(t *testing.T) {
 		t.Errorf("Clip(short) = %q", got)
 	}
 }
+
+// ClipTail keeps the end whole too: a command's last words, starting at a
+// rune, whichever byte of a multi-byte rune the limit falls on.
+func TestClipTailKeepsUTF8Whole(t *testing.T) {
+	for _, pad := range []int{0, 1, 2, 3} {
+		s := strings.Repeat("é€😀", 50) + strings.Repeat("a", MaxMessage-pad)
+		got := ClipTail(s)
+		if !utf8.ValidString(got) {
+			t.Fatalf("pad %d: clip split a character: %q", pad, got[:8])
+		}
+		if !strings.HasPrefix(got, "…") || !strings.HasSuffix(s, strings.TrimPrefix(got, "…")) || len(got) > MaxMessage+len("…") {
+			t.Fatalf("pad %d: %d bytes %q…, want the end of the text after an ellipsis, at most %d bytes", pad, len(got), got[:12], MaxMessage+len("…"))
+		}
+	}
+	if got := ClipTail(strings.Repeat("\xa9", 2*MaxMessage)); len(got) != MaxMessage+len("…") {
+		t.Errorf("ClipTail of stray bytes kept %d bytes, want %d", len(got), MaxMessage+len("…"))
+	}
+	if got := ClipTail("  short  "); got != "short" {
+		t.Errorf("ClipTail(short) = %q", got)
+	}
+}
+
+// One gRPC-code mapping for cri (the status's code) and kube (the
+// kubelet's text of it): each code gives the same class either way.
+func TestFromGRPC(t *testing.T) {
+	for _, tt := range []struct {
+		code, desc string
+		anonymous  bool
+		want       string
+	}{
+		{"NotFound", "failed to resolve reference \"r.example/a:nope\": r.example/a:nope: not found", false, "not-found"},
+		{"NotFound", "no match for platform in manifest: not found", false, "bad-input:platform"},
+		{"Unauthenticated", "failed to resolve reference", false, "rejected"},
+		{"PermissionDenied", "failed to resolve reference", true, "anonymous-denied"},
+		{"ResourceExhausted", "failed to resolve reference", false, "transient"},
+		{"Unavailable", "connection error", false, "transient"},
+		{"DeadlineExceeded", "context deadline exceeded", false, "transient"},
+		{"Aborted", "aborted", false, "transient"},
+		{"InvalidArgument", `failed to parse "x::1"`, false, "bad-input:image"},
+		{"Unknown", "failed to fetch oauth token: unexpected status: 403 Forbidden", false, "rejected"},
+		{"Unknown", "disk full", false, "other"},
+	} {
+		direct := ClassOf(FromGRPC(tt.code, tt.desc, tt.anonymous))
+		relayed := ClassOf(FromGRPC("", "ErrImagePull: rpc error: code = "+tt.code+" desc = "+tt.desc, tt.anonymous))
+		if direct != tt.want || relayed != tt.want {
+			t.Errorf("%s %q: class %q, from the kubelet's text %q, want %q", tt.code, tt.desc, direct, relayed, tt.want)
+		}
+	}
+}

@@ -1,12 +1,28 @@
 // Package failure is ghcr-pull's failure vocabulary: what a peer said
 // (Response), the few classes every failure falls into (Rejected, NotFound,
-// Transient, BadInput), a UTF-8-safe clip for untrusted text, and the one
+// Transient, BadInput), a UTF-8-safe clip for untrusted text (Clip, and
+// ClipTail for the end of a command's stderr), and the one
 // place secrets are redacted from text that leaves the process (Redactor).
 // Every other package imports it; it imports none of them.
 //
-// A class is decided once, where a peer's answer is read: ghcr for registry
-// answers, FromDaemon for the text Docker and containerd relay, the oidc
-// client for identity providers. Callers only ask errors.As.
+// A class is decided once, where a peer's answer is read:
+//
+//   - ghcr.Classify: registry answers (status and distribution-spec code)
+//     and network or context errors on the way to a registry;
+//   - FromDaemon: the text Docker, Podman and containerd relay of a
+//     registry's answer, matched against daemonPhrases, the one table of
+//     daemon words;
+//   - FromGRPC: containerd's CRI errors by gRPC code, the one code
+//     mapping, called by cri with the status and by kube.PullError with
+//     the kubelet's text of it;
+//   - kube's apiError: the Kubernetes API server's answers;
+//   - the oidc client (oidc.Config.do, classifyAWS): identity providers;
+//   - docker's classifyCall: the Engine API's call errors.
+//
+// An error of a package above names its own class with a Class() method:
+// pull's drift, ghcr's quota, relay's cache limit, sshdeploy's refused
+// forward and verify's three policy errors. Callers only ask errors.As, or
+// ClassOf for the results' error_class.
 package failure
 
 import (
@@ -143,6 +159,13 @@ type BadInput struct {
 	Fix     string
 }
 
+// Bad is the one constructor of a BadInput: input names what to change,
+// problem what is wrong with it (never quoting a secret), fix how to put
+// it right ("" when the problem says it).
+func Bad(input, problem, fix string) *BadInput {
+	return &BadInput{Input: input, Problem: problem, Fix: fix}
+}
+
 func (e *BadInput) Error() string {
 	s := fmt.Sprintf("input %q: %s", e.Input, e.Problem)
 	if e.Fix != "" {
@@ -162,24 +185,53 @@ func Clip(s string) string {
 	if len(s) <= MaxMessage {
 		return s
 	}
-	// Back off to the start of the rune the limit falls in: at most
-	// utf8.UTFMax-1 continuation bytes. A longer run is not UTF-8 at all
-	// (stray bytes), and is cut at the limit rather than emptied.
-	cut := MaxMessage
-	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(s[cut]); back++ {
-		cut--
-	}
-	if !utf8.RuneStart(s[cut]) {
-		cut = MaxMessage
-	}
-	return s[:cut] + "…"
+	return s[:runeCut(s, MaxMessage, -1)] + "…"
 }
+
+// ClipTail is Clip keeping the end of s, for a command's stderr, whose last
+// lines say what went wrong; a clipped text starts with "…".
+func ClipTail(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= MaxMessage {
+		return s
+	}
+	return "…" + s[runeCut(s, len(s)-MaxMessage, +1):]
+}
+
+// runeCut moves the cut at byte i of s to the start of the rune it falls
+// in (dir -1, keeping less before it) or of the next one (dir +1, keeping
+// less after it): at most utf8.UTFMax-1 continuation bytes. A longer run
+// is not UTF-8 at all (stray bytes), and is cut at i rather than emptied.
+func runeCut(s string, i, dir int) int {
+	cut := i
+	for step := 0; step < utf8.UTFMax-1 && cut < len(s) && !utf8.RuneStart(s[cut]); step++ {
+		cut += dir
+	}
+	if cut >= len(s) || !utf8.RuneStart(s[cut]) {
+		return i
+	}
+	return cut
+}
+
+// The classes of an image a verify policy refused, named by the errors of
+// internal/verify (through Class) where the signature is read, and read by
+// the diagnosis that advises on them.
+const (
+	// Unsigned: nothing the policy could accept is attached to the digest.
+	Unsigned = "unsigned"
+	// InvalidSignature: a signature is attached but does not verify.
+	InvalidSignature = "invalid-signature"
+	// SignerMismatch: a signature verifies, by another signer than the
+	// policy names.
+	SignerMismatch = "signer-mismatch"
+)
 
 // ClassOf names err's class, as the results output reports it for deploy
 // jobs to branch on: "rejected", "anonymous-denied", "not-found",
 // "transient", "bad-input:<input>", "" for nil and "other" for an error
 // no class fits. An error of a package above this one names its own class
-// with a Class() string method (pull's drift), so the vocabulary stays here
+// with a Class() string method (pull's drift, verify's Unsigned,
+// InvalidSignature and SignerMismatch), so the vocabulary stays here
 // without this package importing its callers.
 func ClassOf(err error) string {
 	var (

@@ -97,16 +97,34 @@ func (r *Redactor) Redact(s string) string {
 			s = strings.ReplaceAll(s, f, Redacted)
 		}
 	}
-	// Clip may have cut a secret in two: the part before an "…" is no
-	// whole form, so it is matched there as a prefix.
+	// Clip (or ClipTail) may have cut a secret in two: the part before an
+	// "…" is no whole form, so it is matched there as a prefix, and the
+	// part after one as a suffix.
 	if !strings.Contains(s, "…") {
 		return s
 	}
 	parts := strings.Split(s, "…")
-	for i := range parts[:len(parts)-1] {
-		parts[i] = r.cutPrefix(parts[i])
+	for i := range parts {
+		if i < len(parts)-1 {
+			parts[i] = r.cutPrefix(parts[i])
+		}
+		if i > 0 {
+			parts[i] = r.cutSuffix(parts[i])
+		}
 	}
 	return strings.Join(parts, "…")
+}
+
+// cutSuffix redacts the longest end of a known form that text starts with.
+func (r *Redactor) cutSuffix(text string) string {
+	for _, f := range r.byLength {
+		for k := 1; k <= len(f)-minSecret; k++ {
+			if strings.HasPrefix(text, f[k:]) {
+				return Redacted + strings.TrimPrefix(text, f[k:])
+			}
+		}
+	}
+	return text
 }
 
 // cutPrefix redacts the longest start of a known form that text ends in.

@@ -83,6 +83,14 @@ func TestRedactorClippedSecret(t *testing.T) {
 	if got := r.Redact("nothing here…"); got != "nothing here…" {
 		t.Errorf("an ordinary clipped text changed: %q", got)
 	}
+	// ClipTail cuts the other way: the secret's end after the ellipsis.
+	tail := ClipTail(secret + strings.Repeat("y", MaxMessage-10))
+	if got := r.Redact(tail); strings.Contains(got, secret[len(secret)-10:]) || !strings.HasPrefix(got, "…"+Redacted) {
+		t.Errorf("tail-clipped secret left: %q", got[:30])
+	}
+	if got := r.Redact("…nothing here"); got != "…nothing here" {
+		t.Errorf("an ordinary tail-clipped text changed: %q", got)
+	}
 }
 
 // Guarantee: the unpadded base64 forms (RFC 4648 §3.2: JWTs, many token

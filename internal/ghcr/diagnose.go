@@ -88,6 +88,9 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		case errors.As(a.Err, &bad):
 		}
 	}
+	if fixes := signatureFixes(attempts); fixes != nil {
+		return fixes
+	}
 	isGHCR := registry == "ghcr.io"
 	var fixes []string
 	if bad != nil && bad.Fix != "" {
@@ -120,6 +123,32 @@ func fixesFor(registry string, attempts []Attempt) []string {
 	}
 	if transient {
 		fixes = append(fixes, "the registry was unavailable or rate-limiting: raise `retries` or `timeout`, or try again later")
+	}
+	return fixes
+}
+
+// signatureFixes is the advice for an image a verify policy refused, nil
+// when none was. It stands alone: verification runs only after the probe
+// resolved the digest, so credentials refused on the way were already
+// recovered from by the anonymous fallback (credential_error reports them)
+// and are not why the image failed.
+func signatureFixes(attempts []Attempt) []string {
+	var fixes []string
+	seen := map[string]bool{}
+	for _, a := range attempts {
+		class := failure.ClassOf(a.Err)
+		if seen[class] {
+			continue
+		}
+		seen[class] = true
+		switch class {
+		case failure.Unsigned:
+			fixes = append(fixes, "no signature the verify policy accepts is attached to this digest: sign the digest that was pushed last (cosign sign <image>@<digest>, or attest it for github-attestation) in the repository it is pulled from; a signature of an earlier push of the same tag does not count")
+		case failure.InvalidSignature:
+			fixes = append(fixes, "a signature is attached but does not verify: check that verify-key is the public half of the key that signed (keyless: that verify-trusted-root trusts the Sigstore instance that issued the certificate), and re-sign the digest if the signature was made for another one")
+		case failure.SignerMismatch:
+			fixes = append(fixes, "the image is signed, but not by the signer the policy names: compare the signer above with verify-identity (or verify-identity-regexp), verify-issuer, verify-repository and verify-signer-workflow, then correct those inputs or sign from the expected workflow")
+		}
 	}
 	return fixes
 }

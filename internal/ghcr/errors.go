@@ -44,7 +44,7 @@ func Classify(err error, anonymous bool) error {
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
-		return &NoSuchHost{BadInput: &failure.BadInput{Input: "image", Problem: "registry host " + dns.Name + " does not resolve", Fix: "check the registry part of the image reference"}, Host: dns.Name}
+		return &NoSuchHost{BadInput: failure.Bad("image", "registry host "+dns.Name+" does not resolve", "check the registry part of the image reference"), Host: dns.Name}
 	}
 	var netErr net.Error
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
@@ -93,7 +93,7 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 		te.StatusCode >= 500 || has(transport.TooManyRequestsErrorCode):
 		return &failure.Transient{Response: resp}
 	case te.StatusCode == http.StatusBadRequest || has(transport.NameInvalidErrorCode, transport.TagInvalidErrorCode, transport.UnsupportedErrorCode):
-		return &failure.BadInput{Input: "image", Problem: "the registry refused the reference: " + resp.String()}
+		return failure.Bad("image", "the registry refused the reference: "+resp.String(), "")
 	}
 	return te
 }

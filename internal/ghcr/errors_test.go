@@ -164,6 +164,15 @@ func TestDiagnoseTellsWhatHappened(t *testing.T) {
 			[]Attempt{{Mode: AuthAnonymous}, {Mode: AuthAnonymous, Target: "10.0.0.5:22", Err: daemonAnonDenied}},
 			[]string{"the runner's probe could read the repository anonymously, but the daemon on 10.0.0.5:22 was refused anonymously"},
 			[]string{"private or does not exist"}},
+		{"refused credentials recovered from, then unsigned: the signature's advice alone", "r.example",
+			[]Attempt{{Mode: AuthToken, Err: noAccess}, {Mode: AuthAnonymous}, {Mode: AuthAnonymous, Err: signatureErr(failure.Unsigned)}},
+			[]string{"with credentials: credentials rejected", "no signature the verify policy accepts"}, []string{"signed in, but no access", "read access"}},
+		{"invalid signature with working credentials", "r.example",
+			[]Attempt{{Mode: AuthToken}, {Mode: AuthToken, Err: signatureErr(failure.InvalidSignature)}},
+			[]string{"What to do", "verify-key is the public half"}, nil},
+		{"another signer", "ghcr.io",
+			[]Attempt{{Mode: AuthToken}, {Mode: AuthToken, Err: signatureErr(failure.SignerMismatch)}},
+			[]string{"not by the signer the policy names"}, []string{"packages: read"}},
 		{"both refused: private", "r.example",
 			[]Attempt{{Mode: AuthAnonymous, Err: Classify(tErr(401, "/v2/acme/app/manifests/1"), true)}, {Mode: AuthAnonymous, Target: "h:22", Err: daemonAnonDenied}},
 			[]string{"private or does not exist"}, []string{"runner's probe could read"}},
@@ -184,3 +193,9 @@ func TestDiagnoseTellsWhatHappened(t *testing.T) {
 		})
 	}
 }
+
+// signatureErr stands for internal/verify's errors, which name their class.
+type signatureErr string
+
+func (e signatureErr) Error() string { return "signature verification failed: " + string(e) }
+func (e signatureErr) Class() string { return string(e) }

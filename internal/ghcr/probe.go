@@ -156,9 +156,9 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform, opts ...remote.Option) (string, error) {
 	wantV1 := v1.Platform{OS: want.OS, Architecture: want.Architecture, Variant: want.Variant}
 	notThere := func(have []string) error {
-		return &failure.BadInput{Input: "platform",
-			Problem: fmt.Sprintf("no matching manifest for %s in %s: it has %s", image.FormatPlatform(want), ref.Context(), strings.Join(have, ", ")),
-			Fix:     "pick a platform the image provides, or leave platform empty"}
+		return failure.Bad("platform",
+			fmt.Sprintf("no matching manifest for %s in %s: it has %s", image.FormatPlatform(want), ref.Context(), strings.Join(have, ", ")),
+			"pick a platform the image provides, or leave platform empty")
 	}
 	if mt.IsIndex() {
 		idx, err := remote.Index(ref, opts...)
@@ -227,9 +227,9 @@ type observer struct {
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !IsLoopback(req.URL.Hostname()) {
-		return nil, &failure.BadInput{Input: "insecure-registry",
-			Problem: "refusing plain HTTP to " + req.URL.Host + " (only loopback registries are reached without TLS by default)",
-			Fix:     "serve the registry over TLS, or list " + req.URL.Host + " in insecure-registry"}
+		return nil, failure.Bad("insecure-registry",
+			"refusing plain HTTP to "+req.URL.Host+" (only loopback registries are reached without TLS by default)",
+			"serve the registry over TLS, or list "+req.URL.Host+" in insecure-registry")
 	}
 	resp, err := o.inner.RoundTrip(req)
 	if err != nil {

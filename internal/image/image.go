@@ -28,7 +28,7 @@ type Info struct {
 // ParsePlatform reads os/arch[/variant]; the error names the platform input.
 func ParsePlatform(s string) (ocispec.Platform, error) {
 	parts := strings.Split(strings.TrimSpace(s), "/")
-	bad := &failure.BadInput{Input: "platform", Problem: fmt.Sprintf("%q is not os/arch[/variant]", s), Fix: "e.g. linux/amd64 or linux/arm64/v8"}
+	bad := failure.Bad("platform", fmt.Sprintf("%q is not os/arch[/variant]", s), "e.g. linux/amd64 or linux/arm64/v8")
 	if len(parts) < 2 || len(parts) > 3 {
 		return ocispec.Platform{}, bad
 	}

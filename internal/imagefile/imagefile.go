@@ -115,9 +115,9 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 		}
 		have = append(have, got)
 	}
-	return nil, v1.Descriptor{}, &failure.BadInput{Input: "platform",
-		Problem: fmt.Sprintf("%s has no manifest for %s; it has %s", ref.Context(), image.FormatPlatform(want), strings.Join(have, ", ")),
-		Fix:     "set platform to one the image provides"}
+	return nil, v1.Descriptor{}, failure.Bad("platform",
+		fmt.Sprintf("%s has no manifest for %s; it has %s", ref.Context(), image.FormatPlatform(want), strings.Join(have, ", ")),
+		"set platform to one the image provides")
 }
 
 // platformOf is an image's os/arch[/variant], from its config.
@@ -174,14 +174,14 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	}
 	p = filepath.Clean(p)
 	if bounded {
-		outside := &failure.BadInput{Input: "path",
-			Problem: fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
-			Fix:     "use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)"}
+		outside := failure.Bad("path",
+			fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
+			"use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)")
 		if !within(base, p) {
 			return "", outside
 		}
 		if p == filepath.Clean(base) {
-			return "", &failure.BadInput{Input: "path", Problem: "names the workspace itself", Fix: "name a file or directory inside it, e.g. images/app.tar or images/layout"}
+			return "", failure.Bad("path", "names the workspace itself", "name a file or directory inside it, e.g. images/app.tar or images/layout")
 		}
 		// A symlink inside the workspace may point out of it.
 		realBase, err1 := filepath.EvalSymlinks(base)
@@ -195,19 +195,19 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	case errors.Is(err, os.ErrNotExist):
 		return p, nil
 	case err != nil:
-		return "", &failure.BadInput{Input: "path", Problem: err.Error(), Fix: "name a path the action can write"}
+		return "", failure.Bad("path", err.Error(), "name a path the action can write")
 	}
 	switch format {
 	case Tarball:
 		if fi.IsDir() {
-			return "", &failure.BadInput{Input: "path", Problem: fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), Fix: "name a file, e.g. images/app.tar"}
+			return "", failure.Bad("path", fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
 		}
 	case Layout:
 		if !fi.IsDir() {
-			return "", &failure.BadInput{Input: "path", Problem: fmt.Sprintf("%q is a file, and destination oci-layout writes a directory", raw), Fix: "name a new or empty directory, or an existing OCI layout to add to"}
+			return "", failure.Bad("path", fmt.Sprintf("%q is a file, and destination oci-layout writes a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 		if !isLayout(p) && !isEmptyDir(p) {
-			return "", &failure.BadInput{Input: "path", Problem: fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), Fix: "name a new or empty directory, or an existing OCI layout to add to"}
+			return "", failure.Bad("path", fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 	}
 	return p, nil

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/transport"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // Token is a bearer token for the API server and the time it stops being
@@ -58,11 +60,11 @@ func Settings(namespace, nodeSelector string, timeout time.Duration) (Config, er
 func (c Config) WithKeyless(k Keyless) (Config, error) {
 	server, err := url.Parse(k.Server)
 	if err != nil || server.Scheme != "https" || server.Host == "" {
-		return Config{}, bad("kube-server", fmt.Sprintf("%q is not an https URL of an API server", k.Server), "e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com")
+		return Config{}, failure.Bad("kube-server", fmt.Sprintf("%q is not an https URL of an API server", k.Server), "e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com")
 	}
 	if len(k.CA) > 0 {
 		if b, _ := pem.Decode(k.CA); b == nil || b.Type != "CERTIFICATE" {
-			return Config{}, bad("kube-ca", "is not a PEM certificate (nor base64 of one)", "give the cluster's CA as PEM, or its certificate-authority-data")
+			return Config{}, failure.Bad("kube-ca", "is not a PEM certificate (nor base64 of one)", "give the cluster's CA as PEM, or its certificate-authority-data")
 		}
 	}
 	if k.Tokens == nil {
@@ -88,7 +90,7 @@ func ParseCA(s string) ([]byte, error) {
 	}
 	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return nil, bad("kube-ca", "is neither PEM nor base64", "give the cluster's CA as PEM, or its certificate-authority-data")
+		return nil, failure.Bad("kube-ca", "is neither PEM nor base64", "give the cluster's CA as PEM, or its certificate-authority-data")
 	}
 	return b, nil
 }

@@ -21,7 +21,7 @@ import (
 // fields of objects.go. client-go's REST client and its serializers add
 // 4 MiB to the stripped release binary, and k8s.io/api's core/v1 types 4
 // more; the typed clientsets (kubernetes/scheme registers every API group)
-// took it from 23.8 to 55.2 MiB. TestReleaseBinary keeps them out.
+// took it from 23.8 to 55.2 MiB. TestReleaseBinarySize keeps them out.
 
 // Permission is one line of the role Prepull needs: the verbs it uses on
 // a resource. Permissions is the whole role; docs/kubernetes.md prints it,

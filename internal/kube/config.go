@@ -64,10 +64,6 @@ func (c Config) redact(s string) string {
 	return redactAll(s, append(c.Secrets(), c.tokens.secrets()...))
 }
 
-func bad(input, problem, fix string) error {
-	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
-}
-
 // kubeconfig is the part of a kubeconfig document (clientcmd's v1 Config)
 // that ghcr-pull reads. Fields it refuses are decoded to be named.
 type kubeconfig struct {
@@ -124,7 +120,7 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	var raw kubeconfig
 	if err := yaml.Unmarshal([]byte(kubeconfigText), &raw); err != nil {
 		// The parser's error may quote the document; name the input only.
-		return Config{}, bad("kubeconfig", "is not a kubeconfig document (YAML or JSON)", "pass the whole kubeconfig file's text, e.g. from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
+		return Config{}, failure.Bad("kubeconfig", "is not a kubeconfig document (YAML or JSON)", "pass the whole kubeconfig file's text, e.g. from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
 	}
 	secrets := secretsOf(raw)
 	name := context
@@ -139,7 +135,7 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if name == "" || kctx == nil {
-		return Config{}, bad("kube-context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
+		return Config{}, failure.Bad("kube-context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
 			"set kube-context to one of the kubeconfig's contexts, or set current-context in it")
 	}
 	var user kubeUser
@@ -150,11 +146,11 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if user.Exec != nil || user.AuthProvider != nil {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
+		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
 			"give a kubeconfig whose user has a token, a client certificate and key, or a username and password (for example a ServiceAccount token)")
 	}
 	if user.TokenFile != "" || user.CertFile != "" || user.KeyFile != "" {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
+		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
 			"embed them: token, client-certificate-data, client-key-data")
 	}
 	var cluster *kubeCluster
@@ -165,14 +161,14 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if cluster == nil {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("context %s names cluster %q, which the kubeconfig does not have", name, kctx.Cluster), "check its cluster and context entries")
+		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("context %s names cluster %q, which the kubeconfig does not have", name, kctx.Cluster), "check its cluster and context entries")
 	}
 	if cluster.CAFile != "" {
-		return Config{}, bad("kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
+		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
 			"embed it as certificate-authority-data")
 	}
 	incomplete := func(problem string) error {
-		return bad("kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")
+		return failure.Bad("kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")
 	}
 	server, err := url.Parse(cluster.Server)
 	if cluster.Server == "" || err != nil || (server.Scheme != "https" && server.Scheme != "http") || server.Host == "" {
@@ -228,14 +224,14 @@ func (c Config) settle(namespace, nodeSelector string, timeout time.Duration) (C
 		namespace = "default"
 	}
 	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
-		return Config{}, bad("kube-namespace", fmt.Sprintf("%q is not a namespace name: %s", namespace, strings.Join(errs, "; ")), "use a namespace that exists, e.g. default")
+		return Config{}, failure.Bad("kube-namespace", fmt.Sprintf("%q is not a namespace name: %s", namespace, strings.Join(errs, "; ")), "use a namespace that exists, e.g. default")
 	}
 	sel, err := labels.Parse(nodeSelector)
 	if err != nil {
-		return Config{}, bad("kube-node-selector", fmt.Sprintf("%q is not a label selector: %v", nodeSelector, err), "write it as kubectl -l takes it, e.g. kubernetes.io/os=linux,pool in (a,b)")
+		return Config{}, failure.Bad("kube-node-selector", fmt.Sprintf("%q is not a label selector: %v", nodeSelector, err), "write it as kubectl -l takes it, e.g. kubernetes.io/os=linux,pool in (a,b)")
 	}
 	if timeout <= 0 {
-		return Config{}, bad("kube-timeout", "must be positive", "e.g. 5m")
+		return Config{}, failure.Bad("kube-timeout", "must be positive", "e.g. 5m")
 	}
 	c.Namespace, c.Selector, c.Timeout = namespace, sel, timeout
 	return c, nil

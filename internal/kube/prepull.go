@@ -91,12 +91,12 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 	defer func() { res.APICalls = int(calls.Load()) }()
 	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
-		return res, bad("kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
+		return res, failure.Bad("kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
 	}
 	start := time.Now()
 	var nodes nodeList
 	if err := c.list(ctx, "nodes", cfg.Selector.String(), &nodes); err != nil {
-		return res, apiError(cfg, "listing nodes", err)
+		return res, apiError(cfg, stage{listing, "nodes"}, err)
 	}
 	var targets []string
 	for _, n := range nodes.Items {
@@ -114,7 +114,7 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 		if sel == "" {
 			return res, fmt.Errorf("the cluster at %s has no nodes", cfg.Server)
 		}
-		return res, bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
+		return res, failure.Bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
 			"check the labels with kubectl get nodes --show-labels, or leave kube-node-selector empty for every node")
 	}
 	if len(targets) > 0 {
@@ -264,13 +264,13 @@ func run(ctx context.Context, c *client, cfg Config, r *runObjects, imageRef str
 		// still have made the object.
 		r.created = append(r.created, "secrets")
 		if err := c.create(ctx, "secrets", s); err != nil {
-			return nil, apiError(cfg, "creating the pull Secret", err)
+			return nil, apiError(cfg, stage{creating, "the pull Secret"}, err)
 		}
 		secret = r.name()
 	}
 	r.created = append(r.created, "daemonsets")
 	if err := c.create(ctx, "daemonsets", daemonSet(r.id, imageRef, secret, targets)); err != nil {
-		return nil, apiError(cfg, "creating the pre-pull DaemonSet", err)
+		return nil, apiError(cfg, stage{creating, "the pre-pull DaemonSet"}, err)
 	}
 	w := &waiter{anonymous: auth == nil, start: start, open: map[string]*nodeState{}}
 	for _, n := range targets {
@@ -296,7 +296,7 @@ func run(ctx context.Context, c *client, cfg Config, r *runObjects, imageRef str
 		out = append(out, NodeResult{Node: n, Duration: time.Since(start), Err: &NodeError{Node: n, Kind: TimedOut, Reason: why}})
 	}
 	if err != nil && wctx.Err() == nil {
-		return out, apiError(cfg, "watching the pre-pull pods", err)
+		return out, apiError(cfg, stage{watching, "the pre-pull pods"}, err)
 	}
 	return out, nil
 }
@@ -433,12 +433,13 @@ func digestOf(imageID string) string {
 
 // PullError places a pull container's waiting state (reason and message,
 // as the kubelet reports them): nil when it is no pull error. The kubelet
-// relays the runtime's words, so classification is failure.FromDaemon's.
+// relays the runtime's words and gRPC code, so classification is
+// failure.FromGRPC's.
 func PullError(reason, message string, anonymous bool) error {
 	switch reason {
 	case "ErrImagePull", "ImagePullBackOff":
 	case "InvalidImageName":
-		return &failure.BadInput{Input: "image", Problem: "the kubelet refused the reference: " + failure.Clip(message), Fix: "use a reference the kubelet accepts"}
+		return failure.Bad("image", "the kubelet refused the reference: "+failure.Clip(message), "use a reference the kubelet accepts")
 	default:
 		return nil
 	}
@@ -446,17 +447,8 @@ func PullError(reason, message string, anonymous bool) error {
 		message = reason
 	}
 	// The kubelet keeps containerd's gRPC code in the text ("rpc error:
-	// code = NotFound desc = ... not found"): it is the surest status.
-	status := 0
-	switch {
-	case strings.Contains(message, "code = NotFound"):
-		status = http.StatusNotFound
-	case strings.Contains(message, "code = Unauthenticated"):
-		status = http.StatusUnauthorized
-	case strings.Contains(message, "code = PermissionDenied"):
-		status = http.StatusForbidden
-	}
-	return failure.FromDaemon(status, reason+": "+message, anonymous)
+	// code = NotFound desc = ... not found"): FromGRPC reads it there.
+	return failure.FromGRPC("", reason+": "+message, anonymous)
 }
 
 // final: waiting longer would not change the answer (the kubelet would
@@ -468,9 +460,29 @@ func final(err error) bool {
 	return errors.As(err, &rej) || errors.As(err, &nf) || errors.As(err, &bi)
 }
 
+// verb is what a request did to the API, as its error words it.
+type verb string
+
+const (
+	listing  verb = "listing"
+	creating verb = "creating"
+	watching verb = "watching"
+)
+
+// stage is what an API request was doing: the verb decides what its
+// failure means (a 404 while creating is a missing namespace), the object
+// only completes the words.
+type stage struct {
+	verb   verb
+	object string
+}
+
+func (s stage) String() string { return string(s.verb) + " " + s.object }
+
 // apiError names what the API server refused and the fix: a 401/403 or a
 // missing namespace is the user's to change, anything else may pass.
-func apiError(cfg Config, doing string, err error) error {
+func apiError(cfg Config, st stage, err error) error {
+	doing := st.String()
 	msg := failure.Clip(cfg.redact(err.Error()))
 	r := cfg.refusal.orKubeconfig()
 	var te *TokenError
@@ -478,14 +490,14 @@ func apiError(cfg Config, doing string, err error) error {
 	case errors.As(err, &te):
 		return te // the source's own error, classified where it was made
 	case statusCode(err) == http.StatusUnauthorized:
-		return bad(r.input, fmt.Sprintf("the API server at %s refused %s while %s: %s", cfg.Server, r.who, doing, msg), r.fix)
+		return failure.Bad(r.input, fmt.Sprintf("the API server at %s refused %s while %s: %s", cfg.Server, r.who, doing, msg), r.fix)
 	case statusCode(err) == http.StatusForbidden:
-		return bad(r.input, fmt.Sprintf("%s may not do this while %s: %s", r.who, doing, msg),
+		return failure.Bad(r.input, fmt.Sprintf("%s may not do this while %s: %s", r.who, doing, msg),
 			"grant it exactly this role (docs/kubernetes.md): "+role(cfg.Namespace))
 	case r.unreachable != "" && unreachable(err):
 		return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg + "; " + r.unreachable}}
-	case statusCode(err) == http.StatusNotFound && strings.Contains(doing, "creating"):
-		return bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
+	case statusCode(err) == http.StatusNotFound && st.verb == creating:
+		return failure.Bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
 	}
 	return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg}}
 }
@@ -520,9 +532,9 @@ func cleanUp(parent context.Context, c *client, cfg Config, r *runObjects) error
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), time.Minute)
 	defer cancel()
 	var errs []error
-	failed := func(verb, resource, name string, err error) {
-		errs = append(errs, &CleanupError{Verb: verb, Resource: resource, Name: name, Namespace: c.ns,
-			Err: apiError(cfg, verb+" "+resource, err)})
+	failed := func(v, resource, name string, err error) {
+		errs = append(errs, &CleanupError{Verb: v, Resource: resource, Name: name, Namespace: c.ns,
+			Err: apiError(cfg, stage{verb(v), resource}, err)})
 	}
 	var check []string // what to list until it is empty
 	for _, res := range slices.Backward(r.created) {

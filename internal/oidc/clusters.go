@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // GKE and AKS: a cluster reached as the workload identity the ID token
@@ -52,7 +54,7 @@ func ValidateGKE(c Config, cluster string) error {
 		return err
 	}
 	if !gkeClusterRE.MatchString(cluster) {
-		return bad("kube-cluster", fmt.Sprintf("%q is not a GKE cluster resource", cluster), "use projects/<project id>/locations/<region or zone>/clusters/<name>")
+		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not a GKE cluster resource", cluster), "use projects/<project id>/locations/<region or zone>/clusters/<name>")
 	}
 	return nil
 }
@@ -64,7 +66,7 @@ func ValidateAKS(c Config, cluster string) error {
 		return err
 	}
 	if !aksClusterRE.MatchString(cluster) {
-		return bad("kube-cluster", fmt.Sprintf("%q is not an AKS cluster resource id", cluster),
+		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not an AKS cluster resource id", cluster),
 			"use /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ContainerService/managedClusters/<name> (az aks show --query id)")
 	}
 	return nil

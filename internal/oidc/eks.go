@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
 // EKSProvider names the EKS exchanges in errors.
@@ -67,13 +69,13 @@ func NewEKS(c Config, cluster string, idToken IDTokenSource, mask func(string)) 
 // ValidateEKS names the first missing or malformed input of kube-auth eks.
 func ValidateEKS(c Config, cluster string) error {
 	if !awsRoleRE.MatchString(c.AWSRoleARN) {
-		return bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
+		return failure.Bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
 	}
 	if c.AWSRegion == "" {
-		return bad("aws-region", "is required with kube-auth eks", "set it to the cluster's region, e.g. eu-west-1")
+		return failure.Bad("aws-region", "is required with kube-auth eks", "set it to the cluster's region, e.g. eu-west-1")
 	}
 	if !eksClusterRE.MatchString(cluster) {
-		return bad("kube-cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
+		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
 	}
 	return nil
 }

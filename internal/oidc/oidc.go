@@ -51,8 +51,9 @@ type Config struct {
 	// Registry is the host of the image pulled: the ECR region comes from
 	// it, and ACR's exchange endpoint lives on it.
 	Registry string
-	// Getenv reads endpoint overrides (see endpoints.go); nil is os.Getenv
-	// semantics of "nothing set".
+	// Getenv reads the endpoint overrides (the Env* names in http.go, and
+	// AWS_ENDPOINT_URL_STS and _ECR in aws.go); nil reads none: the
+	// providers' public endpoints.
 	Getenv func(string) string
 	// HTTPClient is used for every exchange; nil means a client with a
 	// 30 s timeout.
@@ -93,48 +94,44 @@ var (
 	uuidRE        = regexp.MustCompile(`^[0-9a-fA-F-]{36}$`)
 )
 
-func bad(input, problem, fix string) error {
-	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
-}
-
 // Validate names the first missing or malformed input for the provider.
 func (c Config) Validate() error {
 	switch c.Provider {
 	case AWSECR:
 		if !awsRoleRE.MatchString(c.AWSRoleARN) {
-			return bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "e.g. arn:aws:iam::123456789012:role/github-ecr-pull")
+			return failure.Bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "e.g. arn:aws:iam::123456789012:role/github-ecr-pull")
 		}
 		if _, err := c.awsRegion(); err != nil {
 			return err
 		}
 	case GCP:
 		if !gcpProviderRE.MatchString(c.GCPWorkloadIdentityProvider) {
-			return bad("gcp-workload-identity-provider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
+			return failure.Bad("gcp-workload-identity-provider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
 				"use projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>")
 		}
 		if sa := c.GCPServiceAccount; sa != "" && !strings.Contains(sa, "@") {
-			return bad("gcp-service-account", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")
+			return failure.Bad("gcp-service-account", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")
 		}
 	case AzureACR:
 		if !uuidRE.MatchString(c.AzureClientID) {
-			return bad("azure-client-id", fmt.Sprintf("%q is not an application (client) id", c.AzureClientID), "copy it from the app registration's overview")
+			return failure.Bad("azure-client-id", fmt.Sprintf("%q is not an application (client) id", c.AzureClientID), "copy it from the app registration's overview")
 		}
 		if c.AzureTenantID == "" || strings.ContainsAny(c.AzureTenantID, "/?# ") {
-			return bad("azure-tenant-id", fmt.Sprintf("%q is not a tenant id", c.AzureTenantID), "copy it from the app registration's overview")
+			return failure.Bad("azure-tenant-id", fmt.Sprintf("%q is not a tenant id", c.AzureTenantID), "copy it from the app registration's overview")
 		}
 	case DockerHub:
 		if c.DockerHubConnectionID == "" {
-			return bad("dockerhub-connection-id", "is required with oidc-provider dockerhub", "copy it from the Docker Hub organization's OIDC connection")
+			return failure.Bad("dockerhub-connection-id", "is required with oidc-provider dockerhub", "copy it from the Docker Hub organization's OIDC connection")
 		}
 		if c.Username == "" {
-			return bad("username", "is required with oidc-provider dockerhub", "set it to the Docker Hub organization user")
+			return failure.Bad("username", "is required with oidc-provider dockerhub", "set it to the Docker Hub organization user")
 		}
 	case TokenExchange:
 		if !tlsOrLoopback(c.TokenExchangeURL) {
-			return bad("token-exchange-url", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
+			return failure.Bad("token-exchange-url", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
 		}
 	default:
-		return bad("oidc-provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
+		return failure.Bad("oidc-provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
 	}
 	return nil
 }
@@ -185,7 +182,7 @@ func (c Config) awsRegion() (string, error) {
 	if m := ecrHostRE.FindStringSubmatch(c.Registry); m != nil {
 		return m[2], nil
 	}
-	return "", bad("aws-region", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set aws-region, e.g. eu-west-1")
+	return "", failure.Bad("aws-region", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set aws-region, e.g. eu-west-1")
 }
 
 // client is the HTTP client of every exchange. It never follows a

@@ -3,13 +3,18 @@ package pull
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -24,23 +29,36 @@ type fakeFleet struct {
 	calls         [][]string
 	anonymousRefs int
 	sawPassword   []string
+	refs          []string
+	users         []string
+	// failFrom: members whose pulls from refs starting with the key fail.
+	failFrom map[string][]string
 }
 
 func (f *fakeFleet) Name() string    { return "cluster" }
 func (f *fakeFleet) Runtime() string { return "kubernetes" }
 func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *ghcr.Credentials, only []string) ([]Member, error) {
 	f.calls = append(f.calls, only)
+	f.refs = append(f.refs, ref)
 	if creds == nil {
 		f.anonymousRefs++
+		f.users = append(f.users, "")
 	} else {
 		f.sawPassword = append(f.sawPassword, creds.Password+"|"+creds.RegistryToken)
+		f.users = append(f.users, creds.Username)
 	}
 	var out []Member
 	for _, m := range f.members {
 		if len(only) > 0 && !slices.Contains(only, m) {
 			continue
 		}
+		failing := false
+		for prefix, ms := range f.failFrom {
+			failing = failing || (strings.HasPrefix(ref, prefix) && slices.Contains(ms, m))
+		}
 		switch {
+		case failing:
+			out = append(out, Member{Name: m, Err: &failure.Transient{Response: failure.Response{Status: 502, Message: "bad gateway"}}})
 		case f.refuseAll[m] != nil:
 			out = append(out, Member{Name: m, Err: f.refuseAll[m]})
 		case creds != nil && f.refuseCreds[m]:
@@ -166,4 +184,66 @@ func TestFleetGetsNoRegistryToken(t *testing.T) {
 	if strings.Join(f.sawPassword, ",") != "pw|" {
 		t.Errorf("the fleet got password|token %q, want the password and no token", f.sawPassword)
 	}
+}
+
+// A cluster a mirror serves pre-pulls <mirror>/<repo>@<digest> on every
+// node with the mirror's credentials (the pull Secret names the mirror's
+// host and holds nothing of upstream's); a node the mirror fails is pulled
+// from upstream with upstream's credentials, and its result says so; the
+// quota guard counts nothing for the mirror's pulls.
+func TestFleetPulledFromMirror(t *testing.T) {
+	const repo = "library/app"
+	up, img, _, want := upstreamWithImage(t, repo)
+	m := startSim(t)
+	m.push(t, repo+":1", img)
+	m.front.AddUser("mirroruser", "mirror-secret", false, repo)
+	set := mirror.Set{}
+	set.Add(up.host, mirror.Mirror{Host: m.host})
+	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
+	f := &fakeFleet{members: []string{"a", "b"}, digest: want.String(), failFrom: map[string][]string{m.host + "/": {"b"}}}
+	res := Run(context.Background(), images, nil, Options{
+		Credentials:       ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"},
+		MirrorCredentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"},
+		Mirrors:           set, Fleet: f})
+	if len(res) != 2 {
+		t.Fatalf("results %+v", res)
+	}
+	byNode := map[string]Result{res[0].Host: res[0], res[1].Host: res[1]}
+	a, b := byNode["a"], byNode["b"]
+	if a.Err != nil || a.ServedBy != m.host || a.Digest != want.String() || a.ImageRef != up.host+"/"+repo+"@"+want.String() {
+		t.Errorf("node a: %+v", a)
+	}
+	if b.Err != nil || b.ServedBy != "" || !strings.Contains(fmt.Sprint(b.MirrorNotes), "pulled from upstream") {
+		t.Errorf("node b: %+v", b)
+	}
+	wantRefs := []string{m.host + "/" + repo + "@" + want.String(), up.host + "/" + repo + "@" + want.String()}
+	if !slices.Equal(f.refs, wantRefs) || !slices.Equal(f.users, []string{"mirroruser", "upuser"}) || !slices.Equal(f.calls[1], []string{"b"}) {
+		t.Errorf("pulls %q as %q (only %q), want the mirror's as mirroruser, then upstream's for b as upuser", f.refs, f.users, f.calls)
+	}
+	if strings.Join(f.sawPassword, ",") != "mirror-secret|,up-secret|" {
+		t.Errorf("passwords|tokens %q", f.sawPassword)
+	}
+
+	// Quota: none left upstream, the mirror serves: the guard lets it run.
+	host, digest := quotaRegistry(t, "0")
+	qm := startSim(t)
+	src, _ := remote.Image(mustName(t, host+"/"+repo+":1"))
+	qm.push(t, repo+":1", src)
+	qm.front.SetPublic(repo)
+	qset := mirror.Set{}
+	qset.Add(host, mirror.Mirror{Host: qm.host})
+	images, _ = ParseImages([]string{host + "/" + repo + ":1"})
+	qf := &fakeFleet{members: []string{"a"}, digest: digest}
+	if r := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: qset, Fleet: qf})[0]; r.Err != nil || r.ServedBy != qm.host {
+		t.Errorf("quota guard with the mirror serving the cluster: %v, served by %q", r.Err, r.ServedBy)
+	}
+}
+
+func mustName(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -12,6 +12,16 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 )
 
+// MirrorNote is one thing decided about a mirror for an image, and why.
+type MirrorNote struct {
+	Text string
+	// Distrusted: the mirror answered another digest than upstream's and
+	// was not used, a warning rather than news.
+	Distrusted bool
+}
+
+func (n MirrorNote) String() string { return n.Text }
+
 // source is the mirror an image's targets pull from, decided once per
 // image after the probe; a nil *source is the upstream registry.
 type source struct {
@@ -64,20 +74,20 @@ func (p *probeOutcome) chooseMirror(ctx context.Context, img Image, opts Options
 		creds := credsFor(m, opts)
 		digest, res, err := p.askMirror(ctx, img, m, creds, opts)
 		if err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s did not serve %s: %v", m, img.Input, err))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s did not serve %s: %v", m, img.Input, err)})
 			continue
 		}
 		if p.err == nil && digest != p.digest {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s answers %s for %s, but upstream resolved %s: not trusted, not used", m, digest, img.Input, p.digest))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s answers %s for %s, but upstream resolved %s: not trusted, not used", m, digest, img.Input, p.digest), Distrusted: true})
 			continue
 		}
 		ref, err := m.Ref(repo, digest)
 		if err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("mirror %s: %v", m, err))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("mirror %s: %v", m, err)})
 			continue
 		}
 		if p.err != nil {
-			p.mirrorNotes = append(p.mirrorNotes, fmt.Sprintf("upstream could not resolve %s (%v); mirror %s resolved it to %s, unchecked against upstream", img.Input, p.err, m, digest))
+			p.mirrorNotes = append(p.mirrorNotes, MirrorNote{Text: fmt.Sprintf("upstream could not resolve %s (%v); mirror %s resolved it to %s, unchecked against upstream", img.Input, p.err, m, digest)})
 			p.resolvedBy = m.String()
 			p.digest, p.platform, p.err = digest, res.PlatformDigest, nil
 		}

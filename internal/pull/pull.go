@@ -50,6 +50,15 @@ type tagger interface {
 	Tag(ctx context.Context, source, target string) error
 }
 
+// renamer is a Daemon without a tag call whose images can still be given
+// names (containerd, through its images service): a mirror that serves
+// the digest serves it too. It pulls <mirror>/<repo>@<digest>, and Rename
+// gives the image the user's names (<repository>@<digest>, the tag) in
+// place of the mirror's, which it removes.
+type renamer interface {
+	Rename(ctx context.Context, from string, names ...string) error
+}
+
 // namer is a Daemon that names its runtime and, for containerd, the
 // namespace images land in; pull copies both into each Result.
 type namer interface {
@@ -171,7 +180,7 @@ type Result struct {
 	ResolvedBy string
 	// MirrorNotes say what was decided about mirrors and why (one that
 	// answered another digest, one that was down).
-	MirrorNotes []string
+	MirrorNotes []MirrorNote
 	// Err is nil on success; Diagnosis explains a failure.
 	Err       error
 	Diagnosis string
@@ -231,7 +240,7 @@ func Run(ctx context.Context, images []Image, targets []Target, opts Options) []
 			})
 		}
 		_ = g.Wait()
-		guardQuota(ctx, images, probes, opened, opts.Fleet != nil)
+		guardQuota(ctx, images, probes, opened, opts.Fleet != nil, opts.ImageConcurrency*opts.TargetConcurrency)
 		for i, img := range images {
 			g.Go(func() error {
 				perImage[i] = deliver(ctx, img, probes[i], opened, opts, starts[i])
@@ -333,7 +342,7 @@ type probeOutcome struct {
 	quota        *ghcr.Quota
 	source       *source // nil: targets pull from upstream
 	resolvedBy   string
-	mirrorNotes  []string
+	mirrorNotes  []MirrorNote
 	attempts     []ghcr.Attempt
 	err          error
 }
@@ -463,18 +472,25 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// it; the user's tag is then pointed at that digest.
 	ref := img.Input
 	tg, canTag := d.(tagger)
-	byDigest := canTag && p.digest != "" && image.Pinned(img.Input, p.digest) != ""
-	if byDigest {
-		ref = image.Pinned(img.Input, p.digest)
+	rn, canRename := d.(renamer)
+	pinned := ""
+	if p.digest != "" {
+		pinned = image.Pinned(img.Input, p.digest)
 	}
-	// A mirror serves only targets that can tag: they pull
-	// <mirror>/<repo>@<digest> and get the user's tag. A CRI target
-	// pulls the user's reference (containerd's own hosts.toml mirrors
-	// apply there).
+	byDigest := canTag && pinned != ""
+	if byDigest {
+		ref = pinned
+	}
+	// A mirror serves targets that can tag (Docker: they pull
+	// <mirror>/<repo>@<digest> and get the user's tag) or rename
+	// (containerd: the same pull, then the user's names in place of the
+	// mirror's). Other targets pull the user's reference from the
+	// registry.
 	src := p.source
-	if !byDigest {
+	if pinned == "" || !(canTag || canRename) {
 		src = nil
 	}
+	upstreamRef := ref
 	creds := p.creds
 	if src != nil {
 		ref, creds = src.ref.String(), src.creds
@@ -529,8 +545,8 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 	// A mirror that served the probe but fails this target leaves it to
 	// upstream, when upstream resolved the digest itself.
 	if err != nil && src != nil && p.resolvedBy == "" {
-		res.MirrorNotes = append(res.MirrorNotes, fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err))
-		ref, creds, src = image.Pinned(img.Input, p.digest), p.creds, nil
+		res.MirrorNotes = append(res.MirrorNotes, MirrorNote{Text: fmt.Sprintf("the pull from mirror %s failed on %s (%v); pulled from upstream", src.mirror, t.target.Name, err)})
+		ref, creds, src = upstreamRef, p.creds, nil
 		res.ServedBy, res.AuthMode, res.Provider = "", creds.Mode, p.creds.Provider
 		downloaded, err = pullWith(creds)
 	}
@@ -542,7 +558,21 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, ghcr.Diagnose(img.Ref.Context().RegistryStr(), attempts))
 	}
 	res.Pulled = downloaded
-	if byDigest && ref != img.Input {
+	// A mirror's pull is renamed where the target can (containerd): the
+	// user's names in place of the mirror's. Docker keeps the mirror's
+	// repository in RepoDigests and is tagged.
+	renamed := src != nil && canRename
+	if renamed {
+		names := []string{pinned}
+		if _, isTag := img.Ref.(name.Tag); isTag {
+			names = append(names, img.Input)
+		}
+		if err := rn.Rename(ctx, ref, names...); err != nil {
+			err = fmt.Errorf("pulled %s, but naming it %s failed: %w", ref, strings.Join(names, " and "), err)
+			return res.failed(err, err.Error())
+		}
+	}
+	if byDigest && ref != img.Input && !renamed {
 		if _, isTag := img.Ref.(name.Tag); isTag {
 			if err := tg.Tag(ctx, ref, img.Input); err != nil {
 				err = fmt.Errorf("pulled %s, but pointing %s at it failed: %w", ref, img.Input, err)
@@ -556,15 +586,15 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		return res.failed(err, err.Error())
 	}
 	if opts.Platform != nil && info.Platform != "" && !image.SamePlatform(*opts.Platform, info.Platform) {
-		err := &failure.BadInput{Input: "platform",
-			Problem: fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
-			Fix:     "pick a platform the image provides, or leave platform empty"}
+		err := failure.Bad("platform",
+			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
+			"pick a platform the image provides, or leave platform empty")
 		return res.failed(err, err.Error())
 	}
 	res.Platform = info.Platform
 	pulledAs := img.Input
-	if src != nil {
-		pulledAs = ref // RepoDigests name the mirror's repository
+	if src != nil && !renamed {
+		pulledAs = ref // Docker's RepoDigests name the mirror's repository
 	}
 	got := RepoDigest(info.RepoDigests, pulledAs, p.digest)
 	if p.digest != "" && got != p.digest {
@@ -691,17 +721,17 @@ func ParseImages(entries []string) ([]Image, error) {
 		seen[f] = true
 		ref, err := name.ParseReference(f)
 		if err != nil {
-			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference: %v", f, err),
-				Fix: "write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>"}
+			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference: %v", f, err),
+				"write images as registry/owner/name:tag or registry/owner/name@sha256:<digest>")
 		}
 		if _, err := reference.ParseNormalizedNamed(f); err != nil {
-			return nil, &failure.BadInput{Input: "image", Problem: fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
-				Fix: "use lower-case repository names"}
+			return nil, failure.Bad("image", fmt.Sprintf("%q is not an image reference the Docker daemon accepts: %v", f, err),
+				"use lower-case repository names")
 		}
 		out = append(out, Image{Input: f, Ref: ref})
 	}
 	if len(out) == 0 {
-		return nil, &failure.BadInput{Input: "image", Problem: "no image given", Fix: "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3"}
+		return nil, failure.Bad("image", "no image given", "set image to one or more references, e.g. ghcr.io/owner/app:1.2.3")
 	}
 	return out, nil
 }

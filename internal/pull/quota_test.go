@@ -137,7 +137,7 @@ func TestDaemonHitsQuota(t *testing.T) {
 func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
 	host, digest := quotaRegistry(t, "1")
 	images, _ := ParseImages([]string{host + "/library/app:1", host + "/library/app:2"})
-	holding := &tagDaemon{refs: []string{host + "/library/app@" + digest}}
+	holding := &tagDaemon{pullLog{refs: []string{host + "/library/app@" + digest}}}
 	lacking := &tagDaemon{}
 	for _, tt := range []struct {
 		name      string
@@ -165,7 +165,7 @@ func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
 	}
 }
 
-// Docker targets that a mirror serves spend none of the registry's quota:
+// Docker and containerd targets that a mirror serves spend none of the registry's quota:
 // with none left, the guard lets them pull from the mirror.
 func TestQuotaGuardSparesMirroredTargets(t *testing.T) {
 	host, digest := quotaRegistry(t, "0")
@@ -180,10 +180,12 @@ func TestQuotaGuardSparesMirroredTargets(t *testing.T) {
 	set := mirror.Set{}
 	set.Add(host, mirror.Mirror{Host: m.host})
 	images, _ := ParseImages([]string{host + "/library/app:1"})
-	d := &tagDaemon{}
-	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-		Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: set})
-	if r := res[0]; r.Err != nil || r.ServedBy != m.host || r.Digest != digest {
-		t.Errorf("err %v, served by %q, digest %s", r.Err, r.ServedBy, r.Digest)
+	// A Docker target and a containerd one (it renames the mirror's pull).
+	for _, d := range []Daemon{&tagDaemon{}, &renameDaemon{digest: digest}} {
+		res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
+			Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: set})
+		if r := res[0]; r.Err != nil || r.ServedBy != m.host || r.Digest != digest {
+			t.Errorf("%T: err %v, served by %q, digest %s", d, r.Err, r.ServedBy, r.Digest)
+		}
 	}
 }

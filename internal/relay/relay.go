@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
 
@@ -74,6 +75,12 @@ type Server struct {
 type repo struct {
 	upstream name.Repository
 	creds    ghcr.Credentials
+	// tr reaches upstream with creds: the registry's ping and token
+	// exchange happen once per repository and credentials, not before each
+	// manifest and blob (ggcr's remote does them per call, 2 round trips
+	// on each blob's critical path). gen counts credential changes.
+	tr  http.RoundTripper
+	gen int
 	// manifests fetched, by digest; allowed lists the digests that may
 	// be asked for (the relayed digest and, for an index, its entries).
 	manifests map[string]manifest
@@ -89,11 +96,20 @@ type manifest struct {
 	mediaType types.MediaType
 }
 
+// blob is a cache entry, complete (done) or being written by its one
+// upstream fetch (written bytes so far; cond, on s.mu, tells readers of
+// progress, the end and a failure, err). A failed blob leaves the cache.
 type blob struct {
 	path    string
 	size    int64
 	readers int
 	lastUse int64
+
+	started bool // the registry answered; bytes follow
+	written int64
+	done    bool
+	err     error
+	cond    *sync.Cond
 }
 
 // New makes the cache directory.
@@ -149,7 +165,10 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds ghcr.Credenti
 		s.mu.Unlock()
 		return "", fmt.Errorf("relay: %s and %s share the path %s; relay them in separate steps", r.upstream, ref.Context(), path)
 	}
-	r.creds = creds
+	if r.creds != creds {
+		r.creds, r.tr = creds, nil
+		r.gen++
+	}
 	r.allowed[ref.DigestStr()] = true
 	r.err = nil
 	s.mu.Unlock()
@@ -239,18 +258,44 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-func (s *Server) remoteOptions(ctx context.Context, creds ghcr.Credentials) []remote.Option {
-	return []remote.Option{
-		remote.WithContext(ctx),
-		remote.WithAuth(creds.Authenticator()),
-		remote.WithTransport(s.opts.Transport),
-		remote.WithUserAgent(s.opts.UserAgent),
-		// As in the probe: no hidden retries; the pull policy retries in
-		// the open.
-		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
-		remote.WithRetryStatusCodes(),
-		remote.WithRetryPredicate(func(error) bool { return false }),
+// remoteOptions reach upstream through tr (s.transport). As in the probe:
+// no hidden retries (ggcr adds none to a transport.Wrapper); the pull
+// policy retries in the open.
+func (s *Server) remoteOptions(ctx context.Context, tr http.RoundTripper) []remote.Option {
+	return []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr)}
+}
+
+// transport returns path's authenticated upstream transport, made once
+// per repository and credentials (the registry's ping and token exchange).
+func (s *Server) transport(ctx context.Context, path string) (http.RoundTripper, ghcr.Credentials, error) {
+	s.mu.Lock()
+	r, ok := s.repos[path]
+	if !ok {
+		s.mu.Unlock()
+		return nil, ghcr.Credentials{}, errNotRelayed
 	}
+	upstream, creds, tr, gen := r.upstream, r.creds, r.tr, r.gen
+	s.mu.Unlock()
+	if tr != nil {
+		return tr, creds, nil
+	}
+	v, err, _ := s.sf.Do(fmt.Sprintf("transport %s %d", path, gen), func() (any, error) {
+		tr, err := transport.NewWithContext(ctx, upstream.Registry, creds.Authenticator(),
+			transport.NewUserAgent(s.opts.Transport, s.opts.UserAgent), []string{upstream.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, ghcr.Classify(err, creds.IsAnonymous())
+		}
+		s.mu.Lock()
+		if r.gen == gen {
+			r.tr = tr
+		}
+		s.mu.Unlock()
+		return tr, nil
+	})
+	if err != nil {
+		return nil, creds, err
+	}
+	return v.(http.RoundTripper), creds, nil
 }
 
 // manifestOf returns an allowed manifest, fetching it upstream once.
@@ -265,14 +310,18 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 		s.mu.Unlock()
 		return m, nil
 	}
-	upstream, creds := r.upstream, r.creds
+	upstream := r.upstream
 	s.mu.Unlock()
 
 	v, err, _ := s.sf.Do("manifest "+path+"@"+dgst, func() (any, error) {
+		tr, creds, err := s.transport(ctx, path)
+		if err != nil {
+			return nil, err
+		}
 		s.mu.Lock()
 		s.manifest[dgst]++
 		s.mu.Unlock()
-		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
+		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
 		if err != nil {
 			return nil, ghcr.Classify(err, creds.IsAnonymous())
 		}
@@ -323,75 +372,121 @@ func (e *CacheError) Error() string {
 // Class names the failure for the results' error_class.
 func (e *CacheError) Class() string { return "relay-cache" }
 
-// openBlob returns the cached file of an allowed blob, fetching it
-// upstream once for every host (singleflight, then the cache), pinned
-// until release is called.
-func (s *Server) openBlob(path, dgst string) (*os.File, func(), error) {
-	for range 3 {
-		s.mu.Lock()
-		r, ok := s.repos[path]
-		if !ok || s.closed {
-			s.mu.Unlock()
-			return nil, nil, errNotRelayed
-		}
-		size, ok := r.sizes[dgst]
-		if !ok {
-			s.mu.Unlock()
-			return nil, nil, errNotRelayed
-		}
-		if b, ok := s.blobs[dgst]; ok {
-			f, err := os.Open(b.path)
-			if err != nil {
-				s.mu.Unlock()
-				return nil, nil, err
-			}
-			b.readers++
-			s.tick++
-			b.lastUse = s.tick
-			s.mu.Unlock()
-			var once sync.Once
-			return f, func() {
-				once.Do(func() {
-					f.Close()
-					s.mu.Lock()
-					b.readers--
-					s.mu.Unlock()
-				})
-			}, nil
-		}
-		upstream, creds := r.upstream, r.creds
-		s.mu.Unlock()
-
-		_, err, _ := s.sf.Do("blob "+dgst, func() (any, error) {
-			return nil, s.fetch(s.ctx, upstream, creds, dgst, size)
-		})
-		if err != nil {
-			s.mu.Lock()
+// openBlob returns a reader of an allowed blob, pinned (never evicted)
+// until it is closed. The first host to ask starts the blob's one upstream
+// fetch for the step (later hosts, and later images naming the blob, join
+// it or read the cache): the fetch writes the cache file and every reader
+// follows it as bytes arrive, so a host's runtime receives the first bytes
+// while the runner is still fetching the rest, not after. openBlob returns
+// once the registry has answered, so that its refusal is a clean answer to
+// the host and kept for the caller (Err).
+func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.repos[path]
+	if !ok || s.closed {
+		return nil, errNotRelayed
+	}
+	size, ok := r.sizes[dgst]
+	if !ok {
+		return nil, errNotRelayed
+	}
+	b, ok := s.blobs[dgst]
+	if !ok {
+		var err error
+		if b, err = s.startFetch(path, r, dgst, size); err != nil {
 			r.err = err
-			s.mu.Unlock()
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return nil, nil, fmt.Errorf("relay: %s was evicted from the cache as soon as it arrived; raise relay-cache-max", dgst)
+	b.readers++
+	s.tick++
+	b.lastUse = s.tick
+	rd := &blobReader{s: s, b: b, ctx: ctx}
+	rd.stop = context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		b.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	for !b.started && b.err == nil && ctx.Err() == nil {
+		b.cond.Wait()
+	}
+	err := b.err
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		rd.f, err = os.Open(b.path)
+	}
+	if err != nil {
+		rd.stop()
+		b.readers--
+		if b.err != nil {
+			r.err = b.err
+		}
+		return nil, err
+	}
+	return rd, nil
 }
 
-// fetch downloads one blob into the cache, making room first.
-func (s *Server) fetch(ctx context.Context, upstream name.Repository, creds ghcr.Credentials, dgst string, size int64) error {
+// startFetch reserves room for a blob, enters it in the cache as being
+// written and starts its upstream fetch; called with s.mu held.
+func (s *Server) startFetch(path string, r *repo, dgst string, size int64) (*blob, error) {
 	if err := s.reserve(dgst, size); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(s.dir, "partial-")
+	if err != nil {
+		s.used -= size
+		return nil, err
+	}
+	b := &blob{path: f.Name(), size: size, cond: sync.NewCond(&s.mu)}
+	s.blobs[dgst] = b
+	s.fetches[dgst]++
+	go s.fetch(b, f, path, r.upstream, dgst)
+	return b, nil
+}
+
+// fetch writes one blob from upstream into its cache file, telling the
+// readers as bytes arrive. The fetch belongs to the step, not to the host
+// that asked first (s.ctx): a host that goes away does not cancel it. A
+// blob that fails (upstream error, wrong size or digest) leaves the cache,
+// and its readers' responses are cut.
+func (s *Server) fetch(b *blob, f *os.File, path string, upstream name.Repository, dgst string) {
+	err := s.copyUpstream(b, f, path, upstream, dgst)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer b.cond.Broadcast()
+	if err == nil && s.closed {
+		err = errors.New("relay: closed")
+	}
+	if err == nil {
+		final := filepath.Join(s.dir, strings.ReplaceAll(dgst, ":", "-"))
+		if err = os.Rename(b.path, final); err == nil {
+			b.path, b.done = final, true
+			return
+		}
+	}
+	b.err = err
+	os.Remove(b.path)
+	if s.blobs[dgst] == b {
+		delete(s.blobs, dgst)
+		s.used -= b.size
+	}
+}
+
+// copyUpstream copies the blob into f. ggcr's reader checks the digest at
+// EOF, returning the last bytes with the error; readers are never given a
+// blob's last byte before that check passed (blobReader).
+func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Repository, dgst string) error {
+	tr, creds, err := s.transport(s.ctx, path)
+	if err != nil {
 		return err
 	}
-	reserved := true
-	defer func() {
-		if reserved {
-			s.mu.Lock()
-			s.used -= size
-			s.mu.Unlock()
-		}
-	}()
-	s.mu.Lock()
-	s.fetches[dgst]++
-	s.mu.Unlock()
-	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(ctx, creds)...)
+	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(s.ctx, tr)...)
 	if err != nil {
 		return ghcr.Classify(err, creds.IsAnonymous())
 	}
@@ -400,52 +495,144 @@ func (s *Server) fetch(ctx context.Context, upstream name.Repository, creds ghcr
 		return ghcr.Classify(err, creds.IsAnonymous())
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(s.dir, "partial-")
-	if err != nil {
-		return err
-	}
-	// ggcr's reader checks the digest and size at EOF: a blob that does
-	// not match never enters the cache.
-	n, err := io.Copy(tmp, rc)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	s.mu.Lock()
-	s.upBytes += n
+	b.started = true
+	b.cond.Broadcast()
 	s.mu.Unlock()
-	if err == nil && n != size {
-		err = fmt.Errorf("relay: %s is %d bytes, the manifest says %d", dgst, n, size)
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, rerr := rc.Read(buf)
+		if n+int64(k) > b.size {
+			return fmt.Errorf("relay: %s is larger than the %d bytes the manifest says", dgst, b.size)
+		}
+		if k > 0 {
+			if _, err := f.Write(buf[:k]); err != nil {
+				return err
+			}
+			n += int64(k)
+			s.mu.Lock()
+			b.written = n
+			s.upBytes += int64(k)
+			b.cond.Broadcast()
+			s.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return ghcr.Classify(rerr, creds.IsAnonymous())
+		}
 	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return ghcr.Classify(err, creds.IsAnonymous())
+	if n != b.size {
+		return fmt.Errorf("relay: %s is %d bytes, the manifest says %d", dgst, n, b.size)
 	}
-	final := filepath.Join(s.dir, strings.ReplaceAll(dgst, ":", "-"))
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
+	return nil
+}
+
+// blobReader reads a cached blob, following its fetch while it is being
+// written: a read waits for bytes the fetch has not written yet, and the
+// last byte waits for the fetch to finish, checked. It seeks (Range
+// requests) within the size the manifest gives.
+type blobReader struct {
+	s    *Server
+	b    *blob
+	f    *os.File
+	ctx  context.Context
+	stop func() bool
+	off  int64
+	// flush, when set, sends what the response buffers; called when the
+	// reader catches up with the fetch after reading (unflushed).
+	flush     func()
+	unflushed bool
+	// err is the fetch's failure met while reading: the response must be
+	// cut, not ended as if the blob were whole.
+	err  error
+	once sync.Once
+}
+
+func (rd *blobReader) Read(p []byte) (int, error) {
+	s, b := rd.s, rd.b
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		os.Remove(final)
-		return errors.New("relay: closed")
+	var limit int64
+	for {
+		if b.err != nil {
+			rd.err = b.err
+			s.mu.Unlock()
+			return 0, rd.err
+		}
+		if err := rd.ctx.Err(); err != nil {
+			s.mu.Unlock()
+			return 0, err
+		}
+		if b.done {
+			limit = b.size
+			break
+		}
+		if limit = min(b.written, b.size-1); rd.off < limit {
+			break
+		}
+		if rd.flush != nil && rd.unflushed {
+			// Caught up with the fetch: what the response holds goes to
+			// the host now, not when its buffer fills.
+			rd.unflushed = false
+			s.mu.Unlock()
+			rd.flush()
+			s.mu.Lock()
+			continue
+		}
+		b.cond.Wait()
 	}
-	s.tick++
-	s.blobs[dgst] = &blob{path: final, size: size, lastUse: s.tick}
-	reserved = false
+	s.mu.Unlock()
+	if rd.off >= limit {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > limit-rd.off {
+		p = p[:limit-rd.off]
+	}
+	n, err := rd.f.ReadAt(p, rd.off)
+	rd.off += int64(n)
+	rd.unflushed = rd.unflushed || n > 0
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	return n, err
+}
+
+func (rd *blobReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		offset += rd.off
+	case io.SeekEnd:
+		offset += rd.b.size
+	}
+	if offset < 0 {
+		return 0, errors.New("relay: seek before the start of the blob")
+	}
+	rd.off = offset
+	return offset, nil
+}
+
+// Close unpins the blob.
+func (rd *blobReader) Close() error {
+	rd.once.Do(func() {
+		rd.stop()
+		rd.f.Close()
+		rd.s.mu.Lock()
+		rd.b.readers--
+		rd.s.mu.Unlock()
+	})
 	return nil
 }
 
 // reserve makes room for size bytes, evicting the least recently used
-// blobs nobody is reading.
+// complete blobs nobody is reading (never one being written); called with
+// s.mu held.
 func (s *Server) reserve(dgst string, size int64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for s.used+size > s.opts.MaxBytes {
 		var victim string
 		for d, b := range s.blobs {
-			if b.readers == 0 && (victim == "" || b.lastUse < s.blobs[victim].lastUse) {
+			if b.done && b.readers == 0 && (victim == "" || b.lastUse < s.blobs[victim].lastUse) {
 				victim = d
 			}
 		}

@@ -33,17 +33,31 @@ type upstream struct {
 	digest   name.Digest
 	mu       sync.Mutex
 	blobGets map[string]int
+	pings    int // GET /v2/: ggcr's handshake, before a token exchange
+	// answer, by blob digest, replaces the registry's answer to a GET.
+	answer map[string]http.HandlerFunc
 }
 
 func newUpstream(t *testing.T, layers int64) *upstream {
 	t.Helper()
-	u := &upstream{blobGets: map[string]int{}}
+	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+		if r.URL.Path == "/v2/" {
 			u.mu.Lock()
-			u.blobGets[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+			u.pings++
 			u.mu.Unlock()
+		}
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+			u.mu.Lock()
+			u.blobGets[d]++
+			answer := u.answer[d]
+			u.mu.Unlock()
+			if answer != nil {
+				answer(w, r)
+				return
+			}
 		}
 		reg.ServeHTTP(w, r)
 	}))
@@ -59,6 +73,7 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	}
 	d, _ := img.Digest()
 	u.img, u.digest = img, ref.Context().Digest(d.String())
+	u.pings = 0 // the push's
 	return u
 }
 
@@ -153,6 +168,11 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 	}
 	if st.Bytes != want-size {
 		t.Errorf("upstream bytes %d, want %d", st.Bytes, want-size)
+	}
+	// One handshake (ping, and token where the registry asks for one) for
+	// the repository, not one before each manifest and blob.
+	if u.pings != 1 {
+		t.Errorf("upstream pinged %d times for one repository, want 1", u.pings)
 	}
 	cfg, _ := u.img.ConfigName()
 	if ids := s.ImageIDs(path, u.digest.DigestStr()); len(ids) != 1 || ids[0] != cfg.String() {
@@ -259,7 +279,7 @@ func TestRelayCacheBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		d, _ := layers[0].Digest()
-		_, _, err = s.openBlob(path, d.String())
+		_, err = s.openBlob(context.Background(), path, d.String())
 		var ce *CacheError
 		if !errors.As(err, &ce) {
 			t.Fatalf("err = %v, want a CacheError", err)

@@ -86,11 +86,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, path, ref
 		return
 	}
 	if err != nil {
-		s.mu.Lock()
-		if rp, ok := s.repos[path]; ok {
-			rp.err = err
-		}
-		s.mu.Unlock()
+		s.keepErr(path, err)
 		writeError(w, http.StatusBadGateway, "UNAVAILABLE", "the relay could not fetch the manifest upstream")
 		return
 	}
@@ -104,7 +100,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, path, ref
 }
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst string) {
-	f, release, err := s.openBlob(path, dgst)
+	rd, err := s.openBlob(r.Context(), path, dgst)
 	if errors.Is(err, errNotRelayed) {
 		writeError(w, http.StatusNotFound, "BLOB_UNKNOWN", "not relayed in this step")
 		return
@@ -121,12 +117,31 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst st
 		writeError(w, http.StatusBadGateway, "UNAVAILABLE", "the relay could not fetch the blob upstream")
 		return
 	}
-	defer release()
+	defer rd.Close()
+	rc := http.NewResponseController(w)
+	rd.flush = func() { _ = rc.Flush() }
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Docker-Content-Digest", dgst)
 	// ServeContent answers Range requests, with which runtimes resume an
-	// interrupted layer.
-	http.ServeContent(w, r, "", time.Time{}, f)
+	// interrupted layer; the size comes from the manifest, so the headers
+	// go out before the blob is fetched whole.
+	http.ServeContent(w, r, "", time.Time{}, rd)
+	if rd.err != nil {
+		s.keepErr(path, rd.err)
+		// The fetch failed under the response: cut it (the connection
+		// closes mid-body), so the runtime cannot take what it got for the
+		// whole blob.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// keepErr keeps an upstream failure met while serving path for Err.
+func (s *Server) keepErr(path string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rp, ok := s.repos[path]; ok {
+		rp.err = err
+	}
 }
 
 func (s *Server) count(host, path string, n int64) {
@@ -142,6 +157,9 @@ type countingWriter struct {
 	http.ResponseWriter
 	n int64
 }
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)

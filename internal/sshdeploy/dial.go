@@ -14,29 +14,29 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// Defaults for Config.
+// Defaults for dialConfig.
 const (
-	DefaultTimeout   = 30 * time.Second
-	DefaultKeepAlive = 15 * time.Second
+	defaultTimeout   = 30 * time.Second
+	defaultKeepAlive = 15 * time.Second
 	// keepAliveCountMax is how many intervals a keepalive may go
 	// unanswered before the connection is dropped, as OpenSSH's
 	// ServerAliveCountMax.
 	keepAliveCountMax = 3
 )
 
-// Config says how to reach hosts. Signer and HostKeys are required.
-type Config struct {
+// dialConfig says how to reach hosts. Signer and HostKeys are required.
+type dialConfig struct {
 	// Signer authenticates the client (ssh-key).
 	Signer ssh.Signer
 	// HostKeys verifies every hop, bastions included.
-	HostKeys *HostKeyPolicy
+	HostKeys *hostKeyPolicy
 	// ProxyJump lists bastions, dialled in order (ssh-proxy-jump).
 	ProxyJump []Host
 	// Timeout bounds connecting and the SSH handshake of each hop
-	// (ssh-timeout); 0 means DefaultTimeout.
+	// (ssh-timeout); 0 means defaultTimeout.
 	Timeout time.Duration
 	// KeepAlive is the interval of keepalive requests on an established
-	// connection; 0 means DefaultKeepAlive, a negative value none. A
+	// connection; 0 means defaultKeepAlive, a negative value none. A
 	// connection whose keepalives go unanswered three times is closed.
 	KeepAlive time.Duration
 	// DialContext opens the TCP connection to the first hop; nil means a
@@ -44,9 +44,9 @@ type Config struct {
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// Conn is an authenticated SSH connection to one host, possibly through
+// sshConn is an authenticated SSH connection to one host, possibly through
 // bastions. It is safe for concurrent use.
-type Conn struct {
+type sshConn struct {
 	host    Host
 	client  *ssh.Client
 	jumps   []*ssh.Client
@@ -57,30 +57,28 @@ type Conn struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	discoverMu sync.Mutex
-	routeMu    sync.Mutex
-	routes     map[string]Route
-	lastRoute  Route
+	routeMu sync.Mutex
+	routes  map[string]routeKind // by socket path, as discovery found them
 }
 
-// Dial connects and authenticates to host, through cfg.ProxyJump when set.
+// dialHost connects and authenticates to host, through cfg.ProxyJump when set.
 // Host keys are checked before dialling when the policy can tell (see
-// HostKeyPolicy.CheckHosts) and verified in each hop's key exchange, before
+// hostKeyPolicy.CheckHosts) and verified in each hop's key exchange, before
 // the client authenticates. ctx bounds the whole dial; cfg.Timeout bounds
 // each hop's connect and handshake. Errors are *failure.BadInput (nothing was
-// dialled) or *DialError (which wraps *HostKeyError on a refused key).
-func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
+// dialled) or *dialError (which wraps *hostKeyError on a refused key).
+func dialHost(ctx context.Context, host Host, cfg dialConfig) (*sshConn, error) {
 	if cfg.Signer == nil {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host"}
+		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host")
 	}
 	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
 		return nil, err
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
+		cfg.Timeout = defaultTimeout
 	}
 	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = DefaultKeepAlive
+		cfg.KeepAlive = defaultKeepAlive
 	}
 
 	var clients []*ssh.Client
@@ -98,14 +96,14 @@ func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
 		clients = append(clients, client)
 		prev, via, hostKey = client, hop.String(), key
 	}
-	c := &Conn{
+	c := &sshConn{
 		host:    host,
 		client:  clients[len(clients)-1],
 		jumps:   clients[:len(clients)-1],
 		hostKey: hostKey,
 		stop:    make(chan struct{}),
 		ended:   make(chan struct{}),
-		routes:  map[string]Route{},
+		routes:  map[string]routeKind{},
 	}
 	go func() {
 		c.client.Wait()
@@ -122,9 +120,9 @@ func Dial(ctx context.Context, host Host, cfg Config) (*Conn, error) {
 // dialHop connects to hop, directly or through prev, and completes the SSH
 // handshake. With fingerprints, which do not say their key type, a refused
 // key is retried with the other key types the host may hold.
-func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Config) (*ssh.Client, ssh.PublicKey, error) {
+func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg dialConfig) (*ssh.Client, ssh.PublicKey, error) {
 	tried := map[int]bool{}
-	var refused *HostKeyError
+	var refused *hostKeyError
 	var presented []string
 	for {
 		algos, retry := cfg.HostKeys.hostKeyAlgorithms(hop, tried)
@@ -148,16 +146,16 @@ func dialHop(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Co
 		}
 		// Either the key was refused with nothing left to try, or a retry
 		// found no other key type on the host: report the keys seen.
-		return nil, nil, &DialError{Host: hop.String(), Via: via, Stage: StageHandshake, Err: refused}
+		return nil, nil, &dialError{Host: hop.String(), Via: via, Stage: stageHandshake, Err: refused}
 	}
 }
 
 // handshake makes one attempt. v is nil when the TCP connection failed.
-func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg Config, algos []string) (*ssh.Client, *verifier, error) {
+func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg dialConfig, algos []string) (*ssh.Client, *verifier, error) {
 	hctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	fail := func(stage Stage, err error) error {
-		de := &DialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
+	fail := func(stage dialStage, err error) error {
+		de := &dialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
 		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
 			de.Err = fmt.Errorf("no answer within %s: %w", cfg.Timeout, os.ErrDeadlineExceeded)
 			de.Fix = "check that the host is up and its SSH port open to the runner, or raise ssh-timeout"
@@ -181,7 +179,7 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 		}
 	}
 	if err != nil {
-		return nil, nil, fail(StageConnect, err)
+		return nil, nil, fail(stageConnect, err)
 	}
 	// The handshake has no context of its own: closing the connection is
 	// how ctx and the timeout interrupt it (a forwarded channel has no
@@ -209,13 +207,13 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 	case v.refused != nil:
 		return nil, v, v.refused
 	case v.called:
-		de := fail(StageAuth, err).(*DialError)
+		de := fail(stageAuth, err).(*dialError)
 		if de.Fix == "" {
 			de.Fix = fmt.Sprintf("the public half of ssh-key must be in the authorized_keys of %q on the host (ssh-user, or user@ in ssh-host)", hop.User)
 		}
 		return nil, v, de
 	default:
-		return nil, v, fail(StageHandshake, err)
+		return nil, v, fail(stageHandshake, err)
 	}
 }
 
@@ -249,21 +247,8 @@ func keepAlive(c *ssh.Client, every time.Duration, stop <-chan struct{}) {
 	}
 }
 
-// Host is the host dialled.
-func (c *Conn) Host() Host { return c.host }
-
-// HostKey is the key the host presented (and the policy accepted).
-func (c *Conn) HostKey() ssh.PublicKey { return c.hostKey }
-
-// HostKeyFingerprint is the presented key as "type SHA256:...", for the
-// warning that ssh-insecure-ignore-host-key deserves.
-func (c *Conn) HostKeyFingerprint() string { return describeKey(c.hostKey) }
-
-// Client is the underlying SSH client.
-func (c *Conn) Client() *ssh.Client { return c.client }
-
 // Close closes the connection and those to the bastions.
-func (c *Conn) Close() error {
+func (c *sshConn) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.stop)
 		c.closeErr = c.client.Close()

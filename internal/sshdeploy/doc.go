@@ -1,11 +1,14 @@
-// Package sshdeploy is everything about reaching a remote host: it parses
-// the SSH settings (hosts, private key, known hosts, fingerprints, a
-// bastion), verifies host keys by default, dials hosts directly or through
-// ProxyJump bastions, decides once per connection the route to a runtime's
-// socket, finds the runtime on the host (Docker, Podman, the SSH user's
-// rootless engines, then containerd: docs/runtimes.md), and
-// opens it over the connection with the runtime adapters (internal/docker,
-// internal/cri). Open is the one entry point of a pull.
+// Package sshdeploy reaches container runtimes on remote hosts over SSH.
+// Parse checks the SSH and remote runtime inputs and applies their defaults,
+// once. Open dials a host (host keys verified, bastions by ProxyJump),
+// finds its runtime by one route discovery (stream-local channels, Docker's
+// dial-stdio last; docs/runtimes.md) and returns the runtime adapter
+// (internal/docker, internal/cri), which owns the connection. With
+// Settings.Relay the host pulls from the runner through a remote forward.
+// Nothing secret is sent to a host but inside the runtime's API calls.
+package sshdeploy
+
+// The rest of the package's notes, kept from go doc's summary above.
 //
 // Two routes lead to a socket. The first is a direct-streamlocal@openssh.com
 // channel (what `ssh -L local:/var/run/docker.sock` uses): it needs nothing on
@@ -30,4 +33,7 @@
 //
 // The package knows nothing about GitHub Actions: inputs arrive as values,
 // and errors about them are *failure.BadInput values naming the input.
-package sshdeploy
+//
+// Its surface is Parse and Open; everything else (the connection, the
+// routes, discovery) is unexported and tested inside the package against
+// an in-process SSH server, and end to end through Open against OpenSSH.

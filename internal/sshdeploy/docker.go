@@ -13,121 +13,52 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
-// Route is how a connection reaches the Docker daemon's socket.
-type Route string
+// routeKind is how a connection reaches the Docker daemon's socket.
+type routeKind string
 
 const (
-	// RouteStreamLocal is a direct-streamlocal@openssh.com channel to the
+	// routeStreamLocal is a direct-streamlocal@openssh.com channel to the
 	// socket, opened by sshd itself.
-	RouteStreamLocal Route = "stream-local"
-	// RouteDialStdio is an exec of `docker system dial-stdio` on the host.
-	RouteDialStdio Route = "dial-stdio"
+	routeStreamLocal routeKind = "stream-local"
+	// routeDialStdio is an exec of `docker system dial-stdio` on the host.
+	routeDialStdio routeKind = "dial-stdio"
 )
 
 // defaultDockerSocket is where Docker listens unless told otherwise.
 const defaultDockerSocket = "/var/run/docker.sock"
 
-// Route reports the route that reached the Docker socket most recently
-// dialled, "" before the first DialDocker succeeded.
-func (c *Conn) Route() Route {
+// route is the route discovery found to socketPath, "" when none yet.
+func (c *sshConn) route(socketPath string) routeKind {
 	c.routeMu.Lock()
 	defer c.routeMu.Unlock()
-	return c.lastRoute
+	return c.routes[socketPath]
 }
 
-// DockerDialer returns a dial function for the Docker Go client that
-// reaches socketPath on the host; the network and address the client asks
-// for are ignored. Use it with a placeholder host:
-//
-//	client.New(client.WithHost("http://docker"), client.WithDialContext(conn.DockerDialer(sock)), ...)
-func (c *Conn) DockerDialer(socketPath string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return c.DialDocker(ctx, socketPath)
-	}
-}
-
-// DialDocker opens a connection to the Docker daemon socket on the host.
-//
-// The first call tries a direct-streamlocal@openssh.com channel; when sshd
-// rejects it (OpenSSH 9.2 answers "open failed" both for
-// AllowStreamLocalForwarding no and for a missing socket, others
-// "administratively prohibited", so any rejection counts), it checks that
-// `docker system dial-stdio` reaches the daemon and uses that. The route
-// that worked is kept for later calls on this Conn. When both fail the error
-// is a *RouteError naming both.
-func (c *Conn) DialDocker(ctx context.Context, socketPath string) (net.Conn, error) {
-	if socketPath == "" {
-		socketPath = defaultDockerSocket
-	}
-	if conn, ok, err := c.dialKnown(ctx, socketPath); ok {
-		return conn, err
-	}
-	// Discovery is serialised so that concurrent first dials do not each
-	// probe both routes; after it, dials run in parallel.
-	c.discoverMu.Lock()
-	defer c.discoverMu.Unlock()
-	if conn, ok, err := c.dialKnown(ctx, socketPath); ok {
-		return conn, err
-	}
-
-	conn, slErr := c.dialStreamLocal(ctx, socketPath)
-	if slErr == nil {
-		c.setRoute(socketPath, RouteStreamLocal)
-		return conn, nil
-	}
-	var rejected *ssh.OpenChannelError
-	if !errors.As(slErr, &rejected) {
-		// The connection itself failed (closed, ctx done): no other route
-		// would fare better.
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("ssh %s: opening a channel to %s: %w", c.host, socketPath, slErr)
-	}
-	conn, err := c.probeDialStdio(ctx, socketPath)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &RouteError{Host: c.host.String(), Socket: socketPath, StreamLocal: slErr, DialStdio: err}
-	}
-	c.setRoute(socketPath, RouteDialStdio)
-	return conn, nil
-}
-
-// dialKnown dials by the route found earlier for socketPath; ok is false
-// when there is none yet.
-func (c *Conn) dialKnown(ctx context.Context, socketPath string) (conn net.Conn, ok bool, err error) {
-	c.routeMu.Lock()
-	route, known := c.routes[socketPath]
-	if known {
-		c.lastRoute = route
-	}
-	c.routeMu.Unlock()
-	switch {
-	case !known:
-		return nil, false, nil
-	case route == RouteStreamLocal:
-		conn, err = c.dialStreamLocal(ctx, socketPath)
-	default:
-		conn, err = c.dialStdio(ctx, socketPath)
-	}
-	return conn, true, err
-}
-
-func (c *Conn) setRoute(socketPath string, r Route) {
+func (c *sshConn) setRoute(socketPath string, r routeKind) {
 	c.routeMu.Lock()
 	defer c.routeMu.Unlock()
-	c.routes[socketPath], c.lastRoute = r, r
+	c.routes[socketPath] = r
 }
 
-func (c *Conn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn, error) {
+// dialRoute opens a connection to socketPath by the route discovery found
+// for it (openRuntime): a runtime's every connection after the first.
+func (c *sshConn) dialRoute(ctx context.Context, socketPath string) (net.Conn, error) {
+	if c.route(socketPath) == routeDialStdio {
+		return c.dialStdio(ctx, socketPath)
+	}
+	return c.dialUnix(ctx, socketPath)
+}
+
+func (c *sshConn) dialStreamLocal(ctx context.Context, socketPath string) (net.Conn, error) {
 	return c.client.DialContext(ctx, "unix", socketPath)
 }
 
-// dialStdioCommand is the only command sshdeploy runs on a host. The socket
+// dialStdioCommand is the command of the dial-stdio route, one of the two
+// sshdeploy runs on a host (userRuntimeCommand is the other). The socket
 // path is not secret; it is quoted for the remote shell.
 func dialStdioCommand(socketPath string) string {
 	return "docker -H " + shellQuote("unix://"+socketPath) + " system dial-stdio"
@@ -143,7 +74,7 @@ func shellQuote(s string) string {
 // exits. The connection, still open (HTTP keep-alive), is returned for use:
 // each dial-stdio connection starts the docker CLI on the host, which
 // costs more than the ping.
-func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
+func (c *sshConn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
 	conn, err := c.dialStdio(ctx, socketPath)
 	if err != nil {
 		return nil, err
@@ -158,7 +89,7 @@ func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn,
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
 	if err != nil {
 		conn.Close()
-		var ds *DialStdioError
+		var ds *dialStdioError
 		if errors.As(err, &ds) {
 			return nil, ds
 		}
@@ -174,7 +105,7 @@ func (c *Conn) probeDialStdio(ctx context.Context, socketPath string) (net.Conn,
 	return conn, nil
 }
 
-func (c *Conn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
+func (c *sshConn) dialStdio(ctx context.Context, socketPath string) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -255,11 +186,11 @@ func (s *stdioConn) exitError(err error) error {
 	var exit *ssh.ExitError
 	switch {
 	case errors.As(s.waitErr, &exit):
-		return &DialStdioError{ExitStatus: exit.ExitStatus(), Stderr: s.stderr.String()}
+		return &dialStdioError{ExitStatus: exit.ExitStatus(), Stderr: s.stderr.String()}
 	case s.waitErr != nil:
 		var missing *ssh.ExitMissingError
 		if errors.As(s.waitErr, &missing) {
-			return &DialStdioError{ExitStatus: -1, Stderr: s.stderr.String()}
+			return &dialStdioError{ExitStatus: -1, Stderr: s.stderr.String()}
 		}
 	}
 	return err
@@ -303,13 +234,16 @@ func (s *stdioConn) SetReadDeadline(time.Time) error  { return nil }
 func (s *stdioConn) SetWriteDeadline(time.Time) error { return nil }
 
 // tailBuffer keeps the last bytes written to it: a remote command's stderr
-// is shown to users, and must not grow without bound.
+// is shown to users, and must not grow without bound. What it keeps is
+// cut anywhere; String cuts it again on a rune boundary, through
+// failure.ClipTail.
 type tailBuffer struct {
 	mu  sync.Mutex
 	buf []byte
 }
 
-const tailMax = 1024
+// tailMax leaves ClipTail room to find a rune start past the byte cut.
+const tailMax = 2 * failure.MaxMessage
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
@@ -324,5 +258,5 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
+	return failure.ClipTail(string(t.buf))
 }

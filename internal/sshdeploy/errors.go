@@ -25,10 +25,10 @@ const (
 	InputContainerdNamespace = "containerd-namespace"
 )
 
-// HostKeyError says a host presented a key the policy does not accept. It is
+// hostKeyError says a host presented a key the policy does not accept. It is
 // returned during the key exchange, before the client authenticates or opens
 // any channel, so nothing has been sent to the host.
-type HostKeyError struct {
+type hostKeyError struct {
 	// Host is the address dialled, host:port.
 	Host string
 	// Presented lists the keys the host presented ("ssh-ed25519 SHA256:..."),
@@ -45,7 +45,7 @@ type HostKeyError struct {
 	Name string
 }
 
-func (e *HostKeyError) Error() string {
+func (e *hostKeyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host key verification failed for %s: ", e.Host)
 	if e.Revoked {
@@ -62,27 +62,27 @@ func (e *HostKeyError) Error() string {
 	return b.String()
 }
 
-// Stage says how far a connection got before it failed.
-type Stage string
+// dialStage says how far a connection got before it failed.
+type dialStage string
 
 const (
-	StageConnect   Stage = "connect"   // TCP (or the bastion's forwarded channel)
-	StageHandshake Stage = "handshake" // key exchange, host key verification
-	StageAuth      Stage = "auth"      // user authentication with ssh-key
+	stageConnect   dialStage = "connect"   // TCP (or the bastion's forwarded channel)
+	stageHandshake dialStage = "handshake" // key exchange, host key verification
+	stageAuth      dialStage = "auth"      // user authentication with ssh-key
 )
 
-// DialError is a failure to reach a host. Via names the bastion the failing
-// hop was dialled through, if any. It wraps *HostKeyError when the host key
+// dialError is a failure to reach a host. Via names the bastion the failing
+// hop was dialled through, if any. It wraps *hostKeyError when the host key
 // was refused.
-type DialError struct {
+type dialError struct {
 	Host  string
 	Via   string
-	Stage Stage
+	Stage dialStage
 	Err   error
 	Fix   string
 }
 
-func (e *DialError) Error() string {
+func (e *dialError) Error() string {
 	s := fmt.Sprintf("ssh %s: %s failed", e.Host, e.Stage)
 	if e.Via != "" {
 		s += " (through " + e.Via + ")"
@@ -94,26 +94,26 @@ func (e *DialError) Error() string {
 	return s
 }
 
-func (e *DialError) Unwrap() error { return e.Err }
+func (e *dialError) Unwrap() error { return e.Err }
 
-// RouteError says neither route reached the Docker daemon socket.
-type RouteError struct {
+// routeError says neither route reached the Docker daemon socket.
+type routeError struct {
 	Host   string
 	Socket string
 	// StreamLocal is the rejection of the direct-streamlocal channel.
 	StreamLocal error
 	// DialStdio is the failure of `docker system dial-stdio`, usually a
-	// *DialStdioError.
+	// *dialStdioError.
 	DialStdio error
 }
 
-func (e *RouteError) Error() string {
+func (e *routeError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cannot reach the Docker daemon at %s on %s by either route: ", e.Socket, e.Host)
 	fmt.Fprintf(&b, "(1) stream-local forwarding (direct-streamlocal@openssh.com) was rejected: %v"+
 		" — sshd answers so when AllowStreamLocalForwarding is no in its sshd_config, or when the socket is missing or not accessible to the user; ", e.StreamLocal)
 	fmt.Fprintf(&b, "(2) `docker system dial-stdio` failed: %v", e.DialStdio)
-	var ds *DialStdioError
+	var ds *dialStdioError
 	if errors.As(e.DialStdio, &ds) && ds.CommandNotFound() {
 		b.WriteString(" — docker: command not found on the remote PATH (non-interactive SSH sessions do not read ~/.profile or ~/.bashrc)")
 	}
@@ -121,18 +121,18 @@ func (e *RouteError) Error() string {
 	return b.String()
 }
 
-func (e *RouteError) Unwrap() []error { return []error{e.StreamLocal, e.DialStdio} }
+func (e *routeError) Unwrap() []error { return []error{e.StreamLocal, e.DialStdio} }
 
-// DialStdioError is how `docker system dial-stdio` ended on the remote host
+// dialStdioError is how `docker system dial-stdio` ended on the remote host
 // when it did not carry a connection to the daemon.
-type DialStdioError struct {
+type dialStdioError struct {
 	// ExitStatus is the remote command's exit status (-1 when unknown).
 	ExitStatus int
 	// Stderr is the end of what the command wrote to stderr, clipped.
 	Stderr string
 }
 
-func (e *DialStdioError) Error() string {
+func (e *dialStdioError) Error() string {
 	msg := strings.TrimSpace(e.Stderr)
 	if msg == "" {
 		msg = "no message"
@@ -144,6 +144,11 @@ func (e *DialStdioError) Error() string {
 }
 
 // CommandNotFound tells whether the shell could not find the docker CLI.
-func (e *DialStdioError) CommandNotFound() bool {
+// 127 is the shell's status for it; its words are matched too because a
+// wrapper around the command (a ForceCommand, a login script) may exit
+// with a status of its own and leave only the shell's message. These are
+// a shell's words, not a registry's relayed by a daemon, so they are not
+// failure's phrase table's to know.
+func (e *dialStdioError) CommandNotFound() bool {
 	return e.ExitStatus == 127 || strings.Contains(e.Stderr, "command not found") || strings.Contains(e.Stderr, "docker: not found")
 }

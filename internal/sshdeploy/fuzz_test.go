@@ -50,7 +50,7 @@ func FuzzParseHostKeyPolicy(f *testing.F) {
 	f.Add("|1|abc=|def= ssh-rsa AAAA", "SHA256:"+"A", true)
 	f.Add("# comment\n[h]:2222 ecdsa-sha2-nistp256 AAAA", "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", false)
 	f.Fuzz(func(t *testing.T, known, fingerprints string, insecure bool) {
-		_, err := ParseHostKeyPolicy(known, fingerprints, insecure)
+		_, err := parseHostKeyPolicy(known, fingerprints, insecure)
 		if err != nil && !inputNamed(err) {
 			t.Fatalf("error %v names no input", err)
 		}
@@ -66,7 +66,7 @@ func FuzzParseScalars(f *testing.F) {
 		} else if err == nil && d <= 0 {
 			t.Fatalf("%q accepted as %v", timeout, d)
 		}
-		if _, err := parseSocket(socket); err != nil && !inputNamed(err) {
+		if _, err := parseSocket(InputSocket, socket, defaultDockerSocket, "/var/run/docker.sock"); err != nil && !inputNamed(err) {
 			t.Fatalf("socket error %v", err)
 		}
 		if p, err := parsePort(port); err == nil && (p < 1 || p > 65535) {
@@ -82,7 +82,7 @@ func FuzzParsePrivateKey(f *testing.F) {
 	f.Add("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
 	f.Add("not a key")
 	f.Fuzz(func(t *testing.T, key string) {
-		_, err := ParsePrivateKey(key, "")
+		_, err := parsePrivateKey(key, "")
 		if err != nil && !inputNamed(err) {
 			t.Fatalf("error %v names no input", err)
 		}

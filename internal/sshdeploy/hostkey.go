@@ -19,14 +19,14 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// HostKeyPolicy decides which host keys are accepted. The zero value and a
-// nil policy accept nothing; build one with ParseHostKeyPolicy.
+// hostKeyPolicy decides which host keys are accepted. The zero value and a
+// nil policy accept nothing; build one with parseHostKeyPolicy.
 //
 // A key is accepted when it matches an ssh-known-hosts entry for the host
 // dialled or any of the ssh-fingerprint values; a key marked @revoked is
 // refused even then. Verification happens inside the key exchange, so a
 // refused host never sees an authentication attempt or a channel.
-type HostKeyPolicy struct {
+type hostKeyPolicy struct {
 	insecure bool
 	// knownHosts checks a key for host:port; nil when no known hosts.
 	knownHosts ssh.HostKeyCallback
@@ -40,15 +40,15 @@ type HostKeyPolicy struct {
 	fingerprintText []string
 }
 
-// ParseHostKeyPolicy builds the policy from the ssh-known-hosts,
+// parseHostKeyPolicy builds the policy from the ssh-known-hosts,
 // ssh-fingerprint and ssh-insecure-ignore-host-key inputs. With neither known
 // hosts nor fingerprints nor insecure, the policy is valid but CheckHosts
 // fails, naming the ssh-keyscan command that gives the missing value.
-func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*HostKeyPolicy, error) {
-	p := &HostKeyPolicy{insecure: insecure}
+func parseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*hostKeyPolicy, error) {
+	p := &hostKeyPolicy{insecure: insecure}
 	if insecure {
 		if strings.TrimSpace(knownHostsText) != "" || strings.TrimSpace(fingerprints) != "" {
-			return nil, &failure.BadInput{Input: InputInsecure, Problem: "is true while ssh-known-hosts or ssh-fingerprint is set", Fix: "drop ssh-insecure-ignore-host-key to verify host keys with the values given"}
+			return nil, failure.Bad(InputInsecure, "is true while ssh-known-hosts or ssh-fingerprint is set", "drop ssh-insecure-ignore-host-key to verify host keys with the values given")
 		}
 		return p, nil
 	}
@@ -73,13 +73,13 @@ func ParseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*Ho
 }
 
 // insecureIgnoreHostKey is the explicit opt-out: any host key is accepted
-// (and still reported, see Conn.HostKey).
-func insecureIgnoreHostKey() *HostKeyPolicy { return &HostKeyPolicy{insecure: true} }
+// (the one presented is kept in sshConn.hostKey), and action warns.
+func insecureIgnoreHostKey() *hostKeyPolicy { return &hostKeyPolicy{insecure: true} }
 
 // Insecure tells whether host keys go unchecked.
-func (p *HostKeyPolicy) Insecure() bool { return p != nil && p.insecure }
+func (p *hostKeyPolicy) Insecure() bool { return p != nil && p.insecure }
 
-func (p *HostKeyPolicy) empty() bool {
+func (p *hostKeyPolicy) empty() bool {
 	return p == nil || (!p.insecure && p.knownHosts == nil && len(p.fingerprints) == 0)
 }
 
@@ -89,15 +89,14 @@ func (p *HostKeyPolicy) empty() bool {
 // error names the ssh-keyscan commands that produce the missing lines.
 // proxyJump are the bastions hosts are reached through; they are checked
 // too, and the hint for a host behind a bastion runs ssh-keyscan there.
-func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
+func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if p.empty() {
-		return &failure.BadInput{
-			Input:   InputKnownHosts,
-			Problem: "host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
-			Fix: "put the output of " + keyscanPlan(hosts, proxyJump, nil) +
-				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;" +
-				" ssh-insecure-ignore-host-key: true skips the check",
-		}
+		return failure.Bad(
+			InputKnownHosts,
+			"host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
+			"put the output of "+keyscanPlan(hosts, proxyJump, nil)+
+				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;"+
+				" ssh-insecure-ignore-host-key: true skips the check")
 	}
 	if p.insecure || len(p.fingerprints) > 0 || p.authorities {
 		return nil
@@ -113,12 +112,11 @@ func (p *HostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if len(unknown) == 0 {
 		return nil
 	}
-	return &failure.BadInput{
-		Input:   InputKnownHosts,
-		Problem: "has no entry for " + strings.Join(names, ", "),
-		Fix: "add the output of " + keyscanPlan(hosts, proxyJump, unknown) +
-			" (run from a network you trust); hosts on a port other than 22 are written [host]:port",
-	}
+	return failure.Bad(
+		InputKnownHosts,
+		"has no entry for "+strings.Join(names, ", "),
+		"add the output of "+keyscanPlan(hosts, proxyJump, unknown)+
+			" (run from a network you trust); hosts on a port other than 22 are written [host]:port")
 }
 
 // knownHostsName is how a host appears in known_hosts.
@@ -186,7 +184,7 @@ var dummyKey = sync.OnceValue(func() ssh.PublicKey {
 })
 
 // knownKeys lists the known_hosts keys (not authorities) for h.
-func (p *HostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
+func (p *hostKeyPolicy) knownKeys(h Host) []ssh.PublicKey {
 	if p == nil || p.knownHosts == nil {
 		return nil
 	}
@@ -231,7 +229,7 @@ func familyOf(keyType string) int {
 // the families already tried. nil means x/crypto's defaults. retry reports
 // whether another attempt with other families makes sense after a refusal:
 // only fingerprints, which do not say their key type, need that.
-func (p *HostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []string, retry bool) {
+func (p *hostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []string, retry bool) {
 	if p.authorities {
 		// Hosts known through certificates present certificate algorithms.
 		return nil, false
@@ -264,11 +262,11 @@ func (p *HostKeyPolicy) hostKeyAlgorithms(h Host, tried map[int]bool) (algos []s
 
 // verifier checks one handshake's host key and remembers what it saw.
 type verifier struct {
-	policy    *HostKeyPolicy
+	policy    *hostKeyPolicy
 	host      Host
 	called    bool
 	presented ssh.PublicKey
-	refused   *HostKeyError
+	refused   *hostKeyError
 }
 
 func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey) error {
@@ -278,7 +276,7 @@ func (v *verifier) callback(hostname string, remote net.Addr, key ssh.PublicKey)
 	if p.insecure {
 		return nil
 	}
-	refuse := &HostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
+	refuse := &hostKeyError{Host: v.host.Addr(), Name: v.host.Name, Port: v.host.Port, Presented: []string{describeKey(key)}}
 	if p.knownHosts != nil {
 		err := p.knownHosts(hostname, remote, key)
 		if err == nil {
@@ -338,7 +336,7 @@ func parseFingerprints(s string) ([]string, error) {
 				b64 := strings.TrimRight(tok[len("SHA256:"):], "=")
 				raw, err := base64.RawStdEncoding.DecodeString(b64)
 				if err != nil || len(raw) != 32 {
-					return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+					return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 				}
 				b64 = base64.RawStdEncoding.EncodeToString(raw)
 				if !set[b64] {
@@ -347,15 +345,15 @@ func parseFingerprints(s string) ([]string, error) {
 				}
 				found = true
 			case strings.HasPrefix(upper, "MD5:") || isHexColons(tok):
-				return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), Fix: "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+				return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 			}
 		}
 		if !found {
-			return nil, &failure.BadInput{Input: InputFingerprint, Problem: fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), Fix: "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host"}
+			return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 		}
 	}
 	if len(set) == 0 {
-		return nil, &failure.BadInput{Input: InputFingerprint, Problem: "holds no fingerprint"}
+		return nil, failure.Bad(InputFingerprint, "holds no fingerprint", "")
 	}
 	return text, nil
 }
@@ -394,7 +392,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 			continue
 		}
 		bad := func(problem, fix string) error {
-			return &failure.BadInput{Input: InputKnownHosts, Problem: fmt.Sprintf("line %d: %s", n+1, problem), Fix: fix}
+			return failure.Bad(InputKnownHosts, fmt.Sprintf("line %d: %s", n+1, problem), fix)
 		}
 		fields := strings.Fields(line)
 		if slices.Contains(keyTypes, fields[0]) {
@@ -409,7 +407,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 		entries++
 	}
 	if entries == 0 {
-		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: "holds only comments or blank lines"}
+		return nil, false, failure.Bad(InputKnownHosts, "holds only comments or blank lines", "")
 	}
 
 	f, err := os.CreateTemp("", "ghcr-pull-known-hosts-*")
@@ -429,7 +427,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 	cb, err := knownhosts.New(name)
 	if err != nil {
 		msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), name+":", "line "), "knownhosts: ")
-		return nil, false, &failure.BadInput{Input: InputKnownHosts, Problem: msg, Fix: "paste lines as ssh-keyscan prints them: `host keytype base64-key`"}
+		return nil, false, failure.Bad(InputKnownHosts, msg, "paste lines as ssh-keyscan prints them: `host keytype base64-key`")
 	}
 	return cb, authorities, nil
 }

@@ -11,8 +11,8 @@ import (
 
 // Defaults for hosts that name no user or port.
 const (
-	DefaultUser = "root"
-	DefaultPort = 22
+	defaultUser = "root"
+	defaultPort = 22
 )
 
 // Host is one SSH destination.
@@ -49,10 +49,10 @@ func parseProxyJump(s, user string, port int) ([]Host, error) {
 
 func parseHostList(input, s, user string, port int, chain bool) ([]Host, error) {
 	if user == "" {
-		user = DefaultUser
+		user = defaultUser
 	}
 	if port == 0 {
-		port = DefaultPort
+		port = defaultPort
 	}
 	var hosts []Host
 	seen := map[string]bool{}
@@ -64,11 +64,11 @@ func parseHostList(input, s, user string, port int, chain bool) ([]Host, error) 
 			}
 			h, problem := parseHost(entry, user, port)
 			if problem != "" {
-				return nil, &failure.BadInput{Input: input, Problem: fmt.Sprintf("%q: %s", entry, problem), Fix: "write [user@]host[:port], IPv6 as [addr]:port, entries separated by newlines or commas"}
+				return nil, failure.Bad(input, fmt.Sprintf("%q: %s", entry, problem), "write [user@]host[:port], IPv6 as [addr]:port, entries separated by newlines or commas")
 			}
 			if !chain {
 				if seen[h.String()] {
-					return nil, &failure.BadInput{Input: input, Problem: fmt.Sprintf("%s is listed twice", h)}
+					return nil, failure.Bad(input, fmt.Sprintf("%s is listed twice", h), "")
 				}
 				seen[h.String()] = true
 			}
@@ -76,7 +76,7 @@ func parseHostList(input, s, user string, port int, chain bool) ([]Host, error) 
 		}
 	}
 	if len(hosts) == 0 {
-		return nil, &failure.BadInput{Input: input, Problem: "names no host", Fix: "write [user@]host[:port]"}
+		return nil, failure.Bad(input, "names no host", "write [user@]host[:port]")
 	}
 	return hosts, nil
 }

@@ -11,55 +11,87 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 )
 
-// Inputs are the raw values of the SSH inputs, as the action received them.
+// Inputs are the raw values of the SSH and remote runtime inputs, as the
+// action received them; empty means the default.
 type Inputs struct {
 	Hosts                 string // ssh-host
-	User                  string // ssh-user; empty means DefaultUser
-	Port                  string // ssh-port; empty means DefaultPort
+	User                  string // ssh-user; root
+	Port                  string // ssh-port; 22
 	Key                   string // ssh-key
 	KeyPassphrase         string // ssh-key-passphrase
 	KnownHosts            string // ssh-known-hosts
 	Fingerprints          string // ssh-fingerprint
-	InsecureIgnoreHostKey string // ssh-insecure-ignore-host-key: true or false
-	ProxyJump             string // ssh-proxy-jump
-	Socket                string // remote-docker-socket; empty means DefaultDockerSocket
-	Timeout               string // ssh-timeout; empty means DefaultTimeout
+	InsecureIgnoreHostKey string // ssh-insecure-ignore-host-key: true or false; false
+	ProxyJump             string // ssh-proxy-jump; no bastion
+	Timeout               string // ssh-timeout; 30s
+	Runtime               string // remote-runtime; auto
+	DockerSocket          string // remote-docker-socket; /var/run/docker.sock
+	ContainerdSocket      string // remote-containerd-socket; /run/containerd/containerd.sock
+	ContainerdNamespace   string // containerd-namespace; k8s.io, the only one
 }
 
-// Settings are Inputs checked and parsed: everything Open needs for
-// every host.
+// Settings are Inputs checked, parsed and defaulted: everything Open needs
+// for every host.
 type Settings struct {
 	Hosts []Host
-	// Socket is the Docker daemon's socket on the hosts.
-	Socket string
-	// Runtime says what to pull into (set from ParseRuntime).
-	Runtime RuntimeChoice
-	Config  Config
 	// Relay, when set, is where the hosts pull from (ssh-transfer: relay):
 	// through a remote forward on their loopback, never the registry.
 	Relay Relay
+
+	runtime          runtimeKind
+	dockerSocket     string // the Docker Engine API socket on the hosts
+	containerdSocket string
+	config           dialConfig
 }
 
-// ParseInputs checks every SSH input at once. The error joins one
-// *failure.BadInput per bad input; nothing is dialled. Host key coverage is
-// checked too (HostKeyPolicy.CheckHosts), so a missing ssh-known-hosts
-// fails here with the ssh-keyscan command that gives it.
-func ParseInputs(in Inputs) (*Settings, error) {
+// Insecure tells whether host keys go unchecked
+// (ssh-insecure-ignore-host-key), for the warning that deserves.
+func (s *Settings) Insecure() bool { return s.config.HostKeys.Insecure() }
+
+// Parse checks every input at once and applies every default, here and
+// nowhere else. The error joins one *failure.BadInput per bad input;
+// nothing is dialled. Host key coverage is checked too
+// (hostKeyPolicy.CheckHosts), so a missing ssh-known-hosts fails here with
+// the ssh-keyscan command that gives it. With no host named Parse returns
+// nil Settings, having checked only the remote runtime inputs: a misspelt
+// remote-runtime fails wherever it is set.
+func Parse(in Inputs) (*Settings, error) {
 	var errs []error
 	bad := func(err error) { errs = append(errs, err) }
+	s := &Settings{}
+	var err error
+	if s.runtime, err = parseRuntime(in.Runtime); err != nil {
+		bad(err)
+	}
+	if s.dockerSocket, err = parseSocket(InputSocket, in.DockerSocket, defaultDockerSocket, "/var/run/docker.sock or /run/user/1000/docker.sock"); err != nil {
+		bad(err)
+	}
+	if s.containerdSocket, err = parseSocket(InputContainerdSocket, in.ContainerdSocket, cri.DefaultSocket, "/run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s"); err != nil {
+		bad(err)
+	}
+	// containerd's CRI plugin puts every image it pulls into k8s.io,
+	// whatever namespace the caller names: accepting another value would
+	// report a namespace the image is not in.
+	if ns := strings.TrimSpace(in.ContainerdNamespace); ns != "" && ns != cri.Namespace {
+		bad(failure.Bad(InputContainerdNamespace, fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
+			"leave containerd-namespace at k8s.io (see docs/containerd.md)"))
+	}
+	if strings.TrimSpace(in.Hosts) == "" {
+		return nil, errors.Join(errs...)
+	}
 
 	user := strings.TrimSpace(in.User)
 	if user == "" {
-		user = DefaultUser
+		user = defaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
-		bad(&failure.BadInput{Input: InputUser, Problem: fmt.Sprintf("%q is not a valid user name", user)})
-		user = DefaultUser
+		bad(failure.Bad(InputUser, fmt.Sprintf("%q is not a valid user name", user), ""))
+		user = defaultUser
 	}
-	port := DefaultPort
+	port := defaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := parsePort(in.Port)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputPort, Problem: err.Error()})
+			bad(failure.Bad(InputPort, err.Error(), ""))
 		} else {
 			port = p
 		}
@@ -74,7 +106,7 @@ func ParseInputs(in Inputs) (*Settings, error) {
 		bad(err)
 	}
 
-	signer, err := ParsePrivateKey(in.Key, in.KeyPassphrase)
+	signer, err := parsePrivateKey(in.Key, in.KeyPassphrase)
 	if err != nil {
 		bad(err)
 	}
@@ -83,11 +115,11 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			bad(&failure.BadInput{Input: InputInsecure, Problem: fmt.Sprintf("%q is not true or false", v)})
+			bad(failure.Bad(InputInsecure, fmt.Sprintf("%q is not true or false", v), ""))
 		}
 		insecure = b
 	}
-	policy, err := ParseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
+	policy, err := parseHostKeyPolicy(in.KnownHosts, in.Fingerprints, insecure)
 	if err != nil {
 		bad(err)
 	} else if hosts != nil {
@@ -96,10 +128,6 @@ func ParseInputs(in Inputs) (*Settings, error) {
 		}
 	}
 
-	socket, err := parseSocket(in.Socket)
-	if err != nil {
-		bad(err)
-	}
 	timeout, err := parseTimeout(in.Timeout)
 	if err != nil {
 		bad(err)
@@ -108,83 +136,56 @@ func ParseInputs(in Inputs) (*Settings, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return &Settings{
-		Hosts:   hosts,
-		Socket:  socket,
-		Runtime: RuntimeChoice{Kind: Auto, ContainerdSocket: cri.DefaultSocket},
-		Config:  Config{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout},
-	}, nil
+	s.Hosts = hosts
+	s.config = dialConfig{Signer: signer, HostKeys: policy, ProxyJump: jumps, Timeout: timeout}
+	return s, nil
 }
 
-// parseSocket reads remote-docker-socket: an absolute path, or a
-// unix:// URL. Empty means DefaultDockerSocket.
-func parseSocket(s string) (string, error) {
+// parseSocket reads a socket input (remote-docker-socket,
+// remote-containerd-socket): an absolute path, or a unix:// URL; empty is
+// def. example names likely values for the fix.
+func parseSocket(input, s, def, example string) (string, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return defaultDockerSocket, nil
+		return def, nil
 	}
 	path := strings.TrimPrefix(s, "unix://")
 	switch {
 	case strings.Contains(path, "://"):
-		return "", &failure.BadInput{Input: InputSocket, Problem: fmt.Sprintf("%q is not a unix socket", s), Fix: "give the socket's path on the hosts, e.g. /var/run/docker.sock or /run/user/1000/docker.sock"}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not a unix socket", s), "give the socket's path on the hosts, e.g. "+example)
 	case !strings.HasPrefix(path, "/"):
-		return "", &failure.BadInput{Input: InputSocket, Problem: fmt.Sprintf("%q is not an absolute path", s), Fix: "e.g. /var/run/docker.sock"}
+		return "", failure.Bad(input, fmt.Sprintf("%q is not an absolute path", s), "e.g. "+example)
 	case strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return "", &failure.BadInput{Input: InputSocket, Problem: "contains control characters"}
+		return "", failure.Bad(input, "contains control characters", "")
 	}
 	return path, nil
 }
 
 // parseTimeout reads ssh-timeout: a Go duration (30s, 2m) or a number of
-// seconds. Empty means DefaultTimeout.
+// seconds. Empty means defaultTimeout.
 func parseTimeout(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return DefaultTimeout, nil
+		return defaultTimeout, nil
 	}
 	if _, err := strconv.Atoi(s); err == nil {
 		s += "s"
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, &failure.BadInput{Input: InputTimeout, Problem: fmt.Sprintf("%q is not a positive duration", s), Fix: "e.g. 30s or 2m"}
+		return 0, failure.Bad(InputTimeout, fmt.Sprintf("%q is not a positive duration", s), "e.g. 30s or 2m")
 	}
 	return d, nil
 }
 
-// RuntimeChoice is what to pull into on the hosts.
-type RuntimeChoice struct {
-	Kind RuntimeKind
-	// ContainerdSocket is containerd's socket on the hosts.
-	ContainerdSocket string
-}
-
-// ParseRuntime reads remote-runtime, remote-containerd-socket and
-// containerd-namespace; empty values take the defaults.
-func ParseRuntime(kind, socket, namespace string) (RuntimeChoice, error) {
-	k := RuntimeKind(strings.ToLower(strings.TrimSpace(kind)))
+// parseRuntime reads remote-runtime; empty is auto.
+func parseRuntime(kind string) (runtimeKind, error) {
+	k := runtimeKind(strings.ToLower(strings.TrimSpace(kind)))
 	switch k {
 	case "":
-		k = Auto
-	case Auto, Docker, Podman, Containerd:
-	default:
-		return RuntimeChoice{}, &failure.BadInput{Input: InputRuntime, Problem: fmt.Sprintf("%q is not a runtime", kind), Fix: "use auto, docker, podman or containerd"}
+		return kindAuto, nil
+	case kindAuto, kindDocker, kindPodman, kindContainerd:
+		return k, nil
 	}
-	sock := strings.TrimPrefix(strings.TrimSpace(socket), "unix://")
-	switch {
-	case sock == "":
-		sock = cri.DefaultSocket
-	case !strings.HasPrefix(sock, "/"):
-		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdSocket, Problem: fmt.Sprintf("%q is not an absolute path", sock), Fix: "e.g. /run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s"}
-	case strings.ContainsFunc(sock, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdSocket, Problem: "contains control characters"}
-	}
-	// containerd's CRI plugin puts every image it pulls into k8s.io,
-	// whatever namespace the caller names: accepting another value would
-	// report a namespace the image is not in.
-	if ns := strings.TrimSpace(namespace); ns != "" && ns != cri.Namespace {
-		return RuntimeChoice{}, &failure.BadInput{Input: InputContainerdNamespace, Problem: fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
-			Fix: "leave containerd-namespace at k8s.io (see docs/containerd.md)"}
-	}
-	return RuntimeChoice{Kind: k, ContainerdSocket: sock}, nil
+	return "", failure.Bad(InputRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")
 }

@@ -9,20 +9,20 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// ParsePrivateKey reads the ssh-key input: an OpenSSH ("BEGIN OPENSSH
+// parsePrivateKey reads the ssh-key input: an OpenSSH ("BEGIN OPENSSH
 // PRIVATE KEY") or PEM (PKCS#1, PKCS#8, SEC 1) private key, RSA, ECDSA or
 // Ed25519, optionally encrypted with passphrase. Errors name ssh-key or
 // ssh-key-passphrase and never quote either.
-func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
+func parsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 	pemText := normalizeKey(key)
 	if strings.TrimSpace(pemText) == "" {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is empty", Fix: "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}"}
+		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}")
 	}
 	if looksLikePublicKey(pemText) {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "holds a public key", Fix: "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys"}
+		return nil, failure.Bad(InputKey, "holds a public key", "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys")
 	}
 	if !strings.Contains(pemText, "-----BEGIN ") {
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is not a PEM or OpenSSH private key (no -----BEGIN line)", Fix: "pass the whole key file, including its BEGIN and END lines"}
+		return nil, failure.Bad(InputKey, "is not a PEM or OpenSSH private key (no -----BEGIN line)", "pass the whole key file, including its BEGIN and END lines")
 	}
 	signer, err := ssh.ParsePrivateKey([]byte(pemText))
 	var missing *ssh.PassphraseMissingError
@@ -32,7 +32,7 @@ func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 		return signer, nil
 	case errors.As(err, &missing):
 		if passphrase == "" {
-			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "the key in ssh-key is encrypted and no passphrase is set", Fix: "pass its passphrase in ssh-key-passphrase from a secret"}
+			return nil, failure.Bad(InputKeyPassphrase, "the key in ssh-key is encrypted and no passphrase is set", "pass its passphrase in ssh-key-passphrase from a secret")
 		}
 		signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(pemText), []byte(passphrase))
 		// Legacy PEM encryption (Proc-Type: 4,ENCRYPTED) has no integrity
@@ -40,16 +40,16 @@ func ParsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 		// yields valid padding and garbage DER, which then fails as ASN.1.
 		// Either way the passphrase is what is wrong.
 		if errors.Is(err, x509.IncorrectPasswordError) || (err != nil && strings.Contains(pemText, "Proc-Type: 4,ENCRYPTED")) {
-			return nil, &failure.BadInput{Input: InputKeyPassphrase, Problem: "does not decrypt the key in ssh-key (wrong passphrase)", Fix: "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right"}
+			return nil, failure.Bad(InputKeyPassphrase, "does not decrypt the key in ssh-key (wrong passphrase)", "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right")
 		}
 		if err != nil {
-			return nil, &failure.BadInput{Input: InputKey, Problem: "cannot be decrypted: " + err.Error()}
+			return nil, failure.Bad(InputKey, "cannot be decrypted: "+err.Error(), "")
 		}
 		return signer, nil
 	case strings.Contains(pemText, "BEGIN ENCRYPTED PRIVATE KEY"):
-		return nil, &failure.BadInput{Input: InputKey, Problem: "is an encrypted PKCS#8 key, which is not supported", Fix: "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)"}
+		return nil, failure.Bad(InputKey, "is an encrypted PKCS#8 key, which is not supported", "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)")
 	default:
-		return nil, &failure.BadInput{Input: InputKey, Problem: "cannot be parsed: " + err.Error(), Fix: "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks"}
+		return nil, failure.Bad(InputKey, "cannot be parsed: "+err.Error(), "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks")
 	}
 }
 

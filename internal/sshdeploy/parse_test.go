@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -104,7 +105,7 @@ func keyForms(t *testing.T) map[string]struct {
 	t.Helper()
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	rsaKey := testRSAKey(t)
+	rsaKey := sshtest.RSAKey()
 	openssh := func(k any) string {
 		b, err := ssh.MarshalPrivateKey(k, "c")
 		if err != nil {
@@ -145,27 +146,27 @@ func keyForms(t *testing.T) map[string]struct {
 func TestParsePrivateKey(t *testing.T) {
 	for name, k := range keyForms(t) {
 		t.Run(name, func(t *testing.T) {
-			if _, err := ParsePrivateKey(k.pem, k.passphrase); err != nil {
+			if _, err := parsePrivateKey(k.pem, k.passphrase); err != nil {
 				t.Fatal(err)
 			}
 			// Secrets pasted with CRLF, with surrounding blanks, or with
 			// line breaks written as \n still work.
-			if _, err := ParsePrivateKey("\n  "+strings.ReplaceAll(k.pem, "\n", "\r\n"), k.passphrase); err != nil {
+			if _, err := parsePrivateKey("\n  "+strings.ReplaceAll(k.pem, "\n", "\r\n"), k.passphrase); err != nil {
 				t.Fatalf("CRLF: %v", err)
 			}
-			if _, err := ParsePrivateKey(strings.ReplaceAll(strings.TrimSpace(k.pem), "\n", `\n`), k.passphrase); err != nil {
+			if _, err := parsePrivateKey(strings.ReplaceAll(strings.TrimSpace(k.pem), "\n", `\n`), k.passphrase); err != nil {
 				t.Fatalf(`literal \n: %v`, err)
 			}
 			if k.passphrase == "" {
 				// A passphrase for a plain key is harmless.
-				if _, err := ParsePrivateKey(k.pem, "unneeded"); err != nil {
+				if _, err := parsePrivateKey(k.pem, "unneeded"); err != nil {
 					t.Fatal(err)
 				}
 				return
 			}
-			_, err := ParsePrivateKey(k.pem, "")
+			_, err := parsePrivateKey(k.pem, "")
 			wantInput(t, err, "ssh-key-passphrase", "encrypted and no passphrase")
-			_, err = ParsePrivateKey(k.pem, "wrong "+k.passphrase)
+			_, err = parsePrivateKey(k.pem, "wrong "+k.passphrase)
 			wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
 			if strings.Contains(err.Error(), k.passphrase) {
 				t.Fatalf("error quotes the passphrase: %v", err)
@@ -175,7 +176,7 @@ func TestParsePrivateKey(t *testing.T) {
 }
 
 func TestParsePrivateKeyErrors(t *testing.T) {
-	pub := string(ssh.MarshalAuthorizedKey(newSigner(t, "ed25519").PublicKey()))
+	pub := string(ssh.MarshalAuthorizedKey(sshtest.NewSigner(t, "ed25519").PublicKey()))
 	tests := []struct{ name, key, problem string }{
 		{"empty", "  \n", "is empty"},
 		{"public key", pub, "public key"},
@@ -185,7 +186,7 @@ func TestParsePrivateKeyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParsePrivateKey(tt.key, "")
+			_, err := parsePrivateKey(tt.key, "")
 			wantInput(t, err, "ssh-key", tt.problem)
 		})
 	}
@@ -203,10 +204,10 @@ func wantInput(t *testing.T, err error, input, problem string) {
 }
 
 func TestParseFingerprints(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	fp := ssh.FingerprintSHA256(k)
 	raw := strings.TrimPrefix(fp, "SHA256:")
-	k2 := newSigner(t, "ecdsa").PublicKey()
+	k2 := sshtest.NewSigner(t, "ecdsa").PublicKey()
 	fp2 := ssh.FingerprintSHA256(k2)
 	tests := []struct {
 		name, in string
@@ -241,7 +242,7 @@ func TestParseFingerprints(t *testing.T) {
 }
 
 func TestParseHostKeyPolicyErrors(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	line := "h " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
 	tests := []struct {
 		name, known, fps string
@@ -257,19 +258,19 @@ func TestParseHostKeyPolicyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseHostKeyPolicy(tt.known, tt.fps, tt.insecure)
+			_, err := parseHostKeyPolicy(tt.known, tt.fps, tt.insecure)
 			wantInput(t, err, tt.input, tt.problem)
 		})
 	}
 }
 
 func TestCheckHosts(t *testing.T) {
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	a := Host{"root", "a.example", 22}
 	b := Host{"root", "b.example", 2222}
 	bastion := Host{"jump", "bastion.example", 22}
 
-	empty, err := ParseHostKeyPolicy("", "", false)
+	empty, err := parseHostKeyPolicy("", "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +289,7 @@ func TestCheckHosts(t *testing.T) {
 	}
 
 	known := knownhosts.Line([]string{"a.example"}, k) + "\n" + knownhosts.Line([]string{knownhosts.HashHostname("[b.example]:2222")}, k)
-	p, err := ParseHostKeyPolicy(known, "", false)
+	p, err := parseHostKeyPolicy(known, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestCheckHosts(t *testing.T) {
 	err = p.CheckHosts([]Host{{"root", "b.example", 22}}, nil)
 	wantInput(t, err, "ssh-known-hosts", "no entry for b.example")
 
-	fp, _ := ParseHostKeyPolicy("", ssh.FingerprintSHA256(k), false)
+	fp, _ := parseHostKeyPolicy("", ssh.FingerprintSHA256(k), false)
 	if err := fp.CheckHosts([]Host{a, c}, nil); err != nil {
 		t.Fatalf("fingerprints cover every host: %v", err)
 	}
@@ -314,26 +315,27 @@ func TestCheckHosts(t *testing.T) {
 	}
 }
 
-func TestParseInputs(t *testing.T) {
+func TestParse(t *testing.T) {
 	key := keyForms(t)["openssh ed25519"].pem
-	k := newSigner(t, "ed25519").PublicKey()
+	k := sshtest.NewSigner(t, "ed25519").PublicKey()
 	good := Inputs{
-		Hosts:      "a.example\nu@b.example:2200",
-		User:       "deploy",
-		Port:       "2022",
-		Key:        key,
-		KnownHosts: knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
-		ProxyJump:  "bastion",
-		Socket:     "unix:///run/user/1000/docker.sock",
-		Timeout:    "45",
+		Hosts:        "a.example\nu@b.example:2200",
+		User:         "deploy",
+		Port:         "2022",
+		Key:          key,
+		KnownHosts:   knownhosts.Line([]string{"[a.example]:2022", "[b.example]:2200", "[bastion]:2022"}, k),
+		ProxyJump:    "bastion",
+		DockerSocket: "unix:///run/user/1000/docker.sock",
+		Timeout:      "45",
 	}
-	s, err := ParseInputs(good)
+	s, err := Parse(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(s.Hosts, []Host{{"deploy", "a.example", 2022}, {"u", "b.example", 2200}}) ||
-		!reflect.DeepEqual(s.Config.ProxyJump, []Host{{"deploy", "bastion", 2022}}) ||
-		s.Socket != "/run/user/1000/docker.sock" || s.Config.Timeout.Seconds() != 45 || s.Config.Signer == nil {
+		!reflect.DeepEqual(s.config.ProxyJump, []Host{{"deploy", "bastion", 2022}}) ||
+		s.dockerSocket != "/run/user/1000/docker.sock" || s.config.Timeout.Seconds() != 45 || s.config.Signer == nil ||
+		s.runtime != kindAuto || s.containerdSocket != "/run/containerd/containerd.sock" {
 		t.Fatalf("settings %+v", s)
 	}
 
@@ -342,14 +344,18 @@ func TestParseInputs(t *testing.T) {
 		Port:                  "0",
 		Key:                   "nope",
 		InsecureIgnoreHostKey: "yes please",
-		Socket:                "tcp://1.2.3.4:2375",
+		DockerSocket:          "tcp://1.2.3.4:2375",
 		Timeout:               "-1s",
+		Runtime:               "cri-o",
+		ContainerdSocket:      "run/containerd.sock",
+		ContainerdNamespace:   "default",
 	}
-	_, err = ParseInputs(bad)
+	_, err = Parse(bad)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, input := range []string{"ssh-host", "ssh-port", "ssh-key", "ssh-insecure-ignore-host-key", "remote-docker-socket", "ssh-timeout"} {
+	for _, input := range []string{"ssh-host", "ssh-port", "ssh-key", "ssh-insecure-ignore-host-key", "remote-docker-socket", "ssh-timeout",
+		"remote-runtime", "remote-containerd-socket", "containerd-namespace"} {
 		if !strings.Contains(err.Error(), `input "`+input+`"`) {
 			t.Errorf("error does not name %s: %v", input, err)
 		}
@@ -357,7 +363,7 @@ func TestParseInputs(t *testing.T) {
 
 	missing := good
 	missing.KnownHosts = ""
-	_, err = ParseInputs(missing)
+	_, err = Parse(missing)
 	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2022 bastion")
 }
 
@@ -368,7 +374,7 @@ func TestParseInputs(t *testing.T) {
 // an unreadable key and made TestParsePrivateKey flaky. The loop runs until
 // it has met such a passphrase, so the case is always exercised.
 func TestLegacyPEMWrongPassphrase(t *testing.T) {
-	key := testRSAKey(t)
+	key := sshtest.RSAKey()
 	//lint:ignore SA1019 legacy encrypted PEM keys are what old ssh-keygen wrote, and users still hold them.
 	block, err := x509.EncryptPEMBlock(rand.Reader, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key), []byte("old secret"), x509.PEMCipherAES128) //nolint:staticcheck
 	if err != nil {
@@ -391,7 +397,56 @@ func TestLegacyPEMWrongPassphrase(t *testing.T) {
 			continue
 		}
 		syntaxSeen++
-		_, err := ParsePrivateKey(text, pass)
+		_, err := parsePrivateKey(text, pass)
 		wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
+	}
+}
+
+// The remote runtime inputs, parsed and defaulted once; with no host they
+// are still checked, and no Settings come back.
+func TestParseRemoteRuntime(t *testing.T) {
+	key := keyForms(t)["openssh ed25519"].pem
+	tests := []struct {
+		name             string
+		in               Inputs
+		wantInput        string // "" for success
+		runtime          runtimeKind
+		docker, ctrdSock string
+	}{
+		{"defaults", Inputs{}, "", kindAuto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"containerd on k3s", Inputs{Runtime: "Containerd", ContainerdSocket: "/run/k3s/containerd/containerd.sock"}, "",
+			kindContainerd, "/var/run/docker.sock", "/run/k3s/containerd/containerd.sock"},
+		{"sockets as unix URLs", Inputs{DockerSocket: "unix:///run/user/1000/docker.sock", ContainerdSocket: "unix:///run/containerd/containerd.sock"}, "",
+			kindAuto, "/run/user/1000/docker.sock", "/run/containerd/containerd.sock"},
+		{"docker", Inputs{Runtime: "docker"}, "", kindDocker, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"podman", Inputs{Runtime: " Podman "}, "", kindPodman, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"explicit k8s.io", Inputs{ContainerdNamespace: "k8s.io"}, "", kindAuto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
+		{"unknown runtime", Inputs{Runtime: "cri-o"}, "remote-runtime", "", "", ""},
+		{"relative containerd socket", Inputs{ContainerdSocket: "run/containerd.sock"}, "remote-containerd-socket", "", "", ""},
+		{"containerd socket with control characters", Inputs{ContainerdSocket: "/run/c.sock\x00x"}, "remote-containerd-socket", "", "", ""},
+		{"docker socket over TCP", Inputs{DockerSocket: "tcp://1.2.3.4:2375"}, "remote-docker-socket", "", "", ""},
+		{"another namespace", Inputs{ContainerdNamespace: "default"}, "containerd-namespace", "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if s, err := Parse(tt.in); s != nil || (err == nil) != (tt.wantInput == "") {
+				t.Fatalf("no host: settings %+v, err %v", s, err)
+			} else if err != nil {
+				wantInput(t, err, tt.wantInput, "")
+			}
+			in := tt.in
+			in.Hosts, in.Key, in.InsecureIgnoreHostKey = "a.example", key, "true"
+			s, err := Parse(in)
+			if tt.wantInput != "" {
+				wantInput(t, err, tt.wantInput, "")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.runtime != tt.runtime || s.dockerSocket != tt.docker || s.containerdSocket != tt.ctrdSock {
+				t.Errorf("runtime %q, sockets %q %q; want %q, %q %q", s.runtime, s.dockerSocket, s.containerdSocket, tt.runtime, tt.docker, tt.ctrdSock)
+			}
+		})
 	}
 }

@@ -34,37 +34,37 @@ type Relay interface {
 	Err(path string) error
 }
 
-// ForwardError: sshd refused the remote forward the relay needs.
-type ForwardError struct {
+// forwardError: sshd refused the remote forward the relay needs.
+type forwardError struct {
 	Host string
 	Err  error
 }
 
 // Class names the failure for the results' error_class.
-func (e *ForwardError) Class() string { return "ssh-forwarding-refused" }
+func (e *forwardError) Class() string { return "ssh-forwarding-refused" }
 
-func (e *ForwardError) Error() string {
+func (e *forwardError) Error() string {
 	return fmt.Sprintf("ssh %s: the remote forward for ssh-transfer: relay was refused (%v); set AllowTcpForwarding yes (or remote) in the host's sshd_config, "+
 		"or use ssh-transfer: direct where the host reaches the registry", e.Host, e.Err)
 }
 
-func (e *ForwardError) Unwrap() error { return e.Err }
+func (e *forwardError) Unwrap() error { return e.Err }
 
-// ConnectionLostError: the SSH connection to the host ended while the
+// connectionLostError: the SSH connection to the host ended while the
 // host's runtime was pulling through it. The runtime names only its end of
 // the stream ("error reading from server: EOF"); the connection is what
 // went away. Pull returns it inside a *failure.Transient: the host was up a
 // moment ago.
-type ConnectionLostError struct {
+type connectionLostError struct {
 	Host string
 	Err  error // what the runtime said
 }
 
-func (e *ConnectionLostError) Error() string {
+func (e *connectionLostError) Error() string {
 	return fmt.Sprintf("ssh %s: the SSH connection to the host ended during the relayed pull (the host went away, or its sshd or network dropped the connection); the runtime said: %v", e.Host, e.Err)
 }
 
-func (e *ConnectionLostError) Unwrap() error { return e.Err }
+func (e *connectionLostError) Unwrap() error { return e.Err }
 
 // lostGrace is how long a failed pull waits to learn whether the
 // connection ended: the runtime's stream can fail a moment before
@@ -73,7 +73,7 @@ const lostGrace = 2 * time.Second
 
 // lost names err as the host's connection ending when it did end, and not
 // by Close (a cancelled step closes it on purpose).
-func (c *Conn) lost(err error) error {
+func (c *sshConn) lost(err error) error {
 	select {
 	case <-c.stop:
 		return err
@@ -86,17 +86,18 @@ func (c *Conn) lost(err error) error {
 		return err
 	default:
 	}
-	return &failure.Transient{Err: &ConnectionLostError{Host: c.host.String(), Err: err}}
+	return &failure.Transient{Err: &connectionLostError{Host: c.host.String(), Err: err}}
 }
 
 // listenLoopback opens a remote forward on the host's 127.0.0.1 with a port
 // sshd picks. OpenSSH answers "denied" for AllowTcpForwarding no or local,
-// and x/crypto reports every refusal in these words.
-func (c *Conn) listenLoopback() (net.Listener, error) {
+// and x/crypto reports every refusal in these words, as an untyped error
+// (ssh.Client.Listen): no daemon text, so not failure's phrase table's.
+func (c *sshConn) listenLoopback() (net.Listener, error) {
 	l, err := c.client.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		if strings.Contains(err.Error(), "tcpip-forward request denied") {
-			return nil, &ForwardError{Host: c.host.String(), Err: err}
+			return nil, &forwardError{Host: c.host.String(), Err: err}
 		}
 		return nil, fmt.Errorf("ssh %s: opening a remote forward: %w", c.host, err)
 	}
@@ -143,7 +144,7 @@ type relayedImage struct {
 	held         bool   // the digest tag was there before this pull: leave it
 }
 
-func newRelayedDocker(e dockerEngine, r Relay, c *Conn) *relayedDocker {
+func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
 	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
 }
 
@@ -151,7 +152,7 @@ func newRelayedDocker(e dockerEngine, r Relay, c *Conn) *relayedDocker {
 // first pull, one for every image of the step, closed with the runtime.
 type forward struct {
 	relay Relay
-	conn  *Conn
+	conn  *sshConn
 	host  string
 
 	once sync.Once
@@ -159,7 +160,7 @@ type forward struct {
 	err  error
 }
 
-func newForward(r Relay, c *Conn) *forward {
+func newForward(r Relay, c *sshConn) *forward {
 	return &forward{relay: r, conn: c, host: c.host.Addr()}
 }
 
@@ -230,15 +231,25 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 	if err != nil {
 		return "", info, false, err
 	}
-	path, err := f.relay.Allow(ctx, digest, creds)
-	if err != nil {
-		return "", info, false, err
-	}
+	// Allow (the upstream handshake and manifest: round trips to the
+	// registry) runs while the forward opens and the host's images are
+	// listed (round trips to the host); its classified refusal still comes
+	// first, before the host is asked to pull.
+	var path string
+	allowed := make(chan error, 1)
+	go func() {
+		var err error
+		path, err = f.relay.Allow(ctx, digest, creds)
+		allowed <- err
+	}()
 	port, err := f.port()
-	if err != nil {
-		return "", info, false, err
+	var had map[string]bool
+	if err == nil {
+		had, err = rt.ImageIDs(ctx)
 	}
-	had, err := rt.ImageIDs(ctx)
+	if aerr := <-allowed; aerr != nil {
+		return "", info, false, aerr
+	}
 	if err != nil {
 		return "", info, false, err
 	}
@@ -257,13 +268,25 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 }
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	repo, dgst, _ := strings.Cut(ref, "@")
+	hold := digestTag(repo, dgst)
+	// Whether the host held the digest tag already is asked while the
+	// image is pulled: one round trip fewer after it.
+	type inspected struct {
+		info image.Info
+		err  error
+	}
+	prior := make(chan inspected, 1)
+	go func() {
+		info, err := d.engine.Inspect(ctx, hold)
+		prior <- inspected{info, err}
+	}()
 	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
+	p := <-prior
 	if err != nil {
 		return false, err
 	}
-	repo, dgst, _ := strings.Cut(ref, "@")
-	hold := digestTag(repo, dgst)
-	before, err := d.engine.Inspect(ctx, hold)
+	before, err := p.info, p.err
 	d.mu.Lock()
 	// A digest tag this connection made for another image of the step
 	// (two tags of one digest) is ours to remove, not the host's.
@@ -338,7 +361,7 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 
 func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Runtime() }
 
-// Close closes the forward, then the engine.
+// Close closes the forward, then the engine (and with it the connection).
 func (d *relayedDocker) Close() error {
 	return errors.Join(d.fwd.close(), d.engine.Close())
 }

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
-	"github.com/distribution/reference"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
@@ -21,8 +20,7 @@ type criImages interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	ImageIDs(ctx context.Context) (map[string]bool, error)
-	Name(ctx context.Context, ref, name string) error
-	Unname(ctx context.Context, name string) error
+	cri.Namer
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -48,44 +46,27 @@ type relayedContainerd struct {
 	relayed map[string]string // the ref pulled (one spelling) → its name in k8s.io
 }
 
-func newRelayedContainerd(rt criImages, r Relay, c *Conn) *relayedContainerd {
+func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd {
 	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
 }
 
-// containerdName is ref as containerd's CRI plugin names images:
-// normalized (docker.io/library/busybox), a bare repository tagged latest.
-func containerdName(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
-		return "", err
-	}
-	return reference.TagNameOnly(named).String(), nil
-}
-
-func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (pulled bool, err error) {
-	pinned, err := containerdName(ref)
+func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+	pinned, err := cri.CanonicalName(ref)
 	if err != nil {
 		return false, err
 	}
 	local, _, isNew, err := d.fwd.pull(ctx, d.rt, ref, platform, creds, progress)
-	if local != "" {
-		// The loopback name goes whatever happens next; the image stays
-		// held by its ID record (the CRI plugin's) and the names given
-		// below.
-		defer func() {
-			// Even when the step is cancelled: nothing of ours stays.
-			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			if uerr := d.rt.Unname(cleanup, local); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("removing the relay's name %s: %w", local, uerr))
-			}
-		}()
-	}
 	if err != nil {
+		if local != "" {
+			// Even when the step is cancelled: nothing of ours stays.
+			err = errors.Join(err, cri.Rename(ctx, d.rt, local))
+		}
 		return false, err
 	}
-	if err := d.rt.Name(ctx, local, pinned); err != nil {
-		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, pinned, err)
+	// The loopback name goes whatever happens; the image stays held by
+	// its ID record (the CRI plugin's) and the name given.
+	if err := cri.Rename(ctx, d.rt, local, pinned); err != nil {
+		return false, fmt.Errorf("pulled %s from the relay, but: %w", local, err)
 	}
 	d.mu.Lock()
 	d.relayed[refKey(ref)] = pinned
@@ -102,11 +83,24 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	if !ok {
 		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", source)
 	}
-	tag, err := containerdName(target)
+	tag, err := cri.CanonicalName(target)
 	if err != nil {
 		return err
 	}
 	return d.rt.Name(ctx, pinned, tag)
+}
+
+// Rename gives a relayed image, pulled as from (a mirror's
+// <mirror>/<repo>@<digest>), names in place of the one Pull gave it, as a
+// direct containerd host's pull from a mirror gets (cri.Rename).
+func (d *relayedContainerd) Rename(ctx context.Context, from string, names ...string) error {
+	d.mu.Lock()
+	held, ok := d.relayed[refKey(from)]
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", from)
+	}
+	return cri.Rename(ctx, d.rt, held, names...)
 }
 
 // Inspect describes ref as the CRI image service (the kubelet's view)
@@ -117,7 +111,8 @@ func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info
 
 func (d *relayedContainerd) Runtime() (name, namespace string) { return d.rt.Runtime() }
 
-// Close closes the forward, then the connection to containerd.
+// Close closes the forward, then the connection to containerd (and with it
+// the SSH connection).
 func (d *relayedContainerd) Close() error {
 	return errors.Join(d.fwd.close(), d.rt.Close())
 }

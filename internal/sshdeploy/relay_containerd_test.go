@@ -13,9 +13,11 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // fakeK8sIO is containerd's k8s.io namespace as the relayed route sees
@@ -56,7 +58,7 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n, err := containerdName(ref)
+	n, err := cri.CanonicalName(ref)
 	if err != nil {
 		return image.Info{}, err
 	}
@@ -128,7 +130,7 @@ func TestRelayedContainerd(t *testing.T) {
 	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
 
 	t.Run("a tag: pulled from the forward with no auth, named as a direct CRI pull names it, no loopback name", func(t *testing.T) {
-		srv, conn := dialTest(t, withTCPForward())
+		srv, conn := dialTest(t, sshtest.WithTCPForward())
 		rl, ctrd := &fakeRelay{}, &fakeK8sIO{names: map[string]string{}}
 		d := newRelayedContainerd(ctrd, rl, conn)
 		ref := "ghcr.io/acme/app@" + relayDigest
@@ -164,7 +166,7 @@ func TestRelayedContainerd(t *testing.T) {
 	})
 
 	t.Run("a digest of a familiar name: named as containerd names it", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}}
 		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
 		ref := "busybox@" + relayDigest
@@ -183,8 +185,28 @@ func TestRelayedContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("a mirror's reference: renamed to the user's names, no mirror name left", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		ctrd := &fakeK8sIO{names: map[string]string{}}
+		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		ref := "mirror.example/acme/app@" + relayDigest
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Rename(ctx, ref, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1"); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app@" + relayDigest, "sha256:imageid"}
+		if got := ctrd.all(); !slices.Equal(got, want) {
+			t.Errorf("names %q, want %q (ops %q)", got, want, ctrd.ops)
+		}
+		if err := d.Rename(ctx, "ghcr.io/acme/other@"+relayDigest, "x"); err == nil {
+			t.Error("renamed an image it did not relay")
+		}
+	})
+
 	t.Run("naming fails: the loopback name goes all the same", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}, nameErr: errors.New("images service down")}
 		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
@@ -199,7 +221,7 @@ func TestRelayedContainerd(t *testing.T) {
 	})
 
 	t.Run("Tag of an image not relayed is refused", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		d := newRelayedContainerd(&fakeK8sIO{names: map[string]string{}}, &fakeRelay{}, conn)
 		if err := d.Tag(ctx, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1"); err == nil {
 			t.Fatal("tagged an image the route did not relay")
@@ -211,7 +233,7 @@ func TestRelayedContainerd(t *testing.T) {
 		ctrd := &fakeK8sIO{names: map[string]string{}}
 		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
-		var fe *ForwardError
+		var fe *forwardError
 		if !errors.As(err, &fe) || failure.ClassOf(err) != "ssh-forwarding-refused" {
 			t.Fatalf("err = %v (class %q), want a ForwardError", err, failure.ClassOf(err))
 		}
@@ -221,7 +243,7 @@ func TestRelayedContainerd(t *testing.T) {
 	})
 
 	t.Run("an upstream refusal comes back classified, before the host is asked", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}}
 		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
 		d := newRelayedContainerd(ctrd, &fakeRelay{allowErr: rej}, conn)
@@ -236,21 +258,29 @@ func TestRelayedContainerd(t *testing.T) {
 }
 
 // Open with a relay gives a containerd host the relayed route, which can
-// tag: pull then pulls the probed digest and names it.
+// tag: pull then pulls the probed digest and names it. Closing it closes
+// the connection.
 func TestOpenRelayedContainerd(t *testing.T) {
-	client := newSigner(t, "ed25519")
-	srv := startServer(t, client.PublicKey(), withTCPForward())
-	s := &Settings{Runtime: RuntimeChoice{Kind: Containerd, ContainerdSocket: startFakeContainerd(t)},
-		Config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
+	client := sshtest.NewSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey(), sshtest.WithTCPForward())
+	s := &Settings{runtime: kindContainerd, containerdSocket: startFakeContainerd(t),
+		config: dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()}, Relay: &fakeRelay{}}
 	rt, err := Open(context.Background(), srv.host("root"), s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	if _, ok := rt.(tagger); !ok {
+	if _, ok := rt.(interface {
+		Tag(ctx context.Context, source, target string) error
+	}); !ok {
 		t.Errorf("%T cannot tag: pull would pull the user's tag through the relay", rt)
 	}
-	if name, ns := rt.Runtime(); name != "containerd" || ns != "k8s.io" {
+	if name, ns := runtimeOf(rt); name != "containerd" || ns != "k8s.io" {
 		t.Errorf("runtime %s %s", name, ns)
 	}
+	// Closing the runtime closes the connection: containerd's adapter owns it.
+	if err := rt.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	waitUntil(t, "the server sees the connection closed", func() bool { return srv.Open.Load() == 0 })
 }

@@ -19,18 +19,29 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // fakeRelay answers every forwarded request with the path asked for.
 type fakeRelay struct {
 	allowErr error
-	mu       sync.Mutex
-	allowed  []string
-	creds    []ghcr.Credentials
-	hosts    []string
+	// serving, when set, is closed by Serve; Allow waits for it (so a
+	// pull that opened the forward only after Allow would stall).
+	serving chan struct{}
+	mu      sync.Mutex
+	allowed []string
+	creds   []ghcr.Credentials
+	hosts   []string
 }
 
 func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+	if r.serving != nil {
+		select {
+		case <-r.serving:
+		case <-time.After(5 * time.Second):
+			return "", errors.New("Allow ran alone: the forward was not opened meanwhile")
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.allowed = append(r.allowed, ref.String())
@@ -44,6 +55,9 @@ func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credent
 func (r *fakeRelay) Serve(l net.Listener, host string) error {
 	r.mu.Lock()
 	r.hosts = append(r.hosts, host)
+	if r.serving != nil {
+		close(r.serving)
+	}
 	r.mu.Unlock()
 	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		io.WriteString(w, "relayed "+req.URL.Path)
@@ -157,11 +171,11 @@ func (d *fakeDockerd) namesOf(id string) []string {
 
 const relayDigest = "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899"
 
-func dialTest(t *testing.T, opts ...serverOption) (*testServer, *Conn) {
+func dialTest(t *testing.T, opts ...sshtest.Option) (testServer, *sshConn) {
 	t.Helper()
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey(), opts...)
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +187,7 @@ func dialTest(t *testing.T, opts ...serverOption) (*testServer, *Conn) {
 // the relay got the probe's credentials, the host's runtime none (given is
 // what it was handed), its request came through the forward, and that
 // forward is one on the host's loopback.
-func checkRelayedPull(t *testing.T, srv *testServer, rl *fakeRelay, creds ghcr.Credentials, given []ghcr.Credentials, got string) {
+func checkRelayedPull(t *testing.T, srv testServer, rl *fakeRelay, creds ghcr.Credentials, given []ghcr.Credentials, got string) {
 	t.Helper()
 	if len(rl.creds) != 1 || rl.creds[0] != creds {
 		t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
@@ -184,18 +198,18 @@ func checkRelayedPull(t *testing.T, srv *testServer, rl *fakeRelay, creds ghcr.C
 	if want := "relayed /v2/acme/app/manifests/" + relayDigest; got != want {
 		t.Errorf("through the forward: %q, want %q", got, want)
 	}
-	if len(srv.forwards) != 1 || !strings.HasPrefix(srv.forwards[0], "127.0.0.1:") {
-		t.Errorf("forwards %v, want one on the host's loopback", srv.forwards)
+	if len(srv.Forwards()) != 1 || !strings.HasPrefix(srv.Forwards()[0], "127.0.0.1:") {
+		t.Errorf("forwards %v, want one on the host's loopback", srv.Forwards())
 	}
 }
 
 // checkForwardClosed: after the runtime's Close nothing listens on the
 // host's loopback for the relay.
-func checkForwardClosed(t *testing.T, srv *testServer) {
+func checkForwardClosed(t *testing.T, srv testServer) {
 	t.Helper()
-	if c, err := net.DialTimeout("tcp", srv.forwards[0], time.Second); err == nil {
+	if c, err := net.DialTimeout("tcp", srv.Forwards()[0], time.Second); err == nil {
 		c.Close()
-		t.Errorf("the forward %s still listens after Close", srv.forwards[0])
+		t.Errorf("the forward %s still listens after Close", srv.Forwards()[0])
 	}
 }
 
@@ -204,7 +218,7 @@ func TestRelayedDocker(t *testing.T) {
 	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
 
 	t.Run("a tag: pulled from the forward with no credentials, then only the user's tag names it", func(t *testing.T) {
-		srv, conn := dialTest(t, withTCPForward())
+		srv, conn := dialTest(t, sshtest.WithTCPForward())
 		rl, engine := &fakeRelay{}, &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, rl, conn)
 		ref := "ghcr.io/acme/app@" + relayDigest
@@ -241,7 +255,7 @@ func TestRelayedDocker(t *testing.T) {
 	})
 
 	t.Run("a digest: held by the digest tag, no loopback name", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		// pull pulls the familiar name and inspects the input as written.
@@ -262,7 +276,7 @@ func TestRelayedDocker(t *testing.T) {
 	})
 
 	t.Run("two tags of one digest: only the user's tags are left", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		ref := "ghcr.io/acme/app@" + relayDigest
@@ -283,7 +297,7 @@ func TestRelayedDocker(t *testing.T) {
 	})
 
 	t.Run("a digest tag the host had stays", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
 		engine := &fakeDockerd{names: map[string]string{hold: "sha256:imageid"}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
@@ -304,7 +318,7 @@ func TestRelayedDocker(t *testing.T) {
 		engine := &fakeDockerd{names: map[string]string{}}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
-		var fe *ForwardError
+		var fe *forwardError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "AllowTcpForwarding") || failure.ClassOf(err) != "ssh-forwarding-refused" {
 			t.Fatalf("err = %v (class %q), want a ForwardError naming AllowTcpForwarding", err, failure.ClassOf(err))
 		}
@@ -313,8 +327,17 @@ func TestRelayedDocker(t *testing.T) {
 		}
 	})
 
+	t.Run("Allow runs while the forward opens", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		engine := &fakeDockerd{names: map[string]string{}}
+		d := newRelayedDocker(engine, &fakeRelay{serving: make(chan struct{})}, conn)
+		if _, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("an upstream refusal comes back classified, before the host is asked", func(t *testing.T) {
-		_, conn := dialTest(t, withTCPForward())
+		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
 		d := newRelayedDocker(engine, &fakeRelay{allowErr: rej}, conn)
@@ -342,10 +365,10 @@ func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, ghcr.
 
 func TestRelayedDockerConnectionLost(t *testing.T) {
 	ctx := context.Background()
-	client := newSigner(t, "ed25519")
-	srv := startServer(t, client.PublicKey(), withTCPForward())
+	client := sshtest.NewSigner(t, "ed25519")
+	srv := startServer(t, client.PublicKey(), sshtest.WithTCPForward())
 	var raw net.Conn
-	conn, err := Dial(ctx, srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey(),
+	conn, err := dialHost(ctx, srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey(),
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			raw = c
@@ -360,7 +383,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
-		var lost *ConnectionLostError
+		var lost *connectionLostError
 		if !errors.As(err, &lost) {
 			t.Fatalf("Pull = %v, want a *ConnectionLostError", err)
 		}
@@ -376,11 +399,11 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 
 func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	ctx := context.Background()
-	_, conn := dialTest(t, withTCPForward())
+	_, conn := dialTest(t, sshtest.WithTCPForward())
 	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
 	d := newRelayedDocker(engine, &fakeRelay{}, conn)
 	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
-	var lost *ConnectionLostError
+	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {
 		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)
 	}

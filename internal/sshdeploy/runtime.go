@@ -2,7 +2,6 @@ package sshdeploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path"
@@ -19,58 +18,47 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
-// RuntimeKind says which runtime to pull into on the hosts.
-type RuntimeKind string
+// runtimeKind says which runtime to pull into on the hosts.
+type runtimeKind string
 
 const (
-	// Auto uses whichever socket a host has, in the order
+	// kindAuto uses whichever socket a host has, in the order
 	// docs/runtimes.md gives: rootful Docker, rootful Podman, the SSH
 	// user's rootless Docker and Podman, containerd, Docker's dial-stdio.
-	Auto       RuntimeKind = "auto"
-	Docker     RuntimeKind = "docker"
-	Podman     RuntimeKind = "podman"
-	Containerd RuntimeKind = "containerd"
+	kindAuto       runtimeKind = "auto"
+	kindDocker     runtimeKind = "docker"
+	kindPodman     runtimeKind = "podman"
+	kindContainerd runtimeKind = "containerd"
 )
 
-// Runtime is a container runtime on a host (a *docker.Engine or a
-// *cri.ImageService) reached over one SSH connection; closing it closes
-// both.
+// Runtime is what Open returns: the runtime adapter itself (a
+// *docker.Engine or a *cri.ImageService, or its relayed form), which owns
+// the SSH connection: closing it closes the connection. Pull and Inspect
+// are what pull.Daemon asks; Tag (Docker, and every relayed runtime),
+// Rename (containerd, direct and relayed: a mirror's pull given the user's
+// names) and Runtime() (name, namespace) are there to find by type
+// assertion, as pull finds them.
 type Runtime interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
-	Runtime() (name, namespace string)
 	Close() error
 }
 
-type remote struct {
-	rt   Runtime
-	conn *Conn
-}
-
-func (r *remote) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
-	return r.rt.Pull(ctx, ref, platform, creds, progress)
-}
-func (r *remote) Inspect(ctx context.Context, ref string) (image.Info, error) {
-	return r.rt.Inspect(ctx, ref)
-}
-func (r *remote) Runtime() (name, namespace string) { return r.rt.Runtime() }
-func (r *remote) Close() error                      { return errors.Join(r.rt.Close(), r.conn.Close()) }
-
 // Open dials host, verifying its key, and opens the runtime settings name
-// on it. The route is decided once, here: with Auto, the Engine API
+// on it. The route is decided once, here: with auto, the Engine API
 // sockets by stream-local channels (rootful Docker, rootful Podman, then,
 // for an SSH user other than root, the user's rootless Docker and Podman
 // under $XDG_RUNTIME_DIR or /run/user/<uid>), then containerd's, and only
 // when sshd refuses them all Docker's dial-stdio route (which works where
-// stream-local forwarding is forbidden); with Podman, its rootful then the
-// user's socket; with Docker, stream-local then dial-stdio; with
-// Containerd, its socket by stream-local alone (no command carries gRPC).
+// stream-local forwarding is forbidden); with podman, its rootful then the
+// user's socket; with docker, stream-local then dial-stdio; with
+// containerd, its socket by stream-local alone (no command carries gRPC).
 // Whether an Engine API socket is Docker or Podman is read from its ping
 // answer. Nothing runs on the host but `id -u` (for a non-root user whose
 // host has no rootful engine) and, on the last route, `docker system
-// dial-stdio`.
+// dial-stdio`. With s.Relay the runtime pulls from the relay (relay.go).
 func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
-	conn, err := Dial(ctx, host, s.Config)
+	conn, err := dialHost(ctx, host, s.config)
 	if err != nil {
 		return nil, err
 	}
@@ -79,56 +67,37 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		conn.Close()
 		return nil, err
 	}
-	if s.Relay != nil {
-		switch e := rt.(type) {
-		case *cri.ImageService:
-			rt = newRelayedContainerd(e, s.Relay, conn)
-		case *docker.Engine:
-			// Podman answers on the same Engine API, but the relay route is
-			// proven against dockerd only.
-			if name, _ := rt.Runtime(); name != docker.Docker {
-				rt.Close()
-				conn.Close()
-				return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
-			}
-			rt = newRelayedDocker(e, s.Relay, conn)
+	if s.Relay == nil {
+		return rt, nil
+	}
+	switch e := rt.(type) {
+	case *cri.ImageService:
+		return newRelayedContainerd(e, s.Relay, conn), nil
+	case *docker.Engine:
+		// Podman answers on the same Engine API, but the relay route is
+		// proven against dockerd only.
+		if name, _ := e.Runtime(); name != docker.Docker {
+			rt.Close()
+			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
 		}
+		return newRelayedDocker(e, s.Relay, conn), nil
 	}
-	r := &remote{rt: rt, conn: conn}
-	if t, ok := rt.(tagger); ok {
-		return &taggingRemote{remote: r, tag: t}, nil
-	}
-	return r, nil
+	return rt, nil
 }
 
-// tagger is a runtime that can point a tag at an image (Docker); the pull
-// policy finds the ability by type assertion, so the wrapper keeps it.
-type tagger interface {
-	Tag(ctx context.Context, source, target string) error
-}
-
-type taggingRemote struct {
-	*remote
-	tag tagger
-}
-
-func (r *taggingRemote) Tag(ctx context.Context, source, target string) error {
-	return r.tag.Tag(ctx, source, target)
-}
-
-// PodmanSocket is where rootful Podman serves its Docker-compatible API
+// podmanSocket is where rootful Podman serves its Docker-compatible API
 // (the podman.socket unit).
-const PodmanSocket = "/run/podman/podman.sock"
+const podmanSocket = "/run/podman/podman.sock"
 
-// Tried is one socket runtime discovery tried on a host, and why it was
+// triedSocket is one socket runtime discovery tried on a host, and why it was
 // passed over.
-type Tried struct {
+type triedSocket struct {
 	Runtime string // "Docker", "Podman", "the user's Docker", ...
 	Socket  string
 	Err     error
 }
 
-func (t Tried) String() string { return fmt.Sprintf("%s at %s (%v)", t.Runtime, t.Socket, t.Err) }
+func (t triedSocket) String() string { return fmt.Sprintf("%s at %s (%v)", t.Runtime, t.Socket, t.Err) }
 
 // engineSocket is a socket that speaks the Docker Engine API (dockerd or
 // Podman's service), named for the error when nothing answers.
@@ -138,30 +107,28 @@ type engineSocket struct{ runtime, path string }
 // else, in order. A remote-docker-socket other than the default is the
 // one socket the user meant; otherwise rootful Docker, then rootful
 // Podman (auto), and the SSH user's own sockets come later.
-func engineSockets(kind RuntimeKind, socket string) []engineSocket {
+func engineSockets(kind runtimeKind, socket string) []engineSocket {
 	if socket != "" && socket != defaultDockerSocket {
 		return []engineSocket{{"the Engine API", socket}}
 	}
 	switch kind {
-	case Podman:
-		return []engineSocket{{"Podman", PodmanSocket}}
-	case Auto:
-		return []engineSocket{{"Docker", defaultDockerSocket}, {"Podman", PodmanSocket}}
+	case kindPodman:
+		return []engineSocket{{"Podman", podmanSocket}}
+	case kindAuto:
+		return []engineSocket{{"Docker", defaultDockerSocket}, {"Podman", podmanSocket}}
 	}
 	return []engineSocket{{"Docker", defaultDockerSocket}}
 }
 
-func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
-	dockerSock, ctrdSock := s.Socket, s.Runtime.ContainerdSocket
-	if dockerSock == "" {
-		dockerSock = defaultDockerSocket
-	}
-	if ctrdSock == "" {
-		ctrdSock = cri.DefaultSocket
-	}
-	switch s.Runtime.Kind {
-	case Containerd:
-		first, err := c.DialUnix(ctx, ctrdSock)
+// openRuntime finds the runtime s names on the host and opens it. This is
+// the one route discovery: every socket is tried first by a stream-local
+// channel (which runs nothing on the host), and Docker's socket last by
+// dial-stdio; the route that reached a socket is kept for the runtime's
+// later connections (dialRoute).
+func (c *sshConn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
+	dockerSock, ctrdSock := s.dockerSocket, s.containerdSocket
+	if s.runtime == kindContainerd {
+		first, err := c.dialUnix(ctx, ctrdSock)
 		if err != nil {
 			if isChannelRejected(err) {
 				return nil, fmt.Errorf("reached %s over SSH, but not containerd's socket: %w (sshd refuses the channel when the socket is missing, when the SSH user may not open it, or with AllowStreamLocalForwarding no; set remote-containerd-socket to the node's socket, e.g. /run/k3s/containerd/containerd.sock on k3s)", c.host.Addr(), err)
@@ -169,41 +136,39 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 			return nil, err
 		}
 		return c.openContainerd(ctx, ctrdSock, first)
-	case Docker:
-		return c.openDocker(ctx, dockerSock, nil)
 	}
 
-	// Auto and Podman: the rootful sockets, then the SSH user's own
-	// (rootless Docker and Podman), then (auto) containerd's, and last
-	// Docker's dial-stdio route, for hosts whose sshd refuses stream-local
-	// channels.
-	var tried []Tried
+	// auto, docker and podman: the rootful sockets, then (auto, Podman)
+	// the SSH user's own (rootless Docker and Podman), then (auto)
+	// containerd's, and last (auto, Docker) Docker's dial-stdio route, for
+	// hosts whose sshd refuses stream-local channels.
+	var tried []triedSocket
 	try := func(es engineSocket) (Runtime, bool, error) {
-		first, err := c.DialUnix(ctx, es.path)
+		first, err := c.dialUnix(ctx, es.path)
 		if err == nil {
-			c.setRoute(es.path, RouteStreamLocal)
+			c.setRoute(es.path, routeStreamLocal)
 			rt, err := c.openDocker(ctx, es.path, first)
 			return rt, true, err
 		}
 		if !isChannelRejected(err) {
 			return nil, true, err
 		}
-		tried = append(tried, Tried{Runtime: es.runtime, Socket: es.path, Err: err})
+		tried = append(tried, triedSocket{Runtime: es.runtime, Socket: es.path, Err: err})
 		return nil, false, nil
 	}
-	sockets := engineSockets(s.Runtime.Kind, dockerSock)
+	sockets := engineSockets(s.runtime, dockerSock)
 	for _, es := range sockets {
 		if rt, done, err := try(es); done {
 			return rt, err
 		}
 	}
-	if len(sockets) > 1 || s.Runtime.Kind == Podman {
-		user, err := c.userSockets(ctx, s.Runtime.Kind)
+	if len(sockets) > 1 || s.runtime == kindPodman {
+		user, err := c.userSockets(ctx, s.runtime)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			tried = append(tried, Tried{Runtime: "the SSH user's runtime directory", Socket: "/run/user/<uid>", Err: err})
+			tried = append(tried, triedSocket{Runtime: "the SSH user's runtime directory", Socket: "/run/user/<uid>", Err: err})
 		}
 		for _, es := range user {
 			if rt, done, err := try(es); done {
@@ -211,27 +176,32 @@ func (c *Conn) openRuntime(ctx context.Context, s *Settings) (Runtime, error) {
 			}
 		}
 	}
-	if s.Runtime.Kind == Podman {
-		return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
+	if s.runtime == kindPodman {
+		return nil, &noRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
 	}
-	first, ctrdErr := c.DialUnix(ctx, ctrdSock)
-	if ctrdErr == nil {
-		return c.openContainerd(ctx, ctrdSock, first)
+	if s.runtime == kindAuto {
+		first, err := c.dialUnix(ctx, ctrdSock)
+		if err == nil {
+			return c.openContainerd(ctx, ctrdSock, first)
+		}
+		if !isChannelRejected(err) {
+			return nil, err
+		}
+		tried = append(tried, triedSocket{Runtime: "containerd", Socket: ctrdSock, Err: err})
 	}
-	if !isChannelRejected(ctrdErr) {
-		return nil, ctrdErr
-	}
-	tried = append(tried, Tried{Runtime: "containerd", Socket: ctrdSock, Err: ctrdErr})
 	first, stdioErr := c.probeDialStdio(ctx, dockerSock)
 	if stdioErr == nil {
-		c.setRoute(dockerSock, RouteDialStdio)
+		c.setRoute(dockerSock, routeDialStdio)
 		return c.openDocker(ctx, dockerSock, first)
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	tried = append(tried, Tried{Runtime: "Docker by `docker system dial-stdio`", Socket: dockerSock, Err: stdioErr})
-	return nil, &NoRuntimeError{Host: c.host.Addr(), Tried: tried,
+	if s.runtime == kindDocker {
+		return nil, &routeError{Host: c.host.String(), Socket: dockerSock, StreamLocal: tried[0].Err, DialStdio: stdioErr}
+	}
+	tried = append(tried, triedSocket{Runtime: "Docker by `docker system dial-stdio`", Socket: dockerSock, Err: stdioErr})
+	return nil, &noRuntimeError{Host: c.host.Addr(), Tried: tried,
 		Hint: "point remote-docker-socket or remote-containerd-socket at the host's runtime, or set remote-runtime"}
 }
 
@@ -244,7 +214,7 @@ const userRuntimeCommand = `printf '%s %s\n' "$(id -u)" "$XDG_RUNTIME_DIR"`
 // $XDG_RUNTIME_DIR when the login sets it (pam_systemd does), and in
 // /run/user/<uid>, in that order. root has none: rootless engines are
 // other users' (nothing is run on the host for root).
-func (c *Conn) userSockets(ctx context.Context, kind RuntimeKind) ([]engineSocket, error) {
+func (c *sshConn) userSockets(ctx context.Context, kind runtimeKind) ([]engineSocket, error) {
 	if c.host.User == "root" {
 		return nil, nil
 	}
@@ -265,7 +235,7 @@ func (c *Conn) userSockets(ctx context.Context, kind RuntimeKind) ([]engineSocke
 	}
 	var out2 []engineSocket
 	for _, d := range dirs {
-		if kind != Podman {
+		if kind != kindPodman {
 			out2 = append(out2, engineSocket{"the user's Docker", d + "/docker.sock"})
 		}
 		out2 = append(out2, engineSocket{"the user's Podman", d + "/podman/podman.sock"})
@@ -275,7 +245,7 @@ func (c *Conn) userSockets(ctx context.Context, kind RuntimeKind) ([]engineSocke
 
 // output runs cmd in a session on the host and returns its standard
 // output; ctx bounds it.
-func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
+func (c *sshConn) output(ctx context.Context, cmd string) (string, error) {
 	type result struct {
 		out []byte
 		err error
@@ -295,7 +265,7 @@ func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
 	select {
 	case r := <-done:
 		if r.err != nil && stderr.String() != "" {
-			return "", fmt.Errorf("%w: %s", r.err, failure.Clip(stderr.String()))
+			return "", fmt.Errorf("%w: %s", r.err, stderr.String())
 		}
 		return string(r.out), r.err
 	case <-ctx.Done():
@@ -303,11 +273,11 @@ func (c *Conn) output(ctx context.Context, cmd string) (string, error) {
 	}
 }
 
-// openDocker speaks the Engine API to socket; first, when set, is a
-// connection the route discovery already opened.
-func (c *Conn) openDocker(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
-	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.DialDocker(ctx, socket) })
-	e, err := docker.Over(ctx, dial)
+// openDocker speaks the Engine API to socket by the route discovery found;
+// first is the connection that found it.
+func (c *sshConn) openDocker(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
+	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.dialRoute(ctx, socket) })
+	e, err := docker.Over(ctx, dial, c)
 	release()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -320,9 +290,9 @@ func (c *Conn) openDocker(ctx context.Context, socket string, first net.Conn) (R
 
 // openContainerd speaks gRPC to containerd's socket through stream-local
 // channels; first is the channel that found the socket.
-func (c *Conn) openContainerd(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
-	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.DialUnix(ctx, socket) })
-	d, err := cri.New(ctx, dial)
+func (c *sshConn) openContainerd(ctx context.Context, socket string, first net.Conn) (Runtime, error) {
+	dial, release := firstThen(first, func(ctx context.Context) (net.Conn, error) { return c.dialUnix(ctx, socket) })
+	d, err := cri.New(ctx, dial, c)
 	release()
 	if err != nil {
 		return nil, fmt.Errorf("reached containerd's socket %s on %s over SSH, but: %w", socket, c.host.Addr(), err)
@@ -355,13 +325,13 @@ func firstThen(first net.Conn, dial func(ctx context.Context) (net.Conn, error))
 
 // NoRuntimeError says a host offered no runtime at any path tried; it
 // names every socket, in the order tried, and why each was passed over.
-type NoRuntimeError struct {
+type noRuntimeError struct {
 	Host  string
-	Tried []Tried
+	Tried []triedSocket
 	Hint  string
 }
 
-func (e *NoRuntimeError) Error() string {
+func (e *noRuntimeError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "found no container runtime on %s: tried ", e.Host)
 	for i, t := range e.Tried {
@@ -374,7 +344,7 @@ func (e *NoRuntimeError) Error() string {
 	return b.String()
 }
 
-func (e *NoRuntimeError) Unwrap() []error {
+func (e *noRuntimeError) Unwrap() []error {
 	var errs []error
 	for _, t := range e.Tried {
 		errs = append(errs, t.Err)

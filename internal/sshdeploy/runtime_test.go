@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // fakeCRI answers the CRI Version call, all cri.New asks.
@@ -46,51 +48,51 @@ func startFakeContainerd(t *testing.T) string {
 // Remote runtime discovery: which runtime a host gets, by which route,
 // and what is said when there is none.
 func TestOpenRuntime(t *testing.T) {
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	dockerSock, ctrdSock := startFakeDocker(t), startFakeContainerd(t)
 	const missingDocker, missingCtrd = "/nonexistent/docker.sock", "/nonexistent/containerd.sock"
 	tests := []struct {
 		name        string
-		opts        []serverOption
-		kind        RuntimeKind
+		opts        []sshtest.Option
+		kind        runtimeKind
 		docker      string
 		containerd  string
 		wantRuntime string
-		wantRoute   Route
+		wantRoute   routeKind
 		wantErr     []string
 		wantNoRT    bool
 	}{
-		{name: "docker socket present", kind: Auto, docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: RouteStreamLocal},
-		{name: "only containerd", kind: Auto, docker: missingDocker, containerd: ctrdSock, wantRuntime: "containerd"},
-		{name: "both channels rejected, dial-stdio works", opts: []serverOption{withoutStreamLocal()}, kind: Auto,
-			docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: RouteDialStdio},
-		{name: "nothing", opts: []serverOption{withoutStreamLocal(), withoutDockerCLI()}, kind: Auto,
+		{name: "docker socket present", kind: kindAuto, docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: routeStreamLocal},
+		{name: "only containerd", kind: kindAuto, docker: missingDocker, containerd: ctrdSock, wantRuntime: "containerd"},
+		{name: "both channels rejected, dial-stdio works", opts: []sshtest.Option{sshtest.WithoutStreamLocal()}, kind: kindAuto,
+			docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: routeDialStdio},
+		{name: "nothing", opts: []sshtest.Option{sshtest.WithoutStreamLocal(), sshtest.WithoutDockerCLI()}, kind: kindAuto,
 			docker: dockerSock, containerd: ctrdSock, wantNoRT: true,
 			wantErr: []string{"found no container runtime", dockerSock, ctrdSock, "docker: command not found", "remote-runtime"}},
-		{name: "no socket at all", kind: Auto, docker: missingDocker, containerd: missingCtrd, wantNoRT: true,
+		{name: "no socket at all", kind: kindAuto, docker: missingDocker, containerd: missingCtrd, wantNoRT: true,
 			wantErr: []string{missingDocker, missingCtrd, "remote-containerd-socket"}},
-		{name: "containerd asked, no socket: the k3s hint", kind: Containerd, docker: dockerSock, containerd: missingCtrd,
+		{name: "containerd asked, no socket: the k3s hint", kind: kindContainerd, docker: dockerSock, containerd: missingCtrd,
 			wantErr: []string{"not containerd's socket", "/run/k3s/containerd/containerd.sock", "remote-containerd-socket"}},
-		{name: "containerd asked, docker ignored", kind: Containerd, docker: dockerSock, containerd: ctrdSock, wantRuntime: "containerd"},
-		{name: "docker asked, containerd ignored", kind: Docker, docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: RouteStreamLocal},
+		{name: "containerd asked, docker ignored", kind: kindContainerd, docker: dockerSock, containerd: ctrdSock, wantRuntime: "containerd"},
+		{name: "docker asked, containerd ignored", kind: kindDocker, docker: dockerSock, containerd: ctrdSock, wantRuntime: "docker", wantRoute: routeStreamLocal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			rt, err := conn.openRuntime(ctx, &Settings{Socket: tt.docker, Runtime: RuntimeChoice{Kind: tt.kind, ContainerdSocket: tt.containerd}})
+			rt, err := conn.openRuntime(ctx, &Settings{dockerSocket: tt.docker, runtime: tt.kind, containerdSocket: tt.containerd})
 			if tt.wantErr != nil {
 				if err == nil {
 					rt.Close()
 					t.Fatal("a runtime was opened")
 				}
-				var nrt *NoRuntimeError
+				var nrt *noRuntimeError
 				if errors.As(err, &nrt) != tt.wantNoRT {
 					t.Errorf("err = %T %v, want *NoRuntimeError: %v", err, err, tt.wantNoRT)
 				}
@@ -105,37 +107,56 @@ func TestOpenRuntime(t *testing.T) {
 				t.Fatalf("no runtime: %v", err)
 			}
 			defer rt.Close()
-			if name, _ := rt.Runtime(); name != tt.wantRuntime {
+			if name, _ := runtimeOf(rt); name != tt.wantRuntime {
 				t.Fatalf("runtime %q, want %q", name, tt.wantRuntime)
 			}
-			if tt.wantRuntime == "docker" && conn.Route() != tt.wantRoute {
-				t.Errorf("route %q, want %q", conn.Route(), tt.wantRoute)
+			if r := conn.route(tt.docker); tt.wantRuntime == "docker" && r != tt.wantRoute {
+				t.Errorf("route %q, want %q", r, tt.wantRoute)
 			}
-			if cmds := srv.execCommands(); tt.wantRoute != RouteDialStdio && len(cmds) != 0 {
+			if cmds := srv.Commands(); tt.wantRoute != routeDialStdio && len(cmds) != 0 {
 				t.Errorf("ran %q on the host", cmds)
 			}
 		})
 	}
 }
 
+// waitUntil polls cond for up to 5 seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+	}
+}
+
+// runtimeOf is the name and namespace rt gives itself, as pull reads them.
+func runtimeOf(rt Runtime) (name, namespace string) {
+	if n, ok := rt.(interface{ Runtime() (string, string) }); ok {
+		return n.Runtime()
+	}
+	return "", ""
+}
+
 // Open dials with the host key policy, then discovers the runtime; the
 // connection goes with the runtime when it closes.
 func TestOpenThroughSettings(t *testing.T) {
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	s := &Settings{Socket: startFakeDocker(t), Runtime: RuntimeChoice{Kind: Auto, ContainerdSocket: "/nonexistent/c.sock"},
-		Config: Config{Signer: client, HostKeys: insecureIgnoreHostKey()}}
+	s := &Settings{dockerSocket: startFakeDocker(t), runtime: kindAuto, containerdSocket: "/nonexistent/c.sock",
+		config: dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()}}
 	rt, err := Open(context.Background(), srv.host("root"), s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if name, _ := rt.Runtime(); name != "docker" {
+	if name, _ := runtimeOf(rt); name != "docker" {
 		t.Errorf("runtime %q", name)
 	}
 	if err := rt.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
-	s.Runtime.Kind, s.Socket = Containerd, "/nonexistent/d.sock"
+	waitUntil(t, "the server sees the connection closed", func() bool { return srv.Open.Load() == 0 })
+	s.runtime, s.dockerSocket = kindContainerd, "/nonexistent/d.sock"
 	if _, err := Open(context.Background(), srv.host("root"), s); err == nil || !strings.Contains(err.Error(), "k3s") {
 		t.Errorf("err = %v, want the k3s hint", err)
 	}
@@ -145,72 +166,72 @@ func TestOpenThroughSettings(t *testing.T) {
 // wins, what runs on the host, and that the error names every socket
 // tried when none answers.
 func TestAutoDiscoveryOrder(t *testing.T) {
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	docker, podman, ctrd := startFakeDocker(t), startFakePodman(t), startFakeContainerd(t)
 	const xdg = "/run/user/1000"
 	// Every path discovery may try, mapped to a test socket or to nothing:
 	// the machine's own /var/run/docker.sock is never reached.
-	hostWith := func(present map[string]string, opts ...serverOption) []serverOption {
-		for _, p := range []string{defaultDockerSocket, PodmanSocket, xdg + "/docker.sock", xdg + "/podman/podman.sock",
+	hostWith := func(present map[string]string, opts ...sshtest.Option) []sshtest.Option {
+		for _, p := range []string{defaultDockerSocket, podmanSocket, xdg + "/docker.sock", xdg + "/podman/podman.sock",
 			"/tmp/xdg/docker.sock", "/tmp/xdg/podman/podman.sock", "/run/containerd/containerd.sock"} {
 			real := "/nonexistent" + p
 			if r, ok := present[p]; ok {
 				real = r
 			}
-			opts = append(opts, withSocket(p, real))
+			opts = append(opts, sshtest.WithSocket(p, real))
 		}
 		return opts
 	}
 	tests := []struct {
 		name        string
 		user        string
-		kind        RuntimeKind
-		opts        []serverOption
+		kind        runtimeKind
+		opts        []sshtest.Option
 		wantRuntime string
 		wantCmds    int
 		wantErr     []string
 	}{
-		{name: "rootful Docker before rootful Podman", user: "root", kind: Auto,
-			opts: hostWith(map[string]string{defaultDockerSocket: docker, PodmanSocket: podman}), wantRuntime: "docker"},
-		{name: "rootful Podman alone", user: "root", kind: Auto,
-			opts: hostWith(map[string]string{PodmanSocket: podman}), wantRuntime: "podman"},
-		{name: "rootful Podman before containerd", user: "root", kind: Auto,
-			opts: hostWith(map[string]string{PodmanSocket: podman, "/run/containerd/containerd.sock": ctrd}), wantRuntime: "podman"},
-		{name: "podman asked, Docker there too", user: "root", kind: Podman,
-			opts: hostWith(map[string]string{defaultDockerSocket: docker, PodmanSocket: podman}), wantRuntime: "podman"},
-		{name: "rootless Podman in XDG_RUNTIME_DIR", user: "alice", kind: Auto,
-			opts: hostWith(map[string]string{"/tmp/xdg/podman/podman.sock": podman}, withUserRuntime("1000 /tmp/xdg")), wantRuntime: "podman", wantCmds: 1},
-		{name: "rootless Docker in /run/user/<uid>, no XDG_RUNTIME_DIR", user: "alice", kind: Auto,
-			opts: hostWith(map[string]string{xdg + "/docker.sock": docker}, withUserRuntime("1000 ")), wantRuntime: "docker", wantCmds: 1},
-		{name: "rootless before containerd", user: "alice", kind: Auto,
-			opts: hostWith(map[string]string{xdg + "/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, withUserRuntime("1000 "+xdg)), wantRuntime: "podman", wantCmds: 1},
-		{name: "rootful first: no command for the user's sockets", user: "alice", kind: Auto,
-			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/podman/podman.sock": podman}, withUserRuntime("1000 "+xdg)), wantRuntime: "docker"},
-		{name: "root has no user sockets", user: "root", kind: Auto,
-			opts: hostWith(map[string]string{"/run/user/0/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, withUserRuntime("0 /run/user/0")), wantRuntime: "containerd"},
-		{name: "nothing anywhere: every socket named", user: "alice", kind: Auto,
-			opts: hostWith(nil, withUserRuntime("1000 /tmp/xdg"), withoutDockerCLI()), wantCmds: 2,
-			wantErr: []string{defaultDockerSocket, PodmanSocket, "/tmp/xdg/docker.sock", "/tmp/xdg/podman/podman.sock", xdg + "/docker.sock", xdg + "/podman/podman.sock",
+		{name: "rootful Docker before rootful Podman", user: "root", kind: kindAuto,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, podmanSocket: podman}), wantRuntime: "docker"},
+		{name: "rootful Podman alone", user: "root", kind: kindAuto,
+			opts: hostWith(map[string]string{podmanSocket: podman}), wantRuntime: "podman"},
+		{name: "rootful Podman before containerd", user: "root", kind: kindAuto,
+			opts: hostWith(map[string]string{podmanSocket: podman, "/run/containerd/containerd.sock": ctrd}), wantRuntime: "podman"},
+		{name: "podman asked, Docker there too", user: "root", kind: kindPodman,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, podmanSocket: podman}), wantRuntime: "podman"},
+		{name: "rootless Podman in XDG_RUNTIME_DIR", user: "alice", kind: kindAuto,
+			opts: hostWith(map[string]string{"/tmp/xdg/podman/podman.sock": podman}, sshtest.WithReply(userRuntimeCommand, "1000 /tmp/xdg")), wantRuntime: "podman", wantCmds: 1},
+		{name: "rootless Docker in /run/user/<uid>, no XDG_RUNTIME_DIR", user: "alice", kind: kindAuto,
+			opts: hostWith(map[string]string{xdg + "/docker.sock": docker}, sshtest.WithReply(userRuntimeCommand, "1000 ")), wantRuntime: "docker", wantCmds: 1},
+		{name: "rootless before containerd", user: "alice", kind: kindAuto,
+			opts: hostWith(map[string]string{xdg + "/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, sshtest.WithReply(userRuntimeCommand, "1000 "+xdg)), wantRuntime: "podman", wantCmds: 1},
+		{name: "rootful first: no command for the user's sockets", user: "alice", kind: kindAuto,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/podman/podman.sock": podman}, sshtest.WithReply(userRuntimeCommand, "1000 "+xdg)), wantRuntime: "docker"},
+		{name: "root has no user sockets", user: "root", kind: kindAuto,
+			opts: hostWith(map[string]string{"/run/user/0/podman/podman.sock": podman, "/run/containerd/containerd.sock": ctrd}, sshtest.WithReply(userRuntimeCommand, "0 /run/user/0")), wantRuntime: "containerd"},
+		{name: "nothing anywhere: every socket named", user: "alice", kind: kindAuto,
+			opts: hostWith(nil, sshtest.WithReply(userRuntimeCommand, "1000 /tmp/xdg"), sshtest.WithoutDockerCLI()), wantCmds: 2,
+			wantErr: []string{defaultDockerSocket, podmanSocket, "/tmp/xdg/docker.sock", "/tmp/xdg/podman/podman.sock", xdg + "/docker.sock", xdg + "/podman/podman.sock",
 				"/run/containerd/containerd.sock", "dial-stdio", "docker: command not found", "remote-runtime"}},
-		{name: "nothing, and id fails: said so", user: "alice", kind: Auto,
-			opts: hostWith(nil, withoutDockerCLI()), wantCmds: 2,
-			wantErr: []string{defaultDockerSocket, PodmanSocket, "id -u", "id: not found", "/run/containerd/containerd.sock"}},
-		{name: "podman asked, none: its sockets and the hint", user: "alice", kind: Podman,
-			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/docker.sock": docker}, withUserRuntime("1000 "+xdg)), wantCmds: 1,
-			wantErr: []string{PodmanSocket, xdg + "/podman/podman.sock", "podman.socket"}},
+		{name: "nothing, and id fails: said so", user: "alice", kind: kindAuto,
+			opts: hostWith(nil, sshtest.WithoutDockerCLI()), wantCmds: 2,
+			wantErr: []string{defaultDockerSocket, podmanSocket, "id -u", "status 127: sh: 1: printf: not found", "/run/containerd/containerd.sock"}},
+		{name: "podman asked, none: its sockets and the hint", user: "alice", kind: kindPodman,
+			opts: hostWith(map[string]string{defaultDockerSocket: docker, xdg + "/docker.sock": docker}, sshtest.WithReply(userRuntimeCommand, "1000 "+xdg)), wantCmds: 1,
+			wantErr: []string{podmanSocket, xdg + "/podman/podman.sock", "podman.socket"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host(tt.user), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			conn, err := dialHost(context.Background(), srv.host(tt.user), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			rt, err := conn.openRuntime(ctx, &Settings{Socket: defaultDockerSocket, Runtime: RuntimeChoice{Kind: tt.kind, ContainerdSocket: "/run/containerd/containerd.sock"}})
-			if cmds := srv.execCommands(); len(cmds) != tt.wantCmds {
+			rt, err := conn.openRuntime(ctx, &Settings{dockerSocket: defaultDockerSocket, runtime: tt.kind, containerdSocket: "/run/containerd/containerd.sock"})
+			if cmds := srv.Commands(); len(cmds) != tt.wantCmds {
 				t.Errorf("ran %q on the host, want %d commands", cmds, tt.wantCmds)
 			}
 			if tt.wantErr != nil {
@@ -218,7 +239,7 @@ func TestAutoDiscoveryOrder(t *testing.T) {
 					rt.Close()
 					t.Fatal("a runtime was opened")
 				}
-				var nrt *NoRuntimeError
+				var nrt *noRuntimeError
 				if !errors.As(err, &nrt) {
 					t.Errorf("err = %T %v, want *NoRuntimeError", err, err)
 				}
@@ -233,7 +254,7 @@ func TestAutoDiscoveryOrder(t *testing.T) {
 				t.Fatalf("no runtime: %v", err)
 			}
 			defer rt.Close()
-			if name, _ := rt.Runtime(); name != tt.wantRuntime {
+			if name, _ := runtimeOf(rt); name != tt.wantRuntime {
 				t.Errorf("runtime %q, want %q", name, tt.wantRuntime)
 			}
 		})

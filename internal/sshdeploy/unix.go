@@ -9,18 +9,18 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// DialUnix opens a connection to the unix socket at path on the host over
+// dialUnix opens a connection to the unix socket at path on the host over
 // a direct-streamlocal@openssh.com channel, and by no other route: unlike
-// DialDocker there is no command that would carry an arbitrary socket's
-// protocol over a session. It runs nothing on the host.
+// Docker's (dial-stdio) there is no command that would carry an arbitrary
+// socket's protocol over a session. It runs nothing on the host.
 //
 // When sshd rejects the channel the error wraps the *ssh.OpenChannelError
-// (see IsChannelRejected): OpenSSH 9.2 gives the same "open failed" for a
+// (see isChannelRejected): OpenSSH 9.2 gives the same "open failed" for a
 // missing socket, one the user may not open, and AllowStreamLocalForwarding
 // no, so a caller probing for a socket treats any rejection as "not here".
-func (c *Conn) DialUnix(ctx context.Context, path string) (net.Conn, error) {
+func (c *sshConn) dialUnix(ctx context.Context, path string) (net.Conn, error) {
 	if path == "" {
-		return nil, errors.New("sshdeploy: DialUnix needs a socket path")
+		return nil, errors.New("sshdeploy: dialUnix needs a socket path")
 	}
 	conn, err := c.dialStreamLocal(ctx, path)
 	if err != nil {

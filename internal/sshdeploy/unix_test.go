@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
 // startEcho serves a line echo on a unix socket: any protocol will do.
@@ -36,33 +38,33 @@ func startEcho(t *testing.T) string {
 }
 
 func TestDialUnix(t *testing.T) {
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	sock := startEcho(t)
 	tests := []struct {
 		name     string
-		opts     []serverOption
+		opts     []sshtest.Option
 		socket   string
 		rejected bool
 	}{
 		{name: "reaches the socket", socket: sock},
 		{name: "missing socket: rejected", socket: "/nonexistent/containerd.sock", rejected: true},
-		{name: "stream-local forbidden: rejected, no fallback", opts: []serverOption{withoutStreamLocal()}, socket: sock, rejected: true},
+		{name: "stream-local forbidden: rejected, no fallback", opts: []sshtest.Option{sshtest.WithoutStreamLocal()}, socket: sock, rejected: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, client.PublicKey(), tt.opts...)
-			conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+			conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			c, err := conn.DialUnix(context.Background(), tt.socket)
+			c, err := conn.dialUnix(context.Background(), tt.socket)
 			if tt.rejected {
 				if err == nil || !isChannelRejected(err) || !strings.Contains(err.Error(), tt.socket) {
 					t.Fatalf("err = %v, want a channel rejection naming %s", err, tt.socket)
 				}
-				if cmds := srv.execCommands(); len(cmds) != 0 {
-					t.Fatalf("ran %q on the host; DialUnix runs nothing", cmds)
+				if cmds := srv.Commands(); len(cmds) != 0 {
+					t.Fatalf("ran %q on the host; dialUnix runs nothing", cmds)
 				}
 				return
 			}
@@ -82,16 +84,16 @@ func TestDialUnix(t *testing.T) {
 }
 
 func TestDialUnixContext(t *testing.T) {
-	client := newSigner(t, "ed25519")
+	client := sshtest.NewSigner(t, "ed25519")
 	srv := startServer(t, client.PublicKey())
-	conn, err := Dial(context.Background(), srv.host("root"), Config{Signer: client, HostKeys: insecureIgnoreHostKey()})
+	conn, err := dialHost(context.Background(), srv.host("root"), dialConfig{Signer: client, HostKeys: insecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := conn.DialUnix(ctx, startEcho(t)); err != context.Canceled {
+	if _, err := conn.dialUnix(ctx, startEcho(t)); err != context.Canceled {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 }

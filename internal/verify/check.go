@@ -170,7 +170,7 @@ func (v verifier) checkBundle(c candidate) outcome {
 // checkRepository: GitHub's Fulcio puts the repository the workflow ran
 // for in the SourceRepositoryURI extension. The SAN names the signer
 // workflow, which for a reusable workflow lives in another repository, so
-// only the extension proves the build was for verify-repository.
+// only the extension proves the build was for the policy's repository.
 func (v verifier) checkRepository(res *sgverify.VerificationResult) error {
 	if v.policy.Method != GitHubAttestation {
 		return nil

@@ -1,6 +1,10 @@
 package verify
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+)
 
 // Result says what was verified, for the step's outputs and summary.
 type Result struct {
@@ -29,6 +33,9 @@ func (e *NoSignatureError) Error() string {
 	return fmt.Sprintf("no %s signature found for %s: %s", e.Method, e.Image, e.Detail)
 }
 
+// Class names the failure for failure.ClassOf (results' error_class).
+func (e *NoSignatureError) Class() string { return failure.Unsigned }
+
 // InvalidSignatureError: a signature is there but does not verify: the
 // cryptography fails, the certificate does not chain to the trusted root,
 // the transparency-log proof is bad, or it signs another digest.
@@ -40,6 +47,9 @@ type InvalidSignatureError struct {
 func (e *InvalidSignatureError) Error() string {
 	return fmt.Sprintf("invalid signature for %s: %s", e.Image, e.Reason)
 }
+
+// Class names the failure for failure.ClassOf (results' error_class).
+func (e *InvalidSignatureError) Class() string { return failure.InvalidSignature }
 
 // IdentityMismatchError: a signature verifies, but its signer is not the
 // one the policy names.
@@ -60,3 +70,6 @@ func (e *IdentityMismatchError) Error() string {
 	}
 	return s
 }
+
+// Class names the failure for failure.ClassOf (results' error_class).
+func (e *IdentityMismatchError) Class() string { return failure.SignerMismatch }

@@ -13,15 +13,15 @@ import (
 // TestParsePolicyNotCompiled: a build without verification refuses every
 // method by name instead of pulling unverified images.
 func TestParsePolicyNotCompiled(t *testing.T) {
-	if p, err := verify.ParsePolicy(func(string) string { return "" }); p != nil || err != nil {
+	if p, err := verify.ParsePolicy(func(verify.Setting) string { return "" }); p != nil || err != nil {
 		t.Fatalf("verification off: %v, %v", p, err)
 	}
 	for _, m := range []verify.Method{verify.CosignKey, verify.CosignKeyless, verify.GitHubAttestation} {
-		in := map[string]string{"verify": string(m), "verify-key": "k", "verify-identity": "i", "verify-issuer": "x", "verify-repository": "o/r"}
-		p, err := verify.ParsePolicy(func(n string) string { return in[n] })
+		in := map[verify.Setting]string{verify.SettingMethod: string(m), verify.SettingKey: "k", verify.SettingIdentity: "i", verify.SettingIssuer: "x", verify.SettingRepository: "o/r"}
+		p, err := verify.ParsePolicy(func(n verify.Setting) string { return in[n] })
 		var bad *failure.BadInput
-		if p != nil || !errors.As(err, &bad) || bad.Input != "verify" {
-			t.Errorf("%s: %v, %v; want a bad-input error naming verify", m, p, err)
+		if p != nil || !errors.As(err, &bad) || bad.Input != string(verify.SettingMethod) {
+			t.Errorf("%s: %v, %v; want a bad-input error naming the method", m, p, err)
 		}
 	}
 }

@@ -36,7 +36,7 @@ const (
 )
 
 // GitHubIssuer is the OIDC issuer of GitHub Actions' ID tokens, the only
-// one a github-attestation certificate may come from unless verify-issuer
+// one a github-attestation certificate may come from unless the issuer setting
 // says otherwise (GitHub Enterprise Server has its own).
 const GitHubIssuer = "https://token.actions.githubusercontent.com"
 
@@ -71,100 +71,109 @@ type Policy struct {
 	issuer string
 }
 
-// Input names. The action's inputs and the CLI's flags use these.
+// Setting is one of a policy's settings, as ParsePolicy reads it. Its
+// errors name the setting (a *failure.BadInput's Input, and {setting} in
+// its Problem and Fix): the caller names the inputs users know them by.
+type Setting string
+
+// The settings.
 const (
-	InputMethod         = "verify"
-	InputKey            = "verify-key"
-	InputIdentity       = "verify-identity"
-	InputIdentityRegexp = "verify-identity-regexp"
-	InputIssuer         = "verify-issuer"
-	InputRepository     = "verify-repository"
-	InputSignerWorkflow = "verify-signer-workflow"
-	InputPredicateType  = "verify-predicate-type"
-	InputTrustedRoot    = "verify-trusted-root"
+	SettingMethod         Setting = "method"
+	SettingKey            Setting = "key"
+	SettingIdentity       Setting = "identity"
+	SettingIdentityRegexp Setting = "identity-regexp"
+	SettingIssuer         Setting = "issuer"
+	SettingRepository     Setting = "repository"
+	SettingSignerWorkflow Setting = "signer-workflow"
+	SettingPredicateType  Setting = "predicate-type"
+	SettingTrustedRoot    Setting = "trusted-root"
 )
+
+// Settings lists every setting, for a caller to name them all.
+var Settings = []Setting{SettingMethod, SettingKey, SettingIdentity, SettingIdentityRegexp, SettingIssuer,
+	SettingRepository, SettingSignerWorkflow, SettingPredicateType, SettingTrustedRoot}
 
 var (
 	repoRE     = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
 	workflowRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/\.github/workflows/[^@\s]+\.ya?ml$`)
 )
 
-// ParsePolicy reads the verify-* inputs through get (which returns "" for
-// an unset input). It returns nil when verification is off, the default.
-// Every mistake is a *failure.BadInput naming the input to change; a
-// verify-* input that the chosen method would ignore is a mistake too, so
-// that a typo in verify never silently turns verification off.
-func ParsePolicy(get func(name string) string) (*Policy, error) {
-	in := func(n string) string { return strings.TrimSpace(get(n)) }
-	method := Method(strings.ToLower(in(InputMethod)))
-	allowed := map[Method][]string{
-		CosignKey:         {InputKey},
-		CosignKeyless:     {InputIdentity, InputIdentityRegexp, InputIssuer, InputTrustedRoot},
-		GitHubAttestation: {InputRepository, InputSignerWorkflow, InputIssuer, InputPredicateType, InputTrustedRoot},
+// ParsePolicy reads the settings through get (which returns "" for an
+// unset one). It returns nil when verification is off, the default. Every
+// mistake is a *failure.BadInput naming the setting to change; a setting
+// that the chosen method would ignore is a mistake too, so that a typo in
+// the method never silently turns verification off.
+func ParsePolicy(get func(Setting) string) (*Policy, error) {
+	in := func(n Setting) string { return strings.TrimSpace(get(n)) }
+	method := Method(strings.ToLower(in(SettingMethod)))
+	allowed := map[Method][]Setting{
+		CosignKey:         {SettingKey},
+		CosignKeyless:     {SettingIdentity, SettingIdentityRegexp, SettingIssuer, SettingTrustedRoot},
+		GitHubAttestation: {SettingRepository, SettingSignerWorkflow, SettingIssuer, SettingPredicateType, SettingTrustedRoot},
 	}
-	all := []string{InputKey, InputIdentity, InputIdentityRegexp, InputIssuer, InputRepository, InputSignerWorkflow, InputPredicateType, InputTrustedRoot}
+	all := []Setting{SettingKey, SettingIdentity, SettingIdentityRegexp, SettingIssuer, SettingRepository, SettingSignerWorkflow, SettingPredicateType, SettingTrustedRoot}
 
 	switch method {
 	case "", "false", "none", "off":
 		for _, n := range all {
 			if in(n) != "" {
-				return nil, bad(n, "is set but verification is off", "set verify to cosign-key, cosign-keyless or github-attestation")
+				return nil, failure.Bad(string(n), "is set but verification is off", "set {method} to cosign-key, cosign-keyless or github-attestation")
 			}
 		}
 		return nil, nil
 	case CosignKey, CosignKeyless, GitHubAttestation:
 		if !compiledIn {
-			return nil, bad(InputMethod, "this ghcr-pull was built without verification (-tags noverify)", "use the released image, or build without -tags noverify")
+			return nil, failure.Bad(string(SettingMethod), "this ghcr-pull was built without verification (-tags noverify)", "use the released image, or build without -tags noverify")
 		}
 	default:
-		return nil, bad(InputMethod, fmt.Sprintf("%q is not a verification method", method), "use cosign-key, cosign-keyless or github-attestation, or leave it empty")
+		return nil, failure.Bad(string(SettingMethod), fmt.Sprintf("%q is not a verification method", method), "use cosign-key, cosign-keyless or github-attestation, or leave it empty")
 	}
 	for _, n := range all {
 		if in(n) != "" && !contains(allowed[method], n) {
-			return nil, bad(n, "does not apply to verify: "+string(method), "remove it, or pick the method it belongs to")
+			return nil, failure.Bad(string(n), "does not apply to {method}: "+string(method), "remove it, or pick the method it belongs to")
 		}
 	}
 
 	p := &Policy{Method: method}
 	switch method {
 	case CosignKey:
-		raw, err := readInline(in(InputKey), "-----BEGIN")
+		raw, err := readInline(in(SettingKey), "-----BEGIN")
 		if err != nil {
-			return nil, bad(InputKey, err.Error(), "give the PEM public key (cosign.pub) inline or as a file path")
+			return nil, failure.Bad(string(SettingKey), err.Error(), "give the PEM public key (cosign.pub) inline or as a file path")
 		}
 		if raw == nil {
-			return nil, bad(InputKey, "is required for verify: cosign-key", "give the PEM public key (cosign.pub) inline or as a file path")
+			return nil, failure.Bad(string(SettingKey), "is required for {method}: cosign-key", "give the PEM public key (cosign.pub) inline or as a file path")
 		}
 		if err := p.setKey(raw); err != nil {
-			return nil, bad(InputKey, err.Error(), "give the PEM public key (cosign.pub), not the private key")
+			return nil, failure.Bad(string(SettingKey), err.Error(), "give the PEM public key (cosign.pub), not the private key")
 		}
 		return p, nil
 	case CosignKeyless:
-		p.Identity, p.IdentityRegexp, p.Issuer = in(InputIdentity), in(InputIdentityRegexp), in(InputIssuer)
+		p.Identity, p.IdentityRegexp, p.Issuer = in(SettingIdentity), in(SettingIdentityRegexp), in(SettingIssuer)
 		switch {
 		case p.Identity == "" && p.IdentityRegexp == "":
-			return nil, bad(InputIdentity, "verify: cosign-keyless needs the signer's identity", "set verify-identity (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or verify-identity-regexp")
+			return nil, failure.Bad(string(SettingIdentity), "{method}: cosign-keyless needs the signer's identity", "set {identity} (e.g. https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main) or {identity-regexp}")
 		case p.Identity != "" && p.IdentityRegexp != "":
-			return nil, bad(InputIdentityRegexp, "is set together with verify-identity", "set only one of them")
+			return nil, failure.Bad(string(SettingIdentityRegexp), "is set together with {identity}", "set only one of them")
 		case p.Issuer == "":
-			return nil, bad(InputIssuer, "verify: cosign-keyless needs the OIDC issuer", "e.g. "+GitHubIssuer)
+			return nil, failure.Bad(string(SettingIssuer), "{method}: cosign-keyless needs the OIDC issuer", "e.g. "+GitHubIssuer)
 		}
 		if p.IdentityRegexp != "" {
 			re, err := regexp.Compile(p.IdentityRegexp)
 			if err != nil {
-				return nil, bad(InputIdentityRegexp, "is not a regular expression: "+err.Error(), "use RE2 syntax; anchor it with ^ and $")
+				return nil, failure.Bad(string(SettingIdentityRegexp), "is not a regular expression: "+err.Error(), "use RE2 syntax; anchor it with ^ and $")
 			}
 			p.sanRE = re
 		}
 		p.issuer = p.Issuer
 	case GitHubAttestation:
-		p.Repository, p.SignerWorkflow = in(InputRepository), in(InputSignerWorkflow)
-		p.Issuer, p.PredicateType = in(InputIssuer), in(InputPredicateType)
+		p.Repository, p.SignerWorkflow = in(SettingRepository), in(SettingSignerWorkflow)
+		p.Issuer, p.PredicateType = in(SettingIssuer), in(SettingPredicateType)
 		if !repoRE.MatchString(p.Repository) {
-			return nil, bad(InputRepository, fmt.Sprintf("%q is not owner/name", p.Repository), "name the repository whose workflow built the image, e.g. octo-org/app")
+			return nil, failure.Bad(string(SettingRepository), fmt.Sprintf("%q is not owner/name", p.Repository), "name the repository whose workflow built the image, e.g. octo-org/app")
 		}
 		if p.SignerWorkflow != "" && !workflowRE.MatchString(p.SignerWorkflow) {
-			return nil, bad(InputSignerWorkflow, fmt.Sprintf("%q is not owner/name/.github/workflows/<file>.yml", p.SignerWorkflow), "e.g. octo-org/app/.github/workflows/release.yml, without @ref")
+			return nil, failure.Bad(string(SettingSignerWorkflow), fmt.Sprintf("%q is not owner/name/.github/workflows/<file>.yml", p.SignerWorkflow), "e.g. octo-org/app/.github/workflows/release.yml, without @ref")
 		}
 		if p.Issuer == "" {
 			p.Issuer = GitHubIssuer
@@ -184,13 +193,13 @@ func ParsePolicy(get func(name string) string) (*Policy, error) {
 		p.sanRE = regexp.MustCompile("(?i)" + san) // GitHub names are case-insensitive
 	}
 
-	raw, err := readInline(in(InputTrustedRoot), "{")
+	raw, err := readInline(in(SettingTrustedRoot), "{")
 	if err != nil {
-		return nil, bad(InputTrustedRoot, err.Error(), "give a trusted_root.json inline or as a file path")
+		return nil, failure.Bad(string(SettingTrustedRoot), err.Error(), "give a trusted_root.json inline or as a file path")
 	}
 	p.TrustedRoot = raw
 	if p.trust, err = loadTrustedRoot(raw); err != nil {
-		return nil, bad(InputTrustedRoot, "is not a Sigstore trusted root: "+err.Error(), "use the output of `gh attestation trusted-root` or your Sigstore instance's trusted_root.json")
+		return nil, failure.Bad(string(SettingTrustedRoot), "is not a Sigstore trusted root: "+err.Error(), "use the output of `gh attestation trusted-root` or your Sigstore instance's trusted_root.json")
 	}
 	return p, nil
 }
@@ -228,11 +237,7 @@ func readInline(v, marker string) ([]byte, error) {
 	return b, nil
 }
 
-func bad(input, problem, fix string) error {
-	return &failure.BadInput{Input: input, Problem: problem, Fix: fix}
-}
-
-func contains(list []string, s string) bool {
+func contains(list []Setting, s Setting) bool {
 	for _, v := range list {
 		if v == s {
 			return true

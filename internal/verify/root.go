@@ -22,7 +22,7 @@ func loadTrustedRoot(raw []byte) (*trustedRoot, error) {
 }
 
 // publicGoodRoot is Sigstore's public-good trusted root (Fulcio CAs, Rekor
-// and CT log keys, the timestamp authority), used when verify-trusted-root
+// and CT log keys, the timestamp authority), used when the trusted-root setting
 // is empty. It is a copy of the TUF target trusted_root.json as shipped in
 // the github.com/sigstore/sigstore module (pkg/tuf/repository/targets),
 // whose content the Go checksum database pins; scripts/update-trusted-root.sh

@@ -5,10 +5,6 @@ package verify_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -78,19 +73,11 @@ func newWorld(t *testing.T) *world {
 
 func newKey(t *testing.T) (signature.SignerVerifier, string) {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sv, pub, err := verifytest.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sv, string(pub)
+	return sv, pub
 }
 
 func (w *world) push(t *testing.T, repo string) name.Digest {
@@ -110,70 +97,42 @@ func (w *world) push(t *testing.T, repo string) name.Digest {
 // keySig is a cosign key signature of payload.
 func keySig(t *testing.T, sv signature.Signer, payload []byte) verifytest.Legacy {
 	t.Helper()
-	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	l, err := verifytest.KeySignature(sv, payload)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return verifytest.Legacy{Payload: payload, Annotations: map[string]string{
-		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig),
-	}}
+	return l
 }
 
-func policy(t *testing.T, in map[string]string) *verify.Policy {
+func policy(t *testing.T, in map[verify.Setting]string) *verify.Policy {
 	t.Helper()
-	p, err := verify.ParsePolicy(func(n string) string { return in[n] })
+	p, err := verify.ParsePolicy(func(n verify.Setting) string { return in[n] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-type want int
-
+// The outcomes a case expects, in failure.ClassOf's words: the class
+// results' error_class reports ("" passes).
 const (
-	pass want = iota
-	noSignature
-	invalid
-	mismatch
-	denied
+	pass        = ""
+	noSignature = failure.Unsigned
+	invalid     = failure.InvalidSignature
+	mismatch    = failure.SignerMismatch
+	denied      = "rejected"
 )
-
-func classOf(err error) want {
-	var (
-		ns  *verify.NoSignatureError
-		inv *verify.InvalidSignatureError
-		mm  *verify.IdentityMismatchError
-		rej *failure.Rejected
-	)
-	switch {
-	case err == nil:
-		return pass
-	case errors.As(err, &ns):
-		return noSignature
-	case errors.As(err, &inv):
-		return invalid
-	case errors.As(err, &mm):
-		return mismatch
-	case errors.As(err, &rej):
-		return denied
-	}
-	return -1
-}
-
-func (c want) String() string {
-	return [...]string{"pass", "no signature", "invalid", "identity mismatch", "access denied"}[c]
-}
 
 func TestVerify(t *testing.T) {
 	w := newWorld(t)
-	keyPolicy := map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM}
-	keyless := func(id string) map[string]string {
-		return map[string]string{"verify": "cosign-keyless", "verify-identity": id, "verify-issuer": issuer, "verify-trusted-root": w.trustedRoot}
+	keyPolicy := map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM}
+	keyless := func(id string) map[verify.Setting]string {
+		return map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentity: id, verify.SettingIssuer: issuer, verify.SettingTrustedRoot: w.trustedRoot}
 	}
-	attest := func(extra ...string) map[string]string {
-		m := map[string]string{"verify": "github-attestation", "verify-repository": "octo/app", "verify-trusted-root": w.trustedRoot}
+	attest := func(extra ...string) map[verify.Setting]string {
+		m := map[verify.Setting]string{verify.SettingMethod: "github-attestation", verify.SettingRepository: "octo/app", verify.SettingTrustedRoot: w.trustedRoot}
 		for i := 0; i+1 < len(extra); i += 2 {
-			m[extra[i]] = extra[i+1]
+			m[verify.Setting(extra[i])] = extra[i+1]
 		}
 		return m
 	}
@@ -211,10 +170,10 @@ func TestVerify(t *testing.T) {
 
 	cases := []struct {
 		name   string
-		policy map[string]string
+		policy map[verify.Setting]string
 		sign   signer
 		faults []ghcrsim.Fault
-		want   want
+		want   string
 	}{
 		{"key: signed with the key", keyPolicy, legacy(func(t *testing.T, d name.Digest) []verifytest.Legacy {
 			return []verifytest.Legacy{keySig(t, w.key, payload(d))}
@@ -278,19 +237,19 @@ func TestVerify(t *testing.T) {
 			return []verifytest.Legacy{keySig(t, w.key, payload(d))}
 		}), nil, noSignature},
 		{"keyless (bundle referrer): right identity", keyless(workflow), bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, pass},
-		{"keyless (bundle referrer): identity regexp", map[string]string{"verify": "cosign-keyless", "verify-identity-regexp": `^https://github\.com/octo/`, "verify-issuer": issuer, "verify-trusted-root": w.trustedRoot},
+		{"keyless (bundle referrer): identity regexp", map[verify.Setting]string{verify.SettingMethod: "cosign-keyless", verify.SettingIdentityRegexp: `^https://github\.com/octo/`, verify.SettingIssuer: issuer, verify.SettingTrustedRoot: w.trustedRoot},
 			bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, pass},
 		{"keyless (bundle referrer): another identity", keyless("https://github.com/octo/app/.github/workflows/other.yml@refs/heads/main"),
 			bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, self, nil), nil, mismatch},
 		{"keyless (bundle referrer): subject is another digest", keyless(workflow), bundleOf(w.ss, workflow, verifytest.CosignSignPredicate, otherDigest, nil), nil, invalid},
 
 		{"attestation: workflow of the repository", attest(), bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, pass},
-		{"attestation: the named signer workflow", attest("verify-signer-workflow", "octo/app/.github/workflows/release.yml"),
+		{"attestation: the named signer workflow", attest(string(verify.SettingSignerWorkflow), "octo/app/.github/workflows/release.yml"),
 			bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, pass},
-		{"attestation: another signer workflow", attest("verify-signer-workflow", "octo/app/.github/workflows/nightly.yml"),
+		{"attestation: another signer workflow", attest(string(verify.SettingSignerWorkflow), "octo/app/.github/workflows/nightly.yml"),
 			bundleOf(w.ss, workflow, verify.SLSAProvenanceV1, self, nil), nil, mismatch},
 		{"attestation: another repository", attest(), bundleOf(w.ss, "https://github.com/octo/app-fork/.github/workflows/release.yml@refs/heads/main", verify.SLSAProvenanceV1, self, nil), nil, mismatch},
-		{"attestation: a reusable workflow elsewhere, no source-repository extension", attest("verify-signer-workflow", "octo/shared/.github/workflows/build.yml"),
+		{"attestation: a reusable workflow elsewhere, no source-repository extension", attest(string(verify.SettingSignerWorkflow), "octo/shared/.github/workflows/build.yml"),
 			bundleOf(w.ss, "https://github.com/octo/shared/.github/workflows/build.yml@refs/heads/main", verify.SLSAProvenanceV1, self, nil), nil, mismatch},
 		{"attestation: only another predicate type", attest(), bundleOf(w.ss, workflow, "https://spdx.dev/Document/v2.3", self, nil), nil, noSignature},
 		{"attestation: unsigned", attest(), nil, nil, noSignature},
@@ -311,8 +270,8 @@ func TestVerify(t *testing.T) {
 			w.front.ResetLog()
 			w.front.Inject(tc.faults...)
 			res, err := verify.Verify(context.Background(), p, d, w.auth)
-			if got := classOf(err); got != tc.want {
-				t.Fatalf("got %v (%v), want %v", got, err, tc.want)
+			if got := failure.ClassOf(err); got != tc.want {
+				t.Fatalf("got %q (%v), want %q", got, err, tc.want)
 			}
 			if n := w.front.Pending(); n != 0 {
 				t.Errorf("%d injected faults were never hit", n)
@@ -339,7 +298,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyAnonymousDenied(t *testing.T) {
 	w := newWorld(t)
 	d := w.push(t, "private/app")
-	p := policy(t, map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM})
+	p := policy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM})
 	_, err := verify.Verify(context.Background(), p, d, nil)
 	var rej *failure.Rejected
 	if !errors.As(err, &rej) || !rej.Anonymous {
@@ -356,7 +315,7 @@ func TestVerifyRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.front.ResetLog()
-	if _, err := verify.Verify(context.Background(), policy(t, map[string]string{"verify": "cosign-key", "verify-key": w.keyPEM}), d, w.auth); err != nil {
+	if _, err := verify.Verify(context.Background(), policy(t, map[verify.Setting]string{verify.SettingMethod: "cosign-key", verify.SettingKey: w.keyPEM}), d, w.auth); err != nil {
 		t.Fatal(err)
 	}
 	// ping, token, .sig manifest, payload blob

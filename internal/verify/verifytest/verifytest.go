@@ -8,6 +8,10 @@ package verifytest
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -29,6 +33,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -155,6 +160,33 @@ func (s *Sigstore) withPromise(e *tlog.Entry, kind, version string) (*protorekor
 type Legacy struct {
 	Payload     []byte
 	Annotations map[string]string
+}
+
+// NewKey is a P-256 cosign key pair: the signer and the public key in PEM,
+// as verify-key takes it.
+func NewKey() (signature.SignerVerifier, string, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
+	if err != nil {
+		return nil, "", err
+	}
+	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
+	return sv, string(pub), err
+}
+
+// KeySignature is a cosign key signature of payload, as `cosign sign
+// --key` stores it (for WriteLegacy).
+func KeySignature(sv signature.Signer, payload []byte) (Legacy, error) {
+	sig, err := sv.SignMessage(bytes.NewReader(payload))
+	if err != nil {
+		return Legacy{}, err
+	}
+	return Legacy{Payload: payload, Annotations: map[string]string{
+		"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig),
+	}}, nil
 }
 
 // SimpleSigning is cosign's payload for an image signature.
