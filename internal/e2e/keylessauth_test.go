@@ -97,7 +97,9 @@ func newIDIssuer() (*IDIssuer, error) {
 		}
 	}))
 	s.Runtime = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer "+idRequestTok || r.URL.Query().Get("audience") == "" {
+		// As the runtime: the request token, the URL's own api-version
+		// kept, the audience added.
+		if r.Header.Get("Authorization") != "Bearer "+idRequestTok || r.URL.Query().Get("audience") == "" || r.URL.Query().Get("api-version") != "2.0" {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
