@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 var (
@@ -113,7 +113,7 @@ func FuzzParseOIDCSettings(f *testing.F) {
 			}
 			return
 		}
-		if c.OIDC == nil || c.Credentials.Mode != ghcr.AuthOIDC || c.Credentials.Provider != c.OIDC.Provider {
+		if c.OIDC == nil || c.Credentials.Mode != registryauth.ModeOIDC || c.Credentials.Provider != c.OIDC.Provider {
 			t.Fatalf("auth oidc accepted without OIDC credentials: %+v", c)
 		}
 		if c.OIDC.Provider == oidc.TokenExchange {

@@ -20,13 +20,13 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/kube"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 )
@@ -61,7 +61,7 @@ const (
 // never raw strings.
 type Config struct {
 	Images      []pull.Image
-	Credentials ghcr.Credentials
+	Credentials registryauth.Credentials
 	// AnonymousNotice, when set, says why the step pulls anonymously by
 	// choice or for lack of a secret.
 	AnonymousNotice string
@@ -78,7 +78,7 @@ type Config struct {
 	// Mirrors may serve images in place of their registries;
 	// MirrorCredentials go to those mirrors only.
 	Mirrors           mirror.Set
-	MirrorCredentials ghcr.Credentials
+	MirrorCredentials registryauth.Credentials
 	Summary           bool
 	// InsecureRegistries may be probed over plain HTTP.
 	InsecureRegistries []string
@@ -172,7 +172,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 	mirrorUser, mirrorPassword := strings.TrimSpace(get("mirror-username")), get("mirror-password")
 	switch {
 	case mirrorPassword != "":
-		c.MirrorCredentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: cmp.Or(mirrorUser, "ghcr-pull"), Password: mirrorPassword}
+		c.MirrorCredentials = registryauth.Credentials{Mode: registryauth.ModeToken, Username: cmp.Or(mirrorUser, "ghcr-pull"), Password: mirrorPassword}
 	case mirrorUser != "":
 		return c, failure.Bad("mirror-password", "mirror-username is set but mirror-password is empty", "pass the mirror's password or token from a secret, or drop mirror-username")
 	}
@@ -241,22 +241,22 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 			return c, err
 		}
 		// The credentials are derived at run time (Exchange).
-		c.Credentials = ghcr.Credentials{Mode: ghcr.AuthOIDC, Provider: c.OIDC.Provider}
+		c.Credentials = registryauth.Credentials{Mode: registryauth.ModeOIDC, Provider: c.OIDC.Provider}
 		return c, nil
 	case "auto":
 		if password == "" {
-			c.Credentials = ghcr.Anonymous
+			c.Credentials = registryauth.Anonymous
 			c.AnonymousNotice = "no password was given (pull requests from forks get no secrets), so the pull is anonymous"
 		} else {
-			c.Credentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: user, Password: password}
+			c.Credentials = registryauth.Credentials{Mode: registryauth.ModeToken, Username: user, Password: password}
 		}
 	case "token":
 		if password == "" {
 			return c, failure.Bad("password", "auth is token but the password is empty", "pass password: ${{ secrets.GITHUB_TOKEN }} or a PAT, or use auth: auto")
 		}
-		c.Credentials = ghcr.Credentials{Mode: ghcr.AuthToken, Username: user, Password: password}
+		c.Credentials = registryauth.Credentials{Mode: registryauth.ModeToken, Username: user, Password: password}
 	case "anonymous":
-		c.Credentials = ghcr.Anonymous
+		c.Credentials = registryauth.Anonymous
 		c.AnonymousNotice = "auth is anonymous: no credentials are sent"
 	default:
 		return c, failure.Bad("auth", fmt.Sprintf("%q is not an auth mode", mode), "use auto, token, anonymous or oidc")

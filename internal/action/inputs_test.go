@@ -13,7 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 func getter(m map[string]string) Getter {
@@ -31,7 +31,7 @@ func TestParseConfig(t *testing.T) {
 		check     func(t *testing.T, c Config)
 	}{
 		{"defaults", nil, "", func(t *testing.T, c Config) {
-			if c.Credentials.Mode != ghcr.AuthToken || !c.Fallback || c.Retries != 3 || c.Timeout != 10*time.Minute ||
+			if c.Credentials.Mode != registryauth.ModeToken || !c.Fallback || c.Retries != 3 || c.Timeout != 10*time.Minute ||
 				c.Destination != DestinationDocker || !c.Summary || c.AnonymousNotice != "" {
 				t.Errorf("unexpected defaults: %+v", c)
 			}

@@ -6,9 +6,9 @@ import (
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // outputRecorder is a sink that keeps the outputs it is given.
@@ -36,7 +36,7 @@ func TestOutputValues(t *testing.T) {
 		d1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 		d2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 	)
-	ok := func(img, host string, mode ghcr.AuthMode, digest string, fallback bool) pull.Result {
+	ok := func(img, host string, mode registryauth.Mode, digest string, fallback bool) pull.Result {
 		r := pull.Result{Image: img, Host: host, AuthMode: mode, Digest: digest, ImageRef: image.Pinned(img, digest), FallbackUsed: fallback}
 		if fallback {
 			r.CredentialError = "403 Forbidden from the token endpoint"
@@ -52,20 +52,20 @@ func TestOutputValues(t *testing.T) {
 		results []pull.Result
 		want    map[string]string
 	}{
-		{"one image, token", []pull.Result{ok(app, "local", ghcr.AuthToken, d1, false)},
+		{"one image, token", []pull.Result{ok(app, "local", registryauth.ModeToken, d1, false)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "token", "fallback-used": "false", "credential-error": ""}},
-		{"credentials rejected, anonymous worked", []pull.Result{ok(app, "none", ghcr.AuthAnonymous, d1, true)},
+		{"credentials rejected, anonymous worked", []pull.Result{ok(app, "none", registryauth.ModeAnonymous, d1, true)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "anonymous", "fallback-used": "true",
 				"credential-error": "403 Forbidden from the token endpoint"}},
-		{"one host fell back: fallback-used, mixed modes", []pull.Result{ok(app, "a", ghcr.AuthToken, d1, false), ok(app, "b", ghcr.AuthAnonymous, d1, true)},
+		{"one host fell back: fallback-used, mixed modes", []pull.Result{ok(app, "a", registryauth.ModeToken, d1, false), ok(app, "b", registryauth.ModeAnonymous, d1, true)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "mixed", "fallback-used": "true"}},
-		{"the first host fell back, the last did not", []pull.Result{ok(app, "a", ghcr.AuthAnonymous, d1, true), ok(app, "b", ghcr.AuthToken, d1, false)},
+		{"the first host fell back, the last did not", []pull.Result{ok(app, "a", registryauth.ModeAnonymous, d1, true), ok(app, "b", registryauth.ModeToken, d1, false)},
 			map[string]string{"auth-mode": "mixed", "fallback-used": "true", "credential-error": "403 Forbidden from the token endpoint"}},
-		{"first target failed: the first success of the first image", []pull.Result{failed(app, "a"), ok(app, "b", ghcr.AuthToken, d1, false), ok(db, "a", ghcr.AuthToken, d2, false)},
+		{"first target failed: the first success of the first image", []pull.Result{failed(app, "a"), ok(app, "b", registryauth.ModeToken, d1, false), ok(db, "a", registryauth.ModeToken, d2, false)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "token", "fallback-used": "false"}},
-		{"second image is not the one described", []pull.Result{ok(app, "a", ghcr.AuthOIDC, d1, false), ok(db, "a", ghcr.AuthOIDC, d2, false)},
+		{"second image is not the one described", []pull.Result{ok(app, "a", registryauth.ModeOIDC, d1, false), ok(db, "a", registryauth.ModeOIDC, d2, false)},
 			map[string]string{"image-ref": "ghcr.io/acme/app@" + d1, "digest": d1, "auth-mode": "oidc", "fallback-used": "false"}},
-		{"first image failed everywhere: nothing describes it", []pull.Result{failed(app, "a"), ok(db, "a", ghcr.AuthToken, d2, false)},
+		{"first image failed everywhere: nothing describes it", []pull.Result{failed(app, "a"), ok(db, "a", registryauth.ModeToken, d2, false)},
 			map[string]string{"image-ref": "", "digest": "", "auth-mode": "token", "fallback-used": "false"}},
 		{"nothing succeeded", []pull.Result{failed(app, "a")},
 			map[string]string{"image-ref": "", "digest": "", "auth-mode": "", "fallback-used": "false"}},

@@ -27,6 +27,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/relay"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
@@ -165,7 +166,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
-	results := pull.Run(ctx, cfg.Images, targets, pull.Options{
+	opts := pull.Options{
 		Verify:            verifierFor(cfg.Verify, probeOpts),
 		Credentials:       cfg.Credentials,
 		Fallback:          cfg.Fallback,
@@ -174,11 +175,14 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		TargetConcurrency: cfg.SSHConcurrency,
 		ProbeOptions:      probeOpts,
 		Events:            ev,
-		Fleet:             fleetFor(cfg),
 		QuotaGuard:        cfg.QuotaGuard,
 		Mirrors:           cfg.Mirrors,
 		MirrorCredentials: cfg.MirrorCredentials,
-	})
+	}
+	if cfg.Kube != nil {
+		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
+	}
+	results := pull.Run(ctx, cfg.Images, targets, opts)
 	ev.stop()
 
 	failed := 0
@@ -229,12 +233,12 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 // policy failure (no signature, an invalid one, another signer) comes back
 // as the error, so pull fails the image and pulls nothing; only a
 // signature that verified yields a Verification.
-func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, ghcr.Credentials) (pull.Verification, error) {
+func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context, name.Digest, registryauth.Credentials) (pull.Verification, error) {
 	if p == nil {
 		return nil
 	}
 	transport := ghcr.Transport(probeOpts...)
-	return func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (pull.Verification, error) {
+	return func(ctx context.Context, digest name.Digest, creds registryauth.Credentials) (pull.Verification, error) {
 		var auth authn.Authenticator
 		if !creds.IsAnonymous() {
 			auth = creds.Authenticator()
@@ -365,7 +369,7 @@ func toJSON(results []pull.Result, redact func(string) string, relayed func(imag
 // writeOutputs writes every output; relayed, when set, is what the relay
 // sent each host for an image.
 func writeOutputs(rep *writer, results []pull.Result, relayed func(image, host string) int64) error {
-	modes := map[ghcr.AuthMode]bool{}
+	modes := map[registryauth.Mode]bool{}
 	fallback := false
 	credErr, digest, ref, sigDigest := "", "", "", ""
 	verified := map[string]bool{} // "method: identity" of every success
@@ -629,11 +633,11 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
-func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (ghcr.Credentials, error) {
+func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registryauth.Credentials, error) {
 	idToken := idTokenSource(env)
 	o := *cfg.OIDC
 	o.Getenv = env.Getenv
-	var creds ghcr.Credentials
+	var creds registryauth.Credentials
 	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
 		var err error
 		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)

@@ -19,8 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/sigstore/pkg/signature"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify"
 	"github.com/ghcr-pull/ghcr-pull/internal/verify/verifytest"
 )
@@ -90,7 +90,7 @@ func TestVerifierHook(t *testing.T) {
 	hook := verifierFor(policy, nil)
 
 	unsigned := push("acme/unsigned")
-	v, err := hook(context.Background(), unsigned, ghcr.Anonymous)
+	v, err := hook(context.Background(), unsigned, registryauth.Anonymous)
 	var none *verify.NoSignatureError
 	if !errors.As(err, &none) || v != (pull.Verification{}) {
 		t.Errorf("unsigned image: %+v, %v; want no verification and a NoSignatureError", v, err)
@@ -98,7 +98,7 @@ func TestVerifierHook(t *testing.T) {
 
 	forged := push("acme/forged")
 	signImage(t, forged, other)
-	v, err = hook(context.Background(), forged, ghcr.Anonymous)
+	v, err = hook(context.Background(), forged, registryauth.Anonymous)
 	var invalid *verify.InvalidSignatureError
 	if !errors.As(err, &invalid) || v != (pull.Verification{}) {
 		t.Errorf("image signed by another key: %+v, %v; want no verification and an InvalidSignatureError", v, err)
@@ -106,7 +106,7 @@ func TestVerifierHook(t *testing.T) {
 
 	signed := push("acme/signed")
 	sigManifest := signImage(t, signed, key)
-	v, err = hook(context.Background(), signed, ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"})
+	v, err = hook(context.Background(), signed, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"})
 	if err != nil {
 		t.Fatalf("signed image: %v", err)
 	}

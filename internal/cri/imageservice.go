@@ -27,8 +27,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // DefaultSocket is where containerd listens unless told otherwise; k3s
@@ -105,7 +105,7 @@ func (d *ImageService) Runtime() (name, namespace string) { return "containerd",
 // CRI reports no progress, and it pulls the node's own platform
 // (PullImageRequest has no platform): a platform asked for that the node
 // does not run is an error after the fact.
-func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, _ func(done, total int64)) (bool, error) {
+func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, _ func(done, total int64)) (bool, error) {
 	before, err := d.imageID(ctx, ref)
 	if err != nil {
 		return false, classifyCRI(ctx, err, creds)
@@ -186,14 +186,14 @@ func (d *ImageService) Inspect(ctx context.Context, ref string) (image.Info, err
 // errors that are no gRPC status as any network error, a CRI service that
 // is not there as ErrNoCRI, and the rest by failure.FromGRPC, the one
 // gRPC-code mapping (kube's kubelet errors go through it too).
-func classifyCRI(ctx context.Context, err error, creds ghcr.Credentials) error {
+func classifyCRI(ctx context.Context, err error, creds registryauth.Credentials) error {
 	anonymous := creds.IsAnonymous()
 	if ctx.Err() != nil {
-		return ghcr.Classify(ctx.Err(), anonymous)
+		return failure.FromNetwork(ctx.Err())
 	}
 	st, ok := status.FromError(err)
 	if !ok {
-		return ghcr.Classify(err, anonymous)
+		return failure.FromNetwork(err)
 	}
 	if st.Code() == codes.Unimplemented {
 		return ErrNoCRI

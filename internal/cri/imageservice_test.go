@@ -19,9 +19,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -124,18 +124,18 @@ func TestContainerdPullAndInspect(t *testing.T) {
 		t.Errorf("Version = %q", d.Version)
 	}
 	ref := "10.231.1.1:5000/acme/app:1"
-	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}
 	downloaded, err := d.Pull(context.Background(), ref, nil, creds, nil)
 	if err != nil || !downloaded {
 		t.Fatalf("first pull: downloaded=%v err=%v", downloaded, err)
 	}
-	downloaded, err = d.Pull(context.Background(), ref, nil, ghcr.Anonymous, nil)
+	downloaded, err = d.Pull(context.Background(), ref, nil, registryauth.Anonymous, nil)
 	if err != nil || downloaded {
 		t.Fatalf("second pull of the same image: downloaded=%v err=%v", downloaded, err)
 	}
 	// The same image under a name the node never held (a mirror's, by
 	// digest): its ID is known, nothing new.
-	downloaded, err = d.Pull(context.Background(), "mirror.example:5000/acme/app@"+digest, nil, ghcr.Anonymous, nil)
+	downloaded, err = d.Pull(context.Background(), "mirror.example:5000/acme/app@"+digest, nil, registryauth.Anonymous, nil)
 	if err != nil || downloaded {
 		t.Fatalf("the same image under a mirror's name: downloaded=%v err=%v", downloaded, err)
 	}
@@ -153,10 +153,10 @@ func TestContainerdPullAndInspect(t *testing.T) {
 		t.Errorf("Runtime = %s %s", rt, ns)
 	}
 
-	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/arm64"), ghcr.Anonymous, nil); !isBadInput(err, "platform") {
+	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/arm64"), registryauth.Anonymous, nil); !isBadInput(err, "platform") {
 		t.Errorf("a platform the node does not run: %v, want a platform input error", err)
 	}
-	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/amd64"), ghcr.Anonymous, nil); err != nil {
+	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/amd64"), registryauth.Anonymous, nil); err != nil {
 		t.Errorf("the node's own platform: %v", err)
 	}
 }
@@ -185,14 +185,14 @@ func TestContainerdWithoutCRI(t *testing.T) {
 // The strings are containerd 1.6.20's (Debian 12), as it answered the
 // end-to-end registry; the Unavailable one is gRPC's own.
 func TestClassifyCRI(t *testing.T) {
-	token := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	token := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}
 	tests := []struct {
 		err   error
-		creds ghcr.Credentials
+		creds registryauth.Credentials
 		want  string
 	}{
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": failed to authorize: failed to fetch oauth token: unexpected status: 403 Forbidden`), token, "rejected"},
-		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`), ghcr.Anonymous, "anonymous-denied"},
+		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-private:1": failed to resolve reference "10.231.1.1:41293/acme/zz-private:1": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed`), registryauth.Anonymous, "anonymous-denied"},
 		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public:nope": failed to resolve reference "10.231.1.1:41293/acme/zz-public:nope": 10.231.1.1:41293/acme/zz-public:nope: not found`), token, "not-found"},
 		{status.Error(codes.NotFound, `failed to pull and unpack image "10.231.1.1:46801/acme/zz-public2:arm": no match for platform in manifest: not found`), token, "bad-input:platform"},
 		{status.Error(codes.Unknown, `failed to pull and unpack image "10.231.1.1:41293/acme/zz-public2:1": failed to copy: httpReadSeeker: failed open: unexpected status code http://10.231.1.1:41293/v2/acme/zz-public2/blobs/sha256:52579b29386b2dfe2f2cef3a34ce2f1c7e5dceb4988248d5d61c9b99e056f19d: 503 Service Unavailable - Server message: unavailable: Service Unavailable`), token, "transient"},
@@ -238,11 +238,11 @@ func TestRunContainerdFallback(t *testing.T) {
 	dial := startFakeCRI(t, f, true)
 	targets := []pull.Target{{Name: "node", Open: func(ctx context.Context) (pull.Daemon, error) { return New(ctx, dial, nil) }}}
 	res := pull.Run(context.Background(), images, targets, pull.Options{
-		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}, Fallback: true,
+		Credentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}, Fallback: true,
 		Retry: retry.Policy{Retries: 1, Base: time.Millisecond, Max: time.Millisecond},
 	})
 	r := res[0]
-	if r.Err != nil || r.AuthMode != ghcr.AuthAnonymous || !r.FallbackUsed || !strings.Contains(r.CredentialError, "403 Forbidden") {
+	if r.Err != nil || r.AuthMode != registryauth.ModeAnonymous || !r.FallbackUsed || !strings.Contains(r.CredentialError, "403 Forbidden") {
 		t.Fatalf("result %+v", r)
 	}
 	if r.Runtime != "containerd" || r.Namespace != "k8s.io" || r.Digest != digest || r.Platform != "linux/amd64" || !r.Pulled {

@@ -23,8 +23,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Engine is a Docker Engine, or Podman's Docker-compatible service,
@@ -137,7 +137,7 @@ func (e *Engine) Runtime() (name, namespace string) { return e.server.name(), ""
 //
 // An anonymous token (the probe's, for a public repository) is sent the
 // same way: it holds no secret and saves the daemon a token request.
-func RegistryAuth(creds ghcr.Credentials) (string, error) {
+func RegistryAuth(creds registryauth.Credentials) (string, error) {
 	auth := registry.AuthConfig{RegistryToken: creds.RegistryToken}
 	switch {
 	case creds.RegistryToken != "":
@@ -157,7 +157,7 @@ func RegistryAuth(creds ghcr.Credentials) (string, error) {
 // So Podman gets the username and password, as containerd's CRI does,
 // for this one call: Podman writes them to no auth file. Anonymous sends
 // nothing; Podman fetches its own anonymous token.
-func PodmanRegistryAuth(creds ghcr.Credentials) (string, error) {
+func PodmanRegistryAuth(creds registryauth.Credentials) (string, error) {
 	if creds.IsAnonymous() {
 		return "", nil
 	}
@@ -181,7 +181,7 @@ func encodeAuth(auth registry.AuthConfig) (string, error) {
 // when it was. Podman's stream ends with "Download complete" either way,
 // so for Podman ref (pinned by digest) is inspected first: downloaded
 // means it was not there.
-func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	podman := e.server.name() == Podman
 	encode := RegistryAuth
 	if podman {
@@ -213,7 +213,7 @@ func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platfor
 		if err != nil {
 			// A broken stream (daemon restarted, connection reset) is
 			// transient; Classify knows those errors.
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromNetwork(err)
 		}
 		if msg.Error != nil {
 			return false, failure.FromDaemon(msg.Error.Code, msg.Error.Message, creds.IsAnonymous())
@@ -234,7 +234,7 @@ func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platfor
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return false, ghcr.Classify(err, creds.IsAnonymous())
+		return false, failure.FromNetwork(err)
 	}
 	if podman {
 		return !present, nil
@@ -258,9 +258,9 @@ func (e *Engine) has(ctx context.Context, ref string) (bool, error) {
 // stream): the daemon maps registry answers onto HTTP statuses only
 // loosely (dockerd 20.10 sends rejected credentials as 500), so both the
 // status and the text count.
-func classifyCall(ctx context.Context, err error, creds ghcr.Credentials) error {
+func classifyCall(ctx context.Context, err error, creds registryauth.Credentials) error {
 	if ctx.Err() != nil {
-		return ghcr.Classify(ctx.Err(), creds.IsAnonymous())
+		return failure.FromNetwork(ctx.Err())
 	}
 	status := http.StatusInternalServerError
 	switch {

@@ -17,7 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // fakeEngine is the part of the Engine API Pull and Inspect use. create
@@ -102,7 +102,7 @@ func streamErr(msg string) string {
 	return string(b)
 }
 
-var token = ghcr.Credentials{Mode: ghcr.AuthToken, Username: "octocat", Password: "ghp_pw"}
+var token = registryauth.Credentials{Mode: registryauth.ModeToken, Username: "octocat", Password: "ghp_pw"}
 
 // class names an error's class for table tests.
 func class(err error) string {
@@ -116,7 +116,7 @@ func TestPullStream(t *testing.T) {
 	tests := []struct {
 		name           string
 		msgs           []string
-		creds          ghcr.Credentials
+		creds          registryauth.Credentials
 		wantClass      string
 		wantDownloaded bool
 		wantProgress   [][2]int64
@@ -136,7 +136,7 @@ func TestPullStream(t *testing.T) {
 		{"rejected credentials", []string{`{"status":"Pulling from acme/app","id":"1"}`,
 			streamErr("Head \"https://ghcr.io/v2/acme/app/manifests/1\": unauthorized: authentication required")}, token, "rejected", false, nil},
 		{"anonymous refused", []string{streamErr("pull access denied for ghcr.io/acme/app, repository does not exist or may require 'docker login': denied")},
-			ghcr.Anonymous, "anonymous-denied", false, nil},
+			registryauth.Anonymous, "anonymous-denied", false, nil},
 		{"not found", []string{streamErr("manifest for ghcr.io/acme/app:1 not found: manifest unknown: manifest unknown")}, token, "not-found", false, nil},
 		{"rate limited", []string{streamErr("toomanyrequests: retry-after: 1s")}, token, "transient", false, nil},
 		{"platform missing", []string{streamErr("no matching manifest for linux/s390x in the manifest list entries")}, token, "bad-input:platform", false, nil},
@@ -181,14 +181,14 @@ func TestPullCallErrors(t *testing.T) {
 	tests := []struct {
 		status    int
 		message   string
-		creds     ghcr.Credentials
+		creds     registryauth.Credentials
 		wantClass string
 	}{
 		// Messages without a telling phrase: the status decides.
 		{401, "login failed", token, "rejected"},
 		{404, "no such thing", token, "not-found"},
 		{403, "access forbidden", token, "rejected"},
-		{404, "pull access denied for ghcr.io/acme/app, repository does not exist", ghcr.Anonymous, "anonymous-denied"},
+		{404, "pull access denied for ghcr.io/acme/app, repository does not exist", registryauth.Anonymous, "anonymous-denied"},
 		{404, "manifest for ghcr.io/acme/app:1 not found: manifest unknown", token, "not-found"},
 		// dockerd 20.10 sends rejected credentials as 500.
 		{500, "Get \"https://ghcr.io/v2/\": unauthorized: authentication required", token, "rejected"},
@@ -219,7 +219,7 @@ func TestPullSendsAuthAndPlatform(t *testing.T) {
 	if _, err := e.Pull(context.Background(), "ghcr.io/acme/app:1", platform, token, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Pull(context.Background(), "ghcr.io/acme/app:1", nil, ghcr.Anonymous, nil); err != nil {
+	if _, err := e.Pull(context.Background(), "ghcr.io/acme/app:1", nil, registryauth.Anonymous, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.auths) != 2 {
@@ -275,7 +275,7 @@ func TestOpenUnanswering(t *testing.T) {
 }
 
 func TestRegistryAuthAnonymous(t *testing.T) {
-	if a, err := RegistryAuth(ghcr.Anonymous); a != "" || err != nil {
+	if a, err := RegistryAuth(registryauth.Anonymous); a != "" || err != nil {
 		t.Errorf("anonymous auth %q %v", a, err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // What Podman 4.3.1's service answers to a ping, besides Api-Version 1.41.
@@ -68,9 +68,9 @@ func TestPodmanGetsUsernameAndPassword(t *testing.T) {
 	e, f := openFakeAs(t, libpodPing, podmanStream)
 	scoped := token
 	scoped.RegistryToken = "scoped.jwt.token"
-	anon := ghcr.Anonymous
+	anon := registryauth.Anonymous
 	anon.RegistryToken = "anonymous.jwt.token"
-	for _, c := range []ghcr.Credentials{scoped, anon} {
+	for _, c := range []registryauth.Credentials{scoped, anon} {
 		if _, err := e.Pull(context.Background(), "ghcr.io/acme/app:1", nil, c, nil); err != nil {
 			t.Fatal(err)
 		}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // With a registry token the daemon gets the token and nothing else: the
@@ -14,13 +14,13 @@ import (
 func TestRegistryAuthPrefersTheScopedToken(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
-		creds ghcr.Credentials
+		creds registryauth.Credentials
 		want  map[string]string
 	}{
-		{"anonymous", ghcr.Anonymous, nil},
-		{"anonymous with the probe's token", ghcr.Credentials{Mode: ghcr.AuthAnonymous, RegistryToken: "anonymous.jwt.token"}, map[string]string{"registrytoken": "anonymous.jwt.token"}},
-		{"password", ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "long-lived-secret"}, map[string]string{"username": "u", "password": "long-lived-secret"}},
-		{"token", ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "long-lived-secret", RegistryToken: "scoped.jwt.token"}, map[string]string{"registrytoken": "scoped.jwt.token"}},
+		{"anonymous", registryauth.Anonymous, nil},
+		{"anonymous with the probe's token", registryauth.Credentials{Mode: registryauth.ModeAnonymous, RegistryToken: "anonymous.jwt.token"}, map[string]string{"registrytoken": "anonymous.jwt.token"}},
+		{"password", registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "long-lived-secret"}, map[string]string{"username": "u", "password": "long-lived-secret"}},
+		{"token", registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "long-lived-secret", RegistryToken: "scoped.jwt.token"}, map[string]string{"registrytoken": "scoped.jwt.token"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			enc, err := RegistryAuth(tt.creds)

@@ -10,7 +10,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // BenchmarkActionPackaging measures what the action's packaging costs a
@@ -39,7 +39,7 @@ func BenchmarkActionPackaging(b *testing.B) {
 
 	// The prebuilt image, as the release workflow publishes it.
 	prebuilt := e.Host + "/ghcr-pull/ghcr-pull:bench"
-	auth, err := docker.RegistryAuth(ghcr.Credentials{Mode: ghcr.AuthToken, Username: e.AdminUser, Password: e.AdminPassword})
+	auth, err := docker.RegistryAuth(registryauth.Credentials{Mode: registryauth.ModeToken, Username: e.AdminUser, Password: e.AdminPassword})
 	if err != nil {
 		b.Fatal(err)
 	}

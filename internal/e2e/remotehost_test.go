@@ -26,7 +26,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
@@ -140,7 +140,7 @@ func TestRemoteHost(t *testing.T) {
 		// Credentials travel only in the pull call's X-Registry-Auth (this
 		// registry ignores them); afterwards the host holds no copy.
 		const secret = "e2e-registry-secret-51c3"
-		creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "e2e", Password: secret}
+		creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "e2e", Password: secret}
 		auth, err := docker.RegistryAuth(creds)
 		if err != nil {
 			t.Fatal(err)
@@ -361,7 +361,7 @@ func TestRemoteHostTwoHostsAndOneDown(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if _, err := rt.Pull(ctx, exposed, nil, ghcr.Anonymous, nil); err != nil {
+			if _, err := rt.Pull(ctx, exposed, nil, registryauth.Anonymous, nil); err != nil {
 				t.Errorf("%s: pull: %v", h.Name, err)
 			}
 		}()

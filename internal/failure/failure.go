@@ -3,12 +3,15 @@
 // Transient, BadInput), a UTF-8-safe clip for untrusted text (Clip, and
 // ClipTail for the end of a command's stderr), and the one
 // place secrets are redacted from text that leaves the process (Redactor).
-// Every other package imports it; it imports none of them.
+// Every other package imports it; it imports none of them (only
+// go-containerregistry's transport, to read a registry's answer).
 //
 // A class is decided once, where a peer's answer is read:
 //
-//   - ghcr.Classify: registry answers (status and distribution-spec code)
-//     and network or context errors on the way to a registry;
+//   - FromRegistry: registry answers (status and distribution-spec code)
+//     read through go-containerregistry, and the rest as FromNetwork;
+//   - FromNetwork: context and network errors on the way to any peer
+//     (a deadline, a name that does not resolve: NoSuchHost, a reset);
 //   - FromDaemon: the text Docker, Podman and containerd relay of a
 //     registry's answer, matched against daemonPhrases, the one table of
 //     daemon words;

@@ -6,11 +6,12 @@ import (
 	"strings"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Attempt is one way a pull was tried and what it got.
 type Attempt struct {
-	Mode AuthMode
+	Mode registryauth.Mode
 	Err  error
 	// Target is the target whose runtime made the attempt; empty for the
 	// runner's own probe of the registry.
@@ -37,11 +38,11 @@ func Diagnose(registry string, attempts []Attempt) string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-func describeMode(m AuthMode) string {
+func describeMode(m registryauth.Mode) string {
 	switch m {
-	case AuthAnonymous:
+	case registryauth.ModeAnonymous:
 		return "anonymously"
-	case AuthOIDC:
+	case registryauth.ModeOIDC:
 		return "with OIDC-derived credentials"
 	default:
 		return "with credentials"
@@ -54,7 +55,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		bad                                                         *failure.BadInput
 		disagree                                                    []string
 	)
-	probed := map[AuthMode]bool{} // modes the runner's probe succeeded with
+	probed := map[registryauth.Mode]bool{} // modes the runner's probe succeeded with
 	for _, a := range attempts {
 		if a.Err == nil && a.Target == "" {
 			probed[a.Mode] = true

@@ -1,3 +1,10 @@
+// Package ghcr is the registry dialect: it probes a registry with the
+// credentials before anything is pulled (digest, platform, a scoped pull
+// token, Docker Hub's quota), and explains a failure in terms a workflow
+// author can act on. GHCR's quirks get special care, but nothing here is
+// specific to ghcr.io beyond the diagnosis text. What is sent to a
+// registry (registryauth) and what its answers mean (failure.FromRegistry)
+// live below it, so the runtime adapters never import it.
 package ghcr
 
 import (
@@ -18,6 +25,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -101,7 +109,7 @@ func WithUserAgent(ua string) Option {
 // Probe checks, without pulling anything, that creds can read ref: ping,
 // token for the exact pull scope, manifest HEAD. One attempt, no retries
 // (the caller owns the retry policy); its error is already classified.
-func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...Option) (ProbeResult, error) {
+func Probe(ctx context.Context, ref name.Reference, creds registryauth.Credentials, opts ...Option) (ProbeResult, error) {
 	o := probeOptions{transport: remote.DefaultTransport, userAgent: "ghcr-pull"}
 	for _, opt := range opts {
 		opt(&o)
@@ -119,7 +127,7 @@ func Probe(ctx context.Context, ref name.Reference, creds Credentials, opts ...O
 		remote.WithRetryPredicate(func(error) bool { return false }),
 	)
 	classify := func(err error) error {
-		cerr := Classify(err, creds.IsAnonymous())
+		cerr := failure.FromRegistry(err, creds.IsAnonymous())
 		if te, ok := cerr.(*failure.Transient); ok && te.RetryAfter == 0 {
 			te.RetryAfter = obs.retryAfter()
 		}

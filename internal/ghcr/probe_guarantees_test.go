@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // tokenRegistry answers the token endpoint with tokenBody and the manifest
@@ -54,7 +55,7 @@ func tokenRegistry(t *testing.T, tokenBody string, manifestStatus int, retryAfte
 func TestProbeMasksRegistryTokens(t *testing.T) {
 	ref := tokenRegistry(t, `{"token":"reg-token-1","access_token":"reg-token-1","refresh_token":"reg-refresh-2"}`, http.StatusOK, "")
 	var masked []string
-	res, err := Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "p"},
+	res, err := Probe(context.Background(), ref, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"},
 		WithMask(func(s string) { masked = append(masked, s) }))
 	if err != nil {
 		t.Fatal(err)
@@ -67,11 +68,11 @@ func TestProbeMasksRegistryTokens(t *testing.T) {
 	}
 }
 
-// Guarantee (docs/decisions.md, "Anonymous tokens to daemons too"): an
+// Guarantee (docs/decisions.md, "registryauth.Anonymous tokens to daemons too"): an
 // anonymous probe returns the pull token the registry issued it, masked,
 // for the daemons; a credentialed probe returns its own.
 func TestProbeReturnsTheAnonymousToken(t *testing.T) {
-	for _, creds := range []Credentials{Anonymous, {Mode: AuthToken, Username: "u", Password: "p"}} {
+	for _, creds := range []registryauth.Credentials{registryauth.Anonymous, {Mode: registryauth.ModeToken, Username: "u", Password: "p"}} {
 		ref := tokenRegistry(t, `{"token":"pull-token-for-`+creds.String()+`"}`, http.StatusOK, "")
 		var masked []string
 		res, err := Probe(context.Background(), ref, creds, WithMask(func(s string) { masked = append(masked, s) }))
@@ -97,7 +98,7 @@ func TestProbeCarriesRetryAfter(t *testing.T) {
 		{"", 0},
 	} {
 		ref := tokenRegistry(t, `{"token":"t"}`, http.StatusTooManyRequests, tc.header)
-		_, err := Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "p"})
+		_, err := Probe(context.Background(), ref, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"})
 		var tr *failure.Transient
 		if !errors.As(err, &tr) {
 			t.Fatalf("Retry-After %q: err = %v, want Transient", tc.header, err)
@@ -157,7 +158,7 @@ func TestProbeNoPlainHTTPToLoopbackLookalikes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := Credentials{Mode: AuthToken, Username: "u", Password: "canary-pw"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "canary-pw"}
 	for _, realm := range []string{"http://127.example.net/token", "http://localhost.example.net/token", "http://127.0.0.1.nip.io/token"} {
 		rt := &realmTransport{realm: realm}
 		_, err := Probe(context.Background(), ref, creds, WithTransport(rt))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -41,7 +42,7 @@ func (r *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 func TestProbeRefusesPlainHTTPOffLoopback(t *testing.T) {
 	ref, _ := name.ParseReference("10.9.8.7:5000/acme/app:1")
 	rt := &recordingTransport{}
-	_, err := Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "p"}, WithTransport(rt))
+	_, err := Probe(context.Background(), ref, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}, WithTransport(rt))
 	if err == nil {
 		t.Fatal("probe succeeded")
 	}
@@ -52,7 +53,7 @@ func TestProbeRefusesPlainHTTPOffLoopback(t *testing.T) {
 	}
 
 	rt = &recordingTransport{}
-	_, _ = Probe(context.Background(), ref, Anonymous, WithTransport(rt), WithInsecureRegistries("10.9.8.7:5000"))
+	_, _ = Probe(context.Background(), ref, registryauth.Anonymous, WithTransport(rt), WithInsecureRegistries("10.9.8.7:5000"))
 	sawHTTP := false
 	for _, u := range rt.urls {
 		sawHTTP = sawHTTP || u[:5] == "http:"
@@ -88,7 +89,7 @@ func TestProbeRedirectDoesNotForwardCredentials(t *testing.T) {
 	}))
 	defer registry.Close()
 	ref, _ := name.ParseReference(strings.TrimPrefix(registry.URL, "http://") + "/acme/app:1")
-	_, _ = Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "canary-pw"})
+	_, _ = Probe(context.Background(), ref, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "canary-pw"})
 	if len(other) == 0 {
 		t.Fatal("the redirect was not followed; the test proves nothing")
 	}
@@ -141,7 +142,7 @@ func TestProbeNeverDowngradesTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = Probe(context.Background(), ref, Credentials{Mode: AuthToken, Username: "u", Password: "pw"},
+			_, err = Probe(context.Background(), ref, registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "pw"},
 				WithTransport(st), WithInsecureRegistries(tc.insecure...))
 			if err == nil {
 				t.Fatal("the probe succeeded through a failing TLS transport")
@@ -182,7 +183,7 @@ func TestProbeResolvesPlatform(t *testing.T) {
 		{"linux/s390x", ""},
 	} {
 		p, _ := image.ParsePlatform(tt.platform)
-		res, err := Probe(context.Background(), ref, Anonymous, WithPlatform(&p))
+		res, err := Probe(context.Background(), ref, registryauth.Anonymous, WithPlatform(&p))
 		var bad *failure.BadInput
 		switch {
 		case tt.want == "" && (!errors.As(err, &bad) || bad.Input != "platform" || !strings.Contains(err.Error(), "linux/amd64")):

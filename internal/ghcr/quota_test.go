@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -97,7 +98,7 @@ func quotaRegistry(t *testing.T, remaining string, spent bool, retryAfter string
 // not count: no GET of a manifest is made.
 func TestProbeReadsQuota(t *testing.T) {
 	ref, gets := quotaRegistry(t, "76", false, "")
-	res, err := Probe(context.Background(), ref, Anonymous)
+	res, err := Probe(context.Background(), ref, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestProbeOverQuota(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ref, _ := quotaRegistry(t, "0", true, tt.retryAfter)
-			_, err := Probe(context.Background(), ref, Anonymous)
+			_, err := Probe(context.Background(), ref, registryauth.Anonymous)
 			var qe *QuotaExceeded
 			if !errors.As(err, &qe) {
 				t.Fatalf("err = %T %v, want QuotaExceeded", err, err)
@@ -162,7 +163,7 @@ func TestOverQuotaNeedsHeaders(t *testing.T) {
 // "raise retries", which cannot help.
 func TestDiagnoseQuota(t *testing.T) {
 	err := &QuotaExceeded{Quota: Quota{Registry: "index.docker.io", Limit: 100, Window: 6 * time.Hour}, Err: &failure.Transient{Response: failure.Response{Status: 429}}}
-	d := Diagnose("index.docker.io", []Attempt{{Mode: AuthAnonymous, Err: err}})
+	d := Diagnose("index.docker.io", []Attempt{{Mode: registryauth.ModeAnonymous, Err: err}})
 	if !strings.Contains(d, "pull quota is spent") || strings.Contains(d, "raise `retries`") {
 		t.Errorf("diagnosis:\n%s", d)
 	}

@@ -32,8 +32,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Format is a kind of image file; the strings are destination values.
@@ -75,15 +75,15 @@ func DefaultPlatform() ocispec.Platform {
 // (the probe's pull-scoped token) only the token is sent, as Docker is
 // sent it; go-containerregistry's own retries are off, internal/retry
 // (around Pull) does them in the open.
-func fetch(ctx context.Context, ref name.Reference, creds ghcr.Credentials, o Options) (*remote.Descriptor, error) {
+func fetch(ctx context.Context, ref name.Reference, creds registryauth.Credentials, o Options) (*remote.Descriptor, error) {
 	desc, err := remote.Get(ref, remoteOptions(ctx, creds, o)...)
 	if err != nil {
-		return nil, ghcr.Classify(err, creds.IsAnonymous())
+		return nil, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	return desc, nil
 }
 
-func remoteOptions(ctx context.Context, creds ghcr.Credentials, o Options) []remote.Option {
+func remoteOptions(ctx context.Context, creds registryauth.Credentials, o Options) []remote.Option {
 	auth := creds.Authenticator()
 	if creds.RegistryToken != "" {
 		auth = authn.FromConfig(authn.AuthConfig{RegistryToken: creds.RegistryToken})

@@ -26,8 +26,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // reg is an in-process registry that logs requests and can damage one
@@ -220,7 +220,7 @@ func TestLayout(t *testing.T) {
 			path := filepath.Join(dir, "out", "layout")
 			l := NewLayout(path, Options{})
 			var lastDone, lastTotal int64
-			pulled, err := l.Pull(ctx, pinned(ref, digest), tc.platform, ghcr.Anonymous, func(d, t int64) { lastDone, lastTotal = d, t })
+			pulled, err := l.Pull(ctx, pinned(ref, digest), tc.platform, registryauth.Anonymous, func(d, t int64) { lastDone, lastTotal = d, t })
 			if err != nil || !pulled {
 				t.Fatalf("Pull: %v, pulled %v", err, pulled)
 			}
@@ -288,7 +288,7 @@ func TestLayout(t *testing.T) {
 
 			// The same image again fetches nothing and says so.
 			before := r.blobGets()
-			pulled, err = NewLayout(path, Options{}).Pull(ctx, pinned(ref, digest), tc.platform, ghcr.Anonymous, nil)
+			pulled, err = NewLayout(path, Options{}).Pull(ctx, pinned(ref, digest), tc.platform, registryauth.Anonymous, nil)
 			if err != nil || pulled {
 				t.Errorf("second Pull: %v, pulled %v, want nothing new", err, pulled)
 			}
@@ -353,7 +353,7 @@ func TestLayoutExisting(t *testing.T) {
 		ref    name.Reference
 		digest string
 	}{{a, da}, {b1, db1}} {
-		if _, err := l.Pull(ctx, pinned(x.ref, x.digest), nil, ghcr.Anonymous, nil); err != nil {
+		if _, err := l.Pull(ctx, pinned(x.ref, x.digest), nil, registryauth.Anonymous, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.Tag(ctx, pinned(x.ref, x.digest), x.ref.String()); err != nil {
@@ -364,14 +364,14 @@ func TestLayoutExisting(t *testing.T) {
 	b2img := platformed(t, "linux", "amd64")
 	b2, db2 := r.push(t, "acme/b:1", b2img)
 	l = NewLayout(path, Options{})
-	if _, err := l.Pull(ctx, pinned(a, da), nil, ghcr.Anonymous, nil); err != nil {
+	if _, err := l.Pull(ctx, pinned(a, da), nil, registryauth.Anonymous, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Damage one of b2's layers as if a copy had been cut short, after
 	// putting it in place: the next Pull must fetch it again.
 	layers, _ := b2img.Layers()
 	ld, _ := layers[0].Digest()
-	if _, err := l.Pull(ctx, pinned(b2, db2), nil, ghcr.Anonymous, nil); err != nil {
+	if _, err := l.Pull(ctx, pinned(b2, db2), nil, registryauth.Anonymous, nil); err != nil {
 		t.Fatal(err)
 	}
 	blobFile := filepath.Join(path, "blobs", "sha256", ld.Hex)
@@ -381,7 +381,7 @@ func TestLayoutExisting(t *testing.T) {
 		t.Fatal(err)
 	}
 	l = NewLayout(path, Options{})
-	if pulled, err := l.Pull(ctx, pinned(b2, db2), nil, ghcr.Anonymous, nil); err != nil || !pulled {
+	if pulled, err := l.Pull(ctx, pinned(b2, db2), nil, registryauth.Anonymous, nil); err != nil || !pulled {
 		t.Fatalf("Pull over a damaged blob: %v, pulled %v (want it fetched again)", err, pulled)
 	}
 	if err := l.Tag(ctx, pinned(b2, db2), b2.String()); err != nil {
@@ -428,7 +428,7 @@ func TestFailedWritesLeaveNothing(t *testing.T) {
 		{name: "new layout", format: Layout},
 		{name: "existing layout", format: Layout, before: func(p string) {
 			other, od := r.push(t, "acme/other:1", platformed(t, "linux", "amd64"))
-			if _, err := NewLayout(p, Options{}).Pull(ctx, pinned(other, od), nil, ghcr.Anonymous, nil); err != nil {
+			if _, err := NewLayout(p, Options{}).Pull(ctx, pinned(other, od), nil, registryauth.Anonymous, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -445,14 +445,14 @@ func TestFailedWritesLeaveNothing(t *testing.T) {
 			r.mu.Unlock()
 			defer func() { r.mu.Lock(); r.corrupt = ""; r.mu.Unlock() }()
 			var d interface {
-				Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error)
+				Pull(context.Context, string, *ocispec.Platform, registryauth.Credentials, func(int64, int64)) (bool, error)
 			}
 			if tc.format == Tarball {
 				d, _ = NewTar(path, ref.String(), Options{})
 			} else {
 				d = NewLayout(path, Options{})
 			}
-			if _, err := d.Pull(ctx, pinned(ref, digest), nil, ghcr.Anonymous, nil); err == nil {
+			if _, err := d.Pull(ctx, pinned(ref, digest), nil, registryauth.Anonymous, nil); err == nil {
 				t.Fatal("a damaged blob was accepted")
 			}
 			if got := tree(t, path); got != snapshot {
@@ -493,11 +493,11 @@ func TestCredentials(t *testing.T) {
 	const password = "canary-password-123"
 	cases := []struct {
 		name     string
-		creds    ghcr.Credentials
+		creds    registryauth.Credentials
 		rejected bool
 	}{
-		{name: "registry token", creds: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: password, RegistryToken: "scoped-token"}},
-		{name: "password refused at the token endpoint", creds: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: password}, rejected: true},
+		{name: "registry token", creds: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: password, RegistryToken: "scoped-token"}},
+		{name: "password refused at the token endpoint", creds: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: password}, rejected: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -595,7 +595,7 @@ func TestMirrorSource(t *testing.T) {
 	for _, f := range []Format{Layout, Tarball} {
 		path := filepath.Join(t.TempDir(), "out")
 		var d interface {
-			Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error)
+			Pull(context.Context, string, *ocispec.Platform, registryauth.Credentials, func(int64, int64)) (bool, error)
 			Tag(context.Context, string, string) error
 			Inspect(context.Context, string) (image.Info, error)
 		}
@@ -605,7 +605,7 @@ func TestMirrorSource(t *testing.T) {
 			d = NewLayout(path, Options{})
 		}
 		from := pinned(mref, digest)
-		if _, err := d.Pull(ctx, from, nil, ghcr.Anonymous, nil); err != nil {
+		if _, err := d.Pull(ctx, from, nil, registryauth.Anonymous, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.Tag(ctx, from, ref.String()); err != nil {

@@ -21,8 +21,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Annotations naming an image in index.json: the OCI one (crane's
@@ -70,7 +71,7 @@ func (l *LayoutDir) Runtime() (name, namespace string) { return string(Layout), 
 // ref's name: an index whole, or with platform only that platform's
 // image. Blobs the layout already holds intact are not fetched; downloaded
 // says whether any blob was.
-func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return false, err
@@ -90,7 +91,7 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 	if desc.MediaType.IsIndex() {
 		ii, err := desc.ImageIndex()
 		if err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		if platform != nil {
 			img, d, err := platformImage(ii, r, *platform)
@@ -98,25 +99,25 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 				return false, err
 			}
 			if blobs, err = imageBlobs(img); err != nil {
-				return false, ghcr.Classify(err, creds.IsAnonymous())
+				return false, failure.FromRegistry(err, creds.IsAnonymous())
 			}
 			top = v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest, Platform: d.Platform}
 			if plat, err = l.platformOf(img); err != nil {
-				return false, ghcr.Classify(err, creds.IsAnonymous())
+				return false, failure.FromRegistry(err, creds.IsAnonymous())
 			}
 		} else if blobs, err = indexBlobs(ii); err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 	} else {
 		img, err := desc.Image()
 		if err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		if blobs, err = imageBlobs(img); err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		if plat, err = l.platformOf(img); err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 	}
 
@@ -130,7 +131,7 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 	defer os.RemoveAll(stage) // renamed away or emptied on success
 	staged, err := l.stage(ctx, stage, blobs, progress)
 	if err != nil {
-		return false, ghcr.Classify(err, creds.IsAnonymous())
+		return false, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -14,8 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // TarFile writes one image as a `docker load` archive. It holds one image,
@@ -44,7 +45,7 @@ func (t *TarFile) Runtime() (name, namespace string) { return string(Tarball), "
 // Pull writes ref (pull passes the probed digest) to the archive: into a
 // temporary file beside the path, renamed over it once complete. An index
 // is narrowed to platform, else to DefaultPlatform.
-func (t *TarFile) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (t *TarFile) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return false, err
@@ -61,24 +62,24 @@ func (t *TarFile) Pull(ctx context.Context, ref string, platform *ocispec.Platfo
 	if desc.MediaType.IsIndex() {
 		ii, err := desc.ImageIndex()
 		if err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		if img, _, err = platformImage(ii, r, want); err != nil {
-			return false, ghcr.Classify(err, creds.IsAnonymous())
+			return false, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 	} else if img, err = desc.Image(); err != nil {
-		return false, ghcr.Classify(err, creds.IsAnonymous())
+		return false, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	plat, err := platformOf(img)
 	if err != nil {
-		return false, ghcr.Classify(err, creds.IsAnonymous())
+		return false, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	id, err := img.ConfigName()
 	if err != nil {
 		return false, err
 	}
 	if err := t.write(ctx, img, progress); err != nil {
-		return false, ghcr.Classify(err, creds.IsAnonymous())
+		return false, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	t.mu.Lock()
 	t.written = &image.Info{ID: id.String(), RepoDigests: repoDigests(desc.Digest.String(), t.input, ref), Platform: plat}

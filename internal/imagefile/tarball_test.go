@@ -18,7 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // archiveManifest reads manifest.json, what docker load reads.
@@ -82,7 +82,7 @@ func TestTar(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pulled, err := tf.Pull(ctx, pinned(tc.ref, tc.digest), tc.platform, ghcr.Anonymous, nil)
+			pulled, err := tf.Pull(ctx, pinned(tc.ref, tc.digest), tc.platform, registryauth.Anonymous, nil)
 			if tc.wantBad != "" {
 				var bad *failure.BadInput
 				if !errors.As(err, &bad) || bad.Input != tc.wantBad {
@@ -152,7 +152,7 @@ func TestTarReplaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	tf, _ := NewTar(path, ref.String(), Options{})
-	if _, err := tf.Pull(context.Background(), pinned(ref, digest), nil, ghcr.Anonymous, nil); err != nil {
+	if _, err := tf.Pull(context.Background(), pinned(ref, digest), nil, registryauth.Anonymous, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tarball.ImageFromPath(path, nil); err != nil {

@@ -3,7 +3,8 @@
 // onto every selected node with a short-lived DaemonSet (and, with
 // credentials, a pull Secret), reporting each node and deleting all it made.
 // It knows nothing of policy: which credentials to send and whether to fall
-// back is decided by its caller.
+// back is decided by its caller. A *Config is the pull policy's Fleet
+// (fleet.go), so nothing adapts it: pull calls down into it directly.
 package kube
 
 import (

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Provider names.
@@ -220,16 +221,16 @@ func endpointOf(u *url.URL) string {
 }
 
 // Exchange fetches the ID token and trades it for registry credentials.
-func Exchange(ctx context.Context, c Config, idToken IDTokenSource, mask func(string)) (ghcr.Credentials, error) {
+func Exchange(ctx context.Context, c Config, idToken IDTokenSource, mask func(string)) (registryauth.Credentials, error) {
 	if err := c.Validate(); err != nil {
-		return ghcr.Credentials{}, err
+		return registryauth.Credentials{}, err
 	}
 	jwt, err := idToken(ctx, c.audience())
 	if err != nil {
-		return ghcr.Credentials{}, err
+		return registryauth.Credentials{}, err
 	}
 	if jwt == "" {
-		return ghcr.Credentials{}, errors.New("the Actions runtime returned an empty ID token")
+		return registryauth.Credentials{}, errors.New("the Actions runtime returned an empty ID token")
 	}
 	mask(jwt)
 	var user, password string
@@ -246,8 +247,8 @@ func Exchange(ctx context.Context, c Config, idToken IDTokenSource, mask func(st
 		user, password, err = exchangeGeneric(ctx, c, jwt, mask)
 	}
 	if err != nil {
-		return ghcr.Credentials{}, err
+		return registryauth.Credentials{}, err
 	}
 	mask(password)
-	return ghcr.Credentials{Mode: ghcr.AuthOIDC, Username: user, Password: password, Provider: c.Provider}, nil
+	return registryauth.Credentials{Mode: registryauth.ModeOIDC, Username: user, Password: password, Provider: c.Provider}, nil
 }

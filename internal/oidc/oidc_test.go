@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // fakeJWT is an unsigned ID token whose aud claim the fake providers check.
@@ -225,7 +225,7 @@ func TestExchange(t *testing.T) {
 					if err != nil {
 						t.Fatalf("exchange: %v", err)
 					}
-					if creds.Username != want[provider][0] || creds.Password != want[provider][1] || creds.Mode != ghcr.AuthOIDC || creds.Provider != provider {
+					if creds.Username != want[provider][0] || creds.Password != want[provider][1] || creds.Mode != registryauth.ModeOIDC || creds.Provider != provider {
 						t.Errorf("creds %s/%q", creds, creds.Password)
 					}
 					for _, s := range append(intermediate[provider], creds.Password) {

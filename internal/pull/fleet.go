@@ -2,6 +2,7 @@ package pull
 
 import (
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 
 	"context"
 	"errors"
@@ -9,27 +10,37 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
 // Fleet is a destination of many members reached in one call: a
-// Kubernetes cluster, whose nodes' kubelets pull. PullAll pulls ref (always
-// repo@digest) onto every member, or only onto those named in only, with
-// creds (nil: anonymously), and reports each member. Its error is for the
-// call as a whole (the cluster refused, no member selected).
+// Kubernetes cluster, whose nodes' kubelets pull (*kube.Config satisfies
+// it). PullAll pulls ref (always repo@digest) onto every member, or only
+// onto those named in only, with creds as Daemon.Pull takes them
+// (registryauth.Anonymous: none), and reports each member's outcome through
+// report: the digest it holds, how long it took, its error. Its error is
+// for the call as a whole (the cluster refused, no member selected).
 type Fleet interface {
 	Name() string
 	Runtime() string
-	PullAll(ctx context.Context, ref string, creds *ghcr.Credentials, only []string) ([]Member, error)
+	PullAll(ctx context.Context, ref string, creds registryauth.Credentials, only []string, report func(member, digest string, took time.Duration, err error)) error
 }
 
-// Member is one member's outcome of a Fleet's PullAll.
-type Member struct {
-	Name string
-	// Digest is the digest the member reports it holds.
-	Digest   string
-	Duration time.Duration
-	Err      error
+// member is one member's outcome of a Fleet's PullAll.
+type member struct {
+	name string
+	// digest is the digest the member reports it holds.
+	digest   string
+	duration time.Duration
+	err      error
+}
+
+// pullAll collects what fleet reports of one PullAll, in its order.
+func pullAll(ctx context.Context, fleet Fleet, ref string, creds registryauth.Credentials, only []string) ([]member, error) {
+	var members []member
+	err := fleet.PullAll(ctx, ref, creds, only, func(name, digest string, took time.Duration, err error) {
+		members = append(members, member{name: name, digest: digest, duration: took, err: err})
+	})
+	return members, err
 }
 
 // pullFleet pulls the probed digest onto every member of the fleet with
@@ -51,7 +62,7 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 		return fleetFromUpstream(ctx, img, p, opts, nil)
 	}
 	fleet := opts.Fleet
-	members, err := fleet.PullAll(ctx, src.ref.String(), fleetCreds(src.creds), nil)
+	members, err := pullAll(ctx, fleet, src.ref.String(), fleetCreds(src.creds), nil)
 	if err != nil {
 		r := p.result(img, fleet.Name(), 0).failed(err, fmt.Sprintf("could not pre-pull from mirror %s on %s: %v", src.mirror, fleet.Name(), err))
 		r.Runtime = fleet.Runtime()
@@ -60,9 +71,9 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	var again []string
 	failed := map[string]error{}
 	for _, m := range members {
-		if m.Err != nil && p.resolvedBy == "" {
-			again = append(again, m.Name)
-			failed[m.Name] = m.Err
+		if m.err != nil && p.resolvedBy == "" {
+			again = append(again, m.name)
+			failed[m.name] = m.err
 		}
 	}
 	upstream := map[string]Result{}
@@ -74,7 +85,7 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	}
 	out := make([]Result, 0, len(members))
 	for _, m := range members {
-		if r, ok := upstream[m.Name]; ok {
+		if r, ok := upstream[m.name]; ok {
 			out = append(out, r)
 			continue
 		}
@@ -90,15 +101,15 @@ func pullFleet(ctx context.Context, img Image, p probeOutcome, opts Options) []R
 	return out
 }
 
-// fleetCreds is what a fleet is given of creds: nil for none, and no
-// registry token (kubelets take only a username and password; the token
+// fleetCreds is what a fleet is given of creds: Anonymous for none, and
+// no registry token (kubelets take only a username and password; the token
 // would sit in a pull Secret for nothing).
-func fleetCreds(creds ghcr.Credentials) *ghcr.Credentials {
+func fleetCreds(creds registryauth.Credentials) registryauth.Credentials {
 	if creds.IsAnonymous() {
-		return nil
+		return registryauth.Anonymous
 	}
 	creds.RegistryToken = ""
-	return &creds
+	return creds
 }
 
 // fleetFromUpstream pulls the probed digest from the image's own registry
@@ -107,7 +118,7 @@ func fleetFromUpstream(ctx context.Context, img Image, p probeOutcome, opts Opti
 	fleet := opts.Fleet
 	ref := image.Pinned(img.Input, p.digest)
 	creds := fleetCreds(p.creds)
-	members, err := fleet.PullAll(ctx, ref, creds, only)
+	members, err := pullAll(ctx, fleet, ref, creds, only)
 	if err != nil {
 		r := p.result(img, fleet.Name(), 0).failed(err, fmt.Sprintf("could not pre-pull on %s: %v", fleet.Name(), err))
 		r.Runtime = fleet.Runtime()
@@ -117,39 +128,39 @@ func fleetFromUpstream(ctx context.Context, img Image, p probeOutcome, opts Opti
 	var retry []string
 	for _, m := range members {
 		var rej *failure.Rejected
-		if creds != nil && opts.Fallback && errors.As(m.Err, &rej) {
-			rejected[m.Name] = m.Err
-			retry = append(retry, m.Name)
+		if !creds.IsAnonymous() && opts.Fallback && errors.As(m.err, &rej) {
+			rejected[m.name] = m.err
+			retry = append(retry, m.name)
 		}
 	}
-	anonymous := map[string]Member{}
+	anonymous := map[string]member{}
 	if len(retry) > 0 {
-		again, err := fleet.PullAll(ctx, ref, nil, retry)
+		again, err := pullAll(ctx, fleet, ref, registryauth.Anonymous, retry)
 		for _, m := range again {
-			anonymous[m.Name] = m
+			anonymous[m.name] = m
 		}
 		for _, name := range retry {
 			m, ok := anonymous[name]
 			if !ok && err != nil {
-				m = Member{Name: name, Err: err}
+				m = member{name: name, err: err}
 				anonymous[name] = m
 			}
-			opts.Events.Fallback(img, AtTarget, name, rejected[name], m.Err)
+			opts.Events.Fallback(img, AtTarget, name, rejected[name], m.err)
 		}
 	}
 	out := make([]Result, 0, len(members))
 	for _, m := range members {
-		if a, ok := anonymous[m.Name]; ok {
-			d := m.Duration
+		if a, ok := anonymous[m.name]; ok {
+			d := m.duration
 			m = a
-			m.Duration += d
+			m.duration += d
 			r := memberResult(img, p, fleet, m)
 			r.FallbackUsed = true
 			if r.Err == nil {
-				r.AuthMode = ghcr.AuthAnonymous
+				r.AuthMode = registryauth.ModeAnonymous
 			}
 			if r.CredentialError == "" {
-				r.CredentialError = rejectionText(rejected[m.Name])
+				r.CredentialError = rejectionText(rejected[m.name])
 			}
 			out = append(out, r)
 			continue
@@ -160,16 +171,16 @@ func fleetFromUpstream(ctx context.Context, img Image, p probeOutcome, opts Opti
 }
 
 // memberResult is one member's result: the probed digest, or a failure.
-func memberResult(img Image, p probeOutcome, fleet Fleet, m Member) Result {
-	r := p.result(img, m.Name, m.Duration)
+func memberResult(img Image, p probeOutcome, fleet Fleet, m member) Result {
+	r := p.result(img, m.name, m.duration)
 	r.Runtime = fleet.Runtime()
 	// The platform's manifest digest counts as the probed one; no
 	// digest at all does not (without a platform, p.platform is "").
-	if m.Err == nil && m.Digest != p.digest && (m.Digest == "" || m.Digest != p.platform) {
-		m.Err = &DriftError{Image: img.Input, Target: m.Name, Expected: p.digest, Got: m.Digest}
+	if m.err == nil && m.digest != p.digest && (m.digest == "" || m.digest != p.platform) {
+		m.err = &DriftError{Image: img.Input, Target: m.name, Expected: p.digest, Got: m.digest}
 	}
-	if m.Err != nil {
-		return r.failed(m.Err, fmt.Sprintf("%s on node %s: %v", img.Input, m.Name, m.Err))
+	if m.err != nil {
+		return r.failed(m.err, fmt.Sprintf("%s on node %s: %v", img.Input, m.name, m.err))
 	}
 	r.Pulled = true // imagePullPolicy Always: every member pulled
 	return r

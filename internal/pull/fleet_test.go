@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -37,17 +37,16 @@ type fakeFleet struct {
 
 func (f *fakeFleet) Name() string    { return "cluster" }
 func (f *fakeFleet) Runtime() string { return "kubernetes" }
-func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *ghcr.Credentials, only []string) ([]Member, error) {
+func (f *fakeFleet) PullAll(_ context.Context, ref string, creds registryauth.Credentials, only []string, report func(member, digest string, took time.Duration, err error)) error {
 	f.calls = append(f.calls, only)
 	f.refs = append(f.refs, ref)
-	if creds == nil {
+	if creds.IsAnonymous() {
 		f.anonymousRefs++
 		f.users = append(f.users, "")
 	} else {
 		f.sawPassword = append(f.sawPassword, creds.Password+"|"+creds.RegistryToken)
 		f.users = append(f.users, creds.Username)
 	}
-	var out []Member
 	for _, m := range f.members {
 		if len(only) > 0 && !slices.Contains(only, m) {
 			continue
@@ -58,20 +57,20 @@ func (f *fakeFleet) PullAll(_ context.Context, ref string, creds *ghcr.Credentia
 		}
 		switch {
 		case failing:
-			out = append(out, Member{Name: m, Err: &failure.Transient{Response: failure.Response{Status: 502, Message: "bad gateway"}}})
+			report(m, "", 0, &failure.Transient{Response: failure.Response{Status: 502, Message: "bad gateway"}})
 		case f.refuseAll[m] != nil:
-			out = append(out, Member{Name: m, Err: f.refuseAll[m]})
-		case creds != nil && f.refuseCreds[m]:
-			out = append(out, Member{Name: m, Err: &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}}})
+			report(m, "", 0, f.refuseAll[m])
+		case !creds.IsAnonymous() && f.refuseCreds[m]:
+			report(m, "", 0, &failure.Rejected{Response: failure.Response{Status: 401, Message: "unauthorized"}})
 		default:
 			d, ok := f.holds[m]
 			if !ok {
 				d = f.digest
 			}
-			out = append(out, Member{Name: m, Digest: d, Duration: time.Millisecond})
+			report(m, d, time.Millisecond, nil)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func TestFleetFallsBackPerMember(t *testing.T) {
@@ -97,7 +96,7 @@ func TestFleetFallsBackPerMember(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &fakeFleet{members: []string{"a", "b"}, refuseCreds: tt.refuseCreds, refuseAll: tt.refuseAll, digest: digest}
 			res := Run(context.Background(), images, nil, Options{
-				Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "deployer", Password: "pw"},
+				Credentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "deployer", Password: "pw"},
 				Fallback:    tt.fallback, Fleet: f,
 				Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
 			})
@@ -116,7 +115,7 @@ func TestFleetFallsBackPerMember(t *testing.T) {
 					t.Errorf("%s failed but carries digest %q", r.Host, r.Digest)
 				}
 				fb := slices.Contains(tt.wantFallback, r.Host)
-				if fb != r.FallbackUsed || (fb && (r.AuthMode != ghcr.AuthAnonymous || r.CredentialError == "")) {
+				if fb != r.FallbackUsed || (fb && (r.AuthMode != registryauth.ModeAnonymous || r.CredentialError == "")) {
 					t.Errorf("%s: fallback %v mode %q credential-error %q", r.Host, r.FallbackUsed, r.AuthMode, r.CredentialError)
 				}
 				if c := tt.wantClass[r.Host]; c != "" && failure.ClassOf(r.Err) != c {
@@ -147,7 +146,7 @@ func TestFleetMemberDriftFails(t *testing.T) {
 	other := "sha256:" + strings.Repeat("d", 64)
 	for _, holds := range []string{other, ""} {
 		f := &fakeFleet{members: []string{"a", "b"}, digest: digest, holds: map[string]string{"b": holds}}
-		res := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous, Fleet: f,
+		res := Run(context.Background(), images, nil, Options{Credentials: registryauth.Anonymous, Fleet: f,
 			Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond}})
 		if len(res) != 2 {
 			t.Fatalf("results %+v", res)
@@ -202,8 +201,8 @@ func TestFleetPulledFromMirror(t *testing.T) {
 	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
 	f := &fakeFleet{members: []string{"a", "b"}, digest: want.String(), failFrom: map[string][]string{m.host + "/": {"b"}}}
 	res := Run(context.Background(), images, nil, Options{
-		Credentials:       ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"},
-		MirrorCredentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"},
+		Credentials:       registryauth.Credentials{Mode: registryauth.ModeToken, Username: "upuser", Password: "up-secret"},
+		MirrorCredentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "mirroruser", Password: "mirror-secret"},
 		Mirrors:           set, Fleet: f})
 	if len(res) != 2 {
 		t.Fatalf("results %+v", res)
@@ -234,7 +233,7 @@ func TestFleetPulledFromMirror(t *testing.T) {
 	qset.Add(host, mirror.Mirror{Host: qm.host})
 	images, _ = ParseImages([]string{host + "/" + repo + ":1"})
 	qf := &fakeFleet{members: []string{"a"}, digest: digest}
-	if r := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: qset, Fleet: qf})[0]; r.Err != nil || r.ServedBy != qm.host {
+	if r := Run(context.Background(), images, nil, Options{Credentials: registryauth.Anonymous, QuotaGuard: true, Mirrors: qset, Fleet: qf})[0]; r.Err != nil || r.ServedBy != qm.host {
 		t.Errorf("quota guard with the mirror serving the cluster: %v, served by %q", r.Err, r.ServedBy)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // MirrorNote is one thing decided about a mirror for an image, and why.
@@ -29,7 +30,7 @@ type source struct {
 	// ref is the image on the mirror by the digest the targets must get.
 	ref name.Digest
 	// creds are the mirror's own (or none), never the upstream's.
-	creds ghcr.Credentials
+	creds registryauth.Credentials
 }
 
 // mirrorsOf lists the mirrors that may serve img.
@@ -39,9 +40,9 @@ func mirrorsOf(img Image, opts Options) []mirror.Mirror {
 
 // credsFor is what a mirror is sent: the mirror credentials for the
 // mirrors the user listed, nothing for the daemon's own.
-func credsFor(m mirror.Mirror, opts Options) ghcr.Credentials {
+func credsFor(m mirror.Mirror, opts Options) registryauth.Credentials {
 	if m.FromDaemon || opts.MirrorCredentials.IsAnonymous() {
-		return ghcr.Anonymous
+		return registryauth.Anonymous
 	}
 	return opts.MirrorCredentials
 }
@@ -54,7 +55,7 @@ func upstreamDown(err error) bool {
 	var (
 		qe *ghcr.QuotaExceeded
 		tr *failure.Transient
-		nh *ghcr.NoSuchHost
+		nh *failure.NoSuchHost
 	)
 	return errors.As(err, &qe) || errors.As(err, &tr) || errors.As(err, &nh)
 }
@@ -106,7 +107,7 @@ func (p *probeOutcome) chooseMirror(ctx context.Context, img Image, opts Options
 // mirror lacks the tag (a pull-through cache that has not seen it), by
 // the upstream digest. One attempt each: a mirror is optional, and
 // upstream remains.
-func (p *probeOutcome) askMirror(ctx context.Context, img Image, m mirror.Mirror, creds ghcr.Credentials, opts Options) (string, ghcr.ProbeResult, error) {
+func (p *probeOutcome) askMirror(ctx context.Context, img Image, m mirror.Mirror, creds registryauth.Credentials, opts Options) (string, ghcr.ProbeResult, error) {
 	probeOpts := append(append([]ghcr.Option(nil), opts.ProbeOptions...), ghcr.WithPlatform(opts.Platform))
 	if m.PlainHTTP {
 		probeOpts = append(probeOpts, ghcr.WithInsecureRegistries(m.Host))

@@ -24,10 +24,10 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -65,12 +65,12 @@ func (s *simRegistry) push(t testing.TB, repo string, img v1.Image) {
 type pullLog struct {
 	mu    sync.Mutex
 	refs  []string
-	creds []ghcr.Credentials
+	creds []registryauth.Credentials
 	fail  map[string]error // by host prefix
 }
 
 // record logs a pull (mu held) and returns its host's failure, if any.
-func (l *pullLog) record(ref string, creds ghcr.Credentials) error {
+func (l *pullLog) record(ref string, creds registryauth.Credentials) error {
 	l.refs, l.creds = append(l.refs, ref), append(l.creds, creds)
 	for host, err := range l.fail {
 		if strings.HasPrefix(ref, host) {
@@ -84,7 +84,7 @@ func (l *pullLog) record(ref string, creds ghcr.Credentials) error {
 // pull with which credentials, tags, and reports the digests it pulled.
 type tagDaemon struct{ pullLog }
 
-func (d *tagDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (d *tagDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	err := d.record(ref, creds)
@@ -132,8 +132,8 @@ func upstreamWithImage(t testing.TB, repo string) (up *simRegistry, img, other v
 // reach the host they belong to.
 func TestMirrorChoice(t *testing.T) {
 	const repo = "library/app"
-	upCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}
-	mirrorCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"}
+	upCreds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "upuser", Password: "up-secret"}
+	mirrorCreds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "mirroruser", Password: "mirror-secret"}
 	hubQuota := http.Header{"Ratelimit-Limit": {"100;w=21600"}, "Ratelimit-Remaining": {"0;w=21600"}}
 	tests := []struct {
 		name string
@@ -280,7 +280,7 @@ func TestMirrorFailsOnTarget(t *testing.T) {
 	set := mirror.Set{}
 	set.Add(up.host, mirror.Mirror{Host: m.host})
 	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-		Options{Credentials: ghcr.Anonymous, Mirrors: set})
+		Options{Credentials: registryauth.Anonymous, Mirrors: set})
 	r := res[0]
 	if r.Err != nil || r.ServedBy != "" {
 		t.Fatalf("err %v served by %q", r.Err, r.ServedBy)
@@ -310,7 +310,7 @@ func TestMirrorForUnresolvableRegistry(t *testing.T) {
 		}
 		d := &tagDaemon{}
 		res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-			Options{Credentials: ghcr.Anonymous, Mirrors: set})
+			Options{Credentials: registryauth.Anonymous, Mirrors: set})
 		r := res[0]
 		if !withMirror {
 			if failure.ClassOf(r.Err) != "bad-input:image" {
@@ -335,7 +335,7 @@ type renameDaemon struct {
 	renames []string
 }
 
-func (d *renameDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (d *renameDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.record(ref, creds); err != nil {
@@ -381,8 +381,8 @@ func (d *renameDaemon) Inspect(_ context.Context, ref string) (image.Info, error
 // upstream, by the user's reference.
 func TestMirrorServesRenamingTarget(t *testing.T) {
 	const repo = "library/app"
-	upCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}
-	mirrorCreds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "mirroruser", Password: "mirror-secret"}
+	upCreds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "upuser", Password: "up-secret"}
+	mirrorCreds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "mirroruser", Password: "mirror-secret"}
 	up, img, other, want := upstreamWithImage(t, repo)
 	input := up.host + "/" + repo + ":1"
 	pinned := up.host + "/" + repo + "@" + want.String()
@@ -496,7 +496,7 @@ func TestMirrorRenamesRatherThanTags(t *testing.T) {
 	images, _ := ParseImages([]string{up.host + "/" + repo + ":1"})
 	d := &tagRenameDaemon{renameDaemon: renameDaemon{digest: want.String()}}
 	r := Run(context.Background(), images, []Target{{Name: "node", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-		Options{Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "upuser", Password: "up-secret"}, Mirrors: set})[0]
+		Options{Credentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "upuser", Password: "up-secret"}, Mirrors: set})[0]
 	if r.Err != nil || r.ServedBy != m.host {
 		t.Fatalf("err %v, served by %q", r.Err, r.ServedBy)
 	}

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -129,7 +129,7 @@ func (s *scriptedRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-var testToken = ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "pw"}
+var testToken = registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "pw"}
 
 // Guarantee: only a rejection of the credentials (401/403) leads to an
 // anonymous attempt; a missing image (404) or a registry fault (5xx) never
@@ -171,7 +171,7 @@ func TestProbeFallsBackOnlyOnRejection(t *testing.T) {
 				// A HEAD answer has no body: the status is all the
 				// registry's words there are.
 				want := fmt.Sprint(max(tt.tokenStatus, tt.userStatus))
-				if r.Err != nil || r.AuthMode != ghcr.AuthAnonymous || !strings.Contains(r.CredentialError, want) {
+				if r.Err != nil || r.AuthMode != registryauth.ModeAnonymous || !strings.Contains(r.CredentialError, want) {
 					t.Errorf("fallback result: mode %q err %v credential-error %q", r.AuthMode, r.Err, r.CredentialError)
 				}
 				return

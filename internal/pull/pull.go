@@ -25,6 +25,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -37,7 +38,7 @@ type Daemon interface {
 	// the call's registry auth, and reports whether anything new was
 	// downloaded and progress (bytes done of total) as it goes. Its error
 	// is classified with internal/failure's types.
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (downloaded bool, err error)
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (downloaded bool, err error)
 	// Inspect describes a local image.
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 }
@@ -83,7 +84,7 @@ type Image struct {
 
 // Options say how to pull.
 type Options struct {
-	Credentials ghcr.Credentials
+	Credentials registryauth.Credentials
 	// Fallback allows an anonymous retry when Credentials are rejected.
 	Fallback bool
 	// Platform is the platform to pull; nil means each runtime's own.
@@ -99,7 +100,7 @@ type Options struct {
 	// credentials the probe succeeded with, after the probe and before any
 	// target pulls. A failure fails the image everywhere; nothing is
 	// pulled.
-	Verify func(ctx context.Context, digest name.Digest, creds ghcr.Credentials) (Verification, error)
+	Verify func(ctx context.Context, digest name.Digest, creds registryauth.Credentials) (Verification, error)
 	// Fleet, when set, takes every probed image onto its members (one
 	// result each) in place of targets.
 	Fleet Fleet
@@ -111,7 +112,7 @@ type Options struct {
 	// MirrorCredentials go to the mirrors the user listed, and to no
 	// other host.
 	Mirrors           mirror.Set
-	MirrorCredentials ghcr.Credentials
+	MirrorCredentials registryauth.Credentials
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -151,7 +152,7 @@ type Events interface {
 type Result struct {
 	Image           string
 	Host            string
-	AuthMode        ghcr.AuthMode
+	AuthMode        registryauth.Mode
 	Provider        string
 	FallbackUsed    bool
 	CredentialError string
@@ -333,7 +334,7 @@ func deliver(ctx context.Context, img Image, p probeOutcome, targets []*openOnce
 
 // probeOutcome is what the runner-side probe decided for one image.
 type probeOutcome struct {
-	creds        ghcr.Credentials
+	creds        registryauth.Credentials
 	fallbackUsed bool
 	rejection    error
 	digest       string
@@ -349,7 +350,7 @@ type probeOutcome struct {
 
 func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcome {
 	var out probeOutcome
-	probe := func(creds ghcr.Credentials) (ghcr.ProbeResult, error) {
+	probe := func(creds registryauth.Credentials) (ghcr.ProbeResult, error) {
 		var res ghcr.ProbeResult
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtProbe, ""), func(ctx context.Context) error {
 			r, err := ghcr.Probe(ctx, img.Ref, creds, append(opts.ProbeOptions, ghcr.WithPlatform(opts.Platform))...)
@@ -362,14 +363,14 @@ func probeWithFallback(ctx context.Context, img Image, opts Options) probeOutcom
 
 	creds := opts.Credentials
 	if creds.IsAnonymous() {
-		creds = ghcr.Anonymous
+		creds = registryauth.Anonymous
 	}
 	res, err := probe(creds)
 	var rej *failure.Rejected
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
 		out.rejection = err
 		out.fallbackUsed = true
-		creds = ghcr.Anonymous
+		creds = registryauth.Anonymous
 		res, err = probe(creds)
 		opts.Events.Fallback(img, AtProbe, "", out.rejection, err)
 	}
@@ -398,7 +399,7 @@ func (p *probeOutcome) verify(ctx context.Context, img Image, opts Options) {
 	var rej *failure.Rejected
 	if err != nil && errors.As(err, &rej) && !creds.IsAnonymous() && opts.Fallback {
 		rejection := err
-		v, err = opts.Verify(ctx, digest, ghcr.Anonymous)
+		v, err = opts.Verify(ctx, digest, registryauth.Anonymous)
 		v.Anonymous = err == nil
 		opts.Events.Fallback(img, AtProbe, "", rejection, err)
 	}
@@ -497,7 +498,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		res.ServedBy = src.mirror.String()
 		res.AuthMode, res.Provider = creds.Mode, ""
 	}
-	pullWith := func(creds ghcr.Credentials) (bool, error) {
+	pullWith := func(creds registryauth.Credentials) (bool, error) {
 		var downloaded bool
 		err := retry.Do(ctx, withRetryEvents(opts, img, AtTarget, t.target.Name), func(ctx context.Context) error {
 			var err error
@@ -538,7 +539,7 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		}
 		res.FallbackUsed = true
 		res.CredentialError = rejectionText(rejection)
-		creds = ghcr.Anonymous
+		creds = registryauth.Anonymous
 		downloaded, err = pullWith(creds)
 		opts.Events.Fallback(img, AtTarget, t.target.Name, rejection, err)
 	}
@@ -631,7 +632,7 @@ func (e *DriftError) Error() string {
 }
 
 // freshToken probes again with creds to get a new registry token.
-func freshToken(ctx context.Context, img Image, creds ghcr.Credentials, opts Options) (string, bool) {
+func freshToken(ctx context.Context, img Image, creds registryauth.Credentials, opts Options) (string, bool) {
 	creds.RegistryToken = ""
 	res, err := ghcr.Probe(ctx, img.Ref, creds, opts.ProbeOptions...)
 	return res.Token, err == nil && res.Token != ""

@@ -20,9 +20,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -30,11 +30,11 @@ import (
 type fakeDaemon struct {
 	mu      sync.Mutex
 	answers []error
-	calls   []ghcr.Credentials
+	calls   []registryauth.Credentials
 	digest  string
 }
 
-func (f *fakeDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (f *fakeDaemon) Pull(_ context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, creds)
@@ -76,7 +76,7 @@ func TestRunDaemonSideFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"}
+	token := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}
 	rejected := failure.FromDaemon(500, "unauthorized: authentication required", false)
 	notFound := failure.FromDaemon(404, "manifest unknown", false)
 	transient := failure.FromDaemon(500, "503 Service Unavailable", false)
@@ -87,21 +87,21 @@ func TestRunDaemonSideFallback(t *testing.T) {
 		answers      []error
 		fallback     bool
 		wantErr      bool
-		wantMode     ghcr.AuthMode
+		wantMode     registryauth.Mode
 		wantFallback bool
-		wantCalls    []ghcr.AuthMode
+		wantCalls    []registryauth.Mode
 	}{
-		{"accepted", nil, true, false, ghcr.AuthToken, false, []ghcr.AuthMode{ghcr.AuthToken}},
-		{"daemon rejects, fallback", []error{rejected}, true, false, ghcr.AuthAnonymous, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
-		{"daemon rejects, fallback off", []error{rejected}, false, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
-		{"not found never falls back", []error{notFound}, true, true, "", false, []ghcr.AuthMode{ghcr.AuthToken}},
-		{"transient retried with the same credentials", []error{transient, transient}, true, false, ghcr.AuthToken, false, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+		{"accepted", nil, true, false, registryauth.ModeToken, false, []registryauth.Mode{registryauth.ModeToken}},
+		{"daemon rejects, fallback", []error{rejected}, true, false, registryauth.ModeAnonymous, true, []registryauth.Mode{registryauth.ModeToken, registryauth.ModeAnonymous}},
+		{"daemon rejects, fallback off", []error{rejected}, false, true, "", false, []registryauth.Mode{registryauth.ModeToken}},
+		{"not found never falls back", []error{notFound}, true, true, "", false, []registryauth.Mode{registryauth.ModeToken}},
+		{"transient retried with the same credentials", []error{transient, transient}, true, false, registryauth.ModeToken, false, []registryauth.Mode{registryauth.ModeToken, registryauth.ModeToken, registryauth.ModeToken}},
 		// README: "never on 404/429/5xx": a fault that outlasts the
 		// retries fails with the credentials, it never turns anonymous.
 		{"transient outlasting the retries never falls back", []error{transient, transient, transient, transient}, true, true, "", false,
-			[]ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+			[]registryauth.Mode{registryauth.ModeToken, registryauth.ModeToken, registryauth.ModeToken, registryauth.ModeToken}},
 		{"too many requests never falls back", []error{tooMany, tooMany, tooMany, tooMany}, true, true, "", false,
-			[]ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken, ghcr.AuthToken}},
+			[]registryauth.Mode{registryauth.ModeToken, registryauth.ModeToken, registryauth.ModeToken, registryauth.ModeToken}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,7 +121,7 @@ func TestRunDaemonSideFallback(t *testing.T) {
 			if r.AuthMode != tt.wantMode || r.FallbackUsed != tt.wantFallback {
 				t.Errorf("mode=%q fallback=%v, want %q %v", r.AuthMode, r.FallbackUsed, tt.wantMode, tt.wantFallback)
 			}
-			var modes []ghcr.AuthMode
+			var modes []registryauth.Mode
 			for _, c := range fd.calls {
 				modes = append(modes, c.Mode)
 			}
@@ -145,7 +145,7 @@ func TestRunDaemonSideFallback(t *testing.T) {
 	}
 }
 
-func toStrings(m []ghcr.AuthMode) []string {
+func toStrings(m []registryauth.Mode) []string {
 	s := make([]string, len(m))
 	for i, x := range m {
 		s[i] = string(x)
@@ -156,7 +156,7 @@ func toStrings(m []ghcr.AuthMode) []string {
 func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
 	ref, digest := openRegistry(t)
 	images, _ := ParseImages([]string{ref, strings.Replace(ref, ":1", ":missing", 1)})
-	res := Run(context.Background(), images, nil, Options{Credentials: ghcr.Anonymous})
+	res := Run(context.Background(), images, nil, Options{Credentials: registryauth.Anonymous})
 	if len(res) != 2 || res[0].Err != nil || res[0].Digest != digest || res[0].Host != HostNone {
 		t.Fatalf("probe-only result: %+v", res[0])
 	}
@@ -169,7 +169,7 @@ func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
 		{Name: "down", Open: func(context.Context) (Daemon, error) { return nil, errors.New("connection refused") }},
 		{Name: "up", Open: func(context.Context) (Daemon, error) { return &fakeDaemon{digest: digest}, nil }},
 	}
-	res = Run(context.Background(), images[:1], down, Options{Credentials: ghcr.Anonymous})
+	res = Run(context.Background(), images[:1], down, Options{Credentials: registryauth.Anonymous})
 	if res[0].Err == nil || !strings.Contains(res[0].Diagnosis, "down") || res[1].Err != nil {
 		t.Errorf("one target down must not stop the other: %+v / %+v", res[0], res[1])
 	}
@@ -203,7 +203,7 @@ type taggingDaemon struct {
 	tags   [][2]string
 }
 
-func (d *taggingDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (d *taggingDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	d.mu.Lock()
 	d.pulled = append(d.pulled, ref)
 	d.mu.Unlock()
@@ -312,7 +312,7 @@ func TestRunProbesWhileTargetsOpen(t *testing.T) {
 		}},
 	}
 	res := Run(context.Background(), images, targets, Options{
-		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "p"},
+		Credentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"},
 		Retry:       retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
 	})
 	if res[0].Err != nil {
@@ -350,10 +350,10 @@ func TestRunGivesDaemonsAFreshScopedToken(t *testing.T) {
 	expired := failure.FromDaemon(500, "unauthorized: authentication required", false)
 	fd := &fakeDaemon{answers: []error{expired}, digest: d.String()}
 	res := Run(context.Background(), images, []Target{{Name: "h", Open: func(context.Context) (Daemon, error) { return fd, nil }}}, Options{
-		Credentials: ghcr.Credentials{Mode: ghcr.AuthToken, Username: "deployer", Password: "long-lived-secret"}, Fallback: true,
+		Credentials: registryauth.Credentials{Mode: registryauth.ModeToken, Username: "deployer", Password: "long-lived-secret"}, Fallback: true,
 		Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
 	})
-	if res[0].Err != nil || res[0].AuthMode != ghcr.AuthToken || res[0].FallbackUsed {
+	if res[0].Err != nil || res[0].AuthMode != registryauth.ModeToken || res[0].FallbackUsed {
 		t.Fatalf("result %+v", res[0])
 	}
 	if len(fd.calls) != 2 {
@@ -372,7 +372,7 @@ type onPullDaemon struct {
 	before func(call int)
 }
 
-func (d onPullDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (d onPullDaemon) Pull(ctx context.Context, ref string, p *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	d.mu.Lock()
 	call := len(d.calls) + 1
 	d.mu.Unlock()
@@ -391,12 +391,12 @@ func TestDaemonNeverGetsThePasswordWithoutAFreshToken(t *testing.T) {
 		name        string
 		tokenStatus int // the token endpoint's answer once the daemon refused
 		fallback    bool
-		wantModes   []ghcr.AuthMode
+		wantModes   []registryauth.Mode
 	}{
-		{"token endpoint down, fallback", http.StatusServiceUnavailable, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
-		{"token endpoint down, no fallback", http.StatusServiceUnavailable, false, []ghcr.AuthMode{ghcr.AuthToken}},
-		{"credentials revoked, fallback", http.StatusForbidden, true, []ghcr.AuthMode{ghcr.AuthToken, ghcr.AuthAnonymous}},
-		{"credentials revoked, no fallback", http.StatusForbidden, false, []ghcr.AuthMode{ghcr.AuthToken}},
+		{"token endpoint down, fallback", http.StatusServiceUnavailable, true, []registryauth.Mode{registryauth.ModeToken, registryauth.ModeAnonymous}},
+		{"token endpoint down, no fallback", http.StatusServiceUnavailable, false, []registryauth.Mode{registryauth.ModeToken}},
+		{"credentials revoked, fallback", http.StatusForbidden, true, []registryauth.Mode{registryauth.ModeToken, registryauth.ModeAnonymous}},
+		{"credentials revoked, no fallback", http.StatusForbidden, false, []registryauth.Mode{registryauth.ModeToken}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := startScripted(t)
@@ -415,7 +415,7 @@ func TestDaemonNeverGetsThePasswordWithoutAFreshToken(t *testing.T) {
 				Credentials: testToken, Fallback: tc.fallback,
 				Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
 			})
-			var modes []ghcr.AuthMode
+			var modes []registryauth.Mode
 			for i, c := range fd.calls {
 				modes = append(modes, c.Mode)
 				if !c.IsAnonymous() && c.RegistryToken == "" {

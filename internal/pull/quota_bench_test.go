@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // slowTarget is a Docker-like target whose inspection and pull take the
@@ -28,7 +28,7 @@ type slowTarget struct {
 	pulled        map[string]string // repository → digest
 }
 
-func (d *slowTarget) Pull(_ context.Context, ref string, _ *ocispec.Platform, _ ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (d *slowTarget) Pull(_ context.Context, ref string, _ *ocispec.Platform, _ registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	time.Sleep(d.pull)
 	repo, dg, _ := strings.Cut(ref, "@")
 	d.mu.Lock()
@@ -89,7 +89,7 @@ func BenchmarkQuotaGuard(b *testing.B) {
 				}
 				reg.front.ResetLog()
 				for b.Loop() {
-					for _, r := range Run(context.Background(), images, targets, Options{Credentials: ghcr.Anonymous, QuotaGuard: guard}) {
+					for _, r := range Run(context.Background(), images, targets, Options{Credentials: registryauth.Anonymous, QuotaGuard: guard}) {
 						if r.Err != nil {
 							b.Fatal(r.Err)
 						}

@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -80,7 +80,7 @@ func TestQuotaGuard(t *testing.T) {
 				daemons = append(daemons, d)
 				targets = append(targets, Target{Name: string(rune('a' + i)), Open: func(context.Context) (Daemon, error) { return d, nil }})
 			}
-			results := Run(context.Background(), images, targets, Options{Credentials: ghcr.Anonymous, QuotaGuard: tt.guard})
+			results := Run(context.Background(), images, targets, Options{Credentials: registryauth.Anonymous, QuotaGuard: tt.guard})
 			pulls := 0
 			for _, d := range daemons {
 				pulls += len(d.calls)
@@ -119,7 +119,7 @@ func TestDaemonHitsQuota(t *testing.T) {
 	hit := failure.FromDaemon(500, "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit", true)
 	d := &fakeDaemon{digest: digest, answers: []error{hit, hit, hit}}
 	res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-		Options{Credentials: ghcr.Anonymous, Retry: retry.Policy{Retries: 2, Base: time.Millisecond}})
+		Options{Credentials: registryauth.Anonymous, Retry: retry.Policy{Retries: 2, Base: time.Millisecond}})
 	if got := failure.ClassOf(res[0].Err); got != "quota" {
 		t.Fatalf("class %q (%v), want quota", got, res[0].Err)
 	}
@@ -152,7 +152,7 @@ func TestQuotaGuardCountsOnlyTargetsThatLack(t *testing.T) {
 			for i, d := range tt.daemons {
 				targets = append(targets, Target{Name: string(rune('a' + i)), Open: func(context.Context) (Daemon, error) { return d, nil }})
 			}
-			res := Run(context.Background(), images, targets, Options{Credentials: ghcr.Anonymous, QuotaGuard: true})
+			res := Run(context.Background(), images, targets, Options{Credentials: registryauth.Anonymous, QuotaGuard: true})
 			for _, r := range res {
 				if got := failure.ClassOf(r.Err); got != tt.wantClass {
 					t.Errorf("%s on %s: class %q (%v)", r.Image, r.Host, got, r.Err)
@@ -183,7 +183,7 @@ func TestQuotaGuardSparesMirroredTargets(t *testing.T) {
 	// A Docker target and a containerd one (it renames the mirror's pull).
 	for _, d := range []Daemon{&tagDaemon{}, &renameDaemon{digest: digest}} {
 		res := Run(context.Background(), images, []Target{{Name: "local", Open: func(context.Context) (Daemon, error) { return d, nil }}},
-			Options{Credentials: ghcr.Anonymous, QuotaGuard: true, Mirrors: set})
+			Options{Credentials: registryauth.Anonymous, QuotaGuard: true, Mirrors: set})
 		if r := res[0]; r.Err != nil || r.ServedBy != m.host || r.Digest != digest {
 			t.Errorf("%T: err %v, served by %q, digest %s", d, r.Err, r.ServedBy, r.Digest)
 		}

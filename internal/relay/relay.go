@@ -31,7 +31,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/failure"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // DefaultMaxBytes bounds the blob cache when Options.MaxBytes is zero.
@@ -74,7 +75,7 @@ type Server struct {
 
 type repo struct {
 	upstream name.Repository
-	creds    ghcr.Credentials
+	creds    registryauth.Credentials
 	// tr reaches upstream with creds: the registry's ping and token
 	// exchange happen once per repository and credentials, not before each
 	// manifest and blob (ggcr's remote does them per call, 2 round trips
@@ -150,7 +151,7 @@ func (s *Server) Close() error {
 // (failure.Rejected, NotFound, Transient) rather than as a host runtime's
 // words. It returns the repository path hosts pull under:
 // <forward address>/<path>@<digest>.
-func (s *Server) Allow(ctx context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
 	path := ref.Context().RepositoryStr()
 	s.mu.Lock()
 	r, ok := s.repos[path]
@@ -267,12 +268,12 @@ func (s *Server) remoteOptions(ctx context.Context, tr http.RoundTripper) []remo
 
 // transport returns path's authenticated upstream transport, made once
 // per repository and credentials (the registry's ping and token exchange).
-func (s *Server) transport(ctx context.Context, path string) (http.RoundTripper, ghcr.Credentials, error) {
+func (s *Server) transport(ctx context.Context, path string) (http.RoundTripper, registryauth.Credentials, error) {
 	s.mu.Lock()
 	r, ok := s.repos[path]
 	if !ok {
 		s.mu.Unlock()
-		return nil, ghcr.Credentials{}, errNotRelayed
+		return nil, registryauth.Credentials{}, errNotRelayed
 	}
 	upstream, creds, tr, gen := r.upstream, r.creds, r.tr, r.gen
 	s.mu.Unlock()
@@ -283,7 +284,7 @@ func (s *Server) transport(ctx context.Context, path string) (http.RoundTripper,
 		tr, err := transport.NewWithContext(ctx, upstream.Registry, creds.Authenticator(),
 			transport.NewUserAgent(s.opts.Transport, s.opts.UserAgent), []string{upstream.Scope(transport.PullScope)})
 		if err != nil {
-			return nil, ghcr.Classify(err, creds.IsAnonymous())
+			return nil, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		s.mu.Lock()
 		if r.gen == gen {
@@ -323,7 +324,7 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 		s.mu.Unlock()
 		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
 		if err != nil {
-			return nil, ghcr.Classify(err, creds.IsAnonymous())
+			return nil, failure.FromRegistry(err, creds.IsAnonymous())
 		}
 		m := manifest{body: desc.Manifest, mediaType: desc.MediaType}
 		s.mu.Lock()
@@ -488,11 +489,11 @@ func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Re
 	}
 	l, err := remote.Layer(upstream.Digest(dgst), s.remoteOptions(s.ctx, tr)...)
 	if err != nil {
-		return ghcr.Classify(err, creds.IsAnonymous())
+		return failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	rc, err := l.Compressed()
 	if err != nil {
-		return ghcr.Classify(err, creds.IsAnonymous())
+		return failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	defer rc.Close()
 	s.mu.Lock()
@@ -521,7 +522,7 @@ func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Re
 			break
 		}
 		if rerr != nil {
-			return ghcr.Classify(rerr, creds.IsAnonymous())
+			return failure.FromRegistry(rerr, creds.IsAnonymous())
 		}
 	}
 	if n != b.size {

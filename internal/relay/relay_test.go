@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 )
 
@@ -119,7 +119,7 @@ func pullThrough(t *testing.T, s *Server, host, path string, d name.Digest) erro
 func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 	u := newUpstream(t, 3)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 func TestRelayRefuses(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err != nil {
+	if _, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous); err != nil {
 		t.Fatal(err)
 	}
 	layers, _ := u.img.Layers()
@@ -228,7 +228,7 @@ func TestRelayAllowClassifiesUpstreamRefusal(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
 	missing := u.digest.Context().Digest("sha256:" + strings.Repeat("cd", 32))
-	_, err := s.Allow(context.Background(), missing, ghcr.Anonymous)
+	_, err := s.Allow(context.Background(), missing, registryauth.Anonymous)
 	if err == nil {
 		t.Fatal("Allow of a digest upstream lacks succeeded")
 	}
@@ -247,7 +247,7 @@ func TestRelayCacheBound(t *testing.T) {
 	}
 	t.Run("evicts what nobody reads, fetching again", func(t *testing.T) {
 		s := newServer(t, biggest+1)
-		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -274,7 +274,7 @@ func TestRelayCacheBound(t *testing.T) {
 	})
 	t.Run("a blob larger than the bound is a CacheError", func(t *testing.T) {
 		s := newServer(t, 10)
-		path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+		path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,7 +311,7 @@ func TestRelayCacheBound(t *testing.T) {
 func TestRelayCloseRemovesTheCache(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +331,7 @@ func TestRelayCloseRemovesTheCache(t *testing.T) {
 	if err := pullThrough(t, s, "a", path, u.digest); err == nil {
 		t.Errorf("a closed relay still serves")
 	}
-	if _, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous); err == nil {
+	if _, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous); err == nil {
 		t.Errorf("a closed relay still allows")
 	}
 }
@@ -363,7 +363,7 @@ var _ sshdeploy.Relay = (*Server)(nil)
 func TestRelayServeCountsPerHostAndEndsWithTheListener(t *testing.T) {
 	u := newUpstream(t, 1)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // layer returns the digest and bytes of the upstream image's i-th layer.
@@ -96,7 +96,7 @@ func TestRelayStreamsABlobWhileFetchingIt(t *testing.T) {
 	release := make(chan struct{})
 	u.serve(dgst, body, release)
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestRelayCutsAndForgetsABadBlob(t *testing.T) {
 			close(release)
 			u.serve(dgst, tc.bad(body), release)
 			s := newServer(t, 0)
-			path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+			path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -224,7 +224,7 @@ func TestRelayEvictionSparesABlobBeingWritten(t *testing.T) {
 	u.serve(a, bodyA, release)
 	// Room for either layer, not both.
 	s := newServer(t, int64(len(bodyA)+len(bodyB)-1))
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestRelayHoldsTheLastByteUntilTheDigestIsChecked(t *testing.T) {
 	}
 	u.mu.Unlock()
 	s := newServer(t, 0)
-	path, err := s.Allow(context.Background(), u.digest, ghcr.Anonymous)
+	path, err := s.Allow(context.Background(), u.digest, registryauth.Anonymous)
 	if err != nil {
 		t.Fatal(err)
 	}

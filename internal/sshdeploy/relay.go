@@ -13,8 +13,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // Relay is a registry on the runner that a host's runtime pulls from
@@ -26,7 +26,7 @@ type Relay interface {
 	// and returns the repository path hosts pull it under. An upstream
 	// refusal is classified as a direct pull's is (failure.Rejected,
 	// NotFound, Transient), so the pull policy's fallback applies.
-	Allow(ctx context.Context, ref name.Digest, creds ghcr.Credentials) (path string, err error)
+	Allow(ctx context.Context, ref name.Digest, creds registryauth.Credentials) (path string, err error)
 	// Serve answers the runtime of host on l until l is closed.
 	Serve(l net.Listener, host string) error
 	// Err is the upstream failure met while serving path, if any: the
@@ -107,7 +107,7 @@ func (c *sshConn) listenLoopback() (net.Listener, error) {
 // dockerEngine is what the relayed route needs of a Docker Engine
 // (*docker.Engine).
 type dockerEngine interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Tag(ctx context.Context, source, target string) error
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Remove(ctx context.Context, ref string) error
@@ -210,7 +210,7 @@ func digestTag(repo, digest string) string {
 // relayRuntime is what a host's runtime does for the relayed route
 // (*docker.Engine, *cri.ImageService).
 type relayRuntime interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	ImageIDs(ctx context.Context) (map[string]bool, error)
 }
@@ -222,7 +222,7 @@ type relayRuntime interface {
 // image, and whether its ID was new to the host: a runtime reports a pull
 // by a loopback name it never saw as a download even when it had the
 // image, so the ID is what counts.
-func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
+func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
 		return "", info, false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
@@ -254,7 +254,7 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 		return "", info, false, err
 	}
 	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	if _, err := rt.Pull(ctx, loopback, platform, ghcr.Anonymous, progress); err != nil {
+	if _, err := rt.Pull(ctx, loopback, platform, registryauth.Anonymous, progress); err != nil {
 		if upstream := f.relay.Err(path); upstream != nil {
 			return "", info, false, upstream
 		}
@@ -267,7 +267,7 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 	return loopback, info, !had[info.ID], nil
 }
 
-func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
 	hold := digestTag(repo, dgst)
 	// Whether the host held the digest tag already is asked while the

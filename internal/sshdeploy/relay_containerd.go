@@ -9,15 +9,15 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // criImages is what the relayed route needs of containerd
 // (*cri.ImageService): CRI to pull and inspect, containerd's images
 // service to add and remove single names in the k8s.io namespace.
 type criImages interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	ImageIDs(ctx context.Context) (map[string]bool, error)
 	cri.Namer
@@ -50,7 +50,7 @@ func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd 
 	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
 }
 
-func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error) {
+func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	pinned, err := cri.CanonicalName(ref)
 	if err != nil {
 		return false, err

@@ -15,8 +15,8 @@ import (
 
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
@@ -29,12 +29,12 @@ type fakeK8sIO struct {
 	mu      sync.Mutex
 	names   map[string]string
 	ops     []string
-	creds   []ghcr.Credentials
+	creds   []registryauth.Credentials
 	got     string // what the forward answered
 	nameErr error
 }
 
-func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	hostPort, rest, _ := strings.Cut(ref, "/")
 	repo, dgst, _ := strings.Cut(rest, "@")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
@@ -127,7 +127,7 @@ func (c *fakeK8sIO) all() []string {
 
 func TestRelayedContainerd(t *testing.T) {
 	ctx := context.Background()
-	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret", RegistryToken: "tok"}
 
 	t.Run("a tag: pulled from the forward with no auth, named as a direct CRI pull names it, no loopback name", func(t *testing.T) {
 		srv, conn := dialTest(t, sshtest.WithTCPForward())

@@ -17,8 +17,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
 
@@ -30,11 +30,11 @@ type fakeRelay struct {
 	serving chan struct{}
 	mu      sync.Mutex
 	allowed []string
-	creds   []ghcr.Credentials
+	creds   []registryauth.Credentials
 	hosts   []string
 }
 
-func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds ghcr.Credentials) (string, error) {
+func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
 	if r.serving != nil {
 		select {
 		case <-r.serving:
@@ -73,11 +73,11 @@ type fakeDockerd struct {
 	mu    sync.Mutex
 	names map[string]string
 	ops   []string
-	creds []ghcr.Credentials
+	creds []registryauth.Credentials
 	got   string // what the forward answered
 }
 
-func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds ghcr.Credentials, _ func(int64, int64)) (bool, error) {
+func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	hostPort, rest, _ := strings.Cut(ref, "/")
 	repo, dgst, _ := strings.Cut(rest, "@")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
@@ -187,12 +187,12 @@ func dialTest(t *testing.T, opts ...sshtest.Option) (testServer, *sshConn) {
 // the relay got the probe's credentials, the host's runtime none (given is
 // what it was handed), its request came through the forward, and that
 // forward is one on the host's loopback.
-func checkRelayedPull(t *testing.T, srv testServer, rl *fakeRelay, creds ghcr.Credentials, given []ghcr.Credentials, got string) {
+func checkRelayedPull(t *testing.T, srv testServer, rl *fakeRelay, creds registryauth.Credentials, given []registryauth.Credentials, got string) {
 	t.Helper()
 	if len(rl.creds) != 1 || rl.creds[0] != creds {
 		t.Errorf("the relay was given %v, want the probe's credentials", rl.creds)
 	}
-	if len(given) != 1 || given[0] != ghcr.Anonymous {
+	if len(given) != 1 || given[0] != registryauth.Anonymous {
 		t.Errorf("the host's runtime was given %v, want nothing", given)
 	}
 	if want := "relayed /v2/acme/app/manifests/" + relayDigest; got != want {
@@ -215,7 +215,7 @@ func checkForwardClosed(t *testing.T, srv testServer) {
 
 func TestRelayedDocker(t *testing.T) {
 	ctx := context.Background()
-	creds := ghcr.Credentials{Mode: ghcr.AuthToken, Username: "u", Password: "secret", RegistryToken: "tok"}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret", RegistryToken: "tok"}
 
 	t.Run("a tag: pulled from the forward with no credentials, then only the user's tag names it", func(t *testing.T) {
 		srv, conn := dialTest(t, sshtest.WithTCPForward())
@@ -358,7 +358,7 @@ type droppingDockerd struct {
 	drop func()
 }
 
-func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, ghcr.Credentials, func(int64, int64)) (bool, error) {
+func (d *droppingDockerd) Pull(context.Context, string, *ocispec.Platform, registryauth.Credentials, func(int64, int64)) (bool, error) {
 	d.drop()
 	return false, errors.New("from the daemon: error reading from server: EOF")
 }
@@ -382,7 +382,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 	t.Run("the connection ends mid-pull: transient, naming the host and the connection", func(t *testing.T) {
 		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
 		d := newRelayedDocker(engine, &fakeRelay{}, conn)
-		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 		var lost *connectionLostError
 		if !errors.As(err, &lost) {
 			t.Fatalf("Pull = %v, want a *ConnectionLostError", err)
@@ -402,7 +402,7 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	_, conn := dialTest(t, sshtest.WithTCPForward())
 	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
 	d := newRelayedDocker(engine, &fakeRelay{}, conn)
-	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, ghcr.Anonymous, nil)
+	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {
 		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)

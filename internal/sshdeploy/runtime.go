@@ -14,8 +14,8 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/cri"
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
+	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
 )
 
 // runtimeKind says which runtime to pull into on the hosts.
@@ -39,7 +39,7 @@ const (
 // names) and Runtime() (name, namespace) are there to find by type
 // assertion, as pull finds them.
 type Runtime interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds ghcr.Credentials, progress func(done, total int64)) (bool, error)
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Close() error
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
-	"github.com/ghcr-pull/ghcr-pull/internal/ghcr"
 )
 
 // Media types and annotations cosign and the attest actions write.
@@ -54,7 +53,7 @@ type fetcher struct {
 // registryError classifies err as the probe does. A 404 means "nothing
 // there" and is reported by the caller as no signature, not as an error.
 func (f fetcher) registryError(what string, err error) (notFound bool, _ error) {
-	cerr := ghcr.Classify(err, f.anonymous)
+	cerr := failure.FromRegistry(err, f.anonymous)
 	var nf *failure.NotFound
 	if errors.As(cerr, &nf) {
 		return true, nil

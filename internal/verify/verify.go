@@ -26,7 +26,7 @@ const maxBlob = 4 << 20
 // digest and before any pull, with the credentials the probe succeeded
 // with (auth; nil is anonymous) and its transport in opts. auth is a
 // parameter of its own, not hidden in opts, because it decides what a 401
-// or 403 means. Registry failures come back classified by ghcr.Classify (a
+// or 403 means. Registry failures come back classified by failure.FromRegistry (a
 // *failure.Rejected when access to the signature is denied, so the
 // caller can fall back to anonymous as for the probe); policy failures as
 // *NoSignatureError, *InvalidSignatureError or *IdentityMismatchError.

@@ -1,31 +1,31 @@
-// Package ghcr decides how ghcr-pull authenticates to a registry: it holds
-// the credentials, probes the registry with them before anything is pulled,
-// classifies every answer into one of a few error classes, and explains a
-// failure in terms a workflow author can act on. GHCR's quirks get special
-// care, but nothing here is specific to ghcr.io beyond the diagnosis text.
-package ghcr
+// Package registryauth holds what ghcr-pull sends to a registry: the
+// credentials, how they were obtained (Mode) and the anonymous value. It is
+// a leaf, as go-containerregistry's authn sits below remote/transport:
+// every adapter that hands credentials to a daemon, a cluster or a relay
+// imports it, and none of them needs the registry dialect (internal/ghcr).
+package registryauth
 
 import (
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
-// AuthMode names how a pull authenticated. It is what the action reports in
+// Mode names how a pull authenticated. It is what the action reports in
 // its auth-mode output, so the strings are part of the public contract.
-type AuthMode string
+type Mode string
 
 const (
-	// AuthToken is a username and a token or PAT (GITHUB_TOKEN included).
-	AuthToken AuthMode = "token"
-	// AuthAnonymous sends no credentials at all.
-	AuthAnonymous AuthMode = "anonymous"
-	// AuthOIDC is a short-lived credential derived from the workflow's
+	// ModeToken is a username and a token or PAT (GITHUB_TOKEN included).
+	ModeToken Mode = "token"
+	// ModeAnonymous sends no credentials at all.
+	ModeAnonymous Mode = "anonymous"
+	// ModeOIDC is a short-lived credential derived from the workflow's
 	// OIDC ID token.
-	AuthOIDC AuthMode = "oidc"
+	ModeOIDC Mode = "oidc"
 )
 
 // Credentials are what is sent to a registry. The zero value is anonymous.
 type Credentials struct {
-	Mode     AuthMode
+	Mode     Mode
 	Username string
 	Password string
 	// Provider names where OIDC-derived credentials came from (aws-ecr, gcp, ...).
@@ -39,11 +39,11 @@ type Credentials struct {
 }
 
 // Anonymous is the credential set that sends nothing.
-var Anonymous = Credentials{Mode: AuthAnonymous}
+var Anonymous = Credentials{Mode: ModeAnonymous}
 
 // IsAnonymous reports whether nothing would be sent.
 func (c Credentials) IsAnonymous() bool {
-	return c.Mode == AuthAnonymous || c.Mode == "" || (c.Username == "" && c.Password == "")
+	return c.Mode == ModeAnonymous || c.Mode == "" || (c.Username == "" && c.Password == "")
 }
 
 // Authenticator adapts the credentials for go-containerregistry.

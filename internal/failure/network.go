@@ -1,4 +1,4 @@
-package ghcr
+package failure
 
 import (
 	"context"
@@ -9,54 +9,65 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// Classify turns an error from go-containerregistry or the network into one
-// of the typed errors above. anonymous says whether credentials were sent,
-// which decides what a 401/403 means. Errors it cannot place are returned
+// FromRegistry places an error from go-containerregistry: a registry's
+// answer by its status and distribution-spec code, anything else as
+// FromNetwork does. anonymous says whether credentials were sent, which
+// decides what a 401/403 means. Errors it cannot place are returned
 // unchanged.
-func Classify(err error, anonymous bool) error {
-	if err == nil {
-		return nil
-	}
-	var (
-		rej *failure.Rejected
-		nf  *failure.NotFound
-		tr  *failure.Transient
-		bad *failure.BadInput
-	)
-	if errors.As(err, &rej) || errors.As(err, &nf) || errors.As(err, &tr) || errors.As(err, &bad) {
+func FromRegistry(err error, anonymous bool) error {
+	if err == nil || classified(err) {
 		return err
 	}
-
 	var te *transport.Error
 	if errors.As(err, &te) {
-		return classifyTransport(te, anonymous)
+		return fromTransport(te, anonymous)
 	}
+	return FromNetwork(err)
+}
 
+// FromNetwork places the errors any client meets on the way to a peer:
+// the step's deadline, a name that does not resolve, a connection reset,
+// refused or cut short. Errors already classified, a cancelled context and
+// errors it cannot place are returned unchanged.
+func FromNetwork(err error) error {
+	if err == nil || classified(err) {
+		return err
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return &failure.Transient{Err: errors.New("timed out"), Response: failure.Response{Where: "registry"}}
+		return &Transient{Err: errors.New("timed out"), Response: Response{Where: "registry"}}
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
-		return &NoSuchHost{BadInput: failure.Bad("image", "registry host "+dns.Name+" does not resolve", "check the registry part of the image reference"), Host: dns.Name}
+		return &NoSuchHost{BadInput: Bad("image", "registry host "+dns.Name+" does not resolve", "check the registry part of the image reference"), Host: dns.Name}
 	}
 	var netErr net.Error
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.EPIPE) || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return &failure.Transient{Err: err}
+		return &Transient{Err: err}
 	}
 	return err
 }
 
-func classifyTransport(te *transport.Error, anonymous bool) error {
-	resp := failure.Response{Status: te.StatusCode, Where: "registry"}
+// classified reports whether err already carries one of the classes.
+func classified(err error) bool {
+	var (
+		rej *Rejected
+		nf  *NotFound
+		tr  *Transient
+		bad *BadInput
+	)
+	return errors.As(err, &rej) || errors.As(err, &nf) || errors.As(err, &tr) || errors.As(err, &bad)
+}
+
+func fromTransport(te *transport.Error, anonymous bool) error {
+	resp := Response{Status: te.StatusCode, Where: "registry"}
 	if te.Request != nil && te.Request.URL != nil && !strings.HasPrefix(te.Request.URL.Path, "/v2/") {
 		resp.Where = "token endpoint"
 	}
@@ -68,9 +79,9 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 	}
 	if len(codes) > 0 {
 		resp.Code = codes[0]
-		resp.Message = failure.Clip(strings.Join(msgs, "; "))
+		resp.Message = Clip(strings.Join(msgs, "; "))
 	} else {
-		resp.Message = failure.Clip(http.StatusText(te.StatusCode))
+		resp.Message = Clip(http.StatusText(te.StatusCode))
 	}
 	has := func(want ...transport.ErrorCode) bool {
 		for _, c := range codes {
@@ -86,14 +97,14 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 	switch {
 	case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden ||
 		has(transport.UnauthorizedErrorCode, transport.DeniedErrorCode):
-		return &failure.Rejected{Response: resp, Anonymous: anonymous}
+		return &Rejected{Response: resp, Anonymous: anonymous}
 	case te.StatusCode == http.StatusNotFound || has(transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode):
-		return &failure.NotFound{Response: resp}
+		return &NotFound{Response: resp}
 	case te.StatusCode == http.StatusTooManyRequests || te.StatusCode == http.StatusRequestTimeout ||
 		te.StatusCode >= 500 || has(transport.TooManyRequestsErrorCode):
-		return &failure.Transient{Response: resp}
+		return &Transient{Response: resp}
 	case te.StatusCode == http.StatusBadRequest || has(transport.NameInvalidErrorCode, transport.TagInvalidErrorCode, transport.UnsupportedErrorCode):
-		return failure.Bad("image", "the registry refused the reference: "+resp.String(), "")
+		return Bad("image", "the registry refused the reference: "+resp.String(), "")
 	}
 	return te
 }
@@ -103,7 +114,7 @@ func classifyTransport(te *transport.Error, anonymous bool) error {
 // without a route to the registry (air-gapped, no DNS for it) is what
 // mirrors are for, so pull may ask them.
 type NoSuchHost struct {
-	*failure.BadInput
+	*BadInput
 	Host string
 }
 
