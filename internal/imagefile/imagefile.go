@@ -167,6 +167,30 @@ func tempPrefix(path string) string { return "." + filepath.Base(path) + ".ghcr-
 // steps) the path must lie inside base, symlinks included. What is already
 // at the path must be something the format can replace or add to.
 func ResolvePath(format Format, raw, base string, bounded bool) (string, error) {
+	ex := "images/app.tar"
+	if format == Layout {
+		ex = "images/layout"
+	}
+	return resolve(pathInput{name: "path", format: format, example: ex}, raw, base, bounded)
+}
+
+// ResolveCachePath turns the cache-path input (the relay's persistent OCI
+// layout) into an absolute path, with the path input's rules: inside the
+// job's workspace when bounded, and a new or empty directory or an OCI
+// layout.
+func ResolveCachePath(raw, base string, bounded bool) (string, error) {
+	return resolve(pathInput{name: "cache-path", format: Layout, example: ".cache/ghcr-pull"}, raw, base, bounded)
+}
+
+// pathInput is an input that names where files go.
+type pathInput struct {
+	name    string
+	format  Format
+	example string
+}
+
+func resolve(in pathInput, raw, base string, bounded bool) (string, error) {
+	format := in.format
 	raw = strings.TrimSpace(raw)
 	p := raw
 	if !filepath.IsAbs(p) {
@@ -174,14 +198,14 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	}
 	p = filepath.Clean(p)
 	if bounded {
-		outside := failure.Bad("path",
+		outside := failure.Bad(in.name,
 			fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
-			"use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)")
+			"use a path inside the workspace, e.g. "+in.example+" (relative paths resolve there)")
 		if !within(base, p) {
 			return "", outside
 		}
 		if p == filepath.Clean(base) {
-			return "", failure.Bad("path", "names the workspace itself", "name a file or directory inside it, e.g. images/app.tar or images/layout")
+			return "", failure.Bad(in.name, "names the workspace itself", "name a file or directory inside it, e.g. "+in.example)
 		}
 		// A symlink inside the workspace may point out of it.
 		realBase, err1 := filepath.EvalSymlinks(base)
@@ -195,19 +219,19 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	case errors.Is(err, os.ErrNotExist):
 		return p, nil
 	case err != nil:
-		return "", failure.Bad("path", err.Error(), "name a path the action can write")
+		return "", failure.Bad(in.name, err.Error(), "name a path the action can write")
 	}
 	switch format {
 	case Tarball:
 		if fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
 		}
 	case Layout:
 		if !fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a file, and destination oci-layout writes a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a file, and an OCI layout is a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 		if !isLayout(p) && !isEmptyDir(p) {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 	}
 	return p, nil

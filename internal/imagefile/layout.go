@@ -243,7 +243,7 @@ func (l *LayoutDir) stage(ctx context.Context, stage string, blobs []blob, progr
 			continue
 		}
 		seen[b.digest] = true
-		if intact(l.blobPath(b.digest), b.digest, b.size) {
+		if Intact(l.blobPath(b.digest), b.digest, b.size) {
 			continue
 		}
 		need = append(need, b)
@@ -307,9 +307,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// intact says whether path holds exactly the blob d: a damaged blob (a
-// killed copy, a bad disk) is fetched again, never kept.
-func intact(path string, d v1.Hash, size int64) bool {
+// Intact says whether path holds exactly the blob d: a damaged blob (a
+// killed copy, a bad disk) is fetched again, never kept. The relay's
+// persistent store (cache-path) checks its blobs with it too.
+func Intact(path string, d v1.Hash, size int64) bool {
 	f, err := os.Open(path)
 	if err != nil {
 		return false
@@ -333,7 +334,7 @@ func (l *LayoutDir) platformOf(img v1.Image) (string, error) {
 		return "", err
 	}
 	p := l.blobPath(m.Config.Digest)
-	if intact(p, m.Config.Digest, m.Config.Size) {
+	if Intact(p, m.Config.Digest, m.Config.Size) {
 		if f, err := os.Open(p); err == nil {
 			defer f.Close()
 			if cf, err := v1.ParseConfigFile(f); err == nil {

@@ -148,11 +148,47 @@ func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
 	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
 }
 
-// forward is the relay's remote forward on one connection: opened at the
-// first pull, one for every image of the step, closed with the runtime.
+// LocalHost is the name the runner's own daemon is served under (the
+// relay counts bytes by it), as results name it.
+const LocalHost = "local"
+
+// Local is the runner's own Docker daemon fed by the relay (cache-path):
+// the route of a relayed Docker host, with listen in place of the SSH
+// remote forward. listen opens the relay's listener where the daemon
+// reaches it on its own 127.0.0.1, at the listener's port: a plain
+// listener when the daemon shares our network namespace, else one a
+// forwarder on the daemon's side relays to (the listener then reports the
+// forwarder's port). Closing the runtime closes the listener and e.
+func Local(e dockerEngine, r Relay, listen func() (net.Listener, error)) Runtime {
+	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, localLoopback(listen)), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+}
+
+// loopback is where the relay's listener for a runtime opens, on the
+// runtime's own 127.0.0.1 (127.0.0.0/8 is a plain-HTTP registry to dockerd
+// and containerd with no configuration): an SSH remote forward on a host
+// (*sshConn), or a listener the runner's daemon reaches (Local).
+type loopback interface {
+	listenLoopback() (net.Listener, error)
+	// lost names a failed pull's error by what went away, if anything.
+	lost(err error) error
+	// name is the host the relay counts what it sends under.
+	name() string
+}
+
+func (c *sshConn) name() string { return c.host.Addr() }
+
+type localLoopback func() (net.Listener, error)
+
+func (l localLoopback) listenLoopback() (net.Listener, error) { return l() }
+func (l localLoopback) lost(err error) error                  { return err }
+func (l localLoopback) name() string                          { return LocalHost }
+
+// forward is the relay's listener for one runtime (a remote forward on one
+// connection): opened at the first pull, one for every image of the step,
+// closed with the runtime.
 type forward struct {
 	relay Relay
-	conn  *sshConn
+	conn  loopback
 	host  string
 
 	once sync.Once
@@ -160,8 +196,8 @@ type forward struct {
 	err  error
 }
 
-func newForward(r Relay, c *sshConn) *forward {
-	return &forward{relay: r, conn: c, host: c.host.Addr()}
+func newForward(r Relay, c loopback) *forward {
+	return &forward{relay: r, conn: c, host: c.name()}
 }
 
 // port opens the remote forward once per connection, serves the relay on
