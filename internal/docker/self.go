@@ -26,23 +26,63 @@ type Container struct {
 	IP, Gateway netip.Addr
 }
 
-// Self finds the container this process runs in, by the hostname: Docker
-// names a container's host after its short ID unless told otherwise, as
-// the GitHub runner does not. ok is false when the daemon has no such
-// container (the command line, a daemon on another machine).
+// Self finds the container this process runs in: by the hostname (Docker
+// names a container's host after its short ID unless told otherwise, and
+// the GitHub runner does not), else by the ID in the paths of the files
+// Docker mounts into every container (/etc/hostname and friends, read
+// from /proc/self/mountinfo), so a --hostname set on the container does
+// not hide it. ok is false when the daemon has no such container (the
+// command line, a daemon on another machine).
 func (e *Engine) Self(ctx context.Context) (c Container, ok bool, err error) {
-	host, err := os.Hostname()
-	if err != nil {
-		return c, false, nil
+	var candidates []string
+	if host, err := os.Hostname(); err == nil {
+		candidates = append(candidates, host)
 	}
-	res, err := e.client.ContainerInspect(ctx, host, client.ContainerInspectOptions{})
-	if cerrdefs.IsNotFound(err) || cerrdefs.IsInvalidArgument(err) {
-		return c, false, nil
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		if id := containerIDFromMountinfo(string(b)); id != "" {
+			candidates = append(candidates, id)
+		}
 	}
-	if err != nil {
-		return c, false, err
+	for _, name := range candidates {
+		res, err := e.client.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+		if cerrdefs.IsNotFound(err) || cerrdefs.IsInvalidArgument(err) {
+			continue
+		}
+		if err != nil {
+			return c, false, err
+		}
+		return self(res.Container)
 	}
-	in := res.Container
+	return c, false, nil
+}
+
+// containerIDFromMountinfo reads the container ID from the source of the
+// /etc/hostname, /etc/hosts or /etc/resolv.conf bind mount, which Docker
+// keeps under .../containers/<64 hex>/; "" when none is there.
+func containerIDFromMountinfo(mountinfo string) string {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		switch f[4] {
+		case "/etc/hostname", "/etc/hosts", "/etc/resolv.conf":
+		default:
+			continue
+		}
+		_, rest, ok := strings.Cut(f[3], "/containers/")
+		if !ok {
+			continue
+		}
+		id, _, _ := strings.Cut(rest, "/")
+		if len(id) == 64 && strings.Trim(id, "0123456789abcdef") == "" {
+			return id
+		}
+	}
+	return ""
+}
+
+func self(in container.InspectResponse) (c Container, ok bool, err error) {
 	c = Container{ID: in.ID, Image: in.Image, Entrypoint: in.Path}
 	var mode container.NetworkMode
 	if in.HostConfig != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -108,12 +109,12 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 		if d.Platform == nil || !d.MediaType.IsImage() {
 			continue
 		}
-		got := image.FormatPlatform(ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant})
+		got := ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant}
 		if d.Platform.Satisfies(wantV1) || image.SamePlatform(want, got) {
 			img, err := ii.Image(d.Digest)
 			return img, d, err
 		}
-		have = append(have, got)
+		have = append(have, image.FormatPlatform(got))
 	}
 	return nil, v1.Descriptor{}, failure.Bad("platform",
 		fmt.Sprintf("%s has no manifest for %s; it has %s", ref.Context(), image.FormatPlatform(want), strings.Join(have, ", ")),
@@ -121,12 +122,12 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 }
 
 // platformOf is an image's os/arch[/variant], from its config.
-func platformOf(img v1.Image) (string, error) {
+func platformOf(img v1.Image) (*ocispec.Platform, error) {
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return image.FormatPlatform(ocispec.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}), nil
+	return image.PlatformOf(cf.OS, cf.Architecture, cf.Variant), nil
 }
 
 // fullName is the name a reference is stored under: normalized
@@ -145,12 +146,17 @@ func fullName(ref string) (string, error) {
 	return n.String(), nil
 }
 
-// repoDigests names digest in each reference's repository: the user's,
-// and the one pulled from when that differs (a mirror).
-func repoDigests(digest string, refs ...string) []string {
-	var out []string
+// repoDigests names dg in each reference's repository: the user's, and
+// the one pulled from when that differs (a mirror).
+func repoDigests(dg digest.Digest, refs ...string) []reference.Canonical {
+	var out []reference.Canonical
 	for _, r := range refs {
-		if rd := image.Pinned(r, digest); rd != "" && !slices.Contains(out, rd) {
+		named, err := reference.ParseNormalizedNamed(r)
+		if err != nil {
+			continue
+		}
+		rd, err := reference.WithDigest(reference.TrimNamed(named), dg)
+		if err == nil && !slices.ContainsFunc(out, func(c reference.Canonical) bool { return c.String() == rd.String() }) {
 			out = append(out, rd)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -138,10 +139,10 @@ type relayedDocker struct {
 }
 
 type relayedImage struct {
-	repo, digest string // the user's repository, the digest relayed
-	id           string // the image ID on the host
-	hold         string // the digest tag, "" once the user's tag holds the image
-	held         bool   // the digest tag was there before this pull: leave it
+	name reference.Canonical // the ref pulled (the user's repository, the digest relayed); nil if it is none
+	id   string              // the image ID on the host
+	hold string              // the digest tag, "" once the user's tag holds the image
+	held bool                // the digest tag was there before this pull: leave it
 }
 
 func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
@@ -340,7 +341,11 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 		return false, fmt.Errorf("removing the relay's name %s: %w", local, err)
 	}
 	d.mu.Lock()
-	d.relayed[refKey(ref)] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
+	ri := &relayedImage{id: info.ID, hold: hold, held: held}
+	if names := image.ParseRepoDigests([]string{ref}); len(names) == 1 {
+		ri.name = names[0]
+	}
+	d.relayed[refKey(ref)] = ri
 	d.mu.Unlock()
 	return isNew, nil
 }
@@ -387,7 +392,9 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 	defer d.mu.Unlock()
 	for _, r := range d.relayed {
 		if r.id == info.ID {
-			info.RepoDigests = append(info.RepoDigests, r.repo+"@"+r.digest)
+			if r.name != nil {
+				info.RepoDigests = append(info.RepoDigests, r.name)
+			}
 			info.Ref = info.ID
 			break
 		}

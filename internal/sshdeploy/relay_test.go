@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -121,7 +122,7 @@ func (d *fakeDockerd) Inspect(_ context.Context, ref string) (image.Info, error)
 	if !ok {
 		return image.Info{}, fmt.Errorf("no such image: %s", ref)
 	}
-	return image.Info{ID: id, Platform: "linux/amd64"}, nil
+	return image.Info{ID: id, Platform: image.PlatformOf("linux", "amd64", "")}, nil
 }
 
 func mapsValues(m map[string]string) []string {
@@ -236,7 +237,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Ref != "sha256:imageid" || !slices.Contains(info.RepoDigests, ref) {
+		if info.Ref != "sha256:imageid" || !slices.ContainsFunc(info.RepoDigests, func(rd reference.Canonical) bool { return rd.String() == ref }) {
 			t.Errorf("Inspect = %+v, want the image ID as Ref and %s in RepoDigests", info, ref)
 		}
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {
