@@ -115,6 +115,19 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
+	if cfg.KubeAuth != nil {
+		k, err := connectKube(ctx, cfg, rep, env)
+		if err != nil {
+			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
+			var bad *failure.BadInput
+			if errors.As(err, &bad) {
+				return ExitBadInput
+			}
+			return ExitFailed
+		}
+		cfg.Kube = &k
+	}
+
 	if cfg.OIDC != nil {
 		creds, err := deriveOIDC(ctx, cfg, rep, env)
 		if err != nil {
@@ -127,19 +140,6 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		}
 		rep.MaskCredentials(creds.Username, creds.Password)
 		cfg.Credentials = creds
-	}
-
-	if cfg.KubeAuth != nil {
-		k, err := connectKube(ctx, cfg, rep, env)
-		if err != nil {
-			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
-			var bad *failure.BadInput
-			if errors.As(err, &bad) {
-				return ExitBadInput
-			}
-			return ExitFailed
-		}
-		cfg.Kube = &k
 	}
 
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
