@@ -97,8 +97,10 @@ type Config struct {
 	RelayCacheMax int64
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
-	// Kube is set with destination kubernetes.
-	Kube *kube.Config
+	// Kube is set with destination kubernetes; with KubeAuth (a keyless
+	// form), only once execute has reached the cluster.
+	Kube     *kube.Config
+	KubeAuth *KubeAuth
 	// Path is where destination oci-layout or tar writes, absolute;
 	// PathShown is how results name it (relative to the workspace in
 	// GitHub Actions).
@@ -388,15 +390,18 @@ func parseKube(c *Config, get, in Getter) error {
 		}
 		return nil
 	}
-	if strings.TrimSpace(kubeconfig) == "" {
-		return failure.Bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
-	}
 	if strings.TrimSpace(get("ssh-host")) != "" {
 		return failure.Bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
 	}
 	timeout, err := time.ParseDuration(in("kube-timeout"))
 	if err != nil || timeout <= 0 {
 		return failure.Bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
+	}
+	if c.KubeAuth, err = parseKubeAuth(get, in, timeout); err != nil || c.KubeAuth != nil {
+		return err
+	}
+	if strings.TrimSpace(kubeconfig) == "" {
+		return failure.Bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}, or reach the cluster with kube-auth: eks, gke, aks or oidc")
 	}
 	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
 	if err != nil {

@@ -115,6 +115,19 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
+	if cfg.KubeAuth != nil {
+		k, err := connectKube(ctx, cfg, rep, env)
+		if err != nil {
+			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
+			var bad *failure.BadInput
+			if errors.As(err, &bad) {
+				return ExitBadInput
+			}
+			return ExitFailed
+		}
+		cfg.Kube = &k
+	}
+
 	if cfg.OIDC != nil {
 		creds, err := deriveOIDC(ctx, cfg, rep, env)
 		if err != nil {
@@ -654,8 +667,23 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
 func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registryauth.Credentials, error) {
+	idToken := idTokenSource(env)
+	o := *cfg.OIDC
+	o.Getenv = env.Getenv
+	var creds registryauth.Credentials
+	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
+		var err error
+		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
+		return err
+	})
+	return creds, err
+}
+
+// idTokenSource asks the Actions runtime for the workflow's ID token; a
+// job without id-token: write is told so, as a bad input.
+func idTokenSource(env Env) oidc.IDTokenSource {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
-	idToken := func(ctx context.Context, audience string) (string, error) {
+	return func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
 		var missing *githubactions.EnvMissingError
 		var failed *githubactions.RequestFailedError
@@ -671,15 +699,6 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registry
 		}
 		return tok, err
 	}
-	o := *cfg.OIDC
-	o.Getenv = env.Getenv
-	var creds registryauth.Credentials
-	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
-		var err error
-		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
-		return err
-	})
-	return creds, err
 }
 
 // quotas is one pull quota per registry that reported one, the lowest
