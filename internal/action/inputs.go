@@ -489,11 +489,11 @@ var sshInputs = map[string]string{
 	"ContainerdNamespace":   "containerd-namespace",
 }
 
-// The settings of the packages below sshdeploy's, as those packages name
-// them, as the action's inputs: mirror.Parse's, imagefile.ResolvePath's
-// and ResolveCachePath's,
-// and those that errors and advice met while pulling name (docker.Open's
-// host, ghcr's options and the action's own that its advice suggests).
+// mirrorInputs and fileInputs name mirror.Parse's, imagefile.ResolvePath's
+// and ResolveCachePath's settings as the action's inputs, for ParseConfig;
+// runInputs those that errors and advice met while pulling name
+// (sshdeploy's, docker.Open's Host, ghcr's option and advice), for the
+// pull's results, once.
 var (
 	mirrorInputs = map[string]string{"Mirrors": "mirrors"}
 	fileInputs   = map[string]string{"Path": "path", "CachePath": "cache-path", "Format": "destination"}
@@ -529,11 +529,12 @@ func merged(tables ...map[string]string) map[string]string {
 	return out
 }
 
-// named is the one boundary where a package's settings get the input
-// names users know them by: every *failure.BadInput in err's tree naming a
-// setting of names is renamed to its input, and each {setting} in any
-// error's text too (an error whose text names no setting is returned as
-// it is). Packages below action name only their own parameters.
+// named is where a package's settings get the input names users know
+// them by (ParseConfig calls it, and execute for the pull's results):
+// every *failure.BadInput in err's tree naming a setting of names is
+// renamed to its input, and each {setting} in any error's text too (an
+// error whose text names no setting is returned as it is). Packages below
+// action name only their own parameters.
 func named[S ~string](err error, names map[S]string) error {
 	if err == nil {
 		return nil
