@@ -405,7 +405,7 @@ func parseKube(c *Config, get, in Getter) error {
 	}
 	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
 	if err != nil {
-		return err
+		return named(err, kubeInputs)
 	}
 	c.Kube = &cfg
 	return nil
@@ -489,15 +489,32 @@ var sshInputs = map[string]string{
 	"ContainerdNamespace":   "containerd-namespace",
 }
 
+// kubeInputs names kube's settings as the action's inputs, for
+// ParseConfig and for reaching a keyless cluster (connectKube);
+// kubeRunInputs, those that Prepull's errors name, join runInputs.
+var (
+	kubeRunInputs = map[string]string{
+		"Kubeconfig": "kubeconfig",
+		"Namespace":  "kube-namespace",
+		"Selector":   "kube-node-selector",
+	}
+	kubeInputs = merged(kubeRunInputs, map[string]string{
+		"Context": "kube-context",
+		"Timeout": "kube-timeout",
+		"Server":  "kube-server",
+		"CA":      "kube-ca",
+	})
+)
+
 // mirrorInputs and fileInputs name mirror.Parse's, imagefile.ResolvePath's
 // and ResolveCachePath's settings as the action's inputs, for ParseConfig;
 // runInputs those that errors and advice met while pulling name
-// (sshdeploy's, docker.Open's Host, ghcr's option and advice), for the
-// pull's results, once.
+// (sshdeploy's, kube's Prepull's, docker.Open's Host, ghcr's option and
+// advice), for the pull's results, once.
 var (
 	mirrorInputs = map[string]string{"Mirrors": "mirrors"}
 	fileInputs   = map[string]string{"Path": "path", "CachePath": "cache-path", "Format": "destination"}
-	runInputs    = merged(sshInputs, map[string]string{
+	runInputs    = merged(sshInputs, kubeRunInputs, map[string]string{
 		"Host":               "docker-host",
 		"InsecureRegistries": "insecure-registry",
 		"Mirrors":            "mirrors",

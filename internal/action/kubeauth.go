@@ -70,16 +70,16 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 	ka := &KubeAuth{Form: form, Cluster: in("kube-cluster"), Server: in("kube-server"), Audience: in("kube-audience")}
 	var err error
 	if ka.CA, err = kube.ParseCA(in("kube-ca")); err != nil {
-		return nil, err
+		return nil, named(err, kubeInputs)
 	}
 	if ka.Settings, err = kube.Settings(in("kube-namespace"), in("kube-node-selector"), timeout); err != nil {
-		return nil, err
+		return nil, named(err, kubeInputs)
 	}
 	if ka.Server != "" {
 		// The endpoint and CA are checked now; the tokens come at run time.
 		noTokens := func(context.Context) (kube.Token, error) { return kube.Token{}, nil }
 		if _, err := ka.Settings.WithKeyless(kube.Keyless{Server: ka.Server, CA: ka.CA, Tokens: noTokens}); err != nil {
-			return nil, err
+			return nil, named(err, kubeInputs)
 		}
 	}
 	switch form {

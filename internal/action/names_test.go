@@ -5,6 +5,8 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -41,7 +43,7 @@ func TestSSHErrorsNameInputs(t *testing.T) {
 	if len(sshInputs) != fields.NumField() {
 		t.Errorf("sshInputs names %d settings, sshdeploy.Inputs has %d", len(sshInputs), fields.NumField())
 	}
-	for _, table := range []map[string]string{mirrorInputs, fileInputs, runInputs} {
+	for _, table := range []map[string]string{mirrorInputs, fileInputs, runInputs, kubeInputs} {
 		for s, in := range table {
 			if !declared[in] {
 				t.Errorf("setting %s: %q is no input of action.yml", s, in)
@@ -141,12 +143,81 @@ func TestSettingsNameInputs(t *testing.T) {
 	}
 }
 
+// kube names its settings too: in ParseConfig's errors, in those of a
+// keyless cluster's endpoint, and in Prepull's, which reach the results.
+func TestKubeErrorsNameInputs(t *testing.T) {
+	md := testMetadata(t)
+	kubeconfig := testKubeconfig("https://10.0.0.1:6443", "t0k")
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"kubeconfig": "- [", "destination": "kubernetes"},
+			`input "kubeconfig": is not a kubeconfig document (YAML or JSON) (pass the whole kubeconfig file's text, e.g. from a secret: kubeconfig: ${{ secrets.KUBECONFIG }})`},
+		{map[string]string{"kubeconfig": kubeconfig, "destination": "kubernetes", "kube-context": "prod"},
+			`input "kube-context": context "prod" is not in the kubeconfig (it has ctx) (set kube-context to one of the kubeconfig's contexts, or set current-context in it)`},
+		{map[string]string{"kubeconfig": kubeconfig, "destination": "kubernetes", "kube-namespace": "Not_A_Name"},
+			`input "kube-namespace": "Not_A_Name" is not a namespace name: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?') (use a namespace that exists, e.g. default)`},
+		{map[string]string{"kubeconfig": kubeconfig, "destination": "kubernetes", "kube-node-selector": "a in ("},
+			`input "kube-node-selector": "a in (" is not a label selector`},
+		{map[string]string{"destination": "kubernetes", "kube-auth": "oidc", "kube-server": "http://k8s.example", "kube-audience": "k8s"},
+			`input "kube-server": "http://k8s.example" is not an https URL of an API server (e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com)`},
+		{map[string]string{"destination": "kubernetes", "kube-auth": "oidc", "kube-server": "https://k8s.example", "kube-ca": "not a certificate", "kube-audience": "k8s"},
+			`input "kube-ca": is neither PEM nor base64 (give the cluster's CA as PEM, or its certificate-authority-data)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+
+	// Prepull's errors reach the results: a refused token, a selector
+	// that matches no node.
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer good-token" {
+			http.Error(w, `{"kind":"Status","code":401,"message":"Unauthorized"}`, http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, `{"items":[]}`)
+	}))
+	t.Cleanup(api.Close)
+	reg := startRegistry(t)
+	for _, tt := range []struct {
+		token string
+		want  []string
+	}{
+		{"stale-token", []string{`input \"kubeconfig\": the API server at ` + api.URL + ` refused the kubeconfig's credentials`, "renew the token or certificate in the kubeconfig", `"error_class":"bad-input:kubeconfig"`}},
+		{"good-token", []string{`input \"kube-node-selector\": \"pool=nowhere\" matches no node`, "or leave kube-node-selector empty for every node", `"error_class":"bad-input:kube-node-selector"`}},
+	} {
+		s := runStep(t, map[string]string{"image": reg.host + "/acme/public:1", "auth": "anonymous", "retries": "0", "timeout": "20s",
+			"destination": "kubernetes", "kubeconfig": testKubeconfig(api.URL, tt.token), "kube-node-selector": "pool=nowhere", "kube-timeout": "5s"}, nil)
+		for _, want := range tt.want {
+			if !strings.Contains(s.outputs["results"], want) {
+				t.Errorf("results lack %s: %s\n%d %s", want, s.outputs["results"], s.code, s.stdout)
+			}
+		}
+		for _, out := range []string{s.stdout, s.summary, s.outputs["results"]} {
+			if p := placeholder.FindString(out); p != "" {
+				t.Errorf("a setting's own name %s reached the user:\n%s", p, out)
+			}
+		}
+	}
+}
+
 // Every {Setting} the packages below write in a message is one action
-// names: a misspelt one would reach the user as it is.
+// names, and so is every setting kube names in a failure.Bad: a misspelt
+// one would reach the user as it is. kube's are named by kubeInputs (its
+// run-time ones, kubeRunInputs, by runInputs too: the same names).
 func TestPlaceholdersAreNamed(t *testing.T) {
+	for s, in := range kubeRunInputs {
+		if runInputs[s] != in {
+			t.Errorf("setting %s: runInputs names it %q, kubeInputs %q", s, runInputs[s], in)
+		}
+	}
 	known := merged(runInputs, fileInputs, mirrorInputs)
 	found := 0
-	for _, dir := range []string{"sshdeploy", "ghcr", "docker", "imagefile", "mirror"} {
+	for dir, known := range map[string]map[string]string{"sshdeploy": known, "ghcr": known, "docker": known, "imagefile": known, "mirror": known, "kube": kubeInputs} {
 		files, err := filepath.Glob(filepath.Join("..", dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
@@ -160,6 +231,16 @@ func TestPlaceholdersAreNamed(t *testing.T) {
 				t.Fatal(err)
 			}
 			ast.Inspect(file, func(n ast.Node) bool {
+				if call, ok := n.(*ast.CallExpr); ok && dir == "kube" {
+					if sel, ok := call.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Bad" && len(call.Args) == 3 {
+						if lit, ok := call.Args[0].(*ast.BasicLit); ok && lit.Value != `"image"` {
+							found++
+							if _, ok := known[strings.Trim(lit.Value, `"`)]; !ok {
+								t.Errorf("%s: failure.Bad(%s, ...) names a setting no table of action names", name, lit.Value)
+							}
+						}
+					}
+				}
 				if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
 					for _, p := range placeholder.FindAllString(lit.Value, -1) {
 						found++

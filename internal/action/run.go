@@ -118,6 +118,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.KubeAuth != nil {
 		k, err := connectKube(ctx, cfg, rep, env)
 		if err != nil {
+			err = named(err, kubeInputs) // a learnt endpoint or CA kube refuses
 			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
 			var bad *failure.BadInput
 			if errors.As(err, &bad) {

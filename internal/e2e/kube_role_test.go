@@ -125,7 +125,7 @@ func TestKubeDocumentedRole(t *testing.T) {
 		defer setVerbs(t, "daemonsets", "create", "list", "delete")
 		_, err := kube.Prepull(ctx, cfg, e.Host+"/acme/kube-role@"+digest, auth, nil)
 		var bi *failure.BadInput
-		if !errors.As(err, &bi) || bi.Input != "kubeconfig" || !strings.Contains(err.Error(), "creating the pre-pull DaemonSet") || !strings.Contains(bi.Fix, "create/list/delete on daemonsets") {
+		if !errors.As(err, &bi) || bi.Input != "Kubeconfig" || !strings.Contains(err.Error(), "creating the pre-pull DaemonSet") || !strings.Contains(bi.Fix, "create/list/delete on daemonsets") {
 			t.Fatalf("err = %v, want bad input kubeconfig naming the DaemonSet and the role", err)
 		}
 		t.Logf("refused: %v", err)

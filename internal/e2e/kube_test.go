@@ -156,7 +156,7 @@ func TestKubePrepull(t *testing.T) {
 		}
 		_, err = kube.Prepull(ctx, cfg, e.Host+"/acme/kube-public@"+pubDigest, nil, nil)
 		var bi *failure.BadInput
-		if !errors.As(err, &bi) || bi.Input != "kube-node-selector" {
+		if !errors.As(err, &bi) || bi.Input != "Selector" {
 			t.Fatalf("err = %v", err)
 		}
 	})

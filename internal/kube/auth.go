@@ -38,7 +38,8 @@ type Keyless struct {
 	Server string
 	CA     []byte
 	Tokens TokenSource
-	// Input is the input a refused token points at (kube-auth), Who the
+	// Input is what a refused token points at, as the caller names it
+	// (the action: its input kube-auth), Who the
 	// identity in words (role arn:aws:..., the workflow's ID token), and
 	// Refused the fix for a 401 (an access entry for the role, ...).
 	Input, Who, Refused string
@@ -60,11 +61,11 @@ func Settings(namespace, nodeSelector string, timeout time.Duration) (Config, er
 func (c Config) WithKeyless(k Keyless) (Config, error) {
 	server, err := url.Parse(k.Server)
 	if err != nil || server.Scheme != "https" || server.Host == "" {
-		return Config{}, failure.Bad("kube-server", fmt.Sprintf("%q is not an https URL of an API server", k.Server), "e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com")
+		return Config{}, failure.Bad("Server", fmt.Sprintf("%q is not an https URL of an API server", k.Server), "e.g. https://ABC123.gr7.eu-west-1.eks.amazonaws.com")
 	}
 	if len(k.CA) > 0 {
 		if b, _ := pem.Decode(k.CA); b == nil || b.Type != "CERTIFICATE" {
-			return Config{}, failure.Bad("kube-ca", "is not a PEM certificate (nor base64 of one)", "give the cluster's CA as PEM, or its certificate-authority-data")
+			return Config{}, failure.Bad("CA", "is not a PEM certificate (nor base64 of one)", "give the cluster's CA as PEM, or its certificate-authority-data")
 		}
 	}
 	if k.Tokens == nil {
@@ -90,7 +91,7 @@ func ParseCA(s string) ([]byte, error) {
 	}
 	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return nil, failure.Bad("kube-ca", "is neither PEM nor base64", "give the cluster's CA as PEM, or its certificate-authority-data")
+		return nil, failure.Bad("CA", "is neither PEM nor base64", "give the cluster's CA as PEM, or its certificate-authority-data")
 	}
 	return b, nil
 }

@@ -201,9 +201,9 @@ func TestKeylessConfigInputs(t *testing.T) {
 		k     Keyless
 		input string
 	}{
-		{Keyless{Server: "http://api.example", Tokens: src}, "kube-server"},
-		{Keyless{Server: "api.example:443", Tokens: src}, "kube-server"},
-		{Keyless{Server: "https://api.example", CA: []byte("not pem"), Tokens: src}, "kube-ca"},
+		{Keyless{Server: "http://api.example", Tokens: src}, "Server"},
+		{Keyless{Server: "api.example:443", Tokens: src}, "Server"},
+		{Keyless{Server: "https://api.example", CA: []byte("not pem"), Tokens: src}, "CA"},
 	} {
 		_, err := Config{}.WithKeyless(c.k)
 		var bi *failure.BadInput

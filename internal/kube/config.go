@@ -5,6 +5,12 @@
 // It knows nothing of policy: which credentials to send and whether to fall
 // back is decided by its caller. A *Config is the pull policy's Fleet
 // (fleet.go), so nothing adapts it: pull calls down into it directly.
+//
+// Errors name the settings by kube's own words: Kubeconfig and Context
+// (ParseConfig's), Namespace, Selector and Timeout (Config's fields),
+// Server and CA (Keyless's). A *failure.BadInput's Input is one, and any
+// text may name one as {Selector}; the caller gives them the names its
+// users know (the action: its inputs, at one boundary).
 package kube
 
 import (
@@ -43,14 +49,15 @@ type Config struct {
 	refusal refusal
 }
 
-// refusal words a 401: the input to change, the identity, the fix.
+// refusal words a 401: the setting to change (Keyless.Input, or
+// Kubeconfig), the identity, the fix.
 // unreachable, when set, is the fix for an endpoint the runner cannot
 // reach (a private cluster endpoint).
 type refusal struct{ input, who, fix, unreachable string }
 
 func (r refusal) orKubeconfig() refusal {
 	if r.input == "" {
-		return refusal{input: "kubeconfig", who: "the kubeconfig's credentials", fix: "renew the token or certificate in the kubeconfig"}
+		return refusal{input: "Kubeconfig", who: "the kubeconfig's credentials", fix: "renew the token or certificate in the kubeconfig"}
 	}
 	return r
 }
@@ -121,7 +128,7 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	var raw kubeconfig
 	if err := yaml.Unmarshal([]byte(kubeconfigText), &raw); err != nil {
 		// The parser's error may quote the document; name the input only.
-		return Config{}, failure.Bad("kubeconfig", "is not a kubeconfig document (YAML or JSON)", "pass the whole kubeconfig file's text, e.g. from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
+		return Config{}, failure.Bad("Kubeconfig", "is not a kubeconfig document (YAML or JSON)", "pass the whole kubeconfig file's text, e.g. from a secret: {Kubeconfig}: ${{ secrets.KUBECONFIG }}")
 	}
 	secrets := secretsOf(raw)
 	name := context
@@ -136,8 +143,8 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if name == "" || kctx == nil {
-		return Config{}, failure.Bad("kube-context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
-			"set kube-context to one of the kubeconfig's contexts, or set current-context in it")
+		return Config{}, failure.Bad("Context", fmt.Sprintf("context %q is not in the kubeconfig (it has %s)", name, contextNames(raw)),
+			"set {Context} to one of the kubeconfig's contexts, or set current-context in it")
 	}
 	var user kubeUser
 	for _, u := range raw.Users {
@@ -147,11 +154,11 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if user.Exec != nil || user.AuthProvider != nil {
-		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
+		return Config{}, failure.Bad("Kubeconfig", fmt.Sprintf("user %q authenticates through an exec or auth-provider plugin, which ghcr-pull does not run (cloud OIDC kubeconfigs are not supported yet)", kctx.User),
 			"give a kubeconfig whose user has a token, a client certificate and key, or a username and password (for example a ServiceAccount token)")
 	}
 	if user.TokenFile != "" || user.CertFile != "" || user.KeyFile != "" {
-		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
+		return Config{}, failure.Bad("Kubeconfig", fmt.Sprintf("user %q names files (tokenFile, client-certificate, client-key); the kubeconfig is read from memory only", kctx.User),
 			"embed them: token, client-certificate-data, client-key-data")
 	}
 	var cluster *kubeCluster
@@ -162,14 +169,14 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 		}
 	}
 	if cluster == nil {
-		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("context %s names cluster %q, which the kubeconfig does not have", name, kctx.Cluster), "check its cluster and context entries")
+		return Config{}, failure.Bad("Kubeconfig", fmt.Sprintf("context %s names cluster %q, which the kubeconfig does not have", name, kctx.Cluster), "check its cluster and context entries")
 	}
 	if cluster.CAFile != "" {
-		return Config{}, failure.Bad("kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
+		return Config{}, failure.Bad("Kubeconfig", fmt.Sprintf("cluster %q names a certificate-authority file; the kubeconfig is read from memory only", kctx.Cluster),
 			"embed it as certificate-authority-data")
 	}
 	incomplete := func(problem string) error {
-		return failure.Bad("kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")
+		return failure.Bad("Kubeconfig", "context "+name+" is incomplete: "+problem, "check its cluster server and user entries")
 	}
 	server, err := url.Parse(cluster.Server)
 	if cluster.Server == "" || err != nil || (server.Scheme != "https" && server.Scheme != "http") || server.Host == "" {
@@ -225,14 +232,14 @@ func (c Config) settle(namespace, nodeSelector string, timeout time.Duration) (C
 		namespace = "default"
 	}
 	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
-		return Config{}, failure.Bad("kube-namespace", fmt.Sprintf("%q is not a namespace name: %s", namespace, strings.Join(errs, "; ")), "use a namespace that exists, e.g. default")
+		return Config{}, failure.Bad("Namespace", fmt.Sprintf("%q is not a namespace name: %s", namespace, strings.Join(errs, "; ")), "use a namespace that exists, e.g. default")
 	}
 	sel, err := labels.Parse(nodeSelector)
 	if err != nil {
-		return Config{}, failure.Bad("kube-node-selector", fmt.Sprintf("%q is not a label selector: %v", nodeSelector, err), "write it as kubectl -l takes it, e.g. kubernetes.io/os=linux,pool in (a,b)")
+		return Config{}, failure.Bad("Selector", fmt.Sprintf("%q is not a label selector: %v", nodeSelector, err), "write it as kubectl -l takes it, e.g. kubernetes.io/os=linux,pool in (a,b)")
 	}
 	if timeout <= 0 {
-		return Config{}, failure.Bad("kube-timeout", "must be positive", "e.g. 5m")
+		return Config{}, failure.Bad("Timeout", "must be positive", "e.g. 5m")
 	}
 	c.Namespace, c.Selector, c.Timeout = namespace, sel, timeout
 	return c, nil

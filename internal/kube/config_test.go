@@ -34,16 +34,16 @@ func TestParseConfig(t *testing.T) {
 		{name: "token", user: "    token: tok-secret-1", secret: "tok-secret-1"},
 		{name: "client certificate", user: "    client-certificate-data: Y2VydA==\n    client-key-data: a2V5LXNlY3JldA==", secret: "key-secret"},
 		{name: "basic", user: "    username: admin\n    password: pw-secret", secret: "pw-secret"},
-		{name: "exec plugin refused", user: "    exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}", badInput: "kubeconfig"},
-		{name: "auth provider refused", user: "    auth-provider: {name: gcp}", badInput: "kubeconfig"},
-		{name: "token file refused", user: "    tokenFile: /var/run/token", badInput: "kubeconfig"},
-		{name: "unknown context", user: "    token: t", context: "prod", badInput: "kube-context"},
-		{name: "bad namespace", user: "    token: t", namespace: "Not_A_Name", badInput: "kube-namespace"},
-		{name: "bad selector", user: "    token: t", selector: "a in (", badInput: "kube-node-selector"},
-		{name: "zero timeout", user: "    token: t", timeout: -1, badInput: "kube-timeout"},
-		{name: "token and password", user: "    token: t\n    username: a\n    password: p", badInput: "kubeconfig"},
-		{name: "certificate without key", user: "    client-certificate-data: Y2VydA==", badInput: "kubeconfig"},
-		{name: "key data not base64", user: "    client-certificate-data: Y2VydA==\n    client-key-data: '%%secret'", badInput: "kubeconfig"},
+		{name: "exec plugin refused", user: "    exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}", badInput: "Kubeconfig"},
+		{name: "auth provider refused", user: "    auth-provider: {name: gcp}", badInput: "Kubeconfig"},
+		{name: "token file refused", user: "    tokenFile: /var/run/token", badInput: "Kubeconfig"},
+		{name: "unknown context", user: "    token: t", context: "prod", badInput: "Context"},
+		{name: "bad namespace", user: "    token: t", namespace: "Not_A_Name", badInput: "Namespace"},
+		{name: "bad selector", user: "    token: t", selector: "a in (", badInput: "Selector"},
+		{name: "zero timeout", user: "    token: t", timeout: -1, badInput: "Timeout"},
+		{name: "token and password", user: "    token: t\n    username: a\n    password: p", badInput: "Kubeconfig"},
+		{name: "certificate without key", user: "    client-certificate-data: Y2VydA==", badInput: "Kubeconfig"},
+		{name: "key data not base64", user: "    client-certificate-data: Y2VydA==\n    client-key-data: '%%secret'", badInput: "Kubeconfig"},
 		{name: "impersonation", user: "    token: tok-secret-2\n    as: deployer\n    as-groups: [ci]", secret: "tok-secret-2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,7 +95,7 @@ func TestParseConfigCluster(t *testing.T) {
 	} {
 		_, err := ParseConfig(tc.cluster+user, "", "", "", time.Minute)
 		var bi *failure.BadInput
-		if !errors.As(err, &bi) || bi.Input != "kubeconfig" || !strings.Contains(err.Error(), tc.want) {
+		if !errors.As(err, &bi) || bi.Input != "Kubeconfig" || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want bad input kubeconfig saying %q", tc.name, err, tc.want)
 		}
 	}

@@ -91,7 +91,7 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 	defer func() { res.APICalls = int(calls.Load()) }()
 	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
-		return res, failure.Bad("kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
+		return res, failure.Bad("Kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
 	}
 	start := time.Now()
 	var nodes nodeList
@@ -114,8 +114,8 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 		if sel == "" {
 			return res, fmt.Errorf("the cluster at %s has no nodes", cfg.Server)
 		}
-		return res, failure.Bad("kube-node-selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
-			"check the labels with kubectl get nodes --show-labels, or leave kube-node-selector empty for every node")
+		return res, failure.Bad("Selector", fmt.Sprintf("%q matches no node of the cluster at %s", sel, cfg.Server),
+			"check the labels with kubectl get nodes --show-labels, or leave {Selector} empty for every node")
 	}
 	if len(targets) > 0 {
 		// The clean-up is registered before anything is created: whatever
@@ -176,7 +176,7 @@ func unfit(n node) error {
 		if t.Effect == "PreferNoSchedule" || slices.Contains(tolerated, t.Key) {
 			continue
 		}
-		return &NodeError{Node: n.Metadata.Name, Kind: Unschedulable, Reason: fmt.Sprintf("taint %s=%s:%s keeps the pre-pull pod off (choose other nodes with kube-node-selector)", t.Key, t.Value, t.Effect)}
+		return &NodeError{Node: n.Metadata.Name, Kind: Unschedulable, Reason: fmt.Sprintf("taint %s=%s:%s keeps the pre-pull pod off (choose other nodes with {Selector})", t.Key, t.Value, t.Effect)}
 	}
 	return nil
 }
@@ -497,7 +497,7 @@ func apiError(cfg Config, st stage, err error) error {
 	case r.unreachable != "" && unreachable(err):
 		return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg + "; " + r.unreachable}}
 	case statusCode(err) == http.StatusNotFound && st.verb == creating:
-		return failure.Bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
+		return failure.Bad("Namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set {Namespace} to one that exists")
 	}
 	return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg}}
 }

@@ -170,13 +170,13 @@ func TestPrepullCleansUpAfterAnyFailure(t *testing.T) {
 		want  string // in the error; "" for a per-node outcome
 		class string
 	}{
-		{name: "DaemonSet create refused (403)", want: "creating the pre-pull DaemonSet", class: "bad-input:kubeconfig",
+		{name: "DaemonSet create refused (403)", want: "creating the pre-pull DaemonSet", class: "bad-input:Kubeconfig",
 			setup: func(f *fakeAPI) { f.fault = only("create daemonsets", 403, false) }},
 		{name: "DaemonSet created, its answer lost (500)", want: "creating the pre-pull DaemonSet", class: "transient",
 			setup: func(f *fakeAPI) { f.fault = only("create daemonsets", 500, true) }},
 		{name: "Secret created, its answer lost (500)", want: "creating the pull Secret", class: "transient",
 			setup: func(f *fakeAPI) { f.fault = only("create secrets", 500, true) }},
-		{name: "Secret create answers 404: the namespace is missing", want: "creating the pull Secret", class: "bad-input:kube-namespace",
+		{name: "Secret create answers 404: the namespace is missing", want: "creating the pull Secret", class: "bad-input:Namespace",
 			setup: func(f *fakeAPI) { f.fault = only("create secrets", 404, false) }},
 		{name: "the watch answers 404: no namespace advice, not a create", want: "watching the pre-pull pods", class: "transient",
 			setup: func(f *fakeAPI) { f.fault = only("watch pods", 404, false) }},
@@ -277,8 +277,8 @@ func TestPrepullReportsFailedCleanUp(t *testing.T) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}
 	}
-	if failure.ClassOf(ces[0]) != "bad-input:kubeconfig" {
-		t.Errorf("a refused delete is class %s, want bad-input:kubeconfig (the role's fix)", failure.ClassOf(ces[0]))
+	if failure.ClassOf(ces[0]) != "bad-input:Kubeconfig" {
+		t.Errorf("a refused delete is class %s, want bad-input:Kubeconfig (the role's fix)", failure.ClassOf(ces[0]))
 	}
 	// The refused object is reported, not waited for.
 	if took := time.Since(start); took > 10*time.Second {
