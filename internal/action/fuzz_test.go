@@ -67,9 +67,9 @@ func FuzzNeutralizeCommands(f *testing.F) {
 	})
 }
 
-// oidcInputs are the inputs that make up an oidc.Config, and so the only
+// oidcFuzzInputs are the inputs that make up an oidc.Config, and so the only
 // ones (with auth) a rejection of OIDC settings may name.
-var oidcInputs = []string{"auth", "oidc-provider", "oidc-audience", "aws-role-arn", "aws-region",
+var oidcFuzzInputs = []string{"auth", "oidc-provider", "oidc-audience", "aws-role-arn", "aws-region",
 	"gcp-workload-identity-provider", "gcp-service-account", "azure-client-id", "azure-tenant-id",
 	"dockerhub-connection-id", "token-exchange-url"}
 
@@ -102,7 +102,7 @@ func FuzzParseOIDCSettings(f *testing.F) {
 				t.Fatalf("error %v names no input", err)
 			}
 			named := false
-			for _, in := range oidcInputs {
+			for _, in := range oidcFuzzInputs {
 				named = named || bad.Input == in
 			}
 			// Docker Hub's org user is the username input; only its

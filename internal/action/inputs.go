@@ -240,7 +240,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 			return c, failure.Bad("oidc-provider", "auth is oidc but no provider is named", "set oidc-provider: aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
 		}
 		if err := c.OIDC.Validate(); err != nil {
-			return c, err
+			return c, named(err, oidcInputs)
 		}
 		// The credentials are derived at run time (Exchange).
 		c.Credentials = registryauth.Credentials{Mode: registryauth.ModeOIDC, Provider: c.OIDC.Provider}
@@ -506,15 +506,43 @@ var (
 	})
 )
 
+// oidcInputs names oidc's settings (Config's fields, and a cluster
+// identity's) as the action's inputs, for ParseConfig, the exchange
+// (deriveOIDC) and the results (runInputs: a keyless cluster mints tokens
+// while pulling); clusterInputs, kube's and oidc's, for reaching a keyless
+// cluster (connectKube).
+var (
+	oidcInputs = map[string]string{
+		"Provider":                    "oidc-provider",
+		"Audience":                    "oidc-audience",
+		"AWSRoleARN":                  "aws-role-arn",
+		"AWSRegion":                   "aws-region",
+		"GCPWorkloadIdentityProvider": "gcp-workload-identity-provider",
+		"GCPServiceAccount":           "gcp-service-account",
+		"AzureClientID":               "azure-client-id",
+		"AzureTenantID":               "azure-tenant-id",
+		"DockerHubConnectionID":       "dockerhub-connection-id",
+		"TokenExchangeURL":            "token-exchange-url",
+		"Username":                    "username",
+		// a cluster identity's (kube-auth eks, gke, aks)
+		"Cluster":  "kube-cluster",
+		"Form":     "kube-auth",
+		"Endpoint": "kube-server",
+		"CA":       "kube-ca",
+	}
+	clusterInputs = merged(kubeInputs, oidcInputs)
+)
+
 // mirrorInputs and fileInputs name mirror.Parse's, imagefile.ResolvePath's
 // and ResolveCachePath's settings as the action's inputs, for ParseConfig;
 // runInputs those that errors and advice met while pulling name
-// (sshdeploy's, kube's Prepull's, docker.Open's Host, ghcr's option and
-// advice), for the pull's results, once.
+// (sshdeploy's, kube's Prepull's, oidc's as a keyless cluster's tokens are
+// minted, docker.Open's Host, ghcr's option and advice), for the pull's
+// results, once.
 var (
 	mirrorInputs = map[string]string{"Mirrors": "mirrors"}
 	fileInputs   = map[string]string{"Path": "path", "CachePath": "cache-path", "Format": "destination"}
-	runInputs    = merged(sshInputs, kubeRunInputs, map[string]string{
+	runInputs    = merged(sshInputs, kubeRunInputs, oidcInputs, map[string]string{
 		"Host":               "docker-host",
 		"InsecureRegistries": "insecure-registry",
 		"Mirrors":            "mirrors",
@@ -547,7 +575,8 @@ func merged(tables ...map[string]string) map[string]string {
 }
 
 // named is where a package's settings get the input names users know
-// them by (ParseConfig calls it, and execute for the pull's results):
+// them by (ParseConfig calls it, and execute for the pull's results, for
+// reaching a keyless cluster and for the OIDC exchange):
 // every *failure.BadInput in err's tree naming a setting of names is
 // renamed to its input, and each {setting} in any error's text too (an
 // error whose text names no setting is returned as it is). Packages below

@@ -107,7 +107,7 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 			err = oidc.ValidateAKS(ka.Cloud, ka.Cluster)
 		}
 		if err != nil {
-			return nil, err
+			return nil, named(err, oidcInputs)
 		}
 		if (ka.Server == "") != (len(ka.CA) == 0) {
 			return nil, failure.Bad("kube-ca", "kube-server and kube-ca go together with kube-auth "+form, "give both (the cluster's endpoint and CA), or neither to have them from the cloud's API")

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ghcr-pull/ghcr-pull/internal/oidc"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy"
 	"github.com/ghcr-pull/ghcr-pull/internal/sshdeploy/sshtest"
 )
@@ -43,7 +44,7 @@ func TestSSHErrorsNameInputs(t *testing.T) {
 	if len(sshInputs) != fields.NumField() {
 		t.Errorf("sshInputs names %d settings, sshdeploy.Inputs has %d", len(sshInputs), fields.NumField())
 	}
-	for _, table := range []map[string]string{mirrorInputs, fileInputs, runInputs, kubeInputs} {
+	for _, table := range []map[string]string{mirrorInputs, fileInputs, runInputs, kubeInputs, oidcInputs, clusterInputs} {
 		for s, in := range table {
 			if !declared[in] {
 				t.Errorf("setting %s: %q is no input of action.yml", s, in)
@@ -205,19 +206,85 @@ func TestKubeErrorsNameInputs(t *testing.T) {
 	}
 }
 
+// oidc names its settings by Config's fields (and a cluster identity's
+// Cluster, Form, Endpoint, CA); the user reads the inputs, at ParseConfig
+// and in the exchange's errors.
+func TestOIDCErrorsNameInputs(t *testing.T) {
+	fields := reflect.TypeFor[oidc.Config]()
+	for i := range fields.NumField() {
+		switch f := fields.Field(i).Name; f {
+		case "Registry", "Getenv", "HTTPClient": // the image's, the environment's, the caller's
+		default:
+			if _, ok := oidcInputs[f]; !ok {
+				t.Errorf("setting %s of oidc.Config is named by no input in oidcInputs", f)
+			}
+		}
+	}
+	md := testMetadata(t)
+	role := "arn:aws:iam::123456789012:role/deploy"
+	for _, tt := range []struct {
+		in   map[string]string
+		want string
+	}{
+		{map[string]string{"auth": "oidc", "oidc-provider": "dockerhub"},
+			`input "dockerhub-connection-id": is required with oidc-provider dockerhub (copy it from the Docker Hub organization's OIDC connection)`},
+		{map[string]string{"auth": "oidc", "oidc-provider": "dockerhub", "dockerhub-connection-id": "c1"},
+			`input "username": is required with oidc-provider dockerhub (set it to the Docker Hub organization user)`},
+		{map[string]string{"auth": "oidc", "oidc-provider": "aws-ecr", "aws-role-arn": role},
+			`input "aws-region": no region given and "ghcr.io" is not an ECR host (set aws-region, e.g. eu-west-1)`},
+		{map[string]string{"auth": "oidc", "oidc-provider": "vault"},
+			`input "oidc-provider": "vault" is not a provider (use aws-ecr, gcp, azure-acr, dockerhub or token-exchange)`},
+		{map[string]string{"destination": "kubernetes", "kube-auth": "eks", "kube-cluster": "prod", "aws-role-arn": "deploy", "aws-region": "eu-west-1"},
+			`input "aws-role-arn": "deploy" is not an IAM role ARN (kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy)`},
+		{map[string]string{"destination": "kubernetes", "kube-auth": "eks", "kube-cluster": "prod", "aws-role-arn": role},
+			`input "aws-region": is required with kube-auth eks (set it to the cluster's region, e.g. eu-west-1)`},
+		{map[string]string{"destination": "kubernetes", "kube-auth": "gke", "kube-cluster": "web", "gcp-workload-identity-provider": "projects/123/locations/global/workloadIdentityPools/p/providers/gh"},
+			`input "kube-cluster": "web" is not a GKE cluster resource (use projects/<project id>/locations/<region or zone>/clusters/<name>)`},
+	} {
+		tt.in["image"] = "ghcr.io/acme/app:1"
+		_, err := ParseConfig(getter(tt.in), md)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+
+	// The exchange's advice names the inputs too: Google's STS refusing
+	// the ID token points at oidc-audience.
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprint(w, `{"error":"unauthorized_client","error_description":"The audience does not match"}`)
+	}))
+	t.Cleanup(sts.Close)
+	env, _ := idTokenEndpoint(t, fakeJWT(t), 0)
+	env[oidc.EnvGCPSTS] = sts.URL
+	s := runStep(t, map[string]string{"image": "europe-docker.pkg.dev/acme/apps/app:1", "auth": "oidc", "oidc-provider": "gcp", "retries": "0",
+		"gcp-workload-identity-provider": "projects/123/locations/global/workloadIdentityPools/p/providers/gh"}, env)
+	_, shown := logText(s.stdout)
+	if s.code != ExitFailed || !strings.Contains(shown, "its allowed audience matches oidc-audience") {
+		t.Errorf("exit %d, want the exchange's advice naming oidc-audience\n%s", s.code, shown)
+	}
+	if p := placeholder.FindString(s.stdout); p != "" {
+		t.Errorf("a setting's own name %s reached the user:\n%s", p, s.stdout)
+	}
+}
+
 // Every {Setting} the packages below write in a message is one action
-// names, and so is every setting kube names in a failure.Bad: a misspelt
-// one would reach the user as it is. kube's are named by kubeInputs (its
-// run-time ones, kubeRunInputs, by runInputs too: the same names).
+// names, and so is every setting kube and oidc name in a failure.Bad: a
+// misspelt one would reach the user as it is. kube's are named by
+// kubeInputs (its run-time ones, kubeRunInputs, by runInputs too: the same
+// names), oidc's by oidcInputs (in runInputs too: a keyless cluster's
+// tokens are minted while pulling).
 func TestPlaceholdersAreNamed(t *testing.T) {
-	for s, in := range kubeRunInputs {
+	for s, in := range merged(kubeRunInputs, oidcInputs) {
 		if runInputs[s] != in {
-			t.Errorf("setting %s: runInputs names it %q, kubeInputs %q", s, runInputs[s], in)
+			t.Errorf("setting %s: runInputs names it %q, kubeInputs or oidcInputs %q", s, runInputs[s], in)
 		}
 	}
 	known := merged(runInputs, fileInputs, mirrorInputs)
 	found := 0
-	for dir, known := range map[string]map[string]string{"sshdeploy": known, "ghcr": known, "docker": known, "imagefile": known, "mirror": known, "kube": kubeInputs} {
+	for dir, known := range map[string]map[string]string{"sshdeploy": known, "ghcr": known, "docker": known, "imagefile": known, "mirror": known,
+		"kube": kubeInputs, "oidc": oidcInputs} {
 		files, err := filepath.Glob(filepath.Join("..", dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
@@ -231,7 +298,7 @@ func TestPlaceholdersAreNamed(t *testing.T) {
 				t.Fatal(err)
 			}
 			ast.Inspect(file, func(n ast.Node) bool {
-				if call, ok := n.(*ast.CallExpr); ok && dir == "kube" {
+				if call, ok := n.(*ast.CallExpr); ok && (dir == "kube" || dir == "oidc") {
 					if sel, ok := call.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Bad" && len(call.Args) == 3 {
 						if lit, ok := call.Args[0].(*ast.BasicLit); ok && lit.Value != `"image"` {
 							found++

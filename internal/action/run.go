@@ -118,7 +118,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.KubeAuth != nil {
 		k, err := connectKube(ctx, cfg, rep, env)
 		if err != nil {
-			err = named(err, kubeInputs) // a learnt endpoint or CA kube refuses
+			err = named(err, clusterInputs) // kube's and the cloud's words
 			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
 			var bad *failure.BadInput
 			if errors.As(err, &bad) {
@@ -677,7 +677,7 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registry
 		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
 		return err
 	})
-	return creds, err
+	return creds, named(err, oidcInputs)
 }
 
 // idTokenSource asks the Actions runtime for the workflow's ID token; a

@@ -47,33 +47,33 @@ type ClusterIdentity struct {
 	mask    func(string)
 }
 
-// ValidateGKE names the first bad input of kube-auth gke.
+// ValidateGKE names the first bad setting of a GKE cluster identity.
 func ValidateGKE(c Config, cluster string) error {
 	c.Provider = GCP
 	if err := c.Validate(); err != nil {
 		return err
 	}
 	if !gkeClusterRE.MatchString(cluster) {
-		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not a GKE cluster resource", cluster), "use projects/<project id>/locations/<region or zone>/clusters/<name>")
+		return failure.Bad("Cluster", fmt.Sprintf("%q is not a GKE cluster resource", cluster), "use projects/<project id>/locations/<region or zone>/clusters/<name>")
 	}
 	return nil
 }
 
-// ValidateAKS names the first bad input of kube-auth aks.
+// ValidateAKS names the first bad setting of an AKS cluster identity.
 func ValidateAKS(c Config, cluster string) error {
 	c.Provider = AzureACR
 	if err := c.Validate(); err != nil {
 		return err
 	}
 	if !aksClusterRE.MatchString(cluster) {
-		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not an AKS cluster resource id", cluster),
+		return failure.Bad("Cluster", fmt.Sprintf("%q is not an AKS cluster resource id", cluster),
 			"use /subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.ContainerService/managedClusters/<name> (az aks show --query id)")
 	}
 	return nil
 }
 
 // NewGKE is a GKE cluster (projects/P/locations/L/clusters/N) reached as
-// the workload identity, or gcp-service-account impersonated.
+// the workload identity, or GCPServiceAccount impersonated.
 func NewGKE(c Config, cluster string, idToken IDTokenSource, mask func(string)) (*ClusterIdentity, error) {
 	if err := ValidateGKE(c, cluster); err != nil {
 		return nil, err
@@ -83,7 +83,7 @@ func NewGKE(c Config, cluster string, idToken IDTokenSource, mask func(string)) 
 }
 
 // NewAKS is an AKS cluster (its resource id) reached as the app
-// registration azure-client-id.
+// registration AzureClientID.
 func NewAKS(c Config, cluster string, idToken IDTokenSource, mask func(string)) (*ClusterIdentity, error) {
 	if err := ValidateAKS(c, cluster); err != nil {
 		return nil, err
@@ -153,7 +153,7 @@ func (ci *ClusterIdentity) Describe(ctx context.Context) (Cluster, error) {
 		base := strings.TrimRight(ci.c.endpoint(EnvGKEContainer, "https://container.googleapis.com"), "/")
 		step := "container.clusters.get " + ci.cluster
 		err := ci.c.do(ctx, call{provider: GKEProvider, step: step,
-			fix:    fmt.Sprintf("grant %s container.clusters.get on the project (roles/container.clusterViewer), or set kube-server and kube-ca", ci.Who()),
+			fix:    fmt.Sprintf("grant %s container.clusters.get on the project (roles/container.clusterViewer), or set {Endpoint} and {CA}", ci.Who()),
 			method: http.MethodGet, url: base + "/v1/" + ci.cluster, bearer: tok}, &out)
 		if err != nil {
 			return Cluster{}, err
@@ -170,7 +170,7 @@ func (ci *ClusterIdentity) Describe(ctx context.Context) (Cluster, error) {
 	base := strings.TrimRight(ci.c.endpoint(EnvAzureARM, "https://management.azure.com"), "/")
 	step := "listClusterUserCredential " + ci.cluster
 	err = ci.c.do(ctx, call{provider: AKSProvider, step: step,
-		fix:    fmt.Sprintf("give %s the Azure Kubernetes Service Cluster User Role on the cluster, or set kube-server and kube-ca", ci.Who()),
+		fix:    fmt.Sprintf("give %s the Azure Kubernetes Service Cluster User Role on the cluster, or set {Endpoint} and {CA}", ci.Who()),
 		method: http.MethodPost, url: base + "/" + ci.cluster + "/listClusterUserCredential?api-version=" + armAPIVersion, bearer: tok}, &out)
 	if err != nil {
 		return Cluster{}, err

@@ -67,7 +67,7 @@ func TestGKE(t *testing.T) {
 	g.Clusters[gkeCluster] = oidctest.Cluster{Endpoint: "https://34.1.2.3", CA: testCA}
 	_, err = ci.Describe(context.Background())
 	var ee *ExchangeError
-	if !errors.As(err, &ee) || ee.Status != 403 || !strings.Contains(ee.Fix, "container.clusters.get") || !strings.Contains(ee.Fix, "kube-server and kube-ca") {
+	if !errors.As(err, &ee) || ee.Status != 403 || !strings.Contains(ee.Fix, "container.clusters.get") || !strings.Contains(ee.Fix, "{Endpoint} and {CA}") {
 		t.Fatalf("err = %v, want 403 naming container.clusters.get", err)
 	}
 	g.Viewers[g.Principal(testSubject)] = true
@@ -137,12 +137,12 @@ func TestClusterInputs(t *testing.T) {
 		err   error
 		input string
 	}{
-		{ValidateGKE(Config{GCPWorkloadIdentityProvider: "pool"}, gkeCluster), "gcp-workload-identity-provider"},
-		{ValidateGKE(Config{GCPWorkloadIdentityProvider: gkeProvider}, "web"), "kube-cluster"},
-		{ValidateGKE(Config{GCPWorkloadIdentityProvider: gkeProvider, GCPServiceAccount: "deployer"}, gkeCluster), "gcp-service-account"},
-		{ValidateAKS(Config{AzureClientID: "x", AzureTenantID: aksTenant}, aksCluster), "azure-client-id"},
-		{ValidateAKS(Config{AzureClientID: aksClient}, aksCluster), "azure-tenant-id"},
-		{ValidateAKS(Config{AzureClientID: aksClient, AzureTenantID: aksTenant}, "web"), "kube-cluster"},
+		{ValidateGKE(Config{GCPWorkloadIdentityProvider: "pool"}, gkeCluster), "GCPWorkloadIdentityProvider"},
+		{ValidateGKE(Config{GCPWorkloadIdentityProvider: gkeProvider}, "web"), "Cluster"},
+		{ValidateGKE(Config{GCPWorkloadIdentityProvider: gkeProvider, GCPServiceAccount: "deployer"}, gkeCluster), "GCPServiceAccount"},
+		{ValidateAKS(Config{AzureClientID: "x", AzureTenantID: aksTenant}, aksCluster), "AzureClientID"},
+		{ValidateAKS(Config{AzureClientID: aksClient}, aksCluster), "AzureTenantID"},
+		{ValidateAKS(Config{AzureClientID: aksClient, AzureTenantID: aksTenant}, "web"), "Cluster"},
 	} {
 		var bi *failure.BadInput
 		if !errors.As(c.err, &bi) || bi.Input != c.input {

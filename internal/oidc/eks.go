@@ -55,8 +55,8 @@ type EKS struct {
 	creds aws.Credentials
 }
 
-// NewEKS checks the role, region and cluster (inputs aws-role-arn,
-// aws-region, kube-cluster). c's other fields are the AWS ones of Config
+// NewEKS checks the role, region and cluster (AWSRoleARN, AWSRegion,
+// Cluster). c's other fields are the AWS ones of Config
 // (Getenv and HTTPClient included).
 func NewEKS(c Config, cluster string, idToken IDTokenSource, mask func(string)) (*EKS, error) {
 	if err := ValidateEKS(c, cluster); err != nil {
@@ -66,16 +66,17 @@ func NewEKS(c Config, cluster string, idToken IDTokenSource, mask func(string)) 
 	return &EKS{c: c, cluster: cluster, idToken: idToken, mask: mask}, nil
 }
 
-// ValidateEKS names the first missing or malformed input of kube-auth eks.
+// ValidateEKS names the first missing or malformed setting of an EKS
+// cluster identity.
 func ValidateEKS(c Config, cluster string) error {
 	if !awsRoleRE.MatchString(c.AWSRoleARN) {
-		return failure.Bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "kube-auth eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
+		return failure.Bad("AWSRoleARN", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "{Form} eks assumes it with the ID token, e.g. arn:aws:iam::123456789012:role/github-deploy")
 	}
 	if c.AWSRegion == "" {
-		return failure.Bad("aws-region", "is required with kube-auth eks", "set it to the cluster's region, e.g. eu-west-1")
+		return failure.Bad("AWSRegion", "is required with {Form} eks", "set it to the cluster's region, e.g. eu-west-1")
 	}
 	if !eksClusterRE.MatchString(cluster) {
-		return failure.Bad("kube-cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
+		return failure.Bad("Cluster", fmt.Sprintf("%q is not an EKS cluster name", cluster), "set it to the cluster's name as aws eks list-clusters shows it")
 	}
 	return nil
 }
@@ -164,7 +165,7 @@ func (e *EKS) Describe(ctx context.Context) (Cluster, error) {
 	}
 	step := "eks:DescribeCluster " + e.cluster
 	err = e.c.do(ctx, call{provider: EKSProvider, step: step,
-		fix:    fmt.Sprintf("give role %s eks:DescribeCluster on cluster %s in %s (or set kube-server and kube-ca)", e.c.AWSRoleARN, e.cluster, e.c.AWSRegion),
+		fix:    fmt.Sprintf("give role %s eks:DescribeCluster on cluster %s in %s (or set {Endpoint} and {CA})", e.c.AWSRoleARN, e.cluster, e.c.AWSRegion),
 		method: http.MethodGet, url: base + "/clusters/" + url.PathEscape(e.cluster),
 		sign: func(r *http.Request) error {
 			return v4.NewSigner().SignHTTP(r.Context(), creds, r, emptySHA256, "eks", e.c.AWSRegion, time.Now())

@@ -180,10 +180,10 @@ func TestNewEKSInputs(t *testing.T) {
 		cluster string
 		input   string
 	}{
-		{Config{AWSRoleARN: "deploy", AWSRegion: "eu-west-1"}, "prod", "aws-role-arn"},
-		{Config{AWSRoleARN: eksRole}, "prod", "aws-region"},
-		{Config{AWSRoleARN: eksRole, AWSRegion: "eu-west-1"}, "", "kube-cluster"},
-		{Config{AWSRoleARN: eksRole, AWSRegion: "eu-west-1"}, "prod/x", "kube-cluster"},
+		{Config{AWSRoleARN: "deploy", AWSRegion: "eu-west-1"}, "prod", "AWSRoleARN"},
+		{Config{AWSRoleARN: eksRole}, "prod", "AWSRegion"},
+		{Config{AWSRoleARN: eksRole, AWSRegion: "eu-west-1"}, "", "Cluster"},
+		{Config{AWSRoleARN: eksRole, AWSRegion: "eu-west-1"}, "prod/x", "Cluster"},
 	} {
 		_, err := NewEKS(c.cfg, c.cluster, id, func(string) {})
 		var bi *failure.BadInput

@@ -70,7 +70,7 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, k.method, k.url, body)
 	if err != nil {
-		return failure.Bad("oidc-provider", fmt.Sprintf("%s endpoint %q: %v", k.provider, k.url, err), "")
+		return failure.Bad("Provider", fmt.Sprintf("%s endpoint %q: %v", k.provider, k.url, err), "")
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)

@@ -8,6 +8,14 @@
 // *ExchangeError (a configuration problem, with the likely fix; never
 // retried), 5xx, 429 and network failures are *failure.Transient. Retrying
 // is the caller's job (internal/retry), as for probes.
+//
+// Errors name the settings by oidc's own words: the fields of Config
+// (AWSRoleARN), and for a cluster identity Cluster (the cluster argument),
+// Form (which identity: eks, gke, aks), Endpoint and CA (Cluster's fields,
+// which the caller may give instead of having them described). A
+// *failure.BadInput's Input is one, and any text may name one as
+// {AWSRegion}; the caller gives them the names its users know (the
+// action: its inputs, at one boundary).
 package oidc
 
 import (
@@ -37,7 +45,7 @@ const (
 // Config is the OIDC inputs, validated by Validate.
 type Config struct {
 	Provider string
-	// Audience overrides the ID token's audience (oidc-audience).
+	// Audience overrides the ID token's audience.
 	Audience                    string
 	AWSRoleARN, AWSRegion       string
 	GCPWorkloadIdentityProvider string
@@ -46,8 +54,8 @@ type Config struct {
 	AzureTenantID               string
 	DockerHubConnectionID       string
 	TokenExchangeURL            string
-	// Username is the username input: Docker Hub's org user, and the
-	// token-exchange username when the endpoint names none.
+	// Username is Docker Hub's org user, and the token-exchange username
+	// when the endpoint names none.
 	Username string
 	// Registry is the host of the image pulled: the ECR region comes from
 	// it, and ACR's exchange endpoint lives on it.
@@ -100,39 +108,39 @@ func (c Config) Validate() error {
 	switch c.Provider {
 	case AWSECR:
 		if !awsRoleRE.MatchString(c.AWSRoleARN) {
-			return failure.Bad("aws-role-arn", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "e.g. arn:aws:iam::123456789012:role/github-ecr-pull")
+			return failure.Bad("AWSRoleARN", fmt.Sprintf("%q is not an IAM role ARN", c.AWSRoleARN), "e.g. arn:aws:iam::123456789012:role/github-ecr-pull")
 		}
 		if _, err := c.awsRegion(); err != nil {
 			return err
 		}
 	case GCP:
 		if !gcpProviderRE.MatchString(c.GCPWorkloadIdentityProvider) {
-			return failure.Bad("gcp-workload-identity-provider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
+			return failure.Bad("GCPWorkloadIdentityProvider", fmt.Sprintf("%q is not a provider resource", c.GCPWorkloadIdentityProvider),
 				"use projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>")
 		}
 		if sa := c.GCPServiceAccount; sa != "" && !strings.Contains(sa, "@") {
-			return failure.Bad("gcp-service-account", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")
+			return failure.Bad("GCPServiceAccount", fmt.Sprintf("%q is not a service account email", sa), "e.g. puller@my-project.iam.gserviceaccount.com")
 		}
 	case AzureACR:
 		if !uuidRE.MatchString(c.AzureClientID) {
-			return failure.Bad("azure-client-id", fmt.Sprintf("%q is not an application (client) id", c.AzureClientID), "copy it from the app registration's overview")
+			return failure.Bad("AzureClientID", fmt.Sprintf("%q is not an application (client) id", c.AzureClientID), "copy it from the app registration's overview")
 		}
 		if c.AzureTenantID == "" || strings.ContainsAny(c.AzureTenantID, "/?# ") {
-			return failure.Bad("azure-tenant-id", fmt.Sprintf("%q is not a tenant id", c.AzureTenantID), "copy it from the app registration's overview")
+			return failure.Bad("AzureTenantID", fmt.Sprintf("%q is not a tenant id", c.AzureTenantID), "copy it from the app registration's overview")
 		}
 	case DockerHub:
 		if c.DockerHubConnectionID == "" {
-			return failure.Bad("dockerhub-connection-id", "is required with oidc-provider dockerhub", "copy it from the Docker Hub organization's OIDC connection")
+			return failure.Bad("DockerHubConnectionID", "is required with {Provider} dockerhub", "copy it from the Docker Hub organization's OIDC connection")
 		}
 		if c.Username == "" {
-			return failure.Bad("username", "is required with oidc-provider dockerhub", "set it to the Docker Hub organization user")
+			return failure.Bad("Username", "is required with {Provider} dockerhub", "set it to the Docker Hub organization user")
 		}
 	case TokenExchange:
 		if !tlsOrLoopback(c.TokenExchangeURL) {
-			return failure.Bad("token-exchange-url", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
+			return failure.Bad("TokenExchangeURL", fmt.Sprintf("%q is not an https URL", c.TokenExchangeURL), "the ID token may only be sent over TLS (or to loopback)")
 		}
 	default:
-		return failure.Bad("oidc-provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
+		return failure.Bad("Provider", fmt.Sprintf("%q is not a provider", c.Provider), "use aws-ecr, gcp, azure-acr, dockerhub or token-exchange")
 	}
 	return nil
 }
@@ -183,7 +191,7 @@ func (c Config) awsRegion() (string, error) {
 	if m := ecrHostRE.FindStringSubmatch(c.Registry); m != nil {
 		return m[2], nil
 	}
-	return "", failure.Bad("aws-region", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set aws-region, e.g. eu-west-1")
+	return "", failure.Bad("AWSRegion", fmt.Sprintf("no region given and %q is not an ECR host", c.Registry), "set {AWSRegion}, e.g. eu-west-1")
 }
 
 // client is the HTTP client of every exchange. It never follows a

@@ -274,17 +274,17 @@ func TestValidate(t *testing.T) {
 		cfg   Config
 		input string
 	}{
-		{Config{Provider: "vault"}, "oidc-provider"},
-		{Config{Provider: AWSECR, AWSRoleARN: "role/pull"}, "aws-role-arn"},
-		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "ghcr.io"}, "aws-region"},
-		{Config{Provider: GCP, GCPWorkloadIdentityProvider: "my-pool"}, "gcp-workload-identity-provider"},
-		{Config{Provider: AzureACR, AzureClientID: "x"}, "azure-client-id"},
-		{Config{Provider: AzureACR, AzureClientID: "11111111-2222-3333-4444-555555555555"}, "azure-tenant-id"},
-		{Config{Provider: DockerHub, Username: "u"}, "dockerhub-connection-id"},
-		{Config{Provider: TokenExchange, TokenExchangeURL: "http://exchange.example"}, "token-exchange-url"},
+		{Config{Provider: "vault"}, "Provider"},
+		{Config{Provider: AWSECR, AWSRoleARN: "role/pull"}, "AWSRoleARN"},
+		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "ghcr.io"}, "AWSRegion"},
+		{Config{Provider: GCP, GCPWorkloadIdentityProvider: "my-pool"}, "GCPWorkloadIdentityProvider"},
+		{Config{Provider: AzureACR, AzureClientID: "x"}, "AzureClientID"},
+		{Config{Provider: AzureACR, AzureClientID: "11111111-2222-3333-4444-555555555555"}, "AzureTenantID"},
+		{Config{Provider: DockerHub, Username: "u"}, "DockerHubConnectionID"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://exchange.example"}, "TokenExchangeURL"},
 		// Loopback is parsed, not matched by prefix: these are remote hosts.
-		{Config{Provider: TokenExchange, TokenExchangeURL: "http://127.example.net/token"}, "token-exchange-url"},
-		{Config{Provider: TokenExchange, TokenExchangeURL: "http://localhost.example.net/token"}, "token-exchange-url"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://127.example.net/token"}, "TokenExchangeURL"},
+		{Config{Provider: TokenExchange, TokenExchangeURL: "http://localhost.example.net/token"}, "TokenExchangeURL"},
 		{Config{Provider: TokenExchange, TokenExchangeURL: "http://127.0.0.1:8080/token"}, ""},
 		{Config{Provider: TokenExchange, TokenExchangeURL: "http://localhost:8080/token"}, ""},
 		{Config{Provider: AWSECR, AWSRoleARN: "arn:aws:iam::123456789012:role/pull", Registry: "123456789012.dkr.ecr.us-east-2.amazonaws.com"}, ""},

@@ -20,7 +20,7 @@ func exchangeGCP(ctx context.Context, c Config, jwt string, mask func(string)) (
 // gcpAccessToken is the Google access token of the workload identity
 // (impersonating GCPServiceAccount when set), masked, and its expiry.
 func gcpAccessToken(ctx context.Context, c Config, jwt string, mask func(string)) (string, time.Time, error) {
-	fix := "check the workload identity provider's attribute condition and that its allowed audience matches oidc-audience"
+	fix := "check the workload identity provider's attribute condition and that its allowed audience matches {Audience}"
 	start := time.Now()
 	var sts struct {
 		AccessToken string `json:"access_token"`
@@ -162,7 +162,7 @@ func exchangeDockerHub(ctx context.Context, c Config, jwt string, mask func(stri
 }
 
 // exchangeGeneric: any RFC 8693 endpoint. It reads access_token and an
-// optional username; without one, the username input, else
+// optional username; without one, Username, else
 // oauth2accesstoken (what token-based registries commonly ignore).
 func exchangeGeneric(ctx context.Context, c Config, jwt string, mask func(string)) (string, string, error) {
 	var out struct {
