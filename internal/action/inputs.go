@@ -104,6 +104,9 @@ type Config struct {
 	// PathShown is how results name it (relative to the workspace in
 	// GitHub Actions).
 	Path, PathShown string
+	// CachePath is the relay's persistent OCI layout (cache-path),
+	// absolute, or "": with it the runner's daemon pulls through the relay.
+	CachePath string
 }
 
 // ParseOption says where ParseConfig resolves relative paths.
@@ -315,8 +318,22 @@ func splitList(s string) []string {
 }
 
 // parsePath reads the file destinations' path: set exactly with them,
-// one image per tar, no SSH hosts.
+// one image per tar, no SSH hosts; and cache-path, for the runner's daemon.
 func parsePath(c *Config, get Getter, opts []ParseOption) error {
+	o := parseOptions{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.base == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return failure.Bad("path", "the working directory is unknown: "+err.Error(), "give an absolute path")
+		}
+		o.base = wd
+	}
+	if err := parseCachePath(c, get, o); err != nil {
+		return err
+	}
 	raw := strings.TrimSpace(get("path"))
 	files := c.Destination == DestinationLayout || c.Destination == DestinationTar
 	switch {
@@ -331,17 +348,6 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	case c.Destination == DestinationTar && len(c.Images) > 1:
 		return failure.Bad("image", fmt.Sprintf("destination tar holds one image, and %d are given", len(c.Images)), "use one step per image, or destination: oci-layout, which holds several")
 	}
-	o := parseOptions{}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.base == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return failure.Bad("path", "the working directory is unknown: "+err.Error(), "give an absolute path")
-		}
-		o.base = wd
-	}
 	p, err := imagefile.ResolvePath(imagefile.Format(c.Destination), raw, o.base, o.bounded)
 	if err != nil {
 		return err
@@ -350,6 +356,26 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	if rel, err := filepath.Rel(o.base, p); o.bounded && err == nil {
 		c.PathShown = rel
 	}
+	return nil
+}
+
+// parseCachePath reads cache-path: for the runner's daemon, and for SSH
+// hosts only through the relay (ssh-transfer: relay).
+func parseCachePath(c *Config, get Getter, o parseOptions) error {
+	raw := strings.TrimSpace(get("cache-path"))
+	switch {
+	case raw == "":
+		return nil
+	case c.Destination != DestinationDocker:
+		return failure.Bad("cache-path", "is set, but destination is "+string(c.Destination), "use cache-path with destination: docker (the runner's daemon), or drop it")
+	case strings.TrimSpace(get("ssh-host")) != "" && !strings.EqualFold(strings.TrimSpace(get("ssh-transfer")), "relay"):
+		return failure.Bad("cache-path", "is set with ssh-host, and the hosts pull from the registry themselves (ssh-transfer: direct)", "set ssh-transfer: relay, so that the hosts pull through the runner's cache, or drop cache-path")
+	}
+	p, err := imagefile.ResolveCachePath(raw, o.base, o.bounded)
+	if err != nil {
+		return err
+	}
+	c.CachePath = p
 	return nil
 }
 

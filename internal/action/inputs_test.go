@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -161,13 +162,19 @@ func testMetadata(t *testing.T) Metadata {
 	return md
 }
 
-func TestParseConfigSSH(t *testing.T) {
+// newKeyPEM is a fresh ed25519 private key as ssh-key takes it.
+func newKeyPEM(t *testing.T) string {
+	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	block, err := ssh.MarshalPrivateKey(priv, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := string(pem.EncodeToMemory(block))
+	return string(pem.EncodeToMemory(block))
+}
+
+func TestParseConfigSSH(t *testing.T) {
+	key := newKeyPEM(t)
 	tests := []struct {
 		name    string
 		in      map[string]string
@@ -245,20 +252,64 @@ func TestParseConfigPath(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := map[string]string{"image": "ghcr.io/a/b:1"}
-			for k, v := range tt.in {
-				m[k] = v
+			c, err := parseWith(t, tt.in, tt.opt, tt.wantInput)
+			if tt.wantInput == "" && (err != nil || c.Path != tt.wantPath || c.PathShown != tt.wantShown) {
+				t.Fatalf("got %q shown %q, %v; want %q shown %q", c.Path, c.PathShown, err, tt.wantPath, tt.wantShown)
 			}
-			c, err := ParseConfig(getter(m), testMetadata(t), tt.opt)
-			if tt.wantInput == "" {
-				if err != nil || c.Path != tt.wantPath || c.PathShown != tt.wantShown {
-					t.Fatalf("got %q shown %q, %v; want %q shown %q", c.Path, c.PathShown, err, tt.wantPath, tt.wantShown)
-				}
-				return
-			}
-			var bad *failure.BadInput
-			if !errors.As(err, &bad) || bad.Input != tt.wantInput || bad.Fix == "" {
-				t.Fatalf("error %v does not name input %q with a fix", err, tt.wantInput)
+		})
+	}
+}
+
+// parseWith parses in (over image: ghcr.io/a/b:1); with wantInput set, the
+// error must be a bad input naming it, with a fix.
+func parseWith(t *testing.T, in map[string]string, opt ParseOption, wantInput string) (Config, error) {
+	t.Helper()
+	m := map[string]string{"image": "ghcr.io/a/b:1"}
+	for k, v := range in {
+		m[k] = v
+	}
+	c, err := ParseConfig(getter(m), testMetadata(t), opt)
+	if wantInput != "" {
+		var bad *failure.BadInput
+		if !errors.As(err, &bad) || bad.Input != wantInput || bad.Fix == "" {
+			t.Fatalf("error %v does not name input %q with a fix", err, wantInput)
+		}
+	}
+	return c, err
+}
+
+func TestParseConfigCachePath(t *testing.T) {
+	ws := t.TempDir()
+	elsewhere := t.TempDir()
+	notLayout := filepath.Join(ws, "notes")
+	if err := os.MkdirAll(notLayout, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(notLayout, "a.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		in        map[string]string
+		opt       ParseOption
+		wantInput string // input the error names; "" for success
+		wantPath  string
+	}{
+		{"relative: in the workspace", map[string]string{"cache-path": ".cache/ghcr-pull"}, InWorkspace(ws), "", ws + "/.cache/ghcr-pull"},
+		{"command line: anywhere", map[string]string{"cache-path": elsewhere + "/c"}, InDir(ws), "", elsewhere + "/c"},
+		{"outside the workspace", map[string]string{"cache-path": elsewhere + "/c"}, InWorkspace(ws), "cache-path", ""},
+		{"a directory that is not a layout", map[string]string{"cache-path": "notes"}, InWorkspace(ws), "cache-path", ""},
+		{"with a file destination", map[string]string{"cache-path": "c", "destination": "oci-layout", "path": "l"}, InWorkspace(ws), "cache-path", ""},
+		{"with destination none", map[string]string{"cache-path": "c", "destination": "none"}, InWorkspace(ws), "cache-path", ""},
+		{"with ssh-host, direct", map[string]string{"cache-path": "c", "ssh-host": "10.0.0.5"}, InWorkspace(ws), "cache-path", ""},
+		{"with ssh-host and ssh-transfer relay", map[string]string{"cache-path": "c", "ssh-host": "10.0.0.5", "ssh-transfer": "relay", "ssh-key": newKeyPEM(t), "ssh-insecure-ignore-host-key": "true"}, InWorkspace(ws), "", ws + "/c"},
+		{"unset", map[string]string{}, InWorkspace(ws), "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseWith(t, tt.in, tt.opt, tt.wantInput)
+			if tt.wantInput == "" && (err != nil || c.CachePath != tt.wantPath) {
+				t.Fatalf("got %q, %v; want %q", c.CachePath, err, tt.wantPath)
 			}
 		})
 	}

@@ -131,15 +131,30 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var relayed func(image, host string) int64
-	if cfg.Relay && cfg.SSH != nil {
-		// The relay lives as long as the step: deferred, its cache goes on
-		// success, failure and cancel (the context ends, Run returns).
-		srv, err := relay.New(relay.Options{MaxBytes: cfg.RelayCacheMax, Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"})
-		if err != nil {
-			rep.Error("ghcr-pull: the relay could not start", err.Error())
+	var cache *imageCache
+	if cfg.CachePath != "" {
+		var err error
+		if cache, err = openCache(cfg, probeOpts); err != nil {
+			rep.Error("ghcr-pull: the image cache could not be opened", err.Error())
 			return ExitFailed
 		}
-		defer srv.Close()
+	}
+	if cfg.Relay && cfg.SSH != nil {
+		// With cache-path the relay is the cache's (closed, and its
+		// layout pruned, once the results are in); otherwise it lives as
+		// long as the step: deferred, its cache goes on success, failure
+		// and cancel (the context ends, Run returns).
+		var srv *relay.Server
+		if cache != nil {
+			srv = cache.srv
+		} else {
+			var err error
+			if srv, err = relay.New(relay.Options{MaxBytes: cfg.RelayCacheMax, Transport: ghcr.Transport(probeOpts...), UserAgent: "ghcr-pull"}); err != nil {
+				rep.Error("ghcr-pull: the relay could not start", err.Error())
+				return ExitFailed
+			}
+			defer srv.Close()
+		}
 		settings := *cfg.SSH
 		settings.Relay = srv
 		cfg.SSH = &settings
@@ -149,7 +164,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		}
 		relayed = func(image, host string) int64 { return srv.Served(host, paths[image]) }
 	}
-	targets := targetsFor(cfg, rep, probeOpts)
+	targets := targetsFor(cfg, rep, probeOpts, cache)
 	addDaemonMirrors(ctx, &cfg, rep)
 	ev := newEvents(rep, 10*time.Second)
 	defer ev.stop()
@@ -171,6 +186,9 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	}
 	results := pull.Run(ctx, cfg.Images, targets, opts)
 	ev.stop()
+	if cache != nil {
+		cache.close(ctx, rep, cfg.Images, results)
+	}
 
 	failed := 0
 	noted := map[string]bool{}
@@ -240,14 +258,20 @@ func verifierFor(p *verify.Policy, probeOpts []ghcr.Option) func(context.Context
 
 // targetsFor lists where images go: nowhere (destination none), the
 // runner's daemon, or the SSH hosts (plus the runner's with pull-local).
-func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option) []pull.Target {
+func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option, cache *imageCache) []pull.Target {
 	switch cfg.Destination {
 	case DestinationNone, DestinationKubernetes:
 		return nil
 	case DestinationLayout, DestinationTar:
 		return []pull.Target{fileTarget(cfg, probeOpts)}
 	}
-	local := pull.Target{Name: "local", Open: func(ctx context.Context) (pull.Daemon, error) { return docker.Open(ctx, cfg.DockerHost) }}
+	local := pull.Target{Name: sshdeploy.LocalHost, Open: func(ctx context.Context) (pull.Daemon, error) {
+		e, err := docker.Open(ctx, cfg.DockerHost)
+		if err != nil || cache == nil {
+			return e, err
+		}
+		return cache.daemon(ctx, e)
+	}}
 	if cfg.SSH == nil {
 		return []pull.Target{local}
 	}

@@ -134,9 +134,9 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 		if err != nil {
 			return false, classifyCRI(ctx, err, creds)
 		}
-		if !image.SamePlatform(*platform, info.Platform) {
+		if info.Platform == nil || !image.SamePlatform(*platform, *info.Platform) {
 			return false, failure.Bad("platform",
-				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.Platform, image.FormatPlatform(*platform)),
+				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.PlatformString(), image.FormatPlatform(*platform)),
 				"leave platform empty for containerd hosts")
 		}
 	}
@@ -174,10 +174,10 @@ func (d *ImageService) Inspect(ctx context.Context, ref string) (image.Info, err
 	if resp.Image == nil {
 		return image.Info{}, fmt.Errorf("containerd has no image %s in namespace %s", ref, Namespace)
 	}
-	info := image.Info{ID: resp.Image.Id, RepoDigests: resp.Image.RepoDigests}
+	info := image.Info{ID: resp.Image.Id, RepoDigests: image.ParseRepoDigests(resp.Image.RepoDigests)}
 	var v verboseImageInfo
 	if raw := resp.Info["info"]; raw != "" && json.Unmarshal([]byte(raw), &v) == nil && v.ImageSpec.OS != "" {
-		info.Platform = strings.TrimRight(v.ImageSpec.OS+"/"+v.ImageSpec.Architecture+"/"+v.ImageSpec.Variant, "/")
+		info.Platform = image.PlatformOf(v.ImageSpec.OS, v.ImageSpec.Architecture, v.ImageSpec.Variant)
 	}
 	return info, nil
 }

@@ -146,7 +146,7 @@ func TestContainerdPullAndInspect(t *testing.T) {
 		t.Errorf("anonymous pull sent %+v", f.auths[1])
 	}
 	info, err := d.Inspect(context.Background(), ref)
-	if err != nil || info.Platform != "linux/amd64" || len(info.RepoDigests) != 1 || !strings.HasSuffix(info.RepoDigests[0], digest) {
+	if err != nil || info.PlatformString() != "linux/amd64" || len(info.RepoDigests) != 1 || info.RepoDigests[0].Digest().String() != digest {
 		t.Errorf("Inspect = %+v, %v", info, err)
 	}
 	if rt, ns := d.Runtime(); rt != "containerd" || ns != "k8s.io" {

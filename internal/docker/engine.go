@@ -315,8 +315,7 @@ func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	if err != nil {
 		return image.Info{}, err
 	}
-	platform := strings.TrimRight(res.Os+"/"+res.Architecture+"/"+res.Variant, "/")
-	return image.Info{ID: res.ID, RepoDigests: res.RepoDigests, Platform: platform}, nil
+	return image.Info{ID: res.ID, RepoDigests: image.ParseRepoDigests(res.RepoDigests), Platform: image.PlatformOf(res.Os, res.Architecture, res.Variant)}, nil
 }
 
 // Mirrors lists the registry mirrors the daemon is configured with

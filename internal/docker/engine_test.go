@@ -250,7 +250,7 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Platform != "linux/arm64/v8" || len(info.RepoDigests) != 1 || info.ID != "sha256:"+strings.Repeat("e", 64) {
+	if info.PlatformString() != "linux/arm64/v8" || len(info.RepoDigests) != 1 || info.ID != "sha256:"+strings.Repeat("e", 64) {
 		t.Errorf("info %+v", info)
 	}
 	if _, err := e.Inspect(context.Background(), "ghcr.io/acme/other:1"); err == nil {

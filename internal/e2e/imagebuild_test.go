@@ -387,9 +387,20 @@ func (e *Env) BuildActionImage(tb testing.TB, contextDir, tag string, noCache bo
 // loopback registry is reachable.
 func (e *Env) RunActionImage(tb testing.TB, image string, inputs map[string]string) Result {
 	tb.Helper()
+	return e.RunActionImageOn(tb, image, inputs, "host", "")
+}
+
+// RunActionImageOn is RunActionImage with the container on network (the
+// runner uses a job network of its own, not the host's) and workspace
+// mounted at /github/workspace ("" for a fresh one).
+func (e *Env) RunActionImageOn(tb testing.TB, image string, inputs map[string]string, network, workspace string) Result {
+	tb.Helper()
 	dir := tb.TempDir()
-	mounts := map[string]string{}
+	mounts := map[string]string{"workspace": workspace}
 	for _, m := range []string{"home", "workflow", "file_commands", "workspace"} {
+		if mounts[m] != "" {
+			continue
+		}
 		mounts[m] = filepath.Join(dir, m)
 		if err := os.MkdirAll(mounts[m], 0o777); err != nil {
 			tb.Fatal(err)
@@ -415,7 +426,7 @@ func (e *Env) RunActionImage(tb testing.TB, image string, inputs map[string]stri
 	start := time.Now()
 	created, err := e.Docker.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Config:     &container.Config{Image: image, Env: env, WorkingDir: "/github/workspace"},
-		HostConfig: &container.HostConfig{Binds: binds, NetworkMode: "host"},
+		HostConfig: &container.HostConfig{Binds: binds, NetworkMode: container.NetworkMode(network)},
 	})
 	if err != nil {
 		tb.Fatalf("docker create %s: %v", image, err)

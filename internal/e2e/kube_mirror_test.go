@@ -55,7 +55,11 @@ func (c *Cluster) nodeNames(t *testing.T, ref string) []string {
 	if err != nil {
 		return nil
 	}
-	return info.RepoDigests
+	var names []string
+	for _, rd := range info.RepoDigests {
+		names = append(names, rd.String())
+	}
+	return names
 }
 
 // ofRepo keeps the requests about repo (its manifests and blobs, tokens

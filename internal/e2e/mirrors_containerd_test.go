@@ -117,7 +117,7 @@ func TestMirrorsContainerd(t *testing.T) {
 					t.Errorf("the name %s stayed in k8s.io", name)
 				}
 			}
-			if info, err := criInspect(t, n, user); err != nil || !contains(info.RepoDigests, pinned) {
+			if info, err := criInspect(t, n, user); err != nil || info.Digest(pinned, "") != digest {
 				t.Errorf("CRI (the kubelet's view) of %s: %+v, %v", user, info, err)
 			}
 			upAll, upBlobs := fromRuntime(e.Front.Requests())

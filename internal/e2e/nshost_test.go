@@ -799,32 +799,35 @@ func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 	if err := AllowPlainHTTP(l.Addr().String()); err != nil {
 		tb.Fatalf("remote host %s: %v", h.Name, err)
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
+	go proxy(l, target)
+	return l.Addr().String()
+}
+
+// proxy carries each connection l accepts to target, until l is closed.
+func proxy(l net.Listener, target string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.DialTimeout("tcp", target, 10*time.Second)
 			if err != nil {
 				return
 			}
+			defer u.Close()
+			done := make(chan struct{})
 			go func() {
-				defer c.Close()
-				u, err := net.DialTimeout("tcp", target, 10*time.Second)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{})
-				go func() {
-					io.Copy(u, c)
-					u.(*net.TCPConn).CloseWrite()
-					close(done)
-				}()
-				io.Copy(c, u)
-				c.(*net.TCPConn).CloseWrite()
-				<-done
+				io.Copy(u, c)
+				u.(*net.TCPConn).CloseWrite()
+				close(done)
 			}()
-		}
-	}()
-	return l.Addr().String()
+			io.Copy(c, u)
+			c.(*net.TCPConn).CloseWrite()
+			<-done
+		}()
+	}
 }
 
 // Areas are the parts of the filesystem that belong to the remote host:

@@ -182,11 +182,11 @@ func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform,
 			if d.Platform == nil {
 				continue
 			}
-			got := image.FormatPlatform(ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant})
+			got := ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant}
 			if d.Platform.Satisfies(wantV1) || image.SamePlatform(want, got) {
 				return d.Digest.String(), nil
 			}
-			have = append(have, got)
+			have = append(have, image.FormatPlatform(got))
 		}
 		return "", notThere(have)
 	}
@@ -198,9 +198,9 @@ func resolvePlatform(ref name.Digest, mt types.MediaType, want ocispec.Platform,
 	if err != nil {
 		return "", err
 	}
-	got := image.FormatPlatform(ocispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant})
+	got := ocispec.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
 	if !image.SamePlatform(want, got) {
-		return "", notThere([]string{got})
+		return "", notThere([]string{image.FormatPlatform(got)})
 	}
 	return ref.DigestStr(), nil
 }

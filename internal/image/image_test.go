@@ -2,6 +2,7 @@ package image
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -39,11 +40,35 @@ func TestSamePlatform(t *testing.T) {
 		{"linux/arm", "linux/arm/v6", true},
 		{"linux/arm64", "linux/amd64", false},
 		{"linux/amd64", "garbage", false},
+		{"linux/amd64", "/amd64", false},
+		{"linux/amd64", "linux/amd64/v:1", false},
 	}
 	for _, tt := range tests {
 		w, _ := ParsePlatform(tt.want)
-		if got := SamePlatform(w, tt.got); got != tt.same {
+		parts := append(strings.SplitN(tt.got, "/", 3), "", "")
+		if got := SamePlatform(w, *PlatformOf(parts[0], parts[1], parts[2])); got != tt.same {
 			t.Errorf("SamePlatform(%s, %s) = %v, want %v", tt.want, tt.got, got, tt.same)
+		}
+	}
+}
+
+// Digest reads the typed names: the pulled repository's digest, the probed
+// one when the runtime holds several, none for another repository.
+func TestInfoDigest(t *testing.T) {
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	info := Info{RepoDigests: ParseRepoDigests([]string{"ghcr.io/acme/app@" + a, "ghcr.io/acme/app@" + b, "nginx@" + a, "not a name"})}
+	if len(info.RepoDigests) != 3 {
+		t.Fatalf("parsed %v", info.RepoDigests)
+	}
+	for _, tt := range []struct{ ref, probed, want string }{
+		{"ghcr.io/acme/app:1", b, b},
+		{"ghcr.io/acme/app:1", "", a},
+		{"docker.io/library/nginx:latest", "", a},
+		{"ghcr.io/acme/other:1", a, ""},
+		{"Not A Ref", a, ""},
+	} {
+		if got := info.Digest(tt.ref, tt.probed); got != tt.want {
+			t.Errorf("Digest(%s, %s) = %s, want %s", tt.ref, tt.probed, got, tt.want)
 		}
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -108,12 +109,12 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 		if d.Platform == nil || !d.MediaType.IsImage() {
 			continue
 		}
-		got := image.FormatPlatform(ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant})
+		got := ocispec.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant}
 		if d.Platform.Satisfies(wantV1) || image.SamePlatform(want, got) {
 			img, err := ii.Image(d.Digest)
 			return img, d, err
 		}
-		have = append(have, got)
+		have = append(have, image.FormatPlatform(got))
 	}
 	return nil, v1.Descriptor{}, failure.Bad("platform",
 		fmt.Sprintf("%s has no manifest for %s; it has %s", ref.Context(), image.FormatPlatform(want), strings.Join(have, ", ")),
@@ -121,12 +122,12 @@ func platformImage(ii v1.ImageIndex, ref name.Reference, want ocispec.Platform) 
 }
 
 // platformOf is an image's os/arch[/variant], from its config.
-func platformOf(img v1.Image) (string, error) {
+func platformOf(img v1.Image) (*ocispec.Platform, error) {
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return image.FormatPlatform(ocispec.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}), nil
+	return image.PlatformOf(cf.OS, cf.Architecture, cf.Variant), nil
 }
 
 // fullName is the name a reference is stored under: normalized
@@ -145,12 +146,17 @@ func fullName(ref string) (string, error) {
 	return n.String(), nil
 }
 
-// repoDigests names digest in each reference's repository: the user's,
-// and the one pulled from when that differs (a mirror).
-func repoDigests(digest string, refs ...string) []string {
-	var out []string
+// repoDigests names dg in each reference's repository: the user's, and
+// the one pulled from when that differs (a mirror).
+func repoDigests(dg digest.Digest, refs ...string) []reference.Canonical {
+	var out []reference.Canonical
 	for _, r := range refs {
-		if rd := image.Pinned(r, digest); rd != "" && !slices.Contains(out, rd) {
+		named, err := reference.ParseNormalizedNamed(r)
+		if err != nil {
+			continue
+		}
+		rd, err := reference.WithDigest(reference.TrimNamed(named), dg)
+		if err == nil && !slices.ContainsFunc(out, func(c reference.Canonical) bool { return c.String() == rd.String() }) {
 			out = append(out, rd)
 		}
 	}
@@ -167,6 +173,30 @@ func tempPrefix(path string) string { return "." + filepath.Base(path) + ".ghcr-
 // steps) the path must lie inside base, symlinks included. What is already
 // at the path must be something the format can replace or add to.
 func ResolvePath(format Format, raw, base string, bounded bool) (string, error) {
+	ex := "images/app.tar"
+	if format == Layout {
+		ex = "images/layout"
+	}
+	return resolve(pathInput{name: "path", format: format, example: ex}, raw, base, bounded)
+}
+
+// ResolveCachePath turns the cache-path input (the relay's persistent OCI
+// layout) into an absolute path, with the path input's rules: inside the
+// job's workspace when bounded, and a new or empty directory or an OCI
+// layout.
+func ResolveCachePath(raw, base string, bounded bool) (string, error) {
+	return resolve(pathInput{name: "cache-path", format: Layout, example: ".cache/ghcr-pull"}, raw, base, bounded)
+}
+
+// pathInput is an input that names where files go.
+type pathInput struct {
+	name    string
+	format  Format
+	example string
+}
+
+func resolve(in pathInput, raw, base string, bounded bool) (string, error) {
+	format := in.format
 	raw = strings.TrimSpace(raw)
 	p := raw
 	if !filepath.IsAbs(p) {
@@ -174,14 +204,14 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	}
 	p = filepath.Clean(p)
 	if bounded {
-		outside := failure.Bad("path",
+		outside := failure.Bad(in.name,
 			fmt.Sprintf("%q is outside the job's workspace %s, the only directory the action's container shares with later steps", raw, base),
-			"use a path inside the workspace, e.g. images/app.tar (relative paths resolve there)")
+			"use a path inside the workspace, e.g. "+in.example+" (relative paths resolve there)")
 		if !within(base, p) {
 			return "", outside
 		}
 		if p == filepath.Clean(base) {
-			return "", failure.Bad("path", "names the workspace itself", "name a file or directory inside it, e.g. images/app.tar or images/layout")
+			return "", failure.Bad(in.name, "names the workspace itself", "name a file or directory inside it, e.g. "+in.example)
 		}
 		// A symlink inside the workspace may point out of it.
 		realBase, err1 := filepath.EvalSymlinks(base)
@@ -195,19 +225,19 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	case errors.Is(err, os.ErrNotExist):
 		return p, nil
 	case err != nil:
-		return "", failure.Bad("path", err.Error(), "name a path the action can write")
+		return "", failure.Bad(in.name, err.Error(), "name a path the action can write")
 	}
 	switch format {
 	case Tarball:
 		if fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
 		}
 	case Layout:
 		if !fi.IsDir() {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a file, and destination oci-layout writes a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a file, and an OCI layout is a directory", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 		if !isLayout(p) && !isEmptyDir(p) {
-			return "", failure.Bad("path", fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory that is not an OCI layout (it has files but no oci-layout file)", raw), "name a new or empty directory, or an existing OCI layout to add to")
 		}
 	}
 	return p, nil

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -234,11 +233,11 @@ func TestLayout(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := ref.Context().String() + "@" + digest; len(info.RepoDigests) != 1 || info.RepoDigests[0] != want {
-				t.Errorf("RepoDigests %v, want [%s] (the digest pulled, which pull checks)", info.RepoDigests, want)
+			if got := info.Digest(ref.String(), ""); len(info.RepoDigests) != 1 || got != digest {
+				t.Errorf("RepoDigests %v, want %s in %s (the digest pulled, which pull checks)", info.RepoDigests, digest, ref.Context())
 			}
-			if info.Platform != tc.wantPlat {
-				t.Errorf("platform %q, want %q", info.Platform, tc.wantPlat)
+			if info.PlatformString() != tc.wantPlat {
+				t.Errorf("platform %q, want %q", info.PlatformString(), tc.wantPlat)
 			}
 			entries := layoutEntries(t, path)
 			if len(entries) != 1 {
@@ -615,7 +614,7 @@ func TestMirrorSource(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(info.RepoDigests, from) || !slices.Contains(info.RepoDigests, pinned(ref, digest)) {
+		if info.Digest(from, "") != digest || info.Digest(pinned(ref, digest), "") != digest {
 			t.Errorf("%s: RepoDigests %v, want %s and %s", f, info.RepoDigests, from, pinned(ref, digest))
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
@@ -51,9 +52,9 @@ type LayoutDir struct {
 // entry is what this run put in index.json under one name.
 type entry struct {
 	desc      v1.Descriptor
-	requested string // the digest of the reference pulled (the index's for a narrowed image)
-	pulledAs  string // the reference pulled (a mirror's, when one served)
-	platform  string
+	requested digest.Digest // the digest of the reference pulled (the index's for a narrowed image)
+	pulledAs  string        // the reference pulled (a mirror's, when one served)
+	platform  *ocispec.Platform
 	// ours: the name was added by this run's Pull (not there before), so
 	// a Tag that renames it takes it away again.
 	ours bool
@@ -87,7 +88,7 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 	top := desc.Descriptor
 	top.Annotations, top.Platform = nil, nil
 	var blobs []blob
-	plat := ""
+	var plat *ocispec.Platform
 	if desc.MediaType.IsIndex() {
 		ii, err := desc.ImageIndex()
 		if err != nil {
@@ -139,7 +140,7 @@ func (l *LayoutDir) Pull(ctx context.Context, ref string, platform *ocispec.Plat
 	if err != nil {
 		return false, err
 	}
-	l.written[key] = entry{desc: top, requested: desc.Digest.String(), pulledAs: ref, platform: plat, ours: ours}
+	l.written[key] = entry{desc: top, requested: digest.Digest(desc.Digest.String()), pulledAs: ref, platform: plat, ours: ours}
 	return len(staged) > 0, nil
 }
 
@@ -243,7 +244,7 @@ func (l *LayoutDir) stage(ctx context.Context, stage string, blobs []blob, progr
 			continue
 		}
 		seen[b.digest] = true
-		if intact(l.blobPath(b.digest), b.digest, b.size) {
+		if Intact(l.blobPath(b.digest), b.digest, b.size) {
 			continue
 		}
 		need = append(need, b)
@@ -307,9 +308,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// intact says whether path holds exactly the blob d: a damaged blob (a
-// killed copy, a bad disk) is fetched again, never kept.
-func intact(path string, d v1.Hash, size int64) bool {
+// Intact says whether path holds exactly the blob d: a damaged blob (a
+// killed copy, a bad disk) is fetched again, never kept. The relay's
+// persistent store (cache-path) checks its blobs with it too.
+func Intact(path string, d v1.Hash, size int64) bool {
 	f, err := os.Open(path)
 	if err != nil {
 		return false
@@ -327,17 +329,17 @@ func intact(path string, d v1.Hash, size int64) bool {
 
 // platformOf reads the image's config from the layout when it holds it
 // intact, else from the registry.
-func (l *LayoutDir) platformOf(img v1.Image) (string, error) {
+func (l *LayoutDir) platformOf(img v1.Image) (*ocispec.Platform, error) {
 	m, err := img.Manifest()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	p := l.blobPath(m.Config.Digest)
-	if intact(p, m.Config.Digest, m.Config.Size) {
+	if Intact(p, m.Config.Digest, m.Config.Size) {
 		if f, err := os.Open(p); err == nil {
 			defer f.Close()
 			if cf, err := v1.ParseConfigFile(f); err == nil {
-				return image.FormatPlatform(ocispec.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}), nil
+				return image.PlatformOf(cf.OS, cf.Architecture, cf.Variant), nil
 			}
 		}
 	}

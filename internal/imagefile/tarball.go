@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
@@ -82,7 +83,7 @@ func (t *TarFile) Pull(ctx context.Context, ref string, platform *ocispec.Platfo
 		return false, failure.FromRegistry(err, creds.IsAnonymous())
 	}
 	t.mu.Lock()
-	t.written = &image.Info{ID: id.String(), RepoDigests: repoDigests(desc.Digest.String(), t.input, ref), Platform: plat}
+	t.written = &image.Info{ID: id.String(), RepoDigests: repoDigests(digest.Digest(desc.Digest.String()), t.input, ref), Platform: plat}
 	t.mu.Unlock()
 	return true, nil
 }

@@ -96,7 +96,7 @@ func (d *tagDaemon) Tag(context.Context, string, string) error { return nil }
 func (d *tagDaemon) Inspect(context.Context, string) (image.Info, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return image.Info{RepoDigests: byDigest(slices.Values(d.refs))}, nil
+	return image.Info{RepoDigests: image.ParseRepoDigests(byDigest(slices.Values(d.refs)))}, nil
 }
 
 // byDigest keeps the names by digest: what a daemon's RepoDigests list.
@@ -368,7 +368,7 @@ func (d *renameDaemon) Inspect(_ context.Context, ref string) (image.Info, error
 	if !d.names[ref] {
 		return image.Info{}, fmt.Errorf("no image %s", ref)
 	}
-	return image.Info{RepoDigests: byDigest(maps.Keys(d.names))}, nil
+	return image.Info{RepoDigests: image.ParseRepoDigests(byDigest(maps.Keys(d.names)))}, nil
 }
 
 // A containerd target (no tag call, renames) is pointed at the mirror

@@ -586,18 +586,18 @@ func pullOnto(ctx context.Context, img Image, t *openOnce, p probeOutcome, opts 
 		err = fmt.Errorf("pulled, but inspecting %s failed: %w", img.Input, err)
 		return res.failed(err, err.Error())
 	}
-	if opts.Platform != nil && info.Platform != "" && !image.SamePlatform(*opts.Platform, info.Platform) {
+	if opts.Platform != nil && info.Platform != nil && !image.SamePlatform(*opts.Platform, *info.Platform) {
 		err := failure.Bad("platform",
-			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.Platform, image.FormatPlatform(*opts.Platform)),
+			fmt.Sprintf("%s on %s is %s, not the %s asked for (the image has no manifest for that platform)", img.Input, t.target.Name, info.PlatformString(), image.FormatPlatform(*opts.Platform)),
 			"pick a platform the image provides, or leave platform empty")
 		return res.failed(err, err.Error())
 	}
-	res.Platform = info.Platform
+	res.Platform = info.PlatformString()
 	pulledAs := img.Input
 	if src != nil && !renamed {
 		pulledAs = ref // Docker's RepoDigests name the mirror's repository
 	}
-	got := RepoDigest(info.RepoDigests, pulledAs, p.digest)
+	got := info.Digest(pulledAs, p.digest)
 	if p.digest != "" && got != p.digest {
 		err := &DriftError{Image: img.Input, Target: t.target.Name, Expected: p.digest, Got: got}
 		return res.failed(err, err.Error())
@@ -653,35 +653,6 @@ func rejectionText(err error) string {
 		return rej.Response.String()
 	}
 	return err.Error()
-}
-
-// RepoDigest picks, from a daemon's RepoDigests, the digest of input's
-// repository; when the tag moved and the daemon holds several, the one the
-// probe saw wins.
-func RepoDigest(repoDigests []string, input, probed string) string {
-	want, err := reference.ParseNormalizedNamed(input)
-	if err != nil {
-		return ""
-	}
-	var found string
-	for _, rd := range repoDigests {
-		got, err := reference.ParseNormalizedNamed(rd)
-		if err != nil || got.Name() != want.Name() {
-			continue
-		}
-		canon, ok := got.(reference.Canonical)
-		if !ok {
-			continue
-		}
-		dg := canon.Digest().String()
-		if dg == probed {
-			return dg
-		}
-		if found == "" {
-			found = dg
-		}
-	}
-	return found
 }
 
 // openOnce opens a target's daemon at most once per run.

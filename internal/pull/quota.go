@@ -124,7 +124,7 @@ func lacks(ctx context.Context, img Image, p probeOutcome, target *openOnce) boo
 		return true // pulled by the user's reference, from the registry
 	}
 	info, err := d.Inspect(ctx, pinned)
-	return err != nil || RepoDigest(info.RepoDigests, img.Input, p.digest) != p.digest
+	return err != nil || info.Digest(img.Input, p.digest) != p.digest
 }
 
 func plural(n int, word string) string {

@@ -48,7 +48,7 @@ func (d *slowTarget) Inspect(_ context.Context, ref string) (image.Info, error) 
 	if strings.Contains(ref, "@") || !ok {
 		return image.Info{}, fmt.Errorf("no image %s", ref)
 	}
-	return image.Info{RepoDigests: []string{repo + "@" + dg}}, nil
+	return image.Info{RepoDigests: image.ParseRepoDigests([]string{repo + "@" + dg})}, nil
 }
 
 // BenchmarkQuotaGuard is the cost of quota-guard: with it on, every image

@@ -18,10 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -42,6 +41,11 @@ const DefaultMaxBytes = 20 << 30
 type Options struct {
 	// Dir is where the cache directory is made ("" is os.TempDir()).
 	Dir string
+	// Store, when set, is a persistent OCI image layout that holds the
+	// blobs and manifests instead of a temporary directory (cache-path):
+	// blobs found there are verified on first use, and Close prunes it to
+	// what the step relayed instead of removing it (store.go).
+	Store string
 	// MaxBytes bounds the blobs kept on disk at once.
 	MaxBytes int64
 	// Transport reaches the registry (ghcr.Transport: plain HTTP refused
@@ -71,6 +75,11 @@ type Server struct {
 	upBytes  int64
 	served   map[[2]string]int64 // bytes sent by host and path
 	manifest map[string]int      // upstream manifest fetches by digest
+	// With a store: blobs taken from it intact, blobs and manifests found
+	// damaged there, and the index.json names (ref → path, digest).
+	reused    map[string]int
+	discarded map[string]int
+	names     map[string][2]string
 }
 
 type repo struct {
@@ -124,25 +133,37 @@ func New(opts Options) (*Server, error) {
 	if opts.UserAgent == "" {
 		opts.UserAgent = "ghcr-pull"
 	}
-	dir, err := os.MkdirTemp(opts.Dir, "ghcr-pull-relay-")
+	var dir string
+	var err error
+	if opts.Store != "" {
+		dir, err = openStore(opts.Store)
+	} else {
+		dir, err = os.MkdirTemp(opts.Dir, "ghcr-pull-relay-")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("relay: making the blob cache: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, dir: dir, ctx: ctx, cancel: cancel, repos: map[string]*repo{}, blobs: map[string]*blob{},
-		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{}}, nil
+		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{},
+		reused: map[string]int{}, discarded: map[string]int{}, names: map[string][2]string{}}, nil
 }
 
-// Dir is the cache directory (removed by Close).
+// Dir is the cache directory (removed by Close), or with a store the
+// store's blob directory (kept).
 func (s *Server) Dir() string { return s.dir }
 
-// Close removes the cache; the server refuses every request afterwards.
+// Close removes the cache, or prunes the store and writes its index.json;
+// the server refuses every request afterwards.
 func (s *Server) Close() error {
 	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	s.blobs, s.used = map[string]*blob{}, 0
 	s.mu.Unlock()
+	if s.opts.Store != "" {
+		return s.closeStore()
+	}
 	return os.RemoveAll(s.dir)
 }
 
@@ -243,19 +264,17 @@ type Stats struct {
 	ManifestFetches map[string]int
 	// Bytes is the blob bytes fetched upstream.
 	Bytes int64
+	// With a store: blobs served from it (verified), and blobs or
+	// manifests found there damaged and discarded, by digest.
+	Reused, Discarded map[string]int
 }
 
 // Stats reports what was fetched upstream so far.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{BlobFetches: map[string]int{}, ManifestFetches: map[string]int{}, Bytes: s.upBytes}
-	for k, v := range s.fetches {
-		st.BlobFetches[k] = v
-	}
-	for k, v := range s.manifest {
-		st.ManifestFetches[k] = v
-	}
+	st := Stats{BlobFetches: maps.Clone(s.fetches), ManifestFetches: maps.Clone(s.manifest), Bytes: s.upBytes,
+		Reused: maps.Clone(s.reused), Discarded: maps.Clone(s.discarded)}
 	return st
 }
 
@@ -315,18 +334,25 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 	s.mu.Unlock()
 
 	v, err, _ := s.sf.Do("manifest "+path+"@"+dgst, func() (any, error) {
-		tr, creds, err := s.transport(ctx, path)
-		if err != nil {
-			return nil, err
+		// With a store, a manifest kept by an earlier step is used as it
+		// is (its digest checked): the probe has just resolved the digest
+		// with these credentials.
+		m, ok := s.storedManifest(dgst)
+		if !ok {
+			tr, creds, err := s.transport(ctx, path)
+			if err != nil {
+				return nil, err
+			}
+			s.mu.Lock()
+			s.manifest[dgst]++
+			s.mu.Unlock()
+			desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
+			if err != nil {
+				return nil, failure.FromRegistry(err, creds.IsAnonymous())
+			}
+			m = manifest{body: desc.Manifest, mediaType: desc.MediaType}
+			s.storeManifest(dgst, m.body)
 		}
-		s.mu.Lock()
-		s.manifest[dgst]++
-		s.mu.Unlock()
-		desc, err := remote.Get(upstream.Digest(dgst), s.remoteOptions(ctx, tr)...)
-		if err != nil {
-			return nil, failure.FromRegistry(err, creds.IsAnonymous())
-		}
-		m := manifest{body: desc.Manifest, mediaType: desc.MediaType}
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		r.manifests[dgst] = m
@@ -382,6 +408,9 @@ func (e *CacheError) Class() string { return "relay-cache" }
 // once the registry has answered, so that its refusal is a clean answer to
 // the host and kept for the caller (Err).
 func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, error) {
+	if err := s.adopt(path, dgst); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.repos[path]
@@ -465,7 +494,7 @@ func (s *Server) fetch(b *blob, f *os.File, path string, upstream name.Repositor
 		err = errors.New("relay: closed")
 	}
 	if err == nil {
-		final := filepath.Join(s.dir, strings.ReplaceAll(dgst, ":", "-"))
+		final := s.blobPath(dgst)
 		if err = os.Rename(b.path, final); err == nil {
 			b.path, b.done = final, true
 			return

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -138,21 +139,57 @@ type relayedDocker struct {
 }
 
 type relayedImage struct {
-	repo, digest string // the user's repository, the digest relayed
-	id           string // the image ID on the host
-	hold         string // the digest tag, "" once the user's tag holds the image
-	held         bool   // the digest tag was there before this pull: leave it
+	name reference.Canonical // the ref pulled (the user's repository, the digest relayed); nil if it is none
+	id   string              // the image ID on the host
+	hold string              // the digest tag, "" once the user's tag holds the image
+	held bool                // the digest tag was there before this pull: leave it
 }
 
 func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
 	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
 }
 
-// forward is the relay's remote forward on one connection: opened at the
-// first pull, one for every image of the step, closed with the runtime.
+// LocalHost is the name the runner's own daemon is served under (the
+// relay counts bytes by it), as results name it.
+const LocalHost = "local"
+
+// Local is the runner's own Docker daemon fed by the relay (cache-path):
+// the route of a relayed Docker host, with listen in place of the SSH
+// remote forward. listen opens the relay's listener where the daemon
+// reaches it on its own 127.0.0.1, at the listener's port: a plain
+// listener when the daemon shares our network namespace, else one a
+// forwarder on the daemon's side relays to (the listener then reports the
+// forwarder's port). Closing the runtime closes the listener and e.
+func Local(e dockerEngine, r Relay, listen func() (net.Listener, error)) Runtime {
+	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, localLoopback(listen)), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+}
+
+// loopback is where the relay's listener for a runtime opens, on the
+// runtime's own 127.0.0.1 (127.0.0.0/8 is a plain-HTTP registry to dockerd
+// and containerd with no configuration): an SSH remote forward on a host
+// (*sshConn), or a listener the runner's daemon reaches (Local).
+type loopback interface {
+	listenLoopback() (net.Listener, error)
+	// lost names a failed pull's error by what went away, if anything.
+	lost(err error) error
+	// name is the host the relay counts what it sends under.
+	name() string
+}
+
+func (c *sshConn) name() string { return c.host.Addr() }
+
+type localLoopback func() (net.Listener, error)
+
+func (l localLoopback) listenLoopback() (net.Listener, error) { return l() }
+func (l localLoopback) lost(err error) error                  { return err }
+func (l localLoopback) name() string                          { return LocalHost }
+
+// forward is the relay's listener for one runtime (a remote forward on one
+// connection): opened at the first pull, one for every image of the step,
+// closed with the runtime.
 type forward struct {
 	relay Relay
-	conn  *sshConn
+	conn  loopback
 	host  string
 
 	once sync.Once
@@ -160,8 +197,8 @@ type forward struct {
 	err  error
 }
 
-func newForward(r Relay, c *sshConn) *forward {
-	return &forward{relay: r, conn: c, host: c.host.Addr()}
+func newForward(r Relay, c loopback) *forward {
+	return &forward{relay: r, conn: c, host: c.name()}
 }
 
 // port opens the remote forward once per connection, serves the relay on
@@ -304,7 +341,11 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 		return false, fmt.Errorf("removing the relay's name %s: %w", local, err)
 	}
 	d.mu.Lock()
-	d.relayed[refKey(ref)] = &relayedImage{repo: repo, digest: dgst, id: info.ID, hold: hold, held: held}
+	ri := &relayedImage{id: info.ID, hold: hold, held: held}
+	if names := image.ParseRepoDigests([]string{ref}); len(names) == 1 {
+		ri.name = names[0]
+	}
+	d.relayed[refKey(ref)] = ri
 	d.mu.Unlock()
 	return isNew, nil
 }
@@ -351,7 +392,9 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 	defer d.mu.Unlock()
 	for _, r := range d.relayed {
 		if r.id == info.ID {
-			info.RepoDigests = append(info.RepoDigests, r.repo+"@"+r.digest)
+			if r.name != nil {
+				info.RepoDigests = append(info.RepoDigests, r.name)
+			}
 			info.Ref = info.ID
 			break
 		}

@@ -69,10 +69,10 @@ func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 	if !ok {
 		return image.Info{}, fmt.Errorf("containerd has no image %s", ref)
 	}
-	info := image.Info{ID: id, Platform: "linux/amd64"}
+	info := image.Info{ID: id, Platform: image.PlatformOf("linux", "amd64", "")}
 	for name, i := range c.names {
 		if i == id && strings.Contains(name, "@") {
-			info.RepoDigests = append(info.RepoDigests, name)
+			info.RepoDigests = append(info.RepoDigests, image.ParseRepoDigests([]string{name})...)
 		}
 	}
 	return info, nil
@@ -150,7 +150,7 @@ func TestRelayedContainerd(t *testing.T) {
 			t.Fatal(err)
 		}
 		// pull's image_ref stays <repository>@<digest>: the name exists.
-		if info.Ref != "" || !slices.Equal(info.RepoDigests, []string{ref}) {
+		if info.Ref != "" || len(info.RepoDigests) != 1 || info.RepoDigests[0].String() != ref {
 			t.Errorf("Inspect = %+v, want no Ref and %s in RepoDigests", info, ref)
 		}
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {

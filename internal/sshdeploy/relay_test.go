@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -121,7 +122,7 @@ func (d *fakeDockerd) Inspect(_ context.Context, ref string) (image.Info, error)
 	if !ok {
 		return image.Info{}, fmt.Errorf("no such image: %s", ref)
 	}
-	return image.Info{ID: id, Platform: "linux/amd64"}, nil
+	return image.Info{ID: id, Platform: image.PlatformOf("linux", "amd64", "")}, nil
 }
 
 func mapsValues(m map[string]string) []string {
@@ -236,7 +237,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.Ref != "sha256:imageid" || !slices.Contains(info.RepoDigests, ref) {
+		if info.Ref != "sha256:imageid" || !slices.ContainsFunc(info.RepoDigests, func(rd reference.Canonical) bool { return rd.String() == ref }) {
 			t.Errorf("Inspect = %+v, want the image ID as Ref and %s in RepoDigests", info, ref)
 		}
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || pulled {
@@ -406,5 +407,54 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {
 		t.Fatalf("Pull = %v, want the daemon's error as it is: the connection is up", err)
+	}
+}
+
+// TestLocal: the runner's own daemon takes the relayed Docker host's route
+// through the listener it is given: the relay served there under
+// LocalHost, the daemon handed no credential, only the user's tag left,
+// the listener closed with the runtime.
+func TestLocal(t *testing.T) {
+	ctx := context.Background()
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret"}
+	var opened []net.Listener
+	listen := func() (net.Listener, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err == nil {
+			opened = append(opened, l)
+		}
+		return l, err
+	}
+	rl, engine := &fakeRelay{}, &fakeDockerd{names: map[string]string{}}
+	d := Local(engine, rl, listen)
+	ref := "ghcr.io/acme/app@" + relayDigest
+	for range 2 {
+		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.(interface {
+		Tag(ctx context.Context, source, target string) error
+	}).Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+		t.Fatal(err)
+	}
+	if len(opened) != 1 || !slices.Equal(rl.hosts, []string{LocalHost}) {
+		t.Fatalf("listeners %v served to %v, want one, served as %s", opened, rl.hosts, LocalHost)
+	}
+	if want := "relayed /v2/acme/app/manifests/" + relayDigest; engine.got != want || engine.creds[0] != registryauth.Anonymous {
+		t.Errorf("the daemon got %q with %v, want %q with no credentials", engine.got, engine.creds, want)
+	}
+	if !strings.HasPrefix(engine.ops[0], "pull "+opened[0].Addr().String()+"/") {
+		t.Errorf("the daemon pulled %q, want from the listener %s", engine.ops[0], opened[0].Addr())
+	}
+	if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
+		t.Errorf("names %v, want only the user's tag (ops %q)", got, engine.ops)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", opened[0].Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Errorf("the listener still accepts after Close")
 	}
 }
