@@ -1,13 +1,13 @@
 package e2e
 
-// A remote host of Kind WithContainerd is a Kubernetes
-// node without the kubelet: Debian's containerd (1.6, its CRI plugin
-// enabled) in the host's network namespace, with its own root, state,
-// config and socket under the host's directory, and no dockerd. sshd runs
-// in a private mount namespace with a tmpfs over /run (so neither the
-// runner's /var/run/docker.sock nor anything else of the machine's /run is
-// there, as on a node without Docker) in which the host's containerd socket
-// is bind-mounted at /run/containerd/containerd.sock, the default path.
+// A remote host of Kind WithContainerd is a Kubernetes node without the
+// kubelet: Debian's containerd (1.6, its CRI plugin enabled) in the host's
+// network namespace, with its own root, state, config and socket under the
+// host's directory, and no dockerd. sshd runs in a private mount namespace
+// with a tmpfs over /run (so neither the runner's /var/run/docker.sock nor
+// anything else of the machine's /run is there, as on a node without
+// Docker) in which the host's containerd socket is bind-mounted at
+// /run/containerd/containerd.sock, the default path.
 //
 // containerd itself runs in a private mount namespace too: the overlay
 // mounts it makes while unpacking never reach the machine's, and vanish
