@@ -8,7 +8,6 @@ package action
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -98,8 +97,10 @@ type Config struct {
 	RelayCacheMax int64
 	// Verify, when set, is the signature every image must carry.
 	Verify *verify.Policy
-	// Kube is set with destination kubernetes.
-	Kube *kube.Config
+	// Kube is set with destination kubernetes; with KubeAuth (a keyless
+	// form), only once execute has reached the cluster.
+	Kube     *kube.Config
+	KubeAuth *KubeAuth
 	// Path is where destination oci-layout or tar writes, absolute;
 	// PathShown is how results name it (relative to the workspace in
 	// GitHub Actions).
@@ -168,7 +169,7 @@ func ParseConfig(get Getter, md Metadata, opts ...ParseOption) (Config, error) {
 		c.InsecureRegistries = append(c.InsecureRegistries, h)
 	}
 	if c.Mirrors, err = mirror.Parse(get("mirrors")); err != nil {
-		return c, err
+		return c, named(err, mirrorInputs)
 	}
 	mirrorUser, mirrorPassword := strings.TrimSpace(get("mirror-username")), get("mirror-password")
 	switch {
@@ -350,7 +351,7 @@ func parsePath(c *Config, get Getter, opts []ParseOption) error {
 	}
 	p, err := imagefile.ResolvePath(imagefile.Format(c.Destination), raw, o.base, o.bounded)
 	if err != nil {
-		return err
+		return named(err, fileInputs)
 	}
 	c.Path, c.PathShown = p, p
 	if rel, err := filepath.Rel(o.base, p); o.bounded && err == nil {
@@ -373,7 +374,7 @@ func parseCachePath(c *Config, get Getter, o parseOptions) error {
 	}
 	p, err := imagefile.ResolveCachePath(raw, o.base, o.bounded)
 	if err != nil {
-		return err
+		return named(err, fileInputs)
 	}
 	c.CachePath = p
 	return nil
@@ -389,15 +390,18 @@ func parseKube(c *Config, get, in Getter) error {
 		}
 		return nil
 	}
-	if strings.TrimSpace(kubeconfig) == "" {
-		return failure.Bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}")
-	}
 	if strings.TrimSpace(get("ssh-host")) != "" {
 		return failure.Bad("ssh-host", "is set with destination kubernetes", "use one destination per step: drop ssh-host, or set destination: docker")
 	}
 	timeout, err := time.ParseDuration(in("kube-timeout"))
 	if err != nil || timeout <= 0 {
 		return failure.Bad("kube-timeout", fmt.Sprintf("%q is not a positive duration", in("kube-timeout")), "e.g. 90s, 5m")
+	}
+	if c.KubeAuth, err = parseKubeAuth(get, in, timeout); err != nil || c.KubeAuth != nil {
+		return err
+	}
+	if strings.TrimSpace(kubeconfig) == "" {
+		return failure.Bad("kubeconfig", "is empty, and destination kubernetes needs it", "pass the cluster's kubeconfig from a secret: kubeconfig: ${{ secrets.KUBECONFIG }}, or reach the cluster with kube-auth: eks, gke, aks or oidc")
 	}
 	cfg, err := kube.ParseConfig(kubeconfig, in("kube-context"), in("kube-namespace"), in("kube-node-selector"), timeout)
 	if err != nil {
@@ -445,7 +449,7 @@ func parseSSH(c *Config, get, in Getter) error {
 		ContainerdNamespace:   in("containerd-namespace"),
 	})
 	if err != nil {
-		return err
+		return named(err, sshInputs)
 	}
 	if c.SSH == nil && c.Relay {
 		return failure.Bad("ssh-transfer", "is relay, but ssh-host names no host to relay to", "set ssh-host, or drop ssh-transfer")
@@ -466,21 +470,126 @@ var verifyInputs = map[verify.Setting]string{
 	verify.SettingTrustedRoot:    "verify-trusted-root",
 }
 
-// named is the one boundary where a package's settings get the input
-// names users know them by: the *failure.BadInput in err, naming a setting
-// of names, is renamed to its input, and each {setting} in its problem and
-// fix too. Packages below action name only their own parameters.
+// sshInputs names sshdeploy's settings, the fields of sshdeploy.Inputs,
+// as the action's inputs: its errors name them, in Parse and in Open.
+var sshInputs = map[string]string{
+	"Hosts":                 "ssh-host",
+	"User":                  "ssh-user",
+	"Port":                  "ssh-port",
+	"Key":                   "ssh-key",
+	"KeyPassphrase":         "ssh-key-passphrase",
+	"KnownHosts":            "ssh-known-hosts",
+	"Fingerprints":          "ssh-fingerprint",
+	"InsecureIgnoreHostKey": "ssh-insecure-ignore-host-key",
+	"ProxyJump":             "ssh-proxy-jump",
+	"Timeout":               "ssh-timeout",
+	"Runtime":               "remote-runtime",
+	"DockerSocket":          "remote-docker-socket",
+	"ContainerdSocket":      "remote-containerd-socket",
+	"ContainerdNamespace":   "containerd-namespace",
+}
+
+// mirrorInputs and fileInputs name mirror.Parse's, imagefile.ResolvePath's
+// and ResolveCachePath's settings as the action's inputs, for ParseConfig;
+// runInputs those that errors and advice met while pulling name
+// (sshdeploy's, docker.Open's Host, ghcr's option and advice), for the
+// pull's results, once.
+var (
+	mirrorInputs = map[string]string{"Mirrors": "mirrors"}
+	fileInputs   = map[string]string{"Path": "path", "CachePath": "cache-path", "Format": "destination"}
+	runInputs    = merged(sshInputs, map[string]string{
+		"Host":               "docker-host",
+		"InsecureRegistries": "insecure-registry",
+		"Mirrors":            "mirrors",
+		"QuotaGuard":         "quota-guard",
+		"PullLocal":          "pull-local",
+		"Transfer":           "ssh-transfer",
+		// ghcr's advice under a failed verification
+		"VerifyKey":            "verify-key",
+		"VerifyTrustedRoot":    "verify-trusted-root",
+		"VerifyIdentity":       "verify-identity",
+		"VerifyIdentityRegexp": "verify-identity-regexp",
+		"VerifyIssuer":         "verify-issuer",
+		"VerifyRepository":     "verify-repository",
+		"VerifySignerWorkflow": "verify-signer-workflow",
+	})
+)
+
+// merged is the settings of every table, each named once.
+func merged(tables ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, t := range tables {
+		for s, n := range t {
+			if m, ok := out[s]; ok && m != n {
+				panic("setting " + s + " names both " + m + " and " + n)
+			}
+			out[s] = n
+		}
+	}
+	return out
+}
+
+// named is where a package's settings get the input names users know
+// them by (ParseConfig calls it, and execute for the pull's results):
+// every *failure.BadInput in err's tree naming a setting of names is
+// renamed to its input, and each {setting} in any error's text too (an
+// error whose text names no setting is returned as it is). Packages below
+// action name only their own parameters.
 func named[S ~string](err error, names map[S]string) error {
-	var bad *failure.BadInput
-	if !errors.As(err, &bad) {
-		return err
+	if err == nil {
+		return nil
 	}
-	if n, ok := names[S(bad.Input)]; ok {
-		bad.Input = n
+	rename := renamer(names)
+	for _, e := range tree(err) {
+		if bad, ok := e.(*failure.BadInput); ok {
+			if n, ok := names[S(bad.Input)]; ok {
+				bad.Input = n
+			}
+			bad.Problem, bad.Fix = rename.Replace(bad.Problem), rename.Replace(bad.Fix)
+		}
 	}
-	for s, n := range names {
-		bad.Problem = strings.ReplaceAll(bad.Problem, "{"+string(s)+"}", n)
-		bad.Fix = strings.ReplaceAll(bad.Fix, "{"+string(s)+"}", n)
+	if text := rename.Replace(err.Error()); text != err.Error() {
+		return &renamedError{error: err, text: text}
 	}
 	return err
 }
+
+// namedText is text with each {setting} of names renamed to its input.
+func namedText[S ~string](text string, names map[S]string) string {
+	return renamer(names).Replace(text)
+}
+
+func renamer[S ~string](names map[S]string) *strings.Replacer {
+	braced := make([]string, 0, 2*len(names))
+	for s, n := range names {
+		braced = append(braced, "{"+string(s)+"}", n)
+	}
+	return strings.NewReplacer(braced...)
+}
+
+// tree is err and every error it wraps.
+func tree(err error) []error {
+	out := []error{err}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		if w := u.Unwrap(); w != nil {
+			out = append(out, tree(w)...)
+		}
+	case interface{ Unwrap() []error }:
+		for _, w := range u.Unwrap() {
+			out = append(out, tree(w)...)
+		}
+	}
+	return out
+}
+
+// renamedError is an error whose text named settings in a form made before
+// named saw it (fmt.Errorf makes its text at once); errors.As and
+// errors.Is still see what it wraps.
+type renamedError struct {
+	error
+	text string
+}
+
+func (e *renamedError) Error() string { return e.text }
+func (e *renamedError) Unwrap() error { return e.error }

@@ -115,6 +115,19 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 
+	if cfg.KubeAuth != nil {
+		k, err := connectKube(ctx, cfg, rep, env)
+		if err != nil {
+			rep.Error("ghcr-pull: the cluster could not be reached with kube-auth "+cfg.KubeAuth.Form, err.Error())
+			var bad *failure.BadInput
+			if errors.As(err, &bad) {
+				return ExitBadInput
+			}
+			return ExitFailed
+		}
+		cfg.Kube = &k
+	}
+
 	if cfg.OIDC != nil {
 		creds, err := deriveOIDC(ctx, cfg, rep, env)
 		if err != nil {
@@ -185,6 +198,12 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
 	}
 	results := pull.Run(ctx, cfg.Images, targets, opts)
+	for i, r := range results {
+		// The one boundary for what went wrong while pulling: the
+		// packages below name their settings, the user reads inputs.
+		results[i].Err = named(r.Err, runInputs)
+		results[i].Diagnosis = namedText(r.Diagnosis, runInputs)
+	}
 	ev.stop()
 	if cache != nil {
 		cache.close(ctx, rep, cfg.Images, results)
@@ -267,8 +286,11 @@ func targetsFor(cfg Config, rep *writer, probeOpts []ghcr.Option, cache *imageCa
 	}
 	local := pull.Target{Name: sshdeploy.LocalHost, Open: func(ctx context.Context) (pull.Daemon, error) {
 		e, err := docker.Open(ctx, cfg.DockerHost)
-		if err != nil || cache == nil {
-			return e, err
+		switch {
+		case err != nil:
+			return nil, err // not a nil *docker.Engine in a non-nil pull.Daemon, which pull would Close
+		case cache == nil:
+			return e, nil
 		}
 		return cache.daemon(ctx, e)
 	}}
@@ -645,8 +667,23 @@ func flagGetter(args []string, env Env, md Metadata) (Getter, error) {
 // deriveOIDC exchanges the workflow's ID token for registry credentials,
 // retrying what is transient. Every token is masked as it appears.
 func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registryauth.Credentials, error) {
+	idToken := idTokenSource(env)
+	o := *cfg.OIDC
+	o.Getenv = env.Getenv
+	var creds registryauth.Credentials
+	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
+		var err error
+		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
+		return err
+	})
+	return creds, err
+}
+
+// idTokenSource asks the Actions runtime for the workflow's ID token; a
+// job without id-token: write is told so, as a bad input.
+func idTokenSource(env Env) oidc.IDTokenSource {
 	gha := githubactions.New(githubactions.WithGetenv(env.Getenv))
-	idToken := func(ctx context.Context, audience string) (string, error) {
+	return func(ctx context.Context, audience string) (string, error) {
 		tok, err := gha.GetIDToken(ctx, audience)
 		var missing *githubactions.EnvMissingError
 		var failed *githubactions.RequestFailedError
@@ -662,15 +699,6 @@ func deriveOIDC(ctx context.Context, cfg Config, rep *writer, env Env) (registry
 		}
 		return tok, err
 	}
-	o := *cfg.OIDC
-	o.Getenv = env.Getenv
-	var creds registryauth.Credentials
-	err := retry.Do(ctx, retry.Default(cfg.Retries), func(ctx context.Context) error {
-		var err error
-		creds, err = oidc.Exchange(ctx, o, idToken, rep.Mask)
-		return err
-	})
-	return creds, err
 }
 
 // quotas is one pull quota per registry that reported one, the lowest

@@ -74,7 +74,8 @@ func (p *pingServer) name() string {
 }
 
 // Open reaches the daemon at host (empty: DOCKER_HOST, else the default
-// socket) and checks that it answers.
+// socket) and checks that it answers. Its errors name host as Host ({Host}
+// in their text), for the caller to name as its users know it.
 func Open(ctx context.Context, host string) (*Engine, error) {
 	server := &pingServer{}
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation(), client.WithHTTPResponseHook(server.hook)}
@@ -83,11 +84,11 @@ func Open(ctx context.Context, host string) (*Engine, error) {
 	}
 	cli, err := client.New(opts...)
 	if err != nil {
-		return nil, failure.Bad("docker-host", err.Error(), "use unix:///path/to/docker.sock or tcp://host:port")
+		return nil, failure.Bad("Host", err.Error(), "use unix:///path/to/docker.sock or tcp://host:port")
 	}
 	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("the Docker daemon at %s does not answer (%v); start it, set docker-host, or use destination: none", cli.DaemonHost(), err)
+		return nil, fmt.Errorf("the Docker daemon at %s does not answer (%v); start it, set {Host}, or use destination: none", cli.DaemonHost(), err)
 	}
 	return &Engine{client: cli, server: server}, nil
 }

@@ -269,8 +269,8 @@ func TestOpenUnanswering(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not answer") || !strings.Contains(err.Error(), "destination: none") {
 		t.Errorf("err = %v", err)
 	}
-	if _, err := Open(context.Background(), "nowhere"); class(err) != "bad-input:docker-host" {
-		t.Errorf("bad docker-host: %v", err)
+	if _, err := Open(context.Background(), "nowhere"); class(err) != "bad-input:Host" {
+		t.Errorf("bad Host: %v", err)
 	}
 }
 

@@ -34,49 +34,8 @@ func TestKubeDocumentedRole(t *testing.T) {
 	const ns = "prepull-role"
 	admin := c.Client
 
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
-	// Pods need the namespace's default ServiceAccount, which a controller makes.
-	if err := waitUntil(30*time.Second, 100*time.Millisecond, func() (bool, error) {
-		_, err := admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	}); err != nil {
-		t.Fatalf("no default ServiceAccount in %s: %v", ns, err)
-	}
-
-	// The documented role, built from kube.Permissions.
-	var cluster, namespaced []rbacv1.PolicyRule
-	for _, p := range kube.Permissions {
-		r := rbacv1.PolicyRule{APIGroups: []string{p.Group}, Resources: []string{p.Resource}, Verbs: p.Verbs}
-		if p.Namespaced {
-			namespaced = append(namespaced, r)
-		} else {
-			cluster = append(cluster, r)
-		}
-	}
-	subject := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: DeployerUser}}
-	crName := "ghcr-pull-e2e-nodes"
-	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: crName}, Rules: cluster}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = admin.RbacV1().ClusterRoles().Delete(context.Background(), crName, metav1.DeleteOptions{}) })
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: crName}, Subjects: subject,
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: crName}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admin.RbacV1().ClusterRoleBindings().Delete(context.Background(), crName, metav1.DeleteOptions{})
-	})
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "ghcr-pull", Namespace: ns}, Rules: namespaced}
-	if _, err := admin.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "ghcr-pull", Namespace: ns}, Subjects: subject,
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "ghcr-pull"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	subject := rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: DeployerUser}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: documentedRole(t, c, ns, subject), Namespace: ns}}
 	// allowed asks the authorizer what the deployer may do, and waits until
 	// it answers want (RBAC reads the objects through an informer).
 	allowed := func(t *testing.T, verb, group, resource string, want bool) {
@@ -197,4 +156,55 @@ func TestKubeDocumentedRole(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// documentedRole makes namespace ns (waiting for its default
+// ServiceAccount, which pods need) and binds subjects to exactly the
+// documented role (kube.Permissions): a ClusterRole for the cluster-wide
+// lines, a Role in ns for the rest. It returns the Role's name; all goes
+// when the test ends.
+func documentedRole(t testing.TB, c *Cluster, ns string, subjects ...rbacv1.Subject) string {
+	t.Helper()
+	ctx := context.Background()
+	admin := c.Client
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	if err := waitUntil(30*time.Second, 100*time.Millisecond, func() (bool, error) {
+		_, err := admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		t.Fatalf("no default ServiceAccount in %s: %v", ns, err)
+	}
+	var cluster, namespaced []rbacv1.PolicyRule
+	for _, p := range kube.Permissions {
+		r := rbacv1.PolicyRule{APIGroups: []string{p.Group}, Resources: []string{p.Resource}, Verbs: p.Verbs}
+		if p.Namespaced {
+			namespaced = append(namespaced, r)
+		} else {
+			cluster = append(cluster, r)
+		}
+	}
+	crName := "ghcr-pull-e2e-nodes-" + ns
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: crName}, Rules: cluster}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.RbacV1().ClusterRoles().Delete(context.Background(), crName, metav1.DeleteOptions{}) })
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: crName}, Subjects: subjects,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: crName}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admin.RbacV1().ClusterRoleBindings().Delete(context.Background(), crName, metav1.DeleteOptions{})
+	})
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "ghcr-pull", Namespace: ns}, Rules: namespaced}
+	if _, err := admin.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "ghcr-pull", Namespace: ns}, Subjects: subjects,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "ghcr-pull"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return role.Name
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -50,6 +51,9 @@ type Cluster struct {
 	Node    string
 	Client  kubernetes.Interface
 	Started time.Duration // from the first process to the node Ready
+	// Keyless is what the API server trusts besides its token file: EKS
+	// tokens through a webhook, the fake Actions issuer's ID tokens.
+	Keyless *Keyless
 
 	procs      []*hostProcess
 	containerd *hostProcess
@@ -165,6 +169,12 @@ func startCluster(e *Env, bin string) (*Cluster, error) {
 		}
 	}
 
+	kl, authArgs, err := startKeyless(dir)
+	c.Keyless = kl
+	if err != nil {
+		return c, err
+	}
+
 	// containerd first (it takes the longest to answer), then the
 	// control plane, then the kubelet.
 	c.sock = filepath.Join(dir, "containerd.sock")
@@ -225,12 +235,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 		return c, err
 	}
 	c.procs = append(c.procs, p)
-	if p, err = c.start(filepath.Join(bin, "kube-apiserver"), "kube-apiserver", "--etcd-servers", etcdURL,
+	if p, err = c.start(filepath.Join(bin, "kube-apiserver"), "kube-apiserver", append([]string{"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", fmt.Sprintf("--secure-port=%d", ports[2]),
 		"--cert-dir", filepath.Join(dir, "pki"), "--token-auth-file", tokens, "--authorization-mode", "Node,RBAC",
 		"--service-account-key-file", saKey, "--service-account-signing-key-file", saKey,
 		"--service-account-issuer", "https://kubernetes.default.svc", "--service-cluster-ip-range", "10.96.0.0/24",
-		"--enable-priority-and-fairness=false"); err != nil {
+		"--enable-priority-and-fairness=false"}, authArgs...)...); err != nil {
 		return c, err
 	}
 	c.procs = append(c.procs, p)
@@ -265,6 +275,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 		return err == nil && fileExists(c.sock), nil
 	}); err != nil {
 		return c, fmt.Errorf("API server not ready: %v; its log ends: %s", err, lastLinesOf(c.log("kube-apiserver"), 15))
+	}
+	// The JWT authenticator reads the issuer's discovery after the start.
+	if err := waitUntil(startupWait, 200*time.Millisecond, func() (bool, error) {
+		tr, err := cs.AuthenticationV1().TokenReviews().Create(context.Background(),
+			&authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: kl.Issuer.Sign(KubeAudience)}}, metav1.CreateOptions{})
+		return err == nil && tr.Status.Authenticated, nil
+	}); err != nil {
+		return c, fmt.Errorf("the API server does not take the issuer's ID tokens: %v; its log ends: %s", err, lastLinesOf(c.log("kube-apiserver"), 15))
 	}
 
 	kubeletCfg := filepath.Join(dir, "kubelet.yaml")
@@ -400,6 +418,9 @@ func (c *Cluster) stop() {
 	}
 	c.before.restore()
 	_ = os.RemoveAll(c.Dir)
+	if c.Keyless != nil {
+		c.Keyless.Close()
+	}
 }
 
 func remoteWriteAdmin(e *Env, ref name.Reference, img v1.Image) error {

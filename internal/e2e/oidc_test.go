@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,30 +13,24 @@ import (
 // token server accepts; the pull into the real dockerd reports oidc.
 func TestOIDC(t *testing.T) {
 	e := Start(t)
-	const requestToken = "actions-request-token-7c1f"
 	derived := "oidc-derived-" + randomHex(8)
-	jwt := ""
-	var issued int
-
-	runtime := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer "+requestToken {
-			t.Errorf("ID token request without the runtime's bearer token")
-			w.WriteHeader(http.StatusUnauthorized)
-			return
+	// The fake Actions runtime: it keeps api-version in the request URL's
+	// query and adds the audience, or refuses.
+	issuer, err := newIDIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer issuer.Close()
+	lastJWT := func() string {
+		if all := issuer.Issued(); len(all) > 0 {
+			return all[len(all)-1]
 		}
-		if r.URL.Query().Get("api-version") != "2.0" || r.URL.Query().Get("audience") != "ghcr-pull-test" {
-			t.Errorf("ID token request query %q: api-version kept and audience added expected", r.URL.RawQuery)
-		}
-		issued++
-		claims, _ := json.Marshal(map[string]any{"aud": r.URL.Query().Get("audience"), "sub": "repo:acme/app:ref:refs/heads/main", "n": issued})
-		jwt = "eyJhbGciOiJSUzI1NiJ9." + base64.RawURLEncoding.EncodeToString(claims) + ".c2lnbmF0dXJl"
-		_ = json.NewEncoder(w).Encode(map[string]string{"value": jwt})
-	}))
-	defer runtime.Close()
+		return ""
+	}
 	answer := derived
 	exchange := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = r.ParseForm()
-		if r.Method != http.MethodPost || r.PostForm.Get("subject_token") != jwt ||
+		if r.Method != http.MethodPost || r.PostForm.Get("subject_token") != lastJWT() || !strings.Contains(jwtClaims(lastJWT()), `"aud":"ghcr-pull-test"`) ||
 			r.PostForm.Get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange" {
 			t.Errorf("exchange got %s with form %v", r.Method, r.PostForm)
 			w.WriteHeader(http.StatusBadRequest)
@@ -52,16 +44,16 @@ func TestOIDC(t *testing.T) {
 	privDigest := e.PushRandomImage(t, "acme/oidc-private", "1")
 	e.PushRandomImage(t, "acme/oidc-public", "1")
 	e.Front.SetPublic("acme/oidc-public")
-	runtimeEnv := []string{"ACTIONS_ID_TOKEN_REQUEST_URL=" + runtime.URL + "/token?api-version=2.0", "ACTIONS_ID_TOKEN_REQUEST_TOKEN=" + requestToken}
+	runtimeEnv := issuer.Env()
 	inputs := func(repo string) map[string]string {
 		return map[string]string{"image": e.Host + "/" + repo + ":1", "oidc-provider": "token-exchange",
 			"token-exchange-url": exchange.URL, "oidc-audience": "ghcr-pull-test"}
 	}
 	noLeaks := func(t *testing.T, res Result) {
-		for _, s := range []string{jwt, derived, requestToken} {
+		for _, s := range append(issuer.Issued(), derived, idRequestTok) {
 			assertNoSecretLeak(t, res, s)
 		}
-		if strings.Contains(res.Stdout, requestToken) {
+		if strings.Contains(res.Stdout, idRequestTok) {
 			t.Errorf("the runtime's request token was printed")
 		}
 	}
@@ -77,7 +69,7 @@ func TestOIDC(t *testing.T) {
 		if res.Outputs["auth-mode"] != "oidc" || res.Outputs["digest"] != privDigest || rs[0]["oidc_provider"] != "token-exchange" {
 			t.Errorf("outputs %v", res.Outputs)
 		}
-		if !strings.Contains(res.Stdout, "::add-mask::"+jwt) || !strings.Contains(res.Stdout, "::add-mask::"+derived) {
+		if !strings.Contains(res.Stdout, "::add-mask::"+lastJWT()) || !strings.Contains(res.Stdout, "::add-mask::"+derived) {
 			t.Errorf("ID token or derived credential not masked")
 		}
 		noLeaks(t, res)

@@ -71,7 +71,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		if errors.As(a.Err, &rej) && a.Target != "" && probed[a.Mode] {
 			// The runner was let in, the daemon was not, the same way:
 			// neither "wrong password" nor "private" is the answer.
-			disagree = append(disagree, fmt.Sprintf("the runner's probe could read the repository %s, but the daemon on %s was refused %s: the daemon reaches the registry differently (registry mirrors or a proxy in its configuration, another address, or a registry that treats its user agent differently); check that daemon's registry settings, or pull on the runner (pull-local)", describeMode(a.Mode), a.Target, describeMode(a.Mode)))
+			disagree = append(disagree, fmt.Sprintf("the runner's probe could read the repository %s, but the daemon on %s was refused %s: the daemon reaches the registry differently (registry mirrors or a proxy in its configuration, another address, or a registry that treats its user agent differently); check that daemon's registry settings, or pull on the runner ({PullLocal})", describeMode(a.Mode), a.Target, describeMode(a.Mode)))
 			continue
 		}
 		switch {
@@ -120,7 +120,7 @@ func fixesFor(registry string, attempts []Attempt) []string {
 		fixes = append(fixes, "check that the repository, tag or digest exists and is spelled as pushed")
 	}
 	if quota {
-		fixes = append(fixes, "the registry's pull quota is spent or short: sign in (authenticated accounts get a higher limit), list a mirror that serves the image in `mirrors`, or run when the window has freed pulls")
+		fixes = append(fixes, "the registry's pull quota is spent or short: sign in (authenticated accounts get a higher limit), list a mirror that serves the image in `{Mirrors}`, or run when the window has freed pulls")
 	}
 	if transient {
 		fixes = append(fixes, "the registry was unavailable or rate-limiting: raise `retries` or `timeout`, or try again later")
@@ -146,9 +146,11 @@ func signatureFixes(attempts []Attempt) []string {
 		case failure.Unsigned:
 			fixes = append(fixes, "no signature the verify policy accepts is attached to this digest: sign the digest that was pushed last (cosign sign <image>@<digest>, or attest it for github-attestation) in the repository it is pulled from; a signature of an earlier push of the same tag does not count")
 		case failure.InvalidSignature:
-			fixes = append(fixes, "a signature is attached but does not verify: check that verify-key is the public half of the key that signed (keyless: that verify-trusted-root trusts the Sigstore instance that issued the certificate), and re-sign the digest if the signature was made for another one")
+			// {Verify...} name the policy's settings; the caller names them as
+			// its users know them.
+			fixes = append(fixes, "a signature is attached but does not verify: check that {VerifyKey} is the public half of the key that signed (keyless: that {VerifyTrustedRoot} trusts the Sigstore instance that issued the certificate), and re-sign the digest if the signature was made for another one")
 		case failure.SignerMismatch:
-			fixes = append(fixes, "the image is signed, but not by the signer the policy names: compare the signer above with verify-identity (or verify-identity-regexp), verify-issuer, verify-repository and verify-signer-workflow, then correct those inputs or sign from the expected workflow")
+			fixes = append(fixes, "the image is signed, but not by the signer the policy names: compare the signer above with {VerifyIdentity} (or {VerifyIdentityRegexp}), {VerifyIssuer}, {VerifyRepository} and {VerifySignerWorkflow}, then correct those inputs or sign from the expected workflow")
 		}
 	}
 	return fixes

@@ -82,7 +82,7 @@ func TestDiagnoseTellsWhatHappened(t *testing.T) {
 			[]string{"with credentials: credentials rejected", "no signature the verify policy accepts"}, []string{"signed in, but no access", "read access"}},
 		{"invalid signature with working credentials", "r.example",
 			[]Attempt{{Mode: registryauth.ModeToken}, {Mode: registryauth.ModeToken, Err: signatureErr(failure.InvalidSignature)}},
-			[]string{"What to do", "verify-key is the public half"}, nil},
+			[]string{"What to do", "{VerifyKey} is the public half"}, nil},
 		{"another signer", "ghcr.io",
 			[]Attempt{{Mode: registryauth.ModeToken}, {Mode: registryauth.ModeToken, Err: signatureErr(failure.SignerMismatch)}},
 			[]string{"not by the signer the policy names"}, []string{"packages: read"}},

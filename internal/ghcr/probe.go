@@ -234,10 +234,13 @@ type observer struct {
 }
 
 func (o *observer) RoundTrip(req *http.Request) (*http.Response, error) {
+	// The error names the setting as WithInsecureRegistries does; the
+	// caller names it as its users know it (as {Mirrors}, {QuotaGuard} and
+	// {PullLocal} in quota.go's and diagnose.go's advice).
 	if req.URL.Scheme == "http" && !o.insecure[req.URL.Host] && !IsLoopback(req.URL.Hostname()) {
-		return nil, failure.Bad("insecure-registry",
+		return nil, failure.Bad("InsecureRegistries",
 			"refusing plain HTTP to "+req.URL.Host+" (only loopback registries are reached without TLS by default)",
-			"serve the registry over TLS, or list "+req.URL.Host+" in insecure-registry")
+			"serve the registry over TLS, or list "+req.URL.Host+" in {InsecureRegistries}")
 	}
 	resp, err := o.inner.RoundTrip(req)
 	if err != nil {

@@ -163,8 +163,8 @@ func TestProbeNoPlainHTTPToLoopbackLookalikes(t *testing.T) {
 		rt := &realmTransport{realm: realm}
 		_, err := Probe(context.Background(), ref, creds, WithTransport(rt))
 		var bad *failure.BadInput
-		if !errors.As(err, &bad) || bad.Input != "insecure-registry" {
-			t.Errorf("realm %s: err = %v, want the insecure-registry refusal", realm, err)
+		if !errors.As(err, &bad) || bad.Input != "InsecureRegistries" {
+			t.Errorf("realm %s: err = %v, want the InsecureRegistries refusal", realm, err)
 		}
 		if len(rt.other) > 0 {
 			t.Errorf("realm %s: plain HTTP sent: %v", realm, rt.other)

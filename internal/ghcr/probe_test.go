@@ -150,8 +150,8 @@ func TestProbeNeverDowngradesTLS(t *testing.T) {
 			if got := len(st.plain) > 0; got != tc.wantPlain {
 				t.Errorf("plain HTTP requests %v, want any: %v (error: %v)", st.plain, tc.wantPlain, err)
 			}
-			if !tc.wantPlain && !strings.Contains(err.Error(), "certificate") && !strings.Contains(err.Error(), "insecure-registry") {
-				t.Errorf("the error names neither the certificate nor insecure-registry: %v", err)
+			if !tc.wantPlain && !strings.Contains(err.Error(), "certificate") && !strings.Contains(err.Error(), "{InsecureRegistries}") {
+				t.Errorf("the error names neither the certificate nor {InsecureRegistries}: %v", err)
 			}
 		})
 	}

@@ -115,9 +115,9 @@ func (e *QuotaExceeded) Error() string {
 	default:
 		b.WriteString("the registry did not say when it resets")
 	}
-	b.WriteString("; authenticate for a higher limit, list a mirror in mirrors, or pull onto fewer targets")
+	b.WriteString("; authenticate for a higher limit, list a mirror in {Mirrors}, or pull onto fewer targets")
 	if e.Need > 0 {
-		b.WriteString(" (or set quota-guard: false to try anyway)")
+		b.WriteString(" (or set {QuotaGuard}: false to try anyway)")
 	}
 	return b.String()
 }

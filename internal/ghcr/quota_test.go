@@ -120,7 +120,7 @@ func TestProbeOverQuota(t *testing.T) {
 		wantInErr  []string
 		wantRetry  bool
 	}{
-		{"no retry-after", "", []string{"quota of", "0 of 100 pulls left per 6h0m0s window", "203.0.113.7", "window slides", "mirrors"}, false},
+		{"no retry-after", "", []string{"quota of", "0 of 100 pulls left per 6h0m0s window", "203.0.113.7", "window slides", "{Mirrors}"}, false},
 		{"retry-after", "7", []string{"retry in 7s"}, true},
 	}
 	for _, tt := range tests {

@@ -177,7 +177,7 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 	if format == Layout {
 		ex = "images/layout"
 	}
-	return resolve(pathInput{name: "path", format: format, example: ex}, raw, base, bounded)
+	return resolve(pathInput{name: "Path", format: format, example: ex}, raw, base, bounded)
 }
 
 // ResolveCachePath turns the cache-path input (the relay's persistent OCI
@@ -185,11 +185,14 @@ func ResolvePath(format Format, raw, base string, bounded bool) (string, error) 
 // job's workspace when bounded, and a new or empty directory or an OCI
 // layout.
 func ResolveCachePath(raw, base string, bounded bool) (string, error) {
-	return resolve(pathInput{name: "cache-path", format: Layout, example: ".cache/ghcr-pull"}, raw, base, bounded)
+	return resolve(pathInput{name: "CachePath", format: Layout, example: ".cache/ghcr-pull"}, raw, base, bounded)
 }
 
 // pathInput is an input that names where files go.
 type pathInput struct {
+	// name is how errors name the setting: Path or CachePath; {Format}
+	// in their text is the setting that chose the format. The caller
+	// names them as its users know them.
 	name    string
 	format  Format
 	example string
@@ -230,7 +233,7 @@ func resolve(in pathInput, raw, base string, bounded bool) (string, error) {
 	switch format {
 	case Tarball:
 		if fi.IsDir() {
-			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory, and destination tar writes a file", raw), "name a file, e.g. images/app.tar")
+			return "", failure.Bad(in.name, fmt.Sprintf("%q is a directory, and {Format} tar writes a file", raw), "name a file, e.g. images/app.tar")
 		}
 	case Layout:
 		if !fi.IsDir() {

@@ -575,7 +575,7 @@ func TestResolvePath(t *testing.T) {
 				return
 			}
 			var bad *failure.BadInput
-			if !errors.As(err, &bad) || bad.Input != "path" || bad.Fix == "" || !strings.Contains(err.Error(), tc.wantBad) {
+			if !errors.As(err, &bad) || bad.Input != "Path" || bad.Fix == "" || !strings.Contains(err.Error(), tc.wantBad) {
 				t.Errorf("error %v, want a bad path input saying %q with a fix", err, tc.wantBad)
 			}
 		})

@@ -37,11 +37,33 @@ type Config struct {
 	Timeout time.Duration
 	// Server is the API server's URL, for messages.
 	Server string
+	// tokens is a keyless cluster's refreshing token (auth.go), nil with
+	// a kubeconfig; refusal words its 401.
+	tokens  *tokenCache
+	refusal refusal
+}
+
+// refusal words a 401: the input to change, the identity, the fix.
+// unreachable, when set, is the fix for an endpoint the runner cannot
+// reach (a private cluster endpoint).
+type refusal struct{ input, who, fix, unreachable string }
+
+func (r refusal) orKubeconfig() refusal {
+	if r.input == "" {
+		return refusal{input: "kubeconfig", who: "the kubeconfig's credentials", fix: "renew the token or certificate in the kubeconfig"}
+	}
+	return r
 }
 
 // Secrets lists what the kubeconfig holds that must never be printed: the
 // bearer token, the client key, the password.
 func (c Config) Secrets() []string { return c.secrets }
+
+// redact removes every secret of the config from s: the kubeconfig's and
+// each token minted so far.
+func (c Config) redact(s string) string {
+	return redactAll(s, append(c.Secrets(), c.tokens.secrets()...))
+}
 
 // kubeconfig is the part of a kubeconfig document (clientcmd's v1 Config)
 // that ghcr-pull reads. Fields it refuses are decoded to be named.
@@ -192,6 +214,13 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	if namespace == "" {
 		namespace = kctx.Namespace
 	}
+	cfg := Config{transport: tc, secrets: secrets, Server: strings.TrimSuffix(server.String(), "/")}
+	return cfg.settle(namespace, nodeSelector, timeout)
+}
+
+// settle validates and sets what any cluster destination has besides its
+// credentials: the namespace, the node selector, the timeout.
+func (c Config) settle(namespace, nodeSelector string, timeout time.Duration) (Config, error) {
 	if namespace == "" {
 		namespace = "default"
 	}
@@ -205,8 +234,8 @@ func ParseConfig(kubeconfigText, context, namespace, nodeSelector string, timeou
 	if timeout <= 0 {
 		return Config{}, failure.Bad("kube-timeout", "must be positive", "e.g. 5m")
 	}
-	host := strings.TrimSuffix(server.String(), "/")
-	return Config{transport: tc, secrets: secrets, Namespace: namespace, Selector: sel, Timeout: timeout, Server: host}, nil
+	c.Namespace, c.Selector, c.Timeout = namespace, sel, timeout
+	return c, nil
 }
 
 func secretsOf(raw kubeconfig) []string {

@@ -46,6 +46,17 @@ type fakeAPI struct {
 	watches int
 	// posted is the last object created of each resource.
 	posted map[string]obj
+	// accept, when set, decides a bearer token in place of token (a
+	// keyless cluster's tokens, which expire); req is "METHOD path".
+	accept func(token, req string) bool
+}
+
+func (f *fakeAPI) authorized(r *http.Request) bool {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if f.accept != nil {
+		return f.accept(tok, r.Method+" "+r.URL.Path)
+	}
+	return tok == f.token
 }
 
 func newFakeAPI(t *testing.T, nodes ...obj) *fakeAPI {
@@ -164,7 +175,7 @@ func (f *fakeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, 500, "InternalError", "upstream said no to "+r.Header.Get("Authorization"))
 		return
 	}
-	if r.Header.Get("Authorization") != "Bearer "+f.token {
+	if !f.authorized(r) {
 		writeStatus(w, 401, "Unauthorized", "Unauthorized")
 		return
 	}

@@ -91,7 +91,7 @@ func Prepull(ctx context.Context, cfg Config, imageRef string, auth *PullAuth, o
 	defer func() { res.APICalls = int(calls.Load()) }()
 	c, err := newClient(&tc, cfg.Server, cfg.Namespace)
 	if err != nil {
-		return res, failure.Bad("kubeconfig", "no client for "+cfg.Server+": "+redactAll(err.Error(), cfg.secrets), "check the cluster entry")
+		return res, failure.Bad("kubeconfig", "no client for "+cfg.Server+": "+cfg.redact(err.Error()), "check the cluster entry")
 	}
 	start := time.Now()
 	var nodes nodeList
@@ -483,14 +483,19 @@ func (s stage) String() string { return string(s.verb) + " " + s.object }
 // missing namespace is the user's to change, anything else may pass.
 func apiError(cfg Config, st stage, err error) error {
 	doing := st.String()
-	msg := failure.Clip(redactAll(err.Error(), cfg.secrets))
+	msg := failure.Clip(cfg.redact(err.Error()))
+	r := cfg.refusal.orKubeconfig()
+	var te *TokenError
 	switch {
+	case errors.As(err, &te):
+		return te // the source's own error, classified where it was made
 	case statusCode(err) == http.StatusUnauthorized:
-		return failure.Bad("kubeconfig", fmt.Sprintf("the API server at %s refused the kubeconfig's credentials while %s: %s", cfg.Server, doing, msg), "renew the token or certificate in the kubeconfig")
+		return failure.Bad(r.input, fmt.Sprintf("the API server at %s refused %s while %s: %s", cfg.Server, r.who, doing, msg), r.fix)
 	case statusCode(err) == http.StatusForbidden:
-		return failure.Bad("kubeconfig", fmt.Sprintf("the kubeconfig's user may not do this while %s: %s", doing, msg),
+		return failure.Bad(r.input, fmt.Sprintf("%s may not do this while %s: %s", r.who, doing, msg),
 			"grant it exactly this role (docs/kubernetes.md): "+role(cfg.Namespace))
-
+	case r.unreachable != "" && unreachable(err):
+		return &failure.Transient{Response: failure.Response{Where: "API server " + cfg.Server, Message: doing + ": " + msg + "; " + r.unreachable}}
 	case statusCode(err) == http.StatusNotFound && st.verb == creating:
 		return failure.Bad("kube-namespace", fmt.Sprintf("%s failed: %s", doing, msg), "create the namespace or set kube-namespace to one that exists")
 	}

@@ -19,7 +19,7 @@ func FuzzParse(f *testing.F) {
 		s, err := Parse(in)
 		if err != nil {
 			var bad *failure.BadInput
-			if !errors.As(err, &bad) || bad.Input != "mirrors" {
+			if !errors.As(err, &bad) || bad.Input != "Mirrors" {
 				t.Fatalf("error %v does not name the input", err)
 			}
 			return

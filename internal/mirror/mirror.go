@@ -115,20 +115,20 @@ func Parse(input string) (Set, error) {
 		reg, target, ok := strings.Cut(line, "=")
 		reg, target = strings.TrimSpace(reg), strings.TrimSpace(target)
 		if !ok || reg == "" || target == "" {
-			return nil, failure.Bad("mirrors", fmt.Sprintf("%q is not <registry>=<mirror>", failure.Clip(line)), syntax)
+			return nil, failure.Bad(setting, fmt.Sprintf("%q is not <registry>=<mirror>", failure.Clip(line)), syntax)
 		}
 		if strings.ContainsAny(reg, "/:@ ") && !validHostPort(reg) {
-			return nil, failure.Bad("mirrors", fmt.Sprintf("%q in %q is not a registry host", reg, line), syntax)
+			return nil, failure.Bad(setting, fmt.Sprintf("%q in %q is not a registry host", reg, line), syntax)
 		}
 		if _, err := name.NewRepository(reg + "/library/x"); err != nil {
-			return nil, failure.Bad("mirrors", fmt.Sprintf("%q in %q is not a registry host: %v", reg, line, err), syntax)
+			return nil, failure.Bad(setting, fmt.Sprintf("%q in %q is not a registry host: %v", reg, line, err), syntax)
 		}
 		m, err := parseMirror(target)
 		if err != nil {
-			return nil, failure.Bad("mirrors", fmt.Sprintf("%q in %q: %v", target, line, err), syntax)
+			return nil, failure.Bad(setting, fmt.Sprintf("%q in %q: %v", target, line, err), syntax)
 		}
 		if canonical(m.Host) == canonical(reg) && m.Prefix == "" {
-			return nil, failure.Bad("mirrors", fmt.Sprintf("%q names %s as its own mirror", line, reg), syntax)
+			return nil, failure.Bad(setting, fmt.Sprintf("%q names %s as its own mirror", line, reg), syntax)
 		}
 		s.Add(reg, m)
 	}
@@ -190,6 +190,10 @@ func FromDaemon(urls []string) []Mirror {
 
 // DockerHub is the registry daemon mirrors serve.
 const DockerHub = name.DefaultRegistry
+
+// setting is how Parse's errors name what they concern; the caller names
+// it as its users know it.
+const setting = "Mirrors"
 
 // syntax is the fix for every mistake in the mirrors input.
 const syntax = "write one <registry>=<mirror> per line, e.g. docker.io=mirror.gcr.io"

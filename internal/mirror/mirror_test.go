@@ -36,7 +36,7 @@ func TestParse(t *testing.T) {
 			got, err := Parse(tt.in)
 			if tt.wantErr {
 				var bad *failure.BadInput
-				if !errors.As(err, &bad) || bad.Input != "mirrors" || bad.Fix == "" {
+				if !errors.As(err, &bad) || bad.Input != "Mirrors" || bad.Fix == "" {
 					t.Fatalf("err = %v, want a bad-input error naming mirrors", err)
 				}
 				return

@@ -29,44 +29,20 @@ func exchangeAWS(ctx context.Context, c Config, jwt string, mask func(string)) (
 	if err != nil {
 		return "", "", err
 	}
-	endpoint := func(env string) *string {
-		if v := c.endpoint(env, ""); v != "" {
-			return aws.String(v)
-		}
-		return nil
-	}
-	stsClient := sts.New(sts.Options{
-		Region:           region,
-		BaseEndpoint:     endpoint("AWS_ENDPOINT_URL_STS"),
-		Credentials:      aws.AnonymousCredentials{},
-		RetryMaxAttempts: 1,
-		HTTPClient:       c.client(),
-	})
-	role, err := stsClient.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
-		RoleArn:          aws.String(c.AWSRoleARN),
-		RoleSessionName:  aws.String("ghcr-pull"),
-		WebIdentityToken: aws.String(jwt),
-	})
+	creds, err := assumeRole(ctx, c, region, jwt, mask)
 	if err != nil {
-		return "", "", classifyAWS(err, "sts:AssumeRoleWithWebIdentity",
-			"check the role's trust policy: it must allow sts:AssumeRoleWithWebIdentity for the token.actions.githubusercontent.com provider, with aud sts.amazonaws.com and a sub condition matching this repository")
+		return "", "", err
 	}
-	if role.Credentials == nil || role.Credentials.AccessKeyId == nil || role.Credentials.SecretAccessKey == nil {
-		return "", "", &ExchangeError{Provider: AWSECR, Step: "sts:AssumeRoleWithWebIdentity", Message: "no credentials in the answer"}
-	}
-	mask(aws.ToString(role.Credentials.SecretAccessKey))
-	mask(aws.ToString(role.Credentials.SessionToken))
 	ecrClient := ecr.New(ecr.Options{
-		Region:       region,
-		BaseEndpoint: endpoint("AWS_ENDPOINT_URL_ECR"),
-		Credentials: credentials.NewStaticCredentialsProvider(aws.ToString(role.Credentials.AccessKeyId),
-			aws.ToString(role.Credentials.SecretAccessKey), aws.ToString(role.Credentials.SessionToken)),
+		Region:           region,
+		BaseEndpoint:     c.awsEndpoint("AWS_ENDPOINT_URL_ECR"),
+		Credentials:      credentials.StaticCredentialsProvider{Value: creds},
 		RetryMaxAttempts: 1,
 		HTTPClient:       c.client(),
 	})
 	auth, err := ecrClient.GetAuthorizationToken(ctx, &ecr.GetAuthorizationTokenInput{})
 	if err != nil {
-		return "", "", classifyAWS(err, "ecr:GetAuthorizationToken", "give the role ecr:GetAuthorizationToken (and ecr:BatchGetImage, ecr:GetDownloadUrlForLayer on the repository)")
+		return "", "", classifyAWS(AWSECR, err, "ecr:GetAuthorizationToken", "give the role ecr:GetAuthorizationToken (and ecr:BatchGetImage, ecr:GetDownloadUrlForLayer on the repository)")
 	}
 	if len(auth.AuthorizationData) == 0 || auth.AuthorizationData[0].AuthorizationToken == nil {
 		return "", "", &ExchangeError{Provider: AWSECR, Step: "ecr:GetAuthorizationToken", Message: "no authorization data in the answer"}
@@ -83,9 +59,55 @@ func exchangeAWS(ctx context.Context, c Config, jwt string, mask func(string)) (
 	return user, password, nil
 }
 
+// awsEndpoint is an SDK client's endpoint override, nil for the default.
+func (c Config) awsEndpoint(env string) *string {
+	if v := c.endpoint(env, ""); v != "" {
+		return aws.String(v)
+	}
+	return nil
+}
+
+// stsClient is STS in region, regional endpoint (the SDK's default), no
+// SDK retries.
+func (c Config) stsClient(region string, creds aws.CredentialsProvider) *sts.Client {
+	return sts.New(sts.Options{
+		Region:           region,
+		BaseEndpoint:     c.awsEndpoint("AWS_ENDPOINT_URL_STS"),
+		Credentials:      creds,
+		RetryMaxAttempts: 1,
+		HTTPClient:       c.client(),
+	})
+}
+
+// assumeRole is sts:AssumeRoleWithWebIdentity (unsigned) with the ID
+// token: the role's session credentials, masked.
+func assumeRole(ctx context.Context, c Config, region, jwt string, mask func(string)) (aws.Credentials, error) {
+	role, err := c.stsClient(region, aws.AnonymousCredentials{}).AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
+		RoleArn:          aws.String(c.AWSRoleARN),
+		RoleSessionName:  aws.String("ghcr-pull"),
+		WebIdentityToken: aws.String(jwt),
+	})
+	if err != nil {
+		return aws.Credentials{}, classifyAWS(c.Provider, err, "sts:AssumeRoleWithWebIdentity",
+			"check the role's trust policy: it must allow sts:AssumeRoleWithWebIdentity for the token.actions.githubusercontent.com provider, with aud sts.amazonaws.com and a sub condition matching this repository")
+	}
+	rc := role.Credentials
+	if rc == nil || rc.AccessKeyId == nil || rc.SecretAccessKey == nil {
+		return aws.Credentials{}, &ExchangeError{Provider: c.Provider, Step: "sts:AssumeRoleWithWebIdentity", Message: "no credentials in the answer"}
+	}
+	mask(aws.ToString(rc.SecretAccessKey))
+	mask(aws.ToString(rc.SessionToken))
+	creds := aws.Credentials{AccessKeyID: aws.ToString(rc.AccessKeyId), SecretAccessKey: aws.ToString(rc.SecretAccessKey),
+		SessionToken: aws.ToString(rc.SessionToken), Source: "AssumeRoleWithWebIdentity"}
+	if rc.Expiration != nil {
+		creds.CanExpire, creds.Expires = true, *rc.Expiration
+	}
+	return creds, nil
+}
+
 // classifyAWS places an SDK error: a 4xx API error is configuration, the
 // rest transient. The SDK's messages carry no request body.
-func classifyAWS(err error, step, fix string) error {
+func classifyAWS(provider string, err error, step, fix string) error {
 	var redirect *RedirectError
 	if errors.As(err, &redirect) {
 		return redirect
@@ -98,7 +120,7 @@ func classifyAWS(err error, step, fix string) error {
 			// The SDK does not follow it either; say why it failed.
 			r := re.Response.Response
 			loc, _ := r.Location()
-			where := &RedirectError{Endpoint: AWSECR + " " + step}
+			where := &RedirectError{Endpoint: provider + " " + step}
 			if r.Request != nil {
 				where.Endpoint = endpointOf(r.Request.URL)
 			}
@@ -115,7 +137,7 @@ func classifyAWS(err error, step, fix string) error {
 	}
 	msg = failure.Clip(msg)
 	if status >= 400 && status < 500 && status != http.StatusTooManyRequests {
-		return &ExchangeError{Provider: AWSECR, Step: step, Status: status, Message: msg, Fix: fix}
+		return &ExchangeError{Provider: provider, Step: step, Status: status, Message: msg, Fix: fix}
 	}
 	// The SDK's own retries are off, so its throttling delay is too: the
 	// answer's Retry-After, when AWS sends one, is what internal/retry waits.
@@ -123,5 +145,5 @@ func classifyAWS(err error, step, fix string) error {
 	if re != nil && re.Response != nil && re.Response.Response != nil {
 		after = ghcr.ParseRetryAfter(re.Response.Header.Get("Retry-After"), time.Now())
 	}
-	return &failure.Transient{Response: failure.Response{Status: status, Message: msg, Where: AWSECR + " " + step}, RetryAfter: after}
+	return &failure.Transient{Response: failure.Response{Status: status, Message: msg, Where: provider + " " + step}, RetryAfter: after}
 }

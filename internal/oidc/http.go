@@ -47,6 +47,8 @@ type call struct {
 	form                url.Values
 	json                any
 	bearer              string
+	// sign, when set, signs the request last (SigV4).
+	sign func(*http.Request) error
 }
 
 // do sends the request and decodes a 2xx JSON answer into out. Errors are
@@ -76,6 +78,11 @@ func (c Config) do(ctx context.Context, k call, out any) error {
 	req.Header.Set("Accept", "application/json")
 	if k.bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+k.bearer)
+	}
+	if k.sign != nil {
+		if err := k.sign(req); err != nil {
+			return err
+		}
 	}
 	resp, err := c.client().Do(req)
 	if err != nil {

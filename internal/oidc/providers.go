@@ -1,21 +1,33 @@
 package oidc
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // exchangeGCP: Google STS token exchange, then optionally impersonating a
 // service account. Artifact Registry takes the access token as the password
 // of user oauth2accesstoken.
 func exchangeGCP(ctx context.Context, c Config, jwt string, mask func(string)) (string, string, error) {
+	tok, _, err := gcpAccessToken(ctx, c, jwt, mask)
+	return "oauth2accesstoken", tok, err
+}
+
+// gcpAccessToken is the Google access token of the workload identity
+// (impersonating GCPServiceAccount when set), masked, and its expiry.
+func gcpAccessToken(ctx context.Context, c Config, jwt string, mask func(string)) (string, time.Time, error) {
 	fix := "check the workload identity provider's attribute condition and that its allowed audience matches oidc-audience"
+	start := time.Now()
 	var sts struct {
 		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
 	}
-	err := c.do(ctx, call{provider: GCP, step: "sts.googleapis.com token exchange", fix: fix,
+	provider := cmp.Or(c.Provider, GCP)
+	err := c.do(ctx, call{provider: provider, step: "sts.googleapis.com token exchange", fix: fix,
 		method: http.MethodPost, url: c.endpoint(EnvGCPSTS, "https://sts.googleapis.com/v1/token"),
 		json: map[string]string{
 			"audience":           "//iam.googleapis.com/" + c.GCPWorkloadIdentityProvider,
@@ -26,58 +38,53 @@ func exchangeGCP(ctx context.Context, c Config, jwt string, mask func(string)) (
 			"subjectToken":       jwt,
 		}}, &sts)
 	if err == nil && sts.AccessToken == "" {
-		err = missing(GCP, "sts.googleapis.com token exchange", "access_token")
+		err = missing(provider, "sts.googleapis.com token exchange", "access_token")
 	}
 	if err != nil {
-		return "", "", err
+		return "", time.Time{}, err
 	}
 	mask(sts.AccessToken)
 	if c.GCPServiceAccount == "" {
-		return "oauth2accesstoken", sts.AccessToken, nil
+		return sts.AccessToken, start.Add(lifeOr(time.Duration(sts.ExpiresIn)*time.Second, time.Hour)), nil
 	}
 	var sa struct {
-		AccessToken string `json:"accessToken"`
+		AccessToken string    `json:"accessToken"`
+		ExpireTime  time.Time `json:"expireTime"`
 	}
 	base := strings.TrimRight(c.endpoint(EnvGCPIAMCredentials, "https://iamcredentials.googleapis.com"), "/")
-	err = c.do(ctx, call{provider: GCP, step: "iamcredentials generateAccessToken",
+	err = c.do(ctx, call{provider: provider, step: "iamcredentials generateAccessToken",
 		fix:    "grant the workload identity principal roles/iam.workloadIdentityUser on " + c.GCPServiceAccount,
 		method: http.MethodPost, url: base + "/v1/projects/-/serviceAccounts/" + url.PathEscape(c.GCPServiceAccount) + ":generateAccessToken",
 		json: map[string]any{"scope": []string{"https://www.googleapis.com/auth/cloud-platform"}}, bearer: sts.AccessToken}, &sa)
 	if err == nil && sa.AccessToken == "" {
-		err = missing(GCP, "iamcredentials generateAccessToken", "accessToken")
+		err = missing(provider, "iamcredentials generateAccessToken", "accessToken")
 	}
 	if err != nil {
-		return "", "", err
+		return "", time.Time{}, err
 	}
 	mask(sa.AccessToken)
-	return "oauth2accesstoken", sa.AccessToken, nil
+	if sa.ExpireTime.IsZero() {
+		sa.ExpireTime = start.Add(time.Hour)
+	}
+	return sa.AccessToken, sa.ExpireTime, nil
+}
+
+// lifeOr is d, or def when the answer gave none.
+func lifeOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // exchangeAzure: Entra client credentials with the ID token as the client
 // assertion, then ACR's /oauth2/exchange for a registry refresh token, the
 // password of the all-zero user.
 func exchangeAzure(ctx context.Context, c Config, jwt string, mask func(string)) (string, string, error) {
-	var aad struct {
-		AccessToken string `json:"access_token"`
-	}
-	authority := strings.TrimRight(c.endpoint(EnvAzureAuthority, "https://login.microsoftonline.com"), "/")
-	err := c.do(ctx, call{provider: AzureACR, step: "Entra token request",
-		fix:    "add a federated credential to the app registration whose issuer is https://token.actions.githubusercontent.com and whose subject matches this workflow (repo:<owner>/<repo>:...)",
-		method: http.MethodPost, url: authority + "/" + url.PathEscape(c.AzureTenantID) + "/oauth2/v2.0/token",
-		form: url.Values{
-			"grant_type":            {"client_credentials"},
-			"client_id":             {c.AzureClientID},
-			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
-			"client_assertion":      {jwt},
-			"scope":                 {"https://management.azure.com/.default"},
-		}}, &aad)
-	if err == nil && aad.AccessToken == "" {
-		err = missing(AzureACR, "Entra token request", "access_token")
-	}
+	aad, _, err := entraToken(ctx, c, jwt, "https://management.azure.com/.default", mask)
 	if err != nil {
 		return "", "", err
 	}
-	mask(aad.AccessToken)
 	var acr struct {
 		RefreshToken string `json:"refresh_token"`
 	}
@@ -88,7 +95,7 @@ func exchangeAzure(ctx context.Context, c Config, jwt string, mask func(string))
 			"grant_type":   {"access_token"},
 			"service":      {c.Registry},
 			"tenant":       {c.AzureTenantID},
-			"access_token": {aad.AccessToken},
+			"access_token": {aad},
 		}}, &acr)
 	if err == nil && acr.RefreshToken == "" {
 		err = missing(AzureACR, "ACR /oauth2/exchange", "refresh_token")
@@ -97,6 +104,36 @@ func exchangeAzure(ctx context.Context, c Config, jwt string, mask func(string))
 		return "", "", err
 	}
 	return "00000000-0000-0000-0000-000000000000", acr.RefreshToken, nil
+}
+
+// entraToken is an Entra ID access token for scope, by client credentials
+// with the ID token as the client assertion: masked, and its expiry.
+func entraToken(ctx context.Context, c Config, jwt, scope string, mask func(string)) (string, time.Time, error) {
+	start := time.Now()
+	var aad struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}
+	provider := cmp.Or(c.Provider, AzureACR)
+	authority := strings.TrimRight(c.endpoint(EnvAzureAuthority, "https://login.microsoftonline.com"), "/")
+	err := c.do(ctx, call{provider: provider, step: "Entra token request",
+		fix:    "add a federated credential to the app registration whose issuer is https://token.actions.githubusercontent.com and whose subject matches this workflow (repo:<owner>/<repo>:...)",
+		method: http.MethodPost, url: authority + "/" + url.PathEscape(c.AzureTenantID) + "/oauth2/v2.0/token",
+		form: url.Values{
+			"grant_type":            {"client_credentials"},
+			"client_id":             {c.AzureClientID},
+			"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+			"client_assertion":      {jwt},
+			"scope":                 {scope},
+		}}, &aad)
+	if err == nil && aad.AccessToken == "" {
+		err = missing(provider, "Entra token request", "access_token")
+	}
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	mask(aad.AccessToken)
+	return aad.AccessToken, start.Add(lifeOr(time.Duration(aad.ExpiresIn)*time.Second, time.Hour)), nil
 }
 
 // exchangeDockerHub: RFC 8693 at identity.docker.com with the OIDC

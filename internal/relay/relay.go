@@ -65,16 +65,17 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	repos    map[string]*repo // by the path served, the upstream repository path
-	blobs    map[string]*blob // by digest, across repositories
-	used     int64
-	tick     int64
-	closed   bool
-	fetches  map[string]int // upstream blob fetches by digest
-	upBytes  int64
-	served   map[[2]string]int64 // bytes sent by host and path
-	manifest map[string]int      // upstream manifest fetches by digest
+	mu         sync.Mutex
+	repos      map[string]*repo // by the path served, the upstream repository path
+	blobs      map[string]*blob // by digest, across repositories
+	used       int64
+	tick       int64
+	closed     bool
+	fetches    map[string]int // upstream blob fetches by digest
+	upBytes    int64
+	served     map[[2]string]int64 // bytes sent by host and path
+	manifest   map[string]int      // upstream manifest fetches by digest
+	readAheads int                 // blob fetches started by readAhead
 	// With a store: blobs taken from it intact, blobs and manifests found
 	// damaged there, and the index.json names (ref → path, digest).
 	reused    map[string]int
@@ -97,6 +98,10 @@ type repo struct {
 	allowed   map[string]bool
 	// sizes of the blobs the fetched manifests name; only these are served.
 	sizes map[string]int64
+	// after lists, for each layer, the layers that follow it in its
+	// image's manifest: what a host asking for that layer will ask for next
+	// (readAhead).
+	after map[string][]string
 	// err is the last upstream failure while serving a host.
 	err error
 }
@@ -181,7 +186,7 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.
 		s.mu.Unlock()
 		return "", errors.New("relay: closed")
 	case !ok:
-		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}}
+		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}, after: map[string][]string{}}
 		s.repos[path] = r
 	case r.upstream.RegistryStr() != ref.Context().RegistryStr():
 		s.mu.Unlock()
@@ -267,6 +272,9 @@ type Stats struct {
 	// With a store: blobs served from it (verified), and blobs or
 	// manifests found there damaged and discarded, by digest.
 	Reused, Discarded map[string]int
+	// ReadAheads counts the blob fetches started before any host asked
+	// (readAhead), included in BlobFetches.
+	ReadAheads int
 }
 
 // Stats reports what was fetched upstream so far.
@@ -274,7 +282,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{BlobFetches: maps.Clone(s.fetches), ManifestFetches: maps.Clone(s.manifest), Bytes: s.upBytes,
-		Reused: maps.Clone(s.reused), Discarded: maps.Clone(s.discarded)}
+		Reused: maps.Clone(s.reused), Discarded: maps.Clone(s.discarded), ReadAheads: s.readAheads}
 	return st
 }
 
@@ -371,8 +379,11 @@ func (s *Server) manifestOf(ctx context.Context, path, dgst string) (manifest, e
 				return nil, fmt.Errorf("relay: %s@%s: %w", upstream, dgst, err)
 			}
 			r.sizes[im.Config.Digest.String()] = im.Config.Size
-			for _, l := range im.Layers {
+			for i, l := range im.Layers {
 				r.sizes[l.Digest.String()] = l.Size
+				for _, next := range im.Layers[i+1:] {
+					r.after[l.Digest.String()] = append(r.after[l.Digest.String()], next.Digest.String())
+				}
 			}
 		}
 		return m, nil
@@ -428,6 +439,9 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 			r.err = err
 			return nil, err
 		}
+		if next := r.after[dgst]; len(next) > 0 {
+			go s.readAhead(path, next)
+		}
 	}
 	b.readers++
 	s.tick++
@@ -457,6 +471,39 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 		return nil, err
 	}
 	return rd, nil
+}
+
+// readAhead starts the upstream fetch of the layers that follow one a
+// host has just asked for and the cache lacks. containerd asks for an
+// image's layers one after another, each once the previous one has been
+// served, so without it every layer would wait for its own round trip to
+// the registry; dockerd asks for several at once and simply joins these
+// fetches. A host asks only for the layers it lacks, and an image's
+// missing layers are its top ones (an update adds layers on top of those
+// the host holds), so what is read ahead is almost always what the host
+// asks for next: the first missing layer triggers it, never the config,
+// which a host asks for even on an update. It is speculation, so it never
+// evicts anything: a layer that does not fit beside the cache's contents
+// is left for the host to ask for.
+func (s *Server) readAhead(path string, layers []string) {
+	for _, dgst := range layers {
+		if s.adopt(path, dgst) != nil {
+			return
+		}
+		s.mu.Lock()
+		r, ok := s.repos[path]
+		if s.closed || !ok {
+			s.mu.Unlock()
+			return
+		}
+		size := r.sizes[dgst]
+		if _, cached := s.blobs[dgst]; !cached && s.used+size <= s.opts.MaxBytes {
+			if _, err := s.startFetch(path, r, dgst, size); err == nil {
+				s.readAheads++
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // startFetch reserves room for a blob, enters it in the cache as being

@@ -69,7 +69,7 @@ type sshConn struct {
 // dialled) or *dialError (which wraps *hostKeyError on a refused key).
 func dialHost(ctx context.Context, host Host, cfg dialConfig) (*sshConn, error) {
 	if cfg.Signer == nil {
-		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host")
+		return nil, failure.Bad(settingKey, "is empty", "{Key} is required with {Hosts}")
 	}
 	if err := cfg.HostKeys.CheckHosts([]Host{host}, cfg.ProxyJump); err != nil {
 		return nil, err
@@ -158,7 +158,7 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 		de := &dialError{Host: hop.String(), Via: via, Stage: stage, Err: err}
 		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
 			de.Err = fmt.Errorf("no answer within %s: %w", cfg.Timeout, os.ErrDeadlineExceeded)
-			de.Fix = "check that the host is up and its SSH port open to the runner, or raise ssh-timeout"
+			de.Fix = "check that the host is up and its SSH port open to the runner, or raise {Timeout}"
 		} else if ctx.Err() != nil {
 			de.Err = ctx.Err()
 		}
@@ -209,7 +209,7 @@ func handshake(ctx context.Context, hop Host, prev *ssh.Client, via string, cfg 
 	case v.called:
 		de := fail(stageAuth, err).(*dialError)
 		if de.Fix == "" {
-			de.Fix = fmt.Sprintf("the public half of ssh-key must be in the authorized_keys of %q on the host (ssh-user, or user@ in ssh-host)", hop.User)
+			de.Fix = fmt.Sprintf("the public half of {Key} must be in the authorized_keys of %q on the host ({User}, or user@ in {Hosts})", hop.User)
 		}
 		return nil, v, de
 	default:

@@ -117,10 +117,10 @@ func TestDialMissingHostKeysFailsBeforeConnecting(t *testing.T) {
 		},
 	}
 	_, err := dialHost(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
-	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2222 203.0.113.7")
+	wantInput(t, err, "KnownHosts", "ssh-keyscan -p 2222 203.0.113.7")
 	cfg.HostKeys = policy(t, knownLine("other", 22, sshtest.NewSigner(t, "ed25519").PublicKey()), "")
 	_, err = dialHost(context.Background(), Host{"root", "203.0.113.7", 2222}, cfg)
-	wantInput(t, err, "ssh-known-hosts", "no entry for [203.0.113.7]:2222")
+	wantInput(t, err, "KnownHosts", "no entry for [203.0.113.7]:2222")
 	if dials.Load() != 0 {
 		t.Fatalf("dialled %d times", dials.Load())
 	}
@@ -146,7 +146,7 @@ func TestDialTimeoutAndContext(t *testing.T) {
 	start := time.Now()
 	_, err := dialHost(context.Background(), srv.host("root"), cfg)
 	var de *dialError
-	if !errors.As(err, &de) || de.Stage != stageHandshake || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "ssh-timeout") {
+	if !errors.As(err, &de) || de.Stage != stageHandshake || !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "{Timeout}") {
 		t.Fatalf("err = %v, want a handshake timeout", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -246,7 +246,7 @@ func TestDockerRoutes(t *testing.T) {
 		{name: "both refused: no docker CLI", opts: []sshtest.Option{sshtest.WithoutStreamLocal(), sshtest.WithoutDockerCLI()},
 			wantErr: []string{"by either route", "AllowStreamLocalForwarding", "open failed", "exit status 127", "docker: command not found on the remote PATH"}},
 		{name: "missing socket", socket: "/nonexistent/docker.sock",
-			wantErr: []string{"by either route", "Cannot connect to the Docker daemon at unix:///nonexistent/docker.sock", "remote-docker-socket"}},
+			wantErr: []string{"by either route", "Cannot connect to the Docker daemon at unix:///nonexistent/docker.sock", "{DockerSocket}"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

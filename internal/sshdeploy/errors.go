@@ -6,23 +6,26 @@ import (
 	"strings"
 )
 
-// Input names, as the action defines them. Errors name the input a user
-// should change.
+// The settings errors name: each is the name of its field of Inputs. A
+// *failure.BadInput's Input is one, and any text may name one as
+// {Field}; the caller gives them the names its users know (the action: its
+// inputs, at one boundary). {Transfer} is how the hosts reach images, the
+// caller's choice between pulling from the registry and Settings.Relay.
 const (
-	InputHost                = "ssh-host"
-	InputUser                = "ssh-user"
-	InputPort                = "ssh-port"
-	InputKey                 = "ssh-key"
-	InputKeyPassphrase       = "ssh-key-passphrase"
-	InputKnownHosts          = "ssh-known-hosts"
-	InputFingerprint         = "ssh-fingerprint"
-	InputInsecure            = "ssh-insecure-ignore-host-key"
-	InputProxyJump           = "ssh-proxy-jump"
-	InputSocket              = "remote-docker-socket"
-	InputTimeout             = "ssh-timeout"
-	InputRuntime             = "remote-runtime"
-	InputContainerdSocket    = "remote-containerd-socket"
-	InputContainerdNamespace = "containerd-namespace"
+	settingHosts                 = "Hosts"
+	settingUser                  = "User"
+	settingPort                  = "Port"
+	settingKey                   = "Key"
+	settingKeyPassphrase         = "KeyPassphrase"
+	settingKnownHosts            = "KnownHosts"
+	settingFingerprints          = "Fingerprints"
+	settingInsecureIgnoreHostKey = "InsecureIgnoreHostKey"
+	settingProxyJump             = "ProxyJump"
+	settingDockerSocket          = "DockerSocket"
+	settingTimeout               = "Timeout"
+	settingRuntime               = "Runtime"
+	settingContainerdSocket      = "ContainerdSocket"
+	settingContainerdNamespace   = "ContainerdNamespace"
 )
 
 // hostKeyError says a host presented a key the policy does not accept. It is
@@ -49,9 +52,9 @@ func (e *hostKeyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host key verification failed for %s: ", e.Host)
 	if e.Revoked {
-		fmt.Fprintf(&b, "it presented %s, which ssh-known-hosts marks @revoked", strings.Join(e.Presented, ", "))
+		fmt.Fprintf(&b, "it presented %s, which {KnownHosts} marks @revoked", strings.Join(e.Presented, ", "))
 	} else {
-		fmt.Fprintf(&b, "it presented %s, which matches neither ssh-known-hosts nor ssh-fingerprint", strings.Join(e.Presented, ", "))
+		fmt.Fprintf(&b, "it presented %s, which matches neither {KnownHosts} nor {Fingerprints}", strings.Join(e.Presented, ", "))
 		if len(e.Expected) > 0 {
 			fmt.Fprintf(&b, " (expected %s)", strings.Join(e.Expected, ", "))
 		}
@@ -68,7 +71,7 @@ type dialStage string
 const (
 	stageConnect   dialStage = "connect"   // TCP (or the bastion's forwarded channel)
 	stageHandshake dialStage = "handshake" // key exchange, host key verification
-	stageAuth      dialStage = "auth"      // user authentication with ssh-key
+	stageAuth      dialStage = "auth"      // user authentication with Key
 )
 
 // dialError is a failure to reach a host. Via names the bastion the failing
@@ -117,7 +120,7 @@ func (e *routeError) Error() string {
 	if errors.As(e.DialStdio, &ds) && ds.CommandNotFound() {
 		b.WriteString(" — docker: command not found on the remote PATH (non-interactive SSH sessions do not read ~/.profile or ~/.bashrc)")
 	}
-	fmt.Fprintf(&b, ". Fix: set AllowStreamLocalForwarding yes in the host's sshd_config, or put the docker CLI on the PATH of its SSH sessions; check that %s is the daemon's socket (remote-docker-socket) and that the SSH user may open it", e.Socket)
+	fmt.Fprintf(&b, ". Fix: set AllowStreamLocalForwarding yes in the host's sshd_config, or put the docker CLI on the PATH of its SSH sessions; check that %s is the daemon's socket ({DockerSocket}) and that the SSH user may open it", e.Socket)
 	return b.String()
 }
 

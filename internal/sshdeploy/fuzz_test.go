@@ -66,7 +66,7 @@ func FuzzParseScalars(f *testing.F) {
 		} else if err == nil && d <= 0 {
 			t.Fatalf("%q accepted as %v", timeout, d)
 		}
-		if _, err := parseSocket(InputSocket, socket, defaultDockerSocket, "/var/run/docker.sock"); err != nil && !inputNamed(err) {
+		if _, err := parseSocket(settingDockerSocket, socket, defaultDockerSocket, "/var/run/docker.sock"); err != nil && !inputNamed(err) {
 			t.Fatalf("socket error %v", err)
 		}
 		if p, err := parsePort(port); err == nil && (p < 1 || p > 65535) {

@@ -48,7 +48,7 @@ func parseHostKeyPolicy(knownHostsText, fingerprints string, insecure bool) (*ho
 	p := &hostKeyPolicy{insecure: insecure}
 	if insecure {
 		if strings.TrimSpace(knownHostsText) != "" || strings.TrimSpace(fingerprints) != "" {
-			return nil, failure.Bad(InputInsecure, "is true while ssh-known-hosts or ssh-fingerprint is set", "drop ssh-insecure-ignore-host-key to verify host keys with the values given")
+			return nil, failure.Bad(settingInsecureIgnoreHostKey, "is true while {KnownHosts} or {Fingerprints} is set", "drop {InsecureIgnoreHostKey} to verify host keys with the values given")
 		}
 		return p, nil
 	}
@@ -92,11 +92,11 @@ func (p *hostKeyPolicy) empty() bool {
 func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 	if p.empty() {
 		return failure.Bad(
-			InputKnownHosts,
-			"host keys are verified, and neither ssh-known-hosts nor ssh-fingerprint is set",
+			settingKnownHosts,
+			"host keys are verified, and neither {KnownHosts} nor {Fingerprints} is set",
 			"put the output of "+keyscanPlan(hosts, proxyJump, nil)+
-				" (run from a network you trust) in ssh-known-hosts, or the hosts' SHA256:... key fingerprints in ssh-fingerprint;"+
-				" ssh-insecure-ignore-host-key: true skips the check")
+				" (run from a network you trust) in {KnownHosts}, or the hosts' SHA256:... key fingerprints in {Fingerprints};"+
+				" {InsecureIgnoreHostKey}: true skips the check")
 	}
 	if p.insecure || len(p.fingerprints) > 0 || p.authorities {
 		return nil
@@ -113,7 +113,7 @@ func (p *hostKeyPolicy) CheckHosts(hosts, proxyJump []Host) error {
 		return nil
 	}
 	return failure.Bad(
-		InputKnownHosts,
+		settingKnownHosts,
 		"has no entry for "+strings.Join(names, ", "),
 		"add the output of "+keyscanPlan(hosts, proxyJump, unknown)+
 			" (run from a network you trust); hosts on a port other than 22 are written [host]:port")
@@ -336,7 +336,7 @@ func parseFingerprints(s string) ([]string, error) {
 				b64 := strings.TrimRight(tok[len("SHA256:"):], "=")
 				raw, err := base64.RawStdEncoding.DecodeString(b64)
 				if err != nil || len(raw) != 32 {
-					return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
+					return nil, failure.Bad(settingFingerprints, fmt.Sprintf("line %d: %q is not a SHA256 fingerprint (43 base64 characters after SHA256:)", n+1, tok), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 				}
 				b64 = base64.RawStdEncoding.EncodeToString(raw)
 				if !set[b64] {
@@ -345,15 +345,15 @@ func parseFingerprints(s string) ([]string, error) {
 				}
 				found = true
 			case strings.HasPrefix(upper, "MD5:") || isHexColons(tok):
-				return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host")
+				return nil, failure.Bad(settingFingerprints, fmt.Sprintf("line %d: %q is an MD5 fingerprint", n+1, tok), "use the SHA256 form: `ssh-keygen -l -E sha256 -f /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 			}
 		}
 		if !found {
-			return nil, failure.Bad(InputFingerprint, fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
+			return nil, failure.Bad(settingFingerprints, fmt.Sprintf("line %d holds no SHA256:... fingerprint", n+1), "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host")
 		}
 	}
 	if len(set) == 0 {
-		return nil, failure.Bad(InputFingerprint, "holds no fingerprint", "")
+		return nil, failure.Bad(settingFingerprints, "holds no fingerprint", "")
 	}
 	return text, nil
 }
@@ -392,11 +392,11 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 			continue
 		}
 		bad := func(problem, fix string) error {
-			return failure.Bad(InputKnownHosts, fmt.Sprintf("line %d: %s", n+1, problem), fix)
+			return failure.Bad(settingKnownHosts, fmt.Sprintf("line %d: %s", n+1, problem), fix)
 		}
 		fields := strings.Fields(line)
 		if slices.Contains(keyTypes, fields[0]) {
-			return nil, false, bad("is a bare public key without host names", "write `host keytype key`, as ssh-keyscan prints it, or give the key's SHA256 fingerprint in ssh-fingerprint")
+			return nil, false, bad("is a bare public key without host names", "write `host keytype key`, as ssh-keyscan prints it, or give the key's SHA256 fingerprint in {Fingerprints}")
 		}
 		if fields[0] == "@cert-authority" {
 			authorities = true
@@ -407,18 +407,18 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 		entries++
 	}
 	if entries == 0 {
-		return nil, false, failure.Bad(InputKnownHosts, "holds only comments or blank lines", "")
+		return nil, false, failure.Bad(settingKnownHosts, "holds only comments or blank lines", "")
 	}
 
 	f, err := os.CreateTemp("", "ghcr-pull-known-hosts-*")
 	if err != nil {
-		return nil, false, fmt.Errorf("writing ssh-known-hosts to a temporary file: %w", err)
+		return nil, false, fmt.Errorf("writing {KnownHosts} to a temporary file: %w", err)
 	}
 	name := f.Name()
 	defer os.Remove(name)
 	if _, err := f.WriteString(text + "\n"); err != nil {
 		f.Close()
-		return nil, false, fmt.Errorf("writing ssh-known-hosts to a temporary file: %w", err)
+		return nil, false, fmt.Errorf("writing {KnownHosts} to a temporary file: %w", err)
 	}
 	if err := f.Close(); err != nil {
 		return nil, false, err
@@ -427,7 +427,7 @@ func parseKnownHosts(text string) (ssh.HostKeyCallback, bool, error) {
 	cb, err := knownhosts.New(name)
 	if err != nil {
 		msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), name+":", "line "), "knownhosts: ")
-		return nil, false, failure.Bad(InputKnownHosts, msg, "paste lines as ssh-keyscan prints them: `host keytype base64-key`")
+		return nil, false, failure.Bad(settingKnownHosts, msg, "paste lines as ssh-keyscan prints them: `host keytype base64-key`")
 	}
 	return cb, authorities, nil
 }

@@ -34,7 +34,7 @@ func (h Host) String() string { return h.User + "@" + h.Addr() }
 // follows ([2001:db8::1]:2222). An ssh:// prefix is accepted. Hosts naming
 // no user or port get user and port.
 func parseHosts(s, user string, port int) ([]Host, error) {
-	return parseHostList(InputHost, s, user, port, false)
+	return parseHostList(settingHosts, s, user, port, false)
 }
 
 // parseProxyJump reads the ssh-proxy-jump input: a bastion
@@ -44,7 +44,7 @@ func parseProxyJump(s, user string, port int) ([]Host, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
-	return parseHostList(InputProxyJump, s, user, port, true)
+	return parseHostList(settingProxyJump, s, user, port, true)
 }
 
 func parseHostList(input, s, user string, port int, chain bool) ([]Host, error) {

@@ -14,20 +14,20 @@ import (
 // Inputs are the raw values of the SSH and remote runtime inputs, as the
 // action received them; empty means the default.
 type Inputs struct {
-	Hosts                 string // ssh-host
-	User                  string // ssh-user; root
-	Port                  string // ssh-port; 22
-	Key                   string // ssh-key
-	KeyPassphrase         string // ssh-key-passphrase
-	KnownHosts            string // ssh-known-hosts
-	Fingerprints          string // ssh-fingerprint
-	InsecureIgnoreHostKey string // ssh-insecure-ignore-host-key: true or false; false
-	ProxyJump             string // ssh-proxy-jump; no bastion
-	Timeout               string // ssh-timeout; 30s
-	Runtime               string // remote-runtime; auto
-	DockerSocket          string // remote-docker-socket; /var/run/docker.sock
-	ContainerdSocket      string // remote-containerd-socket; /run/containerd/containerd.sock
-	ContainerdNamespace   string // containerd-namespace; k8s.io, the only one
+	Hosts                 string // [user@]host[:port], by newlines or commas
+	User                  string // default root
+	Port                  string // default 22
+	Key                   string // the private key, OpenSSH or PEM
+	KeyPassphrase         string // the key's passphrase, when it is encrypted
+	KnownHosts            string // known_hosts lines
+	Fingerprints          string // SHA256:... host key fingerprints
+	InsecureIgnoreHostKey string // true or false; default false
+	ProxyJump             string // bastions, written as Hosts; default none
+	Timeout               string // default 30s
+	Runtime               string // auto, docker, podman or containerd; default auto
+	DockerSocket          string // default /var/run/docker.sock
+	ContainerdSocket      string // default /run/containerd/containerd.sock
+	ContainerdNamespace   string // k8s.io, the only one
 }
 
 // Settings are Inputs checked, parsed and defaulted: everything Open needs
@@ -63,18 +63,18 @@ func Parse(in Inputs) (*Settings, error) {
 	if s.runtime, err = parseRuntime(in.Runtime); err != nil {
 		bad(err)
 	}
-	if s.dockerSocket, err = parseSocket(InputSocket, in.DockerSocket, defaultDockerSocket, "/var/run/docker.sock or /run/user/1000/docker.sock"); err != nil {
+	if s.dockerSocket, err = parseSocket(settingDockerSocket, in.DockerSocket, defaultDockerSocket, "/var/run/docker.sock or /run/user/1000/docker.sock"); err != nil {
 		bad(err)
 	}
-	if s.containerdSocket, err = parseSocket(InputContainerdSocket, in.ContainerdSocket, cri.DefaultSocket, "/run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s"); err != nil {
+	if s.containerdSocket, err = parseSocket(settingContainerdSocket, in.ContainerdSocket, cri.DefaultSocket, "/run/containerd/containerd.sock, or /run/k3s/containerd/containerd.sock on k3s"); err != nil {
 		bad(err)
 	}
 	// containerd's CRI plugin puts every image it pulls into k8s.io,
 	// whatever namespace the caller names: accepting another value would
 	// report a namespace the image is not in.
 	if ns := strings.TrimSpace(in.ContainerdNamespace); ns != "" && ns != cri.Namespace {
-		bad(failure.Bad(InputContainerdNamespace, fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
-			"leave containerd-namespace at k8s.io (see docs/containerd.md)"))
+		bad(failure.Bad(settingContainerdNamespace, fmt.Sprintf("%q: ghcr-pull pulls through containerd's CRI image service, as the kubelet does, and that always pulls into %s", ns, cri.Namespace),
+			"leave {ContainerdNamespace} at k8s.io (see docs/containerd.md)"))
 	}
 	if strings.TrimSpace(in.Hosts) == "" {
 		return nil, errors.Join(errs...)
@@ -84,14 +84,14 @@ func Parse(in Inputs) (*Settings, error) {
 	if user == "" {
 		user = defaultUser
 	} else if strings.ContainsAny(user, "@:[] \t") || strings.HasPrefix(user, "-") {
-		bad(failure.Bad(InputUser, fmt.Sprintf("%q is not a valid user name", user), ""))
+		bad(failure.Bad(settingUser, fmt.Sprintf("%q is not a valid user name", user), ""))
 		user = defaultUser
 	}
 	port := defaultPort
 	if strings.TrimSpace(in.Port) != "" {
 		p, err := parsePort(in.Port)
 		if err != nil {
-			bad(failure.Bad(InputPort, err.Error(), ""))
+			bad(failure.Bad(settingPort, err.Error(), ""))
 		} else {
 			port = p
 		}
@@ -115,7 +115,7 @@ func Parse(in Inputs) (*Settings, error) {
 	if v := strings.TrimSpace(in.InsecureIgnoreHostKey); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			bad(failure.Bad(InputInsecure, fmt.Sprintf("%q is not true or false", v), ""))
+			bad(failure.Bad(settingInsecureIgnoreHostKey, fmt.Sprintf("%q is not true or false", v), ""))
 		}
 		insecure = b
 	}
@@ -173,7 +173,7 @@ func parseTimeout(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, failure.Bad(InputTimeout, fmt.Sprintf("%q is not a positive duration", s), "e.g. 30s or 2m")
+		return 0, failure.Bad(settingTimeout, fmt.Sprintf("%q is not a positive duration", s), "e.g. 30s or 2m")
 	}
 	return d, nil
 }
@@ -187,5 +187,5 @@ func parseRuntime(kind string) (runtimeKind, error) {
 	case kindAuto, kindDocker, kindPodman, kindContainerd:
 		return k, nil
 	}
-	return "", failure.Bad(InputRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")
+	return "", failure.Bad(settingRuntime, fmt.Sprintf("%q is not a runtime", kind), "use auto, docker, podman or containerd")
 }

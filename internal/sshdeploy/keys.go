@@ -16,13 +16,13 @@ import (
 func parsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 	pemText := normalizeKey(key)
 	if strings.TrimSpace(pemText) == "" {
-		return nil, failure.Bad(InputKey, "is empty", "ssh-key is required with ssh-host: put the private key in a secret and pass it, e.g. ssh-key: ${{ secrets.DEPLOY_KEY }}")
+		return nil, failure.Bad(settingKey, "is empty", "{Key} is required with {Hosts}: put the private key in a secret and pass it, e.g. {Key}: ${{ secrets.DEPLOY_KEY }}")
 	}
 	if looksLikePublicKey(pemText) {
-		return nil, failure.Bad(InputKey, "holds a public key", "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys")
+		return nil, failure.Bad(settingKey, "holds a public key", "pass the private key (the file without .pub); the public key belongs in the host's authorized_keys")
 	}
 	if !strings.Contains(pemText, "-----BEGIN ") {
-		return nil, failure.Bad(InputKey, "is not a PEM or OpenSSH private key (no -----BEGIN line)", "pass the whole key file, including its BEGIN and END lines")
+		return nil, failure.Bad(settingKey, "is not a PEM or OpenSSH private key (no -----BEGIN line)", "pass the whole key file, including its BEGIN and END lines")
 	}
 	signer, err := ssh.ParsePrivateKey([]byte(pemText))
 	var missing *ssh.PassphraseMissingError
@@ -32,7 +32,7 @@ func parsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 		return signer, nil
 	case errors.As(err, &missing):
 		if passphrase == "" {
-			return nil, failure.Bad(InputKeyPassphrase, "the key in ssh-key is encrypted and no passphrase is set", "pass its passphrase in ssh-key-passphrase from a secret")
+			return nil, failure.Bad(settingKeyPassphrase, "the key in {Key} is encrypted and no passphrase is set", "pass its passphrase in {KeyPassphrase} from a secret")
 		}
 		signer, err = ssh.ParsePrivateKeyWithPassphrase([]byte(pemText), []byte(passphrase))
 		// Legacy PEM encryption (Proc-Type: 4,ENCRYPTED) has no integrity
@@ -40,16 +40,16 @@ func parsePrivateKey(key, passphrase string) (ssh.Signer, error) {
 		// yields valid padding and garbage DER, which then fails as ASN.1.
 		// Either way the passphrase is what is wrong.
 		if errors.Is(err, x509.IncorrectPasswordError) || (err != nil && strings.Contains(pemText, "Proc-Type: 4,ENCRYPTED")) {
-			return nil, failure.Bad(InputKeyPassphrase, "does not decrypt the key in ssh-key (wrong passphrase)", "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right")
+			return nil, failure.Bad(settingKeyPassphrase, "does not decrypt the key in {Key} (wrong passphrase)", "check the secret; `ssh-keygen -y -f <keyfile>` asks for it and prints the public key when it is right")
 		}
 		if err != nil {
-			return nil, failure.Bad(InputKey, "cannot be decrypted: "+err.Error(), "")
+			return nil, failure.Bad(settingKey, "cannot be decrypted: "+err.Error(), "")
 		}
 		return signer, nil
 	case strings.Contains(pemText, "BEGIN ENCRYPTED PRIVATE KEY"):
-		return nil, failure.Bad(InputKey, "is an encrypted PKCS#8 key, which is not supported", "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)")
+		return nil, failure.Bad(settingKey, "is an encrypted PKCS#8 key, which is not supported", "convert it with `ssh-keygen -p -f <keyfile>` (OpenSSH format, encrypted or not)")
 	default:
-		return nil, failure.Bad(InputKey, "cannot be parsed: "+err.Error(), "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks")
+		return nil, failure.Bad(settingKey, "cannot be parsed: "+err.Error(), "pass an OpenSSH or PEM private key (RSA, ECDSA or Ed25519), whole, with its line breaks")
 	}
 }
 

@@ -57,8 +57,8 @@ func TestParseHosts(t *testing.T) {
 			got, err := parseHosts(tt.in, "deploy", 2200)
 			if tt.bad != "" {
 				var ie *failure.BadInput
-				if !errors.As(err, &ie) || ie.Input != "ssh-host" || !strings.Contains(ie.Error(), tt.bad) {
-					t.Fatalf("err = %v, want an ssh-host error with %q", err, tt.bad)
+				if !errors.As(err, &ie) || ie.Input != "Hosts" || !strings.Contains(ie.Error(), tt.bad) {
+					t.Fatalf("err = %v, want a Hosts error with %q", err, tt.bad)
 				}
 				return
 			}
@@ -92,8 +92,8 @@ func TestParseProxyJump(t *testing.T) {
 		t.Fatalf("empty: %v %v", got, err)
 	}
 	var ie *failure.BadInput
-	if _, err := parseProxyJump("b:x", "u", 22); !errors.As(err, &ie) || ie.Input != "ssh-proxy-jump" {
-		t.Fatalf("err = %v, want ssh-proxy-jump", err)
+	if _, err := parseProxyJump("b:x", "u", 22); !errors.As(err, &ie) || ie.Input != "ProxyJump" {
+		t.Fatalf("err = %v, want ProxyJump", err)
 	}
 }
 
@@ -165,9 +165,9 @@ func TestParsePrivateKey(t *testing.T) {
 				return
 			}
 			_, err := parsePrivateKey(k.pem, "")
-			wantInput(t, err, "ssh-key-passphrase", "encrypted and no passphrase")
+			wantInput(t, err, "KeyPassphrase", "encrypted and no passphrase")
 			_, err = parsePrivateKey(k.pem, "wrong "+k.passphrase)
-			wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
+			wantInput(t, err, "KeyPassphrase", "wrong passphrase")
 			if strings.Contains(err.Error(), k.passphrase) {
 				t.Fatalf("error quotes the passphrase: %v", err)
 			}
@@ -187,7 +187,7 @@ func TestParsePrivateKeyErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := parsePrivateKey(tt.key, "")
-			wantInput(t, err, "ssh-key", tt.problem)
+			wantInput(t, err, "Key", tt.problem)
 		})
 	}
 }
@@ -228,7 +228,7 @@ func TestParseFingerprints(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			text, err := parseFingerprints(tt.in)
 			if tt.problem != "" {
-				wantInput(t, err, "ssh-fingerprint", tt.problem)
+				wantInput(t, err, "Fingerprints", tt.problem)
 				return
 			}
 			if err != nil {
@@ -249,12 +249,12 @@ func TestParseHostKeyPolicyErrors(t *testing.T) {
 		insecure         bool
 		input, problem   string
 	}{
-		{name: "bare key", known: "# c\n" + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), input: "ssh-known-hosts", problem: "line 2: is a bare public key"},
-		{name: "bad base64", known: line + "\nh ssh-ed25519 !!!", input: "ssh-known-hosts", problem: "line 2"},
-		{name: "type mismatch", known: "h ssh-rsa " + strings.Fields(line)[2], input: "ssh-known-hosts", problem: "line 1"},
-		{name: "comments only", known: "# nothing\n\n", input: "ssh-known-hosts", problem: "only comments"},
-		{name: "insecure and known", known: line, insecure: true, input: "ssh-insecure-ignore-host-key", problem: "while ssh-known-hosts"},
-		{name: "bad fingerprint", fps: "SHA256:x", input: "ssh-fingerprint", problem: "not a SHA256"},
+		{name: "bare key", known: "# c\n" + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))), input: "KnownHosts", problem: "line 2: is a bare public key"},
+		{name: "bad base64", known: line + "\nh ssh-ed25519 !!!", input: "KnownHosts", problem: "line 2"},
+		{name: "type mismatch", known: "h ssh-rsa " + strings.Fields(line)[2], input: "KnownHosts", problem: "line 1"},
+		{name: "comments only", known: "# nothing\n\n", input: "KnownHosts", problem: "only comments"},
+		{name: "insecure and known", known: line, insecure: true, input: "InsecureIgnoreHostKey", problem: "while {KnownHosts}"},
+		{name: "bad fingerprint", fps: "SHA256:x", input: "Fingerprints", problem: "not a SHA256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -275,8 +275,8 @@ func TestCheckHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = empty.CheckHosts([]Host{a, b}, nil)
-	wantInput(t, err, "ssh-known-hosts", "neither ssh-known-hosts nor ssh-fingerprint")
-	for _, want := range []string{"`ssh-keyscan -p 22 a.example`", "`ssh-keyscan -p 2222 b.example`", "ssh-insecure-ignore-host-key"} {
+	wantInput(t, err, "KnownHosts", "neither {KnownHosts} nor {Fingerprints}")
+	for _, want := range []string{"`ssh-keyscan -p 22 a.example`", "`ssh-keyscan -p 2222 b.example`", "{InsecureIgnoreHostKey}"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %s: %v", want, err)
 		}
@@ -298,13 +298,13 @@ func TestCheckHosts(t *testing.T) {
 	}
 	c := Host{"root", "c.example", 2022}
 	err = p.CheckHosts([]Host{a, c}, []Host{bastion})
-	wantInput(t, err, "ssh-known-hosts", "no entry for bastion.example, [c.example]:2022")
+	wantInput(t, err, "KnownHosts", "no entry for bastion.example, [c.example]:2022")
 	if !strings.Contains(err.Error(), "ssh-keyscan -p 2022 c.example") {
 		t.Errorf("no keyscan hint: %v", err)
 	}
 	// b on port 22 is not b on 2222.
 	err = p.CheckHosts([]Host{{"root", "b.example", 22}}, nil)
-	wantInput(t, err, "ssh-known-hosts", "no entry for b.example")
+	wantInput(t, err, "KnownHosts", "no entry for b.example")
 
 	fp, _ := parseHostKeyPolicy("", ssh.FingerprintSHA256(k), false)
 	if err := fp.CheckHosts([]Host{a, c}, nil); err != nil {
@@ -354,8 +354,8 @@ func TestParse(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, input := range []string{"ssh-host", "ssh-port", "ssh-key", "ssh-insecure-ignore-host-key", "remote-docker-socket", "ssh-timeout",
-		"remote-runtime", "remote-containerd-socket", "containerd-namespace"} {
+	for _, input := range []string{"Hosts", "Port", "Key", "InsecureIgnoreHostKey", "DockerSocket", "Timeout",
+		"Runtime", "ContainerdSocket", "ContainerdNamespace"} {
 		if !strings.Contains(err.Error(), `input "`+input+`"`) {
 			t.Errorf("error does not name %s: %v", input, err)
 		}
@@ -364,7 +364,7 @@ func TestParse(t *testing.T) {
 	missing := good
 	missing.KnownHosts = ""
 	_, err = Parse(missing)
-	wantInput(t, err, "ssh-known-hosts", "ssh-keyscan -p 2022 bastion")
+	wantInput(t, err, "KnownHosts", "ssh-keyscan -p 2022 bastion")
 }
 
 // TestLegacyPEMWrongPassphrase: legacy PEM encryption checks only its CBC
@@ -398,7 +398,7 @@ func TestLegacyPEMWrongPassphrase(t *testing.T) {
 		}
 		syntaxSeen++
 		_, err := parsePrivateKey(text, pass)
-		wantInput(t, err, "ssh-key-passphrase", "wrong passphrase")
+		wantInput(t, err, "KeyPassphrase", "wrong passphrase")
 	}
 }
 
@@ -421,11 +421,11 @@ func TestParseRemoteRuntime(t *testing.T) {
 		{"docker", Inputs{Runtime: "docker"}, "", kindDocker, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
 		{"podman", Inputs{Runtime: " Podman "}, "", kindPodman, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
 		{"explicit k8s.io", Inputs{ContainerdNamespace: "k8s.io"}, "", kindAuto, "/var/run/docker.sock", "/run/containerd/containerd.sock"},
-		{"unknown runtime", Inputs{Runtime: "cri-o"}, "remote-runtime", "", "", ""},
-		{"relative containerd socket", Inputs{ContainerdSocket: "run/containerd.sock"}, "remote-containerd-socket", "", "", ""},
-		{"containerd socket with control characters", Inputs{ContainerdSocket: "/run/c.sock\x00x"}, "remote-containerd-socket", "", "", ""},
-		{"docker socket over TCP", Inputs{DockerSocket: "tcp://1.2.3.4:2375"}, "remote-docker-socket", "", "", ""},
-		{"another namespace", Inputs{ContainerdNamespace: "default"}, "containerd-namespace", "", "", ""},
+		{"unknown runtime", Inputs{Runtime: "cri-o"}, "Runtime", "", "", ""},
+		{"relative containerd socket", Inputs{ContainerdSocket: "run/containerd.sock"}, "ContainerdSocket", "", "", ""},
+		{"containerd socket with control characters", Inputs{ContainerdSocket: "/run/c.sock\x00x"}, "ContainerdSocket", "", "", ""},
+		{"docker socket over TCP", Inputs{DockerSocket: "tcp://1.2.3.4:2375"}, "DockerSocket", "", "", ""},
+		{"another namespace", Inputs{ContainerdNamespace: "default"}, "ContainerdNamespace", "", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,8 +45,8 @@ type forwardError struct {
 func (e *forwardError) Class() string { return "ssh-forwarding-refused" }
 
 func (e *forwardError) Error() string {
-	return fmt.Sprintf("ssh %s: the remote forward for ssh-transfer: relay was refused (%v); set AllowTcpForwarding yes (or remote) in the host's sshd_config, "+
-		"or use ssh-transfer: direct where the host reaches the registry", e.Host, e.Err)
+	return fmt.Sprintf("ssh %s: the remote forward for {Transfer}: relay was refused (%v); set AllowTcpForwarding yes (or remote) in the host's sshd_config, "+
+		"or use {Transfer}: direct where the host reaches the registry", e.Host, e.Err)
 }
 
 func (e *forwardError) Unwrap() error { return e.Err }
@@ -262,7 +262,7 @@ type relayRuntime interface {
 func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
-		return "", info, false, fmt.Errorf("ssh-transfer: relay pulls by digest, not %s", ref)
+		return "", info, false, fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
 	}
 	digest, err := name.NewDigest(ref)
 	if err != nil {

@@ -81,7 +81,7 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	pinned, ok := d.relayed[refKey(source)]
 	d.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", source)
+		return fmt.Errorf("{Transfer}: relay names only images it relayed, not %s", source)
 	}
 	tag, err := cri.CanonicalName(target)
 	if err != nil {
@@ -98,7 +98,7 @@ func (d *relayedContainerd) Rename(ctx context.Context, from string, names ...st
 	held, ok := d.relayed[refKey(from)]
 	d.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("ssh-transfer: relay names only images it relayed, not %s", from)
+		return fmt.Errorf("{Transfer}: relay names only images it relayed, not %s", from)
 	}
 	return cri.Rename(ctx, d.rt, held, names...)
 }

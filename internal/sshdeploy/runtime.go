@@ -78,7 +78,7 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 		// proven against dockerd only.
 		if name, _ := e.Runtime(); name != docker.Docker {
 			rt.Close()
-			return nil, fmt.Errorf("ssh-transfer: relay reaches Docker and containerd hosts only so far, and %s runs %s; use ssh-transfer: direct for it", host.Addr(), name)
+			return nil, fmt.Errorf("{Transfer}: relay reaches Docker and containerd hosts only so far, and %s runs %s; use {Transfer}: direct for it", host.Addr(), name)
 		}
 		return newRelayedDocker(e, s.Relay, conn), nil
 	}
@@ -131,7 +131,7 @@ func (c *sshConn) openRuntime(ctx context.Context, s *Settings) (Runtime, error)
 		first, err := c.dialUnix(ctx, ctrdSock)
 		if err != nil {
 			if isChannelRejected(err) {
-				return nil, fmt.Errorf("reached %s over SSH, but not containerd's socket: %w (sshd refuses the channel when the socket is missing, when the SSH user may not open it, or with AllowStreamLocalForwarding no; set remote-containerd-socket to the node's socket, e.g. /run/k3s/containerd/containerd.sock on k3s)", c.host.Addr(), err)
+				return nil, fmt.Errorf("reached %s over SSH, but not containerd's socket: %w (sshd refuses the channel when the socket is missing, when the SSH user may not open it, or with AllowStreamLocalForwarding no; set {ContainerdSocket} to the node's socket, e.g. /run/k3s/containerd/containerd.sock on k3s)", c.host.Addr(), err)
 			}
 			return nil, err
 		}
@@ -177,7 +177,7 @@ func (c *sshConn) openRuntime(ctx context.Context, s *Settings) (Runtime, error)
 		}
 	}
 	if s.runtime == kindPodman {
-		return nil, &noRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point remote-docker-socket at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
+		return nil, &noRuntimeError{Host: c.host.Addr(), Tried: tried, Hint: "point {DockerSocket} at the host's Podman socket (systemctl enable --now podman.socket, or systemctl --user for rootless Podman)"}
 	}
 	if s.runtime == kindAuto {
 		first, err := c.dialUnix(ctx, ctrdSock)
@@ -202,7 +202,7 @@ func (c *sshConn) openRuntime(ctx context.Context, s *Settings) (Runtime, error)
 	}
 	tried = append(tried, triedSocket{Runtime: "Docker by `docker system dial-stdio`", Socket: dockerSock, Err: stdioErr})
 	return nil, &noRuntimeError{Host: c.host.Addr(), Tried: tried,
-		Hint: "point remote-docker-socket or remote-containerd-socket at the host's runtime, or set remote-runtime"}
+		Hint: "point {DockerSocket} or {ContainerdSocket} at the host's runtime, or set {Runtime}"}
 }
 
 // userRuntimeCommand prints the SSH user's uid and XDG_RUNTIME_DIR, where
