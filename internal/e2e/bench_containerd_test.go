@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -20,50 +18,15 @@ import (
 //	go test ./internal/e2e -run '^$' -bench Containerd -benchtime 5x -count 3
 func BenchmarkContainerd(b *testing.B) {
 	e := Start(b)
-	if _, err := exec.LookPath("ssh"); err != nil {
-		skipOrFatal(b, "ssh not installed: %v", err)
-	}
-	n := StartRemoteHost(b, "bc", RemoteHostOptions{Kind: WithContainerd})
+	n := StartRemoteHost(b, "bc", HostSpec{Kind: WithContainerd})
+	ssh := newOpenSSH(b, n)
 	regAddr := n.ExposeOnHost(b, e.Host)
-	// small: latency-bound; large: where containerd's fetch, decompression
-	// and unpacking dominate.
-	sizes := []struct {
-		name string
-		size int64
-	}{{"small", 256 << 10}, {"large", 8 << 20}}
-	for _, sz := range sizes {
-		pushNodeImage(b, e, "bench/ctrd-"+sz.name, "1", sz.size, 3)
-		e.Front.SetPublic("bench/ctrd-" + sz.name)
-	}
-
-	dir := b.TempDir()
-	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(keyFile, []byte(n.ClientKeyPEM()), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(khFile, []byte(n.KnownHosts()), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	pushBenchImages(b, e, "bench/ctrd")
 	var ref string
-	ghcrPull := func() {
-		res := e.RunAction(b, map[string]string{
-			"image": ref, "auth": "anonymous", "summary": "false",
-			"ssh-host": n.SSHHost(), "ssh-key": n.ClientKeyPEM(), "ssh-known-hosts": n.KnownHosts(),
-			"insecure-registry": regAddr,
-		})
-		if res.ExitCode != 0 {
-			b.Fatalf("ghcr-pull exit %d\n%s", res.ExitCode, res.Stdout)
-		}
-	}
+	ghcrPull := func() { benchPull(b, e, ref, map[string]string{"insecure-registry": regAddr}, n) }
 	// ctr on the node reaches the registry over plain HTTP by --plain-http
 	// (the CRI plugin by the hosts.toml of nshost_containerd_test.go).
-	sshCtr := func() {
-		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", n.User()+"@"+n.IP(), "ctr", "-n", "k8s.io", "images", "pull", "--plain-http", ref).CombinedOutput()
-		if err != nil {
-			b.Fatalf("ssh ctr images pull: %v\n%s", err, out)
-		}
-	}
+	sshCtr := func() { ssh.run(b, n, "ctr", "-n", "k8s.io", "images", "pull", "--plain-http", ref) }
 	directCtr := func() {
 		n.Ctr(b, "-n", "k8s.io", "images", "pull", "--plain-http", ref)
 	}
@@ -74,11 +37,7 @@ func BenchmarkContainerd(b *testing.B) {
 		}
 	}
 	sshTrue := func() {
-		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", n.User()+"@"+n.IP(), "true").CombinedOutput()
-		if err != nil {
-			b.Fatalf("%v %s", err, out)
-		}
+		ssh.run(b, n, "true")
 		directCtr()
 	}
 	run := func(name string, op func()) {
@@ -96,7 +55,7 @@ func BenchmarkContainerd(b *testing.B) {
 			}
 		})
 	}
-	for _, sz := range sizes {
+	for _, sz := range benchSizes {
 		ref = regAddr + "/bench/ctrd-" + sz.name + ":1"
 		run(sz.name+"/direct-ctr", directCtr)
 		run(sz.name+"/ghcr-pull", ghcrPull)

@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"github.com/moby/moby/client"
@@ -20,27 +17,10 @@ import (
 //	go test ./internal/e2e -run '^$' -bench Podman -benchtime 5x -count 3
 func BenchmarkPodman(b *testing.B) {
 	e := Start(b)
-	if _, err := exec.LookPath("ssh"); err != nil {
-		skipOrFatal(b, "ssh not installed: %v", err)
-	}
-	p := StartRemoteHost(b, "bp", RemoteHostOptions{Kind: WithPodman})
+	p := StartRemoteHost(b, "bp", HostSpec{Kind: WithPodman})
+	ssh := newOpenSSH(b, p)
 	regAddr := p.ExposeOnHost(b, e.Host)
-	sizes := []struct {
-		name string
-		size int64
-	}{{"small", 256 << 10}, {"large", 8 << 20}}
-	for _, sz := range sizes {
-		pushNodeImage(b, e, "bench/pm-"+sz.name, "1", sz.size, 3)
-		e.Front.SetPublic("bench/pm-" + sz.name)
-	}
-	dir := b.TempDir()
-	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(keyFile, []byte(p.ClientKeyPEM()), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(khFile, []byte(p.KnownHosts()), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	pushBenchImages(b, e, "bench/pm")
 	cli, err := p.Podman()
 	if err != nil {
 		b.Fatal(err)
@@ -58,23 +38,8 @@ func BenchmarkPodman(b *testing.B) {
 			}
 		}
 	}
-	ghcrPull := func() {
-		res := e.RunAction(b, map[string]string{
-			"image": ref, "auth": "anonymous", "summary": "false",
-			"ssh-host": p.SSHHost(), "ssh-key": p.ClientKeyPEM(), "ssh-known-hosts": p.KnownHosts(),
-			"insecure-registry": regAddr,
-		})
-		if res.ExitCode != 0 {
-			b.Fatalf("ghcr-pull exit %d\n%s", res.ExitCode, res.Stdout)
-		}
-	}
-	sshPodman := func() {
-		out, err := exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", p.User()+"@"+p.IP(), "podman", "pull", "-q", ref).CombinedOutput()
-		if err != nil {
-			b.Fatalf("ssh podman pull: %v\n%s", err, out)
-		}
-	}
+	ghcrPull := func() { benchPull(b, e, ref, map[string]string{"insecure-registry": regAddr}, p) }
+	sshPodman := func() { ssh.run(b, p, "podman", "pull", "-q", ref) }
 	run := func(name string, op func()) {
 		b.Run(name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
@@ -89,7 +54,7 @@ func BenchmarkPodman(b *testing.B) {
 			}
 		})
 	}
-	for _, sz := range sizes {
+	for _, sz := range benchSizes {
 		ref = regAddr + "/bench/pm-" + sz.name + ":1"
 		run(sz.name+"/ghcr-pull", ghcrPull)
 		run(sz.name+"/ssh-podman-pull", sshPodman)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -47,9 +46,6 @@ import (
 // and after each kind. docs/benchmarks.md gives the command.
 func BenchmarkRelay(b *testing.B) {
 	e := Start(b)
-	if _, err := exec.LookPath("ssh"); err != nil {
-		skipOrFatal(b, "ssh not installed: %v", err)
-	}
 	for _, k := range relayBenchKinds {
 		b.Run(k.name, func(b *testing.B) {
 			logLoad(b, "before")
@@ -63,7 +59,7 @@ func BenchmarkRelay(b *testing.B) {
 // empty one, and the archive route a user runs today.
 type relayBenchKind struct {
 	name  string
-	opts  RemoteHostOptions
+	spec  HostSpec
 	hosts int // 4 runs the fleet case
 	empty func(b *testing.B, h *RemoteHost)
 	// archive names the archive route; export writes ref's image from h's
@@ -84,7 +80,7 @@ var relayBenchKinds = []relayBenchKind{
 		load: []string{"docker", "load", "-q"},
 	},
 	{
-		name: "containerd", opts: RemoteHostOptions{Kind: WithContainerd}, hosts: 2, empty: emptyK8sIO,
+		name: "containerd", spec: HostSpec{Kind: WithContainerd}, hosts: 2, empty: emptyK8sIO,
 		archive: "export-import",
 		export: func(h *RemoteHost, ref string) *exec.Cmd {
 			return exec.Command("ctr", "--address", h.ContainerdSocket(), "-n", "k8s.io", "images", "export", "-", ref)
@@ -117,13 +113,8 @@ func emptyDockerd(b *testing.B, h *RemoteHost) {
 }
 
 func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
-	hosts := make([]*RemoteHost, k.hosts)
-	for i := range hosts {
-		hosts[i] = StartRemoteHost(b, fmt.Sprintf("brl%s%d", k.name[:1], i), k.opts)
-		if i > 0 {
-			hosts[i].AuthorizeKey(b, hosts[0].ClientSigner().PublicKey())
-		}
-	}
+	hosts := startFleet(b, "brl"+k.name[:1], k.hosts, k.spec)
+	ssh := newOpenSSH(b, hosts...)
 	regAddr := hosts[0].ExposeOnHost(b, e.Host)
 	freshImg, err := random.Image(4<<20, 3)
 	if err != nil {
@@ -142,25 +133,9 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 	}
 	e.Front.SetPublic("bench/relay")
 	e.Front.SetPublic("bench/relay-update")
-	var known []string
-	for _, h := range hosts {
-		known = append(known, h.KnownHosts())
-	}
 	before := e.previousBuild()
 	action := func(b *testing.B, env *Env, ref, transfer string, hs ...*RemoteHost) Result {
-		var names []string
-		for _, h := range hs {
-			names = append(names, h.SSHHost())
-		}
-		res := env.RunAction(b, map[string]string{
-			"image": ref, "auth": "anonymous", "summary": "false", "ssh-transfer": transfer,
-			"ssh-host": strings.Join(names, ","), "ssh-key": hosts[0].ClientKeyPEM(),
-			"ssh-known-hosts": strings.Join(known, "\n"), "insecure-registry": regAddr,
-		})
-		if res.ExitCode != 0 {
-			b.Fatalf("ghcr-pull (%s) exit %d\n%s", transfer, res.ExitCode, res.Stdout)
-		}
-		return res
+		return benchPull(b, env, ref, map[string]string{"ssh-transfer": transfer, "insecure-registry": regAddr}, hs...)
 	}
 	blobGets := func() int {
 		n := 0
@@ -187,36 +162,9 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 	}
 
 	fresh := regAddr + "/bench/relay:1"
-	dir := b.TempDir()
-	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(keyFile, []byte(hosts[0].ClientKeyPEM()), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(khFile, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	ssh := func(h *RemoteHost, args ...string) *exec.Cmd {
-		return exec.Command("ssh", append([]string{"-i", keyFile, "-o", "UserKnownHostsFile=" + khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", h.User() + "@" + h.IP()}, args...)...)
-	}
 	// sshPulls is the baseline the issue names: `ssh h docker pull` on
 	// every host at once, each host's dockerd fetching from the registry.
-	sshPulls := func(b *testing.B, hs ...*RemoteHost) {
-		cmds := make([]*exec.Cmd, len(hs))
-		outs := make([]strings.Builder, len(hs))
-		for i, h := range hs {
-			cmds[i] = ssh(h, "docker", "pull", "-q", fresh)
-			cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
-			if err := cmds[i].Start(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		for i, c := range cmds {
-			if err := c.Wait(); err != nil {
-				b.Fatalf("ssh docker pull on %s: %v\n%s", hs[i].Name, err, outs[i].String())
-			}
-		}
-	}
+	sshPulls := func(b *testing.B, hs ...*RemoteHost) { ssh.onAll(b, hs, "docker", "pull", "-q", fresh) }
 	// relayRoutes: this build's relay and, with GHCR_PULL_BENCH_BEFORE, the
 	// earlier build's.
 	relayRoutes := func(run func(b *testing.B, env *Env)) []benchRoute {
@@ -280,7 +228,7 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 	var sent int64
 	archive := func(b *testing.B) {
 		export := k.export(hosts[1], update)
-		load := ssh(hosts[0], k.load...)
+		load := ssh.command(hosts[0], k.load...)
 		out, err := export.StdoutPipe()
 		if err != nil {
 			b.Fatal(err)

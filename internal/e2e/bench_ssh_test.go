@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -26,38 +24,11 @@ func BenchmarkSSH(b *testing.B) {
 			skipOrFatal(b, "%s not installed: %v", tool, err)
 		}
 	}
-	hosts := make([]*RemoteHost, 4)
-	for i := range hosts {
-		hosts[i] = StartRemoteHost(b, fmt.Sprintf("bn%d", i), RemoteHostOptions{})
-		if i > 0 {
-			hosts[i].AuthorizeKey(b, hosts[0].ClientSigner().PublicKey())
-		}
-	}
+	hosts := startFleet(b, "bn", 4, HostSpec{})
+	ssh := newOpenSSH(b, hosts...)
 	regAddr := hosts[0].ExposeOnHost(b, e.Host)
-	// small: 3 x 256 KiB, latency-bound; large: 3 x 8 MiB, where 4 remote
-	// daemons decompressing at once contend for this machine's 2 cores.
-	sizes := []struct {
-		name string
-		size int64
-	}{{"small", 256 << 10}, {"large", 8 << 20}}
-	for _, sz := range sizes {
-		e.pushImage(b, "bench/ssh-"+sz.name, "1", sz.size, 3)
-		e.Front.SetPublic("bench/ssh-" + sz.name)
-	}
+	pushBenchImages(b, e, "bench/ssh")
 	var ref string
-
-	dir := b.TempDir()
-	keyFile, khFile := filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")
-	var known []string
-	for _, h := range hosts {
-		known = append(known, h.KnownHosts())
-	}
-	if err := os.WriteFile(keyFile, []byte(hosts[0].ClientKeyPEM()), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(khFile, []byte(strings.Join(known, "\n")+"\n"), 0o600); err != nil {
-		b.Fatal(err)
-	}
 	removeAll := func(hs []*RemoteHost) {
 		for _, h := range hs {
 			out, err := exec.Command("docker", "-H", "unix://"+h.DockerSocket(), "rmi", "-f", ref).CombinedOutput()
@@ -67,48 +38,14 @@ func BenchmarkSSH(b *testing.B) {
 		}
 	}
 	ghcrPullWith := func(env *Env) func(hs []*RemoteHost) {
-		return func(hs []*RemoteHost) {
-			var names []string
-			for _, h := range hs {
-				names = append(names, h.SSHHost())
-			}
-			res := env.RunAction(b, map[string]string{
-				"image": ref, "auth": "anonymous", "summary": "false",
-				"ssh-host": strings.Join(names, ","), "ssh-key": hosts[0].ClientKeyPEM(),
-				"ssh-known-hosts": strings.Join(known, "\n"), "insecure-registry": regAddr,
-			})
-			if res.ExitCode != 0 {
-				b.Fatalf("ghcr-pull exit %d\n%s", res.ExitCode, res.Stdout)
-			}
-		}
-	}
-	sshPull := func(h *RemoteHost) *exec.Cmd {
-		return exec.Command("ssh", "-i", keyFile, "-o", "UserKnownHostsFile="+khFile, "-o", "StrictHostKeyChecking=yes",
-			"-o", "BatchMode=yes", h.SSHHost()[:strings.LastIndex(h.SSHHost(), ":")], "docker", "pull", "-q", ref)
+		return func(hs []*RemoteHost) { benchPull(b, env, ref, map[string]string{"insecure-registry": regAddr}, hs...) }
 	}
 	sshLoop := func(hs []*RemoteHost) {
 		for _, h := range hs {
-			if out, err := sshPull(h).CombinedOutput(); err != nil {
-				b.Fatalf("ssh docker pull on %s: %v\n%s", h.Name, err, out)
-			}
+			ssh.run(b, h, "docker", "pull", "-q", ref)
 		}
 	}
-	sshParallel := func(hs []*RemoteHost) {
-		cmds := make([]*exec.Cmd, len(hs))
-		outs := make([]strings.Builder, len(hs))
-		for i, h := range hs {
-			cmds[i] = sshPull(h)
-			cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
-			if err := cmds[i].Start(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		for i, c := range cmds {
-			if err := c.Wait(); err != nil {
-				b.Fatalf("ssh docker pull on %s: %v\n%s", hs[i].Name, err, outs[i].String())
-			}
-		}
-	}
+	sshParallel := func(hs []*RemoteHost) { ssh.onAll(b, hs, "docker", "pull", "-q", ref) }
 	direct := func(hs []*RemoteHost) {
 		out, err := exec.Command("docker", "-H", "unix://"+hs[0].DockerSocket(), "pull", "-q", ref).CombinedOutput()
 		if err != nil {
@@ -130,7 +67,7 @@ func BenchmarkSSH(b *testing.B) {
 			b.ReportMetric(float64(requests)/float64(b.N), "requests/op")
 		})
 	}
-	for _, sz := range sizes {
+	for _, sz := range benchSizes {
 		ref = regAddr + "/bench/ssh-" + sz.name + ":1"
 		run(sz.name+"/hosts=1/direct-docker-pull", hosts[:1], direct)
 		for _, n := range []int{1, 2, 4} {

@@ -382,9 +382,9 @@ func TestCacheRelay(t *testing.T) {
 	e := Start(t)
 	const repo = "acme/cache-relay"
 	e.Front.AddUser("deployer", canary, false, repo)
-	gw := StartJumpHost(t, "cgw")
+	gw := StartRemoteHost(t, "cgw", HostSpec{Kind: NoRuntime})
 	r := relayRun{e: e, regAddr: gw.ExposeOnHost(t, e.Host)}
-	a := StartRemoteHost(t, "ca", RemoteHostOptions{Isolated: true})
+	a := StartRemoteHost(t, "ca", HostSpec{Net: Isolated})
 	img, _ := relayImage(t, 256<<10)
 	r.push(t, repo, "1", img)
 	ref := r.regAddr + "/" + repo + ":1"

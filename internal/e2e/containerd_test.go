@@ -85,7 +85,7 @@ func assertUnpacked(t *testing.T, h *RemoteHost, ref string, layers int) {
 func TestContainerd(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/ctrd-private")
-	n := StartRemoteHost(t, "ca", RemoteHostOptions{Kind: WithContainerd})
+	n := StartRemoteHost(t, "ca", HostSpec{Kind: WithContainerd})
 	s := sshRun{e: e, regAddr: n.ExposeOnHost(t, e.Host)}
 	privDigest := pushNodeImage(t, e, "acme/ctrd-private", "1", 256<<10, 3)
 	pubDigest := e.PushRandomImage(t, "acme/ctrd-public", "1")
@@ -191,7 +191,7 @@ func TestContainerd(t *testing.T) {
 	})
 
 	t.Run("one Docker host and one containerd host in one step", func(t *testing.T) {
-		d := StartRemoteHost(t, "cd", RemoteHostOptions{})
+		d := StartRemoteHost(t, "cd", HostSpec{})
 		d.AuthorizeKey(t, n.ClientSigner().PublicKey())
 		repo := "acme/ctrd-mixed"
 		digest := e.PushRandomImage(t, repo, "1")

@@ -13,9 +13,9 @@ func TestLoad(t *testing.T) {
 		t.Skip("load test skipped with -short")
 	}
 	e := Start(t)
-	hosts := []*RemoteHost{StartRemoteHost(t, "la", RemoteHostOptions{})}
+	hosts := []*RemoteHost{StartRemoteHost(t, "la", HostSpec{})}
 	for _, n := range []string{"lb", "lc"} {
-		h := StartRemoteHost(t, n, RemoteHostOptions{})
+		h := StartRemoteHost(t, n, HostSpec{})
 		h.AuthorizeKey(t, hosts[0].ClientSigner().PublicKey())
 		hosts = append(hosts, h)
 	}

@@ -53,7 +53,7 @@ func TestMirrorsContainerd(t *testing.T) {
 	t.Cleanup(e.Front.ResetLog)
 	e.Front.AddUser("upstream-user", canary, false, "*")
 	const mirrorSecret = "mirror-secret-c4d2e8"
-	n := StartRemoteHost(t, "cm", RemoteHostOptions{Kind: WithContainerd})
+	n := StartRemoteHost(t, "cm", HostSpec{Kind: WithContainerd})
 	regAddr := n.ExposeOnHost(t, e.Host)
 	s := sshRun{e: e, regAddr: regAddr}
 

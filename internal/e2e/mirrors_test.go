@@ -296,7 +296,7 @@ func (h *RemoteHost) setRegistryMirrors(tb testing.TB, mirrors ...string) {
 // Docker Hub tag pointed at that digest.
 func TestDaemonRegistryMirrors(t *testing.T) {
 	e := Start(t)
-	h := StartRemoteHost(t, "mirrord", RemoteHostOptions{})
+	h := StartRemoteHost(t, "mirrord", HostSpec{})
 	m := e.startMirror(t)
 	addr := h.ExposeOnHost(t, m.host)
 	const repo = "library/mirrored"

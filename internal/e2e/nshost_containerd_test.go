@@ -1,13 +1,13 @@
 package e2e
 
-// A remote host started with RemoteHostOptions.Containerd is a Kubernetes
-// node without the kubelet: Debian's containerd (1.6, its CRI plugin
-// enabled) in the host's network namespace, with its own root, state,
-// config and socket under the host's directory, and no dockerd. sshd runs
-// in a private mount namespace with a tmpfs over /run (so neither the
-// runner's /var/run/docker.sock nor anything else of the machine's /run is
-// there, as on a node without Docker) in which the host's containerd socket
-// is bind-mounted at /run/containerd/containerd.sock, the default path.
+// A remote host of Kind WithContainerd is a Kubernetes node without the
+// kubelet: Debian's containerd (1.6, its CRI plugin enabled) in the host's
+// network namespace, with its own root, state, config and socket under the
+// host's directory, and no dockerd. sshd runs in a private mount namespace
+// with a tmpfs over /run (so neither the runner's /var/run/docker.sock nor
+// anything else of the machine's /run is there, as on a node without
+// Docker) in which the host's containerd socket is bind-mounted at
+// /run/containerd/containerd.sock, the default path.
 //
 // containerd itself runs in a private mount namespace too: the overlay
 // mounts it makes while unpacking never reach the machine's, and vanish
@@ -121,46 +121,29 @@ func (h *RemoteHost) startContainerd() error {
 			return err
 		}
 	}
-	cmd, err := h.nsCommand("containerd.log", "unshare", "--mount", "--propagation", "private", "--",
-		"env", "TMPDIR="+h.containerdDir("tmp"), "containerd", "--config", cfg)
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.containerd = cmd
-	h.mu.Unlock()
-
 	// Ready when the CRI plugin has loaded: without it PullImage is
 	// unimplemented, and the plugin can fail on its own while the rest of
 	// containerd runs.
-	var out []byte
-	var lastErr, pluginErr error
-	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
-		if cmd.exited() {
-			return false, errors.New("containerd exited")
-		}
+	return h.runDaemon(&h.containerd, "containerd", "containerd.log", h.ContainerdSocket(), func() error {
 		if !fileExists(h.ContainerdSocket()) {
-			return false, nil
+			return errors.New("no socket yet")
 		}
-		if out, lastErr = exec.Command("ctr", "--address", h.ContainerdSocket(), "plugins", "ls").CombinedOutput(); lastErr != nil {
-			return false, nil
+		out, err := exec.Command("ctr", "--address", h.ContainerdSocket(), "plugins", "ls").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
 		}
 		for _, l := range strings.Split(string(out), "\n") {
 			f := strings.Fields(l)
 			if len(f) >= 4 && f[0] == "io.containerd.grpc.v1" && f[1] == "cri" {
 				if f[len(f)-1] == "ok" {
-					return true, nil
+					return nil
 				}
-				pluginErr = fmt.Errorf("its CRI plugin did not load (%s); its log ends: %s", l, lastLinesOf(h.ContainerdLog(), 15))
-				return false, pluginErr
+				return gaveUp{fmt.Errorf("its CRI plugin did not load (%s)", l)}
 			}
 		}
-		return false, nil
-	})
-	if err == nil || err == pluginErr {
-		return err
-	}
-	return fmt.Errorf("did not answer on %s (%v %v %s); its log ends: %s", h.ContainerdSocket(), err, lastErr, out, lastLinesOf(h.ContainerdLog(), 15))
+		return errors.New("no CRI plugin listed yet")
+	}, "unshare", "--mount", "--propagation", "private", "--",
+		"env", "TMPDIR="+h.containerdDir("tmp"), "containerd", "--config", cfg)
 }
 
 // containerdMounts wraps sshd's command line for a containerd host: a
@@ -176,11 +159,7 @@ func (h *RemoteHost) stopContainerd() {
 	plainHTTP.Lock()
 	delete(plainHTTP.hosts, h)
 	plainHTTP.Unlock()
-	h.mu.Lock()
-	cmd := h.containerd
-	h.containerd = nil
-	h.mu.Unlock()
-	cmd.stop(15 * time.Second)
+	h.stopProcess(&h.containerd, 15*time.Second)
 }
 
 // AllowPlainHTTP lets every containerd and Podman host, now and later, pull from the

@@ -180,34 +180,22 @@ func (h *RemoteHost) runPodman(plain []string) error {
 	if h.rootless != nil {
 		args = h.rootlessPodmanCommand()
 	}
-	cmd, err := h.nsCommand("podman.log", args...)
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.podman = cmd
-	h.mu.Unlock()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", h.PodmanSocket())
 	}}, Timeout: 2 * time.Second}
 	defer hc.CloseIdleConnections()
-	var pingErr error
-	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
-		if cmd.exited() {
-			return false, errors.New("podman system service exited")
-		}
+	return h.runDaemon(&h.podman, "podman system service", "podman.log", h.PodmanSocket(), func() error {
 		resp, err := hc.Get("http://podman/_ping")
-		if pingErr = err; err != nil {
-			return false, nil
+		if err != nil {
+			return err
 		}
 		resp.Body.Close()
-		return resp.Header.Get("Libpod-Api-Version") != "", nil
-	})
-	if err != nil {
-		return fmt.Errorf("podman did not answer on %s (%v, %v); its log ends: %s", h.PodmanSocket(), err, pingErr, lastLinesOf(h.PodmanLog(), 15))
-	}
-	return nil
+		if resp.Header.Get("Libpod-Api-Version") == "" {
+			return errors.New("no Libpod-Api-Version in its answer")
+		}
+		return nil
+	}, args...)
 }
 
 // restartPodman rereads registries.conf, which Podman caches.
@@ -217,11 +205,7 @@ func (h *RemoteHost) restartPodman(plain []string) error {
 }
 
 func (h *RemoteHost) stopPodman() {
-	h.mu.Lock()
-	cmd := h.podman
-	h.podman = nil
-	h.mu.Unlock()
-	cmd.stop(15 * time.Second)
+	h.stopProcess(&h.podman, 15*time.Second)
 	h.killUserProcesses()
 }
 

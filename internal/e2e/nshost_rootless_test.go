@@ -21,8 +21,6 @@ package e2e
 // namespace.
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,9 +28,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
-
-	"github.com/moby/moby/client"
 )
 
 var (
@@ -230,7 +225,7 @@ func (h *RemoteHost) startRootlessDockerd() error {
 		return err
 	}
 	insecure := `"` + allSubnets + `"`
-	for _, r := range h.opts.InsecureRegistries {
+	for _, r := range h.spec.InsecureRegistries {
 		insecure += `, "` + r + `"`
 	}
 	cfg := `{"storage-driver": "vfs", "iptables": false, "bridge": "none", "insecure-registries": [` + insecure + `]}` + "\n"
@@ -255,34 +250,5 @@ func (h *RemoteHost) startRootlessDockerd() error {
 		"env", "-i", "HOME=" + home, "USER=" + u.name, "LOGNAME=" + u.name,
 		"PATH=" + filepath.Dir(dockerdRootless) + ":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 		"XDG_RUNTIME_DIR=" + h.xdgDir(), dockerdRootless}
-	cmd, err := h.nsCommand("dockerd.log", args...)
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.dockerd = cmd
-	h.mu.Unlock()
-	cli, err := client.New(client.WithHost("unix://"+h.RootlessDockerSocket()), client.WithAPIVersionNegotiation())
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.docker = cli
-	h.mu.Unlock()
-	var pingErr error
-	err = waitUntil(startupWait, 200*time.Millisecond, func() (bool, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if _, pingErr = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); pingErr == nil {
-			return true, nil
-		}
-		if cmd.exited() {
-			return false, errors.New("dockerd-rootless.sh exited")
-		}
-		return false, nil
-	})
-	if err != nil {
-		return fmt.Errorf("rootless dockerd did not answer on %s (%v, %v); its log ends: %s", h.RootlessDockerSocket(), err, pingErr, lastLinesOf(h.readLog("dockerd.log", 0), 15))
-	}
-	return nil
+	return h.runDockerd("rootless dockerd", h.RootlessDockerSocket(), args)
 }

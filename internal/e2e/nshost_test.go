@@ -18,7 +18,7 @@ package e2e
 // Addresses: each host takes a free slot n (1..250, claimed across
 // processes under /run/ghcr-pull-e2e) and the /30 10.231.n.0: 10.231.n.1 on
 // the machine's side ("HostAddr"), 10.231.n.2 inside, where sshd listens.
-// A host behind a bastion (RemoteHostOptions.Behind) also gets a second
+// A host behind a bastion (Net: Behind(b)) also gets a second
 // veth pair straight to the bastion's namespace, 10.231.n.5 (bastion side)
 // and 10.231.n.6 (its side), and its sshd listens only there: the runner
 // can reach it through the bastion and in no other way. No route leads
@@ -74,18 +74,21 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// RemoteHostOptions shape a remote host.
-type RemoteHostOptions struct {
+// HostSpec describes a remote host as a value on three axes: where it sits
+// on the network, what its sshd lets a client forward, and the runtime it
+// runs. A test's host is one such value passed to StartRemoteHost.
+type HostSpec struct {
+	// Net is where the host sits: Direct (the zero value), Isolated, or
+	// Behind(bastion).
+	Net Network
+	// SSHD is sshd's forwarding policy; the zero value allows both, as
+	// OpenSSH does by default.
+	SSHD SSHDPolicy
 	// Kind is the runtime the host runs beside sshd: WithDockerd (nil
 	// means it), WithContainerd (a Kubernetes node without the kubelet),
 	// or NoRuntime (a bastion for ssh-proxy-jump).
 	Kind HostKind
-	// DisallowStreamLocal starts sshd with AllowStreamLocalForwarding no,
-	// so only the dial-stdio route reaches the daemon.
-	DisallowStreamLocal bool
-	// Behind puts the host behind a bastion started with SSHOnly: its
-	// sshd is reachable only from the bastion's namespace.
-	Behind *RemoteHost
+
 	// HostKeyTypes are sshd's host key types: "ed25519" (the default),
 	// "ecdsa", "rsa".
 	HostKeyTypes []string
@@ -95,13 +98,42 @@ type RemoteHostOptions struct {
 	// SessionPath replaces PATH in SSH sessions, e.g. "/nonexistent" for a
 	// host where `docker` is not found.
 	SessionPath string
-	// Isolated gives the host no route beyond its own link to the machine
-	// and its dockerd no --insecure-registry: a registry served on another
-	// host's HostAddr is out of its reach (ssh-transfer: relay).
-	Isolated bool
-	// DisallowTCPForwarding starts sshd with AllowTcpForwarding no, which
-	// refuses remote forwards.
-	DisallowTCPForwarding bool
+}
+
+// Network is where a host sits. Every host has its /30 link to the
+// machine; the values differ in what lies beyond it.
+type Network struct {
+	isolated bool
+	bastion  *RemoteHost
+}
+
+var (
+	// Direct: the host routes to the machine, so every HostAddr (and a
+	// registry exposed there) is in its reach; the runner reaches its sshd.
+	Direct = Network{}
+	// Isolated: no route beyond the host's own link, and its dockerd has
+	// no --insecure-registry: a registry served on another host's
+	// HostAddr is out of its reach (ssh-transfer: relay).
+	Isolated = Network{isolated: true}
+)
+
+// Behind puts a host behind bastion (a started host, typically NoRuntime):
+// its sshd listens only on a link to the bastion's namespace.
+func Behind(bastion *RemoteHost) Network { return Network{bastion: bastion} }
+
+// SSHDPolicy is what the host's sshd lets a client forward.
+type SSHDPolicy struct {
+	// NoStreamLocal: AllowStreamLocalForwarding no, so only the
+	// dial-stdio route reaches the daemon.
+	NoStreamLocal bool
+	// NoTCPForwarding: AllowTcpForwarding no, which refuses remote
+	// forwards (the relay's).
+	NoTCPForwarding bool
+}
+
+func (p SSHDPolicy) config() string {
+	yesNo := map[bool]string{true: "no", false: "yes"}
+	return fmt.Sprintf("AllowTcpForwarding %s\nAllowStreamLocalForwarding %s\n", yesNo[p.NoTCPForwarding], yesNo[p.NoStreamLocal])
 }
 
 // RemoteHost is a running remote host. Its methods may be called from
@@ -115,7 +147,7 @@ type RemoteHost struct {
 
 	tb       testing.TB
 	slot     int
-	opts     RemoteHostOptions
+	spec     HostSpec
 	hostIP   string // machine side of the veth pair
 	sshIP    string // where sshd listens
 	hostKeys []ssh.Signer
@@ -124,14 +156,15 @@ type RemoteHost struct {
 
 	mu        sync.Mutex
 	sshd      *hostProcess
-	sshdLogAt int64 // log size when the current sshd started
+	policy    SSHDPolicy // the current sshd's
+	sshdLogAt int64      // log size when the current sshd started
 	dockerd   *hostProcess
 	closers   []io.Closer
 	links     []string // veth names in the machine's namespace
 	stopOnce  sync.Once
 	docker    *client.Client
 
-	containerd *hostProcess // with RemoteHostOptions.Containerd, under mu
+	containerd *hostProcess // WithContainerd's, under mu
 	podman     *hostProcess // WithPodman's service, under mu
 	// sessionEnv is exported in SSH sessions (a Podman host's CONTAINERS_*).
 	sessionEnv []string
@@ -148,10 +181,10 @@ const (
 	startupWait = 60 * time.Second
 )
 
-// StartRemoteHost starts a remote host named name (letters, digits and
-// dashes, short: it appears in the namespace name) and registers its Stop
-// with tb.Cleanup.
-func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *RemoteHost {
+// StartRemoteHost starts the host spec describes, named name (letters,
+// digits and dashes, short: it appears in the namespace name), and
+// registers its Stop with tb.Cleanup.
+func StartRemoteHost(tb testing.TB, name string, spec HostSpec) *RemoteHost {
 	tb.Helper()
 	if reason := remoteHostUnsupported(); reason != "" {
 		skipOrFatal(tb, "remote host %s: %s", name, reason)
@@ -159,31 +192,25 @@ func StartRemoteHost(tb testing.TB, name string, opts RemoteHostOptions) *Remote
 	if name == "" || len(name) > 20 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		tb.Fatalf("remote host name %q: use up to 20 lower-case letters, digits and dashes", name)
 	}
-	if opts.Kind == nil {
-		opts.Kind = WithDockerd
+	if spec.Kind == nil {
+		spec.Kind = WithDockerd
 	}
-	if reason := opts.Kind.unsupported(); reason != "" {
+	if reason := spec.Kind.unsupported(); reason != "" {
 		skipOrFatal(tb, "remote host %s: %s", name, reason)
 	}
-	if opts.Behind != nil && opts.Behind.Namespace == "" {
+	if b := spec.Net.bastion; b != nil && b.Namespace == "" {
 		tb.Fatalf("remote host %s: Behind is not a started host", name)
 	}
-	if len(opts.HostKeyTypes) == 0 {
-		opts.HostKeyTypes = []string{"ed25519"}
+	if len(spec.HostKeyTypes) == 0 {
+		spec.HostKeyTypes = []string{"ed25519"}
 	}
-	h := &RemoteHost{Name: name, tb: tb, opts: opts}
+	h := &RemoteHost{Name: name, tb: tb, spec: spec, policy: spec.SSHD}
 	tb.Cleanup(h.Stop)
 	if err := h.start(); err != nil {
 		h.Stop()
 		skipOrFatal(tb, "remote host %s: %v", name, err)
 	}
 	return h
-}
-
-// StartJumpHost starts a bastion: sshd only, reachable from the runner.
-func StartJumpHost(tb testing.TB, name string) *RemoteHost {
-	tb.Helper()
-	return StartRemoteHost(tb, name, RemoteHostOptions{Kind: NoRuntime})
 }
 
 // skipOrFatal: the CI rule. A machine that cannot host the remote skips
@@ -236,10 +263,10 @@ func (h *RemoteHost) start() error {
 		return fmt.Errorf("keys: %w", err)
 	}
 	// The runtime first: sshd's sessions see its socket at the default path.
-	if err := h.opts.Kind.start(h); err != nil {
-		return fmt.Errorf("%s: %w", h.opts.Kind, err)
+	if err := h.spec.Kind.start(h); err != nil {
+		return fmt.Errorf("%s: %w", h.spec.Kind, err)
 	}
-	if err := h.startSSHD(!h.opts.DisallowStreamLocal); err != nil {
+	if err := h.startSSHD(); err != nil {
 		return fmt.Errorf("sshd: %w", err)
 	}
 	return nil
@@ -276,13 +303,13 @@ func (h *RemoteHost) network() error {
 		{"ip", "-n", ns, "addr", "add", h.sshIP + "/30", "dev", nsLink},
 		{"ip", "-n", ns, "link", "set", nsLink, "up"},
 	}
-	if !h.opts.Isolated {
+	if !h.spec.Net.isolated {
 		// Every HostAddr is a local address of the machine: this one route
 		// reaches them all, and nothing beyond the machine. An isolated
 		// host has only its /30: its own HostAddr and nothing else.
 		steps = append(steps, []string{"ip", "-n", ns, "route", "add", "default", "via", h.hostIP})
 	}
-	if b := h.opts.Behind; b != nil {
+	if b := h.spec.Net.bastion; b != nil {
 		bastionLink, targetLink := fmt.Sprintf("gp%dj", h.slot), fmt.Sprintf("gp%dt", h.slot)
 		bastionIP, targetIP := fmt.Sprintf(subnetFmt, h.slot, 5), fmt.Sprintf(subnetFmt, h.slot, 6)
 		h.sshIP = targetIP
@@ -304,7 +331,7 @@ func (h *RemoteHost) network() error {
 }
 
 func (h *RemoteHost) keys() error {
-	for _, typ := range h.opts.HostKeyTypes {
+	for _, typ := range h.spec.HostKeyTypes {
 		key, err := generateSSHKey(typ)
 		if err != nil {
 			return err
@@ -402,13 +429,15 @@ func (p *hostProcess) stop(grace time.Duration) {
 	<-p.done
 }
 
-func (h *RemoteHost) sshdConfig(allowStreamLocal bool) string {
+func (h *RemoteHost) sshdConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "ListenAddress %s:22\n", h.sshIP)
-	for _, typ := range h.opts.HostKeyTypes {
+	for _, typ := range h.spec.HostKeyTypes {
 		fmt.Fprintf(&b, "HostKey %s\n", filepath.Join(h.Dir, "ssh_host_"+typ+"_key"))
 	}
-	yesNo := map[bool]string{true: "yes", false: "no"}
+	h.mu.Lock()
+	b.WriteString(h.policy.config())
+	h.mu.Unlock()
 	fmt.Fprintf(&b, `PidFile %s
 AuthorizedKeysFile %s
 PermitRootLogin prohibit-password
@@ -417,12 +446,10 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-AllowTcpForwarding %s
-AllowStreamLocalForwarding %s
 PrintMotd no
 LogLevel VERBOSE
 ForceCommand %s
-`, filepath.Join(h.Dir, "sshd.pid"), filepath.Join(h.Dir, "authorized_keys"), yesNo[!h.opts.DisallowTCPForwarding], yesNo[allowStreamLocal], filepath.Join(h.Dir, "session.sh"))
+`, filepath.Join(h.Dir, "sshd.pid"), filepath.Join(h.Dir, "authorized_keys"), filepath.Join(h.Dir, "session.sh"))
 	return b.String()
 }
 
@@ -431,8 +458,8 @@ ForceCommand %s
 // that no secret was on a command line).
 func (h *RemoteHost) sessionScript() string {
 	path := ""
-	if h.opts.SessionPath != "" {
-		path = "PATH=" + quoteForShell(h.opts.SessionPath) + "; export PATH\n"
+	if h.spec.SessionPath != "" {
+		path = "PATH=" + quoteForShell(h.spec.SessionPath) + "; export PATH\n"
 	}
 	h.mu.Lock()
 	for _, kv := range h.sessionEnv {
@@ -445,7 +472,7 @@ func (h *RemoteHost) sessionScript() string {
 
 func quoteForShell(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
+func (h *RemoteHost) startSSHD() error {
 	// Debian's sshd refuses to start without its privilege separation
 	// directory, which only the packaged service creates.
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
@@ -469,7 +496,7 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 		return err
 	}
 	cfg := filepath.Join(h.Dir, "sshd_config")
-	if err := os.WriteFile(cfg, []byte(h.sshdConfig(allowStreamLocal)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(h.sshdConfig()), 0o600); err != nil {
 		return err
 	}
 	logPath := filepath.Join(h.Dir, "sshd.log")
@@ -486,7 +513,7 @@ func (h *RemoteHost) startSSHD(allowStreamLocal bool) error {
 	if sshd, err = filepath.Abs(sshd); err != nil {
 		return err
 	}
-	args := h.opts.Kind.sshdCommand(h, []string{sshd, "-D", "-e", "-f", cfg})
+	args := h.spec.Kind.sshdCommand(h, []string{sshd, "-D", "-e", "-f", cfg})
 	cmd, err := h.nsCommand("sshd.log", args...)
 	if err != nil {
 		return err
@@ -541,43 +568,66 @@ func (h *RemoteHost) startDockerd() error {
 		// docker0 and iptables rules stay as they are.
 		"--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
 	}
-	if !h.opts.Isolated {
+	if !h.spec.Net.isolated {
 		args = append(args, "--insecure-registry", allSubnets)
 	}
-	for _, r := range h.opts.InsecureRegistries {
+	for _, r := range h.spec.InsecureRegistries {
 		args = append(args, "--insecure-registry", r)
 	}
-	cmd, err := h.nsCommand("dockerd.log", args...)
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.dockerd = cmd
-	h.mu.Unlock()
+	return h.runDockerd("dockerd", h.DockerSocket(), args)
+}
 
-	cli, err := client.New(client.WithHost("unix://"+h.DockerSocket()), client.WithAPIVersionNegotiation())
+// runDockerd runs a dockerd, rootful or rootless, and waits for its API on
+// socket.
+func (h *RemoteHost) runDockerd(what, socket string, args []string) error {
+	cli, err := client.New(client.WithHost("unix://"+socket), client.WithAPIVersionNegotiation())
 	if err != nil {
 		return err
 	}
 	h.mu.Lock()
 	h.docker = cli
 	h.mu.Unlock()
-	var pingErr error
-	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
+	return h.runDaemon(&h.dockerd, what, "dockerd.log", socket, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if _, pingErr = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); pingErr == nil {
-			return true, nil
-		}
+		_, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+		return err
+	}, args...)
+}
+
+// gaveUp is a readiness check's verdict that the daemon will not answer:
+// runDaemon stops waiting.
+type gaveUp struct{ error }
+
+// runDaemon is the one starter of a host's runtime: it runs args in the
+// host's network namespace with output to logName, keeps the process in
+// *slot (under mu, for Stop), and waits until ready returns nil. An error
+// names what did not answer on socket, the last check's reason and the
+// log's last lines.
+func (h *RemoteHost) runDaemon(slot **hostProcess, what, logName, socket string, ready func() error, args ...string) error {
+	cmd, err := h.nsCommand(logName, args...)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	*slot = cmd
+	h.mu.Unlock()
+	var last error
+	err = waitUntil(startupWait, 100*time.Millisecond, func() (bool, error) {
 		if cmd.exited() {
-			return false, errors.New("dockerd exited")
+			return false, errors.New(what + " exited")
 		}
-		return false, nil
+		last = ready()
+		var g gaveUp
+		if errors.As(last, &g) {
+			return false, g.error
+		}
+		return last == nil, nil
 	})
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("did not answer on %s (%v, %v); its log ends: %s", h.DockerSocket(), err, pingErr, lastLinesOf(h.readLog("dockerd.log", 0), 15))
+	return fmt.Errorf("%s did not answer on %s (%v, %v); its log ends: %s", what, socket, err, last, lastLinesOf(h.readLog(logName, 0), 15))
 }
 
 // IP is where the host's sshd listens.
@@ -681,7 +731,7 @@ func (h *RemoteHost) AuthorizeKey(tb testing.TB, key ssh.PublicKey) {
 func (h *RemoteHost) DockerSocket() string { return filepath.Join(h.Dir, "docker.sock") }
 
 // Docker is a client of the remote dockerd, for assertions (images
-// present, digests). Nil for a host started with SSHOnly.
+// present, digests). Nil for a host of another Kind.
 func (h *RemoteHost) Docker() *client.Client {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -709,24 +759,29 @@ func (h *RemoteHost) SSHDLog() string {
 // DockerdLog is the remote dockerd's log.
 func (h *RemoteHost) DockerdLog() string { return h.readLog("dockerd.log", 0) }
 
-// RestartSSHD restarts sshd with AllowStreamLocalForwarding set to
-// allowStreamLocal (yes or no).
-func (h *RemoteHost) RestartSSHD(tb testing.TB, allowStreamLocal bool) {
+// RestartSSHD restarts sshd with another forwarding policy.
+func (h *RemoteHost) RestartSSHD(tb testing.TB, policy SSHDPolicy) {
 	tb.Helper()
 	h.StopSSHD()
-	if err := h.startSSHD(allowStreamLocal); err != nil {
+	h.mu.Lock()
+	h.policy = policy
+	h.mu.Unlock()
+	if err := h.startSSHD(); err != nil {
 		tb.Fatalf("remote host %s: restarting sshd: %v", h.Name, err)
 	}
 }
 
 // StopSSHD stops sshd: the host is "down" for SSH (connections are
 // refused) while its dockerd keeps running.
-func (h *RemoteHost) StopSSHD() {
+func (h *RemoteHost) StopSSHD() { h.stopProcess(&h.sshd, 5*time.Second) }
+
+// stopProcess takes the process out of *slot (under mu) and stops it.
+func (h *RemoteHost) stopProcess(slot **hostProcess, grace time.Duration) {
 	h.mu.Lock()
-	cmd := h.sshd
-	h.sshd = nil
+	p := *slot
+	*slot = nil
 	h.mu.Unlock()
-	cmd.stop(5 * time.Second)
+	p.stop(grace)
 }
 
 // ExposeOnHost listens on HostAddr():0 and forwards each connection to
@@ -919,11 +974,7 @@ func (h *RemoteHost) Stop() {
 			docker.Close()
 		}
 		h.StopSSHD()
-		h.mu.Lock()
-		dockerd := h.dockerd
-		h.dockerd = nil
-		h.mu.Unlock()
-		dockerd.stop(15 * time.Second)
+		h.stopProcess(&h.dockerd, 15*time.Second)
 		h.killUserProcesses()
 		h.stopContainerd()
 		plainHTTP.Lock()

@@ -18,8 +18,8 @@ import (
 func TestPinnedFleet(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/pin")
-	d := StartRemoteHost(t, "pd", RemoteHostOptions{})
-	c := StartRemoteHost(t, "pc", RemoteHostOptions{Kind: WithContainerd})
+	d := StartRemoteHost(t, "pd", HostSpec{})
+	c := StartRemoteHost(t, "pc", HostSpec{Kind: WithContainerd})
 	c.AuthorizeKey(t, d.ClientSigner().PublicKey())
 	s := sshRun{e: e, regAddr: d.ExposeOnHost(t, e.Host)}
 	probed := pushNodeImage(t, e, "acme/pin", "1", 64<<10, 2)

@@ -43,7 +43,7 @@ func podmanImageID(t testing.TB, h *RemoteHost, ref string) string {
 func TestPodman(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/pm-private")
-	p := StartRemoteHost(t, "pm", RemoteHostOptions{Kind: WithPodman})
+	p := StartRemoteHost(t, "pm", HostSpec{Kind: WithPodman})
 	s := sshRun{e: e, regAddr: p.ExposeOnHost(t, e.Host)}
 	privDigest := pushNodeImage(t, e, "acme/pm-private", "1", 64<<10, 2)
 	pubDigest := pushNodeImage(t, e, "acme/pm-public", "1", 64<<10, 1)
@@ -139,7 +139,7 @@ func TestPodman(t *testing.T) {
 	})
 
 	t.Run("a host with Docker and Podman: auto takes Docker, podman takes Podman", func(t *testing.T) {
-		b := StartRemoteHost(t, "pmb", RemoteHostOptions{Kind: WithDockerAndPodman})
+		b := StartRemoteHost(t, "pmb", HostSpec{Kind: WithDockerAndPodman})
 		b.AuthorizeKey(t, p.ClientSigner().PublicKey())
 		in := s.inputs("acme/pm-private", b)
 		in["ssh-key"] = p.ClientKeyPEM()

@@ -68,10 +68,10 @@ func ctrRun(t *testing.T, h *RemoteHost, ref string) string {
 func TestRelayContainerd(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/rc-private", "acme/rc-fleet")
-	gw := StartJumpHost(t, "kgw")
+	gw := StartRemoteHost(t, "kgw", HostSpec{Kind: NoRuntime})
 	r := relayRun{e: e, regAddr: gw.ExposeOnHost(t, e.Host)}
-	a := StartRemoteHost(t, "ka", RemoteHostOptions{Kind: WithContainerd, Isolated: true})
-	b := StartRemoteHost(t, "kb", RemoteHostOptions{Kind: WithContainerd, Isolated: true})
+	a := StartRemoteHost(t, "ka", HostSpec{Kind: WithContainerd, Net: Isolated})
+	b := StartRemoteHost(t, "kb", HostSpec{Kind: WithContainerd, Net: Isolated})
 	b.AuthorizeKey(t, a.ClientSigner().PublicKey())
 
 	v1img, _ := relayImage(t, 512<<10)

@@ -212,11 +212,11 @@ func assertNoRelayCache(t *testing.T, res Result) {
 func TestRelay(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/relay-private", "acme/relay-fleet")
-	gw := StartJumpHost(t, "rgw")
+	gw := StartRemoteHost(t, "rgw", HostSpec{Kind: NoRuntime})
 	r := relayRun{e: e, regAddr: gw.ExposeOnHost(t, e.Host)}
-	a := StartRemoteHost(t, "ra", RemoteHostOptions{Isolated: true})
-	b := StartRemoteHost(t, "rb", RemoteHostOptions{Isolated: true})
-	c := StartRemoteHost(t, "rc", RemoteHostOptions{Isolated: true})
+	a := StartRemoteHost(t, "ra", HostSpec{Net: Isolated})
+	b := StartRemoteHost(t, "rb", HostSpec{Net: Isolated})
+	c := StartRemoteHost(t, "rc", HostSpec{Net: Isolated})
 	for _, h := range []*RemoteHost{b, c} {
 		h.AuthorizeKey(t, a.ClientSigner().PublicKey())
 	}
@@ -385,7 +385,7 @@ func TestRelay(t *testing.T) {
 	})
 
 	t.Run("sshd with AllowTcpForwarding no: a named, classified failure", func(t *testing.T) {
-		d := StartRemoteHost(t, "rd", RemoteHostOptions{Isolated: true, DisallowTCPForwarding: true})
+		d := StartRemoteHost(t, "rd", HostSpec{Net: Isolated, SSHD: SSHDPolicy{NoTCPForwarding: true}})
 		d.AuthorizeKey(t, a.ClientSigner().PublicKey())
 		in := r.inputs(private, d)
 		in["ssh-key"] = a.ClientKeyPEM()

@@ -87,7 +87,7 @@ func TestRemoteHost(t *testing.T) {
 	// socket path subtest), and run alone this test would otherwise have
 	// none.
 	Start(t)
-	h := StartRemoteHost(t, "infra", RemoteHostOptions{HostKeyTypes: []string{"ed25519", "ecdsa", "rsa"}})
+	h := StartRemoteHost(t, "infra", HostSpec{HostKeyTypes: []string{"ed25519", "ecdsa", "rsa"}})
 
 	t.Run("ssh-keyscan output verifies the host", func(t *testing.T) {
 		for _, args := range [][]string{{"-p", "22", h.IP()}, {"-H", "-p", "22", h.IP()}} {
@@ -223,7 +223,7 @@ func TestRemoteHost(t *testing.T) {
 	})
 
 	t.Run("AllowStreamLocalForwarding no: dial-stdio", func(t *testing.T) {
-		h.RestartSSHD(t, false)
+		h.RestartSSHD(t, SSHDPolicy{NoStreamLocal: true})
 		rt, d := mustOpen(t, remoteInputs(h))
 		start := time.Now()
 		if _, err := rt.Inspect(context.Background(), "e2e/absent:v1"); err == nil {
@@ -259,7 +259,7 @@ func TestRemoteHost(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		h.RestartSSHD(t, true)
+		h.RestartSSHD(t, SSHDPolicy{})
 	})
 
 	t.Run("nothing of the client key on the host", func(t *testing.T) {
@@ -283,8 +283,8 @@ func newEd25519Key(t *testing.T) any {
 }
 
 func TestRemoteHostBehindJumpHost(t *testing.T) {
-	jump := StartJumpHost(t, "jump")
-	target := StartRemoteHost(t, "behind", RemoteHostOptions{Behind: jump})
+	jump := StartRemoteHost(t, "jump", HostSpec{Kind: NoRuntime})
+	target := StartRemoteHost(t, "behind", HostSpec{Net: Behind(jump)})
 	jump.AuthorizeKey(t, target.ClientSigner().PublicKey())
 
 	bastion := jump.User() + "@" + jump.Addr()
@@ -315,7 +315,7 @@ func TestRemoteHostBehindJumpHost(t *testing.T) {
 func TestRemoteHostNoRoute(t *testing.T) {
 	// No stream-local forwarding and no docker on the session PATH: the
 	// error names both routes and the sshd setting.
-	h := StartRemoteHost(t, "noroute", RemoteHostOptions{Kind: NoRuntime, DisallowStreamLocal: true, SessionPath: "/nonexistent"})
+	h := StartRemoteHost(t, "noroute", HostSpec{Kind: NoRuntime, SSHD: SSHDPolicy{NoStreamLocal: true}, SessionPath: "/nonexistent"})
 	in := remoteInputs(h)
 	in.DockerSocket = "/var/run/docker.sock"
 	_, _, err := openRemote(t, in)
@@ -331,8 +331,8 @@ func TestRemoteHostNoRoute(t *testing.T) {
 }
 
 func TestRemoteHostTwoHostsAndOneDown(t *testing.T) {
-	a := StartRemoteHost(t, "two-a", RemoteHostOptions{})
-	b := StartRemoteHost(t, "two-b", RemoteHostOptions{})
+	a := StartRemoteHost(t, "two-a", HostSpec{})
+	b := StartRemoteHost(t, "two-b", HostSpec{})
 
 	// One registry, exposed on a's HostAddr, serves both hosts.
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))

@@ -11,7 +11,7 @@ import (
 func TestRootlessPodman(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/rl-private")
-	r := StartRemoteHost(t, "rl", RemoteHostOptions{Kind: WithRootlessPodman})
+	r := StartRemoteHost(t, "rl", HostSpec{Kind: WithRootlessPodman})
 	s := sshRun{e: e, regAddr: r.ExposeOnHost(t, e.Host)}
 	digest := pushNodeImage(t, e, "acme/rl-private", "1", 64<<10, 2)
 	pubDigest := pushNodeImage(t, e, "acme/rl-public", "1", 64<<10, 1)
@@ -75,7 +75,7 @@ func TestRootlessPodman(t *testing.T) {
 func TestRootlessDocker(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/rld-private")
-	r := StartRemoteHost(t, "rld", RemoteHostOptions{Kind: WithRootlessDocker})
+	r := StartRemoteHost(t, "rld", HostSpec{Kind: WithRootlessDocker})
 	s := sshRun{e: e, regAddr: r.ExposeOnHost(t, e.Host)}
 	digest := pushNodeImage(t, e, "acme/rld-private", "1", 64<<10, 2)
 

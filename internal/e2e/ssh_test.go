@@ -66,7 +66,7 @@ func secretForms(user, secret string) []string {
 func TestSSH(t *testing.T) {
 	e := Start(t)
 	e.Front.AddUser("deployer", canary, false, "acme/ssh-private")
-	a := StartRemoteHost(t, "sa", RemoteHostOptions{})
+	a := StartRemoteHost(t, "sa", HostSpec{})
 	s := sshRun{e: e, regAddr: a.ExposeOnHost(t, e.Host)}
 	privDigest := e.PushRandomImage(t, "acme/ssh-private", "1")
 	pubDigest := e.PushRandomImage(t, "acme/ssh-public", "1")
@@ -170,7 +170,7 @@ func TestSSH(t *testing.T) {
 	})
 
 	t.Run("AllowStreamLocalForwarding no: the dial-stdio route", func(t *testing.T) {
-		d := StartRemoteHost(t, "sd", RemoteHostOptions{DisallowStreamLocal: true})
+		d := StartRemoteHost(t, "sd", HostSpec{SSHD: SSHDPolicy{NoStreamLocal: true}})
 		d.AuthorizeKey(t, a.ClientSigner().PublicKey())
 		in := s.inputs("acme/ssh-private", d)
 		in["ssh-key"] = a.ClientKeyPEM()
@@ -194,9 +194,9 @@ func TestSSH(t *testing.T) {
 	})
 
 	t.Run("two hosts, one down: the other pulls, the step names the down one", func(t *testing.T) {
-		b := StartRemoteHost(t, "sb", RemoteHostOptions{})
+		b := StartRemoteHost(t, "sb", HostSpec{})
 		b.AuthorizeKey(t, a.ClientSigner().PublicKey())
-		c := StartRemoteHost(t, "sc", RemoteHostOptions{})
+		c := StartRemoteHost(t, "sc", HostSpec{})
 		c.AuthorizeKey(t, a.ClientSigner().PublicKey())
 		c.StopSSHD()
 		in := s.inputs("acme/ssh-public", a, b, c)
@@ -223,9 +223,9 @@ func TestSSH(t *testing.T) {
 	})
 
 	t.Run("through ssh-proxy-jump", func(t *testing.T) {
-		j := StartJumpHost(t, "sj")
+		j := StartRemoteHost(t, "sj", HostSpec{Kind: NoRuntime})
 		j.AuthorizeKey(t, a.ClientSigner().PublicKey())
-		behind := StartRemoteHost(t, "sbh", RemoteHostOptions{Behind: j})
+		behind := StartRemoteHost(t, "sbh", HostSpec{Net: Behind(j)})
 		behind.AuthorizeKey(t, a.ClientSigner().PublicKey())
 		in := s.inputs("acme/ssh-public", behind, j)
 		in["ssh-host"] = behind.SSHHost()

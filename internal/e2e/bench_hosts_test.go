@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The hosts of the benchmarks, and the OpenSSH client whose commands
+// (`ssh h docker pull`, `ssh h ctr images pull`, ...) ghcr-pull is
+// compared with.
+
+// startFleet starts n hosts of spec, named prefix0, prefix1, ...; each
+// authorizes the first one's client key, so one ssh-key opens them all.
+func startFleet(tb testing.TB, prefix string, n int, spec HostSpec) []*RemoteHost {
+	tb.Helper()
+	hosts := make([]*RemoteHost, n)
+	for i := range hosts {
+		hosts[i] = StartRemoteHost(tb, fmt.Sprintf("%s%d", prefix, i), spec)
+		if i > 0 {
+			hosts[i].AuthorizeKey(tb, hosts[0].ClientSigner().PublicKey())
+		}
+	}
+	return hosts
+}
+
+// openSSH is the ssh command set up for hosts: the first host's client key
+// and every host's keys in known_hosts, in files of a temporary directory.
+type openSSH struct{ keyFile, knownHostsFile string }
+
+func newOpenSSH(b *testing.B, hosts ...*RemoteHost) openSSH {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		skipOrFatal(b, "ssh not installed: %v", err)
+	}
+	dir := b.TempDir()
+	c := openSSH{filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")}
+	var known strings.Builder
+	for _, h := range hosts {
+		known.WriteString(h.KnownHosts())
+	}
+	if err := os.WriteFile(c.keyFile, []byte(hosts[0].ClientKeyPEM()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(c.knownHostsFile, []byte(known.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// command runs args on h, as `ssh user@ip args...`.
+func (c openSSH) command(h *RemoteHost, args ...string) *exec.Cmd {
+	return exec.Command("ssh", append([]string{"-i", c.keyFile, "-o", "UserKnownHostsFile=" + c.knownHostsFile,
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", h.User() + "@" + h.IP()}, args...)...)
+}
+
+// run runs args on h and fails b with the output if it fails.
+func (c openSSH) run(b *testing.B, h *RemoteHost, args ...string) {
+	if out, err := c.command(h, args...).CombinedOutput(); err != nil {
+		b.Fatalf("ssh %s on %s: %v\n%s", strings.Join(args, " "), h.Name, err, out)
+	}
+}
+
+// onAll runs args on every host at once and waits for them all.
+func (c openSSH) onAll(b *testing.B, hs []*RemoteHost, args ...string) {
+	cmds := make([]*exec.Cmd, len(hs))
+	outs := make([]strings.Builder, len(hs))
+	for i, h := range hs {
+		cmds[i] = c.command(h, args...)
+		cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
+		if err := cmds[i].Start(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("ssh %s on %s: %v\n%s", strings.Join(args, " "), hs[i].Name, err, outs[i].String())
+		}
+	}
+}
+
+// benchSizes are the image sizes of the pull benchmarks, 3 layers each:
+// small is latency-bound; large is where fetching, decompressing and
+// unpacking dominate (and several daemons contend for the machine's cores).
+var benchSizes = []struct {
+	name string
+	size int64
+}{{"small", 256 << 10}, {"large", 8 << 20}}
+
+// pushBenchImages pushes <repo>-small:1 and <repo>-large:1, public, their
+// configs naming this machine's platform (pushNodeImage).
+func pushBenchImages(b *testing.B, e *Env, repo string) {
+	for _, sz := range benchSizes {
+		pushNodeImage(b, e, repo+"-"+sz.name, "1", sz.size, 3)
+		e.Front.SetPublic(repo + "-" + sz.name)
+	}
+}
+
+// benchPull runs env's action pulling ref onto hs anonymously, with the
+// first host's key (which the others authorize), and fails b unless it
+// succeeds. in adds inputs (ssh-transfer, insecure-registry).
+func benchPull(b *testing.B, env *Env, ref string, in map[string]string, hs ...*RemoteHost) Result {
+	var names, known []string
+	for _, h := range hs {
+		names = append(names, h.SSHHost())
+		known = append(known, h.KnownHosts())
+	}
+	inputs := map[string]string{
+		"image": ref, "auth": "anonymous", "summary": "false",
+		"ssh-host": strings.Join(names, ","), "ssh-key": hs[0].ClientKeyPEM(), "ssh-known-hosts": strings.Join(known, "\n"),
+	}
+	for k, v := range in {
+		inputs[k] = v
+	}
+	res := env.RunAction(b, inputs)
+	if res.ExitCode != 0 {
+		b.Fatalf("ghcr-pull (%v) exit %d\n%s", in, res.ExitCode, res.Stdout)
+	}
+	return res
+}
