@@ -53,7 +53,7 @@ func parseKubeAuth(get, in Getter, timeout time.Duration) (*KubeAuth, error) {
 	case "", KubeAuthKubeconfig:
 		for _, name := range keylessInputs {
 			if in(name) != "" {
-				return nil, failure.Bad(name, "is set, but kube-auth is kubeconfig", "set kube-auth: eks or oidc to reach the cluster with the workflow's ID token, or drop "+name)
+				return nil, failure.Bad(name, "is set, but kube-auth is kubeconfig", "set kube-auth: eks, gke, aks or oidc to reach the cluster with the workflow's ID token, or drop "+name)
 			}
 		}
 		return nil, nil
