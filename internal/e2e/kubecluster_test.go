@@ -114,20 +114,7 @@ func (c *Cluster) log(name string) string {
 }
 
 func (c *Cluster) start(bin, logName string, args ...string) (*hostProcess, error) {
-	log, err := os.OpenFile(filepath.Join(c.Dir, logName+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, err
-	}
-	p := &hostProcess{cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); log.Close(); close(p.done) }()
-	return p, nil
+	return startProcess(filepath.Join(c.Dir, logName+".log"), bin, args...)
 }
 
 func startCluster(e *Env, bin string) (*Cluster, error) {

@@ -377,14 +377,21 @@ func generateSSHKey(typ string) (any, error) {
 // switches the network namespace; `ip netns exec` would also remount /sys,
 // after which dockerd fails with "Devices cgroup isn't mounted".
 func (h *RemoteHost) nsCommand(logName string, args ...string) (*hostProcess, error) {
-	log, err := os.OpenFile(filepath.Join(h.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return startProcess(filepath.Join(h.Dir, logName), "nsenter", append([]string{"--net=/var/run/netns/" + h.Namespace}, args...)...)
+}
+
+// startProcess is the one way the e2e tests start a long-running server
+// (every host's sshd and runtime, the cluster's parts): its output appended
+// to logPath, killed with the test process (Pdeathsig) and in its own
+// process group, so that a ^C to the test does not reach it before its
+// owner stops it; the returned process is reaped in the background.
+func startProcess(logPath, bin string, args ...string) (*hostProcess, error) {
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + h.Namespace}, args...)...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	// Dies with the test process; in its own process group so that a ^C
-	// to the test does not reach it before Stop does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		log.Close()
@@ -399,7 +406,6 @@ func (h *RemoteHost) nsCommand(logName string, args ...string) (*hostProcess, er
 	return p, nil
 }
 
-// hostProcess is a process this file started.
 type hostProcess struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when it has exited and been reaped
