@@ -169,34 +169,7 @@ func startCluster(e *Env, bin string) (*Cluster, error) {
 	_ = os.MkdirAll(hostsDir, 0o700)
 	_ = os.WriteFile(filepath.Join(hostsDir, "hosts.toml"), []byte(fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+e.Host, "http://"+e.Host)), 0o600)
 	d := func(p ...string) string { return filepath.Join(append([]string{dir, "containerd"}, p...)...) }
-	ccfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = %q
-    # The test sandbox lacks CAP_SYS_RESOURCE: without this every pod
-    # sandbox fails with "can't get final child's PID from pipe: EOF".
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = %q
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = %q
-      conf_dir = %q
-    [plugins."io.containerd.grpc.v1.cri".registry]
-      config_path = %q
-  [plugins."io.containerd.internal.v1.opt"]
-    path = %q
-`, d("root"), d("state"), c.sock, c.sock+".ttrpc", pause, ContainerdSnapshotter, d("cni", "bin"), d("cni", "net.d"), d("certs.d"), d("opt"))
+	ccfg := containerdConfig(d, c.sock, containerdPods{sandboxImage: pause})
 	// Pods run with hostNetwork, so no CNI plugin is ever called; but the
 	// kubelet keeps a node NotReady until the runtime reports a network
 	// configuration, so there is one, never used.

@@ -73,7 +73,31 @@ func (h *RemoteHost) ContainerdSocket() string { return filepath.Join(h.Dir, "co
 func (h *RemoteHost) ContainerdLog() string { return h.readLog("containerd.log", 0) }
 
 func (h *RemoteHost) containerdConfig() string {
-	d := h.containerdDir
+	return containerdConfig(h.containerdDir, h.ContainerdSocket(), containerdPods{})
+}
+
+// containerdPods is what a containerd that runs pods (the cluster's node)
+// adds to a config; the zero value is a containerd that only pulls.
+type containerdPods struct {
+	sandboxImage string
+}
+
+// containerdConfig is the one containerd configuration of the e2e tests,
+// under dir (root, state, cni, certs.d, opt), serving sock.
+func containerdConfig(dir func(...string) string, sock string, pods containerdPods) string {
+	var criKeys, runtimes string
+	if pods.sandboxImage != "" {
+		criKeys = fmt.Sprintf(`    sandbox_image = %q
+    # The test sandbox lacks CAP_SYS_RESOURCE: without this every pod
+    # sandbox fails with "can't get final child's PID from pipe: EOF".
+    restrict_oom_score_adj = true
+`, pods.sandboxImage)
+		runtimes = `      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+`
+	}
 	return fmt.Sprintf(`version = 2
 root = %q
 state = %q
@@ -88,9 +112,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 [plugins]
   [plugins."io.containerd.grpc.v1.cri"]
-    [plugins."io.containerd.grpc.v1.cri".containerd]
+%s    [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = %q
-    # No pods run here: an empty CNI configuration of the host's own.
+%s    # A CNI configuration of containerd's own (the cluster's node writes
+    # one it never calls; a pulling host none).
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = %q
       conf_dir = %q
@@ -98,8 +123,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       config_path = %q
   [plugins."io.containerd.internal.v1.opt"]
     path = %q
-`, d("root"), d("state"), h.ContainerdSocket(), h.ContainerdSocket()+".ttrpc", ContainerdSnapshotter,
-		d("cni", "bin"), d("cni", "net.d"), d("certs.d"), d("opt"))
+`, dir("root"), dir("state"), sock, sock+".ttrpc", criKeys, ContainerdSnapshotter, runtimes,
+		dir("cni", "bin"), dir("cni", "net.d"), dir("certs.d"), dir("opt"))
 }
 
 func (h *RemoteHost) startContainerd() error {
