@@ -3,10 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
-	"io"
-	"log"
 	"net"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -22,11 +19,8 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/pull"
 	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
+	"github.com/ghcr-pull/ghcr-pull/internal/registrytest"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -228,7 +222,7 @@ func criClass(err error) string {
 // containerd, the pull falls back to anonymous there, and the result says
 // where the image went.
 func TestRunContainerdFallback(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, err := pull.ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
@@ -251,20 +245,4 @@ func TestRunContainerdFallback(t *testing.T) {
 	if len(f.auths) != 2 || f.auths[0] == nil || f.auths[1] != nil {
 		t.Errorf("auth configs sent: %v", f.auths)
 	}
-}
-
-// openRegistry serves an in-process registry (no auth: every credential is
-// accepted) holding one image, and returns its reference and digest.
-func openRegistry(t *testing.T) (string, string) {
-	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/app:1"
-	img, _ := random.Image(64, 1)
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := img.Digest()
-	return ref, d.String()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/mirror"
 	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
+	"github.com/ghcr-pull/ghcr-pull/internal/registrytest"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -74,7 +75,7 @@ func (f *fakeFleet) PullAll(_ context.Context, ref string, creds registryauth.Cr
 }
 
 func TestFleetFallsBackPerMember(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, err := ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +139,7 @@ func TestFleetFallsBackPerMember(t *testing.T) {
 // or none, fails with a DriftError (error_class drift): one digest is never
 // reported for a split fleet. The member that holds the right one passes.
 func TestFleetMemberDriftFails(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, err := ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)

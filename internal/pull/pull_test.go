@@ -23,6 +23,7 @@ import (
 	"github.com/ghcr-pull/ghcr-pull/internal/ghcrsim"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
 	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
+	"github.com/ghcr-pull/ghcr-pull/internal/registrytest"
 	"github.com/ghcr-pull/ghcr-pull/internal/retry"
 )
 
@@ -54,24 +55,8 @@ func (f *fakeDaemon) Inspect(_ context.Context, ref string) (image.Info, error) 
 	return image.Info{RepoDigests: image.ParseRepoDigests([]string{"other.io/x@sha256:" + strings.Repeat("0", 64), repo + "@" + f.digest}), Platform: image.PlatformOf("linux", "amd64", "")}, nil
 }
 
-// openRegistry serves an in-process registry (no auth: every credential is
-// accepted) holding one image, and returns its reference and digest.
-func openRegistry(t *testing.T) (string, string) {
-	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/acme/app:1"
-	img, _ := random.Image(64, 1)
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := img.Digest()
-	return ref, d.String()
-}
-
 func TestRunDaemonSideFallback(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, err := ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +139,7 @@ func toStrings(m []registryauth.Mode) []string {
 }
 
 func TestRunProbeOnlyAndUnreachableTarget(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, _ := ParseImages([]string{ref, strings.Replace(ref, ":1", ":missing", 1)})
 	res := Run(context.Background(), images, nil, Options{Credentials: registryauth.Anonymous})
 	if len(res) != 2 || res[0].Err != nil || res[0].Digest != digest || res[0].Host != HostNone {
@@ -212,7 +197,7 @@ func (d *taggingDaemon) Tag(_ context.Context, source, target string) error {
 // is pulled by tag, and holding another digest fails that target, naming
 // both digests, with no digest in its result.
 func TestRunPinsTheProbedDigest(t *testing.T) {
-	ref, digest := openRegistry(t)
+	ref, digest := registrytest.Open(t)
 	images, err := ParseImages([]string{ref})
 	if err != nil {
 		t.Fatal(err)
