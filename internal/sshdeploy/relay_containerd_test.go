@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -35,18 +33,13 @@ type fakeK8sIO struct {
 }
 
 func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
-	hostPort, rest, _ := strings.Cut(ref, "/")
-	repo, dgst, _ := strings.Cut(rest, "@")
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
-	resp, err := http.DefaultClient.Do(req)
+	got, err := pullThroughForward(ctx, ref)
 	if err != nil {
 		return false, err
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.got = string(b)
+	c.got = got
 	c.creds = append(c.creds, creds)
 	c.ops = append(c.ops, "pull "+ref)
 	_, had := c.names["sha256:imageid"]

@@ -78,19 +78,30 @@ type fakeDockerd struct {
 	got   string // what the forward answered
 }
 
-func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
+// pullThroughForward does what a host's runtime does first with a
+// relayed reference (<loopback>/<repo>@<digest>): GET its manifest from
+// the relay through the forward, returning what the relay answered.
+func pullThroughForward(ctx context.Context, ref string) (string, error) {
 	hostPort, rest, _ := strings.Cut(ref, "/")
 	repo, dgst, _ := strings.Cut(rest, "@")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b), nil
+}
+
+func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
+	got, err := pullThroughForward(ctx, ref)
+	if err != nil {
 		return false, err
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.got = string(b)
+	d.got = got
 	d.creds = append(d.creds, creds)
 	d.ops = append(d.ops, "pull "+ref)
 	d.names[ref] = "sha256:imageid"
