@@ -105,6 +105,19 @@ func (r relayRun) inputs(image string, hosts ...*RemoteHost) map[string]string {
 	}
 }
 
+// rerunSendsManifestOnly runs the step for image on h again: the host
+// holds every layer now, so it pulls nothing and only the manifest
+// travels through the relay.
+func (r relayRun) rerunSendsManifestOnly(t *testing.T, e *Env, image string, h *RemoteHost) {
+	t.Helper()
+	res := e.RunAction(t, r.inputs(image, h))
+	if rs := results(t, res); res.ExitCode != 0 || rs[0]["pulled"] != false {
+		t.Errorf("second run: exit %d, results %v", res.ExitCode, rs)
+	} else if n, _ := rs[0]["relayed_bytes"].(float64); n > 16<<10 {
+		t.Errorf("second run sent %v bytes, want the manifest only", n)
+	}
+}
+
 // runOnHost runs ref on h's dockerd with no network and returns its output.
 func runOnHost(t *testing.T, h *RemoteHost, ref string) string {
 	t.Helper()
@@ -278,12 +291,7 @@ func TestRelay(t *testing.T) {
 		assertHostClean(t, a)
 
 		// Again: the host has every layer, nothing but the manifest travels.
-		res = e.RunAction(t, r.inputs(private, a))
-		if rs := results(t, res); res.ExitCode != 0 || rs[0]["pulled"] != false {
-			t.Errorf("second run: exit %d, results %v", res.ExitCode, rs)
-		} else if n, _ := rs[0]["relayed_bytes"].(float64); n > 16<<10 {
-			t.Errorf("second run sent %v bytes, want the manifest only", n)
-		}
+		r.rerunSendsManifestOnly(t, e, private, a)
 	})
 
 	t.Run("by digest: held by the digest tag, image_ref the image ID", func(t *testing.T) {
