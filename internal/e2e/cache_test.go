@@ -12,14 +12,13 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/moby/moby/client"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/docker"
-	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
+	"github.com/ghcr-pull/ghcr-pull/internal/registrytest"
 )
 
 // echoWithLayer is busyboxEcho(word) with a random layer of its own on
@@ -240,36 +239,10 @@ func checkDaemonImage(t *testing.T, e *Env, ref string, img v1.Image, word strin
 // nothing else is in blobs/, and the password is in no file.
 func checkCacheLayout(t *testing.T, store, ref string, img v1.Image) {
 	t.Helper()
-	lp, err := layout.FromPath(store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, err := lp.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
 	d, _ := img.Digest()
-	if len(im.Manifests) != 1 || im.Manifests[0].Digest != d || im.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != ref {
-		t.Fatalf("index.json %+v, want one entry %s at %s", im.Manifests, ref, d)
-	}
-	got, err := lp.Image(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := got.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := map[string]bool{d.Hex: true}
-	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+	for _, b := range registrytest.CheckLayout(t, store, ref, d) {
 		want[b.Digest.Hex] = true
-		if !imagefile.Intact(filepath.Join(store, "blobs", "sha256", b.Digest.Hex), b.Digest, b.Size) {
-			t.Errorf("blob %s is missing or damaged in the layout", b.Digest)
-		}
 	}
 	files, _ := os.ReadDir(filepath.Join(store, "blobs", "sha256"))
 	for _, f := range files {

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,13 +10,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/ghcr-pull/ghcr-pull/internal/imagefile"
 	"github.com/ghcr-pull/ghcr-pull/internal/registryauth"
+	"github.com/ghcr-pull/ghcr-pull/internal/registrytest"
 )
 
 // storeRun is one step with a store: allow u's image, pull it through the
@@ -132,36 +130,11 @@ func TestStore(t *testing.T) {
 // intact.
 func checkLayout(t *testing.T, store string, u *upstream) {
 	t.Helper()
-	lp, err := layout.FromPath(store)
+	h, err := v1.NewHash(u.digest.DigestStr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx, err := lp.ImageIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(im.Manifests) != 1 || im.Manifests[0].Digest.String() != u.digest.DigestStr() ||
-		im.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != u.host+"/acme/app:1" {
-		raw, _ := json.Marshal(im)
-		t.Fatalf("index.json %s, want one entry %s/acme/app:1 at %s", raw, u.host, u.digest.DigestStr())
-	}
-	img, err := lp.Image(im.Manifests[0].Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-		if !imagefile.Intact(filepath.Join(store, "blobs", "sha256", d.Digest.Hex), d.Digest, d.Size) {
-			t.Errorf("blob %s is missing or damaged in the store", d.Digest)
-		}
-	}
+	registrytest.CheckLayout(t, store, u.host+"/acme/app:1", h)
 	for _, p := range []string{"oci-layout", "index.json"} {
 		if fi, err := os.Stat(filepath.Join(store, p)); err != nil || fi.Mode().Perm() != 0o644 {
 			t.Errorf("%s: %v, mode %v, want 0644", p, err, fi.Mode().Perm())
