@@ -34,16 +34,16 @@ type Container struct {
 // not hide it. ok is false when the daemon has no such container (the
 // command line, a daemon on another machine).
 func (e *Engine) Self(ctx context.Context) (c Container, ok bool, err error) {
-	var candidates []string
-	if host, err := os.Hostname(); err == nil {
-		candidates = append(candidates, host)
+	// The mountinfo is read only when the hostname names no container.
+	candidates := []func() string{
+		func() string { h, _ := os.Hostname(); return h },
+		func() string { b, _ := os.ReadFile("/proc/self/mountinfo"); return containerIDFromMountinfo(string(b)) },
 	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		if id := containerIDFromMountinfo(string(b)); id != "" {
-			candidates = append(candidates, id)
+	for _, candidate := range candidates {
+		name := candidate()
+		if name == "" {
+			continue
 		}
-	}
-	for _, name := range candidates {
 		res, err := e.client.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
 		if cerrdefs.IsNotFound(err) || cerrdefs.IsInvalidArgument(err) {
 			continue
