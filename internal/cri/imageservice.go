@@ -106,18 +106,35 @@ func (d *ImageService) Runtime() (name, namespace string) { return "containerd",
 // (PullImageRequest has no platform): a platform asked for that the node
 // does not run is an error after the fact.
 func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, _ func(done, total int64)) (bool, error) {
+	// A name by digest the node does not hold (a mirror's
+	// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of the
+	// content: the image ID among those it lists does. They are listed
+	// while the name is looked up: one round trip to the node, not two.
+	var (
+		ids    map[string]bool
+		idsErr error
+		listed = make(chan struct{})
+	)
+	byDigest := strings.Contains(ref, "@")
+	if byDigest {
+		go func() {
+			defer close(listed)
+			ids, idsErr = d.ImageIDs(ctx)
+		}()
+	} else {
+		close(listed)
+	}
 	before, err := d.imageID(ctx, ref)
+	<-listed
 	if err != nil {
 		return false, classifyCRI(ctx, err, creds)
 	}
 	had := map[string]bool{before: true}
-	if before == "" && strings.Contains(ref, "@") {
-		// A name by digest the node does not hold (a mirror's
-		// <mirror>/<repo>@<digest>, the relay's loopback) says nothing of
-		// the content: the image ID among those it lists does.
-		if had, err = d.ImageIDs(ctx); err != nil {
-			return false, classifyCRI(ctx, err, creds)
+	if before == "" && byDigest {
+		if idsErr != nil {
+			return false, classifyCRI(ctx, idsErr, creds)
 		}
+		had = ids
 	}
 	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
 	if !creds.IsAnonymous() {

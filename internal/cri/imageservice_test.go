@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -37,6 +38,7 @@ type fakeCRI struct {
 	images   map[string]*runtimeapi.Image // by reference
 	digest   string
 	platform string // imageSpec os/architecture as JSON fields
+	ov       *overlaps
 }
 
 func (f *fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
@@ -44,6 +46,7 @@ func (f *fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtime
 }
 
 func (f *fakeCRI) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	defer f.ov.enter("pull")()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.auths = append(f.auths, r.Auth)
@@ -62,6 +65,7 @@ func (f *fakeCRI) PullImage(_ context.Context, r *runtimeapi.PullImageRequest) (
 }
 
 func (f *fakeCRI) ListImages(context.Context, *runtimeapi.ListImagesRequest) (*runtimeapi.ListImagesResponse, error) {
+	defer f.ov.enter("list")()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	resp := &runtimeapi.ListImagesResponse{}
@@ -72,6 +76,7 @@ func (f *fakeCRI) ListImages(context.Context, *runtimeapi.ListImagesRequest) (*r
 }
 
 func (f *fakeCRI) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	defer f.ov.enter("status")()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	img := f.images[r.Image.Image]
@@ -152,6 +157,40 @@ func TestContainerdPullAndInspect(t *testing.T) {
 	}
 	if _, err := d.Pull(context.Background(), ref, platform(t, "linux/amd64"), registryauth.Anonymous, nil); err != nil {
 		t.Errorf("the node's own platform: %v", err)
+	}
+}
+
+// TestContainerdPullRoundTrips: a name by digest the node does not hold
+// is looked up while the node's image IDs are listed, one round trip to the
+// node before the pull, not two; a tag is only looked up.
+func TestContainerdPullRoundTrips(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("d", 64)
+	for _, tc := range []struct {
+		ref       string
+		wantCalls []string
+		wantMet   []string
+	}{
+		{ref: "127.0.0.1:40123/acme/app@" + digest, wantCalls: []string{"status", "list", "pull"}, wantMet: []string{"list & status"}},
+		{ref: "10.231.1.1:5000/acme/app:1", wantCalls: []string{"status", "pull"}},
+	} {
+		t.Run(tc.ref, func(t *testing.T) {
+			f := &fakeCRI{digest: digest, ov: newOverlaps()}
+			d, err := New(context.Background(), startFakeCRI(t, f, true), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if downloaded, err := d.Pull(context.Background(), tc.ref, nil, registryauth.Anonymous, nil); err != nil || !downloaded {
+				t.Fatalf("Pull = %v, %v", downloaded, err)
+			}
+			calls, met := f.ov.report()
+			if !slices.Equal(slices.Sorted(slices.Values(calls)), slices.Sorted(slices.Values(tc.wantCalls))) || calls[len(calls)-1] != "pull" {
+				t.Errorf("calls %q, want %q, pull last", calls, tc.wantCalls)
+			}
+			if !slices.Equal(met, tc.wantMet) {
+				t.Errorf("made at once: %q, want %q", met, tc.wantMet)
+			}
+		})
 	}
 }
 

@@ -12,9 +12,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	"github.com/containerd/containerd/api/types"
 	"github.com/distribution/reference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -41,36 +43,60 @@ func inNamespace(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, namespaceHeader, Namespace)
 }
 
-// Name gives the image that ref names (a name in containerd's k8s.io
-// namespace, as CRI lists it) one more name, moving name if it named
-// another image, and returns once the CRI image service reports name as
-// that image: the kubelet looks images up there.
-func (d *ImageService) Name(ctx context.Context, ref, name string) error {
-	src, err := d.names.Get(inNamespace(ctx), &imagesapi.GetImageRequest{Name: ref})
-	if err != nil {
-		return fmt.Errorf("containerd's images service: %s: %w", ref, err)
-	}
+// Image is an image in k8s.io as Lookup found it: the target its names
+// point at and the image ID the CRI plugin lists it by, all Name needs to
+// give it more names without asking containerd again. A name by digest
+// (repository@digest) names the same image for good.
+type Image struct {
+	Target *types.Descriptor
+	ID     string
+}
+
+// Lookup finds the image that ref names (a name in containerd's k8s.io
+// namespace, as CRI lists it). The images service's record and the CRI
+// plugin's ID are asked at once: one round trip to the host, not two.
+func (d *ImageService) Lookup(ctx context.Context, ref string) (Image, error) {
+	var (
+		src    *imagesapi.GetImageResponse
+		getErr error
+		done   = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		src, getErr = d.names.Get(inNamespace(ctx), &imagesapi.GetImageRequest{Name: ref})
+	}()
 	id, err := d.imageID(ctx, ref)
+	<-done
+	if getErr != nil {
+		return Image{}, fmt.Errorf("containerd's images service: %s: %w", ref, getErr)
+	}
 	if err != nil {
-		return err
+		return Image{}, err
 	}
 	if id == "" {
-		return fmt.Errorf("containerd has %s, but its CRI plugin does not list it", ref)
+		return Image{}, fmt.Errorf("containerd has %s, but its CRI plugin does not list it", ref)
 	}
-	img := &imagesapi.Image{Name: name, Labels: criManaged, Target: src.Image.Target}
-	_, err = d.names.Create(inNamespace(ctx), &imagesapi.CreateImageRequest{Image: img})
+	return Image{Target: src.Image.Target, ID: id}, nil
+}
+
+// Name gives img one more name, moving name if it named another image,
+// and returns once the CRI image service reports name as img: the kubelet
+// looks images up there.
+func (d *ImageService) Name(ctx context.Context, img Image, name string) error {
+	rec := &imagesapi.Image{Name: name, Labels: criManaged, Target: img.Target}
+	_, err := d.names.Create(inNamespace(ctx), &imagesapi.CreateImageRequest{Image: rec})
 	if status.Code(err) == codes.AlreadyExists {
 		// No field mask: the whole record (target and labels) is replaced.
-		_, err = d.names.Update(inNamespace(ctx), &imagesapi.UpdateImageRequest{Image: img})
+		_, err = d.names.Update(inNamespace(ctx), &imagesapi.UpdateImageRequest{Image: rec})
 	}
 	if err != nil {
-		return fmt.Errorf("containerd's images service: naming %s %s: %w", ref, name, err)
+		return fmt.Errorf("containerd's images service: naming %s %s: %w", img.ID, name, err)
 	}
 	wait, cancel := context.WithTimeout(ctx, nameWait)
 	defer cancel()
 	for {
 		got, err := d.imageID(wait, name)
-		if err == nil && got == id {
+		if err == nil && got == img.ID {
 			return nil
 		}
 		select {
@@ -110,47 +136,74 @@ func (d *ImageService) ImageIDs(ctx context.Context) (map[string]bool, error) {
 
 // Namer adds and removes single image names in k8s.io (*ImageService).
 type Namer interface {
-	Name(ctx context.Context, ref, name string) error
+	Lookup(ctx context.Context, ref string) (Image, error)
+	Name(ctx context.Context, img Image, name string) error
 	Unname(ctx context.Context, name string) error
 }
 
 // Rename gives the image that from names (pulled by digest under a name
 // that is not the user's: the relay's loopback, a mirror's) each of names,
-// spelled as the CRI plugin spells them, and then removes the name from,
-// also when naming failed or ctx ended: that name never stays on the node.
-// The image stays, held by its ID record and the names given. With no
-// names, Rename only removes from.
-func Rename(ctx context.Context, n Namer, from string, names ...string) (err error) {
+// spelled as the CRI plugin spells them, and removes the name from, also
+// when naming failed or ctx ended: that name never stays on the node, and
+// an error removing it is returned with any other. The image stays, held
+// by its ID record (which a CRI pull writes before it answers) and the
+// names given, so once from is looked up, the names are given and from is
+// removed all at once: one round trip to the host for all. With no names,
+// Rename only removes from. It returns the image, for Name.
+func Rename(ctx context.Context, n Namer, from string, names ...string) (Image, error) {
+	var canon []string
+	var bad error
 	keep := false // from is one of names: it stays
-	defer func() {
-		if keep {
-			return
-		}
-		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if uerr := n.Unname(cleanup, from); uerr != nil {
-			err = errors.Join(err, uerr)
-		}
-	}()
 	for _, name := range names {
-		canon, err := CanonicalName(name)
-		if err != nil {
-			return err
-		}
-		if canon == from {
+		c, err := CanonicalName(name)
+		switch {
+		case err != nil:
+			bad = errors.Join(bad, err)
+		case c == from:
 			keep = true
-			continue
-		}
-		if err := n.Name(ctx, from, canon); err != nil {
-			return err
+		default:
+			canon = append(canon, c)
 		}
 	}
-	return nil
+	if bad != nil {
+		if keep {
+			return Image{}, bad
+		}
+		return Image{}, errors.Join(bad, unname(ctx, n, from))
+	}
+	var img Image
+	if len(canon) > 0 {
+		var err error
+		if img, err = n.Lookup(ctx, from); err != nil {
+			if keep {
+				return img, err
+			}
+			return img, errors.Join(err, unname(ctx, n, from))
+		}
+	}
+	errs := make([]error, len(canon)+1)
+	var wg sync.WaitGroup
+	for i, name := range canon {
+		wg.Go(func() { errs[i] = n.Name(ctx, img, name) })
+	}
+	if !keep {
+		errs[len(canon)] = unname(ctx, n, from)
+	}
+	wg.Wait()
+	return img, errors.Join(errs...)
+}
+
+// unname removes from even when ctx ended.
+func unname(ctx context.Context, n Namer, from string) error {
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return n.Unname(cleanup, from)
 }
 
 // Rename is Rename on this image service.
 func (d *ImageService) Rename(ctx context.Context, from string, names ...string) error {
-	return Rename(ctx, d, from, names...)
+	_, err := Rename(ctx, d, from, names...)
+	return err
 }
 
 // CanonicalName is ref as containerd's CRI plugin names images:

@@ -35,6 +35,8 @@ type fakeContainerd struct {
 	lag     int                         // CRI answers a new name after this many ImageStatus calls
 	fresh   map[string]int              // names changed: ImageStatus calls since
 	calls   []string
+	deleteErr error // Delete's answer, if any
+	ov      *overlaps
 }
 
 func (f *fakeContainerd) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
@@ -51,6 +53,7 @@ func namespace(ctx context.Context) error {
 }
 
 func (f *fakeContainerd) Get(ctx context.Context, r *imagesapi.GetImageRequest) (*imagesapi.GetImageResponse, error) {
+	defer f.ov.enter("get")()
 	if err := namespace(ctx); err != nil {
 		return nil, err
 	}
@@ -64,6 +67,7 @@ func (f *fakeContainerd) Get(ctx context.Context, r *imagesapi.GetImageRequest) 
 }
 
 func (f *fakeContainerd) Create(ctx context.Context, r *imagesapi.CreateImageRequest) (*imagesapi.CreateImageResponse, error) {
+	defer f.ov.enter("create " + r.Image.Name)()
 	if err := namespace(ctx); err != nil {
 		return nil, err
 	}
@@ -94,12 +98,16 @@ func (f *fakeContainerd) Update(ctx context.Context, r *imagesapi.UpdateImageReq
 }
 
 func (f *fakeContainerd) Delete(ctx context.Context, r *imagesapi.DeleteImageRequest) (*emptypb.Empty, error) {
+	defer f.ov.enter("delete")()
 	if err := namespace(ctx); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "delete "+r.Name)
+	if f.deleteErr != nil {
+		return nil, f.deleteErr
+	}
 	if _, ok := f.records[r.Name]; !ok {
 		return nil, status.Errorf(codes.NotFound, "image %q: not found", r.Name)
 	}
@@ -108,6 +116,7 @@ func (f *fakeContainerd) Delete(ctx context.Context, r *imagesapi.DeleteImageReq
 }
 
 func (f *fakeContainerd) ImageStatus(_ context.Context, r *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	defer f.ov.enter("status " + r.Image.Image)()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	img, ok := f.records[r.Image.Image]
@@ -129,6 +138,60 @@ func (f *fakeContainerd) ListImages(context.Context, *runtimeapi.ListImagesReque
 		out = append(out, &runtimeapi.Image{Id: id})
 	}
 	return &runtimeapi.ListImagesResponse{Images: out}, nil
+}
+
+// name is Name of the image that ref names, looked up.
+func name(ctx context.Context, d *ImageService, ref, name string) error {
+	img, err := d.Lookup(ctx, ref)
+	if err != nil {
+		return err
+	}
+	return d.Name(ctx, img, name)
+}
+
+// overlaps records the calls a fake answers and which of them were in
+// flight at once: each call is held for hold, so calls made concurrently
+// meet, and calls made one after the other do not.
+type overlaps struct {
+	hold time.Duration
+
+	mu       sync.Mutex
+	inflight map[string]int
+	calls    []string
+	met      map[string]bool // "a & b", a < b
+}
+
+func newOverlaps() *overlaps {
+	return &overlaps{hold: 100 * time.Millisecond, inflight: map[string]int{}, met: map[string]bool{}}
+}
+
+// enter records call; the func returned ends it. A nil *overlaps records
+// nothing.
+func (o *overlaps) enter(call string) func() {
+	if o == nil {
+		return func() {}
+	}
+	o.mu.Lock()
+	o.calls = append(o.calls, call)
+	for other, n := range o.inflight {
+		if n > 0 {
+			o.met[min(call, other)+" & "+max(call, other)] = true
+		}
+	}
+	o.inflight[call]++
+	o.mu.Unlock()
+	time.Sleep(o.hold)
+	return func() {
+		o.mu.Lock()
+		o.inflight[call]--
+		o.mu.Unlock()
+	}
+}
+
+func (o *overlaps) report() (calls []string, met []string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.calls), slices.Sorted(maps.Keys(o.met))
 }
 
 func (f *fakeContainerd) names() []string {
@@ -180,7 +243,7 @@ func TestNames(t *testing.T) {
 		f := newFakeContainerd()
 		f.lag = 3
 		d := startFakeContainerd(t, f)
-		if err := d.Name(ctx, loopbackName, pinnedName); err != nil {
+		if err := name(ctx, d, loopbackName, pinnedName); err != nil {
 			t.Fatal(err)
 		}
 		f.mu.Lock()
@@ -198,7 +261,7 @@ func TestNames(t *testing.T) {
 	t.Run("Name moves a name that named another image", func(t *testing.T) {
 		f := newFakeContainerd()
 		d := startFakeContainerd(t, f)
-		if err := d.Name(ctx, loopbackName, "ghcr.io/acme/app:1"); err != nil {
+		if err := name(ctx, d, loopbackName, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
 		f.mu.Lock()
@@ -216,7 +279,7 @@ func TestNames(t *testing.T) {
 		d := startFakeContainerd(t, f)
 		defer func(w time.Duration) { nameWait = w }(nameWait)
 		nameWait = 200 * time.Millisecond
-		err := d.Name(ctx, loopbackName, pinnedName)
+		err := name(ctx, d, loopbackName, pinnedName)
 		if err == nil || !strings.Contains(err.Error(), "did not report") || !strings.Contains(err.Error(), pinnedName) {
 			t.Fatalf("err = %v", err)
 		}
@@ -224,7 +287,7 @@ func TestNames(t *testing.T) {
 
 	t.Run("Name of a source that is not there", func(t *testing.T) {
 		d := startFakeContainerd(t, newFakeContainerd())
-		if err := d.Name(ctx, "ghcr.io/acme/none@sha256:"+strings.Repeat("9", 64), pinnedName); status.Code(err) != codes.NotFound {
+		if err := name(ctx, d, "ghcr.io/acme/none@sha256:"+strings.Repeat("9", 64), pinnedName); status.Code(err) != codes.NotFound {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -232,7 +295,7 @@ func TestNames(t *testing.T) {
 	t.Run("Unname deletes that name only; a missing name is no error", func(t *testing.T) {
 		f := newFakeContainerd()
 		d := startFakeContainerd(t, f)
-		if err := d.Name(ctx, loopbackName, pinnedName); err != nil {
+		if err := name(ctx, d, loopbackName, pinnedName); err != nil {
 			t.Fatal(err)
 		}
 		if err := d.Unname(ctx, loopbackName); err != nil {
@@ -284,4 +347,82 @@ func TestNames(t *testing.T) {
 			t.Errorf("ImageIDs = %v, %v", ids, err)
 		}
 	})
+}
+
+// TestNamesRoundTrips: each round trip to a host costs its network's
+// latency, so calls that do not depend on each other are made at once.
+func TestNamesRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	tag := "ghcr.io/acme/app:1"
+	for _, tc := range []struct {
+		name      string
+		deleteErr error
+		run       func(d *ImageService) error
+		wantErr   string
+		wantCalls []string // sorted
+		wantMet   []string // pairs in flight at once
+		apart     []string // pairs never in flight at once
+		wantNames []string
+	}{
+		{
+			name:      "Lookup asks the images service and CRI at once",
+			run:       func(d *ImageService) error { _, err := d.Lookup(ctx, loopbackName); return err },
+			wantCalls: []string{"get", "status " + loopbackName},
+			wantMet:   []string{"get & status " + loopbackName},
+		},
+		{
+			name: "Rename looks up once, then gives every name and removes the pulled one at once",
+			run: func(d *ImageService) error {
+				_, err := Rename(ctx, d, loopbackName, pinnedName, tag)
+				return err
+			},
+			wantCalls: []string{"create " + tag, "create " + pinnedName, "delete", "get", "status " + tag, "status " + loopbackName, "status " + pinnedName},
+			wantMet:   []string{"create " + pinnedName + " & delete", "create " + tag + " & create " + pinnedName, "get & status " + loopbackName},
+			apart:     []string{"delete & get", "delete & status " + loopbackName},
+			wantNames: []string{tag, pinnedName, "sha256:imageid"},
+		},
+		{
+			name:      "Rename: removing the pulled name fails beside naming: the error is returned, the names given",
+			deleteErr: status.Error(codes.Unavailable, "metadata store locked"),
+			run: func(d *ImageService) error {
+				_, err := Rename(ctx, d, loopbackName, pinnedName)
+				return err
+			},
+			wantErr:   "metadata store locked",
+			wantCalls: []string{"create " + pinnedName, "delete", "get", "status " + loopbackName, "status " + pinnedName},
+			wantMet:   []string{"create " + pinnedName + " & delete", "get & status " + loopbackName},
+			wantNames: []string{tag, loopbackName, pinnedName, "sha256:imageid"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeContainerd()
+			f.ov, f.deleteErr = newOverlaps(), tc.deleteErr
+			d := startFakeContainerd(t, f)
+			err := tc.run(d)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+			calls, met := f.ov.report()
+			slices.Sort(calls)
+			if !slices.Equal(calls, slices.Sorted(slices.Values(tc.wantCalls))) {
+				t.Errorf("calls %q, want %q", calls, tc.wantCalls)
+			}
+			for _, pair := range tc.wantMet {
+				if !slices.Contains(met, pair) {
+					t.Errorf("%s were not made at once (met: %q)", pair, met)
+				}
+			}
+			for _, pair := range tc.apart {
+				if slices.Contains(met, pair) {
+					t.Errorf("%s were made at once: the pulled name may go before it is read", pair)
+				}
+			}
+			if tc.wantNames != nil {
+				want := slices.Sorted(slices.Values(tc.wantNames))
+				if got := f.names(); !slices.Equal(got, want) {
+					t.Errorf("names %q, want %q", got, want)
+				}
+			}
+		})
+	}
 }

@@ -192,6 +192,13 @@ type forward struct {
 	conn  loopback
 	host  string
 
+	// byPull: the runtime's Pull answer is about the image's ID, whatever
+	// name it pulled by (cri.ImageService.Pull), so pull need not list
+	// the host's image IDs before it nor inspect the image after it. Not
+	// so for dockerd, which reports a download for a loopback name it
+	// never saw, had it the image or not.
+	byPull bool
+
 	once sync.Once
 	l    net.Listener
 	err  error
@@ -258,7 +265,8 @@ type relayRuntime interface {
 // succeeded, so the caller can remove it even on a later error), the
 // image, and whether its ID was new to the host: a runtime reports a pull
 // by a loopback name it never saw as a download even when it had the
-// image, so the ID is what counts.
+// image, so the ID is what counts. With byPull, the runtime's own answer
+// is that, and info is left empty.
 func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
@@ -281,7 +289,7 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 	}()
 	port, err := f.port()
 	var had map[string]bool
-	if err == nil {
+	if err == nil && !f.byPull {
 		had, err = rt.ImageIDs(ctx)
 	}
 	if aerr := <-allowed; aerr != nil {
@@ -291,11 +299,15 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 		return "", info, false, err
 	}
 	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	if _, err := rt.Pull(ctx, loopback, platform, registryauth.Anonymous, progress); err != nil {
+	isNew, err = rt.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
+	if err != nil {
 		if upstream := f.relay.Err(path); upstream != nil {
 			return "", info, false, upstream
 		}
 		return "", info, false, f.conn.lost(err)
+	}
+	if f.byPull {
+		return loopback, info, isNew, nil
 	}
 	info, err = rt.Inspect(ctx, loopback)
 	if err != nil {

@@ -43,11 +43,21 @@ type relayedContainerd struct {
 	fwd   *forward
 
 	mu      sync.Mutex
-	relayed map[string]string // the ref pulled (one spelling) → its name in k8s.io
+	relayed map[string]relayedName // by the ref pulled (one spelling)
+}
+
+// relayedName is a relayed image's name in k8s.io and the image it names
+// (repository@digest names it for good), so Tag names it again without
+// looking it up.
+type relayedName struct {
+	name string
+	img  cri.Image
 }
 
 func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd {
-	return &relayedContainerd{rt: rt, relay: r, fwd: newForward(r, c), relayed: map[string]string{}}
+	fwd := newForward(r, c)
+	fwd.byPull = true // cri.ImageService.Pull answers by the image's ID
+	return &relayedContainerd{rt: rt, relay: r, fwd: fwd, relayed: map[string]relayedName{}}
 }
 
 func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
@@ -59,17 +69,20 @@ func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocis
 	if err != nil {
 		if local != "" {
 			// Even when the step is cancelled: nothing of ours stays.
-			err = errors.Join(err, cri.Rename(ctx, d.rt, local))
+			_, rerr := cri.Rename(ctx, d.rt, local)
+			err = errors.Join(err, rerr)
 		}
 		return false, err
 	}
-	// The loopback name goes whatever happens; the image stays held by
-	// its ID record (the CRI plugin's) and the name given.
-	if err := cri.Rename(ctx, d.rt, local, pinned); err != nil {
+	// The loopback name goes whatever happens (removed while the name is
+	// given); the image stays held by its ID record (the CRI plugin's)
+	// and the name given.
+	img, err := cri.Rename(ctx, d.rt, local, pinned)
+	if err != nil {
 		return false, fmt.Errorf("pulled %s from the relay, but: %w", local, err)
 	}
 	d.mu.Lock()
-	d.relayed[refKey(ref)] = pinned
+	d.relayed[refKey(ref)] = relayedName{name: pinned, img: img}
 	d.mu.Unlock()
 	return isNew, nil
 }
@@ -78,7 +91,7 @@ func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocis
 // image), as a direct CRI pull of that tag would.
 func (d *relayedContainerd) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
-	pinned, ok := d.relayed[refKey(source)]
+	held, ok := d.relayed[refKey(source)]
 	d.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("{Transfer}: relay names only images it relayed, not %s", source)
@@ -87,7 +100,7 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	if err != nil {
 		return err
 	}
-	return d.rt.Name(ctx, pinned, tag)
+	return d.rt.Name(ctx, held.img, tag)
 }
 
 // Rename gives a relayed image, pulled as from (a mirror's
@@ -100,7 +113,8 @@ func (d *relayedContainerd) Rename(ctx context.Context, from string, names ...st
 	if !ok {
 		return fmt.Errorf("{Transfer}: relay names only images it relayed, not %s", from)
 	}
-	return cri.Rename(ctx, d.rt, held, names...)
+	_, err := cri.Rename(ctx, d.rt, held.name, names...)
+	return err
 }
 
 // Inspect describes ref as the CRI image service (the kubelet's view)

@@ -28,8 +28,9 @@ type fakeK8sIO struct {
 	names   map[string]string
 	ops     []string
 	creds   []registryauth.Credentials
-	got     string // what the forward answered
-	nameErr error
+	got       string // what the forward answered
+	nameErr   error
+	unnameErr error
 }
 
 func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
@@ -51,6 +52,7 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ops = append(c.ops, "inspect "+ref)
 	n, err := cri.CanonicalName(ref)
 	if err != nil {
 		return image.Info{}, err
@@ -74,6 +76,7 @@ func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 func (c *fakeK8sIO) ImageIDs(context.Context) (map[string]bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ops = append(c.ops, "ids")
 	ids := map[string]bool{}
 	for _, id := range c.names {
 		ids[id] = true
@@ -81,18 +84,28 @@ func (c *fakeK8sIO) ImageIDs(context.Context) (map[string]bool, error) {
 	return ids, nil
 }
 
-func (c *fakeK8sIO) Name(_ context.Context, ref, name string) error {
+func (c *fakeK8sIO) Lookup(_ context.Context, ref string) (cri.Image, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ops = append(c.ops, "name "+ref+" "+name)
+	c.ops = append(c.ops, "lookup "+ref)
+	id, ok := c.names[ref]
+	if !ok {
+		return cri.Image{}, fmt.Errorf("not found: %s", ref)
+	}
+	return cri.Image{ID: id}, nil
+}
+
+func (c *fakeK8sIO) Name(_ context.Context, img cri.Image, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ops = append(c.ops, "name "+img.ID+" "+name)
 	if c.nameErr != nil {
 		return c.nameErr
 	}
-	id, ok := c.names[ref]
-	if !ok {
-		return fmt.Errorf("not found: %s", ref)
+	if img.ID == "" {
+		return fmt.Errorf("no image to name %s", name)
 	}
-	c.names[name] = id
+	c.names[name] = img.ID
 	return nil
 }
 
@@ -100,6 +113,9 @@ func (c *fakeK8sIO) Unname(_ context.Context, name string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ops = append(c.ops, "unname "+name)
+	if c.unnameErr != nil {
+		return c.unnameErr
+	}
 	delete(c.names, name)
 	return nil
 }
@@ -248,6 +264,67 @@ func TestRelayedContainerd(t *testing.T) {
 			t.Errorf("containerd was asked %q", ctrd.ops)
 		}
 	})
+}
+
+// TestRelayedContainerdRoundTrips: each call to the host is a round trip
+// over its network. The CRI pull's own answer says whether the image is
+// new (by its ID), so the host's images are not listed nor the image
+// inspected around it; the loopback name is looked up once, and Tag names
+// the image Pull found without looking it up again. The loopback name goes
+// all the same, and an error removing it is the pull's.
+func TestRelayedContainerdRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	ref := "ghcr.io/acme/app@" + relayDigest
+	for _, tc := range []struct {
+		name      string
+		unnameErr error
+		wantErr   string
+		wantOps   []string // the loopback name spelled 127.0.0.1
+	}{
+		{
+			name:    "pull, one lookup, name and unname, tag",
+			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "name sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1"},
+		},
+		{
+			name:      "removing the loopback name fails: the pull reports it",
+			unnameErr: errors.New("metadata store locked"),
+			wantErr:   "metadata store locked",
+			wantOps:   []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "unname 127.0.0.1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, conn := dialTest(t, sshtest.WithTCPForward())
+			ctrd := &fakeK8sIO{names: map[string]string{}, unnameErr: tc.unnameErr}
+			d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+			defer d.Close()
+			pulled, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Pull = %v, want %q", err, tc.wantErr)
+				}
+			} else {
+				if err != nil || !pulled {
+					t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
+				}
+				if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctrd.mu.Lock()
+			var ops []string
+			for _, op := range ctrd.ops {
+				if i := strings.Index(op, "127.0.0.1:"); i >= 0 {
+					op = op[:i] + "127.0.0.1"
+				}
+				ops = append(ops, op)
+			}
+			ctrd.mu.Unlock()
+			// Naming and unnaming run at once: their order is not fixed.
+			if !slices.Equal(slices.Sorted(slices.Values(ops)), slices.Sorted(slices.Values(tc.wantOps))) || ops[0] != "pull 127.0.0.1" || ops[1] != "lookup 127.0.0.1" {
+				t.Errorf("calls to the host %q, want %q", ops, tc.wantOps)
+			}
+		})
+	}
 }
 
 // Open with a relay gives a containerd host the relayed route, which can
