@@ -29,14 +29,14 @@ type fakeContainerd struct {
 	runtimeapi.UnimplementedImageServiceServer
 	imagesapi.UnimplementedImagesServer
 
-	mu      sync.Mutex
-	records map[string]*imagesapi.Image // by name, in k8s.io
-	ids     map[string]string           // target digest → image ID (config digest)
-	lag     int                         // CRI answers a new name after this many ImageStatus calls
-	fresh   map[string]int              // names changed: ImageStatus calls since
-	calls   []string
+	mu        sync.Mutex
+	records   map[string]*imagesapi.Image // by name, in k8s.io
+	ids       map[string]string           // target digest → image ID (config digest)
+	lag       int                         // CRI answers a new name after this many ImageStatus calls
+	fresh     map[string]int              // names changed: ImageStatus calls since
+	calls     []string
 	deleteErr error // Delete's answer, if any
-	ov      *overlaps
+	ov        *overlaps
 }
 
 func (f *fakeContainerd) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {

@@ -24,10 +24,10 @@ import (
 // manifest path over HTTP from the reference's host, as containerd would
 // from the forward.
 type fakeK8sIO struct {
-	mu      sync.Mutex
-	names   map[string]string
-	ops     []string
-	creds   []registryauth.Credentials
+	mu        sync.Mutex
+	names     map[string]string
+	ops       []string
+	creds     []registryauth.Credentials
 	got       string // what the forward answered
 	nameErr   error
 	unnameErr error
