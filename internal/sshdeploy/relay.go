@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -124,10 +125,15 @@ type dockerEngine interface {
 // replaced by a name in the user's repository.
 //
 // Docker's graphdriver store cannot hold <repository>@<digest> without a
-// registry pull, and removing an image's last name deletes it, so the image
-// is held by the digest tag <repository>:sha256-<hex> until Tag points the
-// user's tag at it; a digest input keeps that tag. Inspect reports the
-// relayed digest and the image ID as the reference that works on the host.
+// registry pull, and removing an image's last name deletes it, so the
+// loopback name holds the image until another name does: Tag points the
+// user's tag at it and then removes the loopback name; a digest input is
+// named by the digest tag <repository>:sha256-<hex> when it is inspected
+// (pull inspects every image it pulled), and Close names any image still
+// held by its loopback name so, then removes that name, whatever happened
+// before. Each name is one round trip to the host: a tag input gets one
+// name, not a digest tag first. Inspect reports the relayed digest and the
+// image ID as the reference that works on the host.
 type relayedDocker struct {
 	engine dockerEngine
 	relay  Relay
@@ -135,18 +141,20 @@ type relayedDocker struct {
 
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
-	made    map[string]bool          // digest tags this connection made
+	pending []*relayedImage          // images pulled, for Close
 }
 
 type relayedImage struct {
-	name reference.Canonical // the ref pulled (the user's repository, the digest relayed); nil if it is none
-	id   string              // the image ID on the host
-	hold string              // the digest tag, "" once the user's tag holds the image
-	held bool                // the digest tag was there before this pull: leave it
+	name  reference.Canonical // the ref pulled (the user's repository, the digest relayed); nil if it is none
+	id    string              // the image ID on the host
+	hold  string              // the digest tag
+	via   string              // the loopback name it was pulled by
+	local string              // the loopback name while it holds the image, else ""
+	named bool                // a name of ours (the user's tag, the digest tag) holds the image
 }
 
 func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
-	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}}
 }
 
 // LocalHost is the name the runner's own daemon is served under (the
@@ -161,7 +169,7 @@ const LocalHost = "local"
 // forwarder on the daemon's side relays to (the listener then reports the
 // forwarder's port). Closing the runtime closes the listener and e.
 func Local(e dockerEngine, r Relay, listen func() (net.Listener, error)) Runtime {
-	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, localLoopback(listen)), relayed: map[string]*relayedImage{}, made: map[string]bool{}}
+	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, localLoopback(listen)), relayed: map[string]*relayedImage{}}
 }
 
 // loopback is where the relay's listener for a runtime opens, on the
@@ -318,52 +326,81 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
-	hold := digestTag(repo, dgst)
-	// Whether the host held the digest tag already is asked while the
-	// image is pulled: one round trip fewer after it.
-	type inspected struct {
-		info image.Info
-		err  error
-	}
-	prior := make(chan inspected, 1)
-	go func() {
-		info, err := d.engine.Inspect(ctx, hold)
-		prior <- inspected{info, err}
-	}()
 	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
-	p := <-prior
 	if err != nil {
+		if local != "" {
+			// Pulled, but not known by its ID: nothing of ours stays, even
+			// when the step is cancelled (the image goes with that name
+			// if it is its last).
+			err = errors.Join(err, d.remove(ctx, local))
+		}
 		return false, err
 	}
-	before, err := p.info, p.err
-	d.mu.Lock()
-	// A digest tag this connection made for another image of the step
-	// (two tags of one digest) is ours to remove, not the host's.
-	held := err == nil && before.ID == info.ID && !d.made[hold]
-	if !held {
-		d.made[hold] = true
-	}
-	d.mu.Unlock()
-	if err := d.engine.Tag(ctx, local, hold); err != nil {
-		return false, fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", local, hold, err)
-	}
-	// The digest tag holds the image now: removing the loopback name
-	// only untags it.
-	if err := d.engine.Remove(ctx, local); err != nil {
-		return false, fmt.Errorf("removing the relay's name %s: %w", local, err)
-	}
-	d.mu.Lock()
-	ri := &relayedImage{id: info.ID, hold: hold, held: held}
+	ri := &relayedImage{id: info.ID, hold: digestTag(repo, dgst), via: local, local: local}
 	if names := image.ParseRepoDigests([]string{ref}); len(names) == 1 {
 		ri.name = names[0]
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.pending {
+		if p.local == local {
+			p.local = "" // the same name, pulled again: ri removes it
+		}
+	}
 	d.relayed[refKey(ref)] = ri
-	d.mu.Unlock()
+	d.pending = append(d.pending, ri)
 	return isNew, nil
 }
 
-// Tag points target at a relayed image and drops the digest tag that held
-// it (unless it was there before).
+// remove removes the loopback name local, even when ctx ended.
+func (d *relayedDocker) remove(ctx context.Context, local string) error {
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := d.engine.Remove(cleanup, local); err != nil {
+		return fmt.Errorf("removing the relay's name %s: %w", local, err)
+	}
+	return nil
+}
+
+// release removes ri's loopback name; callers call it once a name of
+// ours holds the image (removing it then only untags it). On an error the
+// name stays pending, for Close.
+func (d *relayedDocker) release(ctx context.Context, ri *relayedImage) error {
+	d.mu.Lock()
+	local := ri.local
+	ri.local = ""
+	d.mu.Unlock()
+	if local == "" {
+		return nil
+	}
+	err := d.remove(ctx, local)
+	if err != nil {
+		d.mu.Lock()
+		ri.local = local
+		d.mu.Unlock()
+	}
+	return err
+}
+
+// holdByDigest names ri by its digest tag, unless a name of ours holds it
+// already or its loopback name is gone.
+func (d *relayedDocker) holdByDigest(ctx context.Context, ri *relayedImage) error {
+	d.mu.Lock()
+	need := ri.local != "" && !ri.named
+	d.mu.Unlock()
+	if !need {
+		return nil
+	}
+	if err := d.engine.Tag(ctx, ri.id, ri.hold); err != nil {
+		return fmt.Errorf("pulled %s from the relay, but naming it %s failed: %w", ri.via, ri.hold, err)
+	}
+	d.mu.Lock()
+	ri.named = true
+	d.mu.Unlock()
+	return nil
+}
+
+// Tag points target at a relayed image, then removes its loopback name.
 func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	ri := d.relayed[refKey(source)]
@@ -375,28 +412,34 @@ func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 		return err
 	}
 	d.mu.Lock()
-	hold, held := ri.hold, ri.held
-	ri.hold = ""
+	ri.named = true
 	d.mu.Unlock()
-	if hold != "" && !held && hold != target {
-		if err := d.engine.Remove(ctx, hold); err != nil {
-			return fmt.Errorf("removing %s after tagging %s: %w", hold, target, err)
-		}
-	}
-	return nil
+	return d.release(ctx, ri)
 }
 
 // Inspect describes ref; for an image this connection relayed it reports
 // the relayed digest (the host pulled exactly it, by digest) and the image
-// ID as the reference to run it by.
+// ID as the reference to run it by. A relayed image still held by its
+// loopback name (a digest input: no Tag) is named by its digest tag
+// first, and the loopback name removed while the image is inspected.
 func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	d.mu.Lock()
 	ri := d.relayed[refKey(ref)]
 	d.mu.Unlock()
+	released := make(chan error, 1)
 	if ri != nil {
+		if err := d.holdByDigest(ctx, ri); err != nil {
+			return image.Info{}, err
+		}
+		go func() { released <- d.release(ctx, ri) }()
 		ref = ri.id // a digest input: the host has no <repository>@<digest> name
+	} else {
+		released <- nil
 	}
 	info, err := d.engine.Inspect(ctx, ref)
+	if rerr := <-released; rerr != nil {
+		return image.Info{}, rerr
+	}
 	if err != nil {
 		return info, err
 	}
@@ -404,6 +447,8 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 	defer d.mu.Unlock()
 	for _, r := range d.relayed {
 		if r.id == info.ID {
+			// The loopback name, if the host answered before it went.
+			info.RepoDigests = slices.DeleteFunc(info.RepoDigests, func(c reference.Canonical) bool { return c.String() == r.via })
 			if r.name != nil {
 				info.RepoDigests = append(info.RepoDigests, r.name)
 			}
@@ -416,7 +461,24 @@ func (d *relayedDocker) Inspect(ctx context.Context, ref string) (image.Info, er
 
 func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Runtime() }
 
-// Close closes the forward, then the engine (and with it the connection).
+// Close removes every loopback name still on the host (a pull whose Tag
+// or Inspect failed or never came), naming the image by its digest tag
+// first, then closes the forward, then the engine (and with it the
+// connection). A loopback name goes even when the digest tag could not
+// be given: it names a forward that is closing.
 func (d *relayedDocker) Close() error {
-	return errors.Join(d.fwd.close(), d.engine.Close())
+	d.mu.Lock()
+	pending := slices.Clone(d.pending)
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	for _, ri := range pending {
+		err := d.holdByDigest(ctx, ri)
+		d.mu.Lock()
+		ri.named = true // the name goes all the same
+		d.mu.Unlock()
+		errs = append(errs, err, d.release(ctx, ri))
+	}
+	return errors.Join(append(errs, d.fwd.close(), d.engine.Close())...)
 }

@@ -76,6 +76,12 @@ type fakeDockerd struct {
 	ops   []string
 	creds []registryauth.Credentials
 	got   string // what the forward answered
+	// failures: a tag to a target, removals (the first rmiFails), an
+	// inspection of a loopback name.
+	tagErr      map[string]error
+	rmiFails    int
+	inspectFail bool
+	rmiSlow     bool // a removal answers late: what runs beside it sees the name
 }
 
 // pullThroughForward does what a host's runtime does first with a
@@ -112,6 +118,9 @@ func (d *fakeDockerd) Tag(_ context.Context, source, target string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ops = append(d.ops, "tag "+source+" "+target)
+	if err := d.tagErr[target]; err != nil {
+		return err
+	}
 	id, ok := d.names[source]
 	if !ok && strings.HasPrefix(source, "sha256:") {
 		id, ok = source, true
@@ -126,6 +135,10 @@ func (d *fakeDockerd) Tag(_ context.Context, source, target string) error {
 func (d *fakeDockerd) Inspect(_ context.Context, ref string) (image.Info, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ops = append(d.ops, "inspect "+ref)
+	if d.inspectFail && strings.HasPrefix(ref, "127.0.0.1:") {
+		return image.Info{}, errors.New("dockerd: inspect failed")
+	}
 	id, ok := d.names[ref]
 	if !ok && strings.HasPrefix(ref, "sha256:") && slices.Contains(mapsValues(d.names), ref) {
 		id, ok = ref, true
@@ -133,7 +146,13 @@ func (d *fakeDockerd) Inspect(_ context.Context, ref string) (image.Info, error)
 	if !ok {
 		return image.Info{}, fmt.Errorf("no such image: %s", ref)
 	}
-	return image.Info{ID: id, Platform: image.PlatformOf("linux", "amd64", "")}, nil
+	info := image.Info{ID: id, Platform: image.PlatformOf("linux", "amd64", "")}
+	for n, i := range d.names {
+		if i == id && strings.Contains(n, "@") {
+			info.RepoDigests = append(info.RepoDigests, image.ParseRepoDigests([]string{n})...)
+		}
+	}
+	return info, nil
 }
 
 func mapsValues(m map[string]string) []string {
@@ -145,9 +164,16 @@ func mapsValues(m map[string]string) []string {
 }
 
 func (d *fakeDockerd) Remove(_ context.Context, ref string) error {
+	if d.rmiSlow {
+		time.Sleep(100 * time.Millisecond)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ops = append(d.ops, "rmi "+ref)
+	if d.rmiFails > 0 {
+		d.rmiFails--
+		return errors.New("dockerd: conflict")
+	}
 	if _, ok := d.names[ref]; !ok {
 		return fmt.Errorf("no such image: %s", ref)
 	}
@@ -225,6 +251,136 @@ func checkForwardClosed(t *testing.T, srv testServer) {
 	}
 }
 
+// TestRelayedDockerRoundTrips: each call to the host is a round trip over
+// its network. A tag input gets the user's tag and then loses the
+// loopback name (no digest tag in between); a digest input gets the digest
+// tag when inspected, its loopback name removed while it is inspected.
+// Whatever fails, no loopback name stays after Close, and no name is
+// removed before another holds the image.
+func TestRelayedDockerRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	ref := "ghcr.io/acme/app@" + relayDigest
+	hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
+	tag := "ghcr.io/acme/app:1"
+	for _, tc := range []struct {
+		name   string
+		engine *fakeDockerd
+		// steps after Pull, as pull makes them; each wants an error
+		// containing its text, or none
+		tag, inspect string
+		wantTagErr   string
+		wantErr      string // Pull's
+		wantCloseErr string
+		wantOps      []string // the loopback name spelled 127.0.0.1; sorted where marked
+		unordered    int      // the last unordered ops run at once
+		wantNames    []string
+	}{
+		{
+			name: "a tag: one name given, the loopback name removed, inspected", tag: tag, inspect: tag,
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "inspect " + tag},
+			wantNames: []string{tag},
+		},
+		{
+			name: "a digest: the digest tag given, the loopback name removed while inspected (and not reported)", inspect: ref,
+			engine:    &fakeDockerd{rmiSlow: true},
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + hold, "rmi 127.0.0.1", "inspect sha256:imageid"},
+			unordered: 2,
+			wantNames: []string{hold},
+		},
+		{
+			name: "tagging fails: Close names the image by its digest tag and removes the loopback name", tag: tag,
+			engine:     &fakeDockerd{tagErr: map[string]error{tag: errors.New("dockerd: tag refused")}},
+			wantTagErr: "tag refused",
+			wantOps:    []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
+			wantNames:  []string{hold},
+		},
+		{
+			name: "removing the loopback name fails: Tag says so, Close removes it", tag: tag, inspect: tag,
+			engine:     &fakeDockerd{rmiFails: 1},
+			wantTagErr: "removing the relay's name 127.0.0.1:",
+			wantOps:    []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "inspect " + tag, "rmi 127.0.0.1"},
+			wantNames:  []string{tag},
+		},
+		{
+			name: "removing it fails at Close too: Close says so", tag: tag,
+			engine:       &fakeDockerd{rmiFails: 2},
+			wantTagErr:   "removing the relay's name 127.0.0.1:",
+			wantCloseErr: "removing the relay's name 127.0.0.1:",
+			wantOps:      []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "rmi 127.0.0.1"},
+			wantNames:    []string{"127.0.0.1", tag},
+		},
+		{
+			name:   "inspecting the pulled image fails: its loopback name goes at once",
+			engine: &fakeDockerd{inspectFail: true}, wantErr: "inspect failed",
+			wantOps: []string{"pull 127.0.0.1", "inspect 127.0.0.1", "rmi 127.0.0.1"},
+		},
+		{
+			name:      "Close after a pull with no Tag nor Inspect: the digest tag holds the image",
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
+			wantNames: []string{hold},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			engine := tc.engine
+			if engine == nil {
+				engine = &fakeDockerd{}
+			}
+			engine.names = map[string]string{}
+			_, conn := dialTest(t, sshtest.WithTCPForward())
+			d := newRelayedDocker(engine, &fakeRelay{}, conn)
+			check := func(what string, err error, want string) {
+				t.Helper()
+				if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+					t.Fatalf("%s: %v, want %q", what, err, want)
+				}
+			}
+			_, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
+			check("Pull", err, tc.wantErr)
+			if tc.tag != "" {
+				check("Tag", d.Tag(ctx, ref, tc.tag), tc.wantTagErr)
+			}
+			if tc.inspect != "" {
+				info, err := d.Inspect(ctx, tc.inspect)
+				check("Inspect", err, "")
+				for _, rd := range info.RepoDigests {
+					if strings.HasPrefix(rd.String(), "127.0.0.1:") {
+						t.Errorf("Inspect reports the loopback name %s", rd)
+					}
+				}
+			}
+			check("Close", d.Close(), tc.wantCloseErr)
+			engine.mu.Lock()
+			var ops []string
+			for _, op := range engine.ops {
+				if i := strings.Index(op, "127.0.0.1:"); i >= 0 {
+					op = op[:i] + "127.0.0.1"
+				}
+				ops = append(ops, op)
+			}
+			var names []string
+			for n := range engine.names {
+				if strings.HasPrefix(n, "127.0.0.1:") {
+					n = "127.0.0.1"
+				}
+				names = append(names, n)
+			}
+			engine.mu.Unlock()
+			slices.Sort(names)
+			want := tc.wantOps
+			if n := tc.unordered; n > 0 && len(ops) == len(want) {
+				ops = append(ops[:len(ops)-n:len(ops)-n], slices.Sorted(slices.Values(ops[len(ops)-n:]))...)
+				want = append(want[:len(want)-n:len(want)-n], slices.Sorted(slices.Values(want[len(want)-n:]))...)
+			}
+			if !slices.Equal(ops, want) {
+				t.Errorf("calls to the host %q, want %q", ops, want)
+			}
+			if !slices.Equal(names, tc.wantNames) {
+				t.Errorf("names on the host %q, want %q", names, tc.wantNames)
+			}
+		})
+	}
+}
+
 func TestRelayedDocker(t *testing.T) {
 	ctx := context.Background()
 	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret", RegistryToken: "tok"}
@@ -275,15 +431,15 @@ func TestRelayedDocker(t *testing.T) {
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
 			t.Fatal(err)
 		}
-		want := []string{"busybox:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
-		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, want) {
-			t.Errorf("names %v, want %v (ops %q)", got, want, engine.ops)
-		}
 		for _, spelled := range []string{ref, "docker.io/library/busybox@" + relayDigest} {
 			info, err := d.Inspect(ctx, spelled)
 			if err != nil || info.Ref != "sha256:imageid" {
 				t.Errorf("Inspect(%s) = %+v, %v", spelled, info, err)
 			}
+		}
+		want := []string{"busybox:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
+		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, want) {
+			t.Errorf("names %v, want %v (ops %q)", got, want, engine.ops)
 		}
 	})
 
