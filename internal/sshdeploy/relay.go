@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -229,6 +230,21 @@ func (f *forward) port() (int, error) {
 		return 0, f.err
 	}
 	return f.l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// closeWith closes the forward while closing the runtime that ends the
+// connection (closeRuntime): the listener is closed here at once, and
+// sshd's answer to cancelling the forward (a round trip) is not waited
+// for once the connection ends, which ends the forward on the host too.
+func (f *forward) closeWith(closeRuntime func() error) error {
+	closed := make(chan error, 1)
+	go func() { closed <- f.close() }()
+	err := closeRuntime()
+	ferr := <-closed
+	if errors.Is(ferr, io.EOF) {
+		ferr = nil // the connection ended before sshd answered
+	}
+	return errors.Join(ferr, err)
 }
 
 // close closes the forward; no pull opens one afterwards.
@@ -463,7 +479,7 @@ func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Run
 
 // Close removes every loopback name still on the host (a pull whose Tag
 // or Inspect failed or never came), naming the image by its digest tag
-// first, then closes the forward, then the engine (and with it the
+// first, then closes the forward and the engine (and with it the
 // connection). A loopback name goes even when the digest tag could not
 // be given: it names a forward that is closing.
 func (d *relayedDocker) Close() error {
@@ -480,5 +496,5 @@ func (d *relayedDocker) Close() error {
 		d.mu.Unlock()
 		errs = append(errs, err, d.release(ctx, ri))
 	}
-	return errors.Join(append(errs, d.fwd.close(), d.engine.Close())...)
+	return errors.Join(append(errs, d.fwd.closeWith(d.engine.Close))...)
 }

@@ -125,8 +125,8 @@ func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info
 
 func (d *relayedContainerd) Runtime() (name, namespace string) { return d.rt.Runtime() }
 
-// Close closes the forward, then the connection to containerd (and with it
+// Close closes the forward and the connection to containerd (and with it
 // the SSH connection).
 func (d *relayedContainerd) Close() error {
-	return errors.Join(d.fwd.close(), d.rt.Close())
+	return d.fwd.closeWith(d.rt.Close)
 }
