@@ -311,13 +311,7 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 				}
 			}
 			ctrd.mu.Lock()
-			var ops []string
-			for _, op := range ctrd.ops {
-				if i := strings.Index(op, "127.0.0.1:"); i >= 0 {
-					op = op[:i] + "127.0.0.1"
-				}
-				ops = append(ops, op)
-			}
+			ops := loopbackSpelled(ctrd.ops)
 			ctrd.mu.Unlock()
 			// Naming and unnaming run at once: their order is not fixed.
 			if !slices.Equal(slices.Sorted(slices.Values(ops)), slices.Sorted(slices.Values(tc.wantOps))) || ops[0] != "pull 127.0.0.1" || ops[1] != "lookup 127.0.0.1" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -251,6 +252,19 @@ func checkForwardClosed(t *testing.T, srv testServer) {
 	}
 }
 
+// loopbackSpelled is calls (or names) with each loopback name, whose port
+// sshd picks, spelled 127.0.0.1.
+func loopbackSpelled(calls []string) []string {
+	var out []string
+	for _, c := range calls {
+		if i := strings.Index(c, "127.0.0.1:"); i >= 0 {
+			c = c[:i] + "127.0.0.1"
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // TestRelayedDockerRoundTrips: each call to the host is a round trip over
 // its network. A tag input gets the user's tag and then loses the
 // loopback name (no digest tag in between); a digest input gets the digest
@@ -350,22 +364,9 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 			}
 			check("Close", d.Close(), tc.wantCloseErr)
 			engine.mu.Lock()
-			var ops []string
-			for _, op := range engine.ops {
-				if i := strings.Index(op, "127.0.0.1:"); i >= 0 {
-					op = op[:i] + "127.0.0.1"
-				}
-				ops = append(ops, op)
-			}
-			var names []string
-			for n := range engine.names {
-				if strings.HasPrefix(n, "127.0.0.1:") {
-					n = "127.0.0.1"
-				}
-				names = append(names, n)
-			}
+			ops := loopbackSpelled(engine.ops)
+			names := slices.Sorted(slices.Values(loopbackSpelled(slices.Collect(maps.Keys(engine.names)))))
 			engine.mu.Unlock()
-			slices.Sort(names)
 			want := tc.wantOps
 			if n := tc.unordered; n > 0 && len(ops) == len(want) {
 				ops = append(ops[:len(ops)-n:len(ops)-n], slices.Sorted(slices.Values(ops[len(ops)-n:]))...)
