@@ -34,16 +34,17 @@ func startFleet(tb testing.TB, prefix string, n int, spec HostSpec) []*RemoteHos
 // benchLinks are the networks the relay benchmark runs over: this
 // machine's loopback and veths, and a modelled wide-area network where
 // every link between two machines (the runner, the registry, a host)
-// has a 10 ms round trip (delayedCopy), as between a GitHub-hosted
+// has a 10 ms round trip (wanLink), as between a GitHub-hosted
 // runner, a registry and a deploy host in networks of their own. On
 // loopback a round trip is free and the routes compare by the work they
 // make the machine's 2 cores do; over the wide-area link they also
 // compare by the round trips they make.
-var benchLinks = []benchLink{{"loopback", 0}, {"rtt=10ms", 10 * time.Millisecond}}
+var benchLinks = []benchLink{{name: "loopback"}, {name: "rtt=10ms", rtt: 10 * time.Millisecond}}
 
 type benchLink struct {
-	name string
-	rtt  time.Duration
+	name        string
+	rtt         time.Duration
+	bytesPerSec float64 // 0: the machine's speed
 }
 
 // benchNet is how the benchmark's machines reach each other over one
@@ -64,12 +65,12 @@ func newBenchNet(b *testing.B, e *Env, link benchLink, hosts []*RemoteHost) benc
 		}
 		return n
 	}
-	n.registry = hosts[0].listenProxy(b, e.Host, link.rtt)
+	n.registry = hosts[0].listenProxy(b, e.Host, newWANLink(link.rtt, 0))
 	if err := AllowPlainHTTP(n.registry); err != nil {
 		b.Fatal(err)
 	}
 	for _, h := range hosts {
-		n.sshd[h] = h.listenProxy(b, h.Addr(), link.rtt)
+		n.sshd[h] = h.listenProxy(b, h.Addr(), newWANLink(link.rtt, 0))
 	}
 	return n
 }

@@ -795,7 +795,7 @@ func (h *RemoteHost) stopProcess(slot **hostProcess, grace time.Duration) {
 // remote hosts use. It closes with the host.
 func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 	tb.Helper()
-	addr := h.listenProxy(tb, target, 0)
+	addr := h.listenProxy(tb, target, nil)
 	if err := AllowPlainHTTP(addr); err != nil {
 		tb.Fatalf("remote host %s: %v", h.Name, err)
 	}
@@ -803,9 +803,8 @@ func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 }
 
 // listenProxy listens on HostAddr():0 and carries each connection to
-// target across a link of round-trip time rtt (proxy); it closes with the
-// host.
-func (h *RemoteHost) listenProxy(tb testing.TB, target string, rtt time.Duration) string {
+// target, across link when it is not nil (proxy); it closes with the host.
+func (h *RemoteHost) listenProxy(tb testing.TB, target string, link *wanLink) string {
 	tb.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(h.hostIP, "0"))
 	if err != nil {
@@ -814,91 +813,8 @@ func (h *RemoteHost) listenProxy(tb testing.TB, target string, rtt time.Duration
 	h.mu.Lock()
 	h.closers = append(h.closers, l)
 	h.mu.Unlock()
-	go proxy(l, target, rtt/2)
+	go proxy(l, target, link)
 	return l.Addr().String()
-}
-
-// proxy carries each connection l accepts to target, until l is closed,
-// each byte delayed by oneWay in each direction (delayedCopy; 0: as fast
-// as the machine goes).
-func proxy(l net.Listener, target string, oneWay time.Duration) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			// The connection's handshake across the link: the client's
-			// first bytes reach target one and a half round trips after
-			// it began to connect, and the server's after one and a half.
-			time.Sleep(2 * oneWay)
-			u, err := net.DialTimeout("tcp", target, 10*time.Second)
-			if err != nil {
-				return
-			}
-			defer u.Close()
-			done := make(chan struct{})
-			go func() {
-				delayedCopy(u.(*net.TCPConn), c.(*net.TCPConn), oneWay)
-				close(done)
-			}()
-			delayedCopy(c.(*net.TCPConn), u.(*net.TCPConn), oneWay)
-			<-done
-		}()
-	}
-}
-
-// delayedCopy copies src to dst, then closes dst's write side. With a
-// delay, it models a wide-area link's latency, as netem would (this
-// machine's kernel has no sch_netem): every chunk read at t is written at
-// t+oneWay, in order, so each round trip across the link costs twice
-// oneWay, while throughput stays the machine's (chunks are queued, not
-// paced; TCP's slow start over a long link is not modelled). The link
-// must not add TCP behaviour of its own: its sockets acknowledge at once
-// (TCP_QUICKACK), as the runner's SSH connection does (sshdeploy's
-// quickAckConn), or sshd's small replies, which it sends without
-// TCP_NODELAY, would wait up to 40 ms here for a delayed ACK.
-func delayedCopy(dst, src *net.TCPConn, oneWay time.Duration) {
-	defer dst.CloseWrite()
-	if oneWay == 0 {
-		io.Copy(dst, src)
-		return
-	}
-	raw, err := src.SyscallConn()
-	if err != nil {
-		return
-	}
-	quickAck := func() {
-		raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1) })
-	}
-	type chunk struct {
-		b  []byte
-		at time.Time
-	}
-	queue := make(chan chunk, 4096)
-	go func() {
-		defer close(queue)
-		for {
-			buf := make([]byte, 64<<10)
-			quickAck()
-			n, err := src.Read(buf)
-			if n > 0 {
-				queue <- chunk{buf[:n], time.Now().Add(oneWay)}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for c := range queue {
-		time.Sleep(time.Until(c.at))
-		if _, err := dst.Write(c.b); err != nil {
-			for range queue {
-			}
-			return
-		}
-	}
 }
 
 // Areas are the parts of the filesystem that belong to the remote host:
