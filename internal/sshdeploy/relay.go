@@ -302,8 +302,9 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 	}
 	// Allow (the upstream handshake and manifest: round trips to the
 	// registry) runs while the forward opens and the host's images are
-	// listed (round trips to the host); its classified refusal still comes
-	// first, before the host is asked to pull.
+	// listed (round trips to the host, one beside the other); its
+	// classified refusal still comes first, before the host is asked to
+	// pull, and a refused forward before the listing's error.
 	var path string
 	allowed := make(chan error, 1)
 	go func() {
@@ -311,10 +312,20 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 		path, err = f.relay.Allow(ctx, digest, creds)
 		allowed <- err
 	}()
-	port, err := f.port()
 	var had map[string]bool
-	if err == nil && !f.byPull {
-		had, err = rt.ImageIDs(ctx)
+	listed := make(chan error, 1)
+	if f.byPull {
+		listed <- nil
+	} else {
+		go func() {
+			var err error
+			had, err = rt.ImageIDs(ctx)
+			listed <- err
+		}()
+	}
+	port, err := f.port()
+	if lerr := <-listed; err == nil {
+		err = lerr
 	}
 	if aerr := <-allowed; aerr != nil {
 		return "", info, false, aerr

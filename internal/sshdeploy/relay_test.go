@@ -82,7 +82,8 @@ type fakeDockerd struct {
 	tagErr      map[string]error
 	rmiFails    int
 	inspectFail bool
-	rmiSlow     bool // a removal answers late: what runs beside it sees the name
+	rmiSlow     bool   // a removal answers late: what runs beside it sees the name
+	onIDs       func() // called as ImageIDs begins
 }
 
 // pullThroughForward does what a host's runtime does first with a
@@ -183,6 +184,9 @@ func (d *fakeDockerd) Remove(_ context.Context, ref string) error {
 }
 
 func (d *fakeDockerd) ImageIDs(context.Context) (map[string]bool, error) {
+	if d.onIDs != nil {
+		d.onIDs()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ids := map[string]bool{}
@@ -582,6 +586,27 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 // through the listener it is given: the relay served there under
 // LocalHost, the daemon handed no credential, only the user's tag left,
 // the listener closed with the runtime.
+// TestRelayListsWhileTheForwardOpens: the host's image IDs are listed
+// while the forward opens (two round trips to the host at once): here the
+// listener opens only once the listing began.
+func TestRelayListsWhileTheForwardOpens(t *testing.T) {
+	listing := make(chan struct{})
+	engine := &fakeDockerd{names: map[string]string{}, onIDs: sync.OnceFunc(func() { close(listing) })}
+	listen := func() (net.Listener, error) {
+		select {
+		case <-listing:
+			return net.Listen("tcp", "127.0.0.1:0")
+		case <-time.After(2 * time.Second):
+			return nil, errors.New("the forward opened before the host's images were listed")
+		}
+	}
+	d := Local(engine, &fakeRelay{}, listen)
+	defer d.Close()
+	if _, err := d.Pull(context.Background(), "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestLocal(t *testing.T) {
 	ctx := context.Background()
 	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret"}
