@@ -101,9 +101,10 @@ func (s *Server) adopt(dgst string, size int64) (*blob, error) {
 	return b, nil
 }
 
-// errDamaged: a blob taken from the store did not match its digest. Its
+// errDamaged: a blob taken from the store did not match its digest (or
+// could not be read whole). Its
 // readers' responses are cut; it is no upstream failure of the image.
-var errDamaged = errors.New("does not match its digest; removed, fetched again when asked for")
+var errDamaged = errors.New("relay: a blob in the cache is damaged")
 
 // verifyChunk is how many bytes verify hashes between telling readers.
 const verifyChunk = 1 << 20
@@ -158,9 +159,9 @@ func (s *Server) verify(b *blob, f *os.File, hx string) {
 		b.err = errors.New("relay: closed")
 		return
 	}
-	b.err = fmt.Errorf("relay: %s in the cache %w", dgst, errDamaged)
+	b.err = fmt.Errorf("%w: %s does not match its digest; removed, fetched again when asked for", errDamaged, dgst)
 	if !errors.Is(err, errDamaged) {
-		b.err = fmt.Errorf("relay: %s in the cache (%v) %w", dgst, err, errDamaged)
+		b.err = fmt.Errorf("%w: %s cannot be read whole (%v); removed, fetched again when asked for", errDamaged, dgst, err)
 	}
 	s.discard(dgst, b.path)
 }
