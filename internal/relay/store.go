@@ -102,8 +102,8 @@ func (s *Server) adopt(dgst string, size int64) (*blob, error) {
 }
 
 // errDamaged: a blob taken from the store did not match its digest (or
-// could not be read whole). Its
-// readers' responses are cut; it is no upstream failure of the image.
+// could not be read whole). Its readers' responses are cut; it is no
+// upstream failure of the image.
 var errDamaged = errors.New("relay: a blob in the cache is damaged")
 
 // verifyChunk is how many bytes verify hashes between telling readers.
