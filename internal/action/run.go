@@ -146,12 +146,14 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	probeOpts := []ghcr.Option{ghcr.WithMask(rep.Mask), ghcr.WithInsecureRegistries(cfg.InsecureRegistries...)}
 	var relayed func(image, host string) int64
 	var cache *imageCache
+	var feeds *relay.Server // the relay targets pull from (ssh-transfer: relay, cache-path), if any
 	if cfg.CachePath != "" {
 		var err error
 		if cache, err = openCache(cfg, probeOpts); err != nil {
 			rep.Error("ghcr-pull: the image cache could not be opened", err.Error())
 			return ExitFailed
 		}
+		feeds = cache.srv
 	}
 	if cfg.Relay && cfg.SSH != nil {
 		// With cache-path the relay is the cache's (closed, and its
@@ -169,6 +171,7 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 			}
 			defer srv.Close()
 		}
+		feeds = srv
 		settings := *cfg.SSH
 		settings.Relay = srv
 		cfg.SSH = &settings
@@ -198,7 +201,15 @@ func execute(ctx context.Context, cfg Config, rep *writer, env Env) int {
 	if cfg.Kube != nil {
 		opts.Fleet = cfg.Kube // the cluster pre-pulls itself: a *kube.Config is a pull.Fleet
 	}
+	var warm *relayWarmer
+	if feeds != nil {
+		warm = newRelayWarmer(ctx, feeds)
+		opts.Probed = warm.probed
+	}
 	results := pull.Run(ctx, cfg.Images, targets, opts)
+	if warm != nil {
+		warm.stop() // before the relay (or the cache) closes
+	}
 	for i, r := range results {
 		// The one boundary for what went wrong while pulling: the
 		// packages below name their settings, the user reads inputs.
@@ -800,4 +811,33 @@ func mirrorSummary(b *strings.Builder, results []pull.Result, cell func(string) 
 			}
 		}
 	}
+}
+
+// relayWarmer starts the relay's upstream round trips for each image (the
+// registry's handshake, the manifest) as soon as the probe settled its
+// digest and credentials (pull.Options.Probed), while the hosts are still
+// being reached; a host's pull then joins that fetch or finds it done,
+// instead of waiting for it after the SSH connection is up. A failure is
+// left to the host's own Allow, which meets it again and reports it
+// classified.
+type relayWarmer struct {
+	srv    *relay.Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newRelayWarmer(ctx context.Context, srv *relay.Server) *relayWarmer {
+	ctx, cancel := context.WithCancel(ctx)
+	return &relayWarmer{srv: srv, ctx: ctx, cancel: cancel}
+}
+
+func (w *relayWarmer) probed(_ context.Context, ref name.Digest, creds registryauth.Credentials) {
+	w.wg.Go(func() { _, _ = w.srv.Allow(w.ctx, ref, creds) })
+}
+
+// stop ends the fetches still running and waits for them.
+func (w *relayWarmer) stop() {
+	w.cancel()
+	w.wg.Wait()
 }

@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // The hosts of the benchmarks, and the OpenSSH client whose commands
@@ -27,16 +31,90 @@ func startFleet(tb testing.TB, prefix string, n int, spec HostSpec) []*RemoteHos
 	return hosts
 }
 
+// benchLinks are the networks the relay benchmark runs over: this
+// machine's loopback and veths, and a modelled wide-area network where
+// every link between two machines (the runner, the registry, a host)
+// has a 10 ms round trip (wanLink), as between a GitHub-hosted
+// runner, a registry and a deploy host in networks of their own. On
+// loopback a round trip is free and the routes compare by the work they
+// make the machine's 2 cores do; over the wide-area link they also
+// compare by the round trips they make.
+var benchLinks = []benchLink{{name: "loopback"}, {name: "rtt=10ms", rtt: 10 * time.Millisecond}}
+
+type benchLink struct {
+	name        string
+	rtt         time.Duration
+	bytesPerSec float64 // 0: the machine's speed
+}
+
+// benchNet is how the benchmark's machines reach each other over one
+// link: the registry's address, the same for the runner and every host,
+// and each host's sshd as the runner dials it.
+type benchNet struct {
+	registry string
+	sshd     map[*RemoteHost]string // host:port
+}
+
+// newBenchNet puts link between the runner, the registry (e's) and hosts.
+func newBenchNet(b *testing.B, e *Env, link benchLink, hosts []*RemoteHost) benchNet {
+	n := benchNet{sshd: map[*RemoteHost]string{}}
+	if link.rtt == 0 {
+		n.registry = hosts[0].ExposeOnHost(b, e.Host)
+		for _, h := range hosts {
+			n.sshd[h] = h.Addr()
+		}
+		return n
+	}
+	n.registry = hosts[0].listenProxy(b, e.Host, newWANLink(link.rtt, 0))
+	if err := AllowPlainHTTP(n.registry); err != nil {
+		b.Fatal(err)
+	}
+	for _, h := range hosts {
+		n.sshd[h] = h.listenProxy(b, h.Addr(), newWANLink(link.rtt, 0))
+	}
+	return n
+}
+
+// inputs are the action's ssh-host and ssh-known-hosts for hs over n.
+func (n benchNet) inputs(hs []*RemoteHost) map[string]string {
+	var names, known []string
+	for _, h := range hs {
+		names = append(names, h.User()+"@"+n.sshd[h])
+		for _, k := range h.HostKeys() {
+			known = append(known, knownhosts.Line([]string{n.sshd[h]}, k))
+		}
+	}
+	return map[string]string{"ssh-host": strings.Join(names, ","), "ssh-known-hosts": strings.Join(known, "\n")}
+}
+
 // openSSH is the ssh command set up for hosts: the first host's client key
-// and every host's keys in known_hosts, in files of a temporary directory.
-type openSSH struct{ keyFile, knownHostsFile string }
+// and every host's keys in known_hosts, in files of a temporary directory;
+// with net set, hosts are dialled at its addresses.
+type openSSH struct {
+	keyFile, knownHostsFile string
+	net                     *benchNet
+}
+
+// over is c dialling hosts across n.
+func (c openSSH) over(b *testing.B, n benchNet, hosts ...*RemoteHost) openSSH {
+	var known strings.Builder
+	for _, line := range strings.Split(n.inputs(hosts)["ssh-known-hosts"], "\n") {
+		known.WriteString(line + "\n")
+	}
+	c.knownHostsFile = filepath.Join(b.TempDir(), "known_hosts")
+	if err := os.WriteFile(c.knownHostsFile, []byte(known.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	c.net = &n
+	return c
+}
 
 func newOpenSSH(b *testing.B, hosts ...*RemoteHost) openSSH {
 	if _, err := exec.LookPath("ssh"); err != nil {
 		skipOrFatal(b, "ssh not installed: %v", err)
 	}
 	dir := b.TempDir()
-	c := openSSH{filepath.Join(dir, "id"), filepath.Join(dir, "known_hosts")}
+	c := openSSH{keyFile: filepath.Join(dir, "id"), knownHostsFile: filepath.Join(dir, "known_hosts")}
 	var known strings.Builder
 	for _, h := range hosts {
 		known.WriteString(h.KnownHosts())
@@ -52,8 +130,12 @@ func newOpenSSH(b *testing.B, hosts ...*RemoteHost) openSSH {
 
 // command runs args on h, as `ssh user@ip args...`.
 func (c openSSH) command(h *RemoteHost, args ...string) *exec.Cmd {
+	ip, port := h.IP(), "22"
+	if c.net != nil {
+		ip, port, _ = net.SplitHostPort(c.net.sshd[h])
+	}
 	return exec.Command("ssh", append([]string{"-i", c.keyFile, "-o", "UserKnownHostsFile=" + c.knownHostsFile,
-		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", h.User() + "@" + h.IP()}, args...)...)
+		"-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", port, h.User() + "@" + ip}, args...)...)
 }
 
 // run runs args on h and fails b with the output if it fails.

@@ -41,6 +41,12 @@ import (
 //     reach the registry); blob-gets/op counts the registry's blob GETs,
 //     upstream/image the blob bytes it answered, in images.
 //
+// Every case runs over each of benchLinks: loopback, where a round trip
+// is free and routes compare by the work they give the machine's 2
+// cores, and a modelled wide-area network (10 ms round trips between the
+// runner, the registry and each host), where they also compare by the
+// round trips they make.
+//
 // With GHCR_PULL_BENCH_BEFORE naming an earlier build, "relay-before"
 // runs it as one more route. The machine's load average is printed before
 // and after each kind. docs/benchmarks.md gives the command.
@@ -115,7 +121,6 @@ func emptyDockerd(b *testing.B, h *RemoteHost) {
 func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 	hosts := startFleet(b, "brl"+k.name[:1], k.hosts, k.spec)
 	ssh := newOpenSSH(b, hosts...)
-	regAddr := hosts[0].ExposeOnHost(b, e.Host)
 	freshImg, err := random.Image(4<<20, 3)
 	if err != nil {
 		b.Fatal(err)
@@ -134,8 +139,39 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 	e.Front.SetPublic("bench/relay")
 	e.Front.SetPublic("bench/relay-update")
 	before := e.previousBuild()
+	var imageBytes int64
+	for _, n := range sizes {
+		imageBytes += n
+	}
+
+	for _, link := range benchLinks {
+		b.Run(link.name, func(b *testing.B) {
+			n := newBenchNet(b, e, link, hosts)
+			r := relayBench{e: e, k: k, hosts: hosts, n: n, ssh: ssh.over(b, n, hosts...), before: before,
+				sizes: sizes, imageBytes: imageBytes}
+			r.run(b)
+		})
+	}
+}
+
+// relayBench is one kind of host's cases over one network (benchNet).
+type relayBench struct {
+	e          *Env
+	k          relayBenchKind
+	hosts      []*RemoteHost
+	n          benchNet
+	ssh        openSSH
+	before     *Env             // the earlier build, or nil
+	sizes      map[string]int64 // the fresh image's blobs
+	imageBytes int64
+}
+
+func (r relayBench) run(b *testing.B) {
+	e, k, hosts, n, ssh, before, sizes, imageBytes := r.e, r.k, r.hosts, r.n, r.ssh, r.before, r.sizes, r.imageBytes
 	action := func(b *testing.B, env *Env, ref, transfer string, hs ...*RemoteHost) Result {
-		return benchPull(b, env, ref, map[string]string{"ssh-transfer": transfer, "insecure-registry": regAddr}, hs...)
+		in := n.inputs(hs)
+		in["ssh-transfer"], in["insecure-registry"] = transfer, n.registry
+		return benchPull(b, env, ref, in, hs...)
 	}
 	blobGets := func() int {
 		n := 0
@@ -156,12 +192,7 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 		}
 		return n
 	}
-	var imageBytes int64
-	for _, n := range sizes {
-		imageBytes += n
-	}
-
-	fresh := regAddr + "/bench/relay:1"
+	fresh := n.registry + "/bench/relay:1"
 	// sshPulls is the baseline the issue names: `ssh h docker pull` on
 	// every host at once, each host's dockerd fetching from the registry.
 	sshPulls := func(b *testing.B, hs ...*RemoteHost) { ssh.onAll(b, hs, "docker", "pull", "-q", fresh) }
@@ -205,7 +236,7 @@ func benchRelayKind(b *testing.B, e *Env, k relayBenchKind) {
 		b.Fatal(err)
 	}
 	base = withPlatform(b, base)
-	update := regAddr + "/bench/relay-update:1"
+	update := n.registry + "/bench/relay-update:1"
 	var changed int64
 	next := func(b *testing.B) {
 		layer, err := random.Layer(1<<20, types.DockerLayer)

@@ -342,7 +342,7 @@ func proxyTo(t *testing.T, addr, target string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go proxy(l, target)
+	go proxy(l, target, nil)
 	return l.Addr().String()
 }
 

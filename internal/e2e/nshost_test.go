@@ -795,6 +795,17 @@ func (h *RemoteHost) stopProcess(slot **hostProcess, grace time.Duration) {
 // remote hosts use. It closes with the host.
 func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 	tb.Helper()
+	addr := h.listenProxy(tb, target, nil)
+	if err := AllowPlainHTTP(addr); err != nil {
+		tb.Fatalf("remote host %s: %v", h.Name, err)
+	}
+	return addr
+}
+
+// listenProxy listens on HostAddr():0 and carries each connection to
+// target, across link when it is not nil (proxy); it closes with the host.
+func (h *RemoteHost) listenProxy(tb testing.TB, target string, link *wanLink) string {
+	tb.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(h.hostIP, "0"))
 	if err != nil {
 		tb.Fatalf("remote host %s: listening on %s: %v", h.Name, h.hostIP, err)
@@ -802,38 +813,8 @@ func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 	h.mu.Lock()
 	h.closers = append(h.closers, l)
 	h.mu.Unlock()
-	if err := AllowPlainHTTP(l.Addr().String()); err != nil {
-		tb.Fatalf("remote host %s: %v", h.Name, err)
-	}
-	go proxy(l, target)
+	go proxy(l, target, link)
 	return l.Addr().String()
-}
-
-// proxy carries each connection l accepts to target, until l is closed.
-func proxy(l net.Listener, target string) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			u, err := net.DialTimeout("tcp", target, 10*time.Second)
-			if err != nil {
-				return
-			}
-			defer u.Close()
-			done := make(chan struct{})
-			go func() {
-				io.Copy(u, c)
-				u.(*net.TCPConn).CloseWrite()
-				close(done)
-			}()
-			io.Copy(c, u)
-			c.(*net.TCPConn).CloseWrite()
-			<-done
-		}()
-	}
 }
 
 // Areas are the parts of the filesystem that belong to the remote host:

@@ -113,6 +113,13 @@ type Options struct {
 	// other host.
 	Mirrors           mirror.Set
 	MirrorCredentials registryauth.Credentials
+	// Probed, when set, is told each image's pinned reference and the
+	// credentials the targets will pull it with, as soon as the probe
+	// (and verification) settled them and before any target pulls: a
+	// route that fetches on the runner (the relay) starts its upstream
+	// round trips there, while the targets are still being reached. It
+	// must not block.
+	Probed func(ctx context.Context, ref name.Digest, creds registryauth.Credentials)
 }
 
 // Verification is what was verified of an image before it was pulled.
@@ -309,6 +316,11 @@ func deliver(ctx context.Context, img Image, p probeOutcome, targets []*openOnce
 		return []Result{r}
 	}
 	out := make([]Result, len(targets))
+	if p.err == nil && opts.Probed != nil {
+		if ref, creds, ok := p.pinnedSource(img); ok {
+			opts.Probed(ctx, ref, creds)
+		}
+	}
 	if p.err != nil {
 		for i, t := range targets {
 			if _, err := t.open(ctx); err != nil {
@@ -330,6 +342,19 @@ func deliver(ctx context.Context, img Image, p probeOutcome, targets []*openOnce
 	}
 	_ = g.Wait()
 	return out
+}
+
+// pinnedSource is where targets that pull by digest get img, and with
+// which credentials: the mirror that serves it, or the registry.
+func (p probeOutcome) pinnedSource(img Image) (name.Digest, registryauth.Credentials, bool) {
+	if p.source != nil {
+		return p.source.ref, p.source.creds, true
+	}
+	ref, err := name.NewDigest(image.Pinned(img.Input, p.digest))
+	if err != nil {
+		return name.Digest{}, registryauth.Credentials{}, false
+	}
+	return ref, p.creds, true
 }
 
 // probeOutcome is what the runner-side probe decided for one image.

@@ -3,10 +3,12 @@ package pull
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -409,6 +411,87 @@ func TestDaemonNeverGetsThePasswordWithoutAFreshToken(t *testing.T) {
 			}
 			if r.Err != nil && failure.ClassOf(r.Err) != "rejected" {
 				t.Errorf("class %q, want rejected: %v", failure.ClassOf(r.Err), r.Err)
+			}
+		})
+	}
+}
+
+// Probed hears each probed image's pinned reference and the credentials
+// targets will pull it with, once, before any target pulls and while the
+// targets are still being reached (the relay starts its upstream fetch
+// there); never for an image whose probe failed.
+func TestRunTellsProbedBeforeTargetsPull(t *testing.T) {
+	ref, digest := registrytest.Open(t)
+	missing := strings.TrimSuffix(ref, ":1") + ":absent"
+	images, err := ParseImages([]string{ref, missing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var heard []string
+	told := make(chan struct{})
+	tagging := &taggingDaemon{fakeDaemon: fakeDaemon{digest: digest}}
+	targets := []Target{{Name: "host", Open: func(ctx context.Context) (Daemon, error) {
+		// Called only once the target is reached would wait here for
+		// the timeout.
+		select {
+		case <-told:
+			return tagging, nil
+		case <-time.After(5 * time.Second):
+			return nil, errors.New("Probed was not called while the target was being reached")
+		}
+	}}}
+	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}
+	res := Run(context.Background(), images, targets, Options{
+		Credentials: creds, Fallback: true,
+		Retry: retry.Policy{Base: time.Millisecond, Max: time.Millisecond},
+		Probed: func(_ context.Context, ref name.Digest, c registryauth.Credentials) {
+			tagging.mu.Lock()
+			pulled := len(tagging.pulled)
+			tagging.mu.Unlock()
+			mu.Lock()
+			heard = append(heard, fmt.Sprintf("%s %s pulled-before=%d", ref, c.Mode, pulled))
+			mu.Unlock()
+			close(told)
+		},
+	})
+	if res[0].Err != nil {
+		t.Fatalf("%+v", res[0])
+	}
+	want := []string{fmt.Sprintf("%s@%s %s pulled-before=0", strings.TrimSuffix(ref, ":1"), digest, res[0].AuthMode)}
+	if !slices.Equal(heard, want) {
+		t.Errorf("Probed heard %q, want %q", heard, want)
+	}
+	if res[1].Err == nil {
+		t.Errorf("the absent tag pulled: %+v", res[1])
+	}
+}
+
+// pinnedSource names what targets that pull by digest pull: the serving
+// mirror's reference with the mirror's credentials, else the registry's
+// pinned reference with the probe's.
+func TestPinnedSource(t *testing.T) {
+	images, err := ParseImages([]string{"ghcr.io/acme/app:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := "sha256:" + strings.Repeat("a", 64)
+	probeCreds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "p"}
+	mirrored, _ := name.NewDigest("mirror.example/acme/app@" + digest)
+	for _, tc := range []struct {
+		name      string
+		p         probeOutcome
+		ref, mode string
+		ok        bool
+	}{
+		{"registry", probeOutcome{digest: digest, creds: probeCreds}, "ghcr.io/acme/app@" + digest, string(registryauth.ModeToken), true},
+		{"mirror", probeOutcome{digest: digest, creds: probeCreds, source: &source{ref: mirrored, creds: registryauth.Anonymous}}, mirrored.String(), string(registryauth.Anonymous.Mode), true},
+		{"no digest", probeOutcome{creds: probeCreds}, "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref, creds, ok := tc.p.pinnedSource(images[0])
+			if ok != tc.ok || (ok && (ref.String() != tc.ref || string(creds.Mode) != tc.mode)) {
+				t.Errorf("pinnedSource = %s %q %v, want %s %q %v", ref, creds.Mode, ok, tc.ref, tc.mode, tc.ok)
 			}
 		})
 	}
