@@ -421,7 +421,8 @@ func (e *CacheError) Class() string { return "relay-cache" }
 // follows it as bytes arrive, so a host's runtime receives the first bytes
 // while the runner is still fetching the rest, not after. openBlob returns
 // once the registry has answered, so that its refusal is a clean answer to
-// the host and kept for the caller (Err).
+// the host and kept for the caller (Err). With a store, a blob found there
+// is served from it instead, checked as it goes (adopt).
 func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -617,9 +618,10 @@ func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Re
 }
 
 // blobReader reads a cached blob, following its fetch while it is being
-// written: a read waits for bytes the fetch has not written yet, and the
-// last byte waits for the fetch to finish, checked. It seeks (Range
-// requests) within the size the manifest gives.
+// written (or its verification, for one taken from the store): a read
+// waits for bytes not written (hashed) yet, and the last byte waits for
+// the fetch (verification) to finish, checked. It seeks (Range requests)
+// within the size the manifest gives.
 type blobReader struct {
 	s    *Server
 	b    *blob
