@@ -43,8 +43,8 @@ type Options struct {
 	Dir string
 	// Store, when set, is a persistent OCI image layout that holds the
 	// blobs and manifests instead of a temporary directory (cache-path):
-	// blobs found there are verified on first use, and Close prunes it to
-	// what the step relayed instead of removing it (store.go).
+	// blobs found there are verified as they are first served, and Close
+	// prunes it to what the step relayed instead of removing it (store.go).
 	Store string
 	// MaxBytes bounds the blobs kept on disk at once.
 	MaxBytes int64
@@ -81,6 +81,9 @@ type Server struct {
 	reused    map[string]int
 	discarded map[string]int
 	names     map[string][2]string
+	// paced, when set (tests), is called by verify with the bytes hashed
+	// so far once readers may have them, outside s.mu.
+	paced func(hashed int64)
 }
 
 type repo struct {
@@ -112,8 +115,9 @@ type manifest struct {
 }
 
 // blob is a cache entry, complete (done) or being written by its one
-// upstream fetch (written bytes so far; cond, on s.mu, tells readers of
-// progress, the end and a failure, err). A failed blob leaves the cache.
+// upstream fetch or, taken from the store, being verified (written: bytes
+// written or hashed so far; cond, on s.mu, tells readers of progress, the
+// end and a failure, err). A failed blob leaves the cache.
 type blob struct {
 	path    string
 	size    int64
@@ -269,8 +273,8 @@ type Stats struct {
 	ManifestFetches map[string]int
 	// Bytes is the blob bytes fetched upstream.
 	Bytes int64
-	// With a store: blobs served from it (verified), and blobs or
-	// manifests found there damaged and discarded, by digest.
+	// With a store: blobs served from it (their digest verified), and
+	// blobs or manifests found there damaged and discarded, by digest.
 	Reused, Discarded map[string]int
 	// ReadAheads counts the blob fetches started before any host asked
 	// (readAhead), included in BlobFetches.
@@ -417,11 +421,9 @@ func (e *CacheError) Class() string { return "relay-cache" }
 // follows it as bytes arrive, so a host's runtime receives the first bytes
 // while the runner is still fetching the rest, not after. openBlob returns
 // once the registry has answered, so that its refusal is a clean answer to
-// the host and kept for the caller (Err).
+// the host and kept for the caller (Err). With a store, a blob found there
+// is served from it instead, checked as it goes (adopt).
 func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, error) {
-	if err := s.adopt(path, dgst); err != nil {
-		return nil, err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.repos[path]
@@ -435,12 +437,16 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 	b, ok := s.blobs[dgst]
 	if !ok {
 		var err error
-		if b, err = s.startFetch(path, r, dgst, size); err != nil {
+		if b, err = s.adopt(dgst, size); err == nil && b == nil {
+			if b, err = s.startFetch(path, r, dgst, size); err == nil {
+				if next := r.after[dgst]; len(next) > 0 {
+					go s.readAhead(path, next)
+				}
+			}
+		}
+		if err != nil {
 			r.err = err
 			return nil, err
-		}
-		if next := r.after[dgst]; len(next) > 0 {
-			go s.readAhead(path, next)
 		}
 	}
 	b.readers++
@@ -487,9 +493,6 @@ func (s *Server) openBlob(ctx context.Context, path, dgst string) (*blobReader, 
 // is left for the host to ask for.
 func (s *Server) readAhead(path string, layers []string) {
 	for _, dgst := range layers {
-		if s.adopt(path, dgst) != nil {
-			return
-		}
 		s.mu.Lock()
 		r, ok := s.repos[path]
 		if s.closed || !ok {
@@ -497,9 +500,16 @@ func (s *Server) readAhead(path string, layers []string) {
 			return
 		}
 		size := r.sizes[dgst]
-		if _, cached := s.blobs[dgst]; !cached && s.used+size <= s.opts.MaxBytes {
-			if _, err := s.startFetch(path, r, dgst, size); err == nil {
-				s.readAheads++
+		if _, cached := s.blobs[dgst]; !cached {
+			b, err := s.adopt(dgst, size)
+			if err != nil {
+				s.mu.Unlock()
+				return
+			}
+			if b == nil && s.used+size <= s.opts.MaxBytes {
+				if _, err := s.startFetch(path, r, dgst, size); err == nil {
+					s.readAheads++
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -608,9 +618,10 @@ func (s *Server) copyUpstream(b *blob, f *os.File, path string, upstream name.Re
 }
 
 // blobReader reads a cached blob, following its fetch while it is being
-// written: a read waits for bytes the fetch has not written yet, and the
-// last byte waits for the fetch to finish, checked. It seeks (Range
-// requests) within the size the manifest gives.
+// written (or its verification, for one taken from the store): a read
+// waits for bytes not written (hashed) yet, and the last byte waits for
+// the fetch (verification) to finish, checked. It seeks (Range requests)
+// within the size the manifest gives.
 type blobReader struct {
 	s    *Server
 	b    *blob

@@ -40,6 +40,12 @@ type upstream struct {
 
 func newUpstream(t *testing.T, layers int64) *upstream {
 	t.Helper()
+	return newUpstreamOf(t, 4096, layers)
+}
+
+// newUpstreamOf is newUpstream with layers of about size bytes each.
+func newUpstreamOf(t *testing.T, size, layers int64) *upstream {
+	t.Helper()
 	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -63,7 +69,7 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 	}))
 	t.Cleanup(srv.Close)
 	u.host = strings.TrimPrefix(srv.URL, "http://")
-	img, err := random.Image(4096, layers)
+	img, err := random.Image(size, layers)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -127,10 +127,13 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst st
 	// go out before the blob is fetched whole.
 	http.ServeContent(w, r, "", time.Time{}, rd)
 	if rd.err != nil {
-		s.keepErr(path, rd.err)
-		// The fetch failed under the response: cut it (the connection
-		// closes mid-body), so the runtime cannot take what it got for the
-		// whole blob.
+		if !errors.Is(rd.err, errDamaged) {
+			s.keepErr(path, rd.err)
+		}
+		// The fetch or the store's copy failed under the response: cut it
+		// (the connection closes mid-body), so the runtime cannot take what
+		// it got for the whole blob. A runtime retries a cut blob; a
+		// damaged copy has left the cache by then, so the retry fetches it.
 		panic(http.ErrAbortHandler)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,9 +26,13 @@ import (
 // image layout (oci-layout, index.json, blobs/<alg>/<hex>: what
 // go-containerregistry's layout package writes) that the user saves and
 // restores with actions/cache:
-//   - a blob found there is checked against its digest and size the first
-//     time the step needs it (imagefile.Intact); a damaged one (a truncated
-//     restore, a flipped byte) is removed and fetched again, never served;
+//   - a blob found there is checked the first time the step needs it: its
+//     size at once (a truncated restore is removed and fetched upstream
+//     before anything is served), its digest while it is served (adopt,
+//     verify): a runtime gets each byte once it has been hashed and the
+//     last one only after the digest matched, so a flipped byte costs a
+//     cut response and the runtime's retry, which fetches the blob
+//     upstream; a damaged blob is removed and never served whole;
 //   - manifests are kept there too, so a warm step asks the registry for
 //     nothing beyond the probe;
 //   - Close keeps only what the step relayed (the manifests asked for and
@@ -60,53 +65,113 @@ func openStore(dir string) (string, error) {
 	return blobs, nil
 }
 
-// adopt takes blob dgst of path from the store when it is there and
-// intact, counting it against the bound, so that openBlob serves it as a
-// complete cached blob; a damaged one is removed, and openBlob fetches it.
-// The check reads the whole blob, so it runs outside s.mu, once per blob
-// (singleflight).
-func (s *Server) adopt(path, dgst string) error {
+// adopt enters blob dgst in the cache from the store when it is there;
+// called with s.mu held, by openBlob and readAhead when the cache lacks
+// the blob. A file whose size is not the manifest's (a truncated restore,
+// the common damage) is removed at once, and the caller fetches the blob
+// upstream: nil, nil. One of the right size is served while verify checks
+// its digest: readers follow the hash as they follow an upstream fetch,
+// and never get the last byte before it matched. Reading the whole blob
+// first would put that pass on the runtime's critical path.
+func (s *Server) adopt(dgst string, size int64) (*blob, error) {
 	if s.opts.Store == "" {
-		return nil
-	}
-	s.mu.Lock()
-	_, cached := s.blobs[dgst]
-	r, ok := s.repos[path]
-	var size int64
-	if ok {
-		size, ok = r.sizes[dgst]
-	}
-	s.mu.Unlock()
-	if cached || !ok {
-		return nil
-	}
-	_, err, _ := s.sf.Do("adopt "+dgst, func() (any, error) {
-		p := s.blobPath(dgst)
-		if _, err := os.Lstat(p); err != nil {
-			return nil, nil
-		}
-		h, err := v1.NewHash(dgst)
-		if err != nil || !imagefile.Intact(p, h, size) {
-			os.Remove(p)
-			s.mu.Lock()
-			s.discarded[dgst]++
-			s.mu.Unlock()
-			return nil, nil
-		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if _, ok := s.blobs[dgst]; ok || s.closed {
-			return nil, nil
-		}
-		if err := s.reserve(dgst, size); err != nil {
-			return nil, err
-		}
-		s.tick++
-		s.blobs[dgst] = &blob{path: p, size: size, lastUse: s.tick, started: true, written: size, done: true, cond: sync.NewCond(&s.mu)}
-		s.reused[dgst]++
 		return nil, nil
-	})
-	return err
+	}
+	p := s.blobPath(dgst)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return nil, nil
+	}
+	h, herr := v1.NewHash(dgst)
+	if herr != nil || h.Algorithm != "sha256" || !fi.Mode().IsRegular() || fi.Size() != size {
+		s.discard(dgst, p)
+		return nil, nil
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, nil
+	}
+	if err := s.reserve(dgst, size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	b := &blob{path: p, size: size, started: true, cond: sync.NewCond(&s.mu)}
+	s.blobs[dgst] = b
+	go s.verify(b, f, h.Hex)
+	return b, nil
+}
+
+// errDamaged: a blob taken from the store did not match its digest (or
+// could not be read whole). Its readers' responses are cut; it is no
+// upstream failure of the image.
+var errDamaged = errors.New("relay: a blob in the cache is damaged")
+
+// verifyChunk is how many bytes verify hashes between telling readers.
+const verifyChunk = 1 << 20
+
+// verify hashes blob b read from the store (f), making the bytes hashed
+// so far (written) readable, and marks it done when the digest matches. A
+// mismatch or a short read: the blob leaves the cache and the store, and
+// its readers' responses are cut (the runtime retries, and the retry
+// fetches it upstream). It stops when the server closes, leaving the file
+// for the next step to verify.
+func (s *Server) verify(b *blob, f *os.File, hx string) {
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, verifyChunk)
+	var n int64
+	var err error
+	for n < b.size && err == nil {
+		var k int
+		k, err = io.ReadFull(f, buf[:min(int64(len(buf)), b.size-n)])
+		h.Write(buf[:k])
+		n += int64(k)
+		s.mu.Lock()
+		b.written = n
+		b.cond.Broadcast()
+		s.mu.Unlock()
+		if s.paced != nil {
+			s.paced(n)
+		}
+		if err == nil {
+			err = s.ctx.Err()
+		}
+	}
+	dgst := "sha256:" + hx
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer b.cond.Broadcast()
+	switch {
+	case err == nil && s.closed:
+		err = errors.New("relay: closed")
+	case err == nil && hex.EncodeToString(h.Sum(nil)) != hx:
+		err = errDamaged
+	case err == nil:
+		b.done = true
+		s.reused[dgst]++
+		return
+	}
+	if s.blobs[dgst] == b {
+		delete(s.blobs, dgst)
+		s.used -= b.size
+	}
+	if s.closed || errors.Is(err, context.Canceled) {
+		b.err = errors.New("relay: closed")
+		return
+	}
+	b.err = fmt.Errorf("%w: %s does not match its digest; removed, fetched again when asked for", errDamaged, dgst)
+	if !errors.Is(err, errDamaged) {
+		b.err = fmt.Errorf("%w: %s cannot be read whole (%v); removed, fetched again when asked for", errDamaged, dgst, err)
+	}
+	s.discard(dgst, b.path)
+}
+
+// discard removes a damaged blob or manifest from the store and counts
+// it; called with s.mu held for a blob, so that no fetch of the same
+// digest renames its file in between.
+func (s *Server) discard(dgst, p string) {
+	os.Remove(p)
+	s.discarded[dgst]++
 }
 
 // storedManifest reads manifest dgst from the store when it is there and
@@ -122,9 +187,8 @@ func (s *Server) storedManifest(dgst string) (manifest, bool) {
 	}
 	sum := sha256.Sum256(body)
 	if "sha256:"+hex.EncodeToString(sum[:]) != dgst {
-		os.Remove(p)
 		s.mu.Lock()
-		s.discarded[dgst]++
+		s.discard(dgst, p)
 		s.mu.Unlock()
 		return manifest{}, false
 	}
@@ -250,8 +314,9 @@ func (s *Server) closeStore() error {
 // Complete makes the store hold every blob of the images relayed so far:
 // a daemon asks only for the layers it lacks, and the next job's daemon
 // (a fresh runner) may lack them all. Blobs already there are verified,
-// missing ones fetched once, as for a runtime's request. Without a store
-// it does nothing.
+// missing ones fetched once, as for a runtime's request; it waits for the
+// blobs being fetched or verified, and fetches a blob again once when its
+// copy in the store turned out damaged. Without a store it does nothing.
 func (s *Server) Complete(ctx context.Context) error {
 	if s.opts.Store == "" {
 		return nil
@@ -261,7 +326,7 @@ func (s *Server) Complete(ctx context.Context) error {
 	s.mu.Lock()
 	for path, r := range s.repos {
 		for d := range r.sizes {
-			if _, ok := s.blobs[d]; !ok {
+			if b, ok := s.blobs[d]; !ok || !b.done {
 				todo = append(todo, want{path, d})
 			}
 		}
@@ -271,17 +336,27 @@ func (s *Server) Complete(ctx context.Context) error {
 	g.SetLimit(4)
 	for _, w := range todo {
 		g.Go(func() error {
-			if err := ctx.Err(); err != nil {
-				return err
+			err := s.readWhole(ctx, w.path, w.dgst)
+			if errors.Is(err, errDamaged) {
+				// The damaged copy has left the cache: this fetches it.
+				err = s.readWhole(ctx, w.path, w.dgst)
 			}
-			// Read to the end: the fetch is then complete and checked.
-			rd, err := s.openBlob(ctx, w.path, w.dgst)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(io.Discard, rd)
-			return errors.Join(err, rd.Close())
+			return err
 		})
 	}
 	return g.Wait()
+}
+
+// readWhole reads blob dgst to the end: its fetch or verification is then
+// complete and checked.
+func (s *Server) readWhole(ctx context.Context, path, dgst string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rd, err := s.openBlob(ctx, path, dgst)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, rd)
+	return errors.Join(err, rd.Close())
 }
