@@ -137,7 +137,6 @@ type dockerEngine interface {
 // image ID as the reference that works on the host.
 type relayedDocker struct {
 	engine dockerEngine
-	relay  Relay
 	fwd    *forward
 
 	mu      sync.Mutex
@@ -154,8 +153,8 @@ type relayedImage struct {
 	named bool                // a name of ours (the user's tag, the digest tag) holds the image
 }
 
-func newRelayedDocker(e dockerEngine, r Relay, c *sshConn) *relayedDocker {
-	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, c), relayed: map[string]*relayedImage{}}
+func newRelayedDocker(e dockerEngine, fwd *forward) *relayedDocker {
+	return &relayedDocker{engine: e, fwd: fwd, relayed: map[string]*relayedImage{}}
 }
 
 // LocalHost is the name the runner's own daemon is served under (the
@@ -170,7 +169,7 @@ const LocalHost = "local"
 // forwarder on the daemon's side relays to (the listener then reports the
 // forwarder's port). Closing the runtime closes the listener and e.
 func Local(e dockerEngine, r Relay, listen func() (net.Listener, error)) Runtime {
-	return &relayedDocker{engine: e, relay: r, fwd: newForward(r, localLoopback(listen)), relayed: map[string]*relayedImage{}}
+	return newRelayedDocker(e, newForward(r, localLoopback(listen)))
 }
 
 // loopback is where the relay's listener for a runtime opens, on the

@@ -38,9 +38,8 @@ type criImages interface {
 // tag), so the kubelet finds it by the user's reference and image_ref is
 // the pinned reference, as for a direct pull.
 type relayedContainerd struct {
-	rt    criImages
-	relay Relay
-	fwd   *forward
+	rt  criImages
+	fwd *forward
 
 	mu      sync.Mutex
 	relayed map[string]relayedName // by the ref pulled (one spelling)
@@ -54,10 +53,9 @@ type relayedName struct {
 	img  cri.Image
 }
 
-func newRelayedContainerd(rt criImages, r Relay, c *sshConn) *relayedContainerd {
-	fwd := newForward(r, c)
+func newRelayedContainerd(rt criImages, fwd *forward) *relayedContainerd {
 	fwd.byPull = true // cri.ImageService.Pull answers by the image's ID
-	return &relayedContainerd{rt: rt, relay: r, fwd: fwd, relayed: map[string]relayedName{}}
+	return &relayedContainerd{rt: rt, fwd: fwd, relayed: map[string]relayedName{}}
 }
 
 func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {

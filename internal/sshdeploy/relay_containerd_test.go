@@ -141,7 +141,7 @@ func TestRelayedContainerd(t *testing.T) {
 	t.Run("a tag: pulled from the forward with no auth, named as a direct CRI pull names it, no loopback name", func(t *testing.T) {
 		srv, conn := dialTest(t, sshtest.WithTCPForward())
 		rl, ctrd := &fakeRelay{}, &fakeK8sIO{names: map[string]string{}}
-		d := newRelayedContainerd(ctrd, rl, conn)
+		d := newRelayedContainerd(ctrd, newForward(rl, conn))
 		ref := "ghcr.io/acme/app@" + relayDigest
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
 			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
@@ -177,7 +177,7 @@ func TestRelayedContainerd(t *testing.T) {
 	t.Run("a digest of a familiar name: named as containerd names it", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}}
-		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 		ref := "busybox@" + relayDigest
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
 			t.Fatal(err)
@@ -197,7 +197,7 @@ func TestRelayedContainerd(t *testing.T) {
 	t.Run("a mirror's reference: renamed to the user's names, no mirror name left", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}}
-		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 		ref := "mirror.example/acme/app@" + relayDigest
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
 			t.Fatal(err)
@@ -217,7 +217,7 @@ func TestRelayedContainerd(t *testing.T) {
 	t.Run("naming fails: the loopback name goes all the same", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}, nameErr: errors.New("images service down")}
-		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
 		if err == nil || !strings.Contains(err.Error(), "images service down") {
 			t.Fatalf("err = %v", err)
@@ -231,7 +231,7 @@ func TestRelayedContainerd(t *testing.T) {
 
 	t.Run("Tag of an image not relayed is refused", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
-		d := newRelayedContainerd(&fakeK8sIO{names: map[string]string{}}, &fakeRelay{}, conn)
+		d := newRelayedContainerd(&fakeK8sIO{names: map[string]string{}}, newForward(&fakeRelay{}, conn))
 		if err := d.Tag(ctx, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1"); err == nil {
 			t.Fatal("tagged an image the route did not relay")
 		}
@@ -240,7 +240,7 @@ func TestRelayedContainerd(t *testing.T) {
 	t.Run("sshd refusing the forward names AllowTcpForwarding", func(t *testing.T) {
 		_, conn := dialTest(t)
 		ctrd := &fakeK8sIO{names: map[string]string{}}
-		d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
 		var fe *forwardError
 		if !errors.As(err, &fe) || failure.ClassOf(err) != "ssh-forwarding-refused" {
@@ -255,7 +255,7 @@ func TestRelayedContainerd(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		ctrd := &fakeK8sIO{names: map[string]string{}}
 		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
-		d := newRelayedContainerd(ctrd, &fakeRelay{allowErr: rej}, conn)
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{allowErr: rej}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
 		if !errors.As(err, &rej) {
 			t.Fatalf("err = %v, want the relay's Rejected", err)
@@ -295,7 +295,7 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, conn := dialTest(t, sshtest.WithTCPForward())
 			ctrd := &fakeK8sIO{names: map[string]string{}, unnameErr: tc.unnameErr}
-			d := newRelayedContainerd(ctrd, &fakeRelay{}, conn)
+			d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 			defer d.Close()
 			pulled, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
 			if tc.wantErr != "" {
@@ -322,7 +322,8 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 }
 
 // Open with a relay gives a containerd host the relayed route, which can
-// tag: pull then pulls the probed digest and names it. Closing it closes
+// tag: pull then pulls the probed digest and names it. The remote forward
+// is asked for while the runtime opens, before any pull. Closing it closes
 // the connection.
 func TestOpenRelayedContainerd(t *testing.T) {
 	client := sshtest.NewSigner(t, "ed25519")
@@ -342,6 +343,7 @@ func TestOpenRelayedContainerd(t *testing.T) {
 	if name, ns := runtimeOf(rt); name != "containerd" || ns != "k8s.io" {
 		t.Errorf("runtime %s %s", name, ns)
 	}
+	waitUntil(t, "the forward is granted before any pull", func() bool { return len(srv.Forwards()) == 1 })
 	// Closing the runtime closes the connection: containerd's adapter owns it.
 	if err := rt.Close(); err != nil {
 		t.Errorf("close: %v", err)

@@ -345,7 +345,7 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 			}
 			engine.names = map[string]string{}
 			_, conn := dialTest(t, sshtest.WithTCPForward())
-			d := newRelayedDocker(engine, &fakeRelay{}, conn)
+			d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 			check := func(what string, err error, want string) {
 				t.Helper()
 				if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
@@ -393,7 +393,7 @@ func TestRelayedDocker(t *testing.T) {
 	t.Run("a tag: pulled from the forward with no credentials, then only the user's tag names it", func(t *testing.T) {
 		srv, conn := dialTest(t, sshtest.WithTCPForward())
 		rl, engine := &fakeRelay{}, &fakeDockerd{names: map[string]string{}}
-		d := newRelayedDocker(engine, rl, conn)
+		d := newRelayedDocker(engine, newForward(rl, conn))
 		ref := "ghcr.io/acme/app@" + relayDigest
 		if pulled, err := d.Pull(ctx, ref, nil, creds, nil); err != nil || !pulled {
 			t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
@@ -430,7 +430,7 @@ func TestRelayedDocker(t *testing.T) {
 	t.Run("a digest: held by the digest tag, no loopback name", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
-		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		// pull pulls the familiar name and inspects the input as written.
 		ref := "busybox@" + relayDigest
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
@@ -451,7 +451,7 @@ func TestRelayedDocker(t *testing.T) {
 	t.Run("two tags of one digest: only the user's tags are left", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
-		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		ref := "ghcr.io/acme/app@" + relayDigest
 		// pull's order for two images on one host, interleaved.
 		for _, step := range []func() error{
@@ -473,7 +473,7 @@ func TestRelayedDocker(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
 		engine := &fakeDockerd{names: map[string]string{hold: "sha256:imageid"}}
-		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		ref := "ghcr.io/acme/app@" + relayDigest
 		if _, err := d.Pull(ctx, ref, nil, creds, nil); err != nil {
 			t.Fatal(err)
@@ -489,7 +489,7 @@ func TestRelayedDocker(t *testing.T) {
 	t.Run("sshd refusing the forward names AllowTcpForwarding", func(t *testing.T) {
 		_, conn := dialTest(t)
 		engine := &fakeDockerd{names: map[string]string{}}
-		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
 		var fe *forwardError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "AllowTcpForwarding") || failure.ClassOf(err) != "ssh-forwarding-refused" {
@@ -503,7 +503,7 @@ func TestRelayedDocker(t *testing.T) {
 	t.Run("Allow runs while the forward opens", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
-		d := newRelayedDocker(engine, &fakeRelay{serving: make(chan struct{})}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{serving: make(chan struct{})}, conn))
 		if _, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -513,7 +513,7 @@ func TestRelayedDocker(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
 		engine := &fakeDockerd{names: map[string]string{}}
 		rej := &failure.Rejected{Response: failure.Response{Status: 403}}
-		d := newRelayedDocker(engine, &fakeRelay{allowErr: rej}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{allowErr: rej}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, creds, nil)
 		if !errors.As(err, &rej) {
 			t.Fatalf("err = %v, want the relay's Rejected", err)
@@ -554,7 +554,7 @@ func TestRelayedDockerConnectionLost(t *testing.T) {
 
 	t.Run("the connection ends mid-pull: transient, naming the host and the connection", func(t *testing.T) {
 		engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() { raw.Close() }}
-		d := newRelayedDocker(engine, &fakeRelay{}, conn)
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 		var lost *connectionLostError
 		if !errors.As(err, &lost) {
@@ -574,7 +574,7 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 	ctx := context.Background()
 	_, conn := dialTest(t, sshtest.WithTCPForward())
 	engine := &droppingDockerd{fakeDockerd: &fakeDockerd{names: map[string]string{}}, drop: func() {}}
-	d := newRelayedDocker(engine, &fakeRelay{}, conn)
+	d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 	_, err := d.Pull(ctx, "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil)
 	var lost *connectionLostError
 	if err == nil || errors.As(err, &lost) {

@@ -62,26 +62,39 @@ func Open(ctx context.Context, host Host, s *Settings) (Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	var fwd *forward
+	if s.Relay != nil {
+		// The remote forward opens while the runtime does: sshd's answer
+		// to tcpip-forward is then off the first pull's path. A refusal
+		// is kept, and reported by that pull (forward.port).
+		fwd = newForward(s.Relay, conn)
+		go fwd.port()
+	}
 	rt, err := conn.openRuntime(ctx, s)
 	if err != nil {
+		if fwd != nil {
+			fwd.close()
+		}
 		conn.Close()
 		return nil, err
 	}
-	if s.Relay == nil {
+	if fwd == nil {
 		return rt, nil
 	}
 	switch e := rt.(type) {
 	case *cri.ImageService:
-		return newRelayedContainerd(e, s.Relay, conn), nil
+		return newRelayedContainerd(e, fwd), nil
 	case *docker.Engine:
 		// Podman answers on the same Engine API, but the relay route is
 		// proven against dockerd only.
 		if name, _ := e.Runtime(); name != docker.Docker {
+			fwd.close()
 			rt.Close()
 			return nil, fmt.Errorf("{Transfer}: relay reaches Docker and containerd hosts only so far, and %s runs %s; use {Transfer}: direct for it", host.Addr(), name)
 		}
-		return newRelayedDocker(e, s.Relay, conn), nil
+		return newRelayedDocker(e, fwd), nil
 	}
+	fwd.close()
 	return rt, nil
 }
 
