@@ -261,6 +261,10 @@ func TestRelayContainerd(t *testing.T) {
 		assertCtrdHostClean(t, a)
 	})
 
+	t.Run("two tags of one digest in one step: one pull, both tags", func(t *testing.T) {
+		r.twoTagsOneDigest(t, containerdRelayed, "acme/rc-fleet", b)
+	})
+
 	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
 		r.cacheBound(t, containerdRelayed, "acme/rc-fleet", b)
 	})

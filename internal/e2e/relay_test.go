@@ -408,6 +408,10 @@ func TestRelay(t *testing.T) {
 		assertHostClean(t, d)
 	})
 
+	t.Run("two tags of one digest in one step: one pull, both tags", func(t *testing.T) {
+		r.twoTagsOneDigest(t, dockerRelayed, "acme/relay-fleet", c)
+	})
+
 	t.Run("a layer larger than relay-cache-max: named, classified, the cache removed", func(t *testing.T) {
 		r.cacheBound(t, dockerRelayed, "acme/relay-fleet", c)
 	})
@@ -434,6 +438,34 @@ var dockerRelayed = relayedKind{
 		return err
 	},
 	clean: assertHostClean,
+}
+
+// twoTagsOneDigest: two images of the step that are one digest (app:2 and
+// app:latest) pulled onto one host at once: one pull through the relay,
+// both tags on the host, no loopback name left, both results whole.
+func (r relayRun) twoTagsOneDigest(t *testing.T, k relayedKind, repo string, h *RemoteHost) {
+	img, _ := relayImage(t, 256<<10)
+	dgst := r.push(t, repo, "2", img)
+	r.push(t, repo, "latest", img)
+	refs := []string{r.regAddr + "/" + repo + ":2", r.regAddr + "/" + repo + ":latest"}
+	res := r.e.RunAction(t, r.inputs(strings.Join(refs, "\n"), h))
+	if res.ExitCode != 0 {
+		t.Fatalf("exit %d\n%s", res.ExitCode, res.Stdout)
+	}
+	rs := results(t, res)
+	if len(rs) != 2 {
+		t.Fatalf("results = %v, want one per image", rs)
+	}
+	for i, ref := range refs {
+		if rs[i]["digest"] != dgst || rs[i]["error"] != nil {
+			t.Errorf("result for %s: %v", ref, rs[i])
+		}
+		if err := k.holds(t, h, ref, dgst); err != nil {
+			t.Errorf("%s does not hold %s: %v", h.Name, ref, err)
+		}
+	}
+	assertNoRelayCache(t, res)
+	k.clean(t, h)
 }
 
 // cacheBound: a layer larger than relay-cache-max fails the host, named

@@ -14,6 +14,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/ghcr-pull/ghcr-pull/internal/failure"
 	"github.com/ghcr-pull/ghcr-pull/internal/image"
@@ -138,6 +139,7 @@ type dockerEngine interface {
 type relayedDocker struct {
 	engine dockerEngine
 	fwd    *forward
+	once   pullOnce
 
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
@@ -259,6 +261,30 @@ func (f *forward) close() error {
 	return nil
 }
 
+// pullOnce makes one relayed pull per reference on a host's runtime. Two
+// images of one digest in a step (app:1 and app:latest) pull the same
+// loopback name there, and the first to be named by the user's tag
+// removes that name, which would fail the other while it still pulled or
+// inspected by it. So a pull joins the one in flight for its reference,
+// and a reference already relayed on this connection is not pulled again:
+// the host holds the image (by a name of ours, or by the loopback name
+// until one of ours does).
+type pullOnce struct{ flight singleflight.Group }
+
+// pull runs do for key unless done reports key relayed (then nothing new
+// came: false), or joins the run of do in flight for key.
+func (o *pullOnce) pull(key string, done func() bool, do func() (bool, error)) (bool, error) {
+	if done() {
+		return false, nil
+	}
+	v, err, _ := o.flight.Do(key, func() (any, error) {
+		isNew, err := do()
+		return isNew, err
+	})
+	isNew, _ := v.(bool)
+	return isNew, err
+}
+
 // refKey is ref in one spelling: pull pulls a familiar name
 // (busybox@sha256:...) and inspects what the user wrote
 // (docker.io/library/busybox@sha256:...).
@@ -351,6 +377,14 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 }
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
+	return d.once.pull(refKey(ref), func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.relayed[refKey(ref)] != nil
+	}, func() (bool, error) { return d.pullRelayed(ctx, ref, platform, creds, progress) })
+}
+
+func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
 	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
 	if err != nil {

@@ -38,8 +38,9 @@ type criImages interface {
 // tag), so the kubelet finds it by the user's reference and image_ref is
 // the pinned reference, as for a direct pull.
 type relayedContainerd struct {
-	rt  criImages
-	fwd *forward
+	rt   criImages
+	fwd  *forward
+	once pullOnce
 
 	mu      sync.Mutex
 	relayed map[string]relayedName // by the ref pulled (one spelling)
@@ -59,6 +60,15 @@ func newRelayedContainerd(rt criImages, fwd *forward) *relayedContainerd {
 }
 
 func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
+	return d.once.pull(refKey(ref), func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, ok := d.relayed[refKey(ref)]
+		return ok
+	}, func() (bool, error) { return d.pullRelayed(ctx, ref, platform, creds, progress) })
+}
+
+func (d *relayedContainerd) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	pinned, err := cri.CanonicalName(ref)
 	if err != nil {
 		return false, err

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -31,9 +32,13 @@ type fakeK8sIO struct {
 	got       string // what the forward answered
 	nameErr   error
 	unnameErr error
+	onPull    func() // called as Pull begins
 }
 
 func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
+	if c.onPull != nil {
+		c.onPull()
+	}
 	got, err := pullThroughForward(ctx, ref)
 	if err != nil {
 		return false, err
@@ -172,6 +177,41 @@ func TestRelayedContainerd(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkForwardClosed(t, srv)
+	})
+
+	t.Run("two images of one digest at once: one pull, both tags", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		started, release := make(chan struct{}), make(chan struct{})
+		ctrd := &fakeK8sIO{names: map[string]string{}, onPull: sync.OnceFunc(func() { close(started); <-release })}
+		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
+		ref := "ghcr.io/acme/app@" + relayDigest
+		pulled := make(chan error, 2)
+		pull := func() { _, err := d.Pull(ctx, ref, nil, creds, nil); pulled <- err }
+		go pull()
+		<-started
+		go pull() // joins the pull in flight, or finds it done
+		time.Sleep(20 * time.Millisecond)
+		close(release)
+		for range 2 {
+			if err := <-pulled; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tag := range []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"} {
+			if err := d.Tag(ctx, ref, tag); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pulls := 0
+		for _, op := range ctrd.ops {
+			if strings.HasPrefix(op, "pull ") {
+				pulls++
+			}
+		}
+		want := []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest", "ghcr.io/acme/app@" + relayDigest, "sha256:imageid"}
+		if got := ctrd.all(); pulls != 1 || !slices.Equal(got, want) {
+			t.Errorf("%d pulls, names %q, want 1 and %q (ops %q)", pulls, got, want, ctrd.ops)
+		}
 	})
 
 	t.Run("a digest of a familiar name: named as containerd names it", func(t *testing.T) {

@@ -84,6 +84,7 @@ type fakeDockerd struct {
 	inspectFail bool
 	rmiSlow     bool   // a removal answers late: what runs beside it sees the name
 	onIDs       func() // called as ImageIDs begins
+	onPull      func() // called as Pull begins
 }
 
 // pullThroughForward does what a host's runtime does first with a
@@ -103,6 +104,9 @@ func pullThroughForward(ctx context.Context, ref string) (string, error) {
 }
 
 func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
+	if d.onPull != nil {
+		d.onPull()
+	}
 	got, err := pullThroughForward(ctx, ref)
 	if err != nil {
 		return false, err
@@ -466,6 +470,40 @@ func TestRelayedDocker(t *testing.T) {
 		}
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
 			t.Errorf("names %v (ops %q)", got, engine.ops)
+		}
+	})
+
+	t.Run("two images of one digest at once: one pull, both tags", func(t *testing.T) {
+		_, conn := dialTest(t, sshtest.WithTCPForward())
+		started, release := make(chan struct{}), make(chan struct{})
+		engine := &fakeDockerd{names: map[string]string{}, onPull: sync.OnceFunc(func() { close(started); <-release })}
+		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
+		ref := "ghcr.io/acme/app@" + relayDigest
+		pulled := make(chan error, 2)
+		pull := func() { _, err := d.Pull(ctx, ref, nil, creds, nil); pulled <- err }
+		go pull()
+		<-started
+		go pull() // joins the pull in flight, or finds it done
+		time.Sleep(20 * time.Millisecond)
+		close(release)
+		for range 2 {
+			if err := <-pulled; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tag := range []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"} {
+			if err := d.Tag(ctx, ref, tag); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pulls := 0
+		for _, op := range engine.ops {
+			if strings.HasPrefix(op, "pull ") {
+				pulls++
+			}
+		}
+		if got := engine.namesOf("sha256:imageid"); pulls != 1 || !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
+			t.Errorf("%d pulls, names %v, want 1 and the two tags (ops %q)", pulls, got, engine.ops)
 		}
 	})
 
