@@ -402,11 +402,6 @@ func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *o
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, p := range d.pending {
-		if p.local == local {
-			p.local = "" // the same name, pulled again: ri removes it
-		}
-	}
 	d.relayed[refKey(ref)] = ri
 	d.pending = append(d.pending, ri)
 	return isNew, nil
