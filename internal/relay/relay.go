@@ -559,6 +559,12 @@ func (s *Server) fetch(b *blob, f *os.File, path string, upstream name.Repositor
 	}
 	b.err = err
 	os.Remove(b.path)
+	s.drop(dgst, b)
+}
+
+// drop takes blob b, which failed, out of the cache and its bound, unless
+// another entry has taken dgst's place; called with s.mu held.
+func (s *Server) drop(dgst string, b *blob) {
 	if s.blobs[dgst] == b {
 		delete(s.blobs, dgst)
 		s.used -= b.size

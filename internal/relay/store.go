@@ -151,10 +151,7 @@ func (s *Server) verify(b *blob, f *os.File, hx string) {
 		s.reused[dgst]++
 		return
 	}
-	if s.blobs[dgst] == b {
-		delete(s.blobs, dgst)
-		s.used -= b.size
-	}
+	s.drop(dgst, b)
 	if s.closed || errors.Is(err, context.Canceled) {
 		b.err = errors.New("relay: closed")
 		return
