@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -181,33 +180,11 @@ func TestRelayedContainerd(t *testing.T) {
 
 	t.Run("two images of one digest at once: one pull, both tags", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
-		started, release := make(chan struct{}), make(chan struct{})
-		ctrd := &fakeK8sIO{names: map[string]string{}, onPull: sync.OnceFunc(func() { close(started); <-release })}
+		hold := newPullHold()
+		ctrd := &fakeK8sIO{names: map[string]string{}, onPull: hold.onPull}
 		d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
-		ref := "ghcr.io/acme/app@" + relayDigest
-		pulled := make(chan error, 2)
-		pull := func() { _, err := d.Pull(ctx, ref, nil, creds, nil); pulled <- err }
-		go pull()
-		<-started
-		go pull() // joins the pull in flight, or finds it done
-		time.Sleep(20 * time.Millisecond)
-		close(release)
-		for range 2 {
-			if err := <-pulled; err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, tag := range []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"} {
-			if err := d.Tag(ctx, ref, tag); err != nil {
-				t.Fatal(err)
-			}
-		}
-		pulls := 0
-		for _, op := range ctrd.ops {
-			if strings.HasPrefix(op, "pull ") {
-				pulls++
-			}
-		}
+		pullTwoAtOnce(t, d, hold, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1", "ghcr.io/acme/app:latest")
+		pulls := countPrefixed(ctrd.ops, "pull ")
 		want := []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest", "ghcr.io/acme/app@" + relayDigest, "sha256:imageid"}
 		if got := ctrd.all(); pulls != 1 || !slices.Equal(got, want) {
 			t.Errorf("%d pulls, names %q, want 1 and %q (ops %q)", pulls, got, want, ctrd.ops)

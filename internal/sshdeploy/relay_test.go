@@ -475,33 +475,11 @@ func TestRelayedDocker(t *testing.T) {
 
 	t.Run("two images of one digest at once: one pull, both tags", func(t *testing.T) {
 		_, conn := dialTest(t, sshtest.WithTCPForward())
-		started, release := make(chan struct{}), make(chan struct{})
-		engine := &fakeDockerd{names: map[string]string{}, onPull: sync.OnceFunc(func() { close(started); <-release })}
+		hold := newPullHold()
+		engine := &fakeDockerd{names: map[string]string{}, onPull: hold.onPull}
 		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
-		ref := "ghcr.io/acme/app@" + relayDigest
-		pulled := make(chan error, 2)
-		pull := func() { _, err := d.Pull(ctx, ref, nil, creds, nil); pulled <- err }
-		go pull()
-		<-started
-		go pull() // joins the pull in flight, or finds it done
-		time.Sleep(20 * time.Millisecond)
-		close(release)
-		for range 2 {
-			if err := <-pulled; err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, tag := range []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"} {
-			if err := d.Tag(ctx, ref, tag); err != nil {
-				t.Fatal(err)
-			}
-		}
-		pulls := 0
-		for _, op := range engine.ops {
-			if strings.HasPrefix(op, "pull ") {
-				pulls++
-			}
-		}
+		pullTwoAtOnce(t, d, hold, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1", "ghcr.io/acme/app:latest")
+		pulls := countPrefixed(engine.ops, "pull ")
 		if got := engine.namesOf("sha256:imageid"); pulls != 1 || !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
 			t.Errorf("%d pulls, names %v, want 1 and the two tags (ops %q)", pulls, got, engine.ops)
 		}
@@ -688,4 +666,56 @@ func TestLocal(t *testing.T) {
 		c.Close()
 		t.Errorf("the listener still accepts after Close")
 	}
+}
+
+// pullHold holds the first Pull of a fake runtime (its onPull) until
+// pullTwoAtOnce has started the second.
+type pullHold struct {
+	started, release chan struct{}
+	onPull           func()
+}
+
+func newPullHold() *pullHold {
+	h := &pullHold{started: make(chan struct{}), release: make(chan struct{})}
+	h.onPull = sync.OnceFunc(func() { close(h.started); <-h.release })
+	return h
+}
+
+// pullTwoAtOnce is pull's order for two images of one digest on one host
+// at once: d pulls ref twice, the second while hold keeps the first in
+// the runtime's Pull, then ref is tagged with each of tags.
+func pullTwoAtOnce(t *testing.T, d interface {
+	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
+	Tag(ctx context.Context, source, target string) error
+}, hold *pullHold, ref string, tags ...string) {
+	t.Helper()
+	ctx := context.Background()
+	pulled := make(chan error, 2)
+	pull := func() { _, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil); pulled <- err }
+	go pull()
+	<-hold.started
+	go pull() // joins the pull in flight, or finds it done
+	time.Sleep(20 * time.Millisecond)
+	close(hold.release)
+	for range 2 {
+		if err := <-pulled; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tag := range tags {
+		if err := d.Tag(ctx, ref, tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// countPrefixed counts the calls in a fake's log that begin with prefix.
+func countPrefixed(ops []string, prefix string) int {
+	n := 0
+	for _, op := range ops {
+		if strings.HasPrefix(op, prefix) {
+			n++
+		}
+	}
+	return n
 }
