@@ -297,19 +297,6 @@ func (e *Engine) Remove(ctx context.Context, ref string) error {
 	return err
 }
 
-// ImageIDs lists the IDs of every image the daemon holds.
-func (e *Engine) ImageIDs(ctx context.Context) (map[string]bool, error) {
-	res, err := e.client.ImageList(ctx, client.ImageListOptions{All: true})
-	if err != nil {
-		return nil, err
-	}
-	ids := map[string]bool{}
-	for _, img := range res.Items {
-		ids[img.ID] = true
-	}
-	return ids, nil
-}
-
 // Inspect describes a local image.
 func (e *Engine) Inspect(ctx context.Context, ref string) (image.Info, error) {
 	res, err := e.client.ImageInspect(ctx, ref)

@@ -74,6 +74,7 @@ type Server struct {
 	fetches    map[string]int // upstream blob fetches by digest
 	upBytes    int64
 	served     map[[2]string]int64 // bytes sent by host and path
+	asked      map[asked]bool      // blobs a host asked for (GET), for NewImage
 	manifest   map[string]int      // upstream manifest fetches by digest
 	readAheads int                 // blob fetches started by readAhead
 	// With a store: blobs taken from it intact, blobs and manifests found
@@ -85,6 +86,9 @@ type Server struct {
 	// so far once readers may have them, outside s.mu.
 	paced func(hashed int64)
 }
+
+// asked is a blob (digest) of path that host asked for.
+type asked struct{ host, path, dgst string }
 
 type repo struct {
 	upstream name.Repository
@@ -154,7 +158,7 @@ func New(opts Options) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{opts: opts, dir: dir, ctx: ctx, cancel: cancel, repos: map[string]*repo{}, blobs: map[string]*blob{},
-		fetches: map[string]int{}, served: map[[2]string]int64{}, manifest: map[string]int{},
+		fetches: map[string]int{}, served: map[[2]string]int64{}, asked: map[asked]bool{}, manifest: map[string]int{},
 		reused: map[string]int{}, discarded: map[string]int{}, names: map[string][2]string{}}, nil
 }
 
@@ -221,40 +225,50 @@ func (s *Server) Err(path string) error {
 	return nil
 }
 
-// ImageIDs are the config digests of the image manifests relayed as
-// dgst under path: dgst's own, or for an index those of the entries a
-// host asked for. A Docker host reports one of them as the image ID.
-func (s *Server) ImageIDs(path, dgst string) []string {
+// NewImage reports the image relayed as dgst under path whose config
+// host asked for during the step, by its ID (the config's digest), if it
+// asked for one. A runtime asks for an image's config only when it lacks
+// the image (dockerd looks the config digest, the image ID, up in its
+// store before fetching it; containerd its content store), so that image
+// is new to the host, and its ID is known without asking the host. For an
+// index, the entry the host chose is the one whose config it asked for.
+func (s *Server) NewImage(host, path, dgst string) (id string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.repos[path]
-	if !ok {
-		return nil
+	r, found := s.repos[path]
+	if !found {
+		return "", false
 	}
-	m, ok := r.manifests[dgst]
-	if !ok {
-		return nil
+	m, found := r.manifests[dgst]
+	if !found {
+		return "", false
 	}
-	if !m.mediaType.IsIndex() {
-		im, err := v1.ParseManifest(bytes.NewReader(m.body))
+	candidates := []manifest{m}
+	if m.mediaType.IsIndex() {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
 		if err != nil {
-			return nil
+			return "", false
 		}
-		return []string{im.Config.Digest.String()}
-	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(m.body))
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, d := range idx.Manifests {
-		if cm, ok := r.manifests[d.Digest.String()]; ok && !cm.mediaType.IsIndex() {
-			if im, err := v1.ParseManifest(bytes.NewReader(cm.body)); err == nil {
-				out = append(out, im.Config.Digest.String())
+		candidates = candidates[:0]
+		for _, d := range idx.Manifests {
+			if cm, found := r.manifests[d.Digest.String()]; found {
+				candidates = append(candidates, cm)
 			}
 		}
 	}
-	return out
+	for _, cm := range candidates {
+		if cm.mediaType.IsIndex() {
+			continue
+		}
+		im, err := v1.ParseManifest(bytes.NewReader(cm.body))
+		if err != nil {
+			continue
+		}
+		if cfg := im.Config.Digest.String(); s.asked[asked{host, path, cfg}] {
+			return cfg, true
+		}
+	}
+	return "", false
 }
 
 // Served is how many bytes of path's manifests and blobs host was sent.

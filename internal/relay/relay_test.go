@@ -181,8 +181,10 @@ func TestRelayServesWhatWasAllowedOncePerBlob(t *testing.T) {
 		t.Errorf("upstream pinged %d times for one repository, want 1", u.pings)
 	}
 	cfg, _ := u.img.ConfigName()
-	if ids := s.ImageIDs(path, u.digest.DigestStr()); len(ids) != 1 || ids[0] != cfg.String() {
-		t.Errorf("ImageIDs = %v, want [%s]", ids, cfg)
+	for _, h := range []string{"a", "b", "c"} {
+		if id, ok := s.NewImage(h, path, u.digest.DigestStr()); !ok || id != cfg.String() {
+			t.Errorf("NewImage(%s) = %q, %v; want %s", h, id, ok, cfg)
+		}
 	}
 }
 

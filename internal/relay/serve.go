@@ -39,7 +39,7 @@ func (s *Server) Handler(host string) http.Handler {
 		case "manifests":
 			s.serveManifest(cw, r, path, ref)
 		default:
-			s.serveBlob(cw, r, path, ref)
+			s.serveBlob(cw, r, host, path, ref)
 		}
 	})
 }
@@ -99,7 +99,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, path, ref
 	_, _ = w.Write(m.body)
 }
 
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst string) {
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, host, path, dgst string) {
 	rd, err := s.openBlob(r.Context(), path, dgst)
 	if errors.Is(err, errNotRelayed) {
 		writeError(w, http.StatusNotFound, "BLOB_UNKNOWN", "not relayed in this step")
@@ -118,6 +118,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, path, dgst st
 		return
 	}
 	defer rd.Close()
+	if r.Method == http.MethodGet {
+		s.mu.Lock()
+		s.asked[asked{host, path, dgst}] = true
+		s.mu.Unlock()
+	}
 	rc := http.NewResponseController(w)
 	rd.flush = func() { _ = rc.Flush() }
 	w.Header().Set("Content-Type", "application/octet-stream")

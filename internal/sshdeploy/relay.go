@@ -36,6 +36,10 @@ type Relay interface {
 	// Err is the upstream failure met while serving path, if any: the
 	// host's runtime reports it only in its own words.
 	Err(path string) error
+	// NewImage is the ID of the image relayed as dgst under path whose
+	// config host asked for, if it asked: a runtime asks only for the
+	// config of an image it lacks, so the image is new to the host.
+	NewImage(host, path, dgst string) (id string, ok bool)
 }
 
 // forwardError: sshd refused the remote forward the relay needs.
@@ -115,7 +119,6 @@ type dockerEngine interface {
 	Tag(ctx context.Context, source, target string) error
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Remove(ctx context.Context, ref string) error
-	ImageIDs(ctx context.Context) (map[string]bool, error)
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -144,6 +147,8 @@ type relayedDocker struct {
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
 	pending []*relayedImage          // images pulled, for Close
+	// releasing: loopback names Tag is removing; Close waits for them.
+	releasing sync.WaitGroup
 }
 
 type relayedImage struct {
@@ -305,31 +310,33 @@ func digestTag(repo, digest string) string {
 type relayRuntime interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
-	ImageIDs(ctx context.Context) (map[string]bool, error)
 }
 
 // pull has the relay allow ref (repository@digest) with creds and rt pull
 // it from the relay through this forward, with no credential of any kind.
 // It returns the loopback name rt now holds (set as soon as the pull
 // succeeded, so the caller can remove it even on a later error), the
-// image, and whether its ID was new to the host: a runtime reports a pull
-// by a loopback name it never saw as a download even when it had the
-// image, so the ID is what counts. With byPull, the runtime's own answer
-// is that, and info is left empty.
-func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local string, info image.Info, isNew bool, err error) {
+// image's ID, and whether the image was new to the host. A runtime reports
+// a pull by a loopback name it never saw as a download even when it had
+// the image, so newness is decided otherwise: with byPull, the runtime's
+// own answer is about the image's ID (and id is left empty); else the
+// relay's: the host asked for the image's config, which it does only for
+// an image it lacks, and the config's digest is the ID, so a fresh host
+// costs no round trip to list its images before the pull nor to inspect
+// the image after it. An image the host had is inspected for its ID.
+func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local, id string, isNew bool, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
-		return "", info, false, fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
+		return "", "", false, fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
 	}
 	digest, err := name.NewDigest(ref)
 	if err != nil {
-		return "", info, false, err
+		return "", "", false, err
 	}
 	// Allow (the upstream handshake and manifest: round trips to the
-	// registry) runs while the forward opens and the host's images are
-	// listed (round trips to the host, one beside the other); its
-	// classified refusal still comes first, before the host is asked to
-	// pull, and a refused forward before the listing's error.
+	// registry) runs while the forward opens (a round trip to the host);
+	// its classified refusal still comes first, before the host is asked
+	// to pull.
 	var path string
 	allowed := make(chan error, 1)
 	go func() {
@@ -337,43 +344,32 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 		path, err = f.relay.Allow(ctx, digest, creds)
 		allowed <- err
 	}()
-	var had map[string]bool
-	listed := make(chan error, 1)
-	if f.byPull {
-		listed <- nil
-	} else {
-		go func() {
-			var err error
-			had, err = rt.ImageIDs(ctx)
-			listed <- err
-		}()
-	}
 	port, err := f.port()
-	if lerr := <-listed; err == nil {
-		err = lerr
-	}
 	if aerr := <-allowed; aerr != nil {
-		return "", info, false, aerr
+		return "", "", false, aerr
 	}
 	if err != nil {
-		return "", info, false, err
+		return "", "", false, err
 	}
 	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
 	isNew, err = rt.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
 	if err != nil {
 		if upstream := f.relay.Err(path); upstream != nil {
-			return "", info, false, upstream
+			return "", "", false, upstream
 		}
-		return "", info, false, f.conn.lost(err)
+		return "", "", false, f.conn.lost(err)
 	}
 	if f.byPull {
-		return loopback, info, isNew, nil
+		return loopback, "", isNew, nil
 	}
-	info, err = rt.Inspect(ctx, loopback)
+	if id, ok := f.relay.NewImage(f.host, path, dgst); ok {
+		return loopback, id, true, nil
+	}
+	info, err := rt.Inspect(ctx, loopback)
 	if err != nil {
-		return loopback, info, false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", loopback, err)
+		return loopback, "", false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", loopback, err)
 	}
-	return loopback, info, !had[info.ID], nil
+	return loopback, info.ID, false, nil
 }
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
@@ -386,7 +382,7 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 
 func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
-	local, info, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
+	local, id, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
 	if err != nil {
 		if local != "" {
 			// Pulled, but not known by its ID: nothing of ours stays, even
@@ -396,7 +392,7 @@ func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *o
 		}
 		return false, err
 	}
-	ri := &relayedImage{id: info.ID, hold: digestTag(repo, dgst), via: local, local: local}
+	ri := &relayedImage{id: id, hold: digestTag(repo, dgst), via: local, local: local}
 	if names := image.ParseRepoDigests([]string{ref}); len(names) == 1 {
 		ri.name = names[0]
 	}
@@ -455,7 +451,10 @@ func (d *relayedDocker) holdByDigest(ctx context.Context, ri *relayedImage) erro
 	return nil
 }
 
-// Tag points target at a relayed image, then removes its loopback name.
+// Tag points target at a relayed image, then removes its loopback name
+// while the caller goes on (pull inspects the image next: the two round
+// trips run at once, as Inspect's own do). A failed removal leaves the
+// name pending, and Close removes it or says so.
 func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	ri := d.relayed[refKey(source)]
@@ -469,7 +468,8 @@ func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	ri.named = true
 	d.mu.Unlock()
-	return d.release(ctx, ri)
+	d.releasing.Go(func() { _ = d.release(ctx, ri) })
+	return nil
 }
 
 // Inspect describes ref; for an image this connection relayed it reports
@@ -522,6 +522,7 @@ func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Run
 // connection). A loopback name goes even when the digest tag could not
 // be given: it names a forward that is closing.
 func (d *relayedDocker) Close() error {
+	d.releasing.Wait()
 	d.mu.Lock()
 	pending := slices.Clone(d.pending)
 	d.mu.Unlock()

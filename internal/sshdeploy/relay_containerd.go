@@ -19,7 +19,6 @@ import (
 type criImages interface {
 	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
-	ImageIDs(ctx context.Context) (map[string]bool, error)
 	cri.Namer
 	Runtime() (name, namespace string)
 	Close() error

@@ -38,7 +38,10 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 	if c.onPull != nil {
 		c.onPull()
 	}
-	got, err := pullThroughForward(ctx, ref)
+	c.mu.Lock()
+	_, had := c.names[fakeConfig]
+	c.mu.Unlock()
+	got, err := pullThroughForward(ctx, ref, had)
 	if err != nil {
 		return false, err
 	}
@@ -47,7 +50,6 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 	c.got = got
 	c.creds = append(c.creds, creds)
 	c.ops = append(c.ops, "pull "+ref)
-	_, had := c.names["sha256:imageid"]
 	c.names[ref] = "sha256:imageid"
 	c.names["sha256:imageid"] = "sha256:imageid"
 	return !had, nil
@@ -75,17 +77,6 @@ func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
 		}
 	}
 	return info, nil
-}
-
-func (c *fakeK8sIO) ImageIDs(context.Context) (map[string]bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.ops = append(c.ops, "ids")
-	ids := map[string]bool{}
-	for _, id := range c.names {
-		ids[id] = true
-	}
-	return ids, nil
 }
 
 func (c *fakeK8sIO) Lookup(_ context.Context, ref string) (cri.Image, error) {

@@ -34,6 +34,7 @@ type fakeRelay struct {
 	allowed []string
 	creds   []registryauth.Credentials
 	hosts   []string
+	blobs   map[[2]string]bool // blobs asked for, by host and digest
 }
 
 func (r *fakeRelay) Allow(_ context.Context, ref name.Digest, creds registryauth.Credentials) (string, error) {
@@ -62,11 +63,39 @@ func (r *fakeRelay) Serve(l net.Listener, host string) error {
 	}
 	r.mu.Unlock()
 	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if _, dgst, ok := strings.Cut(req.URL.Path, "/blobs/"); ok {
+			r.mu.Lock()
+			if r.blobs == nil {
+				r.blobs = map[[2]string]bool{}
+			}
+			r.blobs[[2]string{host, dgst}] = true
+			r.mu.Unlock()
+		}
 		io.WriteString(w, "relayed "+req.URL.Path)
 	}))
 }
 
 func (r *fakeRelay) Err(string) error { return nil }
+
+// NewImage: every image's config is fakeConfig; the host asked for it
+// when it lacked the image (fakeDockerd.Pull).
+func (r *fakeRelay) NewImage(host, _, _ string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fakeConfig, r.blobs[[2]string{host, fakeConfig}]
+}
+
+// settled waits for the loopback names a relayed Docker host's Tag is
+// removing (they go while pull goes on).
+func settled(rt any) {
+	if d, ok := rt.(*relayedDocker); ok {
+		d.releasing.Wait()
+	}
+}
+
+// fakeConfig is the config digest, so the image ID, of every image the
+// fakes relay.
+const fakeConfig = "sha256:imageid"
 
 // fakeDockerd keeps names → image IDs and deletes an image with its last
 // name, as dockerd does. Its Pull fetches the reference's manifest path
@@ -83,31 +112,41 @@ type fakeDockerd struct {
 	rmiFails    int
 	inspectFail bool
 	rmiSlow     bool   // a removal answers late: what runs beside it sees the name
-	onIDs       func() // called as ImageIDs begins
 	onPull      func() // called as Pull begins
 }
 
 // pullThroughForward does what a host's runtime does first with a
 // relayed reference (<loopback>/<repo>@<digest>): GET its manifest from
-// the relay through the forward, returning what the relay answered.
-func pullThroughForward(ctx context.Context, ref string) (string, error) {
+// the relay through the forward, returning what the relay answered, and
+// unless the host has the image (had), its config.
+func pullThroughForward(ctx context.Context, ref string, had bool) (string, error) {
 	hostPort, rest, _ := strings.Cut(ref, "/")
 	repo, dgst, _ := strings.Cut(rest, "@")
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+"/manifests/"+dgst, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
+	get := func(path string) (string, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/"+repo+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), nil
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b), nil
+	got, err := get("/manifests/" + dgst)
+	if err == nil && !had {
+		_, err = get("/blobs/" + fakeConfig)
+	}
+	return got, err
 }
 
 func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
 	if d.onPull != nil {
 		d.onPull()
 	}
-	got, err := pullThroughForward(ctx, ref)
+	d.mu.Lock()
+	had := slices.Contains(mapsValues(d.names), fakeConfig)
+	d.mu.Unlock()
+	got, err := pullThroughForward(ctx, ref, had)
 	if err != nil {
 		return false, err
 	}
@@ -116,7 +155,7 @@ func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform,
 	d.got = got
 	d.creds = append(d.creds, creds)
 	d.ops = append(d.ops, "pull "+ref)
-	d.names[ref] = "sha256:imageid"
+	d.names[ref] = fakeConfig
 	return true, nil
 }
 
@@ -185,19 +224,6 @@ func (d *fakeDockerd) Remove(_ context.Context, ref string) error {
 	}
 	delete(d.names, ref)
 	return nil
-}
-
-func (d *fakeDockerd) ImageIDs(context.Context) (map[string]bool, error) {
-	if d.onIDs != nil {
-		d.onIDs()
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ids := map[string]bool{}
-	for _, id := range d.names {
-		ids[id] = true
-	}
-	return ids, nil
 }
 
 func (d *fakeDockerd) Runtime() (string, string) { return "docker", "" }
@@ -284,9 +310,12 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 	ref := "ghcr.io/acme/app@" + relayDigest
 	hold := "ghcr.io/acme/app:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")
 	tag := "ghcr.io/acme/app:1"
+	had := "ghcr.io/acme/app:0" // a name the host held the image by
 	for _, tc := range []struct {
 		name   string
 		engine *fakeDockerd
+		// had: the host holds the image before the pull
+		had bool
 		// steps after Pull, as pull makes them; each wants an error
 		// containing its text, or none
 		tag, inspect string
@@ -298,47 +327,52 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 		wantNames    []string
 	}{
 		{
-			name: "a tag: one name given, the loopback name removed, inspected", tag: tag, inspect: tag,
-			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "inspect " + tag},
+			name: "a tag on a fresh host: no inspection after the pull (the relay knows the ID), one name given, the loopback name removed while the tag is inspected",
+			tag:  tag, inspect: tag, engine: &fakeDockerd{rmiSlow: true},
+			wantOps:   []string{"pull 127.0.0.1", "tag sha256:imageid " + tag, "inspect " + tag, "rmi 127.0.0.1"},
 			wantNames: []string{tag},
+		},
+		{
+			name: "a tag on a host that had the image: inspected for its ID", had: true, tag: tag, inspect: tag,
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "inspect " + tag, "rmi 127.0.0.1"},
+			unordered: 2,
+			wantNames: []string{had, tag},
 		},
 		{
 			name: "a digest: the digest tag given, the loopback name removed while inspected (and not reported)", inspect: ref,
 			engine:    &fakeDockerd{rmiSlow: true},
-			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + hold, "rmi 127.0.0.1", "inspect sha256:imageid"},
-			unordered: 2,
+			wantOps:   []string{"pull 127.0.0.1", "tag sha256:imageid " + hold, "inspect sha256:imageid", "rmi 127.0.0.1"},
 			wantNames: []string{hold},
 		},
 		{
 			name: "tagging fails: Close names the image by its digest tag and removes the loopback name", tag: tag,
 			engine:     &fakeDockerd{tagErr: map[string]error{tag: errors.New("dockerd: tag refused")}},
 			wantTagErr: "tag refused",
-			wantOps:    []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
+			wantOps:    []string{"pull 127.0.0.1", "tag sha256:imageid " + tag, "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
 			wantNames:  []string{hold},
 		},
 		{
-			name: "removing the loopback name fails: Tag says so, Close removes it", tag: tag, inspect: tag,
-			engine:     &fakeDockerd{rmiFails: 1},
-			wantTagErr: "removing the relay's name 127.0.0.1:",
-			wantOps:    []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "inspect " + tag, "rmi 127.0.0.1"},
-			wantNames:  []string{tag},
+			name: "removing the loopback name fails: Close removes it", tag: tag, inspect: tag,
+			engine:    &fakeDockerd{rmiFails: 1, rmiSlow: true},
+			wantOps:   []string{"pull 127.0.0.1", "tag sha256:imageid " + tag, "inspect " + tag, "rmi 127.0.0.1", "rmi 127.0.0.1"},
+			wantNames: []string{tag},
 		},
 		{
 			name: "removing it fails at Close too: Close says so", tag: tag,
 			engine:       &fakeDockerd{rmiFails: 2},
-			wantTagErr:   "removing the relay's name 127.0.0.1:",
 			wantCloseErr: "removing the relay's name 127.0.0.1:",
-			wantOps:      []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "rmi 127.0.0.1"},
+			wantOps:      []string{"pull 127.0.0.1", "tag sha256:imageid " + tag, "rmi 127.0.0.1", "rmi 127.0.0.1"},
 			wantNames:    []string{"127.0.0.1", tag},
 		},
 		{
-			name:   "inspecting the pulled image fails: its loopback name goes at once",
-			engine: &fakeDockerd{inspectFail: true}, wantErr: "inspect failed",
-			wantOps: []string{"pull 127.0.0.1", "inspect 127.0.0.1", "rmi 127.0.0.1"},
+			name:   "inspecting the pulled image fails (a host that had it): its loopback name goes at once",
+			engine: &fakeDockerd{inspectFail: true}, had: true, wantErr: "inspect failed",
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "rmi 127.0.0.1"},
+			wantNames: []string{had},
 		},
 		{
 			name:      "Close after a pull with no Tag nor Inspect: the digest tag holds the image",
-			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
+			wantOps:   []string{"pull 127.0.0.1", "tag sha256:imageid " + hold, "rmi 127.0.0.1"},
 			wantNames: []string{hold},
 		},
 	} {
@@ -348,6 +382,9 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 				engine = &fakeDockerd{}
 			}
 			engine.names = map[string]string{}
+			if tc.had {
+				engine.names[had] = fakeConfig
+			}
 			_, conn := dialTest(t, sshtest.WithTCPForward())
 			d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 			check := func(what string, err error, want string) {
@@ -356,8 +393,11 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 					t.Fatalf("%s: %v, want %q", what, err, want)
 				}
 			}
-			_, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
+			pulled, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
 			check("Pull", err, tc.wantErr)
+			if err == nil && pulled == tc.had {
+				t.Errorf("Pull reports the image new: %v, want %v", pulled, !tc.had)
+			}
 			if tc.tag != "" {
 				check("Tag", d.Tag(ctx, ref, tc.tag), tc.wantTagErr)
 			}
@@ -406,6 +446,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
 			t.Errorf("names on the host %v, want only the user's tag (ops %q)", got, engine.ops)
 		}
@@ -422,6 +463,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
 			t.Errorf("after a second pull, names %v (ops %q)", got, engine.ops)
 		}
@@ -447,6 +489,7 @@ func TestRelayedDocker(t *testing.T) {
 			}
 		}
 		want := []string{"busybox:sha256-" + strings.TrimPrefix(relayDigest, "sha256:")}
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, want) {
 			t.Errorf("names %v, want %v (ops %q)", got, want, engine.ops)
 		}
@@ -468,6 +511,7 @@ func TestRelayedDocker(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
 			t.Errorf("names %v (ops %q)", got, engine.ops)
 		}
@@ -480,6 +524,7 @@ func TestRelayedDocker(t *testing.T) {
 		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		pullTwoAtOnce(t, d, hold, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1", "ghcr.io/acme/app:latest")
 		pulls := countPrefixed(engine.ops, "pull ")
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); pulls != 1 || !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
 			t.Errorf("%d pulls, names %v, want 1 and the two tags (ops %q)", pulls, got, engine.ops)
 		}
@@ -497,6 +542,7 @@ func TestRelayedDocker(t *testing.T) {
 		if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 			t.Fatal(err)
 		}
+		settled(d)
 		if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1", hold}) {
 			t.Errorf("names %v (ops %q)", got, engine.ops)
 		}
@@ -602,27 +648,6 @@ func TestRelayedDockerErrorWithConnectionUp(t *testing.T) {
 // through the listener it is given: the relay served there under
 // LocalHost, the daemon handed no credential, only the user's tag left,
 // the listener closed with the runtime.
-// TestRelayListsWhileTheForwardOpens: the host's image IDs are listed
-// while the forward opens (two round trips to the host at once): here the
-// listener opens only once the listing began.
-func TestRelayListsWhileTheForwardOpens(t *testing.T) {
-	listing := make(chan struct{})
-	engine := &fakeDockerd{names: map[string]string{}, onIDs: sync.OnceFunc(func() { close(listing) })}
-	listen := func() (net.Listener, error) {
-		select {
-		case <-listing:
-			return net.Listen("tcp", "127.0.0.1:0")
-		case <-time.After(2 * time.Second):
-			return nil, errors.New("the forward opened before the host's images were listed")
-		}
-	}
-	d := Local(engine, &fakeRelay{}, listen)
-	defer d.Close()
-	if _, err := d.Pull(context.Background(), "ghcr.io/acme/app@"+relayDigest, nil, registryauth.Anonymous, nil); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestLocal(t *testing.T) {
 	ctx := context.Background()
 	creds := registryauth.Credentials{Mode: registryauth.ModeToken, Username: "u", Password: "secret"}
@@ -656,6 +681,7 @@ func TestLocal(t *testing.T) {
 	if !strings.HasPrefix(engine.ops[0], "pull "+opened[0].Addr().String()+"/") {
 		t.Errorf("the daemon pulled %q, want from the listener %s", engine.ops[0], opened[0].Addr())
 	}
+	settled(d)
 	if got := engine.namesOf("sha256:imageid"); !slices.Equal(got, []string{"ghcr.io/acme/app:1"}) {
 		t.Errorf("names %v, want only the user's tag (ops %q)", got, engine.ops)
 	}
