@@ -243,6 +243,14 @@ func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platfor
 	return downloaded, nil
 }
 
+// Ping asks the daemon whether it answers. Beside a pull it also opens
+// the client's second connection, kept for requests that run at once
+// later (the pull holds the first).
+func (e *Engine) Ping(ctx context.Context) error {
+	_, err := e.client.Ping(ctx, client.PingOptions{})
+	return err
+}
+
 // has reports whether the engine holds ref.
 func (e *Engine) has(ctx context.Context, ref string) (bool, error) {
 	_, err := e.client.ImageInspect(ctx, ref)

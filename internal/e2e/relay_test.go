@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -503,7 +504,8 @@ func (r relayRun) dropMidTransfer(t *testing.T, k relayedKind, repo string, a, b
 	img, app := relayImage(t, 2<<20)
 	digest := r.push(t, repo, "2", img)
 	appDigest, _ := app.Digest()
-	r.e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Stall: 4 * time.Second})
+	// GET: the relay's HEAD of the blob at Allow (relay.warm) goes by.
+	r.e.Front.Inject(ghcrsim.Fault{Match: "/blobs/" + appDigest.String(), Method: http.MethodGet, Stall: 4 * time.Second})
 	// The fault matches this blob alone: left unconsumed, it harms no
 	// other test.
 	dropped := make(chan int, 1)

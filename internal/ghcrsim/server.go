@@ -74,6 +74,9 @@ type user struct {
 // order of precedence.
 type Fault struct {
 	Match string
+	// Method, when set, is the one method the fault takes (a blob's GET,
+	// not a HEAD of it before).
+	Method string
 	// Status answers with this status (and Retry-After when set) instead
 	// of serving the request.
 	Status     int
@@ -250,7 +253,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	var w2 http.ResponseWriter = rec
 	var afterServe func()
-	if f, ok := s.takeFault(r.URL.Path); ok {
+	if f, ok := s.takeFault(r.Method, r.URL.Path); ok {
 		afterServe = f.After
 		switch {
 		case f.Status != 0:
@@ -348,11 +351,11 @@ func (c *cutWriter) finish() {
 	}
 }
 
-func (s *Server) takeFault(path string) (fault, bool) {
+func (s *Server) takeFault(method, path string) (fault, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, f := range s.faults {
-		if strings.Contains(path, f.Match) {
+		if strings.Contains(path, f.Match) && (f.Method == "" || f.Method == method) {
 			s.faults = slices.Delete(s.faults, i, i+1)
 			return f, true
 		}

@@ -20,6 +20,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"sync"
 
@@ -82,6 +83,8 @@ type Server struct {
 	reused    map[string]int
 	discarded map[string]int
 	names     map[string][2]string
+	// warming: warm's requests; Close waits for them.
+	warming sync.WaitGroup
 	// paced, when set (tests), is called by verify with the bytes hashed
 	// so far once readers may have them, outside s.mu.
 	paced func(hashed int64)
@@ -111,6 +114,8 @@ type repo struct {
 	after map[string][]string
 	// err is the last upstream failure while serving a host.
 	err error
+	// warmed: images (by config digest) whose connections warm opened.
+	warmed map[string]bool
 }
 
 type manifest struct {
@@ -174,6 +179,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	s.blobs, s.used = map[string]*blob{}, 0
 	s.mu.Unlock()
+	s.warming.Wait()
 	if s.opts.Store != "" {
 		return s.closeStore()
 	}
@@ -194,7 +200,7 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.
 		s.mu.Unlock()
 		return "", errors.New("relay: closed")
 	case !ok:
-		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}, after: map[string][]string{}}
+		r = &repo{upstream: ref.Context(), manifests: map[string]manifest{}, allowed: map[string]bool{}, sizes: map[string]int64{}, after: map[string][]string{}, warmed: map[string]bool{}}
 		s.repos[path] = r
 	case r.upstream.RegistryStr() != ref.Context().RegistryStr():
 		s.mu.Unlock()
@@ -207,10 +213,70 @@ func (s *Server) Allow(ctx context.Context, ref name.Digest, creds registryauth.
 	r.allowed[ref.DigestStr()] = true
 	r.err = nil
 	s.mu.Unlock()
-	if _, err := s.manifestOf(ctx, path, ref.DigestStr()); err != nil {
+	m, err := s.manifestOf(ctx, path, ref.DigestStr())
+	if err != nil {
 		return "", err
 	}
+	s.warm(path, r, m)
 	return path, nil
+}
+
+// warmConns is how many connections to the registry warm opens: a
+// runtime asks for a fresh image's config and layers three at a time
+// (dockerd's and containerd's default), four requests at once.
+const warmConns = 4
+
+// warm opens connections to the registry, while the hosts are still being
+// reached, for the first warmConns blobs of image m that the cache lacks:
+// a HEAD of each, at once, leaves its connection idle in the transport's
+// pool (and, where a registry redirects blobs to a CDN, the CDN's). The
+// hosts' first GETs then skip the TCP and TLS handshakes: a round trip or
+// more each over a wide-area link, on every fresh host's path, where the
+// transport would otherwise dial one connection per blob fetched at once
+// (HTTP/1.1). Nothing is fetched, and a failure costs nothing: the GET
+// meets it and is classified as ever. Once per image; never for an index
+// (the hosts' platform picks the entry).
+func (s *Server) warm(path string, r *repo, m manifest) {
+	if m.mediaType.IsIndex() {
+		return
+	}
+	im, err := v1.ParseManifest(bytes.NewReader(m.body))
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || r.warmed[im.Config.Digest.String()] {
+		return
+	}
+	r.warmed[im.Config.Digest.String()] = true
+	var blobs []string
+	for _, d := range append([]v1.Descriptor{im.Config}, im.Layers...) {
+		if len(blobs) == warmConns {
+			break
+		}
+		if _, cached := s.blobs[d.Digest.String()]; cached || s.stored(d.Digest.String()) {
+			continue
+		}
+		blobs = append(blobs, d.Digest.String())
+	}
+	upstream := r.upstream
+	for _, dgst := range blobs {
+		s.warming.Go(func() {
+			tr, _, err := s.transport(s.ctx, path)
+			if err != nil {
+				return
+			}
+			u := url.URL{Scheme: upstream.Scheme(), Host: upstream.RegistryStr(), Path: "/v2/" + upstream.RepositoryStr() + "/blobs/" + dgst}
+			req, err := http.NewRequestWithContext(s.ctx, http.MethodHead, u.String(), nil)
+			if err != nil {
+				return
+			}
+			if resp, err := tr.RoundTrip(req); err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
 }
 
 // Err is the last upstream failure met while serving path to a host, if

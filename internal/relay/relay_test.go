@@ -34,8 +34,14 @@ type upstream struct {
 	mu       sync.Mutex
 	blobGets map[string]int
 	pings    int // GET /v2/: ggcr's handshake, before a token exchange
-	// answer, by blob digest, replaces the registry's answer to a GET.
+	// blobHeads counts HEADs of blobs by digest; conns the connections
+	// the registry accepted.
+	blobHeads map[string]int
+	conns     int
+	// answer, by blob digest, replaces the registry's answer to a GET;
+	// inner is the registry's.
 	answer map[string]http.HandlerFunc
+	inner  http.HandlerFunc
 }
 
 func newUpstream(t *testing.T, layers int64) *upstream {
@@ -46,9 +52,15 @@ func newUpstream(t *testing.T, layers int64) *upstream {
 // newUpstreamOf is newUpstream with layers of about size bytes each.
 func newUpstreamOf(t *testing.T, size, layers int64) *upstream {
 	t.Helper()
-	u := &upstream{blobGets: map[string]int{}, answer: map[string]http.HandlerFunc{}}
+	u := &upstream{blobGets: map[string]int{}, blobHeads: map[string]int{}, answer: map[string]http.HandlerFunc{}}
 	reg := registry.New()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.inner = reg.ServeHTTP
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/blobs/") {
+			u.mu.Lock()
+			u.blobHeads[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]++
+			u.mu.Unlock()
+		}
 		if r.URL.Path == "/v2/" {
 			u.mu.Lock()
 			u.pings++
@@ -67,6 +79,14 @@ func newUpstreamOf(t *testing.T, size, layers int64) *upstream {
 		}
 		reg.ServeHTTP(w, r)
 	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			u.mu.Lock()
+			u.conns++
+			u.mu.Unlock()
+		}
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	u.host = strings.TrimPrefix(srv.URL, "http://")
 	img, err := random.Image(size, layers)
@@ -79,7 +99,9 @@ func newUpstreamOf(t *testing.T, size, layers int64) *upstream {
 	}
 	d, _ := img.Digest()
 	u.img, u.digest = img, ref.Context().Digest(d.String())
-	u.pings = 0 // the push's
+	u.mu.Lock()
+	u.pings, u.blobHeads, u.conns = 0, map[string]int{}, 0 // the push's
+	u.mu.Unlock()
 	return u
 }
 

@@ -50,6 +50,16 @@ func (s *Server) blobPath(dgst string) string {
 	return filepath.Join(s.opts.Store, "blobs", alg, hx)
 }
 
+// stored reports whether the store holds a file for blob dgst (not
+// checked: adopt does that when a host asks).
+func (s *Server) stored(dgst string) bool {
+	if s.opts.Store == "" {
+		return false
+	}
+	_, err := os.Stat(s.blobPath(dgst))
+	return err == nil
+}
+
 // openStore makes the store's blob directory (and the layout's marker, so
 // that it is a layout even before the first Close).
 func openStore(dir string) (string, error) {

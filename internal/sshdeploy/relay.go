@@ -119,6 +119,7 @@ type dockerEngine interface {
 	Tag(ctx context.Context, source, target string) error
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Remove(ctx context.Context, ref string) error
+	Ping(ctx context.Context) error
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -147,8 +148,9 @@ type relayedDocker struct {
 	mu      sync.Mutex
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
 	pending []*relayedImage          // images pulled, for Close
-	// releasing: loopback names Tag is removing; Close waits for them.
-	releasing sync.WaitGroup
+	// aside: requests run beside the caller's (the loopback names Tag is
+	// removing, the ping beside a pull); Close waits for them.
+	aside sync.WaitGroup
 }
 
 type relayedImage struct {
@@ -382,6 +384,12 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 
 func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
+	// The pull holds the Engine API client's connection to the host
+	// until it ends, and the naming after it runs two requests at once
+	// (Tag's removal of the loopback name beside pull's Inspect): a ping
+	// now opens the second connection off that path (a connection is an
+	// SSH channel, a round trip to open).
+	d.aside.Go(func() { _ = d.engine.Ping(ctx) })
 	local, id, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
 	if err != nil {
 		if local != "" {
@@ -468,7 +476,7 @@ func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	ri.named = true
 	d.mu.Unlock()
-	d.releasing.Go(func() { _ = d.release(ctx, ri) })
+	d.aside.Go(func() { _ = d.release(ctx, ri) })
 	return nil
 }
 
@@ -522,7 +530,7 @@ func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Run
 // connection). A loopback name goes even when the digest tag could not
 // be given: it names a forward that is closing.
 func (d *relayedDocker) Close() error {
-	d.releasing.Wait()
+	d.aside.Wait()
 	d.mu.Lock()
 	pending := slices.Clone(d.pending)
 	d.mu.Unlock()

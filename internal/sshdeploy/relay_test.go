@@ -89,7 +89,7 @@ func (r *fakeRelay) NewImage(host, _, _ string) (string, bool) {
 // removing (they go while pull goes on).
 func settled(rt any) {
 	if d, ok := rt.(*relayedDocker); ok {
-		d.releasing.Wait()
+		d.aside.Wait()
 	}
 }
 
@@ -113,6 +113,7 @@ type fakeDockerd struct {
 	inspectFail bool
 	rmiSlow     bool   // a removal answers late: what runs beside it sees the name
 	onPull      func() // called as Pull begins
+	pings       int
 }
 
 // pullThroughForward does what a host's runtime does first with a
@@ -157,6 +158,13 @@ func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform,
 	d.ops = append(d.ops, "pull "+ref)
 	d.names[ref] = fakeConfig
 	return true, nil
+}
+
+func (d *fakeDockerd) Ping(context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pings++
+	return nil
 }
 
 func (d *fakeDockerd) Tag(_ context.Context, source, target string) error {
@@ -412,6 +420,9 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 			}
 			check("Close", d.Close(), tc.wantCloseErr)
 			engine.mu.Lock()
+			if engine.pings != 1 {
+				t.Errorf("%d pings beside the pull, want 1 (it opens the connection the naming after it needs)", engine.pings)
+			}
 			ops := loopbackSpelled(engine.ops)
 			names := slices.Sorted(slices.Values(loopbackSpelled(slices.Collect(maps.Keys(engine.names)))))
 			engine.mu.Unlock()
