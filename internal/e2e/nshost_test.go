@@ -806,6 +806,13 @@ func (h *RemoteHost) ExposeOnHost(tb testing.TB, target string) string {
 // target, across link when it is not nil (proxy); it closes with the host.
 func (h *RemoteHost) listenProxy(tb testing.TB, target string, link *wanLink) string {
 	tb.Helper()
+	return h.listenProxyBy(tb, target, func(net.Addr) *wanLink { return link })
+}
+
+// listenProxyBy is listenProxy with the link chosen by the client's
+// address (proxyBy).
+func (h *RemoteHost) listenProxyBy(tb testing.TB, target string, linkFrom func(client net.Addr) *wanLink) string {
+	tb.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(h.hostIP, "0"))
 	if err != nil {
 		tb.Fatalf("remote host %s: listening on %s: %v", h.Name, h.hostIP, err)
@@ -813,7 +820,7 @@ func (h *RemoteHost) listenProxy(tb testing.TB, target string, link *wanLink) st
 	h.mu.Lock()
 	h.closers = append(h.closers, l)
 	h.mu.Unlock()
-	go proxy(l, target, link)
+	go proxyBy(l, target, linkFrom)
 	return l.Addr().String()
 }
 

@@ -56,11 +56,18 @@ func (p *pacer) leaves(n int) time.Time {
 // proxy carries each connection l accepts to target, until l is closed,
 // across link (nil: as fast as the machine goes).
 func proxy(l net.Listener, target string, link *wanLink) {
+	proxyBy(l, target, func(net.Addr) *wanLink { return link })
+}
+
+// proxyBy is proxy with the link chosen by the client's address: a
+// machine that reaches the same address over a link of its own.
+func proxyBy(l net.Listener, target string, linkFrom func(client net.Addr) *wanLink) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
+		link := linkFrom(c.RemoteAddr())
 		go func() {
 			defer c.Close()
 			if link != nil {
