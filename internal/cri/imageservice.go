@@ -136,6 +136,18 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 		}
 		had = ids
 	}
+	id, err := d.Fetch(ctx, ref, platform, creds)
+	if err != nil {
+		return false, err
+	}
+	return !had[id], nil
+}
+
+// Fetch is Pull without asking the node first what it holds: CRI's pull
+// alone, returning the ID of the image ref names. For a caller that
+// knows otherwise whether the image is new to the node (the relay, which
+// served it), one round trip less.
+func (d *ImageService) Fetch(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials) (string, error) {
 	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
 	if !creds.IsAnonymous() {
 		// As the kubelet sends an imagePullSecret: containerd uses it for
@@ -144,20 +156,20 @@ func (d *ImageService) Pull(ctx context.Context, ref string, platform *ocispec.P
 	}
 	resp, err := d.images.PullImage(ctx, req)
 	if err != nil {
-		return false, classifyCRI(ctx, err, creds)
+		return "", classifyCRI(ctx, err, creds)
 	}
 	if platform != nil {
 		info, err := d.Inspect(ctx, ref)
 		if err != nil {
-			return false, classifyCRI(ctx, err, creds)
+			return "", classifyCRI(ctx, err, creds)
 		}
 		if info.Platform == nil || !image.SamePlatform(*platform, *info.Platform) {
-			return false, failure.Bad("platform",
+			return "", failure.Bad("platform",
 				fmt.Sprintf("containerd pulls the node's own platform through CRI (the kubelet's API has no platform field): it pulled %s, not %s", info.PlatformString(), image.FormatPlatform(*platform)),
 				"leave platform empty for containerd hosts")
 		}
 	}
-	return !had[resp.ImageRef], nil
+	return resp.ImageRef, nil
 }
 
 // imageID is the image ID ref names on the node, "" when it has none.

@@ -209,13 +209,6 @@ type forward struct {
 	conn  loopback
 	host  string
 
-	// byPull: the runtime's Pull answer is about the image's ID, whatever
-	// name it pulled by (cri.ImageService.Pull), so pull need not list
-	// the host's image IDs before it nor inspect the image after it. Not
-	// so for dockerd, which reports a download for a loopback name it
-	// never saw, had it the image or not.
-	byPull bool
-
 	once sync.Once
 	l    net.Listener
 	err  error
@@ -307,26 +300,20 @@ func digestTag(repo, digest string) string {
 	return repo + ":" + strings.Replace(digest, ":", "-", 1)
 }
 
-// relayRuntime is what a host's runtime does for the relayed route
-// (*docker.Engine, *cri.ImageService).
-type relayRuntime interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
-	Inspect(ctx context.Context, ref string) (image.Info, error)
-}
-
-// pull has the relay allow ref (repository@digest) with creds and rt pull
-// it from the relay through this forward, with no credential of any kind.
-// It returns the loopback name rt now holds (set as soon as the pull
-// succeeded, so the caller can remove it even on a later error), the
-// image's ID, and whether the image was new to the host. A runtime reports
-// a pull by a loopback name it never saw as a download even when it had
-// the image, so newness is decided otherwise: with byPull, the runtime's
-// own answer is about the image's ID (and id is left empty); else the
-// relay's: the host asked for the image's config, which it does only for
-// an image it lacks, and the config's digest is the ID, so a fresh host
-// costs no round trip to list its images before the pull nor to inspect
-// the image after it. An image the host had is inspected for its ID.
-func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (local, id string, isNew bool, err error) {
+// pull has the relay allow ref (repository@digest) with creds and the
+// host's runtime pull it from the relay through this forward (fetch, given
+// the loopback name), with no credential of any kind. It returns the
+// loopback name the runtime now holds (set as soon as the pull succeeded,
+// so the caller can remove it even on a later error), the image's ID, and
+// whether the image was new to the host. A runtime reports a pull by a
+// loopback name it never saw as a download even when it had the image, so
+// the relay decides: the host asked for the image's config, which a
+// runtime does only for an image it lacks, and the config's digest is the
+// ID. So a fresh host costs no round trip to ask what it holds before the
+// pull nor which image it got after it. An image the host had is known by
+// the ID fetch answers with (CRI's), else inspected (dockerd's answer
+// names none).
+func (f *forward) pull(ctx context.Context, ref string, creds registryauth.Credentials, fetch func(loopback string) (id string, err error), inspect func(loopback string) (image.Info, error)) (local, id string, isNew bool, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
 		return "", "", false, fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
@@ -354,20 +341,20 @@ func (f *forward) pull(ctx context.Context, rt relayRuntime, ref string, platfor
 		return "", "", false, err
 	}
 	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	isNew, err = rt.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
+	pulledID, err := fetch(loopback)
 	if err != nil {
 		if upstream := f.relay.Err(path); upstream != nil {
 			return "", "", false, upstream
 		}
 		return "", "", false, f.conn.lost(err)
 	}
-	if f.byPull {
-		return loopback, "", isNew, nil
-	}
 	if id, ok := f.relay.NewImage(f.host, path, dgst); ok {
 		return loopback, id, true, nil
 	}
-	info, err := rt.Inspect(ctx, loopback)
+	if pulledID != "" {
+		return loopback, pulledID, false, nil
+	}
+	info, err := inspect(loopback)
 	if err != nil {
 		return loopback, "", false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", loopback, err)
 	}
@@ -390,7 +377,10 @@ func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *o
 	// now opens the second connection off that path (a connection is an
 	// SSH channel, a round trip to open).
 	d.aside.Go(func() { _ = d.engine.Ping(ctx) })
-	local, id, isNew, err := d.fwd.pull(ctx, d.engine, ref, platform, creds, progress)
+	local, id, isNew, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
+		_, err := d.engine.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
+		return "", err
+	}, func(loopback string) (image.Info, error) { return d.engine.Inspect(ctx, loopback) })
 	if err != nil {
 		if local != "" {
 			// Pulled, but not known by its ID: nothing of ours stays, even

@@ -17,7 +17,7 @@ import (
 // (*cri.ImageService): CRI to pull and inspect, containerd's images
 // service to add and remove single names in the k8s.io namespace.
 type criImages interface {
-	Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error)
+	Fetch(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials) (string, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	cri.Namer
 	Runtime() (name, namespace string)
@@ -54,7 +54,6 @@ type relayedName struct {
 }
 
 func newRelayedContainerd(rt criImages, fwd *forward) *relayedContainerd {
-	fwd.byPull = true // cri.ImageService.Pull answers by the image's ID
 	return &relayedContainerd{rt: rt, fwd: fwd, relayed: map[string]relayedName{}}
 }
 
@@ -72,7 +71,9 @@ func (d *relayedContainerd) pullRelayed(ctx context.Context, ref string, platfor
 	if err != nil {
 		return false, err
 	}
-	local, _, isNew, err := d.fwd.pull(ctx, d.rt, ref, platform, creds, progress)
+	local, _, isNew, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
+		return d.rt.Fetch(ctx, loopback, platform, registryauth.Anonymous)
+	}, func(loopback string) (image.Info, error) { return d.rt.Inspect(ctx, loopback) })
 	if err != nil {
 		if local != "" {
 			// Even when the step is cancelled: nothing of ours stays.

@@ -34,7 +34,7 @@ type fakeK8sIO struct {
 	onPull    func() // called as Pull begins
 }
 
-func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials, _ func(int64, int64)) (bool, error) {
+func (c *fakeK8sIO) Fetch(ctx context.Context, ref string, _ *ocispec.Platform, creds registryauth.Credentials) (string, error) {
 	if c.onPull != nil {
 		c.onPull()
 	}
@@ -43,16 +43,16 @@ func (c *fakeK8sIO) Pull(ctx context.Context, ref string, _ *ocispec.Platform, c
 	c.mu.Unlock()
 	got, err := pullThroughForward(ctx, ref, had)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.got = got
 	c.creds = append(c.creds, creds)
 	c.ops = append(c.ops, "pull "+ref)
-	c.names[ref] = "sha256:imageid"
-	c.names["sha256:imageid"] = "sha256:imageid"
-	return !had, nil
+	c.names[ref] = fakeConfig
+	c.names[fakeConfig] = fakeConfig
+	return fakeConfig, nil
 }
 
 func (c *fakeK8sIO) Inspect(_ context.Context, ref string) (image.Info, error) {
@@ -285,12 +285,17 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 	ref := "ghcr.io/acme/app@" + relayDigest
 	for _, tc := range []struct {
 		name      string
+		had       bool // the node holds the image before the pull
 		unnameErr error
 		wantErr   string
 		wantOps   []string // the loopback name spelled 127.0.0.1
 	}{
 		{
-			name:    "pull, one lookup, name and unname, tag",
+			name:    "pull (nothing asked first: the relay tells the image new), one lookup, name and unname, tag",
+			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "name sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1"},
+		},
+		{
+			name: "a node that had the image: not new, by CRI's answer, and not inspected", had: true,
 			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "name sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1"},
 		},
 		{
@@ -303,6 +308,9 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, conn := dialTest(t, sshtest.WithTCPForward())
 			ctrd := &fakeK8sIO{names: map[string]string{}, unnameErr: tc.unnameErr}
+			if tc.had {
+				ctrd.names[fakeConfig] = fakeConfig
+			}
 			d := newRelayedContainerd(ctrd, newForward(&fakeRelay{}, conn))
 			defer d.Close()
 			pulled, err := d.Pull(ctx, ref, nil, registryauth.Anonymous, nil)
@@ -311,8 +319,8 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 					t.Fatalf("Pull = %v, want %q", err, tc.wantErr)
 				}
 			} else {
-				if err != nil || !pulled {
-					t.Fatalf("Pull = %v, %v; want a new image", pulled, err)
+				if err != nil || pulled == tc.had {
+					t.Fatalf("Pull = %v, %v; want new: %v", pulled, err, !tc.had)
 				}
 				if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 					t.Fatal(err)
