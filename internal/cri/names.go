@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ghcr-pull/ghcr-pull/internal/image"
 )
 
 // namespaceHeader is how a gRPC call to containerd names its namespace
@@ -83,6 +85,17 @@ func (d *ImageService) Lookup(ctx context.Context, ref string) (Image, error) {
 // and returns once the CRI image service reports name as img: the kubelet
 // looks images up there.
 func (d *ImageService) Name(ctx context.Context, img Image, name string) error {
+	if err := d.Give(ctx, img, name); err != nil {
+		return err
+	}
+	_, err := d.untilReported(ctx, name, img.ID, func(ctx context.Context) (string, error) { return d.imageID(ctx, name) })
+	return err
+}
+
+// Give is Name without the wait: it returns once containerd's images
+// service holds the name, which the CRI plugin reports a moment later
+// (it learns of it from containerd's events). InspectAs waits for that.
+func (d *ImageService) Give(ctx context.Context, img Image, name string) error {
 	rec := &imagesapi.Image{Name: name, Labels: criManaged, Target: img.Target}
 	_, err := d.names.Create(inNamespace(ctx), &imagesapi.CreateImageRequest{Image: rec})
 	if status.Code(err) == codes.AlreadyExists {
@@ -92,19 +105,38 @@ func (d *ImageService) Name(ctx context.Context, img Image, name string) error {
 	if err != nil {
 		return fmt.Errorf("containerd's images service: naming %s %s: %w", img.ID, name, err)
 	}
+	return nil
+}
+
+// InspectAs is Inspect of a name just given to image id (Give), once the
+// CRI plugin reports it as that image: the wait Name makes, and the
+// inspection, in one round trip when the plugin has caught up.
+func (d *ImageService) InspectAs(ctx context.Context, ref, id string) (image.Info, error) {
+	var info image.Info
+	_, err := d.untilReported(ctx, ref, id, func(ctx context.Context) (string, error) {
+		var err error
+		info, err = d.Inspect(ctx, ref)
+		return info.ID, err
+	})
+	return info, err
+}
+
+// untilReported asks look (the CRI plugin's answer for name) until it
+// reports id, for up to nameWait.
+func (d *ImageService) untilReported(ctx context.Context, name, id string, look func(context.Context) (string, error)) (string, error) {
 	wait, cancel := context.WithTimeout(ctx, nameWait)
 	defer cancel()
 	for {
-		got, err := d.imageID(wait, name)
-		if err == nil && got == img.ID {
-			return nil
+		got, err := look(wait)
+		if err == nil && got == id {
+			return got, nil
 		}
 		select {
 		case <-wait.Done():
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return "", ctx.Err()
 			}
-			return fmt.Errorf("containerd holds the name %s, but its CRI plugin did not report it within %s (last: %q, %v)", name, nameWait, got, err)
+			return "", fmt.Errorf("containerd holds the name %s, but its CRI plugin did not report it within %s (last: %q, %v)", name, nameWait, got, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -258,6 +258,35 @@ func TestNames(t *testing.T) {
 		}
 	})
 
+	t.Run("Give: the record at once, no wait; InspectAs inspects it once CRI reports it", func(t *testing.T) {
+		f := newFakeContainerd()
+		f.lag = 3
+		d := startFakeContainerd(t, f)
+		img, err := d.Lookup(ctx, loopbackName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Give(ctx, img, pinnedName); err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		got, seen := f.records[pinnedName], f.fresh[pinnedName]
+		f.mu.Unlock()
+		if got == nil || seen != 0 {
+			t.Fatalf("record %v after %d CRI calls, want it given and CRI not asked", got, seen)
+		}
+		info, err := d.InspectAs(ctx, pinnedName, img.ID)
+		if err != nil || info.ID != img.ID {
+			t.Fatalf("InspectAs = %+v, %v; want %s", info, err, img.ID)
+		}
+		f.mu.Lock()
+		seen = f.fresh[pinnedName]
+		f.mu.Unlock()
+		if seen < f.lag {
+			t.Errorf("InspectAs returned before the CRI plugin reported the name (%d of %d calls)", seen, f.lag)
+		}
+	})
+
 	t.Run("Name moves a name that named another image", func(t *testing.T) {
 		f := newFakeContainerd()
 		d := startFakeContainerd(t, f)

@@ -19,9 +19,20 @@ import (
 type criImages interface {
 	Fetch(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials) (string, error)
 	Inspect(ctx context.Context, ref string) (image.Info, error)
+	InspectAs(ctx context.Context, ref, id string) (image.Info, error)
+	Give(ctx context.Context, img cri.Image, name string) error
 	cri.Namer
 	Runtime() (name, namespace string)
 	Close() error
+}
+
+// giving names as cri.Namer does, without waiting for the CRI plugin to
+// report each name (Give, not Name): pull inspects the image next, and
+// Inspect makes that wait (InspectAs), the round trips in one.
+type giving struct{ criImages }
+
+func (g giving) Name(ctx context.Context, img cri.Image, name string) error {
+	return g.Give(ctx, img, name)
 }
 
 // relayedContainerd is a containerd host that pulls from the relay:
@@ -43,6 +54,7 @@ type relayedContainerd struct {
 
 	mu      sync.Mutex
 	relayed map[string]relayedName // by the ref pulled (one spelling)
+	given   map[string]string      // image IDs by the names given, spelled as CRI does
 }
 
 // relayedName is a relayed image's name in k8s.io and the image it names
@@ -54,7 +66,7 @@ type relayedName struct {
 }
 
 func newRelayedContainerd(rt criImages, fwd *forward) *relayedContainerd {
-	return &relayedContainerd{rt: rt, fwd: fwd, relayed: map[string]relayedName{}}
+	return &relayedContainerd{rt: rt, fwd: fwd, relayed: map[string]relayedName{}, given: map[string]string{}}
 }
 
 func (d *relayedContainerd) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
@@ -85,18 +97,20 @@ func (d *relayedContainerd) pullRelayed(ctx context.Context, ref string, platfor
 	// The loopback name goes whatever happens (removed while the name is
 	// given); the image stays held by its ID record (the CRI plugin's)
 	// and the name given.
-	img, err := cri.Rename(ctx, d.rt, local, pinned)
+	img, err := cri.Rename(ctx, giving{d.rt}, local, pinned)
 	if err != nil {
 		return false, fmt.Errorf("pulled %s from the relay, but: %w", local, err)
 	}
 	d.mu.Lock()
 	d.relayed[refKey(ref)] = relayedName{name: pinned, img: img}
+	d.given[pinned] = img.ID
 	d.mu.Unlock()
 	return isNew, nil
 }
 
 // Tag gives a relayed image the user's tag (moving it if it named another
-// image), as a direct CRI pull of that tag would.
+// image), as a direct CRI pull of that tag would; it returns once
+// containerd holds the name (Inspect waits for the CRI plugin).
 func (d *relayedContainerd) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	held, ok := d.relayed[refKey(source)]
@@ -108,7 +122,13 @@ func (d *relayedContainerd) Tag(ctx context.Context, source, target string) erro
 	if err != nil {
 		return err
 	}
-	return d.rt.Name(ctx, held.img, tag)
+	if err := d.rt.Give(ctx, held.img, tag); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.given[tag] = held.img.ID
+	d.mu.Unlock()
+	return nil
 }
 
 // Rename gives a relayed image, pulled as from (a mirror's
@@ -126,8 +146,18 @@ func (d *relayedContainerd) Rename(ctx context.Context, from string, names ...st
 }
 
 // Inspect describes ref as the CRI image service (the kubelet's view)
-// reports it: the names given by Pull and Tag are there.
+// reports it. A name Pull or Tag gave is inspected once the CRI plugin
+// reports it as the image given (InspectAs): they return as soon as
+// containerd holds the name, and this is the wait.
 func (d *relayedContainerd) Inspect(ctx context.Context, ref string) (image.Info, error) {
+	if c, err := cri.CanonicalName(ref); err == nil {
+		d.mu.Lock()
+		id, ok := d.given[c]
+		d.mu.Unlock()
+		if ok {
+			return d.rt.InspectAs(ctx, ref, id)
+		}
+	}
 	return d.rt.Inspect(ctx, ref)
 }
 

@@ -90,10 +90,31 @@ func (c *fakeK8sIO) Lookup(_ context.Context, ref string) (cri.Image, error) {
 	return cri.Image{ID: id}, nil
 }
 
-func (c *fakeK8sIO) Name(_ context.Context, img cri.Image, name string) error {
+// Give is Name with no wait for CRI: the ops say which.
+func (c *fakeK8sIO) Give(ctx context.Context, img cri.Image, name string) error {
+	return c.name(ctx, "give", img, name)
+}
+
+func (c *fakeK8sIO) Name(ctx context.Context, img cri.Image, name string) error {
+	return c.name(ctx, "name", img, name)
+}
+
+// InspectAs is Inspect that wants ref to be image id.
+func (c *fakeK8sIO) InspectAs(ctx context.Context, ref, id string) (image.Info, error) {
+	info, err := c.Inspect(ctx, ref)
+	c.mu.Lock()
+	c.ops[len(c.ops)-1] = "inspect-as " + ref
+	c.mu.Unlock()
+	if err == nil && info.ID != id {
+		err = fmt.Errorf("%s is %s, not %s", ref, info.ID, id)
+	}
+	return info, err
+}
+
+func (c *fakeK8sIO) name(_ context.Context, op string, img cri.Image, name string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ops = append(c.ops, "name "+img.ID+" "+name)
+	c.ops = append(c.ops, op+" "+img.ID+" "+name)
 	if c.nameErr != nil {
 		return c.nameErr
 	}
@@ -291,18 +312,18 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 		wantOps   []string // the loopback name spelled 127.0.0.1
 	}{
 		{
-			name:    "pull (nothing asked first: the relay tells the image new), one lookup, name and unname, tag",
-			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "name sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1"},
+			name:    "pull (nothing asked first: the relay tells the image new), one lookup, give and unname, tag, the tag inspected once CRI reports it",
+			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "give sha256:imageid " + ref, "give sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1", "inspect-as ghcr.io/acme/app:1"},
 		},
 		{
-			name: "a node that had the image: not new, by CRI's answer, and not inspected", had: true,
-			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "name sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1"},
+			name: "a node that had the image: not new, by CRI's answer, and not inspected before the naming", had: true,
+			wantOps: []string{"pull 127.0.0.1", "lookup 127.0.0.1", "give sha256:imageid " + ref, "give sha256:imageid ghcr.io/acme/app:1", "unname 127.0.0.1", "inspect-as ghcr.io/acme/app:1"},
 		},
 		{
 			name:      "removing the loopback name fails: the pull reports it",
 			unnameErr: errors.New("metadata store locked"),
 			wantErr:   "metadata store locked",
-			wantOps:   []string{"pull 127.0.0.1", "lookup 127.0.0.1", "name sha256:imageid " + ref, "unname 127.0.0.1"},
+			wantOps:   []string{"pull 127.0.0.1", "lookup 127.0.0.1", "give sha256:imageid " + ref, "unname 127.0.0.1"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -324,6 +345,9 @@ func TestRelayedContainerdRoundTrips(t *testing.T) {
 				}
 				if err := d.Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 					t.Fatal(err)
+				}
+				if info, err := d.Inspect(ctx, "ghcr.io/acme/app:1"); err != nil || info.ID != fakeConfig {
+					t.Fatalf("Inspect = %+v, %v", info, err)
 				}
 			}
 			ctrd.mu.Lock()
