@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distribution/reference"
@@ -149,8 +150,10 @@ type relayedDocker struct {
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
 	pending []*relayedImage          // images pulled, for Close
 	// aside: requests run beside the caller's (the loopback names Tag is
-	// removing, the ping beside a pull); Close waits for them.
-	aside sync.WaitGroup
+	// removing, the ping beside a pull); Close waits for them, and none
+	// starts once it is closing.
+	aside   sync.WaitGroup
+	closing bool
 }
 
 type relayedImage struct {
@@ -163,7 +166,22 @@ type relayedImage struct {
 }
 
 func newRelayedDocker(e dockerEngine, fwd *forward) *relayedDocker {
-	return &relayedDocker{engine: e, fwd: fwd, relayed: map[string]*relayedImage{}}
+	d := &relayedDocker{engine: e, fwd: fwd, relayed: map[string]*relayedImage{}}
+	// A pull holds the Engine API client's one connection to the host
+	// until it ends, and the naming after it runs two requests at once
+	// (Tag's removal of the loopback name beside pull's Inspect): a ping
+	// once the host's daemon reaches the relay (so its pull has the first
+	// connection) opens the second off that path; a connection is an SSH
+	// channel, a round trip to open.
+	ping := func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if !d.closing {
+			d.aside.Go(func() { _ = e.Ping(context.Background()) })
+		}
+	}
+	fwd.onConn.Store(&ping)
+	return d
 }
 
 // LocalHost is the name the runner's own daemon is served under (the
@@ -209,9 +227,29 @@ type forward struct {
 	conn  loopback
 	host  string
 
+	// onConn, when set, is called once the runtime first connects to the
+	// relay: its pull is under way. Set after the forward may have opened
+	// (Open opens it early).
+	onConn atomic.Pointer[func()]
+
 	once sync.Once
 	l    net.Listener
 	err  error
+}
+
+// firstAccept calls fn at its first accepted connection.
+type firstAccept struct {
+	net.Listener
+	once sync.Once
+	fn   func()
+}
+
+func (l *firstAccept) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.once.Do(l.fn)
+	}
+	return c, err
 }
 
 func newForward(r Relay, c loopback) *forward {
@@ -224,7 +262,11 @@ func (f *forward) port() (int, error) {
 	f.once.Do(func() {
 		f.l, f.err = f.conn.listenLoopback()
 		if f.err == nil {
-			go f.relay.Serve(f.l, f.host)
+			go f.relay.Serve(&firstAccept{Listener: f.l, fn: func() {
+				if fn := f.onConn.Load(); fn != nil {
+					(*fn)()
+				}
+			}}, f.host)
 		}
 	})
 	if f.err != nil {
@@ -371,12 +413,6 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 
 func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
-	// The pull holds the Engine API client's connection to the host
-	// until it ends, and the naming after it runs two requests at once
-	// (Tag's removal of the loopback name beside pull's Inspect): a ping
-	// now opens the second connection off that path (a connection is an
-	// SSH channel, a round trip to open).
-	d.aside.Go(func() { _ = d.engine.Ping(ctx) })
 	local, id, isNew, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
 		_, err := d.engine.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
 		return "", err
@@ -466,7 +502,11 @@ func (d *relayedDocker) Tag(ctx context.Context, source, target string) error {
 	d.mu.Lock()
 	ri.named = true
 	d.mu.Unlock()
-	d.aside.Go(func() { _ = d.release(ctx, ri) })
+	d.mu.Lock()
+	if !d.closing {
+		d.aside.Go(func() { _ = d.release(ctx, ri) })
+	}
+	d.mu.Unlock()
 	return nil
 }
 
@@ -520,6 +560,9 @@ func (d *relayedDocker) Runtime() (name, namespace string) { return d.engine.Run
 // connection). A loopback name goes even when the digest tag could not
 // be given: it names a forward that is closing.
 func (d *relayedDocker) Close() error {
+	d.mu.Lock()
+	d.closing = true
+	d.mu.Unlock()
 	d.aside.Wait()
 	d.mu.Lock()
 	pending := slices.Clone(d.pending)

@@ -394,7 +394,12 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 				engine.names[had] = fakeConfig
 			}
 			_, conn := dialTest(t, sshtest.WithTCPForward())
-			d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
+			// As Open does: the forward opens while the runtime does.
+			fwd := newForward(&fakeRelay{}, conn)
+			if _, err := fwd.port(); err != nil {
+				t.Fatal(err)
+			}
+			d := newRelayedDocker(engine, fwd)
 			check := func(what string, err error, want string) {
 				t.Helper()
 				if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
