@@ -16,9 +16,9 @@ import (
 )
 
 // TestNewImage: a host that asked for an image's config (GET) holds an
-// image new to it, known by the config's digest; one that asked only for
-// the manifest (it had the image), asked by HEAD, or asked under another
-// path, does not.
+// image new to it, known by the config's digest, reported once; one that
+// asked only for the manifest (it had the image), asked by HEAD, or asked
+// under another path, does not.
 func TestNewImage(t *testing.T) {
 	ctx := context.Background()
 	u := newUpstream(t, 1)
@@ -71,6 +71,7 @@ func TestNewImage(t *testing.T) {
 		want             string // "" for none
 	}{
 		{"fresh", path, u.digest.DigestStr(), cfg.String()},
+		{"fresh", path, u.digest.DigestStr(), ""}, // reported once
 		{"had", path, u.digest.DigestStr(), ""},
 		{"headed", path, u.digest.DigestStr(), ""},
 		{"fresh", "acme/other", u.digest.DigestStr(), ""},

@@ -292,12 +292,14 @@ func (s *Server) Err(path string) error {
 }
 
 // NewImage reports the image relayed as dgst under path whose config
-// host asked for during the step, by its ID (the config's digest), if it
-// asked for one. A runtime asks for an image's config only when it lacks
-// the image (dockerd looks the config digest, the image ID, up in its
-// store before fetching it; containerd its content store), so that image
-// is new to the host, and its ID is known without asking the host. For an
-// index, the entry the host chose is the one whose config it asked for.
+// host asked for, by its ID (the config's digest), if it asked for one
+// since it was last reported. A runtime asks for an image's config only
+// when it lacks the image (dockerd looks the config digest, the image ID,
+// up in its store before fetching it; containerd its content store), so
+// that image is new to the host, and its ID is known without asking the
+// host. For an index, the entry the host chose is the one whose config
+// it asked for. A request is reported once: a second image of the same
+// config (another manifest of it, pulled later in the step) is not new.
 func (s *Server) NewImage(host, path, dgst string) (id string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -331,6 +333,7 @@ func (s *Server) NewImage(host, path, dgst string) (id string, ok bool) {
 			continue
 		}
 		if cfg := im.Config.Digest.String(); s.asked[asked{host, path, cfg}] {
+			delete(s.asked, asked{host, path, cfg})
 			return cfg, true
 		}
 	}
