@@ -243,14 +243,6 @@ func (e *Engine) Pull(ctx context.Context, ref string, platform *ocispec.Platfor
 	return downloaded, nil
 }
 
-// Ping asks the daemon whether it answers. Beside a pull it also opens
-// the client's second connection, kept for requests that run at once
-// later (the pull holds the first).
-func (e *Engine) Ping(ctx context.Context) error {
-	_, err := e.client.Ping(ctx, client.PingOptions{})
-	return err
-}
-
 // has reports whether the engine holds ref.
 func (e *Engine) has(ctx context.Context, ref string) (bool, error) {
 	_, err := e.client.ImageInspect(ctx, ref)
@@ -327,4 +319,21 @@ func (e *Engine) Mirrors(ctx context.Context) ([]string, error) {
 		return nil, nil
 	}
 	return res.Info.RegistryConfig.Mirrors, nil
+}
+
+// ConfigIDs reports whether the daemon's image IDs are config digests: so
+// in the graphdriver image store, not in containerd's (Docker 29's default
+// for new installs, "driver-type" io.containerd.snapshotter.v1 in /info),
+// where an image's ID is its manifest's or index's digest.
+func (e *Engine) ConfigIDs(ctx context.Context) (bool, error) {
+	res, err := e.client.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, kv := range res.Info.DriverStatus {
+		if kv[0] == "driver-type" && strings.Contains(kv[1], "snapshotter") {
+			return false, nil
+		}
+	}
+	return true, nil
 }

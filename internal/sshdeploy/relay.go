@@ -120,7 +120,7 @@ type dockerEngine interface {
 	Tag(ctx context.Context, source, target string) error
 	Inspect(ctx context.Context, ref string) (image.Info, error)
 	Remove(ctx context.Context, ref string) error
-	Ping(ctx context.Context) error
+	ConfigIDs(ctx context.Context) (bool, error)
 	Runtime() (name, namespace string)
 	Close() error
 }
@@ -150,10 +150,15 @@ type relayedDocker struct {
 	relayed map[string]*relayedImage // by the ref pulled: repository@digest
 	pending []*relayedImage          // images pulled, for Close
 	// aside: requests run beside the caller's (the loopback names Tag is
-	// removing, the ping beside a pull); Close waits for them, and none
-	// starts once it is closing.
+	// removing, the store's kind asked beside a pull); Close waits for
+	// them, and none starts once it is closing.
 	aside   sync.WaitGroup
 	closing bool
+	// configIDs: the host's image IDs are config digests (ConfigIDs),
+	// known once storeKnown is closed.
+	configIDs  bool
+	storeKnown chan struct{}
+	storeOnce  sync.Once
 }
 
 type relayedImage struct {
@@ -166,21 +171,31 @@ type relayedImage struct {
 }
 
 func newRelayedDocker(e dockerEngine, fwd *forward) *relayedDocker {
-	d := &relayedDocker{engine: e, fwd: fwd, relayed: map[string]*relayedImage{}}
-	// A pull holds the Engine API client's one connection to the host
-	// until it ends, and the naming after it runs two requests at once
-	// (Tag's removal of the loopback name beside pull's Inspect): a ping
-	// once the host's daemon reaches the relay (so its pull has the first
-	// connection) opens the second off that path; a connection is an SSH
+	d := &relayedDocker{engine: e, fwd: fwd, relayed: map[string]*relayedImage{}, storeKnown: make(chan struct{})}
+	// Once the host's daemon reaches the relay (its pull has the Engine
+	// API client's one connection), the daemon is asked which image store
+	// it keeps, which a new image's ID depends on. That request also
+	// opens the client's second connection off the pull's path: the
+	// naming after the pull runs two requests at once (Tag's removal of
+	// the loopback name beside pull's Inspect), and a connection is an SSH
 	// channel, a round trip to open.
-	ping := func() {
+	ask := func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		if !d.closing {
-			d.aside.Go(func() { _ = e.Ping(context.Background()) })
+		if d.closing {
+			return
 		}
+		d.aside.Go(func() {
+			d.storeOnce.Do(func() {
+				ok, err := e.ConfigIDs(context.Background())
+				d.mu.Lock()
+				d.configIDs = ok && err == nil
+				d.mu.Unlock()
+				close(d.storeKnown)
+			})
+		})
 	}
-	fwd.onConn.Store(&ping)
+	fwd.onConn.Store(&ask)
 	return d
 }
 
@@ -346,23 +361,21 @@ func digestTag(repo, digest string) string {
 // host's runtime pull it from the relay through this forward (fetch, given
 // the loopback name), with no credential of any kind. It returns the
 // loopback name the runtime now holds (set as soon as the pull succeeded,
-// so the caller can remove it even on a later error), the image's ID, and
-// whether the image was new to the host. A runtime reports a pull by a
-// loopback name it never saw as a download even when it had the image, so
-// the relay decides: the host asked for the image's config, which a
-// runtime does only for an image it lacks, and the config's digest is the
-// ID. So a fresh host costs no round trip to ask what it holds before the
-// pull nor which image it got after it. An image the host had is known by
-// the ID fetch answers with (CRI's), else inspected (dockerd's answer
-// names none).
-func (f *forward) pull(ctx context.Context, ref string, creds registryauth.Credentials, fetch func(loopback string) (id string, err error), inspect func(loopback string) (image.Info, error)) (local, id string, isNew bool, err error) {
+// so the caller can remove it even on a later error), the image ID fetch
+// answered with (CRI's; dockerd's answer names none), and, when the image
+// was new to the host, its config's digest. A runtime reports a pull by a
+// loopback name it never saw as a download even when it had the image,
+// so the relay decides: the host asked for the image's config, which a
+// runtime does only for an image it lacks. So a fresh host costs no round
+// trip to ask what it holds before the pull.
+func (f *forward) pull(ctx context.Context, ref string, creds registryauth.Credentials, fetch func(loopback string) (id string, err error)) (local, fetched, config string, err error) {
 	_, dgst, ok := strings.Cut(ref, "@")
 	if !ok {
-		return "", "", false, fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
+		return "", "", "", fmt.Errorf("{Transfer}: relay pulls by digest, not %s", ref)
 	}
 	digest, err := name.NewDigest(ref)
 	if err != nil {
-		return "", "", false, err
+		return "", "", "", err
 	}
 	// Allow (the upstream handshake and manifest: round trips to the
 	// registry) runs while the forward opens (a round trip to the host);
@@ -377,30 +390,23 @@ func (f *forward) pull(ctx context.Context, ref string, creds registryauth.Crede
 	}()
 	port, err := f.port()
 	if aerr := <-allowed; aerr != nil {
-		return "", "", false, aerr
+		return "", "", "", aerr
 	}
 	if err != nil {
-		return "", "", false, err
+		return "", "", "", err
 	}
 	loopback := fmt.Sprintf("127.0.0.1:%d/%s@%s", port, path, dgst)
-	pulledID, err := fetch(loopback)
+	fetched, err = fetch(loopback)
 	if err != nil {
 		if upstream := f.relay.Err(path); upstream != nil {
-			return "", "", false, upstream
+			return "", "", "", upstream
 		}
-		return "", "", false, f.conn.lost(err)
+		return "", "", "", f.conn.lost(err)
 	}
-	if id, ok := f.relay.NewImage(f.host, path, dgst); ok {
-		return loopback, id, true, nil
+	if cfg, ok := f.relay.NewImage(f.host, path, dgst); ok {
+		config = cfg
 	}
-	if pulledID != "" {
-		return loopback, pulledID, false, nil
-	}
-	info, err := inspect(loopback)
-	if err != nil {
-		return loopback, "", false, fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", loopback, err)
-	}
-	return loopback, info.ID, false, nil
+	return loopback, fetched, config, nil
 }
 
 func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
@@ -413,10 +419,15 @@ func (d *relayedDocker) Pull(ctx context.Context, ref string, platform *ocispec.
 
 func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *ocispec.Platform, creds registryauth.Credentials, progress func(done, total int64)) (bool, error) {
 	repo, dgst, _ := strings.Cut(ref, "@")
-	local, id, isNew, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
+	local, _, config, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
 		_, err := d.engine.Pull(ctx, loopback, platform, registryauth.Anonymous, progress)
 		return "", err
-	}, func(loopback string) (image.Info, error) { return d.engine.Inspect(ctx, loopback) })
+	})
+	isNew := config != ""
+	var id string
+	if err == nil {
+		id, err = d.imageID(ctx, local, config)
+	}
 	if err != nil {
 		if local != "" {
 			// Pulled, but not known by its ID: nothing of ours stays, even
@@ -435,6 +446,31 @@ func (d *relayedDocker) pullRelayed(ctx context.Context, ref string, platform *o
 	d.relayed[refKey(ref)] = ri
 	d.pending = append(d.pending, ri)
 	return isNew, nil
+}
+
+// imageID is the ID of the image just pulled as local: a new image's
+// config digest where the host's image IDs are config digests (the
+// graphdriver store), else what inspecting local says (containerd's
+// store, or an image the host had: config is "").
+func (d *relayedDocker) imageID(ctx context.Context, local, config string) (string, error) {
+	if config != "" {
+		select {
+		case <-d.storeKnown:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		d.mu.Lock()
+		byConfig := d.configIDs
+		d.mu.Unlock()
+		if byConfig {
+			return config, nil
+		}
+	}
+	info, err := d.engine.Inspect(ctx, local)
+	if err != nil {
+		return "", fmt.Errorf("pulled %s from the relay, but inspecting it failed: %w", local, err)
+	}
+	return info.ID, nil
 }
 
 // remove removes the loopback name local, even when ctx ended.

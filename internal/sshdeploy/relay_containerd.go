@@ -83,9 +83,10 @@ func (d *relayedContainerd) pullRelayed(ctx context.Context, ref string, platfor
 	if err != nil {
 		return false, err
 	}
-	local, _, isNew, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
+	local, _, config, err := d.fwd.pull(ctx, ref, creds, func(loopback string) (string, error) {
 		return d.rt.Fetch(ctx, loopback, platform, registryauth.Anonymous)
-	}, func(loopback string) (image.Info, error) { return d.rt.Inspect(ctx, loopback) })
+	})
+	isNew := config != "" // the ID is CRI's (Lookup, in Rename)
 	if err != nil {
 		if local != "" {
 			// Even when the step is cancelled: nothing of ours stays.

@@ -113,7 +113,10 @@ type fakeDockerd struct {
 	inspectFail bool
 	rmiSlow     bool   // a removal answers late: what runs beside it sees the name
 	onPull      func() // called as Pull begins
-	pings       int
+	// containerdStore: image IDs are not config digests (and the fake's
+	// IDs are all fakeConfig, so only the inspection shows it).
+	containerdStore bool
+	storeAsked      int
 }
 
 // pullThroughForward does what a host's runtime does first with a
@@ -160,11 +163,13 @@ func (d *fakeDockerd) Pull(ctx context.Context, ref string, _ *ocispec.Platform,
 	return true, nil
 }
 
-func (d *fakeDockerd) Ping(context.Context) error {
+// ConfigIDs: image IDs are config digests unless the daemon keeps
+// containerd's store.
+func (d *fakeDockerd) ConfigIDs(context.Context) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.pings++
-	return nil
+	d.storeAsked++
+	return !d.containerdStore, nil
 }
 
 func (d *fakeDockerd) Tag(_ context.Context, source, target string) error {
@@ -341,6 +346,13 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 			wantNames: []string{tag},
 		},
 		{
+			name: "a tag on a fresh host whose daemon keeps containerd's store: inspected for its ID (not the config's digest there)",
+			tag:  tag, inspect: tag, engine: &fakeDockerd{containerdStore: true},
+			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "inspect " + tag, "rmi 127.0.0.1"},
+			unordered: 2,
+			wantNames: []string{tag},
+		},
+		{
 			name: "a tag on a host that had the image: inspected for its ID", had: true, tag: tag, inspect: tag,
 			wantOps:   []string{"pull 127.0.0.1", "inspect 127.0.0.1", "tag sha256:imageid " + tag, "inspect " + tag, "rmi 127.0.0.1"},
 			unordered: 2,
@@ -425,8 +437,8 @@ func TestRelayedDockerRoundTrips(t *testing.T) {
 			}
 			check("Close", d.Close(), tc.wantCloseErr)
 			engine.mu.Lock()
-			if engine.pings != 1 {
-				t.Errorf("%d pings beside the pull, want 1 (it opens the connection the naming after it needs)", engine.pings)
+			if engine.storeAsked != 1 {
+				t.Errorf("the store's kind asked %d times beside the pull, want 1 (it also opens the connection the naming after it needs)", engine.storeAsked)
 			}
 			ops := loopbackSpelled(engine.ops)
 			names := slices.Sorted(slices.Values(loopbackSpelled(slices.Collect(maps.Keys(engine.names)))))
@@ -539,8 +551,8 @@ func TestRelayedDocker(t *testing.T) {
 		engine := &fakeDockerd{names: map[string]string{}, onPull: hold.onPull}
 		d := newRelayedDocker(engine, newForward(&fakeRelay{}, conn))
 		pullTwoAtOnce(t, d, hold, "ghcr.io/acme/app@"+relayDigest, "ghcr.io/acme/app:1", "ghcr.io/acme/app:latest")
-		pulls := countPrefixed(engine.ops, "pull ")
 		settled(d)
+		pulls := countPrefixed(engine.ops, "pull ")
 		if got := engine.namesOf("sha256:imageid"); pulls != 1 || !slices.Equal(got, []string{"ghcr.io/acme/app:1", "ghcr.io/acme/app:latest"}) {
 			t.Errorf("%d pulls, names %v, want 1 and the two tags (ops %q)", pulls, got, engine.ops)
 		}
@@ -688,6 +700,7 @@ func TestLocal(t *testing.T) {
 	}).Tag(ctx, ref, "ghcr.io/acme/app:1"); err != nil {
 		t.Fatal(err)
 	}
+	settled(d)
 	if len(opened) != 1 || !slices.Equal(rl.hosts, []string{LocalHost}) {
 		t.Fatalf("listeners %v served to %v, want one, served as %s", opened, rl.hosts, LocalHost)
 	}
