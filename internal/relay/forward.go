@@ -27,7 +27,7 @@ func Forward(ctx context.Context, to string, out io.Writer) error {
 	if _, _, err := net.SplitHostPort(to); err != nil {
 		return fmt.Errorf("relay-forward: %q is not host:port: %v", to, err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
@@ -53,6 +53,9 @@ func Forward(ctx context.Context, to string, out io.Writer) error {
 		wg.Go(func() { pipe(ctx, c, to) })
 	}
 }
+
+// listen opens the forwarder's listener (tests see it closed).
+var listen = net.Listen
 
 // watchEvery is how often the forwarder checks that the relay is there.
 var watchEvery = 2 * time.Second
